@@ -9,7 +9,6 @@ CONSTRAINTS := requirements/constraints.txt
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[train,dev]'
 	touch $(STAMP)
 

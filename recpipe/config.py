@@ -1,0 +1,238 @@
+"""Typed configuration: YAML files merged in order, then ``--set a.b=c`` overrides.
+
+Every section rejects unknown keys; a validation failure raises :class:`ConfigError`
+naming the dotted key, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recpipe.schema import DEFAULT_EVENT_TYPES
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_FILES = (PROJECT_ROOT / "conf" / "base.yaml", PROJECT_ROOT / "conf" / "local.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PathsConfig(_Section):
+    root: str = Field("var", description="Folder holding all state; relative paths resolve from the cwd.")
+    raw_events: str | None = Field(None, description="Raw event input: a file, a folder or a glob.")
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    app_name: str = "recpipe"
+    driver_memory: str = "4g"
+    executor_memory: str | None = None
+    executor_cores: int | None = Field(None, ge=1)
+    executor_instances: int | None = Field(None, ge=1)
+    shuffle_partitions: int = Field(8, ge=1)
+    hive: bool = True
+    ui: bool = False
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class CleanConfig(_Section):
+    input_format: Literal["auto", "json", "csv", "parquet"] = "auto"
+    event_types: list[str] = Field(default_factory=lambda: list(DEFAULT_EVENT_TYPES), min_length=1)
+    value_required_for: list[str] = Field(default_factory=lambda: ["rating"])
+    ts_min: dt.date = dt.date(1995, 1, 1)
+    ts_max_days_after_ds: int = Field(1, ge=0)
+    max_id_length: int = Field(128, ge=1)
+    bot_max_events_per_day: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _value_types_are_event_types(self) -> CleanConfig:
+        unknown = sorted(set(self.value_required_for) - set(self.event_types))
+        if unknown:
+            raise ValueError(f"value_required_for lists {unknown}, not in event_types")
+        return self
+
+
+class SessionizeConfig(_Section):
+    gap_minutes: float = Field(30.0, gt=0)
+    max_session_length: int | None = Field(None, ge=1)
+    history_days: int | None = Field(None, ge=1)
+
+
+class LeaveLastOutConfig(_Section):
+    min_interactions: int = Field(3, ge=2)
+
+
+class RandomByUserConfig(_Section):
+    train: float = Field(0.75, gt=0, le=1)
+    valid: float = Field(0.0, ge=0, lt=1)
+    test: float = Field(0.25, ge=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> RandomByUserConfig:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + valid + test must be 1.0, got {total}")
+        return self
+
+
+class TemporalConfig(_Section):
+    cut: dt.datetime | None = Field(None, description="Test starts here; overrides test_ratio.")
+    valid_cut: dt.datetime | None = None
+    test_ratio: float = Field(0.2, gt=0, lt=1)
+    valid_ratio: float = Field(0.0, ge=0, lt=1)
+
+
+SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user"]
+
+
+class SplitConfig(_Section):
+    protocols: list[SplitProtocol] = Field(default_factory=lambda: ["leave_last_out"], min_length=1)
+    dedupe_user_item: bool = True
+    leave_last_out: LeaveLastOutConfig = Field(default_factory=LeaveLastOutConfig)
+    random_by_user: RandomByUserConfig = Field(default_factory=RandomByUserConfig)
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+
+
+class MovieLensConfig(_Section):
+    wheel: str = "recbole==1.2.1"
+    wheel_sha256: str = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+    member: str = "recbole/dataset_example/ml-100k/ml-100k.inter"
+    member_sha256: str = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
+    source_file: str | None = Field(None, description="Use this local ml-100k.inter or u.data instead.")
+
+
+class SyntheticConfig(_Section):
+    n_users: int | None = Field(None, ge=1)
+    n_items: int | None = Field(None, ge=1)
+    start: dt.date = dt.date(2026, 11, 1)
+    days: int = Field(21, ge=1)
+    malformed_fraction: float = Field(0.01, ge=0, lt=1)
+    duplicate_fraction: float = Field(0.005, ge=0, lt=1)
+    n_files: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class DatasetsConfig(_Section):
+    movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class Config(_Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+
+    @property
+    def root(self) -> Path:
+        """Absolute ``paths.root``."""
+        return Path(self.paths.root)
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config, recorded in manifests."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, as saved beside stage outputs."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is parsed as YAML."""
+    key, sep, raw_value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a dotted key, got {text!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw_value!r} is not valid YAML ({exc})") from exc
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    return data
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    given = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"'{key}': {error['msg']} (got {given!r})"
+
+
+def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a raw mapping into a :class:`Config`, resolving relative paths from ``base_dir``."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe_error(err) for err in exc.errors())
+        raise ConfigError(f"invalid config: {problems}") from None
+    base = base_dir or Path.cwd()
+    paths = config.paths
+    paths.root = str((base / paths.root).resolve())
+    if paths.raw_events and "://" not in paths.raw_events:
+        paths.raw_events = str(base / paths.raw_events)
+    return config
+
+
+def load_config(
+    files: Iterable[str | Path] | None = None,
+    overrides: Iterable[str] = (),
+    base_dir: Path | None = None,
+) -> Config:
+    """Merge YAML ``files`` in order (later wins), apply ``key=value`` overrides, validate.
+
+    With ``files=None`` the project's ``conf/base.yaml`` and ``conf/local.yaml`` are used when
+    present (the embedded default); otherwise the built-in defaults, which equal ``base.yaml``.
+    """
+    paths = [Path(f) for f in files] if files else [p for p in DEFAULT_CONF_FILES if p.is_file()]
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = _deep_merge(merged, _read_yaml(path))
+    for override in overrides:
+        merged = _deep_merge(merged, parse_override(override))
+    return build_config(merged, base_dir)

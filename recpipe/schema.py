@@ -1,0 +1,75 @@
+"""Column names, reason codes and table schemas shared by every stage.
+
+Raw event contract (one record per event; JSON lines, CSV with a header, or Parquet):
+``user_id``, ``item_id``, ``event_type``, ``ts`` are required; ``value`` and
+``session_id`` are optional; any other field is kept in the ``extra`` map.
+``ts`` is epoch seconds, epoch milliseconds (|ts| >= 1e11) or ISO-8601 with a zone.
+"""
+
+from __future__ import annotations
+
+# Raw / events columns.
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_TYPE = "event_type"
+TS = "ts"
+VALUE = "value"
+SESSION_ID = "session_id"
+EXTRA = "extra"
+SOURCE_FILE = "source_file"
+RAW = "raw"
+REASON = "reason"
+DS = "ds"
+
+# Indexed columns (vocab).
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+
+REQUIRED_FIELDS: tuple[str, ...] = (USER_ID, ITEM_ID, EVENT_TYPE, TS)
+OPTIONAL_FIELDS: tuple[str, ...] = (VALUE, SESSION_ID)
+KNOWN_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS
+
+DEFAULT_EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase", "rating")
+
+# The key that defines an exact duplicate event.
+DUPLICATE_KEY: tuple[str, ...] = (USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE)
+
+# Epoch values at or above this magnitude are milliseconds: 1e11 s is the year 5138,
+# 1e11 ms is 1973, so no plausible timestamp is ambiguous.
+EPOCH_MS_THRESHOLD = 100_000_000_000
+
+
+class Reason:
+    """Quarantine reason codes. Each rejected row carries exactly one: the first check it fails."""
+
+    EMPTY_RECORD = "empty_record"  # blank line
+    MALFORMED_RECORD = "malformed_record"  # unparsable JSON (e.g. truncated) or bad CSV row
+    NOT_AN_OBJECT = "not_an_object"  # valid JSON but an array, string, number or null
+    MISSING_USER_ID = "missing_user_id"  # absent, null, or empty after trimming
+    MISSING_ITEM_ID = "missing_item_id"
+    MISSING_EVENT_TYPE = "missing_event_type"
+    MISSING_TS = "missing_ts"
+    ID_TOO_LONG = "id_too_long"  # user_id or item_id longer than clean.max_id_length
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"  # not in clean.event_types
+    BAD_TS = "bad_ts"  # not epoch s/ms, not ISO-8601 with a zone
+    TS_OUT_OF_WINDOW = "ts_out_of_window"  # outside [clean.ts_min, end of ds + N days)
+    BAD_VALUE = "bad_value"  # value present but not a finite number
+    MISSING_VALUE = "missing_value"  # value absent for an event type that requires one
+    BOT_SUSPECT = "bot_suspect"  # user over clean.bot_max_events_per_day on that day
+
+    ALL: tuple[str, ...] = (
+        EMPTY_RECORD,
+        MALFORMED_RECORD,
+        NOT_AN_OBJECT,
+        MISSING_USER_ID,
+        MISSING_ITEM_ID,
+        MISSING_EVENT_TYPE,
+        MISSING_TS,
+        ID_TOO_LONG,
+        UNKNOWN_EVENT_TYPE,
+        BAD_TS,
+        TS_OUT_OF_WINDOW,
+        BAD_VALUE,
+        MISSING_VALUE,
+        BOT_SUSPECT,
+    )

@@ -1,0 +1,131 @@
+"""The ``clean`` stage: raw logs -> lake tables ``events`` and ``quarantine`` for one ``ds``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recpipe.config import Config
+from recpipe.etl.clean import (
+    COPIES,
+    EVENT_COLUMNS,
+    QUARANTINE_COLUMNS,
+    classify,
+    dedupe_exact,
+    flag_bots,
+    ts_window,
+)
+from recpipe.etl.sources import read_raw_events
+from recpipe.lake import Lake, file_uri
+from recpipe.manifest import StageRun
+from recpipe.schema import DS, REASON, Reason
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events"
+QUARANTINE = "quarantine"
+
+
+class ReconciliationError(RuntimeError):
+    """Written row counts do not add up to the rows read; nothing was published."""
+
+
+def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
+    """Clean the raw events at ``paths.raw_events`` into partition ``ds``; returns the manifest."""
+    settings = config.clean
+    lake = Lake(config.root)
+    with StageRun(config, "clean", ds) as run:
+        ts_min, ts_max = ts_window(
+            dt.date.fromisoformat(ds), settings.ts_min, settings.ts_max_days_after_ds
+        )
+        run.record.update(
+            input=config.paths.raw_events, ts_window=[ts_min.isoformat(), ts_max.isoformat()]
+        )
+        raw = read_raw_events(spark, config.paths.raw_events, settings.input_format)
+        checked = classify(
+            raw,
+            event_types=settings.event_types,
+            value_required_for=settings.value_required_for,
+            max_id_length=settings.max_id_length,
+            ts_min=ts_min,
+            ts_max=ts_max,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            by_reason = {row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()}
+            rows_in = sum(by_reason.values())
+            rows_valid = by_reason.pop(None, 0)
+            log.info("clean: read %d records, %d valid before de-duplication", rows_in, rows_valid)
+
+            distinct = dedupe_exact(checked.where(F.col(REASON).isNull()).drop(REASON)).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            totals = distinct.agg(F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")).first()
+            rows_distinct, rows_copies = totals["n"], totals["copies"] or 0
+            rows_duplicate = rows_copies - rows_distinct
+
+            bot_limit = settings.bot_max_events_per_day
+            if bot_limit is not None:
+                distinct = flag_bots(distinct, bot_limit)
+                bots = distinct.where("is_bot").select(
+                    F.col("raw"), F.lit(Reason.BOT_SUSPECT).alias(REASON), F.col("source_file")
+                )
+                events = distinct.where("NOT is_bot")
+            else:
+                bots = None
+                events = distinct
+            quarantine = checked.where(F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
+            if bots is not None:
+                quarantine = quarantine.unionByName(bots)
+
+            sidecar = {"_config.yaml": config.to_yaml()}
+            staged_events = lake.stage(events.select(*EVENT_COLUMNS), EVENTS, {DS: ds}, sidecar)
+            staged_quarantine = lake.stage(quarantine, QUARANTINE, {DS: ds}, sidecar)
+        finally:
+            checked.unpersist()
+
+        # Reconcile from what is on disk, before anything is published.
+        rows_out = staged_events.count(spark)
+        quarantined = {
+            row[REASON]: row["count"]
+            for row in spark.read.parquet(file_uri(staged_quarantine.path))
+            .groupBy(REASON)
+            .count()
+            .collect()
+        }
+        rows_quarantined = sum(quarantined.values())
+        expected_quarantine = dict(by_reason)
+        if bots is not None:
+            expected_quarantine[Reason.BOT_SUSPECT] = rows_distinct - rows_out
+        problems = []
+        if rows_in != rows_out + rows_quarantined + rows_duplicate:
+            problems.append(
+                f"rows_in {rows_in} != rows_out {rows_out} + quarantined {rows_quarantined}"
+                f" + duplicates {rows_duplicate}"
+            )
+        if rows_copies != rows_valid:
+            problems.append(f"valid rows {rows_valid} != rows behind distinct events {rows_copies}")
+        if {k: v for k, v in quarantined.items() if v} != {
+            k: v for k, v in expected_quarantine.items() if v
+        }:
+            problems.append(f"quarantine by reason {quarantined} != expected {expected_quarantine}")
+        if problems:
+            staged_events.discard()
+            staged_quarantine.discard()
+            raise ReconciliationError("clean did not reconcile: " + "; ".join(problems))
+
+        staged_events.publish()
+        staged_quarantine.publish()
+        distinct.unpersist()
+        run.record.update(
+            rows_in=rows_in,
+            rows_out=rows_out,
+            rows_quarantined=rows_quarantined,
+            rows_duplicate=rows_duplicate,
+            quarantine_by_reason={r: quarantined.get(r, 0) for r in Reason.ALL if quarantined.get(r)},
+        )
+    return run.manifest

@@ -1,0 +1,46 @@
+"""Shared fixtures: one session-scoped local SparkSession and per-test configs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config, load_config
+from recpipe.spark import get_spark
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """local[2], two shuffle partitions, UI off, metastore and scratch in a temp folder."""
+    root = tmp_path_factory.mktemp("spark-root")
+    config = load_config(
+        [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml"],
+        [
+            f"paths.root={root}",
+            "spark.master=local[2]",
+            "spark.shuffle_partitions=2",
+            "spark.driver_memory=2g",
+            "spark.log_level=ERROR",
+        ],
+    )
+    session = get_spark(config)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path):
+    """Build a config rooted in this test's temp folder, with ``key=value`` overrides."""
+
+    def build(*overrides: str) -> Config:
+        return load_config(
+            [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml"],
+            [f"paths.root={tmp_path / 'root'}", *overrides],
+        )
+
+    return build
