@@ -31,7 +31,9 @@ class _Section(BaseModel):
 
 
 class PathsConfig(_Section):
-    root: str = Field("var", description="Folder holding all state; relative paths resolve from the cwd.")
+    root: str = Field(
+        "var", description="Folder holding all state; relative paths resolve from the cwd."
+    )
     raw_events: str | None = Field(None, description="Raw event input: a file, a folder or a glob.")
 
 
@@ -113,7 +115,9 @@ class MovieLensConfig(_Section):
     wheel_sha256: str = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
     member: str = "recbole/dataset_example/ml-100k/ml-100k.inter"
     member_sha256: str = "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
-    source_file: str | None = Field(None, description="Use this local ml-100k.inter or u.data instead.")
+    source_file: str | None = Field(
+        None, description="Use this local ml-100k.inter or u.data instead."
+    )
 
 
 class SyntheticConfig(_Section):

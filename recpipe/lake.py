@@ -91,13 +91,15 @@ class Lake:
         partition: Mapping[str, str],
         sidecar: Mapping[str, str] | None = None,
     ) -> StagedPartition:
-        """Write ``df`` (without partition columns) to a staging folder; ``sidecar`` files ride along.
+        """Write ``df`` (no partition columns) to a staging folder; ``sidecar`` files ride along.
 
         Files whose names start with ``_`` are ignored by Spark and pyarrow readers.
         """
         clash = set(partition) & set(df.columns)
         if clash:
-            raise ValueError(f"partition columns {sorted(clash)} must not be in the data of {table}")
+            raise ValueError(
+                f"partition columns {sorted(clash)} must not be in the data of {table}"
+            )
         tag = partition_name(partition).replace("/", "_")
         staging = self.table_path(table) / "_staging" / f"{tag}-{uuid.uuid4().hex}"
         df.write.mode("error").parquet(file_uri(staging))

@@ -84,4 +84,6 @@ class StageRun:
         self.manifest = manifest
         _write_atomic(self.path, json.dumps(manifest, indent=2, sort_keys=False, default=str))
         _write_atomic(self.path.with_suffix(".config.yaml"), self.config.to_yaml())
-        log.info("%s ds=%s: %s in %.1fs", self.stage, self.ds, manifest["status"], manifest["seconds"])
+        log.info(
+            "%s ds=%s: %s in %.1fs", self.stage, self.ds, manifest["status"], manifest["seconds"]
+        )

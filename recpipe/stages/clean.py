@@ -56,7 +56,9 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             ts_max=ts_max,
         ).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            by_reason = {row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()}
+            by_reason = {
+                row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()
+            }
             rows_in = sum(by_reason.values())
             rows_valid = by_reason.pop(None, 0)
             log.info("clean: read %d records, %d valid before de-duplication", rows_in, rows_valid)
@@ -64,7 +66,9 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             distinct = dedupe_exact(checked.where(F.col(REASON).isNull()).drop(REASON)).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
-            totals = distinct.agg(F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")).first()
+            totals = distinct.agg(
+                F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")
+            ).first()
             rows_distinct, rows_copies = totals["n"], totals["copies"] or 0
             rows_duplicate = rows_copies - rows_distinct
 
@@ -126,6 +130,8 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             rows_out=rows_out,
             rows_quarantined=rows_quarantined,
             rows_duplicate=rows_duplicate,
-            quarantine_by_reason={r: quarantined.get(r, 0) for r in Reason.ALL if quarantined.get(r)},
+            quarantine_by_reason={
+                r: quarantined.get(r, 0) for r in Reason.ALL if quarantined.get(r)
+            },
         )
     return run.manifest
