@@ -122,3 +122,17 @@ class Lake:
             raise ValueError(f"no partitions of '{table}' requested")
         paths = [file_uri(self.partition_path(table, p)) for p in partitions]
         return spark.read.option("basePath", file_uri(self.table_path(table))).parquet(*paths)
+
+
+def history_ds(available: Sequence[str], ds: str, days: int | None) -> list[str]:
+    """The ``ds`` values in ``(ds - days, ds]`` (all up to ``ds`` when ``days`` is None)."""
+    import datetime as dt
+
+    end = dt.date.fromisoformat(ds)
+    start = None if days is None else end - dt.timedelta(days=days)
+    chosen = []
+    for value in available:
+        day = dt.date.fromisoformat(value)
+        if day <= end and (start is None or day > start):
+            chosen.append(value)
+    return chosen

@@ -137,14 +137,18 @@ def classify(
     )
 
 
-def dedupe_exact(valid: DataFrame, key: Sequence[str] = DUPLICATE_KEY) -> DataFrame:
+def dedupe_exact(
+    valid: DataFrame,
+    key: Sequence[str] = DUPLICATE_KEY,
+    order_by: Sequence[str] = (SOURCE_FILE, RAW),
+) -> DataFrame:
     """One row per distinct ``key`` plus ``copies`` (how many input rows it stood for).
 
-    Of a group of duplicates the row with the smallest (source_file, raw) is kept, so the
-    result does not depend on partitioning.
+    Of a group of duplicates the row smallest by ``order_by`` is kept, so the result does not
+    depend on partitioning.
     """
     others = [c for c in valid.columns if c not in key]
-    order = F.concat_ws("\u0000", F.col(SOURCE_FILE), F.col(RAW))
+    order = F.concat_ws("\u0000", *(F.col(c) for c in order_by))
     grouped = valid.groupBy(*key).agg(
         F.count(F.lit(1)).alias(COPIES),
         F.min_by(F.struct(*others), order).alias("_kept"),

@@ -1,0 +1,88 @@
+"""Train/valid/test split protocols over interactions (one row per user-item event)."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recpipe.etl.sessionize import EVENT_RANK, TS_MS
+from recpipe.schema import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+
+PART = "part"
+TRAIN, VALID, TEST = "train", "valid", "test"
+PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
+
+# Chronological order within a user; item id breaks ties so the order is total.
+_CHRONO = (TS_MS, EVENT_RANK, ITEM_IDX)
+
+
+def dedupe_user_item(interactions: DataFrame) -> DataFrame:
+    """Keep each user's first interaction with each item (in chronological order)."""
+    first = Window.partitionBy(USER_IDX, ITEM_IDX).orderBy(*_CHRONO)
+    return (
+        interactions.withColumn("_rn", F.row_number().over(first))
+        .where(F.col("_rn") == 1)
+        .drop("_rn")
+    )
+
+
+def leave_last_out(interactions: DataFrame, *, min_interactions: int) -> DataFrame:
+    """Per user: last interaction -> test, the one before -> valid, the rest -> train.
+
+    Users with fewer than ``min_interactions`` go wholly to train.
+    """
+    latest_first = Window.partitionBy(USER_IDX).orderBy(*(F.col(c).desc() for c in _CHRONO))
+    per_user = Window.partitionBy(USER_IDX)
+    rn = F.row_number().over(latest_first)
+    n = F.count(F.lit(1)).over(per_user)
+    part = (
+        F.when(n < min_interactions, F.lit(TRAIN))
+        .when(rn == 1, F.lit(TEST))
+        .when(rn == 2, F.lit(VALID))
+        .otherwise(F.lit(TRAIN))
+    )
+    return interactions.withColumn(PART, part)
+
+
+def random_by_user(interactions: DataFrame, *, train: float, valid: float, seed: int) -> DataFrame:
+    """Per-user stratified random split: each user's interactions shuffled by a seeded hash.
+
+    The first ``max(1, round(n * train))`` go to train, up to ``round(n * (train + valid))``
+    to valid, the rest to test, so every user keeps at least one train interaction.
+    """
+    shuffle_key = F.xxhash64(F.lit(seed), USER_ID, ITEM_ID, TS_MS, EVENT_RANK)
+    order = Window.partitionBy(USER_IDX).orderBy(shuffle_key, *_CHRONO)
+    rn = F.row_number().over(order)
+    n = F.count(F.lit(1)).over(Window.partitionBy(USER_IDX))
+    train_cut = F.greatest(F.lit(1), F.round(n * train))
+    valid_cut = F.greatest(train_cut, F.round(n * (train + valid)))
+    part = (
+        F.when(rn <= train_cut, F.lit(TRAIN))
+        .when(rn <= valid_cut, F.lit(VALID))
+        .otherwise(F.lit(TEST))
+    )
+    return interactions.withColumn(PART, part)
+
+
+def temporal_cuts(
+    interactions: DataFrame, *, test_ratio: float, valid_ratio: float
+) -> tuple[int, int]:
+    """Epoch-ms cut points so the last ``test_ratio`` (and ``valid_ratio`` before it) of
+    interactions by time fall after them (exact discrete percentiles)."""
+    def disc(fraction: float) -> F.Column:
+        return F.expr(f"percentile_disc({fraction!r}) WITHIN GROUP (ORDER BY {TS_MS})")
+
+    row = interactions.agg(
+        disc(1.0 - test_ratio).alias("test"), disc(1.0 - test_ratio - valid_ratio).alias("valid")
+    ).first()
+    return int(row["valid"]), int(row["test"])
+
+
+def temporal(interactions: DataFrame, *, valid_cut_ms: int, test_cut_ms: int) -> DataFrame:
+    """Global time cut: ``ts >= test_cut`` -> test, ``valid_cut <= ts < test_cut`` -> valid."""
+    part = (
+        F.when(F.col(TS_MS) >= test_cut_ms, F.lit(TEST))
+        .when(F.col(TS_MS) >= valid_cut_ms, F.lit(VALID))
+        .otherwise(F.lit(TRAIN))
+    )
+    return interactions.withColumn(PART, part)

@@ -1,0 +1,76 @@
+"""The ``vocab`` stage: extend the persisted user and item indexes with ids new by ``ds``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recpipe.config import Config
+from recpipe.etl.vocab import extend_vocab, first_seen
+from recpipe.lake import Lake, history_ds
+from recpipe.manifest import StageRun
+from recpipe.schema import DS, ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
+from recpipe.stages.clean import EVENTS
+
+VOCAB_USERS = "vocab_users"
+VOCAB_ITEMS = "vocab_items"
+VOCABS = ((VOCAB_USERS, USER_ID, USER_IDX), (VOCAB_ITEMS, ITEM_ID, ITEM_IDX))
+
+
+def previous_ds(lake: Lake, table: str, ds: str) -> str | None:
+    """Latest published ``ds`` of ``table`` strictly before ``ds``."""
+    earlier = [value for value in lake.ds_values(table) if value < ds]
+    return earlier[-1] if earlier else None
+
+
+def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
+    """Write ``vocab_users``/``vocab_items`` snapshots for ``ds`` from all events up to ``ds``."""
+    lake = Lake(config.root)
+    with StageRun(config, "vocab", ds) as run:
+        event_ds = history_ds(lake.ds_values(EVENTS), ds, None)
+        if ds not in event_ds:
+            raise FileNotFoundError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
+        events = lake.read(spark, EVENTS, [{DS: value} for value in event_ds])
+        run.record["events_ds"] = event_ds
+        staged = []
+        for table, id_col, idx_col in VOCABS:
+            base_ds = previous_ds(lake, table, ds)
+            existing = lake.read(spark, table, [{DS: base_ds}]).drop(DS) if base_ds else None
+            seen = first_seen(events, id_col, TS).persist()
+            mapping = extend_vocab(seen, existing, id_col=id_col, idx_col=idx_col, ds=ds)
+            part = lake.stage(mapping, table, {DS: ds}, {"_config.yaml": config.to_yaml()})
+            stats = (
+                spark.read.parquet(f"file://{part.path}")
+                .agg(
+                    F.count(F.lit(1)).alias("rows"),
+                    F.max(idx_col).alias("max_idx"),
+                    F.count_distinct(idx_col).alias("idx"),
+                    F.count_distinct(id_col).alias("ids"),
+                )
+                .first()
+            )
+            total = stats["rows"]
+            if not total == stats["max_idx"] == stats["idx"] == stats["ids"]:
+                part.discard()
+                raise RuntimeError(f"{table}: indexes are not dense and unique 1..{total}: {stats}")
+            staged.append(part)
+            before = existing.count() if existing is not None else 0
+            name = table.removeprefix("vocab_")
+            run.record[name] = {
+                "base_ds": base_ds,
+                "before": before,
+                "new": total - before,
+                "ids_in_events": seen.count(),
+            }
+            run.record[f"n_{name}"] = total
+            seen.unpersist()
+        for part in staged:
+            part.publish()
+        # rows: distinct ids read from events, and vocabulary entries written.
+        run.record["rows_in"] = (
+            run.record["users"]["ids_in_events"] + run.record["items"]["ids_in_events"]
+        )
+        run.record["rows_out"] = run.record["n_users"] + run.record["n_items"]
+    return run.manifest
