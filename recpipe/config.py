@@ -16,13 +16,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recpipe.errors import RecpipeError
 from recpipe.schema import DEFAULT_EVENT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_FILES = (PROJECT_ROOT / "conf" / "base.yaml", PROJECT_ROOT / "conf" / "local.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(RecpipeError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 

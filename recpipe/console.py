@@ -8,7 +8,7 @@ from typing import Any
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.1f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return "" if value is None else str(value)

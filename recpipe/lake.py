@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe.errors import MissingInputError
 from recpipe.schema import DS
 
 
@@ -117,7 +118,7 @@ class Lake:
         missing = [p for p in partitions if not self.exists(table, p)]
         if missing:
             names = ", ".join(partition_name(p) for p in missing)
-            raise FileNotFoundError(f"table '{table}' has no partition {names} under {self.base}")
+            raise MissingInputError(f"table '{table}' has no partition {names} under {self.base}")
         if not partitions:
             raise ValueError(f"no partitions of '{table}' requested")
         paths = [file_uri(self.partition_path(table, p)) for p in partitions]

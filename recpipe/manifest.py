@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from recpipe.config import Config
+from recpipe.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
     """Load a manifest, with a clear error when the stage has not run for ``ds``."""
     path = manifest_path(root, stage, ds)
     if not path.is_file():
-        raise FileNotFoundError(f"no manifest for stage '{stage}' ds={ds} at {path}")
+        raise MissingInputError(f"no manifest for stage '{stage}' ds={ds} at {path}")
     return json.loads(path.read_text())
 
 

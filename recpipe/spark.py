@@ -27,6 +27,8 @@ def session_conf(config: Config) -> dict[str, str]:
         "spark.driver.memory": spark.driver_memory,
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         "spark.ui.enabled": str(spark.ui).lower(),
+        # Stages log their own progress; Spark's console bars would interleave with it.
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         # Keep `ds` and other partition values as strings: "2026-11-22" would become a date.
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",

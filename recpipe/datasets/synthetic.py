@@ -179,10 +179,10 @@ def _iso_strings(ts: np.ndarray, offset_min: np.ndarray | None) -> np.ndarray:
     _put_digits(buf, 15, second_of_day // 60 % 60, 2)
     _put_digits(buf, 18, second_of_day % 60, 2)
     if offset_min is not None:
-        buf[:, 21] = np.where(offset_min < 0, ord("-"), ord("+"))
+        buf[:, 20] = np.where(offset_min < 0, ord("-"), ord("+"))
         magnitude = np.abs(offset_min)
-        _put_digits(buf, 22, magnitude // 60, 2)
-        _put_digits(buf, 25, magnitude % 60, 2)
+        _put_digits(buf, 21, magnitude // 60, 2)
+        _put_digits(buf, 24, magnitude % 60, 2)
     return buf.view(f"S{len(template)}").ravel()
 
 
@@ -378,7 +378,7 @@ class _Generator:
         busy = np.bincount(local_user, weights=duration, minlength=u1 - u0).astype(np.int64)
         slack = self.window_s - 1 - busy - np.maximum(n_sess_user - 1, 0) * self.min_gap_s
         slot = rng.lognormal(0.0, _SLOT_SIGMA, n_sess)
-        slot_total = np.bincount(local_user, weights=slot, minlength=u1 - u0)
+        slot_total = np.bincount(local_user, weights=slot, minlength=u1 - u0).astype(np.float64)
         slot_total += rng.lognormal(0.0, _SLOT_SIGMA, u1 - u0)
         share = _cumsum_within(slot, n_sess_user) / slot_total[local_user]
         idle = np.floor(slack[local_user] * share).astype(np.int64)

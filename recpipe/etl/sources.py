@@ -15,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recpipe.errors import RecpipeError
 from recpipe.schema import EXTRA, KNOWN_FIELDS, RAW, SOURCE_FILE, Reason
 
 PARSE_ERROR = "parse_error"
@@ -31,7 +32,7 @@ _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zst", ".snappy"}
 _STRING_MAP = T.MapType(T.StringType(), T.StringType())
 
 
-class RawInputError(ValueError):
+class RawInputError(RecpipeError, ValueError):
     """The raw input location is missing, empty or of an unknown format."""
 
 

@@ -69,6 +69,7 @@ def temporal_cuts(
 ) -> tuple[int, int]:
     """Epoch-ms cut points so the last ``test_ratio`` (and ``valid_ratio`` before it) of
     interactions by time fall after them (exact discrete percentiles)."""
+
     def disc(fraction: float) -> F.Column:
         return F.expr(f"percentile_disc({fraction!r}) WITHIN GROUP (ORDER BY {TS_MS})")
 

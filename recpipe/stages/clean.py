@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
+from recpipe.errors import RecpipeError
 from recpipe.etl.clean import (
     COPIES,
     EVENT_COLUMNS,
@@ -31,7 +32,7 @@ EVENTS = "events"
 QUARANTINE = "quarantine"
 
 
-class ReconciliationError(RuntimeError):
+class ReconciliationError(RecpipeError):
     """Written row counts do not add up to the rows read; nothing was published."""
 
 

@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
+from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.etl.clean import COPIES, dedupe_exact
 from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
 from recpipe.lake import Lake, history_ds
@@ -32,7 +33,7 @@ from recpipe.stages.vocab import VOCAB_ITEMS, VOCAB_USERS
 SESSIONS = "sessions"
 
 
-class VocabMissingError(RuntimeError):
+class VocabMissingError(RecpipeError):
     """Events carry ids the vocabulary for ``ds`` does not know."""
 
 
@@ -43,9 +44,9 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
     with StageRun(config, "sessionize", ds) as run:
         event_ds = history_ds(lake.ds_values(EVENTS), ds, settings.history_days)
         if ds not in event_ds:
-            raise FileNotFoundError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
+            raise MissingInputError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
         if not lake.exists(VOCAB_USERS, {DS: ds}):
-            raise FileNotFoundError(f"no vocabulary for ds={ds}: run `recpipe vocab --ds {ds}`")
+            raise MissingInputError(f"no vocabulary for ds={ds}: run `recpipe vocab --ds {ds}`")
         run.record["events_ds"] = event_ds
         events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
             USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS

@@ -8,6 +8,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
+from recpipe.errors import MissingInputError
 from recpipe.etl.vocab import extend_vocab, first_seen
 from recpipe.lake import Lake, history_ds
 from recpipe.manifest import StageRun
@@ -31,7 +32,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     with StageRun(config, "vocab", ds) as run:
         event_ds = history_ds(lake.ds_values(EVENTS), ds, None)
         if ds not in event_ds:
-            raise FileNotFoundError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
+            raise MissingInputError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
         events = lake.read(spark, EVENTS, [{DS: value} for value in event_ds])
         run.record["events_ds"] = event_ds
         staged = []

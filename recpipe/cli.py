@@ -1,0 +1,270 @@
+"""``recpipe <command> [--conf FILE]... [--ds YYYY-MM-DD] [--set key=value]...``"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recpipe import __version__
+from recpipe.config import Config, ConfigError, load_config
+from recpipe.console import format_table
+from recpipe.errors import RecpipeError
+
+log = logging.getLogger("recpipe")
+
+StageFn = Callable[[Any, Config, str], dict[str, Any]]
+
+
+def _valid_ds(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ds expects YYYY-MM-DD, got {text!r}") from None
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command and every job in ``jobs/`` accepts."""
+    parser.add_argument(
+        "--conf",
+        action="append",
+        metavar="FILE",
+        help="YAML config file; repeat to layer files, later ones win "
+        "(default: conf/base.yaml + conf/local.yaml, the embedded local set-up)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set paths.root=/data/recpipe "
+        "--set split.protocols=[leave_last_out,random_by_user]; values are YAML",
+    )
+    parser.add_argument(
+        "--ds",
+        type=_valid_ds,
+        default=dt.datetime.now(dt.UTC).date().isoformat(),
+        metavar="YYYY-MM-DD",
+        help="logical date of the run: the partition read and written (default: today, UTC)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+STAGE_HELP = {
+    "clean": "raw logs -> lake tables events + quarantine (bad rows with a reason code)",
+    "vocab": "extend the persistent user/item integer indexes with new ids",
+    "sessionize": "events -> sessions (explicit session_id or an inactivity gap)",
+    "split": "sessions -> train/valid/test under each protocol in split.protocols",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``recpipe`` command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="recpipe",
+        description="Batch recommender pipeline on Spark. Every command reads the layered "
+        "config (--conf, --set), works on one logical date (--ds) and writes a manifest to "
+        "<paths.root>/manifests/<command>/ds=<ds>.json.",
+    )
+    parser.add_argument("--version", action="version", version=f"recpipe {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    fetch = commands.add_parser(
+        "fetch-data",
+        help="download a public data set and write it as raw event logs",
+        description="Fetch a data set into <paths.root>/raw/<name>/ as JSON-lines raw events.",
+    )
+    fetch.add_argument("dataset", choices=["movielens-100k"], help="data set to fetch")
+    add_common_options(fetch)
+
+    generate = commands.add_parser(
+        "generate",
+        help="write synthetic raw logs (Zipf items, sessions, malformed rows)",
+        description="Generate deterministic synthetic raw event logs as JSON lines; settings "
+        "not given here come from datasets.synthetic.*",
+    )
+    generate.add_argument("--events", type=int, required=True, help="number of valid events")
+    generate.add_argument(
+        "--out", type=Path, help="output folder (default: <paths.root>/raw/synthetic)"
+    )
+    add_common_options(generate)
+
+    for name, text in STAGE_HELP.items():
+        stage = commands.add_parser(name, help=text, description=text)
+        add_common_options(stage)
+    etl = commands.add_parser("etl", help="clean, vocab, sessionize and split in one Spark session")
+    add_common_options(etl)
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole chain on MovieLens 100K and print a summary",
+        description="fetch-data movielens-100k -> clean -> vocab -> sessionize -> split "
+        "(leave_last_out and random_by_user) on the embedded local set-up.",
+    )
+    add_common_options(demo)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    """Per-stage progress logs on stderr."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def stage_functions() -> dict[str, StageFn]:
+    """Stage name -> ``run_<stage>(spark, config, ds)`` (imported lazily: they pull in Spark)."""
+    from recpipe.stages.clean import run_clean
+    from recpipe.stages.sessionize import run_sessionize
+    from recpipe.stages.split import run_split
+    from recpipe.stages.vocab import run_vocab
+
+    return {
+        "clean": run_clean,
+        "vocab": run_vocab,
+        "sessionize": run_sessionize,
+        "split": run_split,
+    }
+
+
+def stage_summary_rows(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary row per stage manifest: rows in/out, users, items, sessions, seconds."""
+    rows = []
+    for m in manifests:
+        rows.append(
+            {
+                "stage": m["stage"],
+                "ds": m["ds"],
+                "rows_in": m.get("rows_in"),
+                "rows_out": m.get("rows_out"),
+                "quarantined": m.get("rows_quarantined"),
+                "duplicates": m.get("rows_duplicate"),
+                "users": m.get("n_users", m.get("users")),
+                "items": m.get("n_items"),
+                "sessions": m.get("sessions"),
+                "seconds": round(m["seconds"], 1) if "seconds" in m else None,
+            }
+        )
+    return rows
+
+
+def split_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per protocol and part of a split manifest."""
+    rows = []
+    for protocol, info in manifest.get("protocols", {}).items():
+        for part in ("train", "valid", "test"):
+            rows.append(
+                {"protocol": protocol, "part": part, **info[part]}  # rows, users
+            )
+    return rows
+
+
+def print_stage_report(manifests: Sequence[dict[str, Any]]) -> None:
+    """Summary table (and per-stage details) printed at the end of a command."""
+    print(format_table(stage_summary_rows(manifests), title="recpipe stage summary"))
+    for m in manifests:
+        if m.get("quarantine_by_reason"):
+            reasons = [{"reason": k, "rows": v} for k, v in m["quarantine_by_reason"].items()]
+            print()
+            print(format_table(reasons, title=f"quarantine by reason (ds={m['ds']})"))
+        if m.get("protocols"):
+            print()
+            print(format_table(split_rows(m), title=f"splits (ds={m['ds']})"))
+
+
+def run_stages(config: Config, ds: str, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Run the named stages in order in one Spark session; returns their manifests."""
+    from recpipe.spark import get_spark
+
+    spark = get_spark(config)
+    functions = stage_functions()
+    return [functions[name](spark, config, ds) for name in names]
+
+
+def _fetch(config: Config, dataset: str) -> dict[str, Any]:
+    from recpipe.datasets.movielens import fetch_movielens_100k
+
+    if dataset != "movielens-100k":
+        raise ConfigError(f"unknown dataset {dataset!r}")
+    return fetch_movielens_100k(config.datasets.movielens, config.root)
+
+
+def _generate(config: Config, events: int, out: Path | None) -> dict[str, Any]:
+    from recpipe.datasets.synthetic import SyntheticSpec, generate_events
+
+    settings = config.datasets.synthetic
+    spec = SyntheticSpec(
+        n_events=events,
+        n_users=settings.n_users,
+        n_items=settings.n_items,
+        start=settings.start.isoformat(),
+        days=settings.days,
+        malformed_fraction=settings.malformed_fraction,
+        duplicate_fraction=settings.duplicate_fraction,
+        n_files=settings.n_files,
+        seed=settings.seed,
+    )
+    target = out or config.root / "raw" / "synthetic"
+    return generate_events(spec, target, progress=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    first = load_config(args.conf, args.overrides)
+    summary = _fetch(first, "movielens-100k")
+    demo_defaults = [
+        f"paths.raw_events={summary['raw_events']}",
+        "split.protocols=[leave_last_out,random_by_user]",
+    ]
+    config = load_config(args.conf, [*demo_defaults, *args.overrides])
+    print(
+        f"MovieLens 100K: {summary['events']:,} ratings, {summary['users']} users, "
+        f"{summary['items']} items -> {summary['raw_events']}"
+    )
+    manifests = run_stages(config, args.ds, list(STAGE_HELP))
+    print_stage_report(manifests)
+    print(f"state under {config.root} (manifests in {config.root / 'manifests'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``recpipe`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        config = load_config(args.conf, args.overrides)
+        if args.command == "fetch-data":
+            summary = _fetch(config, args.dataset)
+            print(json.dumps(summary, indent=2))
+            print(f"next: recpipe clean --set paths.raw_events={summary['raw_events']}")
+            return 0
+        if args.command == "generate":
+            summary = _generate(config, args.events, args.out)
+            print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
+            return 0
+        names = list(STAGE_HELP) if args.command == "etl" else [args.command]
+        print_stage_report(run_stages(config, args.ds, names))
+        return 0
+    except ConfigError as exc:
+        print(f"recpipe: config error: {exc}", file=sys.stderr)
+        return 2
+    except RecpipeError as exc:
+        print(f"recpipe {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_job(stage: str, argv: Sequence[str]) -> int:
+    """Body of a ``jobs/<stage>.py`` spark-submit script: the CLI restricted to one stage."""
+    if stage not in STAGE_HELP:
+        raise ValueError(f"unknown stage {stage!r}")
+    return main([stage, *argv])
