@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,11 @@ from recpipe.config import Config, load_config
 from recpipe.spark import get_spark
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# PySpark turns timestamps into naive datetimes in the Python process's zone; pin it so
+# expected values can be written as UTC wall times.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 @pytest.fixture(scope="session")

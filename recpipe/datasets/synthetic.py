@@ -75,7 +75,7 @@ _BOT_P_VIEW = 0.9
 class SyntheticSpec:
     """What to generate; every output byte is a function of this spec."""
 
-    n_events: int  # approximate total valid events (exact count reported in summary)
+    n_events: int  # approximate total valid events incl. bot events (exact count in summary)
     n_users: int | None = None  # default: max(100, n_events // 40); bot users come on top
     n_items: int | None = None  # default: max(50, n_events // 200)
     n_categories: int = 50
@@ -87,7 +87,7 @@ class SyntheticSpec:
     duplicate_fraction: float = 0.005  # extra exact duplicate lines of valid events
     session_id_user_fraction: float = 0.5  # users whose events carry an explicit session_id
     bot_users: int = 0  # users that each emit bot_events_per_day events within one UTC day
-    bot_events_per_day: int = 5000
+    bot_events_per_day: int = 5000  # capped at 86400 (one event per second)
     n_files: int = 4
     seed: int = 0
 
@@ -111,7 +111,7 @@ class SyntheticSpec:
         if failed:
             raise ValueError(f"invalid SyntheticSpec: {', '.join(failed)}")
         dt.date.fromisoformat(self.start)
-        # Sessions must fit in a day with room to spare.
+        # Sessions and the gaps between them must fit in the window with room to spare.
         if 2 * self.session_gap_minutes * 60 > self.days * _SECONDS_PER_DAY / 4:
             raise ValueError("invalid SyntheticSpec: session_gap_minutes too large for days")
 
@@ -131,7 +131,7 @@ class SyntheticSpec:
 def _scrambled_ids(prefix: str, n: int, rng: np.random.Generator) -> list[str]:
     """``n`` distinct random-looking ids: an affine bijection modulo a power of ten."""
     modulus = 10 ** (len(str(n)) + 1)
-    multiplier = 7_368_787  # prime, so coprime with any power of ten
+    multiplier = 7_368_787  # ends in 7: coprime with any power of ten
     offset = int(rng.integers(0, modulus))
     numbers = (np.arange(n, dtype=np.int64) * multiplier + offset) % modulus
     return [f"{prefix}{k}" for k in numbers.tolist()]
@@ -407,9 +407,7 @@ class _Generator:
         self, sess_user: np.ndarray, sess_no: np.ndarray, device: np.ndarray
     ) -> np.ndarray:
         """'{"user_id":"u1",["session_id":"s-u1-3",]"device":"ios","ts":' per session."""
-        users = np.unique(sess_user)
-        lookup = np.zeros(int(users[-1]) + 1 if len(users) else 1, dtype=np.int64)
-        lookup[users] = np.arange(len(users))
+        u0, u1 = (int(sess_user[0]), int(sess_user[-1]) + 1) if len(sess_user) else (0, 0)
         user_heads = np.array(
             [
                 (
@@ -417,7 +415,7 @@ class _Generator:
                     if self.has_sid[u]
                     else f'{{"user_id":"{self.user_ids[u]}",'
                 ).encode()
-                for u in users.tolist()
+                for u in range(u0, u1)
             ]
             or [b""]
         )
@@ -426,7 +424,7 @@ class _Generator:
         )
         device_frag = np.array([f'"device":"{d}","ts":'.encode() for d in DEVICES])
         return np.strings.add(
-            np.strings.add(user_heads[lookup[sess_user]], sid_tail), device_frag[device]
+            np.strings.add(user_heads[sess_user - u0], sid_tail), device_frag[device]
         )
 
     def bot_chunk(self, rng: np.random.Generator, b0: int, b1: int) -> _Chunk:
@@ -533,11 +531,60 @@ def _epoch_seconds(value: int | str) -> int:
     return int(dt.datetime.fromisoformat(value).timestamp())
 
 
+class _Totals:
+    """Running counts over the chunks written so far."""
+
+    def __init__(self, n_items: int) -> None:
+        self.valid = self.bot_events = self.duplicates = self.lines = 0
+        self.sessions = self.users_active = self.max_user_day = 0
+        self.ts_min: int | None = None
+        self.ts_max: int | None = None
+        self.type_counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+        self.items_seen = np.zeros(n_items, dtype=bool)
+
+    def add(self, chunk: _Chunk, is_bot: bool, start_s: int, days: int) -> None:
+        n = len(chunk.ts)
+        self.valid += n
+        self.sessions += chunk.n_sessions
+        if not n:
+            return
+        self.type_counts += np.bincount(chunk.etype, minlength=len(EVENT_TYPES))
+        self.items_seen[chunk.item] = True
+        first, last = int(chunk.ts[0]), int(chunk.ts[-1])
+        self.ts_min = first if self.ts_min is None else min(self.ts_min, first)
+        self.ts_max = last if self.ts_max is None else max(self.ts_max, last)
+        # A user's events all sit in one chunk, so per-chunk counts are per-user counts.
+        users, user_index = np.unique(chunk.user, return_inverse=True)
+        self.users_active += len(users)
+        if is_bot:
+            self.bot_events += n
+        else:
+            day = (chunk.ts - start_s) // _SECONDS_PER_DAY
+            per_day = np.bincount(user_index * days + day)
+            self.max_user_day = max(self.max_user_day, int(per_day.max()))
+
+
+def _interleave(
+    lines: list[bytes], n_dup: int, bad_lines: list[bytes], rng: np.random.Generator
+) -> list[bytes]:
+    """Valid lines in order, plus ``n_dup`` copies after their originals and the bad lines."""
+    n = len(lines)
+    source = rng.integers(0, max(n, 1), n_dup)
+    # Valid line i sorts at 2i; an extra line placed before slot q sorts at 2q - 1,
+    # so a copy of line i always lands after it (q > i).
+    dup_slot = rng.integers(source + 1, n + 1)
+    bad_slot = rng.integers(0, n + 1, len(bad_lines))
+    keys = np.concatenate((2 * np.arange(n), 2 * dup_slot - 1, 2 * bad_slot - 1))
+    pool = lines + [lines[i] for i in source.tolist()] + bad_lines
+    return [pool[i] for i in np.argsort(keys, kind="stable").tolist()]
+
+
 def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = False) -> dict:
     """Write ``part-NNNNN.jsonl`` files of synthetic raw events into ``out_dir``.
 
-    Existing part files there are removed first. Returns (and writes to ``_generation.json``)
-    a summary; ``lines_total == events_valid + duplicates + sum(malformed.values())``.
+    Existing part files there are removed first. Returns (and writes to ``_generation.json``,
+    without ``elapsed_s``) a summary; ``lines_total == events_valid + duplicates +
+    sum(malformed.values())``. With ``progress``, prints one line per chunk to stderr.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -546,77 +593,43 @@ def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = F
         old.unlink()
     gen = _Generator(spec)
     malformed = _Malformed()
-    paths = [out / f"part-{k:05d}.jsonl" for k in range(spec.n_files)]
-    files = [p.open("wb") for p in paths]
-
-    jobs: list[tuple[str, int, int]] = [("users", a, b) for a, b in gen.chunk_bounds()]
+    totals = _Totals(gen.catalog.n)
+    jobs = [(False, a, b) for a, b in gen.chunk_bounds()]
     if spec.bot_users:
         per_chunk = max(1, _EVENTS_PER_CHUNK // spec.bot_events_each)
         jobs += [
-            ("bots", b, min(b + per_chunk, spec.bot_users))
+            (True, b, min(b + per_chunk, spec.bot_users))
             for b in range(0, spec.bot_users, per_chunk)
         ]
-
-    valid = duplicates = bot_events = lines_total = sessions = 0
-    type_counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
-    max_user_day = 0
-    ts_min: int | None = None
-    ts_max: int | None = None
-    users_active = 0
-    items_seen = np.zeros(gen.catalog.n, dtype=bool)
+    paths = [out / f"part-{k:05d}.jsonl" for k in range(spec.n_files)]
+    files = [p.open("wb") for p in paths]
     try:
-        for index, (kind, a, b) in enumerate(jobs):
+        for index, (is_bot, a, b) in enumerate(jobs):
             rng = np.random.default_rng([spec.seed, 1, index])
-            chunk = gen.user_chunk(rng, a, b) if kind == "users" else gen.bot_chunk(rng, a, b)
-            n = len(chunk.ts)
+            chunk = gen.bot_chunk(rng, a, b) if is_bot else gen.user_chunk(rng, a, b)
             lines = gen.lines(chunk, rng)
+            totals.add(chunk, is_bot, gen.start_s, spec.days)
 
-            if n:
-                type_counts += np.bincount(chunk.etype, minlength=len(EVENT_TYPES))
-                first, last = int(chunk.ts[0]), int(chunk.ts[-1])
-                ts_min = first if ts_min is None else min(ts_min, first)
-                ts_max = last if ts_max is None else max(ts_max, last)
-                items_seen[chunk.item] = True
-                users_active += len(np.unique(chunk.user))
-                if kind == "users":
-                    day = (chunk.ts - gen.start_s) // _SECONDS_PER_DAY
-                    key = (chunk.user - a) * spec.days + day
-                    max_user_day = max(max_user_day, int(np.bincount(key).max()))
-                else:
-                    bot_events += n
-            sessions += chunk.n_sessions
-
-            # Extra lines, counted so that the running totals track the fractions exactly.
-            new_valid = valid + n
-            n_dup = round(spec.duplicate_fraction * new_valid) - duplicates if n else 0
-            n_bad = round(spec.malformed_fraction * new_valid) - sum(malformed.counts.values())
-            n_bad = n_bad if n else 0
-            valid = new_valid
-            source = rng.integers(0, max(n, 1), n_dup)
-            dup_slot = rng.integers(source + 1, n + 1) if n_dup else source
-            bad_base = rng.integers(0, max(n, 1), n_bad)
+            # Extra lines follow the running totals, so the fractions hold over the whole run.
+            n_dup = round(spec.duplicate_fraction * totals.valid) - totals.duplicates
+            n_bad = round(spec.malformed_fraction * totals.valid) - sum(malformed.counts.values())
+            bad_base = rng.integers(0, max(len(lines), 1), n_bad).tolist()
             bad_lines = [
                 malformed.build(reason, lines[base], rng)
-                for reason, base in zip(malformed.take_kinds(n_bad), bad_base.tolist(), strict=True)
+                for reason, base in zip(malformed.take_kinds(n_bad), bad_base, strict=True)
             ]
-            # Valid line i sorts at 2i; an extra line placed before slot q sorts at 2q - 1,
-            # so a duplicate always comes after its original.
-            keys = np.concatenate(
-                (2 * np.arange(n), 2 * dup_slot - 1, 2 * rng.integers(0, n + 1, n_bad) - 1)
-            )
-            pool = lines + [lines[i] for i in source.tolist()] + bad_lines
-            ordered = [pool[i] for i in np.argsort(keys, kind="stable").tolist()]
-            duplicates += n_dup
-            lines_total += len(ordered)
+            ordered = _interleave(lines, n_dup, bad_lines, rng)
+            totals.duplicates += n_dup
+            totals.lines += len(ordered)
 
-            edges = np.linspace(0, len(ordered), spec.n_files + 1).astype(int)
+            # Contiguous slices keep each user's events in ts order across the files.
+            edges = np.linspace(0, len(ordered), spec.n_files + 1).astype(int).tolist()
             for f, lo, hi in zip(files, edges[:-1], edges[1:], strict=True):
-                if hi > lo:
-                    f.write(b"".join(ordered[lo:hi]))
+                f.write(b"".join(ordered[lo:hi]))
             if progress:
-                rate = valid / max(time.perf_counter() - started, 1e-9)
+                rate = totals.valid / max(time.perf_counter() - started, 1e-9)
                 print(
-                    f"[synthetic] chunk {index + 1}/{len(jobs)}: {valid:,} events, "
+                    f"[synthetic] chunk {index + 1}/{len(jobs)}: {totals.valid:,} events, "
                     f"{rate:,.0f} events/s",
                     file=sys.stderr,
                     flush=True,
@@ -627,19 +640,19 @@ def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = F
 
     summary: dict[str, Any] = {
         "files": [str(p) for p in paths],
-        "lines_total": lines_total,
-        "events_valid": valid,
-        "duplicates": duplicates,
+        "lines_total": totals.lines,
+        "events_valid": totals.valid,
+        "duplicates": totals.duplicates,
         "malformed": dict(malformed.counts),
-        "bot_events": bot_events,
+        "bot_events": totals.bot_events,
         "bot_user_ids": gen.user_ids[spec.users :],
-        "event_types": dict(zip(EVENT_TYPES, type_counts.tolist(), strict=True)),
-        "sessions": sessions,
-        "n_users_active": users_active,
-        "n_items_active": int(items_seen.sum()),
-        "max_events_per_user_day": max_user_day,
-        "ts_min": ts_min,
-        "ts_max": ts_max,
+        "event_types": dict(zip(EVENT_TYPES, totals.type_counts.tolist(), strict=True)),
+        "sessions": totals.sessions,
+        "n_users_active": totals.users_active,
+        "n_items_active": int(totals.items_seen.sum()),
+        "max_events_per_user_day": totals.max_user_day,
+        "ts_min": totals.ts_min,
+        "ts_max": totals.ts_max,
         "window": [gen.start_s, gen.start_s + gen.window_s],
         "spec": {**asdict(spec), "n_users": spec.users, "n_items": spec.items},
     }

@@ -118,13 +118,10 @@ def read_json_lines(spark: SparkSession, files: list[Path]) -> DataFrame:
 
 
 def read_csv(spark: SparkSession, files: list[Path]) -> DataFrame:
-    """CSV with a header; rows with the wrong number of fields are kept as malformed."""
+    """CSV with a header; rows with more or fewer fields than the header are malformed."""
     paths = [str(p) for p in files]
     header = spark.read.option("header", True).csv(paths).columns
-    schema = T.StructType(
-        [T.StructField(name, T.StringType()) for name in header]
-        + [T.StructField(_CORRUPT, T.StringType())]
-    )
+    schema = T.StructType([T.StructField(name, T.StringType()) for name in [*header, _CORRUPT]])
     rows = (
         spark.read.option("header", True)
         .option("mode", "PERMISSIVE")
@@ -132,14 +129,14 @@ def read_csv(spark: SparkSession, files: list[Path]) -> DataFrame:
         .schema(schema)
         .csv(paths)
     )
+    malformed = F.col(_CORRUPT).isNotNull()
     as_map = F.map_from_arrays(
         F.array(*(F.lit(c) for c in header)), F.array(*(F.col(f"`{c}`") for c in header))
     )
+    as_text = F.to_json(F.struct(*(F.col(f"`{c}`") for c in header)))
     return rows.select(
-        F.coalesce(F.col(_CORRUPT), F.to_json(F.struct(*(F.col(f"`{c}`") for c in header)))).alias(
-            RAW
-        ),
-        F.when(F.col(_CORRUPT).isNotNull(), F.lit(Reason.MALFORMED_RECORD)).alias(PARSE_ERROR),
+        F.coalesce(F.col(_CORRUPT), as_text).alias(RAW),
+        F.when(malformed, F.lit(Reason.MALFORMED_RECORD)).alias(PARSE_ERROR),
         *_known_and_extra(as_map),
         _source_file().alias(SOURCE_FILE),
     )

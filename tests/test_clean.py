@@ -1,0 +1,236 @@
+"""The clean stage on hand-written corpora: every reason code, exact reconciliation, formats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config
+from recpipe.etl.sources import RawInputError
+from recpipe.stages.clean import run_clean
+
+DS = "2026-11-22"
+T0 = 1795341600  # 2026-11-22T10:00:00Z
+
+
+def ev(user: object = "u1", item: object = "i1", etype: object = "view", ts: object = T0, **kw):
+    """One raw event line; keyword ``drop`` removes a field."""
+    record = {"user_id": user, "item_id": item, "event_type": etype, "ts": ts, **kw}
+    for name in record.pop("drop", ()):
+        record.pop(name)
+    return json.dumps(record)
+
+
+# (line, expected reason or None for valid). Each bad line fails exactly one check.
+CORPUS: list[tuple[str, str | None]] = [
+    (ev("u1", "i1", "view", T0), None),
+    (ev("u1", "i2", "click", T0 * 1000 + 5000), None),  # epoch ms -> T0 + 5 s
+    (ev("u2", "i1", "PURCHASE", "2026-11-22T11:00:00+01:00", value=19.5), None),  # = T0
+    (ev(42, "i3", "rating", "2026-11-22T10:00:07Z", value="4"), None),  # numeric id, string value
+    (ev("u3", "i1", "view", T0 + 9, device="ios", tags=["a"]), None),  # extra fields kept
+    (ev("u1", "i1", "view", T0), None),  # exact duplicate of the first line: dropped, counted
+    (ev("u1", "i1", "view", T0), None),  # and a second copy
+    ("", "empty_record"),
+    ("   ", "empty_record"),
+    ('{"user_id": "u1", "item_id": "i1", "event_ty', "malformed_record"),
+    ("{not json at all", "malformed_record"),
+    ('["u1", "i1"]', "not_an_object"),
+    ('"u1"', "not_an_object"),
+    ("17", "not_an_object"),
+    ("null", "not_an_object"),
+    (ev(drop=["user_id"]), "missing_user_id"),
+    (ev(user=None), "missing_user_id"),
+    (ev(user=""), "missing_user_id"),
+    (ev(user="   "), "missing_user_id"),
+    (ev(item=None), "missing_item_id"),
+    (ev(drop=["item_id"]), "missing_item_id"),
+    (ev(etype=""), "missing_event_type"),
+    (ev(drop=["ts"]), "missing_ts"),
+    (ev(ts=None), "missing_ts"),
+    (ev(user="u" * 129), "id_too_long"),
+    (ev(item="i" * 200), "id_too_long"),
+    (ev(etype="hover"), "unknown_event_type"),
+    (ev(ts="yesterday"), "bad_ts"),
+    (ev(ts="2026-11-22T10:00:00"), "bad_ts"),  # ISO without a zone is ambiguous
+    (ev(ts="2026-13-45T10:00:00Z"), "bad_ts"),
+    (ev(ts=631152000), "ts_out_of_window"),  # 1990-01-01, before clean.ts_min
+    (ev(ts="2026-11-24T00:00:00Z"), "ts_out_of_window"),  # end of ds + 1 day, exclusive
+    (ev(ts=99999999999999999), "ts_out_of_window"),  # ms far in the future
+    (ev(etype="purchase", value="abc"), "bad_value"),
+    (ev(etype="purchase", value="NaN"), "bad_value"),
+    (ev(etype="rating"), "missing_value"),
+]
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_table(spark: SparkSession, root: Path, table: str, ds: str = DS):
+    return spark.read.parquet(f"file://{root}/lake/{table}/ds={ds}")
+
+
+@pytest.fixture
+def corpus_run(spark: SparkSession, make_config, tmp_path: Path) -> tuple[Config, dict]:
+    raw = write_lines(tmp_path / "raw.jsonl", [line for line, _ in CORPUS])
+    config = make_config(f"paths.raw_events={raw}")
+    return config, run_clean(spark, config, DS)
+
+
+def test_every_reason_code_reconciles_exactly(spark: SparkSession, corpus_run) -> None:
+    config, manifest = corpus_run
+    expected_reasons = Counter(reason for _, reason in CORPUS if reason)
+    assert manifest["status"] == "ok"
+    assert manifest["rows_in"] == len(CORPUS)
+    assert manifest["rows_duplicate"] == 2
+    assert manifest["rows_out"] == 5
+    assert manifest["rows_quarantined"] == sum(expected_reasons.values())
+    assert manifest["quarantine_by_reason"] == dict(expected_reasons)
+    assert manifest["rows_in"] == (
+        manifest["rows_out"] + manifest["rows_quarantined"] + manifest["rows_duplicate"]
+    )
+    # Every bad line is in quarantine with its own text and reason.
+    quarantine = read_table(spark, config.root, "quarantine").collect()
+    assert Counter((r["raw"], r["reason"]) for r in quarantine) == Counter(
+        (line, reason) for line, reason in CORPUS if reason
+    )
+    # Manifest and resolved config are beside the outputs.
+    manifest_file = config.root / "manifests" / "clean" / f"ds={DS}.json"
+    assert json.loads(manifest_file.read_text())["rows_in"] == len(CORPUS)
+    assert manifest_file.with_suffix(".config.yaml").is_file()
+    assert (config.root / "lake" / "events" / f"ds={DS}" / "_config.yaml").is_file()
+
+
+def test_valid_rows_are_normalised(spark: SparkSession, corpus_run) -> None:
+    config, _ = corpus_run
+    rows = {
+        (r["user_id"], r["item_id"]): r for r in read_table(spark, config.root, "events").collect()
+    }
+    t0 = dt.datetime(2026, 11, 22, 10, 0, 0)  # Spark returns UTC wall time (session tz UTC)
+    assert set(rows) == {("u1", "i1"), ("u1", "i2"), ("u2", "i1"), ("42", "i3"), ("u3", "i1")}
+    assert rows[("u1", "i1")]["ts"] == t0
+    assert rows[("u1", "i2")]["ts"] == t0 + dt.timedelta(seconds=5)
+    assert rows[("u2", "i1")]["ts"] == t0  # 11:00+01:00 is 10:00Z
+    assert rows[("u2", "i1")]["event_type"] == "purchase"  # lower-cased
+    assert rows[("u2", "i1")]["value"] == 19.5
+    assert rows[("42", "i3")]["value"] == 4.0
+    assert rows[("42", "i3")]["ts"] == t0 + dt.timedelta(seconds=7)
+    assert rows[("u3", "i1")]["extra"] == {"device": "ios", "tags": '["a"]'}
+    assert rows[("u1", "i1")]["value"] is None
+
+
+def test_rerun_same_ds_replaces_partition(spark: SparkSession, make_config, tmp_path) -> None:
+    first = write_lines(tmp_path / "day1.jsonl", [ev("a", "x"), ev("b", "y"), "oops"])
+    config = make_config(f"paths.raw_events={first}")
+    run_clean(spark, config, DS)
+    run_clean(spark, config, DS)  # identical re-run: no duplicates
+    events = read_table(spark, config.root, "events")
+    assert events.count() == 2
+    assert read_table(spark, config.root, "quarantine").count() == 1
+    # A re-run on corrected input replaces the partition: no leftovers of the old version.
+    fixed = write_lines(tmp_path / "fixed.jsonl", [ev("c", "z")])
+    config2 = make_config(f"paths.raw_events={fixed}")
+    manifest = run_clean(spark, config2, DS)
+    assert [r["user_id"] for r in read_table(spark, config.root, "events").collect()] == ["c"]
+    assert read_table(spark, config.root, "quarantine").count() == 0
+    assert manifest["rows_in"] == 1 and manifest["rows_quarantined"] == 0
+    table_dir = config.root / "lake" / "events"
+    assert sorted(p.name for p in table_dir.iterdir() if p.name.startswith("ds=")) == [f"ds={DS}"]
+    assert not list((table_dir / "_staging").iterdir())
+
+
+def test_other_ds_partitions_are_untouched(spark: SparkSession, make_config, tmp_path) -> None:
+    raw = write_lines(tmp_path / "d.jsonl", [ev("a", "x", ts=T0 - 86400)])
+    config = make_config(f"paths.raw_events={raw}")
+    run_clean(spark, config, "2026-11-21")
+    run_clean(spark, config, DS)
+    assert read_table(spark, config.root, "events", "2026-11-21").count() == 1
+    assert read_table(spark, config.root, "events", DS).count() == 1
+
+
+def test_bot_filter_quarantines_heavy_user_days(spark: SparkSession, make_config, tmp_path):
+    # bot: 6 events on one UTC day (> limit 5); human: 5 events that day (= limit, kept),
+    # and the bot's single event on the previous day stays (its own day is under the limit).
+    lines = [ev("bot", f"i{k}", ts=T0 + k) for k in range(6)]
+    lines += [ev("human", f"i{k}", ts=T0 + k) for k in range(5)]
+    lines += [ev("bot", "i0", ts=T0 - 86400)]
+    raw = write_lines(tmp_path / "bots.jsonl", lines)
+    config = make_config(f"paths.raw_events={raw}", "clean.bot_max_events_per_day=5")
+    manifest = run_clean(spark, config, DS)
+    assert manifest["quarantine_by_reason"] == {"bot_suspect": 6}
+    assert manifest["rows_out"] == 6
+    kept = Counter(r["user_id"] for r in read_table(spark, config.root, "events").collect())
+    assert kept == {"human": 5, "bot": 1}
+    reasons = {r["reason"] for r in read_table(spark, config.root, "quarantine").collect()}
+    assert reasons == {"bot_suspect"}
+
+
+def test_csv_input_with_bad_rows(spark: SparkSession, make_config, tmp_path) -> None:
+    csv = tmp_path / "events.csv"
+    csv.write_text(
+        "user_id,item_id,event_type,ts,value,campaign\n"
+        f"u1,i1,view,{T0},,spring\n"
+        f"u1,i2,purchase,{T0 + 1},9.99,\n"
+        f"u2,i1,hover,{T0},,x\n"
+        f"u3,i1,view,{T0},,x,surplus,fields\n"
+        f"u4,,view,{T0},,\n"
+        "u5,i1\n"
+    )
+    config = make_config(f"paths.raw_events={csv}")
+    manifest = run_clean(spark, config, DS)
+    assert manifest["rows_in"] == 6
+    assert manifest["rows_out"] == 2
+    assert manifest["quarantine_by_reason"] == {
+        "malformed_record": 2,  # more, and fewer, fields than the header
+        "unknown_event_type": 1,
+        "missing_item_id": 1,
+    }
+    events = {r["item_id"]: r for r in read_table(spark, config.root, "events").collect()}
+    assert events["i1"]["extra"] == {"campaign": "spring"}
+    assert events["i2"]["value"] == pytest.approx(9.99)
+
+
+def test_parquet_and_json_folder_mix(spark: SparkSession, make_config, tmp_path) -> None:
+    folder = tmp_path / "raw"
+    (folder / "sub").mkdir(parents=True)
+    table = pa.table(
+        {
+            "user_id": [1, 2, None],
+            "item_id": ["a", "b", "c"],
+            "event_type": ["view", "click", "view"],
+            "ts": [T0, T0 + 1, T0 + 2],
+        }
+    )
+    pq.write_table(table, folder / "sub" / "part.parquet")
+    write_lines(folder / "more.jsonl", [ev("9", "z"), "{broken"])
+    (folder / "_SUCCESS").write_text("")  # marker files are not input
+    config = make_config(f"paths.raw_events={folder}")
+    manifest = run_clean(spark, config, DS)
+    assert manifest["rows_in"] == 5
+    assert manifest["quarantine_by_reason"] == {"missing_user_id": 1, "malformed_record": 1}
+    users = sorted(r["user_id"] for r in read_table(spark, config.root, "events").collect())
+    assert users == ["1", "2", "9"]
+
+
+def test_glob_input_and_clear_errors(spark: SparkSession, make_config, tmp_path) -> None:
+    write_lines(tmp_path / "a.jsonl", [ev("a", "x")])
+    write_lines(tmp_path / "b.jsonl", [ev("b", "x")])
+    config = make_config(f"paths.raw_events={tmp_path}/*.jsonl")
+    assert run_clean(spark, config, DS)["rows_out"] == 2
+    with pytest.raises(RawInputError, match=r"paths\.raw_events: .*does not exist"):
+        run_clean(spark, make_config(f"paths.raw_events={tmp_path}/nope"), DS)
+    with pytest.raises(RawInputError, match=r"paths\.raw_events is not set"):
+        run_clean(spark, make_config(), DS)
+    (tmp_path / "odd.txt").write_text("x")
+    with pytest.raises(RawInputError, match="input_format"):
+        run_clean(spark, make_config(f"paths.raw_events={tmp_path / 'odd.txt'}"), DS)
+    failed = json.loads((make_config().root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    assert failed["status"] == "failed" and "input_format" in failed["error"]

@@ -1,0 +1,130 @@
+"""Config loading: layering, overrides, validation errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recpipe.config import Config, ConfigError, load_config, parse_override
+from recpipe.spark import session_conf
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def test_base_yaml_equals_builtin_defaults() -> None:
+    """conf/base.yaml documents the defaults; it must not drift from the code."""
+    from_file = Config.model_validate(yaml.safe_load((CONF / "base.yaml").read_text()))
+    assert from_file.model_dump() == Config().model_dump()
+
+
+def test_shipped_files_validate(tmp_path: Path) -> None:
+    for name in ("local.yaml", "cluster.yaml"):
+        config = load_config([CONF / "base.yaml", CONF / name], base_dir=tmp_path)
+        assert Path(config.paths.root).is_absolute()
+    cluster = load_config([CONF / "base.yaml", CONF / "cluster.yaml"])
+    assert cluster.spark.master == "yarn"
+    assert cluster.spark.executor_memory == "8g"
+
+
+def test_later_conf_file_wins_and_set_wins_over_files(tmp_path: Path) -> None:
+    first = tmp_path / "a.yaml"
+    second = tmp_path / "b.yaml"
+    first.write_text(
+        "spark: {shuffle_partitions: 3, driver_memory: 1g}\nclean: {max_id_length: 9}\n"
+    )
+    second.write_text("spark: {shuffle_partitions: 5}\n")
+    config = load_config([first, second], ["clean.max_id_length=11"])
+    assert config.spark.shuffle_partitions == 5  # second file wins
+    assert config.spark.driver_memory == "1g"  # merged, not replaced, from the first file
+    assert config.clean.max_id_length == 11  # --set wins over both
+
+
+def test_set_values_are_parsed_as_yaml() -> None:
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("a=[x, y]") == {"a": ["x", "y"]}
+    assert parse_override("a.b.c=true") == {"a": {"b": {"c": True}}}
+    assert parse_override("a=") == {"a": None}
+    config = load_config(None, ["split.protocols=[temporal,random_by_user]"])
+    assert config.split.protocols == ["temporal", "random_by_user"]
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", ".a=1"])
+def test_malformed_set_is_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--set"):
+        parse_override(bad)
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'clean\.max_id_lenght'"):
+        load_config(None, ["clean.max_id_lenght=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'sparkk'"):
+        load_config(None, ["sparkk.master=local"])
+
+
+def test_wrong_type_names_key_and_expectation() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["spark.shuffle_partitions=many"])
+    message = str(info.value)
+    assert "'spark.shuffle_partitions'" in message
+    assert "integer" in message and "'many'" in message
+
+
+def test_value_constraints_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"split\.random_by_user.*must be 1\.0"):
+        load_config(None, ["split.random_by_user.train=0.5"])
+    with pytest.raises(ConfigError, match=r"split\.protocols\.0"):
+        load_config(None, ["split.protocols=[by_magic]"])
+    with pytest.raises(ConfigError, match=r"'clean\.ts_min'"):
+        load_config(None, ["clean.ts_min=not-a-date"])
+    with pytest.raises(ConfigError, match=r"value_required_for.*\['like'\]"):
+        load_config(None, ["clean.value_required_for=[like]"])
+
+
+def test_missing_or_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "nope.yaml"])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config([listing])
+
+
+def test_relative_root_resolves_from_base_dir(tmp_path: Path) -> None:
+    config = load_config(None, ["paths.root=state", "paths.raw_events=in/*.jsonl"], tmp_path)
+    assert config.paths.root == str(tmp_path / "state")
+    assert config.paths.raw_events == str(tmp_path / "in/*.jsonl")
+
+
+def test_hash_changes_with_config() -> None:
+    assert load_config(None, []).hash() == load_config(None, []).hash()
+    assert load_config(None, []).hash() != load_config(None, ["clean.max_id_length=5"]).hash()
+
+
+def test_spark_settings_live_under_root_and_pass_through(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        [
+            f"paths.root={tmp_path}",
+            "spark.executor_memory=8g",
+            "spark.executor_cores=4",
+            "spark.conf={spark.sql.shuffle.partitions: '64', spark.foo: bar}",
+        ],
+    )
+    conf = session_conf(config)
+    assert conf["spark.sql.warehouse.dir"] == str(tmp_path / "warehouse")
+    assert (
+        str(tmp_path / "metastore" / "metastore_db")
+        in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    )
+    assert (
+        f"-Dderby.stream.error.file={tmp_path}/metastore/derby.log"
+        in conf["spark.driver.extraJavaOptions"]
+    )
+    assert conf["spark.local.dir"].startswith(str(tmp_path))
+    assert conf["spark.executor.memory"] == "8g"
+    assert conf["spark.executor.cores"] == "4"
+    assert conf["spark.sql.shuffle.partitions"] == "64"  # spark.conf wins over the shortcut
+    assert conf["spark.foo"] == "bar"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
