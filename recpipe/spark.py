@@ -42,6 +42,7 @@ def session_conf(config: Config) -> dict[str, str]:
                 f"-Dderby.system.home={metastore}",
                 f"-Dderby.stream.error.file={metastore / 'derby.log'}",
                 f"-Djava.io.tmpdir={root / 'tmp' / 'jvm'}",
+                "-XX:-UsePerfData",  # no hsperfdata folder in the system temp dir
             ]
         ),
     }

@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from recpipe.datasets import synthetic
 from recpipe.datasets.synthetic import MALFORMED_REASONS, SyntheticSpec, generate_events
 from recpipe.schema import Reason
 
@@ -91,6 +93,8 @@ def read_lines(out: Path) -> list[bytes]:
     lines: list[bytes] = []
     for path in sorted(out.glob("part-*.jsonl")):
         data = path.read_bytes()
+        if not data:
+            continue
         assert data.endswith(b"\n")
         lines += data[:-1].split(b"\n")
     return lines
@@ -322,12 +326,31 @@ def test_rerun_replaces_old_part_files(tmp_path: Path) -> None:
     ],
 )
 def test_small_and_extreme_specs(spec: SyntheticSpec, tmp_path: Path) -> None:
-    s = generate_events(spec, tmp_path)
-    lines = read_lines(tmp_path)
+    check_invariants(spec, generate_events(spec, tmp_path), tmp_path)
+
+
+def test_sessions_that_do_not_fit_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Far more sessions than a day can hold: the generator must drop the overflow.
+    monkeypatch.setattr(
+        synthetic._Generator, "_sessions_per_user", lambda self, rng, n: np.full(n, 400)
+    )
+    spec = SyntheticSpec(n_events=1_000, n_users=30, days=1, seed=5)
+    summary = generate_events(spec, tmp_path)
+    assert summary["sessions"] < 30 * 400
+    check_invariants(spec, summary, tmp_path)
+
+
+def check_invariants(spec: SyntheticSpec, s: dict, out: Path) -> None:
+    """Counts, window, per-user ts order and session gaps of any generated folder."""
+    lines = read_lines(out)
     assert len(lines) == s["lines_total"]
     assert s["lines_total"] == s["events_valid"] + s["duplicates"] + sum(s["malformed"].values())
     start = int(dt.datetime.fromisoformat(spec.start).replace(tzinfo=dt.UTC).timestamp())
     window = (start, start + spec.days * 86_400)
+    min_gap = 2 * spec.session_gap_minutes * 60
+    bots = set(s["bot_user_ids"])
     last: dict[str, int] = {}
     distinct: set[bytes] = set()
     reasons = Counter()
@@ -338,9 +361,11 @@ def test_small_and_extreme_specs(spec: SyntheticSpec, tmp_path: Path) -> None:
         elif line not in distinct:
             distinct.add(line)
             record = json.loads(line)
-            seconds = _seconds(record["ts"])
-            assert seconds > last.get(record["user_id"], -1)
-            last[record["user_id"]] = seconds
+            user, seconds = record["user_id"], _seconds(record["ts"])
+            if user in last:
+                gap = seconds - last[user]
+                assert gap >= 1 if user in bots else (5 <= gap <= 300 or gap >= min_gap)
+            last[user] = seconds
     assert len(distinct) == s["events_valid"]
     assert dict(reasons) == {k: v for k, v in s["malformed"].items() if v}
 

@@ -1,0 +1,129 @@
+"""The real console script and spark-submit jobs, run as subprocesses (fresh JVMs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recpipe.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DS = "2026-11-22"
+T0 = 1795341600  # 2026-11-22T10:00:00Z
+
+
+def run(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env_extra or {})}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def mixed_lines() -> list[str]:
+    good = [
+        {"user_id": f"u{u}", "item_id": f"i{k}", "event_type": "view", "ts": T0 + 60 * k + u}
+        for u in range(3)
+        for k in range(4)
+    ]
+    lines = [json.dumps(r) for r in good]
+    lines += [lines[0], "{trunc", "[]", json.dumps({"user_id": "u9", "ts": T0})]
+    return lines
+
+
+def test_help_explains_every_option() -> None:
+    parser = build_parser()
+    text = parser.format_help()
+    for command in ("fetch-data", "generate", "clean", "vocab", "sessionize", "split", "demo"):
+        assert command in text
+    sub = subprocess.run(
+        [str(BIN / "recpipe"), "clean", "--help"], capture_output=True, text=True, check=True
+    )
+    for option in ("--conf", "--set", "--ds", "--verbose"):
+        assert option in sub.stdout
+    # every option of every command carries a help text
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for option in action._actions:
+            assert option.help, f"{action.prog} {option.option_strings} has no help"
+
+
+@pytest.mark.slow
+def test_clean_cli_relocates_everything_under_root(tmp_path: Path) -> None:
+    """The acceptance command: exit 0, exact reconciliation, all state under paths.root."""
+    raw = tmp_path / "input" / "events.jsonl"
+    raw.parent.mkdir()
+    raw.write_text("\n".join(mixed_lines()) + "\n")
+    root = tmp_path / "state"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    result = run(
+        [str(BIN / "recpipe"), "etl", "--set", f"paths.root={root}", "--set",
+         f"paths.raw_events={raw}", "--ds", DS],
+        cwd,
+        {"TMPDIR": str(scratch)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "recpipe stage summary" in result.stdout
+    manifest = json.loads((root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    assert manifest["rows_in"] == 16
+    assert manifest["rows_out"] == 12
+    assert manifest["rows_duplicate"] == 1
+    assert manifest["quarantine_by_reason"] == {
+        "malformed_record": 1,
+        "not_an_object": 1,
+        "missing_item_id": 1,
+    }
+    for stage in ("clean", "vocab", "sessionize", "split"):
+        assert (root / "manifests" / stage / f"ds={DS}.json").is_file()
+        assert (root / "manifests" / stage / f"ds={DS}.config.yaml").is_file()
+    # A real Hive catalog write in a second process, also from the empty cwd.
+    script = (
+        "from recpipe.config import load_config; from recpipe.spark import get_spark; "
+        f"s = get_spark(load_config(None, ['paths.root={root}'])); "
+        "s.sql('CREATE DATABASE IF NOT EXISTS recpipe_check'); "
+        "print(s.catalog.getDatabase('recpipe_check').locationUri)"
+    )
+    hive = run([sys.executable, "-c", script], cwd, {"TMPDIR": str(scratch)})
+    assert hive.returncode == 0, hive.stderr[-3000:]
+    assert str(root / "warehouse") in hive.stdout
+    assert (root / "metastore" / "metastore_db").is_dir()
+    assert (root / "metastore" / "derby.log").is_file()
+    assert list(cwd.iterdir()) == []  # nothing written to the working directory
+    assert list(scratch.iterdir()) == []  # nor to the temp folder
+
+
+@pytest.mark.slow
+def test_config_error_exit_code_names_key(tmp_path: Path) -> None:
+    result = run([str(BIN / "recpipe"), "clean", "--set", "clean.max_id_length=long"], tmp_path)
+    assert result.returncode == 2
+    assert "'clean.max_id_length'" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run(
+        [str(BIN / "recpipe"), "vocab", "--set", f"paths.root={tmp_path}", "--ds", DS], tmp_path
+    )
+    assert missing.returncode == 1
+    assert "recpipe clean --ds" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_spark_submit_job(tmp_path: Path) -> None:
+    """jobs/clean.py under the real spark-submit, with the same arguments as the CLI."""
+    raw = tmp_path / "events.jsonl"
+    raw.write_text("\n".join(mixed_lines()) + "\n")
+    root = tmp_path / "state"
+    result = run(
+        [str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "clean.py"),
+         "--ds", DS, "--set", f"paths.root={root}", "--set", f"paths.raw_events={raw}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (16, 12, 3)
