@@ -1,0 +1,88 @@
+"""ETL benchmark: clean + sessionize on generated 1M and 5M events.
+
+Prints events/s per stage and size, the 5M/1M time ratio (linear scaling gives 5.0), and the
+ratio of clean's time to a named reference run in the same process: Spark reading the same
+JSON lines with a fixed all-string schema and writing them to Parquet with no validation,
+the floor any clean stage pays.
+
+    .venv/bin/python bench/etl.py [--sizes 1000000 5000000] [--root var/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from recpipe.config import load_config
+from recpipe.console import format_table
+from recpipe.datasets.synthetic import SyntheticSpec, generate_events
+from recpipe.schema import KNOWN_FIELDS
+from recpipe.spark import get_spark
+from recpipe.stages.clean import run_clean
+from recpipe.stages.sessionize import run_sessionize
+from recpipe.stages.vocab import run_vocab
+
+DS = "2026-11-22"
+
+
+def reference_scan(spark, raw: Path, out: Path) -> float:
+    """Seconds for schema'd JSON read -> Parquet write of the same files, no checks."""
+    schema = ", ".join(f"{name} string" for name in KNOWN_FIELDS)
+    start = time.perf_counter()
+    spark.read.schema(schema).json(str(raw / "part-*.jsonl")).write.mode("overwrite").parquet(
+        f"file://{out}"
+    )
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--root", type=Path, default=Path("var/bench"))
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    base = load_config(None, [f"paths.root={root}/spark"])
+    spark = get_spark(base)
+    rows = []
+    for size in args.sizes:
+        raw = root / f"raw-{size}"
+        if not (raw / "_generation.json").is_file():
+            print(f"generating {size:,} events ...", file=sys.stderr)
+            generate_events(SyntheticSpec(n_events=size, n_files=8, seed=1), raw)
+        state = root / f"state-{size}"
+        shutil.rmtree(state, ignore_errors=True)
+        config = load_config(None, [f"paths.root={state}", f"paths.raw_events={raw}"])
+        ref_s = reference_scan(spark, raw, state / "reference")
+        clean = run_clean(spark, config, DS)
+        vocab = run_vocab(spark, config, DS)
+        sessions = run_sessionize(spark, config, DS)
+        rows.append(
+            {
+                "events_in": clean["rows_in"],
+                "reference_s": round(ref_s, 1),
+                "clean_s": clean["seconds"],
+                "clean_ev_per_s": round(clean["rows_in"] / clean["seconds"]),
+                "clean/reference": round(clean["seconds"] / ref_s, 2),
+                "vocab_s": vocab["seconds"],
+                "sessionize_s": sessions["seconds"],
+                "sessionize_ev_per_s": round(sessions["rows_in"] / sessions["seconds"]),
+                "sessions": sessions["sessions"],
+            }
+        )
+    print(format_table(rows, title=f"ETL benchmark ({spark.sparkContext.master}, ds={DS})"))
+    if len(rows) >= 2:
+        small, large = rows[0], rows[-1]
+        work = large["events_in"] / small["events_in"]
+        for stage in ("clean_s", "sessionize_s"):
+            ratio = large[stage] / small[stage]
+            print(f"{stage[:-2]}: {large['events_in']:,}/{small['events_in']:,} events "
+                  f"= {work:.1f}x work took {ratio:.2f}x time")  # fmt: skip
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
