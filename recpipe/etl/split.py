@@ -67,8 +67,12 @@ def random_by_user(interactions: DataFrame, *, train: float, valid: float, seed:
 def temporal_cuts(
     interactions: DataFrame, *, test_ratio: float, valid_ratio: float
 ) -> tuple[int, int]:
-    """Epoch-ms cut points so the last ``test_ratio`` (and ``valid_ratio`` before it) of
-    interactions by time fall after them (exact discrete percentiles)."""
+    """Epoch-ms cuts (``valid``, ``test``) for :func:`temporal` so that the latest
+    ``test_ratio`` of interactions (and ``valid_ratio`` before them) fall at or after them.
+
+    ``percentile_disc(p)`` is the time of the last interaction that belongs below the cut;
+    the cut is one millisecond later, since :func:`temporal` sends ``ts >= cut`` up.
+    """
 
     def disc(fraction: float) -> F.Column:
         return F.expr(f"percentile_disc({fraction!r}) WITHIN GROUP (ORDER BY {TS_MS})")
@@ -76,7 +80,7 @@ def temporal_cuts(
     row = interactions.agg(
         disc(1.0 - test_ratio).alias("test"), disc(1.0 - test_ratio - valid_ratio).alias("valid")
     ).first()
-    return int(row["valid"]), int(row["test"])
+    return int(row["valid"]) + 1, int(row["test"]) + 1
 
 
 def temporal(interactions: DataFrame, *, valid_cut_ms: int, test_cut_ms: int) -> DataFrame:

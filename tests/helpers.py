@@ -1,0 +1,87 @@
+"""Test helpers: write raw JSON-lines events, run a chain of real stages, read outputs back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config, load_config
+from recpipe.stages.clean import run_clean
+from recpipe.stages.sessionize import run_sessionize
+from recpipe.stages.split import run_split
+from recpipe.stages.vocab import run_vocab
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+STAGES = {
+    "clean": run_clean,
+    "vocab": run_vocab,
+    "sessionize": run_sessionize,
+    "split": run_split,
+}
+CHAIN: tuple[str, ...] = ("clean", "vocab", "sessionize", "split")
+
+
+def write_jsonl(path: Path, events: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one JSON object per line to ``path`` (parents created) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(dict(event)) + "\n" for event in events))
+    return path
+
+
+def build_config(root: Path, *overrides: str) -> Config:
+    """Config from ``conf/base.yaml`` + ``conf/local.yaml`` rooted at ``root``."""
+    return load_config(
+        [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml"], [f"paths.root={root}", *overrides]
+    )
+
+
+def run_chain(
+    spark: SparkSession, config: Config, ds: str, stages: Sequence[str] = CHAIN
+) -> dict[str, dict[str, Any]]:
+    """Run ``stages`` in order for ``ds``; returns their manifests by stage name."""
+    manifests = {}
+    for stage in stages:
+        manifests[stage] = STAGES[stage](spark, config, ds)
+        assert manifests[stage]["status"] == "ok", manifests[stage]
+    return manifests
+
+
+def read_rows(root: Path, table: str, ds: str, protocol: str | None = None) -> list[dict[str, Any]]:
+    """All rows of one published lake partition, read with pyarrow (not with recpipe code)."""
+    folder = Path(root) / "lake" / table / f"ds={ds}"
+    if protocol is not None:
+        folder = folder / f"protocol={protocol}"
+    assert folder.is_dir(), f"partition {folder} was not published"
+    table = pq.read_table(folder)
+    # Spark writes INT96 timestamps (naive, UTC by session setting): read them as aware UTC.
+    schema = pa.schema(
+        [
+            field.with_type(pa.timestamp("us", tz="UTC"))
+            if pa.types.is_timestamp(field.type)
+            else field
+            for field in table.schema
+        ]
+    )
+    return table.cast(schema).to_pylist()
+
+
+def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
+    """The JSON manifest ``<root>/manifests/<stage>/ds=<ds>.json``."""
+    return json.loads((Path(root) / "manifests" / stage / f"ds={ds}.json").read_text())
+
+
+def epoch_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO-8601 time with a zone, e.g. ``2026-11-10T10:00:00Z``."""
+    return round(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def utc(text: str) -> dt.datetime:
+    """Aware UTC datetime of an ISO-8601 time with a zone."""
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
