@@ -39,9 +39,13 @@ class StagedPartition:
     partition: dict[str, str]
     path: Path
 
+    def read(self, spark: SparkSession) -> DataFrame:
+        """The staged files, read back from disk (for reconciliation before publishing)."""
+        return spark.read.parquet(file_uri(self.path))
+
     def count(self, spark: SparkSession) -> int:
-        """Rows in the staged files (read back from disk)."""
-        return spark.read.parquet(file_uri(self.path)).count()
+        """Rows in the staged files."""
+        return self.read(spark).count()
 
     def publish(self) -> Path:
         """Swap the staged folder in as the partition, replacing any previous version."""
@@ -77,6 +81,13 @@ class Lake:
     def exists(self, table: str, partition: Mapping[str, str]) -> bool:
         """Whether the partition has been published."""
         return self.partition_path(table, partition).is_dir()
+
+    def require(self, table: str, ds: str, producer: str) -> None:
+        """Fail with the command to run when ``table`` has no partition ``ds``."""
+        if not self.exists(table, {DS: ds}):
+            raise MissingInputError(
+                f"no {table} partition ds={ds}: run `recpipe {producer} --ds {ds}` first"
+            )
 
     def ds_values(self, table: str) -> list[str]:
         """Published ``ds`` values of ``table``, sorted ascending."""

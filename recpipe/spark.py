@@ -30,6 +30,8 @@ def session_conf(config: Config) -> dict[str, str]:
         # Stages log their own progress; Spark's console bars would interleave with it.
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
+        # Standard UTC-adjusted microsecond timestamps (not legacy INT96) for pyarrow readers.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # Keep `ds` and other partition values as strings: "2026-11-22" would become a date.
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
         "spark.local.dir": str(root / "tmp" / "spark"),

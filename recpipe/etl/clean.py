@@ -51,25 +51,22 @@ def _blank(col: Column) -> Column:
     return col.isNull() | (F.trim(col) == "")
 
 
-def _epoch_seconds(text: Column) -> Column:
-    """Epoch seconds (decimal) of a numeric ts string: seconds, or milliseconds when >= 1e11."""
-    number = text.try_cast(T.DecimalType(30, 6))
-    return F.when(F.abs(number) >= EPOCH_MS_THRESHOLD, number / 1000).otherwise(number)
-
-
 def parse_ts(text: Column) -> tuple[Column, Column]:
-    """(epoch seconds as decimal or null, parsed timestamp or null) of a raw ts string.
+    """(epoch seconds as double or null, parsed timestamp or null) of a raw ts string.
 
-    The timestamp column is only safe to evaluate where the seconds fall in a sane window,
-    which the caller guarantees by checking the window first.
+    Numbers are epoch seconds, or milliseconds at or above 1e11; integral ones convert
+    exactly (long arithmetic, null on overflow). ISO-8601 needs an explicit zone.
     """
     trimmed = F.trim(text)
     is_numeric = trimmed.rlike(_NUMERIC)
+    number = trimmed.try_cast(T.DoubleType())
+    is_ms = F.abs(number) >= EPOCH_MS_THRESHOLD
+    integral = trimmed.try_cast(T.LongType())
+    exact_micros = F.try_multiply(integral, F.when(is_ms, F.lit(1_000)).otherwise(F.lit(1_000_000)))
+    numeric_seconds = F.when(is_ms, number / 1_000).otherwise(number)
+    micros = F.coalesce(exact_micros, F.round(numeric_seconds * 1_000_000).try_cast(T.LongType()))
     iso = F.when(trimmed.rlike(_ISO_WITH_ZONE), trimmed.try_cast(T.TimestampType()))
-    seconds = F.when(is_numeric, _epoch_seconds(trimmed)).otherwise(
-        F.unix_micros(iso).cast(T.DecimalType(30, 6)) / 1_000_000
-    )
-    micros = (seconds * 1_000_000).try_cast(T.LongType())
+    seconds = F.when(is_numeric, numeric_seconds).otherwise(F.unix_micros(iso) / 1_000_000)
     timestamp = F.when(is_numeric, F.timestamp_micros(micros)).otherwise(iso)
     return seconds, timestamp
 
@@ -148,7 +145,7 @@ def dedupe_exact(
     depend on partitioning.
     """
     others = [c for c in valid.columns if c not in key]
-    order = F.concat_ws("\u0000", *(F.col(c) for c in order_by))
+    order = F.struct(*(F.col(c) for c in order_by))
     grouped = valid.groupBy(*key).agg(
         F.count(F.lit(1)).alias(COPIES),
         F.min_by(F.struct(*others), order).alias("_kept"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from pyspark import StorageLevel
@@ -22,13 +23,14 @@ from recpipe.etl.clean import (
     ts_window,
 )
 from recpipe.etl.sources import read_raw_events
-from recpipe.lake import Lake, file_uri
+from recpipe.lake import Lake
 from recpipe.manifest import StageRun
-from recpipe.schema import DS, REASON, Reason
+from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 
 log = logging.getLogger(__name__)
 
 EVENTS = "events"
+RAW_HASH = "raw_hash"
 QUARANTINE = "quarantine"
 
 
@@ -48,6 +50,7 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             input=config.paths.raw_events, ts_window=[ts_min.isoformat(), ts_max.isoformat()]
         )
         raw = read_raw_events(spark, config.paths.raw_events, settings.input_format)
+        bot_limit = settings.bot_max_events_per_day
         checked = classify(
             raw,
             event_types=settings.event_types,
@@ -55,16 +58,31 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             max_id_length=settings.max_id_length,
             ts_min=ts_min,
             ts_max=ts_max,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        # Valid rows only need the raw text if the bot filter may quarantine them; dropping it
+        # keeps the cache small. Its hash still orders duplicates deterministically.
+        keep_raw = F.lit(bot_limit is not None) | F.col(REASON).isNotNull()
+        checked = (
+            checked.withColumn(RAW_HASH, F.xxhash64(RAW))
+            .withColumn(RAW, F.when(keep_raw, F.col(RAW)))
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        started = time.perf_counter()
         try:
             by_reason = {
                 row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()
             }
             rows_in = sum(by_reason.values())
             rows_valid = by_reason.pop(None, 0)
-            log.info("clean: read %d records, %d valid before de-duplication", rows_in, rows_valid)
+            log.info(
+                "clean: parsed %d records, %d valid before de-duplication (%.1fs)",
+                rows_in,
+                rows_valid,
+                time.perf_counter() - started,
+            )
 
-            distinct = dedupe_exact(checked.where(F.col(REASON).isNull()).drop(REASON)).persist(
+            valid = checked.where(F.col(REASON).isNull()).drop(REASON)
+            distinct = dedupe_exact(valid, order_by=(SOURCE_FILE, RAW_HASH)).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
             totals = distinct.agg(
@@ -72,12 +90,17 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             ).first()
             rows_distinct, rows_copies = totals["n"], totals["copies"] or 0
             rows_duplicate = rows_copies - rows_distinct
+            log.info(
+                "clean: %d distinct events, %d exact duplicates (%.1fs)",
+                rows_distinct,
+                rows_duplicate,
+                time.perf_counter() - started,
+            )
 
-            bot_limit = settings.bot_max_events_per_day
             if bot_limit is not None:
                 distinct = flag_bots(distinct, bot_limit)
                 bots = distinct.where("is_bot").select(
-                    F.col("raw"), F.lit(Reason.BOT_SUSPECT).alias(REASON), F.col("source_file")
+                    F.col(RAW), F.lit(Reason.BOT_SUSPECT).alias(REASON), F.col(SOURCE_FILE)
                 )
                 events = distinct.where("NOT is_bot")
             else:
@@ -93,14 +116,12 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         finally:
             checked.unpersist()
 
+        log.info("clean: staged events and quarantine (%.1fs)", time.perf_counter() - started)
         # Reconcile from what is on disk, before anything is published.
         rows_out = staged_events.count(spark)
         quarantined = {
             row[REASON]: row["count"]
-            for row in spark.read.parquet(file_uri(staged_quarantine.path))
-            .groupBy(REASON)
-            .count()
-            .collect()
+            for row in staged_quarantine.read(spark).groupBy(REASON).count().collect()
         }
         rows_quarantined = sum(quarantined.values())
         expected_quarantine = dict(by_reason)

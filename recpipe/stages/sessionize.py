@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
-from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.errors import RecpipeError
 from recpipe.etl.clean import COPIES, dedupe_exact
 from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
 from recpipe.lake import Lake, history_ds
@@ -43,10 +43,8 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
     lake = Lake(config.root)
     with StageRun(config, "sessionize", ds) as run:
         event_ds = history_ds(lake.ds_values(EVENTS), ds, settings.history_days)
-        if ds not in event_ds:
-            raise MissingInputError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
-        if not lake.exists(VOCAB_USERS, {DS: ds}):
-            raise MissingInputError(f"no vocabulary for ds={ds}: run `recpipe vocab --ds {ds}`")
+        lake.require(EVENTS, ds, "clean")
+        lake.require(VOCAB_USERS, ds, "vocab")
         run.record["events_ds"] = event_ds
         events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
             USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS
@@ -85,7 +83,7 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
             )
         finally:
             indexed.unpersist()
-        written = spark.read.parquet(f"file://{part.path}")
+        written = part.read(spark)
         stats = written.agg(
             F.count(F.lit(1)).alias("sessions"),
             F.sum(LENGTH).alias("events"),

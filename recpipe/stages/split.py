@@ -89,6 +89,7 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Split the interactions in ``sessions`` for ``ds`` under every configured protocol."""
     lake = Lake(config.root)
     with StageRun(config, "split", ds) as run:
+        lake.require(SESSIONS, ds, "sessionize")
         sessions = lake.read(spark, SESSIONS, [{DS: ds}])
         interactions = explode_sessions(sessions).withColumn(
             EVENT_RANK, event_rank(config.clean.event_types)
@@ -115,7 +116,7 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                     )
                     staged.append(staged_part)
                     written = (
-                        spark.read.parquet(f"file://{staged_part.path}")
+                        staged_part.read(spark)
                         .agg(
                             F.count(F.lit(1)).alias("rows"),
                             F.count_distinct(USER_IDX).alias("users"),

@@ -8,7 +8,6 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
-from recpipe.errors import MissingInputError
 from recpipe.etl.vocab import extend_vocab, first_seen
 from recpipe.lake import Lake, history_ds
 from recpipe.manifest import StageRun
@@ -31,8 +30,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     lake = Lake(config.root)
     with StageRun(config, "vocab", ds) as run:
         event_ds = history_ds(lake.ds_values(EVENTS), ds, None)
-        if ds not in event_ds:
-            raise MissingInputError(f"no events partition ds={ds}: run `recpipe clean --ds {ds}`")
+        lake.require(EVENTS, ds, "clean")
         events = lake.read(spark, EVENTS, [{DS: value} for value in event_ds])
         run.record["events_ds"] = event_ds
         staged = []
@@ -43,7 +41,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             mapping = extend_vocab(seen, existing, id_col=id_col, idx_col=idx_col, ds=ds)
             part = lake.stage(mapping, table, {DS: ds}, {"_config.yaml": config.to_yaml()})
             stats = (
-                spark.read.parquet(f"file://{part.path}")
+                part.read(spark)
                 .agg(
                     F.count(F.lit(1)).alias("rows"),
                     F.max(idx_col).alias("max_idx"),
