@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
+import uuid
 from typing import Any
 
 from pyspark import StorageLevel
@@ -23,7 +25,7 @@ from recpipe.etl.clean import (
     ts_window,
 )
 from recpipe.etl.sources import read_raw_events
-from recpipe.lake import Lake
+from recpipe.lake import Lake, file_uri
 from recpipe.manifest import StageRun
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 
@@ -60,15 +62,18 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             ts_max=ts_max,
         )
         # Valid rows only need the raw text if the bot filter may quarantine them; dropping it
-        # keeps the cache small. Its hash still orders duplicates deterministically.
+        # keeps the scratch copy small. Its hash still orders duplicates deterministically.
         keep_raw = F.lit(bot_limit is not None) | F.col(REASON).isNotNull()
-        checked = (
-            checked.withColumn(RAW_HASH, F.xxhash64(RAW))
-            .withColumn(RAW, F.when(keep_raw, F.col(RAW)))
-            .persist(StorageLevel.MEMORY_AND_DISK)
+        checked = checked.withColumn(RAW_HASH, F.xxhash64(RAW)).withColumn(
+            RAW, F.when(keep_raw, F.col(RAW))
         )
         started = time.perf_counter()
+        # Parse once into a scratch Parquet copy: later passes read only the columns they
+        # need, which is several times cheaper than Spark's in-memory cache of the rows.
+        scratch = config.root / "tmp" / f"clean-{ds}-{uuid.uuid4().hex}"
         try:
+            checked.write.parquet(file_uri(scratch))
+            checked = spark.read.parquet(file_uri(scratch))
             by_reason = {
                 row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()
             }
@@ -114,7 +119,7 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             staged_events = lake.stage(events.select(*EVENT_COLUMNS), EVENTS, {DS: ds}, sidecar)
             staged_quarantine = lake.stage(quarantine, QUARANTINE, {DS: ds}, sidecar)
         finally:
-            checked.unpersist()
+            shutil.rmtree(scratch, ignore_errors=True)
 
         log.info("clean: staged events and quarantine (%.1fs)", time.perf_counter() - started)
         # Reconcile from what is on disk, before anything is published.
