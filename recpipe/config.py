@@ -111,6 +111,62 @@ class SplitConfig(_Section):
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
 
 
+class EvaluationConfig(_Section):
+    split: Literal["valid", "test"] = "test"
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
+    exclude_train_items: bool = True
+    engine: Literal["local", "spark"] = "local"
+    user_batch: int = Field(1024, ge=1)
+
+
+class PopularityConfig(_Section):
+    recent_days: int | None = Field(None, ge=1)
+
+
+class ItemKnnConfig(_Section):
+    neighbours: int = Field(100, ge=1)
+    shrink: float = Field(0.0, ge=0)
+
+
+class AlsConfig(_Section):
+    rank: int = Field(64, ge=1)
+    reg_param: float = Field(0.05, ge=0)
+    alpha: float = Field(10.0, ge=0)
+    max_iter: int = Field(15, ge=1)
+    checkpoint_interval: int = Field(10, ge=1)
+    num_user_blocks: int = Field(4, ge=1)
+    num_item_blocks: int = Field(4, ge=1)
+    seed: int = 42
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 8.0, "rating": 1.0
+        }
+    )  # fmt: skip
+    rating_as_weight: bool = False
+
+
+class EaseConfig(_Section):
+    l2: float = Field(500.0, gt=0)
+    max_items: int = Field(20000, ge=1)
+
+
+class BaselinesConfig(_Section):
+    popularity: PopularityConfig = Field(default_factory=PopularityConfig)
+    itemknn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+
+
+class ScoreConfig(_Section):
+    k: int = Field(10, ge=1)
+    protocol: SplitProtocol = "random_by_user"
+
+
+class WarehouseConfig(_Section):
+    database: str = Field("recpipe", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    keep_versions: int = Field(3, ge=1)
+
+
 class MovieLensConfig(_Section):
     wheel: str = "recbole==1.2.1"
     wheel_sha256: str = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -144,6 +200,10 @@ class Config(_Section):
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
 
     @property
     def root(self) -> Path:
