@@ -130,8 +130,8 @@ class ItemKnnConfig(_Section):
 
 class AlsConfig(_Section):
     rank: int = Field(64, ge=1)
-    reg_param: float = Field(0.05, ge=0)
-    alpha: float = Field(10.0, ge=0)
+    reg_param: float = Field(0.3, ge=0)
+    alpha: float = Field(3.0, ge=0)
     max_iter: int = Field(15, ge=1)
     checkpoint_interval: int = Field(10, ge=1)
     num_user_blocks: int = Field(4, ge=1)

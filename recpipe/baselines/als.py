@@ -1,0 +1,99 @@
+"""Implicit ALS with Spark MLlib (Hu, Koren, Volinsky, "Collaborative Filtering for Implicit
+Feedback Datasets", ICDM 2008): preference 1 for observed pairs with confidence
+1 + alpha * weight, where weight sums the configured weight of each event of the pair."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from pyspark.ml.recommendation import ALS
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe.baselines.base import Baseline, TrainData, base_meta, known_items_mask
+from recpipe.config import AlsConfig
+from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
+
+log = logging.getLogger(__name__)
+WEIGHT = "weight"
+
+
+def blas_in_use(spark: SparkSession) -> str:
+    """Name of the BLAS implementation MLlib's JVM picked (native when a system BLAS loads)."""
+    try:
+        jvm = spark.sparkContext._jvm
+        return str(jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName())
+    except Exception as exc:  # pragma: no cover - depends on the Spark build
+        return f"unknown ({type(exc).__name__})"
+
+
+def event_weight(settings: AlsConfig) -> Column:
+    """Weight of one interaction from its event type (or its value for ratings, if configured)."""
+    weight = F.lit(0.0)
+    for name, value in settings.event_weights.items():
+        weight = F.when(F.col(EVENT_TYPE) == name, F.lit(value)).otherwise(weight)
+    if settings.rating_as_weight:
+        weight = F.when(F.col(EVENT_TYPE) == "rating", F.col(VALUE)).otherwise(weight)
+    return weight
+
+
+def als_ratings(train: DataFrame, settings: AlsConfig) -> DataFrame:
+    """(user_idx, item_idx, weight) with the weights of each pair summed; zero weights dropped."""
+    return (
+        train.select(USER_IDX, ITEM_IDX, event_weight(settings).alias(WEIGHT))
+        .groupBy(USER_IDX, ITEM_IDX)
+        .agg(F.sum(WEIGHT).alias(WEIGHT))
+        .where(F.col(WEIGHT) > 0)
+    )
+
+
+def _factors(frame: DataFrame, size: int, rank: int) -> np.ndarray:
+    table = frame.toArrow()
+    matrix = np.zeros((size, rank), dtype=np.float32)
+    ids = table.column("id").to_numpy()
+    if len(ids):
+        matrix[ids] = np.stack(table.column("features").to_numpy(zero_copy_only=False))
+    return matrix
+
+
+class Als(Baseline):
+    """Scores = user factors . item factors."""
+
+    name = "als"
+
+    @classmethod
+    def fit(cls, data: TrainData, settings: AlsConfig, **context: Any) -> Als:
+        train: DataFrame = context["train_df"]
+        spark = train.sparkSession
+        log.info("als: MLlib BLAS implementation %s", blas_in_use(spark))
+        checkpoints = context.get("checkpoint_dir")
+        if checkpoints:
+            spark.sparkContext.setCheckpointDir(str(checkpoints))
+        als = ALS(
+            rank=settings.rank,
+            maxIter=settings.max_iter,
+            regParam=settings.reg_param,
+            alpha=settings.alpha,
+            implicitPrefs=True,
+            checkpointInterval=settings.checkpoint_interval,
+            numUserBlocks=settings.num_user_blocks,
+            numItemBlocks=settings.num_item_blocks,
+            seed=settings.seed,
+            userCol=USER_IDX,
+            itemCol=ITEM_IDX,
+            ratingCol=WEIGHT,
+            coldStartStrategy="drop",
+        )
+        model = als.fit(als_ratings(train, settings))
+        arrays = {
+            "user_factors": _factors(model.userFactors, data.n_users, settings.rank),
+            "item_factors": _factors(model.itemFactors, data.n_items + 1, settings.rank),
+            "known_items": known_items_mask(data),
+        }
+        meta = {**base_meta(data, settings), "blas": blas_in_use(spark)}
+        return cls(arrays, meta)
+
+    def raw_scores(self, users: np.ndarray) -> np.ndarray:
+        return self.arrays["user_factors"][users] @ self.arrays["item_factors"].T

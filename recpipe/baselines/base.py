@@ -1,0 +1,163 @@
+"""The baseline contract: train from a split, score users against the whole catalogue, persist.
+
+A model's folder is ``<root>/models/<name>/<ds>/<protocol>/`` holding ``arrays.npz`` (its
+learned arrays) and ``meta.json`` (name, sizes, settings), enough to rebuild it alone.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow.dataset as pads
+from scipy import sparse
+
+from recpipe.errors import MissingInputError
+from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
+
+
+@dataclass
+class TrainData:
+    """One split of interactions as numpy arrays, plus the vocabulary sizes."""
+
+    users: np.ndarray  # int64 user_idx
+    items: np.ndarray  # int64 item_idx
+    event_types: np.ndarray  # str
+    values: np.ndarray  # float64, NaN where absent
+    ts: np.ndarray  # int64 epoch seconds
+    n_users: int  # user_idx < n_users
+    n_items: int  # item_idx in 1..n_items
+
+    def matrix(self, weights: np.ndarray | None = None) -> sparse.csr_matrix:
+        """Users x (n_items + 1) CSR of summed weights (1 per interaction by default)."""
+        data = np.ones(len(self.users)) if weights is None else weights
+        shape = (self.n_users, self.n_items + 1)
+        matrix = sparse.csr_matrix((data, (self.users, self.items)), shape=shape)
+        matrix.sum_duplicates()
+        return matrix
+
+
+def split_path(root: Path, table: str, ds: str, protocol: str) -> Path:
+    """Folder of one split partition."""
+    return Path(root) / "lake" / table / f"{DS}={ds}" / f"protocol={protocol}"
+
+
+def vocab_size(root: Path, table: str, idx_col: str, ds: str) -> int:
+    """Largest index in a vocabulary snapshot (read with pyarrow, no JVM)."""
+    folder = Path(root) / "lake" / table / f"{DS}={ds}"
+    if not folder.is_dir():
+        raise MissingInputError(f"no {table} partition ds={ds}: run `recpipe vocab --ds {ds}`")
+    column = pads.dataset(folder, format="parquet").to_table(columns=[idx_col]).column(0)
+    return int(column.to_numpy().max()) if len(column) else 0
+
+
+def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
+    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
+    folder = split_path(root, part, ds, protocol)
+    if not folder.is_dir():
+        raise MissingInputError(
+            f"no {part} split for protocol={protocol} ds={ds}: run `recpipe split --ds {ds} "
+            f"--set split.protocols=[{protocol}]`"
+        )
+    table = pads.dataset(folder, format="parquet").to_table(
+        columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]
+    )
+    ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds
+    values = table.column(VALUE).to_numpy(zero_copy_only=False).astype(np.float64)
+    return TrainData(
+        users=table.column(USER_IDX).to_numpy().astype(np.int64),
+        items=table.column(ITEM_IDX).to_numpy().astype(np.int64),
+        event_types=np.asarray(table.column(EVENT_TYPE).to_pylist(), dtype=object),
+        values=values,
+        ts=ts,
+        n_users=vocab_size(root, "vocab_users", USER_IDX, ds) + 1,
+        n_items=vocab_size(root, "vocab_items", ITEM_IDX, ds),
+    )
+
+
+class Baseline(ABC):
+    """A trained model that scores users against every item (column 0 is padding)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.arrays = arrays
+        self.meta = meta
+        self.n_items: int = meta["n_items"]
+        # Items the model saw in training; others get -inf so they are never recommended.
+        self.known_items: np.ndarray = arrays["known_items"]
+        self.history: sparse.csr_matrix | None = None
+
+    def attach_history(self, data: TrainData) -> None:
+        """Set users' binary train histories, which item-based models score from."""
+        history = data.matrix()
+        history.data[:] = 1.0
+        self.history = history
+
+    def require_history(self) -> sparse.csr_matrix:
+        """The attached histories, or a clear error."""
+        if self.history is None:
+            raise RuntimeError(f"{self.name} scores from train histories: call attach_history")
+        return self.history
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, data: TrainData, settings: Any, **context: Any) -> Baseline:
+        """Train on ``data`` with the model's config section ``settings``."""
+
+    @abstractmethod
+    def raw_scores(self, users: np.ndarray) -> np.ndarray:
+        """Scores [len(users), n_items + 1] before masking."""
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Scores [len(users), n_items + 1]; padding and untrained items are -inf."""
+        scores = np.asarray(self.raw_scores(np.asarray(users, dtype=np.int64)), dtype=np.float64)
+        scores[:, ~self.known_items] = -np.inf
+        return scores
+
+    def save(self, folder: Path) -> None:
+        """Write ``arrays.npz`` and ``meta.json`` into ``folder`` (replaced atomically)."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp / "arrays.npz", **self.arrays)
+        (tmp / "meta.json").write_text(json.dumps({"name": self.name, **self.meta}, indent=2))
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            folder.rename(old)
+            tmp.rename(folder)
+            for path in old.iterdir():
+                path.unlink()
+            old.rmdir()
+        else:
+            tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> Baseline:
+        """Rebuild from a folder written by :meth:`save`."""
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        with np.load(Path(folder) / "arrays.npz") as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        return cls(arrays, meta)
+
+
+def known_items_mask(data: TrainData) -> np.ndarray:
+    """Boolean [n_items + 1]: items with at least one training interaction."""
+    mask = np.zeros(data.n_items + 1, dtype=bool)
+    mask[data.items] = True
+    mask[0] = False
+    return mask
+
+
+def base_meta(data: TrainData, settings: Any) -> dict[str, Any]:
+    """Fields every model's meta.json carries."""
+    return {
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "train_rows": len(data.users),
+        "settings": settings.model_dump(mode="json") if hasattr(settings, "model_dump") else {},
+    }
