@@ -1,0 +1,138 @@
+"""Baselines on tiny hand-made data: expected values worked out independently."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+
+from recpipe.baselines.als import Als, als_ratings
+from recpipe.baselines.base import TrainData
+from recpipe.baselines.ease import CatalogueTooLargeError, Ease
+from recpipe.baselines.itemknn import ItemKnn, item_similarities
+from recpipe.baselines.popularity import Popularity
+from recpipe.config import AlsConfig, EaseConfig, ItemKnnConfig, PopularityConfig
+
+DAY = 86_400
+
+
+def make_data(pairs: list[tuple[int, int]], n_users: int, n_items: int, ts=None) -> TrainData:
+    users = np.array([u for u, _ in pairs], dtype=np.int64)
+    items = np.array([i for _, i in pairs], dtype=np.int64)
+    n = len(pairs)
+    return TrainData(
+        users=users,
+        items=items,
+        event_types=np.array(["view"] * n, dtype=object),
+        values=np.full(n, np.nan),
+        ts=np.zeros(n, dtype=np.int64) if ts is None else np.asarray(ts, dtype=np.int64),
+        n_users=n_users,
+        n_items=n_items,
+    )
+
+
+def test_popularity_counts_distinct_users_and_recent_window() -> None:
+    # item 1: users 1, 2 (user 1 twice); item 2: user 3; item 3: never seen.
+    pairs = [(1, 1), (1, 1), (2, 1), (3, 2)]
+    ts = [0, 1, 2, 10 * DAY]
+    data = make_data(pairs, n_users=4, n_items=3, ts=ts)
+    scores = Popularity.fit(data, PopularityConfig()).score(np.array([1, 2]))
+    assert scores.shape == (2, 4)
+    assert list(scores[0, 1:3]) == [2.0, 1.0]
+    assert scores[0, 0] == -np.inf and scores[0, 3] == -np.inf  # padding, never-seen item
+    # Only the last 5 days before the newest interaction: item 1's events are 10 days old.
+    recent = Popularity.fit(data, PopularityConfig(recent_days=5)).score(np.array([1]))
+    assert list(recent[0, 1:3]) == [0.0, 1.0]
+
+
+def ridge_column(history: np.ndarray, column: int, l2: float) -> np.ndarray:
+    """Least squares of item ``column`` on all other items with an L2 penalty, solved directly."""
+    others = [j for j in range(history.shape[1]) if j != column]
+    x = history[:, others]
+    coef = np.linalg.solve(x.T @ x + l2 * np.eye(len(others)), x.T @ history[:, column])
+    full = np.zeros(history.shape[1])
+    full[others] = coef
+    return full
+
+
+def test_ease_matches_per_column_ridge_regression() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 30, 6
+    pairs = sorted({(int(u), int(i)) for u, i in zip(
+        rng.integers(0, n_users, 80), rng.integers(1, n_items + 1, 80), strict=True)})  # fmt: skip
+    data = make_data(pairs, n_users, n_items)
+    model = Ease.fit(data, EaseConfig(l2=3.0))
+    weights = model.arrays["weights"][1:, 1:]
+    dense = np.zeros((n_users, n_items))
+    for u, i in pairs:
+        dense[u, i - 1] = 1.0
+    # EASE's closed form equals, column by column, ridge regression with a zero diagonal.
+    for j in range(n_items):
+        np.testing.assert_allclose(weights[:, j], ridge_column(dense, j, 3.0), atol=1e-9)
+    model.attach_history(data)
+    np.testing.assert_allclose(model.score(np.array([0]))[0, 1:], dense[0] @ weights)
+
+
+def test_ease_refuses_large_catalogue_with_the_key() -> None:
+    data = make_data([(0, 1)], n_users=1, n_items=5)
+    with pytest.raises(CatalogueTooLargeError, match=r"baselines\.ease\.max_items is 4"):
+        Ease.fit(data, EaseConfig(max_items=4))
+
+
+def test_itemknn_cosine_and_top_n(spark: SparkSession) -> None:
+    # users: 1 -> {1, 2}, 2 -> {1, 2, 3}, 3 -> {3}
+    pairs = [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 3)]
+    train = spark.createDataFrame(pairs, "user_idx int, item_idx int")
+    sims = {
+        (r["item_i"], r["item_j"]): r["sim"]
+        for r in item_similarities(train, neighbours=10, shrink=0.0).collect()
+    }
+    # |U1|=2, |U2|=2, |U3|=2; co(1,2)=2, co(1,3)=1, co(2,3)=1
+    assert sims[(1, 2)] == pytest.approx(1.0)
+    assert sims[(1, 3)] == pytest.approx(0.5)
+    assert sims[(3, 2)] == pytest.approx(0.5)
+    assert len(sims) == 6  # ordered pairs of distinct co-occurring items
+    shrunk = item_similarities(train, neighbours=1, shrink=1.0).collect()
+    # shrink 1: sim * co / (co + 1): (1,2) -> 2/3, (1,3) -> 0.25; top-1 keeps one per item
+    by_item = {r["item_i"]: (r["item_j"], r["sim"]) for r in shrunk}
+    assert len(shrunk) == 3
+    assert by_item[1] == (2, pytest.approx(2 / 3))
+    assert by_item[3] == (1, pytest.approx(0.25))  # tie with item 2 broken by smaller index
+    model = ItemKnn.fit(make_data(pairs, 4, 3), ItemKnnConfig(neighbours=10), train_df=train)
+    model.attach_history(make_data(pairs, 4, 3))
+    # user 3 has {3}: score(j) = sim(3, j): item 1 -> 0.5, item 2 -> 0.5, item 3 -> 0
+    np.testing.assert_allclose(model.score(np.array([3]))[0, 1:], [0.5, 0.5, 0.0])
+
+
+def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) -> None:
+    events = spark.createDataFrame(
+        [(1, 1, "view", None), (1, 1, "purchase", None), (2, 1, "rating", 4.0)],
+        "user_idx int, item_idx int, event_type string, value double",
+    )
+    settings = AlsConfig(event_weights={"view": 1.0, "purchase": 8.0, "rating": 1.0})
+    weights = {(r[0], r[1]): r[2] for r in als_ratings(events, settings).collect()}
+    assert weights == {(1, 1): 9.0, (2, 1): 1.0}
+    as_value = AlsConfig(event_weights={"rating": 1.0}, rating_as_weight=True)
+    assert {(r[0], r[1]): r[2] for r in als_ratings(events, as_value).collect()} == {(2, 1): 4.0}
+    # Two disjoint communities: users 0-9 like items 1-5, users 10-19 like items 6-10. Each
+    # user misses one item of their block; ALS must rank it above every other block's item.
+    pairs = [(u, i) for u in range(10) for i in range(1, 6) if i != 1 + u % 5]
+    pairs += [(u, i) for u in range(10, 20) for i in range(6, 11) if i != 6 + u % 5]
+    data = make_data(pairs, n_users=20, n_items=10)
+    frame = spark.createDataFrame(
+        [(u, i, "view", None) for u, i in pairs],
+        "user_idx int, item_idx int, event_type string, value double",
+    )
+    model = Als.fit(data, AlsConfig(rank=4, max_iter=10, reg_param=0.1, alpha=3.0), train_df=frame)
+    assert model.arrays["item_factors"].shape == (11, 4)
+    scores = model.score(np.arange(20))
+    for user in range(20):
+        missing = 1 + user % 5 if user < 10 else 6 + user % 5
+        other_block = range(6, 11) if user < 10 else range(1, 6)
+        assert scores[user, missing] > max(scores[user, j] for j in other_block)
+    model.save(tmp_path / "als")
+    np.testing.assert_array_equal(Als.load(tmp_path / "als").score(np.arange(20)), scores)
+    assert not math.isnan(scores[0, 1])
