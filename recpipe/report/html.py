@@ -1,0 +1,155 @@
+"""A self-contained HTML report: metric tables, metric-vs-K curves, popularity of recommended
+items against the catalogue, per-stage row counts and timings. Plots are inline PNGs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+.protocol { color: #555; font-size: 0.9em; }
+"""
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return html.escape("" if value is None else str(value))
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], caption: str = "") -> str:
+    """Rows of dicts as an HTML table."""
+    if not rows:
+        return f"<p>{html.escape(caption)}: no rows</p>"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+
+
+def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str) -> str:
+    """PNG data URI: ``metric`` against K, one line per model, for one protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for row in rows:
+        if row["metric"] == metric and row["protocol"] == protocol:
+            series[row["model"]].append((row["k"], row["value"]))
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    for model, points in sorted(series.items()):
+        points.sort()
+        axis.plot([k for k, _ in points], [v for _, v in points], marker="o", label=model)
+    axis.set_xlabel("K")
+    axis.set_ylabel(f"{metric}@K")
+    axis.set_title(f"{metric}@K ({protocol})")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def popularity_plot(
+    catalogue_popularity: np.ndarray, recommended: Mapping[str, np.ndarray], k: int
+) -> str:
+    """PNG data URI: popularity (train users per item) of recommended items vs the catalogue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    bins = np.logspace(0, np.log10(max(2.0, float(catalogue_popularity.max()) + 1)), 30)
+    axis.hist(
+        catalogue_popularity + 1,
+        bins=bins,
+        density=True,
+        alpha=0.35,
+        label="catalogue",
+        color="grey",
+    )
+    for model, items in sorted(recommended.items()):
+        axis.hist(
+            catalogue_popularity[items] + 1,
+            bins=bins,
+            density=True,
+            histtype="step",
+            linewidth=1.5,
+            label=model,
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("train users per item + 1 (log)")
+    axis.set_ylabel("density")
+    axis.set_title(f"popularity of top-{k} recommended items vs catalogue")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def stage_timings_plot(stages: Sequence[Mapping[str, Any]]) -> str:
+    """PNG data URI: seconds per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 0.35 * len(stages) + 1))
+    names = [s["stage"] for s in stages]
+    axis.barh(names, [s.get("seconds") or 0 for s in stages], color="#4a7ab5")
+    axis.invert_yaxis()
+    axis.set_xlabel("seconds")
+    axis.set_title("stage timings")
+    return _png(figure)
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    sections: Sequence[tuple[str, str]],
+) -> Path:
+    """Write ``sections`` ((heading, html body) pairs) as one page at ``path``."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
+
+
+def image(uri: str, alt: str) -> str:
+    """An <img> tag for a data URI."""
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>"
