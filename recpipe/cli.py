@@ -28,7 +28,7 @@ def _valid_ds(text: str) -> str:
         raise argparse.ArgumentTypeError(f"--ds expects YYYY-MM-DD, got {text!r}") from None
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser, ds_required_default: bool = True) -> None:
     """The options every command and every job in ``jobs/`` accepts."""
     parser.add_argument(
         "--conf",
@@ -46,13 +46,22 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         help="override one config key, e.g. --set paths.root=/data/recpipe "
         "--set split.protocols=[leave_last_out,random_by_user]; values are YAML",
     )
-    parser.add_argument(
-        "--ds",
-        type=_valid_ds,
-        default=dt.datetime.now(dt.UTC).date().isoformat(),
-        metavar="YYYY-MM-DD",
-        help="logical date of the run: the partition read and written (default: today, UTC)",
-    )
+    if ds_required_default:
+        parser.add_argument(
+            "--ds",
+            type=_valid_ds,
+            default=dt.datetime.now(dt.UTC).date().isoformat(),
+            metavar="YYYY-MM-DD",
+            help="logical date of the run: the partition read and written (default: today, UTC)",
+        )
+    else:
+        parser.add_argument(
+            "--ds",
+            type=_valid_ds,
+            default=None,
+            metavar="YYYY-MM-DD",
+            help="partition to read (default: the newest published)",
+        )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(stage)
     etl = commands.add_parser("etl", help="clean, vocab, sessionize and split in one Spark session")
     add_common_options(etl)
+    add_model_commands(commands)
     demo = commands.add_parser(
         "demo",
         help="run the whole chain on MovieLens 100K and print a summary",
@@ -108,6 +118,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_options(demo)
     return parser
+
+
+def add_model_commands(commands: Any) -> None:
+    """Parsers of the train, evaluate, score and query commands."""
+    from recpipe.baselines import REGISTRY
+
+    models = sorted(REGISTRY)
+    train = commands.add_parser(
+        "train-baseline",
+        help="train a baseline on the train split of each protocol in split.protocols",
+        description="Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; "
+        "models go to <paths.root>/models/<model>/<ds>/<protocol>/.",
+    )
+    train.add_argument("--model", required=True, choices=models, help="baseline to train")
+    add_common_options(train)
+    als = commands.add_parser("train-als", help="train Spark MLlib implicit ALS (baselines.als.*)")
+    add_common_options(als)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="full-ranking metrics of trained models on evaluation.split",
+        description="Evaluate trained models under every protocol in split.protocols; metrics "
+        "go to the manifest and to table <warehouse.database>.model_metrics.",
+    )
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        choices=models,
+        help="model to evaluate; repeat for several (default: every trained baseline)",
+    )
+    evaluate.add_argument("--k", type=int, default=10, help="K of the printed tables")
+    add_common_options(evaluate)
+    score = commands.add_parser(
+        "score",
+        help="top-K per user (train items excluded) published to the recommendations table",
+    )
+    score.add_argument("--model", required=True, choices=models, help="trained model to score")
+    add_common_options(score)
+    metrics = commands.add_parser("metrics", help="print the model_metrics table")
+    metrics.add_argument("--model", help="only this model")
+    metrics.add_argument("--format", choices=["table", "json"], default="table", help="output")
+    add_common_options(metrics, ds_required_default=False)
+    recs = commands.add_parser(
+        "recs",
+        help="one user's recommendations, read from Parquet without a JVM",
+    )
+    recs.add_argument("--user", required=True, help="original user id")
+    recs.add_argument("--model", help="model (default: the only one published for that ds)")
+    recs.add_argument("--k", type=int, help="at most this many items (default: all published)")
+    recs.add_argument("--format", choices=["table", "json"], default="table", help="output")
+    add_common_options(recs, ds_required_default=False)
+    sql = commands.add_parser("sql", help="run Spark SQL against the configured catalog")
+    sql.add_argument("query", help='e.g. "SELECT * FROM recpipe.model_metrics LIMIT 5"')
+    sql.add_argument("--format", choices=["table", "json"], default="table", help="output")
+    add_common_options(sql, ds_required_default=False)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -176,7 +240,7 @@ def print_stage_report(manifests: Sequence[dict[str, Any]]) -> None:
             reasons = [{"reason": k, "rows": v} for k, v in m["quarantine_by_reason"].items()]
             print()
             print(format_table(reasons, title=f"quarantine by reason (ds={m['ds']})"))
-        if m.get("protocols"):
+        if m["stage"] == "split" and m.get("protocols"):
             print()
             print(format_table(split_rows(m), title=f"splits (ds={m['ds']})"))
 
@@ -218,21 +282,49 @@ def _generate(config: Config, events: int, out: Path | None) -> dict[str, Any]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    first = load_config(args.conf, args.overrides)
-    summary = _fetch(first, "movielens-100k")
-    demo_defaults = [
-        f"paths.raw_events={summary['raw_events']}",
-        "split.protocols=[leave_last_out,random_by_user]",
-    ]
-    config = load_config(args.conf, [*demo_defaults, *args.overrides])
-    print(
-        f"MovieLens 100K: {summary['events']:,} ratings, {summary['users']} users, "
-        f"{summary['items']} items -> {summary['raw_events']}"
-    )
-    manifests = run_stages(config, args.ds, list(STAGE_HELP))
-    print_stage_report(manifests)
-    print(f"state under {config.root} (manifests in {config.root / 'manifests'})")
+    from recpipe.demo import run_demo
+
+    run_demo(args.conf, args.overrides, args.ds)
     return 0
+
+
+def _train(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.train(config, args.ds, "als" if args.command == "train-als" else args.model)
+    return 0
+
+
+def _evaluate(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.evaluate(config, args.ds, args.model, args.k)
+    return 0
+
+
+def _score(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.score(config, args.ds, args.model)
+    return 0
+
+
+def _query(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    handler = {"metrics": commands.print_metrics, "recs": commands.print_recs}
+    return handler.get(args.command, commands.print_sql)(config, args)
+
+
+MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "train-baseline": _train,
+    "train-als": _train,
+    "evaluate": _evaluate,
+    "score": _score,
+    "metrics": _query,
+    "recs": _query,
+    "sql": _query,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = _generate(config, args.events, args.out)
             print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
             return 0
+        if args.command in MODEL_COMMANDS:
+            return MODEL_COMMANDS[args.command](config, args)
         names = list(STAGE_HELP) if args.command == "etl" else [args.command]
         print_stage_report(run_stages(config, args.ds, names))
         return 0

@@ -1,0 +1,124 @@
+"""Handlers of the model and query commands (train, evaluate, score, metrics, recs, sql)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from recpipe.config import Config
+from recpipe.console import format_table
+from recpipe.errors import MissingInputError
+
+
+def trained_models(config: Config, ds: str) -> list[str]:
+    """Baselines with a trained folder for ``ds`` under every configured protocol."""
+    from recpipe.baselines import REGISTRY
+    from recpipe.stages.train_baseline import model_dir
+
+    return [
+        name
+        for name in sorted(REGISTRY)
+        if all(
+            (model_dir(config.root, name, ds, p) / "meta.json").is_file()
+            for p in config.split.protocols
+        )
+    ]
+
+
+def train(config: Config, ds: str, model: str) -> dict[str, Any]:
+    """Train one baseline; prints a per-protocol summary."""
+    from recpipe.spark import get_spark
+    from recpipe.stages.train_baseline import run_train_baseline
+
+    manifest = run_train_baseline(get_spark(config), config, ds, model)
+    rows = [{"protocol": p, **info} for p, info in manifest["protocols"].items()]
+    for row in rows:
+        row.pop("path", None)
+    print(format_table(rows, title=f"trained {model} (ds={ds})"))
+    return manifest
+
+
+def evaluate(config: Config, ds: str, models: list[str] | None, k: int) -> list[Any]:
+    """Evaluate models and print one metrics table per protocol; returns the evaluations."""
+    from recpipe.spark import get_spark
+    from recpipe.stages.evaluate import print_metric_tables, run_evaluate
+
+    chosen = models or trained_models(config, ds)
+    if not chosen:
+        raise MissingInputError(f"no trained models for ds={ds}: run `recpipe train-baseline`")
+    _, evaluations = run_evaluate(get_spark(config), config, ds, chosen)
+    print_metric_tables(evaluations, k)
+    return evaluations
+
+
+def score(config: Config, ds: str, model: str) -> dict[str, Any]:
+    """Score and publish one model; prints where the partition went."""
+    from recpipe.spark import get_spark
+    from recpipe.stages.score import run_score
+
+    manifest = run_score(get_spark(config), config, ds, model)
+    print(
+        f"published {manifest['rows_out']:,} recommendations for {manifest['users_scored']:,} "
+        f"users (model {model}, ds {ds}, top-{manifest['k']}, train items excluded) -> "
+        f"{manifest['location']}"
+    )
+    return manifest
+
+
+def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[str, Any]]:
+    """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered."""
+    import pyarrow.dataset as pads
+
+    from recpipe.warehouse import MODEL_METRICS, partition_location, published_partitions
+
+    rows: list[dict[str, Any]] = []
+    for part_ds, part_model in published_partitions(config, MODEL_METRICS):
+        if (ds and part_ds != ds) or (model and part_model != model):
+            continue
+        location = partition_location(config, MODEL_METRICS, part_ds, part_model)
+        if location is None:
+            continue
+        for row in pads.dataset(location, format="parquet").to_table().to_pylist():
+            rows.append({"ds": part_ds, "model": part_model, **row})
+    rows.sort(key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"]))
+    return rows
+
+
+def print_metrics(config: Config, args: argparse.Namespace) -> int:
+    """``recpipe metrics``: the table, or JSON (a list of row objects)."""
+    rows = metric_rows(config, args.ds, args.model)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no model_metrics rows match")
+        return 0
+    title = (
+        "recpipe.model_metrics (protocol/split as recorded; full ranking over all items, "
+        "train items excluded unless the manifest says otherwise)"
+    )
+    print(format_table(rows, title=title))
+    return 0
+
+
+def print_recs(config: Config, args: argparse.Namespace) -> int:
+    """``recpipe recs``: one user's list from the warehouse Parquet files."""
+    from recpipe.query import format_recs, lookup_recs
+
+    rows = lookup_recs(config, args.user, model=args.model, ds=args.ds, k=args.k)
+    print(format_recs(rows, args.format))
+    return 0
+
+
+def print_sql(config: Config, args: argparse.Namespace) -> int:
+    """``recpipe sql``: Spark SQL against the configured catalog."""
+    from recpipe.query import run_sql
+    from recpipe.spark import get_spark
+    from recpipe.warehouse import ensure_tables
+
+    spark = get_spark(config)
+    ensure_tables(spark, config)
+    rows = run_sql(spark, args.query)
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
+    return 0

@@ -1,0 +1,91 @@
+"""The run report at ``<root>/reports/<ds>/index.html``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recpipe.config import Config
+from recpipe.report.html import (
+    html_table,
+    image,
+    metric_curves,
+    popularity_plot,
+    stage_timings_plot,
+    write_report,
+)
+
+
+def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
+    parts = []
+    by_protocol: dict[Any, list[Any]] = {}
+    for evaluation in evaluations:
+        by_protocol.setdefault(evaluation.result.protocol, []).append(evaluation.result)
+    for protocol, results in by_protocol.items():
+        rows = []
+        for result in results:
+            row: dict[str, Any] = {"model": result.model, "users": result.n_users}
+            for (metric, cut), value in sorted(result.values.items()):
+                if cut == k:
+                    row[f"{metric}@{k}"] = value
+            rows.append(row)
+        parts.append(f"<p class='protocol'>{protocol.describe(k)}</p>")
+        parts.append(html_table(rows, caption=f"{protocol.split_protocol}: metrics at K={k}"))
+        all_rows = [row for result in results for row in result.rows()]
+        for metric in ("ndcg", "recall"):
+            uri = metric_curves(all_rows, metric, protocol.split_protocol)
+            parts.append(image(uri, f"{metric} vs K, {protocol.split_protocol}"))
+    return "\n".join(parts)
+
+
+def _popularity_section(evaluations: Sequence[Any], k: int) -> str:
+    parts = []
+    by_protocol: dict[str, list[Any]] = {}
+    for evaluation in evaluations:
+        by_protocol.setdefault(evaluation.result.protocol.split_protocol, []).append(evaluation)
+    for protocol, items in by_protocol.items():
+        recommended = {
+            e.result.model: e.recommended[:, :k][e.recommended[:, :k] > 0] for e in items
+        }
+        uri = popularity_plot(items[0].catalogue_popularity, recommended, k)
+        parts.append(f"<p class='protocol'>{protocol}: train popularity of recommended items</p>")
+        parts.append(image(uri, f"popularity, {protocol}"))
+    return "\n".join(parts)
+
+
+def _stages_section(manifests: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        {
+            "stage": m["stage"],
+            "status": m["status"],
+            "rows_in": m.get("rows_in"),
+            "rows_out": m.get("rows_out"),
+            "quarantined": m.get("rows_quarantined"),
+            "duplicates": m.get("rows_duplicate"),
+            "seconds": m.get("seconds"),
+        }
+        for m in manifests
+    ]
+    return html_table(rows, caption="per-stage row counts and timings") + image(
+        stage_timings_plot(rows), "stage timings"
+    )
+
+
+def write_run_report(
+    config: Config,
+    ds: str,
+    manifests: Sequence[dict[str, Any]],
+    evaluations: Sequence[Any],
+    example: Sequence[dict[str, Any]],
+    k: int,
+) -> Path:
+    """Write the report for ``ds`` and return its path."""
+    sections = [
+        ("Metrics", _metrics_section(evaluations, k)),
+        ("Popularity of recommendations vs the catalogue", _popularity_section(evaluations, k)),
+        ("Example user", html_table(list(example), caption="published list next to history")),
+        ("Stages", _stages_section(manifests)),
+    ]
+    path = config.root / "reports" / ds / "index.html"
+    return write_report(path, title=f"recpipe run report, ds={ds}", sections=sections)
