@@ -1,0 +1,155 @@
+"""Serve published recommendations without a JVM, and run ad-hoc Spark SQL.
+
+:func:`lookup_recs` finds the current version of a ``recommendations`` partition through its
+``_CURRENT.json`` pointer and reads one user's rows with ``pyarrow.dataset``; the files are
+sorted by ``(user_id, rank)``, so the filter skips every row group whose min/max excludes the
+user. Nothing here imports pyspark at import time; :func:`run_sql` uses the session it is given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.dataset as pads
+
+from recpipe.config import Config
+from recpipe.console import format_table
+from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.schema import ITEM_ID, USER_ID
+from recpipe.warehouse import (
+    RECOMMENDATIONS,
+    partition_location,
+    published_partitions,
+    table_path,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+FORMATS = ("table", "json")
+_READ_COLUMNS = ["rank", ITEM_ID, "score", "source"]
+_TABLE_COLUMNS = ("rank", ITEM_ID, "score", "source")
+
+
+class UnknownUserError(RecpipeError, LookupError):
+    """The user has no recommendations in the chosen partition."""
+
+
+def latest_ds(config: Config, model: str | None = None) -> str | None:
+    """Newest ``ds`` with published recommendations (from ``model`` when given), or None."""
+    days = [
+        ds for ds, name in published_partitions(config, RECOMMENDATIONS) if model in (None, name)
+    ]
+    return max(days, default=None)
+
+
+def list_models(config: Config, ds: str) -> list[str]:
+    """Models with published recommendations for ``ds``, sorted."""
+    return [name for day, name in published_partitions(config, RECOMMENDATIONS) if day == ds]
+
+
+def _resolve_ds(config: Config, model: str | None) -> str:
+    ds = latest_ds(config, model)
+    if ds is None:
+        which = f" from model '{model}'" if model else ""
+        raise MissingInputError(
+            f"no recommendations{which} published under {table_path(config, RECOMMENDATIONS)}"
+        )
+    return ds
+
+
+def _resolve_model(config: Config, ds: str) -> str:
+    models = list_models(config, ds)
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise MissingInputError(f"no recommendations published for ds={ds}")
+    raise RecpipeError(
+        f"ds={ds} has recommendations from several models ({', '.join(models)}): choose one"
+    )
+
+
+def lookup_recs(
+    config: Config,
+    user_id: str,
+    model: str | None = None,
+    ds: str | None = None,
+    k: int | None = None,
+) -> list[dict[str, Any]]:
+    """Current recommendations of ``user_id``, best first, at most ``k``.
+
+    ``ds`` defaults to the newest one published (for ``model`` when given); ``model`` to the
+    only model of that ``ds``. Each row has ``rank``, ``item_id``, ``score``, ``model``,
+    ``source``, plus ``user_id`` and ``ds`` saying what was looked up. Raises
+    :class:`UnknownUserError` when the user has no rows in that partition.
+    """
+    if k is not None and k < 1:
+        raise RecpipeError(f"k must be at least 1, got {k}")
+    ds = ds or _resolve_ds(config, model)
+    model = model or _resolve_model(config, ds)
+    location = partition_location(config, RECOMMENDATIONS, ds, model)
+    if location is None:
+        raise MissingInputError(f"no recommendations published for model '{model}' ds={ds}")
+    found = (
+        pads.dataset(location, format="parquet")
+        .to_table(columns=_READ_COLUMNS, filter=pads.field(USER_ID) == user_id)
+        .sort_by("rank")
+    )
+    if found.num_rows == 0:
+        raise UnknownUserError(
+            f"user '{user_id}' has no recommendations from model '{model}' for ds={ds}"
+        )
+    rows = found.slice(0, k).to_pylist() if k else found.to_pylist()
+    return [
+        {
+            "rank": row["rank"],
+            ITEM_ID: row[ITEM_ID],
+            "score": row["score"],
+            "model": model,
+            "source": row["source"],
+            USER_ID: user_id,
+            "ds": ds,
+        }
+        for row in rows
+    ]
+
+
+def _title(rows: list[dict[str, Any]]) -> str:
+    first = rows[0] if rows else {}
+    user, model, ds = (first.get(key, "?") for key in (USER_ID, "model", "ds"))
+    return f"recommendations for user {user} (model {model}, ds {ds})"
+
+
+def format_recs(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Render :func:`lookup_recs` rows as an aligned ``table`` or as a ``json`` list."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "table":
+        body = [{col: row.get(col) for col in _TABLE_COLUMNS} for row in rows]
+        return format_table(body, title=_title(rows))
+    raise RecpipeError(f"unknown output format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def run_sql(spark: SparkSession, query: str) -> list[dict[str, Any]]:
+    """Run ``query`` with Spark SQL; rows as JSON-ready dicts (times as ISO-8601 strings).
+
+    Rows travel through Arrow, so ``timestamp`` values come back zone-aware in the session
+    time zone whatever the Python process's own zone is.
+    """
+    table = spark.sql(query).toArrow()
+    return [_jsonable(row) for row in table.to_pylist()]

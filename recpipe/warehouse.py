@@ -1,0 +1,362 @@
+"""Warehouse tables in the Hive metastore: ``<database>.recommendations`` and ``model_metrics``.
+
+Both are external Parquet tables partitioned by ``(ds, model)``. A publish writes a new
+versioned folder ``<table>/ds=<ds>/model=<model>/v=<UTC time>-<id>/``, checks its row count,
+points the metastore partition at it, then writes ``_CURRENT.json`` beside the versions so
+readers without a JVM (``recpipe.query``) find the same folder. Readers only ever see complete
+folders; old versions beyond ``warehouse.keep_versions`` are deleted afterwards.
+
+Read the tables through the metastore or the pointer, never by path: the partition folders
+hold several versions. For the same reason never run ``MSCK REPAIR TABLE`` on them.
+
+This module imports no pyspark at import time, so ``recpipe.query`` stays JVM-free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recpipe.config import Config
+from recpipe.errors import RecpipeError
+from recpipe.schema import DS, ITEM_ID, USER_ID
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+RECOMMENDATIONS = "recommendations"
+MODEL_METRICS = "model_metrics"
+MODEL = "model"
+PARTITION_COLUMNS: tuple[str, ...] = (DS, MODEL)
+POINTER_FILE = "_CURRENT.json"
+VERSION_PREFIX = "v="
+# About one file per million rows keeps the file count small and lookups cheap to plan.
+ROWS_PER_FILE = 1_000_000
+# parquet-mr's row-group target. Sorted files with small row groups let a one-user lookup
+# read ~250k rows instead of a whole file: at 1M users x 10 items, 4 MB gave a lookup p50 of
+# 23 ms against 48 ms at 16 MB, with the same file size and full-scan time.
+ROW_GROUP_BYTES = 4 * 1024 * 1024
+
+_DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PublishError(RecpipeError):
+    """A partition could not be published; the previous version is still the current one."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Data columns (name, Spark SQL type) of a table and the order rows are written in."""
+
+    columns: tuple[tuple[str, str], ...]
+    sort_by: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        """Data column names, in table order."""
+        return [name for name, _ in self.columns]
+
+
+TABLES: dict[str, TableSpec] = {
+    RECOMMENDATIONS: TableSpec(
+        columns=(
+            (USER_ID, "string"),
+            (ITEM_ID, "string"),
+            ("rank", "int"),
+            ("score", "double"),
+            ("generated_at", "timestamp"),
+            ("source", "string"),
+        ),
+        sort_by=(USER_ID, "rank"),
+    ),
+    MODEL_METRICS: TableSpec(
+        columns=(
+            ("protocol", "string"),
+            ("split", "string"),
+            ("metric", "string"),
+            ("k", "int"),
+            ("value", "double"),
+        ),
+        sort_by=("protocol", "split", "metric", "k"),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout (no JVM needed)
+
+
+def _spec(table: str) -> TableSpec:
+    if table not in TABLES:
+        raise RecpipeError(f"unknown warehouse table '{table}'; expected one of {sorted(TABLES)}")
+    return TABLES[table]
+
+
+def _check_partition(ds: str, model: str) -> None:
+    # Both values end up in paths and SQL text, so only plain forms are accepted.
+    if not _DS_PATTERN.match(ds):
+        raise RecpipeError(f"ds must be YYYY-MM-DD, got {ds!r}")
+    if not _MODEL_PATTERN.match(model):
+        raise RecpipeError(f"model must match {_MODEL_PATTERN.pattern}, got {model!r}")
+
+
+def database_path(config: Config) -> Path:
+    """Folder of the configured database: ``<root>/warehouse/<database>.db``."""
+    return config.root / "warehouse" / f"{config.warehouse.database}.db"
+
+
+def table_path(config: Config, table: str) -> Path:
+    """Folder of ``table`` inside the database folder."""
+    _spec(table)
+    return database_path(config) / table
+
+
+def qualified_name(config: Config, table: str) -> str:
+    """``<database>.<table>`` for Spark SQL."""
+    _spec(table)
+    return f"{config.warehouse.database}.{table}"
+
+
+def partition_path(config: Config, table: str, ds: str, model: str) -> Path:
+    """Folder holding the versions and the pointer of one ``(ds, model)`` partition."""
+    _check_partition(ds, model)
+    return table_path(config, table) / f"{DS}={ds}" / f"{MODEL}={model}"
+
+
+def read_pointer(config: Config, table: str, ds: str, model: str) -> dict[str, Any] | None:
+    """The ``_CURRENT.json`` record of a partition, or None when it was never published."""
+    path = partition_path(config, table, ds, model) / POINTER_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RecpipeError(f"unreadable partition pointer {path}: {exc}") from exc
+
+
+def partition_location(config: Config, table: str, ds: str, model: str) -> Path | None:
+    """Folder of the current version of a partition, from its pointer file (no JVM)."""
+    pointer = read_pointer(config, table, ds, model)
+    return None if pointer is None else Path(pointer["location"])
+
+
+def published_partitions(config: Config, table: str) -> list[tuple[str, str]]:
+    """``(ds, model)`` pairs that have a pointer file, sorted."""
+    pairs = []
+    for pointer in table_path(config, table).glob(f"{DS}=*/{MODEL}=*/{POINTER_FILE}"):
+        model_dir = pointer.parent
+        ds = model_dir.parent.name.removeprefix(f"{DS}=")
+        pairs.append((ds, model_dir.name.removeprefix(f"{MODEL}=")))
+    return sorted(pairs)
+
+
+def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as handle:
+        json.dump(record, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _new_version_name() -> str:
+    # A UTC timestamp first makes name order equal publish order.
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def prune_versions(folder: Path, current: Path, keep: int) -> list[Path]:
+    """Delete version folders under ``folder`` beyond the newest ``keep``; never ``current``."""
+    versions = sorted(p for p in folder.glob(f"{VERSION_PREFIX}*") if p.is_dir())
+    kept = {*versions[-keep:], current}
+    removed = [p for p in versions if p not in kept]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Spark side
+
+
+def _uri(path: Path) -> str:
+    # recpipe.lake imports pyspark; importing it here keeps this module importable without it.
+    from recpipe.lake import file_uri
+
+    return file_uri(path)
+
+
+def _sql_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _partition_clause(ds: str, model: str) -> str:
+    return f"{DS}={_sql_string(ds)}, {MODEL}={_sql_string(model)}"
+
+
+def _table_location(spark: SparkSession, name: str) -> str:
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
+    return next(row.data_type for row in rows if row.col_name == "Location")
+
+
+def _same_location(uri: str, path: Path) -> bool:
+    return uri.removeprefix("file://").removeprefix("file:").rstrip("/") == str(path.resolve())
+
+
+def _create_table(spark: SparkSession, config: Config, table: str) -> None:
+    name = qualified_name(config, table)
+    columns = [f"{col} {kind}" for col, kind in _spec(table).columns]
+    columns += [f"{col} string" for col in PARTITION_COLUMNS]
+    # Spark logs a stack trace when an external table's folder does not exist yet.
+    table_path(config, table).mkdir(parents=True, exist_ok=True)
+    # A table with an explicit LOCATION is EXTERNAL: dropping it or moving a partition never
+    # deletes the files behind it.
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) USING parquet "
+        f"PARTITIONED BY ({', '.join(PARTITION_COLUMNS)}) "
+        f"LOCATION {_sql_string(_uri(table_path(config, table)))}"
+    )
+    location = _table_location(spark, name)
+    if not _same_location(location, table_path(config, table)):
+        raise RecpipeError(
+            f"table {name} is registered at {location}, not under paths.root "
+            f"({table_path(config, table)}): use another warehouse.database or the root it "
+            "was created with"
+        )
+
+
+def ensure_tables(spark: SparkSession, config: Config) -> None:
+    """Create the database (located under ``paths.root``) and both tables if missing."""
+    database = config.warehouse.database
+    spark.sql(
+        f"CREATE DATABASE IF NOT EXISTS {database} "
+        f"LOCATION {_sql_string(_uri(database_path(config)))}"
+    )
+    for table in TABLES:
+        _create_table(spark, config, table)
+
+
+def _conform(df: DataFrame, spec: TableSpec, table: str) -> DataFrame:
+    missing = [col for col in spec.names if col not in df.columns]
+    if missing:
+        raise RecpipeError(f"cannot publish to {table}: columns {missing} missing from the data")
+    return df.select(*(df[col].cast(kind).alias(col) for col, kind in spec.columns))
+
+
+def _layout(df: DataFrame, spec: TableSpec, rows: int) -> DataFrame:
+    files = max(1, math.ceil(rows / ROWS_PER_FILE))
+    # Range partitioning samples the input first; a single file needs no sampling.
+    spread = df.repartition(1) if files == 1 else df.repartitionByRange(files, *spec.sort_by)
+    # Sorted files give tight min/max statistics per row group, which readers prune on.
+    return spread.sortWithinPartitions(*spec.sort_by)
+
+
+def _write_version(df: DataFrame, spec: TableSpec, rows: int, folder: Path) -> int:
+    """Write the version folder and return the row count read back from its files."""
+    writer = _layout(df, spec, rows).write.mode("error")
+    writer.option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(_uri(folder))
+    spark = df.sparkSession
+    return spark.read.parquet(_uri(folder)).count()
+
+
+def _switch_partition(
+    spark: SparkSession, config: Config, table: str, ds: str, model: str, folder: Path
+) -> None:
+    name = qualified_name(config, table)
+    clause = _partition_clause(ds, model)
+    location = _sql_string(_uri(folder))
+    if spark.sql(f"SHOW PARTITIONS {name} PARTITION ({clause})").count():
+        spark.sql(f"ALTER TABLE {name} PARTITION ({clause}) SET LOCATION {location}")
+    else:
+        spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({clause}) LOCATION {location}")
+
+
+def publish_partition(
+    spark: SparkSession,
+    config: Config,
+    table: str,
+    df: DataFrame,
+    ds: str,
+    model: str,
+    *,
+    expected_rows: int | None = None,
+) -> Path:
+    """Atomically replace partition ``(ds, model)`` of ``table`` with ``df``; returns its folder.
+
+    ``df`` must hold the table's data columns (cast to the table types; others are dropped).
+    ``df`` is evaluated more than once (``count()`` unless ``expected_rows`` is given, range
+    sampling above ``ROWS_PER_FILE`` rows, the write): persist an expensive frame first. When
+    the rows read back differ from the expected count, or anything fails before the switch, the
+    new folder is removed, :class:`PublishError` or the original error is raised, and the
+    previous version stays current.
+    """
+    spec = _spec(table)
+    _check_partition(ds, model)
+    ensure_tables(spark, config)
+    data = _conform(df, spec, table)
+    rows = data.count() if expected_rows is None else expected_rows
+    parent = partition_path(config, table, ds, model)
+    folder = parent / _new_version_name()
+    try:
+        written = _write_version(data, spec, rows, folder)
+        if written != rows:
+            raise PublishError(
+                f"{table} ds={ds} model={model}: wrote {written} rows, expected {rows}; "
+                "the previous version is still current"
+            )
+        _switch_partition(spark, config, table, ds, model, folder)
+    except BaseException:
+        # Nothing points at the new folder yet (a failed ALTER changes nothing).
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    spark.catalog.refreshTable(qualified_name(config, table))
+    _write_json_atomic(
+        parent / POINTER_FILE,
+        {
+            "location": str(folder),
+            "version": folder.name.removeprefix(VERSION_PREFIX),
+            "rows": rows,
+            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    removed = prune_versions(parent, folder, config.warehouse.keep_versions)
+    log.info("published %s ds=%s model=%s: %d rows -> %s", table, ds, model, rows, folder)
+    log.debug("pruned %d old versions of %s ds=%s model=%s", len(removed), table, ds, model)
+    return folder
+
+
+def _metric_row(row: dict[str, Any]) -> tuple[Any, ...]:
+    missing = [col for col in TABLES[MODEL_METRICS].names if col not in row]
+    if missing:
+        raise RecpipeError(f"model_metrics row {row!r} lacks {missing}")
+    k = None if row["k"] is None else int(row["k"])
+    value = None if row["value"] is None else float(row["value"])
+    return (str(row["protocol"]), str(row["split"]), str(row["metric"]), k, value)
+
+
+def write_model_metrics(
+    spark: SparkSession, config: Config, rows: list[dict[str, Any]], ds: str, model: str
+) -> Path:
+    """Replace partition ``(ds, model)`` of ``model_metrics`` with ``rows``; returns its folder.
+
+    Each row has ``protocol``, ``split``, ``metric``, ``k`` (None for metrics without a cutoff)
+    and ``value``.
+    """
+    if not rows:
+        raise RecpipeError(f"no model_metrics rows to publish for ds={ds} model={model}")
+    schema = ", ".join(f"{col} {kind}" for col, kind in TABLES[MODEL_METRICS].columns)
+    df = spark.createDataFrame([_metric_row(row) for row in rows], schema=schema)
+    return publish_partition(spark, config, MODEL_METRICS, df, ds, model, expected_rows=len(rows))

@@ -1,0 +1,143 @@
+"""JVM-free recommendation lookups through the partition pointer, and Spark SQL queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config
+from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.query import (
+    UnknownUserError,
+    format_recs,
+    latest_ds,
+    list_models,
+    lookup_recs,
+    run_sql,
+)
+from recpipe.warehouse import RECOMMENDATIONS, publish_partition, qualified_name
+
+DS = "2026-11-22"
+GENERATED = dt.datetime(2026, 11, 22, 6, 30)
+SCHEMA = (
+    "user_id string, item_id string, rank int, score double, generated_at timestamp, source string"
+)
+# Stored out of order on purpose: the lookup must order by rank.
+ROWS = [
+    ("u1", "i3", 3, 0.5, GENERATED, "als"),
+    ("u1", "i9", 1, 0.9, GENERATED, "als"),
+    ("u2", "i1", 1, 0.8, GENERATED, "als"),
+    ("u1", "i7", 2, 0.7, GENERATED, "als"),
+    ("u2", "i2", 2, 0.6, GENERATED, "fallback"),
+]
+
+
+@pytest.fixture
+def config(spark: SparkSession, make_config) -> Config:
+    """A config with one published partition: recommendations ds=2026-11-22, model=als."""
+    config = make_config(f"warehouse.database=q_{uuid.uuid4().hex[:12]}")
+    df = spark.createDataFrame(ROWS, SCHEMA)
+    publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als")
+    return config
+
+
+def test_lookup_returns_user_rows_ordered_by_rank(config: Config) -> None:
+    rows = lookup_recs(config, "u1")
+
+    assert [(r["rank"], r["item_id"], r["score"]) for r in rows] == [
+        (1, "i9", 0.9),
+        (2, "i7", 0.7),
+        (3, "i3", 0.5),
+    ]
+    assert {(r["model"], r["source"], r["user_id"], r["ds"]) for r in rows} == {
+        ("als", "als", "u1", DS)
+    }
+
+
+def test_lookup_truncates_to_k(config: Config) -> None:
+    rows = lookup_recs(config, "u1", model="als", ds=DS, k=2)
+
+    assert [r["item_id"] for r in rows] == ["i9", "i7"]
+
+
+def test_unknown_user_names_user_model_and_ds(config: Config) -> None:
+    with pytest.raises(UnknownUserError, match=f"'nobody'.*'als'.*ds={DS}"):
+        lookup_recs(config, "nobody")
+
+
+def test_missing_partition_and_ambiguous_model(spark: SparkSession, config: Config) -> None:
+    with pytest.raises(MissingInputError, match="model 'ease'"):
+        lookup_recs(config, "u1", model="ease", ds=DS)
+    with pytest.raises(MissingInputError):
+        lookup_recs(config, "u1", model="ease")
+    other = spark.createDataFrame(ROWS[:1], SCHEMA)
+    publish_partition(spark, config, RECOMMENDATIONS, other, DS, "popularity")
+
+    with pytest.raises(RecpipeError, match="als, popularity"):
+        lookup_recs(config, "u1")
+    assert lookup_recs(config, "u1", model="popularity")[0]["item_id"] == "i3"
+
+
+def test_latest_ds_and_list_models(spark: SparkSession, config: Config) -> None:
+    later = spark.createDataFrame(ROWS, SCHEMA)
+    publish_partition(spark, config, RECOMMENDATIONS, later, "2026-11-23", "popularity")
+
+    assert latest_ds(config) == "2026-11-23"
+    assert latest_ds(config, "als") == DS
+    assert latest_ds(config, "ease") is None
+    assert list_models(config, DS) == ["als"]
+    assert lookup_recs(config, "u2")[0]["ds"] == "2026-11-23"
+
+
+def test_json_format_parses_back_to_rows(config: Config) -> None:
+    rows = lookup_recs(config, "u2")
+
+    parsed = json.loads(format_recs(rows, "json"))
+
+    assert parsed == rows
+    assert all({"rank", "item_id", "score", "model", "source"} <= set(row) for row in parsed)
+
+
+def test_table_format_titles_user_model_and_ds(config: Config) -> None:
+    text = format_recs(lookup_recs(config, "u2"), "table")
+
+    assert text.splitlines()[0] == f"recommendations for user u2 (model als, ds {DS})"
+    assert "fallback" in text
+    with pytest.raises(RecpipeError, match="unknown output format"):
+        format_recs([], "xml")
+
+
+def test_run_sql_returns_table_rows(spark: SparkSession, config: Config) -> None:
+    name = qualified_name(config, RECOMMENDATIONS)
+
+    rows = run_sql(spark, f"SELECT * FROM {name} ORDER BY user_id, rank")
+
+    expected = sorted(ROWS, key=lambda row: (row[0], row[2]))
+    assert rows == [
+        {
+            "user_id": user,
+            "item_id": item,
+            "rank": rank,
+            "score": score,
+            "generated_at": "2026-11-22T06:30:00+00:00",
+            "source": source,
+            "ds": DS,
+            "model": "als",
+        }
+        for user, item, rank, score, _, source in expected
+    ]
+    json.dumps(rows)  # JSON-ready
+
+
+def test_query_module_does_not_import_pyspark() -> None:
+    code = "import sys, recpipe.query; print('pyspark' in sys.modules)"
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,249 @@
+"""Warehouse tables: atomic, versioned partition publishes through the Hive metastore."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe import warehouse
+from recpipe.config import Config
+from recpipe.errors import RecpipeError
+from recpipe.warehouse import (
+    MODEL_METRICS,
+    POINTER_FILE,
+    RECOMMENDATIONS,
+    PublishError,
+    ensure_tables,
+    partition_location,
+    partition_path,
+    publish_partition,
+    qualified_name,
+    write_model_metrics,
+)
+
+DS = "2026-11-22"
+GENERATED = dt.datetime(2026, 11, 22, 6, 0)
+SCHEMA = (
+    "user_id string, item_id string, rank int, score double, generated_at timestamp, source string"
+)
+
+
+@pytest.fixture
+def config(make_config) -> Config:
+    """A config rooted in the test's temp folder, with a database of its own."""
+    return make_config(f"warehouse.database=wh_{uuid.uuid4().hex[:12]}")
+
+
+def recs(spark: SparkSession, users: list[str], items: int = 10, tag: str = "a") -> DataFrame:
+    """``items`` recommendations per user; item ids carry ``tag`` to tell versions apart."""
+    rows = [
+        (user, f"{tag}{user}-{rank}", rank, 1.0 / rank, GENERATED, "als")
+        for user in users
+        for rank in range(1, items + 1)
+    ]
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def select_rows(spark: SparkSession, config: Config, ds: str = DS, model: str = "als") -> set:
+    """Rows of one recommendations partition as seen through the metastore."""
+    name = qualified_name(config, RECOMMENDATIONS)
+    query = f"SELECT user_id, item_id, rank FROM {name} WHERE ds = '{ds}' AND model = '{model}'"
+    return {tuple(row) for row in spark.sql(query).collect()}
+
+
+def expected_rows(df: DataFrame) -> set:
+    """The (user_id, item_id, rank) triples of ``df``."""
+    return {tuple(row) for row in df.select("user_id", "item_id", "rank").collect()}
+
+
+def versions(config: Config, table: str = RECOMMENDATIONS, model: str = "als") -> list[Path]:
+    """Version folders on disk of one partition, oldest first."""
+    return sorted(partition_path(config, table, DS, model).glob("v=*"))
+
+
+def test_failure_mid_write_keeps_previous_version(spark: SparkSession, config: Config) -> None:
+    first = recs(spark, ["u1", "u2"])
+    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    failing = recs(spark, ["u1", "u2", "u3"], tag="b").withColumn(
+        "score", F.when(F.col("rank") > 5, F.raise_error(F.lit("boom"))).otherwise(F.col("score"))
+    )
+
+    with pytest.raises(Exception, match="boom"):
+        publish_partition(spark, config, RECOMMENDATIONS, failing, DS, "als")
+
+    assert select_rows(spark, config) == expected_rows(first)
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert versions(config) == [v1]  # the failed folder is gone, never became current
+
+
+def test_metastore_failure_after_write_keeps_previous_version(
+    spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = recs(spark, ["u1"])
+    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    written: list[Path] = []
+
+    def failing_switch(*args: object) -> None:
+        written.extend(args[-1].glob("part-*.parquet"))
+        raise RuntimeError("metastore down")
+
+    monkeypatch.setattr(warehouse, "_switch_partition", failing_switch)
+    with pytest.raises(RuntimeError, match="metastore down"):
+        publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u2"]), DS, "als")
+
+    assert written  # the new version was complete on disk when the switch failed
+    assert select_rows(spark, config) == expected_rows(first)
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert versions(config) == [v1]
+
+
+def test_row_count_mismatch_keeps_previous_version(spark: SparkSession, config: Config) -> None:
+    first = recs(spark, ["u1"])
+    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    second = recs(spark, ["u1", "u2"], tag="b")
+
+    with pytest.raises(PublishError, match="wrote 20 rows, expected 25"):
+        publish_partition(spark, config, RECOMMENDATIONS, second, DS, "als", expected_rows=25)
+
+    assert select_rows(spark, config) == expected_rows(first)
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert versions(config) == [v1]
+
+
+def test_republish_replaces_without_duplicates(spark: SparkSession, config: Config) -> None:
+    publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1", "u2", "u3"]), DS, "als")
+    second = recs(spark, ["u2", "u4"], items=5, tag="b")
+
+    folder = publish_partition(spark, config, RECOMMENDATIONS, second, DS, "als")
+
+    assert select_rows(spark, config) == expected_rows(second)
+    pointer = json.loads((folder.parent / POINTER_FILE).read_text())
+    assert pointer["rows"] == 10
+    assert Path(pointer["location"]) == folder
+    assert pointer["version"] == folder.name.removeprefix("v=")
+
+
+def test_second_partition_leaves_first_untouched(spark: SparkSession, config: Config) -> None:
+    first = recs(spark, ["u1", "u2"])
+    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    other = recs(spark, ["u3"], tag="p")
+
+    publish_partition(spark, config, RECOMMENDATIONS, other, DS, "popularity")
+    publish_partition(spark, config, RECOMMENDATIONS, other, "2026-11-23", "als")
+
+    assert select_rows(spark, config) == expected_rows(first)
+    assert select_rows(spark, config, model="popularity") == expected_rows(other)
+    assert select_rows(spark, config, ds="2026-11-23") == expected_rows(other)
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+
+
+def test_show_partitions_lists_published_ones(spark: SparkSession, config: Config) -> None:
+    df = recs(spark, ["u1"], items=2)
+    for ds, model in [(DS, "als"), (DS, "popularity"), ("2026-11-23", "als"), (DS, "als")]:
+        publish_partition(spark, config, RECOMMENDATIONS, df, ds, model)
+
+    listed = spark.sql(f"SHOW PARTITIONS {qualified_name(config, RECOMMENDATIONS)}").collect()
+
+    assert sorted(row.partition for row in listed) == [
+        "ds=2026-11-22/model=als",
+        "ds=2026-11-22/model=popularity",
+        "ds=2026-11-23/model=als",
+    ]
+
+
+def test_keep_versions_prunes_old_folders(spark: SparkSession, make_config) -> None:
+    config = make_config(
+        f"warehouse.database=wh_{uuid.uuid4().hex[:12]}", "warehouse.keep_versions=2"
+    )
+    published = [
+        publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"], tag=tag), DS, "als")
+        for tag in "abcd"
+    ]
+
+    assert versions(config) == published[-2:]
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") == published[-1]
+    assert select_rows(spark, config) == expected_rows(recs(spark, ["u1"], tag="d"))
+
+
+def test_written_files_are_sorted_by_user_and_rank(spark: SparkSession, config: Config) -> None:
+    df = recs(spark, ["u3", "u1", "u2"], items=4).orderBy(F.rand(seed=1))
+
+    folder = publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als")
+
+    files = sorted(folder.glob("part-*.parquet"))
+    assert len(files) == 1
+    table = pq.read_table(files[0])
+    keys = list(zip(table["user_id"].to_pylist(), table["rank"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    assert table.schema.field("rank").type == "int32"
+
+
+def test_tables_are_external_parquet(spark: SparkSession, config: Config) -> None:
+    ensure_tables(spark, config)
+    ensure_tables(spark, config)  # idempotent
+
+    for table in (RECOMMENDATIONS, MODEL_METRICS):
+        described = spark.sql(f"DESCRIBE TABLE EXTENDED {qualified_name(config, table)}")
+        info = {row.col_name: row.data_type for row in described.collect()}
+        assert info["Type"] == "EXTERNAL"
+        assert info["Provider"] == "parquet"
+        assert info["Location"].endswith(f"/warehouse/{config.warehouse.database}.db/{table}")
+
+
+def test_model_metrics_replace_partition(spark: SparkSession, config: Config) -> None:
+    rows = [
+        {"protocol": "leave_last_out", "split": "test", "metric": "ndcg", "k": 10, "value": 0.25},
+        {"protocol": "leave_last_out", "split": "test", "metric": "recall", "k": 10, "value": 1},
+        {"protocol": "leave_last_out", "split": "test", "metric": "auc", "k": None, "value": 0.7},
+    ]
+    write_model_metrics(spark, config, rows, DS, "als")
+    write_model_metrics(spark, config, rows[:1], DS, "popularity")
+    replacement = [{**rows[0], "value": 0.5}]
+
+    write_model_metrics(spark, config, replacement, DS, "als")
+
+    name = qualified_name(config, MODEL_METRICS)
+    got = spark.sql(f"SELECT model, metric, k, value FROM {name} ORDER BY model").collect()
+    assert [tuple(row) for row in got] == [
+        ("als", "ndcg", 10, 0.5),
+        ("popularity", "ndcg", 10, 0.25),
+    ]
+
+
+def test_model_metrics_rejects_incomplete_rows(spark: SparkSession, config: Config) -> None:
+    with pytest.raises(RecpipeError, match="lacks"):
+        write_model_metrics(spark, config, [{"metric": "ndcg", "value": 1.0}], DS, "als")
+
+
+@pytest.mark.parametrize(("ds", "model"), [("22-11-2026", "als"), (DS, "a'; DROP"), (DS, "../x")])
+def test_bad_partition_values_are_rejected(
+    spark: SparkSession, config: Config, ds: str, model: str
+) -> None:
+    with pytest.raises(RecpipeError):
+        publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"]), ds, model)
+
+
+def test_missing_column_is_rejected(spark: SparkSession, config: Config) -> None:
+    df = recs(spark, ["u1"]).drop("score")
+
+    with pytest.raises(RecpipeError, match=r"\['score'\] missing"):
+        publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als")
+    assert partition_location(config, RECOMMENDATIONS, DS, "als") is None
+
+
+def test_database_registered_under_another_root_is_refused(
+    spark: SparkSession, config: Config, make_config, tmp_path: Path
+) -> None:
+    ensure_tables(spark, config)
+    moved = config.model_copy(deep=True)
+    moved.paths.root = str(tmp_path / "elsewhere")
+
+    with pytest.raises(RecpipeError, match="registered at"):
+        ensure_tables(spark, moved)
