@@ -21,6 +21,7 @@ from recpipe.commands import metric_rows
 from recpipe.config import Config, load_config
 from recpipe.datasets.movielens import DatasetUnavailableError, fetch_movielens_100k
 from recpipe.query import lookup_recs, run_sql
+from recpipe.report.run_report import write_run_report
 from recpipe.stages.clean import run_clean
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.score import run_score
@@ -48,13 +49,14 @@ def pipeline(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory):
     except DatasetUnavailableError as exc:  # pragma: no cover - depends on the network
         pytest.skip(f"PyPI unreachable, cannot fetch MovieLens 100K: {exc}")
     config = load_config(None, [*overrides, f"paths.raw_events={summary['raw_events']}"])
-    for stage in (run_clean, run_vocab, run_sessionize, run_split):
-        stage(spark, config, DS)
-    for model in MODELS:
-        run_train_baseline(spark, config, DS, model)
-    manifests, _ = run_evaluate(spark, config, DS, MODELS)
-    run_score(spark, config, DS, "als")
-    return config, {m["model"]: m for m in manifests}
+    stages = [
+        stage(spark, config, DS) for stage in (run_clean, run_vocab, run_sessionize, run_split)
+    ]
+    stages += [run_train_baseline(spark, config, DS, model) for model in MODELS]
+    manifests, evaluations = run_evaluate(spark, config, DS, MODELS)
+    stages += [*manifests, run_score(spark, config, DS, "als")]
+    report = write_run_report(config, DS, stages, evaluations, [{"rank": 1}], 10)
+    return config, {m["model"]: m for m in manifests}, report
 
 
 def ndcg_at_10(manifest: dict) -> float:
@@ -74,7 +76,7 @@ def read_split(config: Config, part: str) -> dict[str, set[str]]:
 
 
 def test_quality_bar_on_random_by_user(pipeline) -> None:
-    _, manifests = pipeline
+    _, manifests, _ = pipeline
     als = ndcg_at_10(manifests["als"])
     best = max(ndcg_at_10(manifests[m]) for m in MODELS)
     assert als >= 0.37, f"ALS NDCG@10 {als:.4f}"
@@ -84,7 +86,7 @@ def test_quality_bar_on_random_by_user(pipeline) -> None:
 
 def test_published_lists_reproduce_the_evaluation(pipeline) -> None:
     """NDCG@10 recomputed from the warehouse rows equals the evaluate stage's number."""
-    config, manifests = pipeline
+    config, manifests, _ = pipeline
     location = Path(
         json.loads(
             (
@@ -108,7 +110,7 @@ def test_published_lists_reproduce_the_evaluation(pipeline) -> None:
 
 
 def test_recs_for_user_196(pipeline, capsys) -> None:
-    config, _ = pipeline
+    config, _, _ = pipeline
     rows = lookup_recs(config, "196", model="als", ds=DS)
     train = read_split(config, "train")["196"]
     assert [r["rank"] for r in rows] == list(range(1, 11))
@@ -126,7 +128,7 @@ def test_recs_for_user_196(pipeline, capsys) -> None:
 
 
 def test_metrics_table_matches_manifests(pipeline, spark: SparkSession, capsys) -> None:
-    config, manifests = pipeline
+    config, manifests, _ = pipeline
     rows = metric_rows(config, DS, "als")
     ndcg = [r for r in rows if r["metric"] == "ndcg" and r["k"] == 10]
     assert len(ndcg) == 1 and ndcg[0]["value"] == pytest.approx(ndcg_at_10(manifests["als"]))
@@ -140,3 +142,17 @@ def test_metrics_table_matches_manifests(pipeline, spark: SparkSession, capsys) 
         f"WHERE ds = '{DS}' AND model = 'als' AND metric = 'ndcg' AND k = 10",
     )
     assert [r["value"] for r in via_sql] == pytest.approx([ndcg[0]["value"]])
+
+
+def test_sql_command_and_report(pipeline, capsys) -> None:
+    config, manifests, report = pipeline
+    where = ["--set", f"paths.root={config.root}", "--set", "warehouse.database=ml_e2e"]
+    query = f"SELECT count(*) AS n FROM ml_e2e.recommendations WHERE ds = '{DS}' AND model = 'als'"
+    assert main(["sql", query, "--format", "json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 9430}]  # 943 users x 10
+    page = report.read_text()
+    assert "random_by_user/test, full ranking over all items, train items excluded, K=10" in page
+    assert page.count("data:image/png;base64,") >= 4  # 2 curves, popularity, timings
+    assert f"{ndcg_at_10(manifests['als']):.4f}" in page
+    for stage in ("clean", "train-als", "evaluate-ease", "score-als"):
+        assert f"<td>{stage}</td>" in page

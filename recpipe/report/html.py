@@ -86,26 +86,29 @@ def popularity_plot(
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     bins = np.logspace(0, np.log10(max(2.0, float(catalogue_popularity.max()) + 1)), 30)
+    catalogue = catalogue_popularity[1:] + 1  # index 0 is padding
+    # Shares, not densities: on log-spaced bins a density would shrink the popular end.
     axis.hist(
-        catalogue_popularity + 1,
+        catalogue,
         bins=bins,
-        density=True,
+        weights=np.full(catalogue.size, 1 / catalogue.size),
         alpha=0.35,
         label="catalogue",
         color="grey",
     )
     for model, items in sorted(recommended.items()):
+        values = catalogue_popularity[items] + 1
         axis.hist(
-            catalogue_popularity[items] + 1,
+            values,
             bins=bins,
-            density=True,
+            weights=np.full(values.size, 1 / max(values.size, 1)),
             histtype="step",
             linewidth=1.5,
             label=model,
         )
     axis.set_xscale("log")
     axis.set_xlabel("train users per item + 1 (log)")
-    axis.set_ylabel("density")
+    axis.set_ylabel("share of items / of recommendations")
     axis.set_title(f"popularity of top-{k} recommended items vs catalogue")
     axis.legend(fontsize=8)
     return _png(figure)
