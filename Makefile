@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: venv demo test lint bench-etl clean-venv
+.PHONY: venv demo test lint bench-etl bench-als bench-recs native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: lint
 
 bench-etl: venv
 	$(BIN)/python bench/etl.py
+
+# The comparison library is not a recpipe dependency; it is installed only for this benchmark.
+bench-als: venv
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) implicit==0.7.3
+	$(BIN)/python bench/als.py
+
+bench-recs: venv
+	$(BIN)/python bench/recs_lookup.py --users 1000000
+
+# Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
+native-blas:
+	apt-get install -y -q libopenblas0 liblapack3
 
 clean-venv:
 	rm -rf $(VENV)
