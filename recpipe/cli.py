@@ -359,6 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_job(stage: str, argv: Sequence[str]) -> int:
     """Body of a ``jobs/<stage>.py`` spark-submit script: the CLI restricted to one stage."""
-    if stage not in STAGE_HELP:
+    if stage not in STAGE_HELP and stage not in MODEL_COMMANDS:
         raise ValueError(f"unknown stage {stage!r}")
     return main([stage, *argv])
