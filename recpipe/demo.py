@@ -9,7 +9,6 @@ from typing import Any
 
 from recpipe.config import Config, load_config
 from recpipe.console import format_table
-from recpipe.evaluation.metrics import metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,9 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
 
 def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> Path:
     """Run everything, print the tables, write the HTML report; returns the report's path."""
-    from recpipe.cli import STAGE_HELP, print_stage_report
+    from recpipe.cli import STAGE_HELP, print_stage_report, run_stages
     from recpipe.spark import get_spark
-    from recpipe.stages.evaluate import run_evaluate
+    from recpipe.stages.evaluate import print_metric_tables, run_evaluate
     from recpipe.stages.score import run_score
     from recpipe.stages.train_baseline import run_train_baseline
 
@@ -73,11 +72,8 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
         f"MovieLens 100K: {summary['events']:,} ratings, {summary['users']} users, "
         f"{summary['items']} items -> {summary['raw_events']}"
     )
+    manifests = run_stages(config, ds, list(STAGE_HELP))
     spark = get_spark(config)
-    from recpipe.cli import stage_functions
-
-    functions = stage_functions()
-    manifests = [functions[name](spark, config, ds) for name in STAGE_HELP]
     manifests += [run_train_baseline(spark, config, ds, model) for model in DEMO_MODELS]
     evaluation_manifests, evaluations = run_evaluate(spark, config, ds, list(DEMO_MODELS))
     manifests += evaluation_manifests
@@ -85,12 +81,7 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
 
     print()
     print_stage_report(manifests)
-    by_protocol: dict[str, list[Any]] = {}
-    for evaluation in evaluations:
-        by_protocol.setdefault(evaluation.result.protocol.split_protocol, []).append(evaluation)
-    for items in by_protocol.values():
-        print(metrics_table([e.result for e in items], REPORT_K))
-        print()
+    print_metric_tables(evaluations, REPORT_K)
     example = example_rows(config, ds, EXAMPLE_USER, "als")
     print(format_table(example, title=f"user {EXAMPLE_USER}: ALS top-{REPORT_K} vs history"))
     print()

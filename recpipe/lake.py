@@ -6,6 +6,7 @@ reader never sees a half-written partition and a re-run replaces the old one exa
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -138,8 +139,6 @@ class Lake:
 
 def history_ds(available: Sequence[str], ds: str, days: int | None) -> list[str]:
     """The ``ds`` values in ``(ds - days, ds]`` (all up to ``ds`` when ``days`` is None)."""
-    import datetime as dt
-
     end = dt.date.fromisoformat(ds)
     start = None if days is None else end - dt.timedelta(days=days)
     chosen = []

@@ -15,14 +15,13 @@ from recpipe.report.html import (
     stage_timings_plot,
     write_report,
 )
+from recpipe.stages.evaluate import group_by_protocol
 
 
 def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
     parts = []
-    by_protocol: dict[Any, list[Any]] = {}
-    for evaluation in evaluations:
-        by_protocol.setdefault(evaluation.result.protocol, []).append(evaluation.result)
-    for protocol, results in by_protocol.items():
+    for protocol, group in group_by_protocol(evaluations).items():
+        results = [evaluation.result for evaluation in group]
         rows = []
         for result in results:
             row: dict[str, Any] = {"model": result.model, "users": result.n_users}
@@ -41,16 +40,14 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
 
 def _popularity_section(evaluations: Sequence[Any], k: int) -> str:
     parts = []
-    by_protocol: dict[str, list[Any]] = {}
-    for evaluation in evaluations:
-        by_protocol.setdefault(evaluation.result.protocol.split_protocol, []).append(evaluation)
-    for protocol, items in by_protocol.items():
+    for protocol, group in group_by_protocol(evaluations).items():
+        name = protocol.split_protocol
         recommended = {
-            e.result.model: e.recommended[:, :k][e.recommended[:, :k] > 0] for e in items
+            e.result.model: e.recommended[:, :k][e.recommended[:, :k] > 0] for e in group
         }
-        uri = popularity_plot(items[0].catalogue_popularity, recommended, k)
-        parts.append(f"<p class='protocol'>{protocol}: train popularity of recommended items</p>")
-        parts.append(image(uri, f"popularity, {protocol}"))
+        uri = popularity_plot(group[0].catalogue_popularity, recommended, k)
+        parts.append(f"<p class='protocol'>{name}: train popularity of recommended items</p>")
+        parts.append(image(uri, f"popularity, {name}"))
     return "\n".join(parts)
 
 

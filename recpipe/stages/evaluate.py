@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,11 +141,16 @@ def run_evaluate(
     return manifests, evaluations
 
 
-def print_metric_tables(evaluations: list[Evaluation], k: int) -> None:
-    """One table per protocol at ``k``, each titled with its full protocol."""
-    by_protocol: dict[Protocol, list[EvaluationResult]] = {}
+def group_by_protocol(evaluations: Sequence[Evaluation]) -> dict[Protocol, list[Evaluation]]:
+    """Evaluations grouped by protocol, in first-seen order."""
+    groups: dict[Protocol, list[Evaluation]] = {}
     for evaluation in evaluations:
-        by_protocol.setdefault(evaluation.result.protocol, []).append(evaluation.result)
-    for results in by_protocol.values():
-        print(metrics_table(results, k))
+        groups.setdefault(evaluation.result.protocol, []).append(evaluation)
+    return groups
+
+
+def print_metric_tables(evaluations: Sequence[Evaluation], k: int) -> None:
+    """One table per protocol at ``k``, each titled with its full protocol."""
+    for group in group_by_protocol(evaluations).values():
+        print(metrics_table([evaluation.result for evaluation in group], k))
         print()
