@@ -162,6 +162,46 @@ class ScoreConfig(_Section):
     protocol: SplitProtocol = "random_by_user"
 
 
+class ExportConfig(_Section):
+    kinds: list[Literal["pairwise", "pointwise", "sequence"]] = Field(
+        default_factory=lambda: ["pairwise", "pointwise", "sequence"], min_length=1
+    )
+    negatives: int = Field(4, ge=1)
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    max_len: int = Field(50, ge=1)
+    stride: int | None = Field(None, ge=1)
+    files_per_process: int = Field(2, ge=1)
+    seed: int = 42
+
+
+class EarlyStoppingConfig(_Section):
+    metric: Literal["ndcg", "recall", "hr", "mrr", "map", "precision"] = "ndcg"
+    k: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+    every_epochs: int = Field(1, ge=1)
+
+
+class TrainConfig(_Section):
+    models: list[str] = Field(
+        default_factory=lambda: ["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"],
+        min_length=1,
+    )
+    launcher: Literal["local", "torchrun", "spark"] = "local"
+    processes: int = Field(1, ge=1)
+    spark_local_mode: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(16384, ge=0)
+    seed: int = 42
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+
 class WarehouseConfig(_Section):
     database: str = Field("recpipe", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     keep_versions: int = Field(3, ge=1)
@@ -204,6 +244,9 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def root(self) -> Path:

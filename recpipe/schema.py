@@ -73,3 +73,20 @@ class Reason:
         MISSING_VALUE,
         BOT_SUSPECT,
     )
+
+# Training samples written by the export stage (lake tables samples_<kind>, one partition per
+# ds and protocol, a file count that is a multiple of the planned world size):
+#   samples_pairwise:  user_idx int32, item_idx int32 (positive), negatives list<int32> [N]
+#   samples_pointwise: user_idx int32, item_idx int32, label float32 (1 positive, 0 sampled)
+#   samples_sequence:  user_idx int32, history list<int32> [L] (left-padded with 0, most recent
+#                      last), history_ts list<int64> [L] (epoch s, 0 at padding),
+#                      item_idx int32 (the target: the item after the history), ts timestamp
+NEGATIVES = "negatives"
+LABEL = "label"
+HISTORY = "history"
+HISTORY_TS = "history_ts"
+SAMPLE_TABLES: dict[str, str] = {
+    "pairwise": "samples_pairwise",
+    "pointwise": "samples_pointwise",
+    "sequence": "samples_sequence",
+}

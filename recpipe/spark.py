@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -74,6 +76,11 @@ def get_spark(config: Config) -> SparkSession:
         Path(conf[key]).mkdir(parents=True, exist_ok=True)
     for folder in ("metastore", "tmp/jvm"):
         (config.root / folder).mkdir(parents=True, exist_ok=True)
+    if config.spark.master.startswith("local"):
+        # Local Python workers (mapInArrow, TorchDistributor) must run this interpreter, which
+        # has numpy/pandas/torch; PySpark otherwise starts `python3` from PATH. The driver
+        # reads only this variable (not spark.pyspark.python); clusters set their own.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)

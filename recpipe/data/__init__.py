@@ -1,0 +1,1 @@
+"""Training-data loaders: the Arrow loader (default) over the export stage's Parquet."""

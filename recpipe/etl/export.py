@@ -1,0 +1,210 @@
+"""Training samples for the deep models, built per user from a train split.
+
+Every sampler works on one row per user (the user's train items in time order) and draws its
+random numbers from a generator seeded by ``(seed, user_idx)``, so the output does not depend
+on how Spark partitions the users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, TS, USER_IDX
+
+SEQ_ITEMS = "seq_items"
+SEQ_TS = "seq_ts"
+
+PAIRWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {NEGATIVES} array<int>"
+POINTWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {LABEL} float"
+SEQUENCE_SCHEMA = (
+    f"{USER_IDX} int, {HISTORY} array<int>, {HISTORY_TS} array<bigint>, {ITEM_IDX} int, "
+    f"{TS} timestamp"
+)
+
+# Rounds of rejection sampling before giving up on users who interacted with almost everything.
+_MAX_ROUNDS = 50
+
+
+def user_sequences(
+    train: DataFrame, *, user_col: str = USER_IDX, item_col: str = ITEM_IDX, ts_col: str = TS
+) -> DataFrame:
+    """One row per user: ``seq_items`` and ``seq_ts`` (epoch s) ordered by (ts, item)."""
+    ordered = F.array_sort(
+        F.collect_list(F.struct(F.unix_seconds(ts_col).alias("t"), F.col(item_col).alias("i")))
+    )
+    return (
+        train.groupBy(user_col)
+        .agg(ordered.alias("pairs"))
+        .select(
+            F.col(user_col).cast("int").alias(USER_IDX),
+            F.col("pairs.i").cast("array<int>").alias(SEQ_ITEMS),
+            F.col("pairs.t").alias(SEQ_TS),
+        )
+    )
+
+
+class NegativeSampler:
+    """Draws items a user has not interacted with, uniformly or by train popularity."""
+
+    def __init__(self, n_items: int, weights: np.ndarray | None, seed: int) -> None:
+        self.n_items = n_items
+        self.seed = seed
+        self.cdf: np.ndarray | None = None
+        if weights is not None:
+            probs = np.asarray(weights, dtype=np.float64).copy()
+            probs[0] = 0.0  # padding is never a negative
+            if probs.sum() <= 0:
+                raise ValueError("popularity sampling needs at least one item with a count")
+            self.cdf = np.cumsum(probs / probs.sum())
+
+    def draw(self, user: int, positives: np.ndarray, count: int) -> np.ndarray:
+        """``count`` items (int32) outside ``positives``, reproducible for (seed, user)."""
+        rng = np.random.default_rng([self.seed, int(user)])
+        seen = np.unique(positives)
+        if len(seen) >= self.n_items:
+            raise ValueError(f"user_idx {user} interacted with every item: no negatives exist")
+        out = np.empty(count, dtype=np.int64)
+        todo = np.arange(count)
+        for _ in range(_MAX_ROUNDS):
+            candidates = self._candidates(rng, len(todo))
+            ok = ~np.isin(candidates, seen)
+            out[todo[ok]] = candidates[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                return out.astype(np.int32)
+        # Popularity sampling can starve when the user has every popular item: finish uniformly.
+        unseen = np.setdiff1d(np.arange(1, self.n_items + 1), seen)
+        out[todo] = rng.choice(unseen, size=len(todo))
+        return out.astype(np.int32)
+
+    def _candidates(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.cdf is None:
+            return rng.integers(1, self.n_items + 1, size=size)
+        picks = np.searchsorted(self.cdf, rng.random(size), side="right")
+        return np.minimum(picks, self.n_items)
+
+
+def _users_and_sequences(batch: pd.DataFrame) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    for user, items, ts in zip(batch[USER_IDX], batch[SEQ_ITEMS], batch[SEQ_TS], strict=True):
+        yield int(user), np.asarray(items, dtype=np.int64), np.asarray(ts, dtype=np.int64)
+
+
+def pairwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives: int) -> DataFrame:
+    """(user, positive, N negatives) per train interaction."""
+
+    def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            users, items, negs = [], [], []
+            for user, seq, _ in _users_and_sequences(batch):
+                users.append(np.full(len(seq), user, dtype=np.int32))
+                items.append(seq.astype(np.int32))
+                negs.append(sampler.draw(user, seq, len(seq) * negatives))
+            if not users:
+                continue
+            flat = np.concatenate(negs)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(np.concatenate(users)),
+                    pa.array(np.concatenate(items)),
+                    pa.FixedSizeListArray.from_arrays(pa.array(flat), negatives).cast(
+                        pa.list_(pa.int32())
+                    ),
+                ],
+                names=[USER_IDX, ITEM_IDX, NEGATIVES],
+            )
+
+    return _map_pandas_to_arrow(sequences, build, PAIRWISE_SCHEMA)
+
+
+def pointwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives: int) -> DataFrame:
+    """Each train interaction as a label-1 row plus N label-0 rows of sampled items."""
+
+    def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            users, items, labels = [], [], []
+            for user, seq, _ in _users_and_sequences(batch):
+                sampled = sampler.draw(user, seq, len(seq) * negatives)
+                both = np.concatenate([seq.astype(np.int32), sampled])
+                users.append(np.full(len(both), user, dtype=np.int32))
+                items.append(both)
+                label = np.zeros(len(both), np.float32)
+                label[: len(seq)] = 1.0
+                labels.append(label)
+            if not users:
+                continue
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.concatenate(a)) for a in (users, items, labels)],
+                names=[USER_IDX, ITEM_IDX, LABEL],
+            )
+
+    return _map_pandas_to_arrow(sequences, build, POINTWISE_SCHEMA)
+
+
+def window_ends(length: int, max_len: int, stride: int) -> np.ndarray:
+    """Target positions of a user's windows, last first: ``length-1, length-1-stride, ...``.
+
+    With ``stride == max_len`` and a loss on every position, each item after the first is a
+    target exactly once per epoch.
+    """
+    del max_len  # windows are defined by their target; the history is what precedes it
+    return np.arange(length - 1, 0, -stride, dtype=np.int64)
+
+
+def sequence_samples(sequences: DataFrame, max_len: int, stride: int) -> DataFrame:
+    """(user, left-padded history of up to ``max_len`` items, target) windows per user."""
+
+    def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            users, history, history_ts, targets, target_ts = [], [], [], [], []
+            for user, seq, ts in _users_and_sequences(batch):
+                ends = window_ends(len(seq), max_len, stride)
+                if not len(ends):
+                    continue
+                # Pad on the left so index arithmetic gives every window a fixed-size slice.
+                padded = np.concatenate([np.zeros(max_len, np.int64), seq])
+                padded_ts = np.concatenate([np.zeros(max_len, np.int64), ts])
+                starts = ends  # in padded coordinates the history of target t is [t, t+L)
+                index = starts[:, None] + np.arange(max_len)[None, :]
+                users.append(np.full(len(ends), user, dtype=np.int32))
+                history.append(padded[index].astype(np.int32))
+                history_ts.append(padded_ts[index])
+                targets.append(seq[ends].astype(np.int32))
+                target_ts.append(ts[ends])
+            if not users:
+                continue
+            hist = np.concatenate(history)
+            hist_ts = np.concatenate(history_ts)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(np.concatenate(users)),
+                    _fixed_lists(hist.reshape(-1), max_len, pa.int32()),
+                    _fixed_lists(hist_ts.reshape(-1), max_len, pa.int64()),
+                    pa.array(np.concatenate(targets)),
+                    pa.array(np.concatenate(target_ts) * 1_000_000, pa.timestamp("us", "UTC")),
+                ],
+                names=[USER_IDX, HISTORY, HISTORY_TS, ITEM_IDX, TS],
+            )
+
+    return _map_pandas_to_arrow(sequences, build, SEQUENCE_SCHEMA)
+
+
+def _fixed_lists(values: np.ndarray, size: int, kind: pa.DataType) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values, kind), size).cast(pa.list_(kind))
+
+
+Builder = Callable[[Iterator[pd.DataFrame]], Iterator[pa.RecordBatch]]
+
+
+def _map_pandas_to_arrow(sequences: DataFrame, build: Builder, schema: str) -> DataFrame:
+    """Run ``build`` (pandas batches in, Arrow record batches out) over every partition."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return build(batch.to_pandas() for batch in batches)
+
+    return sequences.mapInArrow(run, schema)

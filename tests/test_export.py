@@ -1,0 +1,146 @@
+"""The ``export`` stage: samples checked against the train split read back independently."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import build_config, read_manifest, read_rows, run_chain, write_jsonl
+from pyspark.sql import SparkSession
+
+from recpipe.etl.export import NegativeSampler
+from recpipe.stages.export import export_shards, run_export
+
+DS = "2026-11-20"
+N_USERS, N_ITEMS = 9, 30
+
+
+def events() -> list[dict]:
+    """Users with 1..25 distinct items each, distinct timestamps (one user with a single item)."""
+    rng = random.Random(7)
+    rows = []
+    for user in range(N_USERS):
+        count = 1 if user == 0 else rng.randint(3, 25)
+        for k, item in enumerate(rng.sample(range(N_ITEMS), count)):
+            ts = f"{DS}T{user:02d}:{k:02d}:00Z"
+            rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view",
+                         "ts": ts})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def exported(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    raw = write_jsonl(root / "raw" / "events.jsonl", events())
+    config = build_config(
+        root,
+        f"paths.raw_events={raw}",
+        "split.protocols=[leave_last_out,random_by_user]",
+        "export.negatives=3",
+        "export.max_len=4",
+        "train.processes=2",
+        "export.files_per_process=2",
+    )
+    run_chain(spark, config, DS)
+    manifest = run_export(spark, config, DS)
+    assert manifest["status"] == "ok"
+    return root
+
+
+def train_sequences(root: Path, protocol: str) -> dict[int, list[int]]:
+    """Each user's train items ordered by (ts, item), from the split read with pyarrow."""
+    by_user: dict[int, list[tuple]] = defaultdict(list)
+    for row in read_rows(root, "train", DS, protocol):
+        by_user[row["user_idx"]].append((row["ts"], row["item_idx"]))
+    return {user: [item for _, item in sorted(pairs)] for user, pairs in by_user.items()}
+
+
+@pytest.mark.parametrize("protocol", ["leave_last_out", "random_by_user"])
+def test_pairwise_rows_are_the_train_split_with_unseen_negatives(exported, protocol) -> None:
+    sequences = train_sequences(exported, protocol)
+    rows = read_rows(exported, "samples_pairwise", DS, protocol)
+    expected = Counter((u, i) for u, items in sequences.items() for i in items)
+    assert Counter((r["user_idx"], r["item_idx"]) for r in rows) == expected
+    for row in rows:
+        assert len(row["negatives"]) == 3
+        assert all(1 <= n <= N_ITEMS for n in row["negatives"])
+        assert not set(row["negatives"]) & set(sequences[row["user_idx"]])
+
+
+def test_pointwise_rows_label_train_pairs_and_sampled_negatives(exported) -> None:
+    sequences = train_sequences(exported, "leave_last_out")
+    rows = read_rows(exported, "samples_pointwise", DS, "leave_last_out")
+    positives = Counter((r["user_idx"], r["item_idx"]) for r in rows if r["label"] == 1.0)
+    assert positives == Counter((u, i) for u, items in sequences.items() for i in items)
+    negatives = [r for r in rows if r["label"] == 0.0]
+    assert len(negatives) == 3 * sum(positives.values())
+    assert all(r["item_idx"] not in sequences[r["user_idx"]] for r in negatives)
+
+
+def test_sequence_windows_cover_every_target_once(exported) -> None:
+    max_len = 4
+    sequences = train_sequences(exported, "leave_last_out")
+    rows = read_rows(exported, "samples_sequence", DS, "leave_last_out")
+    seen_targets: Counter = Counter()
+    for row in rows:
+        seq = sequences[row["user_idx"]]
+        history = row["history"]
+        assert len(history) == max_len and len(row["history_ts"]) == max_len
+        real = [item for item in history if item != 0]
+        assert history[: max_len - len(real)] == [0] * (max_len - len(real))  # left padding
+        # History + target is a contiguous run of the user's sequence.
+        run = [*real, row["item_idx"]]
+        starts = [s for s in range(len(seq)) if seq[s : s + len(run)] == run]
+        assert starts, (row, seq)
+        # Training on every position: the targets of a window are history[1:] + [target].
+        seen_targets.update((row["user_idx"], t) for t in [*real[1:], row["item_idx"]])
+    expected = Counter((u, i) for u, seq in sequences.items() for i in seq[1:])
+    assert seen_targets == expected  # each item after a user's first is a target exactly once
+    assert not any(len(seq) < 2 and u in {r["user_idx"] for r in rows} for u, seq in
+                   sequences.items())
+
+
+def test_files_and_manifest_counts(exported) -> None:
+    manifest = read_manifest(exported, "export", DS)
+    assert manifest["files_per_table"] == 4
+    for protocol in ("leave_last_out", "random_by_user"):
+        for kind in ("pairwise", "pointwise", "sequence"):
+            shards = export_shards(exported, DS, protocol, kind)
+            assert len(shards) == 4
+            for path, rows in shards:
+                assert pq.ParquetFile(path).metadata.num_rows == rows
+            table = f"samples_{kind}"
+            assert sum(r for _, r in shards) == len(read_rows(exported, table, DS, protocol))
+
+
+def test_rerun_is_identical(spark: SparkSession, exported) -> None:
+    before = read_rows(exported, "samples_pairwise", DS, "random_by_user")
+    config = build_config(
+        exported,
+        "split.protocols=[random_by_user]",
+        "export.negatives=3",
+        "export.max_len=4",
+        "train.processes=2",
+        "export.files_per_process=2",
+        "export.kinds=[pairwise]",
+    )
+    run_export(spark, config, DS)
+    after = read_rows(exported, "samples_pairwise", DS, "random_by_user")
+    key = lambda r: (r["user_idx"], r["item_idx"], tuple(r["negatives"]))  # noqa: E731
+    assert sorted(map(key, before)) == sorted(map(key, after))
+
+
+def test_popularity_sampler_follows_counts_and_skips_positives() -> None:
+    weights = np.array([0, 1, 2, 4, 8, 16, 0], dtype=float)  # item 6 never seen in train
+    sampler = NegativeSampler(6, weights, seed=1)
+    draws = np.concatenate([sampler.draw(user, np.array([5]), 2000) for user in range(10)])
+    counts = np.bincount(draws, minlength=7)
+    assert counts[0] == counts[5] == counts[6] == 0  # padding, the positive, zero-weight item
+    shares = counts[1:5] / counts[1:5].sum()
+    assert np.allclose(shares, weights[1:5] / weights[1:5].sum(), atol=0.02)
+    again = NegativeSampler(6, weights, seed=1).draw(3, np.array([5]), 50)
+    assert np.array_equal(again, NegativeSampler(6, weights, seed=1).draw(3, np.array([5]), 50))
