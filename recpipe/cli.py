@@ -70,7 +70,12 @@ STAGE_HELP = {
     "vocab": "extend the persistent user/item integer indexes with new ids",
     "sessionize": "events -> sessions (explicit session_id or an inactivity gap)",
     "split": "sessions -> train/valid/test under each protocol in split.protocols",
+    "export": "train splits -> Parquet training samples (pairwise, pointwise, sequence) for "
+    "the deep models, train.processes x export.files_per_process files per table",
 }
+
+
+ETL_STAGES: tuple[str, ...] = ("clean", "vocab", "sessionize", "split")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +140,33 @@ def add_model_commands(commands: Any) -> None:
     add_common_options(train)
     als = commands.add_parser("train-als", help="train Spark MLlib implicit ALS (baselines.als.*)")
     add_common_options(als)
+    deep = commands.add_parser(
+        "train",
+        help="train deep models (PyTorch) on the exported samples, then evaluate them",
+        description="Train each model in train.models (or --model) on the export stage's "
+        "samples of every protocol in split.protocols, with train.launcher (local | torchrun | "
+        "spark) and early stopping on the valid split; the model goes to "
+        "<paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then evaluated like the "
+        "baselines. Model settings: conf/models/<model>.yaml (keys models.<model>.*).",
+    )
+    deep.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="deep model to train (bpr_mf, neumf, two_tower, gru4rec, sasrec); repeat for "
+        "several (default: train.models)",
+    )
+    deep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its last checkpoint (checkpoints/last.pt) instead of "
+        "starting over",
+    )
+    deep.add_argument(
+        "--no-evaluate", action="store_true", help="skip the evaluation after training"
+    )
+    deep.add_argument("--k", type=int, default=10, help="K of the printed metric tables")
+    add_common_options(deep)
     evaluate = commands.add_parser(
         "evaluate",
         help="full-ranking metrics of trained models on evaluation.split",
@@ -144,8 +176,9 @@ def add_model_commands(commands: Any) -> None:
     evaluate.add_argument(
         "--model",
         action="append",
-        choices=models,
-        help="model to evaluate; repeat for several (default: every trained baseline)",
+        metavar="NAME",
+        help=f"model to evaluate: a baseline ({', '.join(models)}) or a trained deep model; "
+        "repeat for several (default: every model trained for --ds)",
     )
     evaluate.add_argument("--k", type=int, default=10, help="K of the printed tables")
     add_common_options(evaluate)
@@ -153,7 +186,9 @@ def add_model_commands(commands: Any) -> None:
         "score",
         help="top-K per user (train items excluded) published to the recommendations table",
     )
-    score.add_argument("--model", required=True, choices=models, help="trained model to score")
+    score.add_argument(
+        "--model", required=True, metavar="NAME", help="trained model (baseline or deep) to score"
+    )
     add_common_options(score)
     metrics = commands.add_parser("metrics", help="print the model_metrics table")
     metrics.add_argument("--model", help="only this model")
@@ -188,6 +223,7 @@ def setup_logging(verbose: bool) -> None:
 def stage_functions() -> dict[str, StageFn]:
     """Stage name -> ``run_<stage>(spark, config, ds)`` (imported lazily: they pull in Spark)."""
     from recpipe.stages.clean import run_clean
+    from recpipe.stages.export import run_export
     from recpipe.stages.sessionize import run_sessionize
     from recpipe.stages.split import run_split
     from recpipe.stages.vocab import run_vocab
@@ -197,6 +233,7 @@ def stage_functions() -> dict[str, StageFn]:
         "vocab": run_vocab,
         "sessionize": run_sessionize,
         "split": run_split,
+        "export": run_export,
     }
 
 
@@ -295,6 +332,13 @@ def _train(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_deep(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.train_deep(config, args.ds, args.model, args.resume, not args.no_evaluate, args.k)
+    return 0
+
+
 def _evaluate(config: Config, args: argparse.Namespace) -> int:
     from recpipe import commands
 
@@ -319,6 +363,7 @@ def _query(config: Config, args: argparse.Namespace) -> int:
 MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "train-baseline": _train,
     "train-als": _train,
+    "train": _train_deep,
     "evaluate": _evaluate,
     "score": _score,
     "metrics": _query,
@@ -346,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in MODEL_COMMANDS:
             return MODEL_COMMANDS[args.command](config, args)
-        names = list(STAGE_HELP) if args.command == "etl" else [args.command]
+        names = list(ETL_STAGES) if args.command == "etl" else [args.command]
         print_stage_report(run_stages(config, args.ds, names))
         return 0
     except ConfigError as exc:

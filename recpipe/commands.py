@@ -6,24 +6,73 @@ import argparse
 import json
 from typing import Any
 
-from recpipe.config import Config
+from recpipe.config import Config, ConfigError
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError
 
 
 def trained_models(config: Config, ds: str) -> list[str]:
-    """Baselines with a trained folder for ``ds`` under every configured protocol."""
-    from recpipe.baselines import REGISTRY
+    """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
     from recpipe.stages.train_baseline import model_dir
 
+    folder = config.root / "models"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     return [
         name
-        for name in sorted(REGISTRY)
+        for name in names
         if all(
             (model_dir(config.root, name, ds, p) / "meta.json").is_file()
+            or (model_dir(config.root, name, ds, p) / "model.pt").is_file()
             for p in config.split.protocols
         )
     ]
+
+
+def check_model_name(name: str) -> None:
+    """Fail with the known names when ``name`` is neither a baseline nor a deep model."""
+    from recpipe.baselines import REGISTRY
+    from recpipe.models import registry
+
+    known = sorted(REGISTRY) + sorted(registry())
+    if name not in known:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(known)}")
+
+
+def train_deep(
+    config: Config, ds: str, models: list[str] | None, resume: bool, evaluate: bool, k: int
+) -> list[dict[str, Any]]:
+    """Train deep models, print a per-run summary and (after evaluation) the metric tables."""
+    from recpipe.spark import get_spark
+    from recpipe.stages.evaluate import print_metric_tables
+    from recpipe.stages.train import run_train
+
+    # TorchDistributor needs the session; evaluation writes model_metrics through it.
+    spark = get_spark(config) if evaluate or config.train.launcher == "spark" else None
+    manifests, evaluations = run_train(spark, config, ds, models, resume, evaluate)
+    rows = []
+    for manifest in manifests:
+        for protocol, info in manifest.get("protocols", {}).items():
+            if "epochs_run" not in info:
+                continue
+            rows.append(
+                {
+                    "model": manifest["model"],
+                    "protocol": protocol,
+                    "launcher": f"{manifest['launcher']} x{info['world_size']}",
+                    "epochs": info["epochs_run"],
+                    "best_epoch": info.get("best_epoch"),
+                    "valid": info.get("best_valid_metric"),
+                    "rows/s": round(info["rows_per_second"]),
+                    "seconds": info["wall_seconds"],
+                }
+            )
+    metric = f"{config.train.early_stopping.metric}@{config.train.early_stopping.k}"
+    print(format_table(rows, title=f"trained deep models (ds={ds}; valid = {metric} on the "
+                       "valid split, full ranking, train items excluded)"))
+    if evaluations:
+        print()
+        print_metric_tables(evaluations, k)
+    return manifests
 
 
 def train(config: Config, ds: str, model: str) -> dict[str, Any]:
@@ -44,6 +93,8 @@ def evaluate(config: Config, ds: str, models: list[str] | None, k: int) -> list[
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import print_metric_tables, run_evaluate
 
+    for name in models or []:
+        check_model_name(name)
     chosen = models or trained_models(config, ds)
     if not chosen:
         raise MissingInputError(f"no trained models for ds={ds}: run `recpipe train-baseline`")
@@ -57,6 +108,7 @@ def score(config: Config, ds: str, model: str) -> dict[str, Any]:
     from recpipe.spark import get_spark
     from recpipe.stages.score import run_score
 
+    check_model_name(model)
     manifest = run_score(get_spark(config), config, ds, model)
     print(
         f"published {manifest['rows_out']:,} recommendations for {manifest['users_scored']:,} "

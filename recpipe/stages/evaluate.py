@@ -24,7 +24,10 @@ from recpipe.evaluation.metrics import (
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
+from recpipe.scoring.deep import DeepScorer
 from recpipe.stages.train_baseline import model_dir
+from recpipe.train.checkpoint import MODEL_FILE
+from recpipe.train.checkpoint import load_model as load_deep_model
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,14 @@ class Evaluation:
     catalogue_popularity: np.ndarray
 
 
-def load_model(config: Config, ds: str, protocol: str, name: str, train: TrainData) -> Baseline:
-    """A trained baseline with its users' train histories attached."""
+def load_model(
+    config: Config, ds: str, protocol: str, name: str, train: TrainData
+) -> Baseline | DeepScorer:
+    """A trained model ready to score users: a baseline with its users' train histories
+    attached, or a deep model's scorer over the same histories."""
     folder = model_dir(config.root, name, ds, protocol)
+    if (folder / MODEL_FILE).is_file():
+        return DeepScorer.for_train_data(load_deep_model(folder / MODEL_FILE), train)
     if not (folder / "meta.json").is_file():
         raise MissingInputError(
             f"no trained {name} for ds={ds} protocol={protocol}: run "

@@ -1,0 +1,478 @@
+"""Arrow loader: streams the export stage's Parquet sample files into shuffled ``Batch``es.
+
+Files are split across ranks (file ``i`` -> rank ``i % world_size``) and, within a rank,
+across DataLoader workers (the rank's ``j``-th file -> worker ``j % num_workers``), so every
+file is read by exactly one (rank, worker). Each worker shuffles the order of its files per
+epoch and shuffles rows through a bounded buffer; everything after Parquet decoding is
+vectorised numpy/torch (no per-row Python). Each worker counts the rows it reads per file and
+checks them against the manifest's counts, so a truncated or rewritten shard fails the epoch
+instead of silently training on less data.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
+from recpipe.errors import RecpipeError
+from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, USER_IDX
+
+# Rows per Arrow record batch decoded from Parquet: large enough to amortise per-call overhead,
+# small enough that a few decoded chunks in flight stay a few MB each.
+READ_BATCH_ROWS = 32_768
+# Decoded chunks the reader thread may run ahead of the batching code.
+PREFETCH_CHUNKS = 2
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One Parquet sample file and the row count the export manifest recorded for it."""
+
+    path: str
+    rows: int
+
+
+class ShortReadError(RecpipeError):
+    """A worker read a different number of rows from a file than its manifest records.
+
+    Constructible from the message alone so that DataLoader worker processes can re-raise it
+    in the main process with its type intact.
+    """
+
+
+class DataFormatError(RecpipeError):
+    """A sample file does not match the export schema (nulls, ragged list column)."""
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str  # Parquet column
+    field: str  # Batch field
+    out: torch.dtype  # dtype of the Batch tensor
+    is_list: bool  # fixed-length list -> [B, width]
+
+
+def _columns(kind: SampleKind, read_history_ts: bool) -> tuple[_Column, ...]:
+    """The columns a kind's Batch needs."""
+    base = (
+        _Column(USER_IDX, "users", torch.int64, False),
+        _Column(ITEM_IDX, "items", torch.int64, False),
+    )
+    if kind == "pairwise":
+        return (*base, _Column(NEGATIVES, "negatives", torch.int64, True))
+    if kind == "pointwise":
+        return (*base, _Column(LABEL, "labels", torch.float32, False))
+    extra = (_Column(HISTORY_TS, "history_ts", torch.int64, True),) if read_history_ts else ()
+    return (*base, _Column(HISTORY, "history", torch.int64, True), *extra)
+
+
+# A decoded chunk: column name -> numpy array in the file's dtype ([rows] or [rows, width]).
+Chunk = dict[str, np.ndarray]
+
+
+def _to_numpy(array: pa.Array, column: _Column, path: str, widths: dict[str, int]) -> np.ndarray:
+    """Zero-copy numpy view of one Arrow column chunk; list columns reshaped to [rows, width]."""
+    if array.null_count:
+        raise DataFormatError(f"{path}: column '{column.name}' has {array.null_count} nulls")
+    if not column.is_list:
+        return array.to_numpy(zero_copy_only=False)
+    rows = len(array)
+    offsets = array.offsets.to_numpy()
+    # The export writes one fixed width per table; the first chunk a worker reads sets it.
+    width = widths.setdefault(column.name, int(offsets[1] - offsets[0]))
+    if not width:
+        raise DataFormatError(f"{path}: column '{column.name}' holds empty lists")
+    # Every list must hold exactly `width` values; a diff over the offsets checks that in O(rows).
+    if not (np.diff(offsets) == width).all():
+        raise DataFormatError(
+            f"{path}: column '{column.name}' is not a fixed-length list of {width} values"
+        )
+    values = array.flatten()  # respects the array's offset; zero-copy for primitive values
+    if values.null_count:
+        raise DataFormatError(f"{path}: column '{column.name}' holds null elements")
+    return values.to_numpy(zero_copy_only=False).reshape(rows, width)
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """A 1-D view with one element per row: 2-D rows become opaque byte records, which numpy
+    gathers and scatters several times faster than rows of a 2-D array."""
+    if array.ndim == 1:
+        return array
+    return array.view(np.dtype((np.void, array.shape[1] * array.itemsize))).reshape(-1)
+
+
+class _RowStream:
+    """Hands out the next ``k`` rows of a stream of chunks as slices, across chunk borders."""
+
+    def __init__(self, chunks: Iterator[tuple[Chunk, int]]) -> None:
+        self._chunks = chunks
+        self._chunk: Chunk = {}
+        self._left = 0  # rows of the current chunk not handed out yet
+        self._at = 0
+        self.first: Chunk | None = None  # the first chunk, once read: gives dtypes and widths
+
+    def peek(self) -> Chunk | None:
+        """The first chunk without consuming it; None for an empty stream."""
+        if self.first is None:
+            self._advance()
+        return self.first
+
+    def _advance(self) -> bool:
+        for chunk, rows in self._chunks:
+            self._chunk, self._left, self._at = chunk, rows, 0
+            if self.first is None:
+                self.first = chunk
+            return True
+        return False
+
+    def read(self, k: int) -> list[Chunk]:
+        """Up to ``k`` rows as a list of chunk slices; fewer only at the end of the stream."""
+        parts: list[Chunk] = []
+        while k:
+            if not self._left and not self._advance():
+                break
+            take = min(k, self._left)
+            stop = self._at + take
+            parts.append({name: a[self._at : stop] for name, a in self._chunk.items()})
+            self._at, self._left, k = stop, self._left - take, k - take
+        return parts
+
+
+def _part_rows(parts: list[Chunk]) -> int:
+    return sum(len(next(iter(p.values()))) for p in parts)
+
+
+class _ShuffleBuffer:
+    """A bounded buffer of ``capacity`` rows, stored per column in the files' own dtypes.
+
+    Each round draws a fresh random permutation of the buffer's slots and walks it
+    ``batch_size`` slots at a time: the rows in those slots form a batch and the next input
+    rows are written into the freed slots. Every row is copied twice (in, out) whatever the
+    buffer size, and a row emitted in round ``r`` entered the buffer in round ``r - 1`` or
+    earlier, so rows mix across a window of about ``2 * capacity`` input rows.
+    """
+
+    def __init__(
+        self,
+        stream: _RowStream,
+        capacity: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        first = stream.peek()
+        assert first is not None
+        self.stream = stream
+        self.batch_size = batch_size
+        self.generator = generator
+        self.capacity = capacity
+        self.data = {n: np.empty((capacity, *a.shape[1:]), a.dtype) for n, a in first.items()}
+        self.slots = {n: _rows(a) for n, a in self.data.items()}
+        self.size = self._write(np.arange(capacity), stream.read(capacity))
+
+    def _write(self, slots: np.ndarray, parts: list[Chunk]) -> int:
+        """Copy ``parts`` into ``slots`` in order; returns the rows written."""
+        start = 0
+        for part in parts:
+            for name, src in part.items():
+                stop = start + len(src)
+                self.slots[name][slots[start:stop]] = _rows(src)
+            start = stop
+        return start
+
+    def _gather(self, slots: np.ndarray) -> Chunk:
+        return {
+            name: view.take(slots).view(self.data[name].dtype).reshape(len(slots), -1)
+            if self.data[name].ndim == 2
+            else view.take(slots)
+            for name, view in self.slots.items()
+        }
+
+    def batches(self) -> Iterator[Chunk]:
+        """Batches of ``batch_size`` rows until the input runs out, then the rest shuffled."""
+        capacity, size = self.capacity, self.size
+        if size == capacity:  # the input filled the buffer: run rounds until it runs out
+            while True:
+                order = torch.randperm(capacity, generator=self.generator).numpy()
+                for start in range(0, capacity - self.batch_size + 1, self.batch_size):
+                    slots = order[start : start + self.batch_size]
+                    yield self._gather(slots)
+                    filled = self._write(slots, self.stream.read(self.batch_size))
+                    if filled < self.batch_size:
+                        # Live rows: this round's refilled slots and the ones not yet emitted.
+                        live = np.concatenate(
+                            [order[: start + filled], order[start + len(slots) :]]
+                        )
+                        yield from self._drain(live)
+                        return
+                # A buffer that is not a multiple of the batch size: the round's last slots
+                # stay for the next round.
+        yield from self._drain(np.arange(size))
+
+    def _drain(self, live: np.ndarray) -> Iterator[Chunk]:
+        order = live[torch.randperm(len(live), generator=self.generator).numpy()]
+        for start in range(0, len(order), self.batch_size):
+            yield self._gather(order[start : start + self.batch_size])
+
+
+def _concat(parts: list[Chunk]) -> Chunk:
+    """One chunk from row slices (no copy when there is a single slice)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class _WireBatch:
+    """A batch in the files' narrow dtypes on its way from a DataLoader worker process.
+
+    Pickling ships the numpy arrays by value through the worker's pipe, which is several times
+    cheaper per batch than torch's shared-memory tensors (a new segment per tensor); the main
+    process rebuilds a ``Batch``, widening ids to int64 there (half the bytes in transit).
+    """
+
+    __slots__ = ("arrays",)
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_batch, (self.arrays,)
+
+    def __len__(self) -> int:
+        return len(self.arrays["users"])
+
+
+def _rebuild_batch(arrays: dict[str, np.ndarray]) -> Batch:
+    return _make_batch(arrays)
+
+
+_OUT_DTYPES = {
+    "users": torch.int64,
+    "items": torch.int64,
+    "labels": torch.float32,
+    "negatives": torch.int64,
+    "history": torch.int64,
+    "history_ts": torch.int64,
+}
+
+
+def _make_batch(arrays: dict[str, np.ndarray]) -> Batch:
+    """Batch of tensors from per-field arrays: arrays that are already fresh copies in the right
+    dtype are wrapped as they are; the rest (ids to widen, read-only views of Arrow memory) are
+    copied once into a new tensor."""
+    tensors = {}
+    for field, array in arrays.items():
+        dtype = _OUT_DTYPES[field]
+        if array.flags.writeable and torch.from_numpy(array[:0]).dtype == dtype:
+            tensors[field] = torch.from_numpy(array)
+        else:
+            tensor = torch.empty(array.shape, dtype=dtype)
+            tensor.numpy()[...] = array
+            tensors[field] = tensor
+    return Batch(**tensors)
+
+
+class ArrowSampleDataset(IterableDataset):
+    """Batches of one sample kind from Parquet files, sharded by rank and DataLoader worker.
+
+    ``shuffle_buffer`` is the number of rows each worker shuffles through (at least
+    ``batch_size``); 0 turns shuffling off entirely: files in the given order, rows in file
+    order. Call ``set_epoch`` before iterating each epoch to get a new, reproducible order.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[ShardFile],
+        kind: SampleKind,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 16384,
+        seed: int = 0,
+        drop_last: bool = False,
+        read_history_ts: bool = False,
+    ) -> None:
+        super().__init__()
+        if kind not in SAMPLE_KINDS:
+            raise ValueError(f"unknown sample kind {kind!r}; expected one of {SAMPLE_KINDS}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
+        if not files:
+            raise ValueError("no sample files given")
+        if len(files) % world_size:
+            # An uneven split would give ranks different step counts and hang collectives.
+            raise ValueError(
+                f"{len(files)} sample files cannot be split evenly over world_size "
+                f"{world_size}: the file count must be a multiple of the world size"
+            )
+        self.files = list(files)
+        self.kind: SampleKind = kind
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.drop_last = drop_last
+        self.read_history_ts = read_history_ts
+        self.epoch = 0
+        self._columns = _columns(kind, read_history_ts)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle. Read at ``__iter__`` time, so it reaches worker processes
+        as long as they are started per epoch (``persistent_workers=False``, as in
+        ``make_loader``)."""
+        self.epoch = epoch
+
+    def rank_files(self) -> list[ShardFile]:
+        """This rank's files, in manifest order."""
+        return self.files[self.rank :: self.world_size]
+
+    def rows_for_rank(self) -> int:
+        """Rows this rank reads per epoch, by the manifest (including any dropped last rows)."""
+        return sum(f.rows for f in self.rank_files())
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        files = self.rank_files()[worker::workers]
+        # One stream per (seed, epoch, rank, worker): reproducible, and no two workers or ranks
+        # share an order.
+        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
+        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0] >> 1))
+        if self.shuffle_buffer and files:
+            files = [files[i] for i in torch.randperm(len(files), generator=generator)]
+        stream = _RowStream(_prefetch(self._chunks(files)))
+        if self.shuffle_buffer:
+            if stream.peek() is None:  # no rows: still run the accounting
+                return
+            capacity = max(self.shuffle_buffer, self.batch_size)
+            chunks = _ShuffleBuffer(stream, capacity, self.batch_size, generator).batches()
+        else:
+            chunks = (_concat(p) for p in iter(lambda: stream.read(self.batch_size), []))
+        fields = {c.name: c.field for c in self._columns}
+        for chunk in chunks:
+            # Only a worker's last batch can be short; its rows were already counted as read.
+            if self.drop_last and len(chunk[USER_IDX]) < self.batch_size:
+                continue
+            arrays = {fields[name]: a for name, a in chunk.items()}
+            if info is not None:
+                # A worker process ships the narrow arrays; the main process gets a Batch.
+                yield _WireBatch(arrays)  # type: ignore[misc]
+            else:
+                yield _make_batch(arrays)
+
+    def _chunks(self, files: Sequence[ShardFile]) -> Iterator[tuple[Chunk, int]]:
+        """Decoded column chunks of ``files``, in order; counts rows per file and, once every
+        file is read, raises ShortReadError for any count that differs from the manifest."""
+        names = [c.name for c in self._columns]
+        widths: dict[str, int] = {}
+        read: dict[str, int] = {}
+        for shard in files:
+            read[shard.path] = 0
+            with pq.ParquetFile(shard.path) as reader:
+                for record_batch in reader.iter_batches(
+                    batch_size=READ_BATCH_ROWS, columns=names, use_threads=True
+                ):
+                    rows = record_batch.num_rows
+                    if not rows:
+                        continue
+                    chunk = {
+                        c.name: _to_numpy(record_batch.column(c.name), c, shard.path, widths)
+                        for c in self._columns
+                    }
+                    read[shard.path] += rows
+                    yield chunk, rows
+        bad = [f for f in files if read[f.path] != f.rows]
+        if bad:
+            detail = "; ".join(
+                f"{f.path}: manifest has {f.rows} rows, read {read[f.path]}" for f in bad
+            )
+            raise ShortReadError(
+                f"rank {self.rank}: {len(bad)} sample file(s) do not match the manifest ({detail})"
+            )
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _prefetch(items: Iterator[Any], depth: int = PREFETCH_CHUNKS) -> Iterator[Any]:
+    """``items``, produced by a background thread up to ``depth`` ahead.
+
+    Parquet decoding releases the GIL, so the next chunk decodes on another core while this
+    thread shuffles and batches the current one. Errors are re-raised here, in order.
+    """
+    out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            put(_Failure(error))
+
+    thread = threading.Thread(target=run, name="arrow-loader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()  # an abandoned iteration lets the thread finish its chunk and exit
+
+
+def make_loader(
+    dataset: ArrowSampleDataset, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader over ``dataset`` that yields its ``Batch``es unchanged.
+
+    ``batch_size=None`` disables automatic batching (the dataset batches itself) and the
+    identity collate keeps each batch as is. Workers are started per epoch
+    (``persistent_workers=False``) so that they see ``set_epoch``.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=_identity,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def _identity(batch: Any) -> Any:
+    return batch

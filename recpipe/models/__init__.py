@@ -1,0 +1,16 @@
+"""The deep model zoo. Importing this package registers every built-in model."""
+
+from __future__ import annotations
+
+from recpipe.models import bpr_mf, gru4rec, neumf, sasrec, two_tower  # noqa: F401  (registers)
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register, registry
+
+__all__ = ["ModelConfig", "ModelContext", "RecModel", "model_class", "register", "registry"]
+
+
+def model_class(name: str) -> type[RecModel]:
+    """The registered model called ``name``, or an error listing the known ones."""
+    models = registry()
+    if name not in models:
+        raise ValueError(f"unknown model '{name}'; registered: {', '.join(sorted(models))}")
+    return models[name]

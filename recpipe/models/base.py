@@ -1,0 +1,112 @@
+"""The deep-model contract: ``loss(batch)``, ``score_all(batch)``, typed config, registry.
+
+Every model is a ``torch.nn.Module`` whose ``forward`` is its training loss (so DDP wraps the
+loss computation), built from ``(config, ModelContext)`` alone, which the checkpoint stores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+
+
+class ModelConfig(BaseModel):
+    """Settings every model has; subclasses add their architecture fields.
+
+    Optimisation settings live here (not in the global ``train`` section) because good values
+    differ per model, and keeping them with the model makes a checkpoint say how it was trained.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    dim: int = Field(64, ge=1, description="embedding size")
+    epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(256, ge=1, description="rows per batch on each process")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay")
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """Sizes and statistics of the training data a model is built for."""
+
+    n_users: int  # user_idx < n_users (0 unused)
+    n_items: int  # item_idx in 1..n_items (0 is padding)
+    max_len: int = 50  # history length of sequence samples
+    item_counts: np.ndarray | None = None  # [n_items + 1] train interactions per item
+
+    def counts_tensor(self) -> torch.Tensor:
+        """Item counts as float32 (zeros when unknown), for buffers such as log-Q correction."""
+        if self.item_counts is None:
+            return torch.zeros(self.n_items + 1)
+        return torch.as_tensor(np.asarray(self.item_counts, dtype=np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain fields for the checkpoint (counts travel in the state dict as buffers)."""
+        return {"n_users": self.n_users, "n_items": self.n_items, "max_len": self.max_len}
+
+
+class RecModel(nn.Module, ABC):
+    """Base class of every deep recommender (column 0 of any score matrix is padding)."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    sample_kind: ClassVar[SampleKind]
+    paper: ClassVar[str]
+
+    def __init__(self, config: ModelConfig, context: ModelContext) -> None:
+        super().__init__()
+        self.config = config
+        self.context = context
+        self.n_users = context.n_users
+        self.n_items = context.n_items
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training loss, so that DistributedDataParallel wraps ``loss``."""
+        return self.loss(batch)
+
+    @abstractmethod
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch of the model's ``sample_kind``."""
+
+    @abstractmethod
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Scores [B, n_items + 1] for the batch's users (and histories, for sequence models)."""
+
+    def item_embeddings(self) -> torch.Tensor | None:
+        """[n_items + 1, d] item vectors when scores are a dot product with them, else None."""
+        return None
+
+    def user_embeddings(self, batch: Batch) -> torch.Tensor | None:
+        """[B, d] user vectors matching :meth:`item_embeddings`, else None."""
+        return None
+
+
+_REGISTRY: dict[str, type[RecModel]] = {}
+
+
+def register(name: str) -> Any:
+    """Class decorator adding a model to the registry under ``name``."""
+
+    def decorate(cls: type[RecModel]) -> type[RecModel]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name '{name}' registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registry() -> dict[str, type[RecModel]]:
+    """Registered models by name (importing ``recpipe.models`` registers the built-in ones)."""
+    return dict(_REGISTRY)

@@ -1,0 +1,110 @@
+"""GRU4Rec: a GRU over the item sequence predicting the next item.
+
+Hidasi, Karatzoglou, Baltrunas, Tikk, "Session-based Recommendations with Recurrent Neural
+Networks", ICLR 2016; Hidasi, Karatzoglou, "Recurrent Neural Networks with Top-k Gains for
+Session-based Recommendations", CIKM 2018.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.losses import causal_targets, next_item_loss
+
+
+class Gru4RecConfig(ModelConfig):
+    """GRU4Rec settings."""
+
+    epochs: int = Field(100, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
+    hidden_size: int = Field(100, ge=1, description="GRU hidden state size")
+    num_layers: int = Field(1, ge=1, description="stacked GRU layers")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings and GRU outputs")
+    loss: Literal["full_softmax", "sampled_softmax"] = Field(
+        "full_softmax", description="softmax over all items, or in-batch with log-Q correction"
+    )
+
+
+def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Rotate each row of ``x`` [B, L, ...] left by ``shifts[b]`` positions (along dim 1)."""
+    length = x.shape[1]
+    index = (torch.arange(length, device=x.device)[None, :] + shifts[:, None]) % length
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return torch.gather(x, 1, index)
+
+
+@register("gru4rec")
+class Gru4Rec(RecModel):
+    """Item embedding -> GRU -> linear to ``dim`` -> dot product with the (tied) item table.
+
+    Papers: Hidasi et al., ICLR 2016 and Hidasi & Karatzoglou, CIKM 2018. Histories arrive
+    left-padded; each row is rotated so its items start at position 0 (right padding) before the
+    GRU. A GRU is causal, so outputs at real positions never see the trailing padding and do not
+    depend on how much of it there is (no packing needed), and they are rotated back to line up
+    with the left-padded targets.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = Gru4RecConfig
+    sample_kind: ClassVar[SampleKind] = "sequence"
+    paper: ClassVar[str] = (
+        "Hidasi, Karatzoglou, Baltrunas, Tikk. Session-based Recommendations with Recurrent "
+        "Neural Networks. ICLR 2016; Hidasi, Karatzoglou. Recurrent Neural Networks with Top-k "
+        "Gains for Session-based Recommendations. CIKM 2018."
+    )
+
+    def __init__(self, config: Gru4RecConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: Gru4RecConfig = config
+        self.item_emb = nn.Embedding(context.n_items + 1, config.dim, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=config.dim**-0.5)
+        with torch.no_grad():  # padding row stays zero (it gets no gradient)
+            self.item_emb.weight[0].zero_()
+        self.dropout = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(
+            config.dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.proj = nn.Linear(config.hidden_size, config.dim)
+        self.register_buffer("item_counts", context.counts_tensor())
+
+    def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
+        """Per-position output vectors [B, L, dim] aligned with ``history`` (0 at padding)."""
+        mask = history != 0
+        pad = history.shape[1] - mask.sum(1)
+        x = self.dropout(self.item_emb(roll_rows(history, pad)))
+        # The recurrence runs in float32: cuDNN's reduced-precision RNN paths vary by version,
+        # and the GRU is a small share of the cost next to the output projection.
+        with torch.autocast(device_type=history.device.type, enabled=False):
+            out, _ = self.gru(x.float())
+        out = roll_rows(out, -pad)
+        return self.proj(self.dropout(out)) * mask[..., None]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Next-item loss (``config.loss``) over every real history position."""
+        history = batch.require("history")
+        targets, train = causal_targets(history, batch.require("items"))
+        hidden = self.sequence_output(history)[train]
+        return next_item_loss(
+            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
+        )
+
+    def user_embeddings(self, batch: Batch) -> torch.Tensor:
+        """[B, dim] output at the last (most recent) position."""
+        return self.sequence_output(batch.require("history"))[:, -1]
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items + 1, dim] the tied item table."""
+        return self.item_emb.weight
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Scores of every item after the last history item, [B, n_items + 1]."""
+        return self.user_embeddings(batch) @ self.item_embeddings().T

@@ -1,0 +1,159 @@
+"""NeuMF: generalised matrix factorisation fused with an MLP over user and item embeddings.
+
+He, Liao, Zhang, Nie, Hu, Chua, "Neural Collaborative Filtering", WWW 2017.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+
+# (GMF vectors, first-MLP-layer pre-activation half) of users or items; None for an absent branch.
+Side = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def _index(side: Side, key: Any) -> Side:
+    """``side`` with every present tensor indexed by ``key``."""
+    return (None if side[0] is None else side[0][key], None if side[1] is None else side[1][key])
+
+
+class NeuMfConfig(ModelConfig):
+    """NeuMF settings; ``dim`` is the size of each MLP-branch embedding (user and item)."""
+
+    batch_size: int = Field(1024, ge=1, description="rows per batch on each process")
+    mode: Literal["neumf", "gmf", "mlp"] = Field(
+        "neumf", description="both branches, or one of them alone (pre-training)"
+    )
+    mf_dim: int = Field(32, ge=1, description="GMF-branch embedding size")
+    mlp_layers: list[int] = Field(
+        [128, 64, 32], min_length=1, description="MLP hidden widths after concat(user, item)"
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each MLP hidden layer")
+    init_std: float = Field(0.01, gt=0, description="std of the normal embedding init")
+
+
+@register("neumf")
+class NeuMf(RecModel):
+    """Neural matrix factorisation: ``logit = h . [p_u * q_i ; MLP([p'_u ; q'_i])] + b``.
+
+    Paper: He et al., "Neural Collaborative Filtering", WWW 2017. GMF and MLP have their own
+    embeddings; in ``mode="gmf"``/``"mlp"`` only that branch exists (for pre-training), and
+    :meth:`load_pretrained` builds the fused model from the two as in the paper. Scores are not
+    a dot product, so there are no item embeddings for retrieval.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = NeuMfConfig
+    sample_kind: ClassVar[SampleKind] = "pointwise"
+    paper: ClassVar[str] = (
+        "He, Liao, Zhang, Nie, Hu, Chua. Neural Collaborative Filtering. WWW 2017."
+    )
+    # (user, item) pairs evaluated at once by score_all, bounding its activation memory.
+    score_chunk_pairs: ClassVar[int] = 2**20
+
+    def __init__(self, config: NeuMfConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: NeuMfConfig = config
+        self.use_gmf = config.mode in ("neumf", "gmf")
+        self.use_mlp = config.mode in ("neumf", "mlp")
+        out_in = 0
+        if self.use_gmf:
+            self.gmf_user = nn.Embedding(context.n_users, config.mf_dim)
+            self.gmf_item = nn.Embedding(context.n_items + 1, config.mf_dim)
+            nn.init.normal_(self.gmf_user.weight, std=config.init_std)
+            nn.init.normal_(self.gmf_item.weight, std=config.init_std)
+            out_in += config.mf_dim
+        if self.use_mlp:
+            self.mlp_user = nn.Embedding(context.n_users, config.dim)
+            self.mlp_item = nn.Embedding(context.n_items + 1, config.dim)
+            nn.init.normal_(self.mlp_user.weight, std=config.init_std)
+            nn.init.normal_(self.mlp_item.weight, std=config.init_std)
+            widths = [2 * config.dim, *config.mlp_layers]
+            self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+            self.dropout = nn.Dropout(config.dropout)
+            out_in += config.mlp_layers[-1]
+        self.out = nn.Linear(out_in, 1)
+
+    # The first MLP layer on concat(u, i) is W_u u + W_i i + b; splitting it lets score_all
+    # project users and items once instead of materialising every concatenated pair.
+    def _user_side(self, users: torch.Tensor) -> Side:
+        """GMF user vectors and the user half of the first MLP pre-activation."""
+        gmf = self.gmf_user(users) if self.use_gmf else None
+        mlp = None
+        if self.use_mlp:
+            first = self.mlp[0]
+            mlp = F.linear(self.mlp_user(users), first.weight[:, : self.config.dim], first.bias)
+        return gmf, mlp
+
+    def _item_side(self, items: torch.Tensor) -> Side:
+        """GMF item vectors and the item half of the first MLP pre-activation."""
+        gmf = self.gmf_item(items) if self.use_gmf else None
+        mlp = None
+        if self.use_mlp:
+            mlp = F.linear(self.mlp_item(items), self.mlp[0].weight[:, self.config.dim :])
+        return gmf, mlp
+
+    def _combine(self, user: Side, item: Side) -> torch.Tensor:
+        """Logits from broadcastable user and item sides (the last dim is features)."""
+        parts = []
+        if user[0] is not None and item[0] is not None:
+            parts.append(user[0] * item[0])
+        if user[1] is not None and item[1] is not None:
+            h = self.dropout(F.relu(user[1] + item[1]))
+            for layer in self.mlp[1:]:
+                h = self.dropout(F.relu(layer(h)))
+            parts.append(h)
+        lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+        parts = [p.expand(*lead, p.shape[-1]) for p in parts]
+        return self.out(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Binary cross entropy with logits against ``labels`` (computed in float32)."""
+        users, items = batch.require("users"), batch.require("items")
+        logits = self._combine(self._user_side(users), self._item_side(items))
+        return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Logits for every (user, item), [B, n_items + 1], in chunks of ~2^20 pairs."""
+        users = batch.require("users")
+        n_cols = self.n_items + 1
+        cols = min(n_cols, self.score_chunk_pairs)
+        rows = max(1, self.score_chunk_pairs // cols)
+        item = self._item_side(torch.arange(n_cols, device=users.device))
+        out_rows = []
+        for r0 in range(0, len(users), rows):
+            user = _index(self._user_side(users[r0 : r0 + rows]), (slice(None), None))
+            chunks = [
+                self._combine(user, _index(item, slice(c0, c0 + cols)))
+                for c0 in range(0, n_cols, cols)
+            ]
+            out_rows.append(torch.cat(chunks, dim=1))
+        return torch.cat(out_rows, dim=0)
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: NeuMf, mlp: NeuMf, alpha: float = 0.5) -> None:
+        """Initialise a ``mode="neumf"`` model from pre-trained GMF and MLP models (paper 3.4.1).
+
+        Embeddings and MLP layers are copied; the output layer becomes
+        ``[alpha * h_gmf ; (1 - alpha) * h_mlp]`` with bias ``alpha * b_gmf + (1 - alpha) *
+        b_mlp``, so the fused logit equals ``alpha * gmf_logit + (1 - alpha) * mlp_logit``
+        (with dropout off) until training moves it.
+        """
+        if self.config.mode != "neumf" or gmf.config.mode != "gmf" or mlp.config.mode != "mlp":
+            raise ValueError("load_pretrained needs a neumf model, a gmf model and an mlp model")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.gmf_user.weight.copy_(gmf.gmf_user.weight)
+        self.gmf_item.weight.copy_(gmf.gmf_item.weight)
+        self.mlp_user.weight.copy_(mlp.mlp_user.weight)
+        self.mlp_item.weight.copy_(mlp.mlp_item.weight)
+        self.mlp.load_state_dict(mlp.mlp.state_dict())
+        self.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight], 1))
+        self.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)

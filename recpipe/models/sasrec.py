@@ -1,0 +1,160 @@
+"""SASRec: causal self-attention over the item sequence predicting the next item.
+
+Kang, McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.losses import causal_targets, next_item_loss
+
+
+class SasRecConfig(ModelConfig):
+    """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
+
+    epochs: int = Field(200, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
+    num_blocks: int = Field(2, ge=1, description="self-attention blocks")
+    num_heads: int = Field(1, ge=1, description="attention heads per block")
+    ffn_mult: int = Field(1, ge=1, description="point-wise FFN inner width = ffn_mult * dim")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings, attention, FFN")
+    loss: Literal["full_softmax", "sampled_softmax", "bce"] = Field(
+        "full_softmax",
+        description="softmax over all items, in-batch with log-Q, or the paper's one-negative BCE",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SasRecConfig:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention under a boolean ``allowed`` mask [B, L, L]."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Attention output [B, L, dim]; every query must have at least one allowed key."""
+        b, length, dim = x.shape
+        q, k, v = (
+            t.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+            for t in self.qkv(x).chunk(3, dim=-1)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed[:, None], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: attention then point-wise FFN, each residual."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """One block over ``x`` [B, L, dim]."""
+        x = x + self.drop(self.attn(self.norm1(x), allowed))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+@register("sasrec")
+class SasRec(RecModel):
+    """Causal self-attention encoder with learned positions and an output tied to the item table.
+
+    Paper: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+
+    Positions are counted back from the most recent item (the last column is position 0), which
+    equals the paper's absolute positions for full-length windows and makes outputs independent
+    of how much left padding precedes a history. A query may attend to earlier-or-equal real
+    items and always to itself, so padding queries (which see no real key) stay finite, and real
+    queries never see padding. Histories longer than ``max_len`` keep their latest items.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = SasRecConfig
+    sample_kind: ClassVar[SampleKind] = "sequence"
+    paper: ClassVar[str] = "Kang, McAuley. Self-Attentive Sequential Recommendation. ICDM 2018."
+
+    def __init__(self, config: SasRecConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: SasRecConfig = config
+        d = config.dim
+        self.max_len = context.max_len
+        self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(context.max_len, d)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(d, config.num_heads, config.ffn_mult * d, config.dropout)
+            for _ in range(config.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(d)
+        self.register_buffer("item_counts", context.counts_tensor())
+
+    def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
+        """Per-position output vectors [B, L, dim] (0 at padding); L is at most ``max_len``."""
+        length = history.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"history length {length} exceeds max_len {self.max_len}")
+        mask = history != 0
+        recency = torch.arange(length - 1, -1, -1, device=history.device)
+        x = self.item_emb(history) * math.sqrt(self.config.dim) + self.pos_emb(recency)[None]
+        x = self.dropout(x) * mask[..., None]
+        idx = torch.arange(length, device=history.device)
+        causal = idx[None, :] <= idx[:, None]  # [L, L] query i may see key j <= i
+        allowed = (causal[None] & mask[:, None, :]) | torch.eye(
+            length, dtype=torch.bool, device=history.device
+        )[None]
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.final_norm(x) * mask[..., None]
+
+    def _history(self, batch: Batch) -> torch.Tensor:
+        return batch.require("history")[:, -self.max_len :]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Next-item loss (``config.loss``) over every real history position."""
+        history = self._history(batch)
+        targets, train = causal_targets(history, batch.require("items"))
+        hidden = self.sequence_output(history)[train]
+        return next_item_loss(
+            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
+        )
+
+    def user_embeddings(self, batch: Batch) -> torch.Tensor:
+        """[B, dim] output at the last (most recent) position."""
+        return self.sequence_output(self._history(batch))[:, -1]
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items + 1, dim] the tied item table."""
+        return self.item_emb.weight
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Scores of every item after the last history item, [B, n_items + 1]."""
+        return self.user_embeddings(batch) @ self.item_embeddings().T

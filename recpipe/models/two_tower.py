@@ -1,0 +1,130 @@
+"""Two-tower retrieval: a user tower over the mean history embedding, an item embedding tower.
+
+Covington, Adams, Sargin, "Deep Neural Networks for YouTube Recommendations", RecSys 2016;
+trained with in-batch sampled softmax and log-Q correction after Yi, Yang, Hong, Cheng,
+Heldt, Kumthekar, Zhao, Wei, Chi, "Sampling-Bias-Corrected Neural Modeling for Large Corpus
+Item Recommendations", RecSys 2019.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.losses import causal_targets, log_q, sampled_softmax_loss
+
+
+class TwoTowerConfig(ModelConfig):
+    """Two-tower settings."""
+
+    epochs: int = Field(100, ge=1, description="maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature of the logits")
+    normalize: bool = Field(True, description="L2-normalise user and item vectors (cosine)")
+    tower_layers: list[int] = Field([128], description="user-tower hidden widths (ReLU)")
+    use_user_id: bool = Field(False, description="also feed a user-id embedding to the tower")
+    share_embeddings: bool = Field(True, description="history input table is the item table")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each tower hidden layer")
+
+
+@register("two_tower")
+class TwoTower(RecModel):
+    """User tower ``MLP([mean history embedding ; user embedding])``, item tower a lookup table.
+
+    Papers: Covington et al., RecSys 2016 (architecture) and Yi et al., RecSys 2019 (in-batch
+    softmax with log-Q correction). Training treats every real history position as a query: its
+    user vector comes from the mean of the items up to and including it, and the next item is
+    the target. The score is the dot product (cosine with ``normalize``), without temperature or
+    log-Q, which only shape training.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = TwoTowerConfig
+    sample_kind: ClassVar[SampleKind] = "sequence"
+    paper: ClassVar[str] = (
+        "Covington, Adams, Sargin. Deep Neural Networks for YouTube Recommendations. RecSys "
+        "2016; Yi et al. Sampling-Bias-Corrected Neural Modeling for Large Corpus Item "
+        "Recommendations. RecSys 2019."
+    )
+
+    def __init__(self, config: TwoTowerConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: TwoTowerConfig = config
+        d = config.dim
+        self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=d**-0.5)
+        with torch.no_grad():  # padding row stays zero (it gets no gradient)
+            self.item_emb.weight[0].zero_()
+        self.history_emb: nn.Embedding | None = None
+        if not config.share_embeddings:
+            self.history_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
+            nn.init.normal_(self.history_emb.weight, std=d**-0.5)
+            with torch.no_grad():
+                self.history_emb.weight[0].zero_()
+        self.user_emb: nn.Embedding | None = None
+        if config.use_user_id:
+            self.user_emb = nn.Embedding(context.n_users, d)
+            nn.init.normal_(self.user_emb.weight, std=d**-0.5)
+        layers: list[nn.Module] = []
+        width = 2 * d if config.use_user_id else d
+        for hidden in config.tower_layers:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, d))
+        self.tower = nn.Sequential(*layers)
+        self.register_buffer("item_counts", context.counts_tensor())
+
+    def _history_table(self) -> nn.Embedding:
+        return self.item_emb if self.history_emb is None else self.history_emb
+
+    def _tower(self, pooled: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """User vectors from pooled history [..., d] and matching user ids [...]."""
+        x = pooled
+        if self.user_emb is not None:
+            x = torch.cat([pooled, self.user_emb(users).to(pooled.dtype)], dim=-1)
+        out = self.tower(x)
+        return F.normalize(out, dim=-1) if self.config.normalize else out
+
+    def _masked_embeddings(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """History embeddings with padding zeroed (whatever row 0 holds) and the real-item mask."""
+        mask = history != 0
+        return self._history_table()(history) * mask[..., None], mask
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """In-batch sampled softmax with log-Q over every real position's next item."""
+        history, users = batch.require("history"), batch.require("users")
+        targets, train = causal_targets(history, batch.require("items"))
+        emb, mask = self._masked_embeddings(history)
+        # Causal prefix mean: padding adds zero to the sum and nothing to the count.
+        counts = mask.cumsum(1).clamp(min=1)[..., None]
+        prefix = emb.cumsum(1) / counts
+        pos_users = users[:, None].expand_as(history)
+        hidden = self._tower(prefix[train], pos_users[train])
+        return sampled_softmax_loss(
+            hidden,
+            self.item_emb.weight,
+            targets[train],
+            log_q(self.item_counts),
+            temperature=self.config.temperature,
+            normalize=self.config.normalize,
+        )
+
+    def user_embeddings(self, batch: Batch) -> torch.Tensor:
+        """[B, dim] user vectors from the mean over all real history items."""
+        emb, mask = self._masked_embeddings(batch.require("history"))
+        pooled = emb.sum(1) / mask.sum(1).clamp(min=1)[:, None]
+        return self._tower(pooled, batch.require("users"))
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items + 1, dim] item vectors (normalised with ``normalize``)."""
+        table = self.item_emb.weight
+        return F.normalize(table, dim=-1) if self.config.normalize else table
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """``user_embeddings @ item_embeddings.T``, [B, n_items + 1]."""
+        return self.user_embeddings(batch) @ self.item_embeddings().T

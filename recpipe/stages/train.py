@@ -1,0 +1,132 @@
+"""The ``train`` stage: deep models trained on the export stage's samples, then evaluated.
+
+For each model in ``train.models`` and each protocol in ``split.protocols`` it launches the
+training run (``train.launcher``), writes ``<root>/models/<name>/<ds>/<protocol>/model.pt``,
+records manifest ``train-<name>``, then evaluates the model with the evaluation library exactly
+as the baselines are evaluated (manifest ``evaluate-<name>`` and ``recpipe.model_metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from pyspark.sql import SparkSession
+
+from recpipe.baselines.base import load_split
+from recpipe.config import Config, ConfigError
+from recpipe.manifest import StageRun, read_manifest
+from recpipe.models import model_class, registry
+from recpipe.models.base import ModelConfig
+from recpipe.stages.evaluate import Evaluation, run_evaluate
+from recpipe.stages.export import STAGE as EXPORT_STAGE
+from recpipe.stages.export import export_shards
+from recpipe.stages.train_baseline import model_dir
+from recpipe.train.checkpoint import MODEL_FILE
+from recpipe.train.launchers import launch
+from recpipe.train.spec import TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+def model_settings(config: Config, name: str) -> ModelConfig:
+    """The typed settings of model ``name``: its defaults overridden by ``models.<name>``."""
+    unknown = sorted(set(config.models) - set(registry()))
+    if unknown:
+        raise ConfigError(
+            f"invalid config: unknown key 'models.{unknown[0]}' (registered models: "
+            f"{', '.join(sorted(registry()))})"
+        )
+    try:
+        cls = model_class(name)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: 'train.models': {exc}") from None
+    try:
+        return cls.config_class.model_validate(config.models.get(name, {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(["models", name, *(str(part) for part in error["loc"])])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def build_spec(
+    config: Config, ds: str, protocol: str, name: str, resume: bool = False
+) -> TrainSpec:
+    """The training run of ``name`` on ``protocol``'s exported samples for ``ds``."""
+    settings = model_settings(config, name)
+    cls = model_class(name)
+    shards = export_shards(config.root, ds, protocol, cls.sample_kind)
+    export = read_manifest(config.root, EXPORT_STAGE, ds)
+    folder = model_dir(config.root, name, ds, protocol)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = load_split(config.root, ds, protocol, "train")
+    counts_file = folder / "item_counts.npy"
+    np.save(counts_file, np.bincount(train.items, minlength=export["n_items"] + 1))
+    return TrainSpec(
+        model=name,
+        model_config=settings.model_dump(mode="json"),
+        context={
+            "n_users": export["n_users"],
+            "n_items": export["n_items"],
+            "max_len": export["settings"]["max_len"],
+        },
+        item_counts_file=str(counts_file),
+        shards=shards,
+        settings=config.train.model_dump(mode="json"),
+        run_dir=str(folder),
+        model_file=str(folder / MODEL_FILE),
+        validation={"root": str(config.root), "ds": ds, "protocol": protocol},
+        resume=resume,
+        labels={"ds": ds, "protocol": protocol},
+    )
+
+
+def run_train(
+    spark: SparkSession | None,
+    config: Config,
+    ds: str,
+    models: list[str] | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+) -> tuple[list[dict[str, Any]], list[Evaluation]]:
+    """Train (then evaluate) each model; returns the train and evaluate manifests."""
+    names = models or config.train.models
+    for name in names:
+        model_settings(config, name)  # fail on config errors before any training starts
+    manifests: list[dict[str, Any]] = []
+    for name in names:
+        with StageRun(config, f"train-{name}", ds) as run:
+            run.record.update(
+                model=name,
+                launcher=config.train.launcher,
+                processes=config.train.processes,
+                protocols={},
+            )
+            for protocol in config.split.protocols:
+                spec = build_spec(config, ds, protocol, name, resume)
+                started = time.perf_counter()
+                log.info(
+                    "train %s on %s (%s launcher, %d process(es))",
+                    name, protocol, config.train.launcher, config.train.processes,
+                )  # fmt: skip
+                result = launch(spec, config.train)
+                result["wall_seconds"] = round(time.perf_counter() - started, 3)
+                result["path"] = spec.model_file
+                result["rows"] = sum(rows for _, rows in spec.shards)
+                run.record["protocols"][protocol] = result
+            run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
+            run.record["rows_out"] = len(run.record["protocols"])
+        manifests.append(run.manifest)
+    evaluations: list[Evaluation] = []
+    if evaluate:
+        evaluated, evaluations = run_evaluate(spark, config, ds, list(names))
+        manifests.extend(evaluated)
+    return manifests, evaluations

@@ -1,0 +1,1 @@
+"""Deep-model training: the loop, checkpoints, validation and the launchers."""

@@ -1,0 +1,104 @@
+"""Launchers: run a :class:`TrainSpec` in one process, under torchrun, or under Spark.
+
+``local`` trains in this process. ``torchrun`` starts N processes with
+``python -m torch.distributed.run --standalone`` (DDP; gloo on CPU, NCCL on GPU). ``spark``
+hands the same entry point to ``pyspark.ml.torch.distributor.TorchDistributor`` (barrier tasks
+on executors, or processes on the driver with ``train.spark_local_mode``). Rank 0 writes
+``result.json``, which every launcher returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from recpipe.config import TrainConfig
+from recpipe.errors import RecpipeError
+from recpipe.train.spec import TrainSpec
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "torchrun", "spark")
+
+
+class LaunchError(RecpipeError):
+    """A training launch failed; the message carries the launcher's exit status and log tail."""
+
+
+def launch(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
+    """Train ``spec`` with ``settings.launcher`` and return rank 0's summary."""
+    if settings.launcher == "local":
+        from recpipe.train.loop import train_from_spec
+
+        return train_from_spec(spec.to_json())
+    if settings.launcher == "torchrun":
+        return _torchrun(spec, settings.processes)
+    if settings.launcher == "spark":
+        return _spark(spec, settings)
+    raise ValueError(f"train.launcher: unknown launcher {settings.launcher!r}")
+
+
+def torchrun_command(spec_file: Path, processes: int) -> list[str]:
+    """The torchrun command line (single node, rendezvous on a free local port)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={processes}", "-m", "recpipe.train.worker", str(spec_file),
+    ]  # fmt: skip
+
+
+def _read_result(spec: TrainSpec) -> dict[str, Any]:
+    if not spec.result_file.is_file():
+        raise LaunchError(f"training of {spec.model} ended without {spec.result_file}")
+    return json.loads(spec.result_file.read_text())
+
+
+def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
+    spec.result_file.unlink(missing_ok=True)
+    spec_file = spec.write(Path(spec.run_dir) / "spec.json")
+    log_file = Path(spec.run_dir) / "torchrun.log"
+    command = torchrun_command(spec_file, processes)
+    log.info("launch: %s (log: %s)", " ".join(command), log_file)
+    with log_file.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(log_file.read_text().splitlines()[-25:])
+        raise LaunchError(f"torchrun exited with {done.returncode} for {spec.model}:\n{tail}")
+    return _read_result(spec)
+
+
+@contextlib.contextmanager
+def _temp_dir_under(folder: Path) -> Iterator[None]:
+    """TorchDistributor writes its pickled function with ``tempfile``: keep it under the root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from recpipe.train.loop import train_from_spec
+
+    spec.result_file.unlink(missing_ok=True)
+    use_gpu = settings.device == "cuda"
+    distributor = TorchDistributor(
+        num_processes=settings.processes, local_mode=settings.spark_local_mode, use_gpu=use_gpu
+    )
+    log.info(
+        "launch: TorchDistributor(num_processes=%d, local_mode=%s, use_gpu=%s)",
+        settings.processes, settings.spark_local_mode, use_gpu,
+    )  # fmt: skip
+    with _temp_dir_under(Path(spec.run_dir) / "tmp"):
+        distributor.run(train_from_spec, spec.to_json())
+    return _read_result(spec)

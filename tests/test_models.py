@@ -1,0 +1,391 @@
+"""Deep models on tiny random data with real torch: contract, numerics and hand-computed losses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import ValidationError
+
+from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
+from recpipe.models import ModelContext, RecModel, model_class, registry
+from recpipe.models.bpr_mf import BprMf, BprMfConfig
+from recpipe.models.losses import causal_targets, full_softmax_loss, log_q, sampled_softmax_loss
+from recpipe.models.sasrec import SasRec
+
+CONF_MODELS = Path(__file__).resolve().parent.parent / "conf" / "models"
+N_USERS, N_ITEMS, MAX_LEN = 30, 40, 12
+COUNTS = np.concatenate([[0], np.arange(1, N_ITEMS + 1) % 7 + 1]).astype(np.int64)
+CONTEXT = ModelContext(n_users=N_USERS, n_items=N_ITEMS, max_len=MAX_LEN, item_counts=COUNTS)
+SEQUENCE_MODELS = [name for name, cls in registry().items() if cls.sample_kind == "sequence"]
+
+# Small architectures (and no dropout) keep every test fast and the overfit test deterministic.
+TINY: dict[str, dict[str, Any]] = {
+    "bpr_mf": {"dim": 16},
+    "neumf": {"dim": 16, "mf_dim": 8, "mlp_layers": [32, 16], "dropout": 0.0},
+    "two_tower": {"dim": 16, "tower_layers": [32], "dropout": 0.0},
+    "gru4rec": {"dim": 16, "hidden_size": 24, "dropout": 0.0},
+    "sasrec": {"dim": 16, "num_heads": 2, "dropout": 0.0},
+}
+# Each registered model with its tiny defaults, plus the non-default branches worth covering.
+VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(registry())] + [
+    ("neumf", {"mode": "gmf"}),
+    ("neumf", {"mode": "mlp"}),
+    ("two_tower", {"use_user_id": True, "share_embeddings": False, "normalize": False}),
+    ("gru4rec", {"loss": "sampled_softmax", "num_layers": 2}),
+    ("sasrec", {"loss": "sampled_softmax"}),
+    ("sasrec", {"loss": "bce", "num_blocks": 1}),
+]
+VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in extra.items()) for name, extra in VARIANTS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: the tensors are tiny, and spinning threads slow a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, context: ModelContext = CONTEXT, seed: int = 0, **extra: Any) -> RecModel:
+    """The registered model ``name`` with its tiny config (plus ``extra``), seeded."""
+    cls = model_class(name)
+    torch.manual_seed(seed)
+    return cls(cls.config_class(**{**TINY.get(name, {}), **extra}), context)
+
+
+def left_pad(rows: list[list[int]], length: int) -> torch.Tensor:
+    """Left-pad item lists with 0 to ``length`` columns."""
+    return torch.tensor([[0] * (length - len(r)) + r for r in rows], dtype=torch.int64)
+
+
+def make_batch(kind: SampleKind, rows: int = 9, length: int = 8, seed: int = 0) -> Batch:
+    """A valid batch of ``kind``: items in 1..N_ITEMS, users in 1..N_USERS-1.
+
+    Sequence rows have lengths ``length, length-1, ..., 1`` and then an empty history, so both
+    full rows and heavy left padding (and the no-history edge case) are exercised.
+    """
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(1, N_USERS, (rows,), generator=g)
+    items = torch.randint(1, N_ITEMS + 1, (rows,), generator=g)
+    if kind == "pairwise":
+        negatives = torch.randint(1, N_ITEMS + 1, (rows, 3), generator=g)
+        return Batch(users=users, items=items, negatives=negatives)
+    if kind == "pointwise":
+        labels = (torch.arange(rows) % 2 == 0).float()
+        return Batch(users=users, items=items, labels=labels)
+    lengths = [max(length - i, 0) for i in range(rows - 1)] + [0]
+    seqs = [torch.randint(1, N_ITEMS + 1, (n,), generator=g).tolist() for n in lengths]
+    history = left_pad(seqs, length)
+    ts = left_pad([list(range(1_000, 1_000 + n)) for n in lengths], length)
+    return Batch(users=users, items=items, history=history, history_ts=ts)
+
+
+def seeded_loss(model: RecModel, batch: Batch) -> torch.Tensor:
+    """Loss with a fixed RNG state, so losses that sample (bce) are comparable across calls."""
+    torch.manual_seed(123)
+    return model.loss(batch)
+
+
+def test_every_model_has_a_variant_and_sample_kind() -> None:
+    assert set(TINY) == set(registry())
+    for name, cls in registry().items():
+        assert cls.sample_kind in SAMPLE_KINDS
+        assert cls.paper and cls.__doc__
+        first_author = cls.paper.split(",")[0].split()[0]
+        assert first_author in cls.__doc__, name
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_loss_is_finite_scalar_with_gradients_everywhere(name: str, extra: dict[str, Any]) -> None:
+    model = build(name, **extra)
+    batch = make_batch(model.sample_kind)
+    model.train()
+    loss = seeded_loss(model, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    torch.manual_seed(123)
+    assert torch.equal(model(batch), loss)  # forward is the loss (for DDP)
+    loss.backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(param.grad).all(), pname
+        assert param.grad.abs().sum() > 0, f"{pname} got a zero gradient"
+    model.eval()
+    with torch.no_grad():
+        scores = model.score_all(batch)
+    assert scores.shape == (len(batch), N_ITEMS + 1)
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_overfits_a_fixed_tiny_batch(name: str, extra: dict[str, Any]) -> None:
+    model = build(name, **extra)
+    batch = make_batch(model.sample_kind)
+    model.eval()
+    with torch.no_grad():
+        before = seeded_loss(model, batch).item()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    for _ in range(60):
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = seeded_loss(model, batch).item()
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_bf16_autocast_gives_finite_loss_gradients_and_scores(
+    name: str, extra: dict[str, Any]
+) -> None:
+    model = build(name, **extra)
+    batch = make_batch(model.sample_kind)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = seeded_loss(model, batch)
+        model.eval()
+        with torch.no_grad():
+            scores = model.score_all(batch)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert scores.shape == (len(batch), N_ITEMS + 1)
+    assert torch.isfinite(scores.float()).all()
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_yaml_equals_config_defaults(name: str) -> None:
+    data = yaml.safe_load((CONF_MODELS / f"{name}.yaml").read_text())
+    assert data == {"models": {name: model_class(name).config_class().model_dump(mode="json")}}
+
+
+def test_yaml_files_and_registry_match() -> None:
+    assert {p.stem for p in CONF_MODELS.glob("*.yaml")} == set(registry())
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_config_rejects_unknown_keys(name: str) -> None:
+    config_class = model_class(name).config_class
+    with pytest.raises(ValidationError):
+        config_class(no_such_setting=1)
+    with pytest.raises(ValidationError):
+        config_class(dim=0)
+
+
+def test_sasrec_config_needs_heads_dividing_dim() -> None:
+    with pytest.raises(ValidationError):
+        SasRec.config_class(dim=10, num_heads=3)
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_score_all_is_user_times_item_embeddings(name: str, extra: dict[str, Any]) -> None:
+    model = build(name, **extra).eval()
+    batch = make_batch(model.sample_kind)
+    with torch.no_grad():
+        items, users = model.item_embeddings(), model.user_embeddings(batch)
+        scores = model.score_all(batch)
+    if name == "neumf":  # not a dot-product model
+        assert items is None and users is None
+        return
+    assert items is not None and users is not None
+    assert items.shape[0] == N_ITEMS + 1 and users.shape == (len(batch), items.shape[1])
+    torch.testing.assert_close(scores, users @ items.T)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_scores_do_not_depend_on_left_padding(name: str) -> None:
+    model = build(name).eval()
+    batch = make_batch("sequence", length=8)
+    history = batch.require("history")
+    wider = torch.cat([torch.zeros(len(batch), 4, dtype=torch.int64), history], dim=1)
+    with torch.no_grad():
+        short = model.score_all(batch)
+        long = model.score_all(Batch(users=batch.users, history=wider))
+    torch.testing.assert_close(short, long, rtol=1e-5, atol=1e-5)
+    # The check has teeth: a different history gives different scores.
+    changed = history.clone()
+    changed[0, -1] = changed[0, -1] % N_ITEMS + 1
+    with torch.no_grad():
+        other = model.score_all(Batch(users=batch.users, history=changed))
+    assert not torch.allclose(other[0], short[0])
+
+
+def test_sasrec_is_causal() -> None:
+    model = build("sasrec").eval()
+    history = make_batch("sequence", rows=3, length=8).require("history")[:2]  # lengths 8 and 7
+    with torch.no_grad():
+        out = model.sequence_output(history)
+        earlier = history.clone()
+        earlier[:, 3] = earlier[:, 3] % N_ITEMS + 1
+        out_earlier = model.sequence_output(earlier)
+        last = history.clone()
+        last[:, -1] = last[:, -1] % N_ITEMS + 1
+        out_last = model.sequence_output(last)
+    assert out.shape == (2, 8, model.config.dim)
+    # An earlier item reaches the last position, but not the positions before it.
+    assert not torch.allclose(out_earlier[:, -1], out[:, -1])
+    torch.testing.assert_close(out_earlier[:, :3], out[:, :3])
+    # The last item reaches only the last position.
+    torch.testing.assert_close(out_last[:, :-1], out[:, :-1])
+    assert not torch.allclose(out_last[:, -1], out[:, -1])
+    # Padding positions output zeros (row 1 has one padding column).
+    assert torch.all(out[1, 0] == 0)
+
+
+def test_causal_targets_shift_and_mask() -> None:
+    history = left_pad([[5, 6, 7], [8]], 4)
+    targets, mask = causal_targets(history, torch.tensor([9, 3]))
+    assert targets.tolist() == [[5, 6, 7, 9], [0, 0, 8, 3]]
+    assert mask.tolist() == [[False, True, True, True], [False, False, False, True]]
+
+
+def test_bpr_loss_matches_hand_computation() -> None:
+    model = BprMf(BprMfConfig(dim=2, reg=0.1), ModelContext(n_users=3, n_items=3))
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.5, -1.0]]))
+        model.item_emb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]]))
+        model.item_bias.weight.copy_(torch.tensor([[0.0], [0.1], [-0.2], [0.3]]))
+    # The second row has one padding negative (0), which must be ignored.
+    batch = Batch(
+        users=torch.tensor([1, 2]),
+        items=torch.tensor([1, 2]),
+        negatives=torch.tensor([[2, 3], [3, 0]]),
+    )
+    # Row 1: s(1) = 1 + 0.1 = 1.1, s(2) = 2 - 0.2 = 1.8, s(3) = -1 + 2 + 0.3 = 1.3.
+    # Row 2: s(2) = -1 - 0.2 = -1.2, s(3) = -0.5 - 1 + 0.3 = -1.2.
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731  -log sigmoid(-x)
+    rank = (softplus(0.7) + softplus(0.2) + softplus(0.0)) / 3
+    # L2 per row: |u|^2 + |q_pos|^2 + b_pos^2 + mean over negatives of |q_neg|^2 + b_neg^2.
+    row1 = 5 + 1 + 0.01 + ((1 + 0.04) + (2 + 0.09)) / 2
+    row2 = 1.25 + 1 + 0.04 + (2 + 0.09)
+    expected = rank + 0.1 * (row1 + row2) / 2
+    assert model.loss(batch).item() == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(
+        model.score_all(batch)[:, 1:].detach(), torch.tensor([[1.1, 1.8, 1.3], [0.6, -1.2, -1.2]])
+    )
+
+
+def test_sampled_softmax_with_log_q_matches_hand_computation() -> None:
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    targets = torch.tensor([2, 1, 2])  # candidates are items 1 and 2 only; item 2 twice
+    lq = log_q(torch.tensor([0.0, 3.0, 1.0, 4.0]))  # q = 3/8, 1/8, 4/8 (padding excluded)
+    torch.testing.assert_close(lq[1:], torch.log(torch.tensor([3 / 8, 1 / 8, 4 / 8])))
+    # logits[r] = [h.q1 / 0.5 - log(3/8), h.q2 / 0.5 - log(1/8)]
+    logits = [
+        [2 - math.log(3 / 8), 0 - math.log(1 / 8)],
+        [0 - math.log(3 / 8), 4 - math.log(1 / 8)],
+        [2 - math.log(3 / 8), 4 - math.log(1 / 8)],
+    ]
+    labels = [1, 0, 1]
+    expected = (
+        sum(
+            math.log(sum(math.exp(z) for z in row)) - row[y]
+            for row, y in zip(logits, labels, strict=True)
+        )
+        / 3
+    )
+    loss = sampled_softmax_loss(hidden, table, targets, lq, temperature=0.5)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_log_q_is_uniform_without_counts() -> None:
+    lq = log_q(torch.zeros(5))
+    torch.testing.assert_close(lq[1:], torch.full((4,), math.log(1 / 4)))
+
+
+def test_full_softmax_leaves_out_the_padding_column() -> None:
+    hidden = torch.tensor([[1.0, 2.0]])
+    table = torch.tensor([[100.0, 100.0], [1.0, 0.0], [0.0, 1.0]])  # row 0 would dominate
+    expected = F.cross_entropy(torch.tensor([[1.0, 2.0]]), torch.tensor([1]))
+    torch.testing.assert_close(full_softmax_loss(hidden, table, torch.tensor([2])), expected)
+
+
+def test_two_tower_loss_matches_explicit_per_position_computation() -> None:
+    model = build("two_tower", use_user_id=True).eval()
+    batch = make_batch("sequence", rows=4, length=5)
+    history, users, items = batch.history, batch.users, batch.items
+    assert history is not None and items is not None
+    table = model.item_emb.weight
+    queries, targets = [], []
+    for b in range(len(batch)):
+        seq = [int(i) for i in history[b] if i != 0] + [int(items[b])]
+        for t in range(len(seq) - 1):
+            mean = table[seq[: t + 1]].mean(0)
+            queries.append(model._tower(mean[None], users[b : b + 1])[0])
+            targets.append(seq[t + 1])
+    hidden = torch.stack(queries)
+    candidates = sorted(set(targets))
+    cand = F.normalize(table[candidates], dim=-1)
+    lq = torch.log(torch.as_tensor(COUNTS[candidates], dtype=torch.float32) / COUNTS.sum())
+    logits = hidden @ cand.T / model.config.temperature - lq
+    labels = torch.tensor([candidates.index(t) for t in targets])
+    expected = F.cross_entropy(logits, labels)
+    torch.testing.assert_close(model.loss(batch), expected)
+
+
+def test_neumf_load_pretrained_mixes_the_branches() -> None:
+    gmf, mlp = build("neumf", seed=1, mode="gmf"), build("neumf", seed=2, mode="mlp")
+    fused = build("neumf", seed=3)
+    with torch.no_grad():  # non-trivial output layers, biases included
+        for m in (gmf, mlp):
+            m.out.weight.normal_()
+            m.out.bias.fill_(0.3 if m is gmf else -0.7)
+    fused.load_pretrained(gmf, mlp, alpha=0.3)
+    batch = make_batch("pointwise")
+    for m in (gmf, mlp, fused):
+        m.eval()
+    with torch.no_grad():
+        expected = 0.3 * gmf.score_all(batch) + 0.7 * mlp.score_all(batch)
+        torch.testing.assert_close(fused.score_all(batch), expected)
+    with pytest.raises(ValueError):
+        gmf.load_pretrained(gmf, mlp)
+
+
+def test_neumf_chunked_scores_match_pairwise_logits() -> None:
+    model = build("neumf").eval()
+    batch = make_batch("pointwise", rows=5)
+    with torch.no_grad():
+        full = model.score_all(batch)
+        model.score_chunk_pairs = 7  # forces row and column chunks
+        chunked = model.score_all(batch)
+        users = batch.users.repeat_interleave(N_ITEMS + 1)
+        items = torch.arange(N_ITEMS + 1).repeat(len(batch))
+        pairs = model._combine(model._user_side(users), model._item_side(items))
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(pairs.view(len(batch), -1), full)
+    # score_all ranks by the same logit that the BCE loss trains.
+    labels = torch.ones(len(batch))
+    with torch.no_grad():
+        loss = model.loss(Batch(users=batch.users, items=batch.items, labels=labels))
+    picked = full.gather(1, batch.require("items")[:, None])[:, 0]
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(picked, labels))
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
+def test_state_dict_round_trip(name: str, extra: dict[str, Any]) -> None:
+    model = build(name, seed=4, **extra)
+    batch = make_batch(model.sample_kind)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):  # move the weights off their initialisation
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        optimizer.step()
+    # The checkpoint's context has no counts: they must come back through the state dict.
+    bare = ModelContext(**CONTEXT.to_dict())
+    rebuilt = build(name, context=bare, seed=5, **extra)
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(model.score_all(batch), rebuilt.score_all(batch))
+        assert torch.equal(seeded_loss(model, batch), seeded_loss(rebuilt, batch))
