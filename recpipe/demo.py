@@ -13,6 +13,10 @@ from recpipe.console import format_table
 log = logging.getLogger(__name__)
 
 DEMO_MODELS = ("popularity", "itemknn", "als", "ease")
+DEEP_MODELS = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
+# The demo caps deep training so the whole run stays well under 15 minutes on 2 cores;
+# bench/quality.py trains with the models' own epochs and early stopping.
+DEMO_MAX_EPOCHS = 12
 DEMO_PROTOCOLS = "[leave_last_out,random_by_user]"
 EXAMPLE_USER = "196"
 REPORT_K = 10
@@ -24,7 +28,12 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
 
     first = load_config(conf, overrides)
     summary = fetch_movielens_100k(first.datasets.movielens, first.root)
-    defaults = [f"paths.raw_events={summary['raw_events']}", f"split.protocols={DEMO_PROTOCOLS}"]
+    defaults = [
+        f"paths.raw_events={summary['raw_events']}",
+        f"split.protocols={DEMO_PROTOCOLS}",
+        f"train.max_epochs={DEMO_MAX_EPOCHS}",
+        f"train.models=[{','.join(DEEP_MODELS)}]",
+    ]
     return load_config(conf, [*defaults, *overrides]), summary
 
 
@@ -65,6 +74,7 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import print_metric_tables, run_evaluate
     from recpipe.stages.score import run_score
+    from recpipe.stages.train import run_train
     from recpipe.stages.train_baseline import run_train_baseline
 
     config, summary = demo_config(conf, overrides)
@@ -77,10 +87,19 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
     manifests += [run_train_baseline(spark, config, ds, model) for model in DEMO_MODELS]
     evaluation_manifests, evaluations = run_evaluate(spark, config, ds, list(DEMO_MODELS))
     manifests += evaluation_manifests
-    manifests += [run_score(spark, config, ds, model) for model in DEMO_MODELS]
+    deep_manifests, deep_evaluations = run_train(spark, config, ds, config.train.models)
+    manifests += deep_manifests
+    evaluations += deep_evaluations
+    models = [*DEMO_MODELS, *config.train.models]
+    manifests += [run_score(spark, config, ds, model) for model in models]
 
     print()
     print_stage_report(manifests)
+    print(
+        f"deep models: at most train.max_epochs={config.train.max_epochs} epochs each in the "
+        "demo (early stopping on the valid split where the protocol has one); "
+        "bench/quality.py trains them fully"
+    )
     print_metric_tables(evaluations, REPORT_K)
     example = example_rows(config, ds, EXAMPLE_USER, "als")
     print(format_table(example, title=f"user {EXAMPLE_USER}: ALS top-{REPORT_K} vs history"))

@@ -21,7 +21,7 @@ from recpipe.models.losses import causal_targets, next_item_loss
 class Gru4RecConfig(ModelConfig):
     """GRU4Rec settings."""
 
-    epochs: int = Field(100, ge=1, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(128, ge=1, description="rows per batch on each process")
     hidden_size: int = Field(100, ge=1, description="GRU hidden state size")
     num_layers: int = Field(1, ge=1, description="stacked GRU layers")

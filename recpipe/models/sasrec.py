@@ -21,7 +21,7 @@ from recpipe.models.losses import causal_targets, next_item_loss
 class SasRecConfig(ModelConfig):
     """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
 
-    epochs: int = Field(200, ge=1, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(128, ge=1, description="rows per batch on each process")
     num_blocks: int = Field(2, ge=1, description="self-attention blocks")
     num_heads: int = Field(1, ge=1, description="attention heads per block")

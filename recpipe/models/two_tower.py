@@ -8,7 +8,7 @@ Item Recommendations", RecSys 2019.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from recpipe.models.losses import causal_targets, log_q, sampled_softmax_loss
 class TwoTowerConfig(ModelConfig):
     """Two-tower settings."""
 
-    epochs: int = Field(100, ge=1, description="maximum epochs (early stopping may end sooner)")
+    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
     batch_size: int = Field(128, ge=1, description="rows per batch on each process")
     temperature: float = Field(0.05, gt=0, description="softmax temperature of the logits")
     normalize: bool = Field(True, description="L2-normalise user and item vectors (cosine)")
@@ -31,6 +31,11 @@ class TwoTowerConfig(ModelConfig):
     use_user_id: bool = Field(False, description="also feed a user-id embedding to the tower")
     share_embeddings: bool = Field(True, description="history input table is the item table")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each tower hidden layer")
+    query: Literal["causal_prefix", "leave_target_out"] = Field(
+        "causal_prefix",
+        description="training query per target: mean of the items before it (next-item, as in "
+        "the paper) or of every other item in the window (order-free, suits random splits)",
+    )
 
 
 @register("two_tower")
@@ -100,11 +105,19 @@ class TwoTower(RecModel):
         history, users = batch.require("history"), batch.require("users")
         targets, train = causal_targets(history, batch.require("items"))
         emb, mask = self._masked_embeddings(history)
-        # Causal prefix mean: padding adds zero to the sum and nothing to the count.
-        counts = mask.cumsum(1).clamp(min=1)[..., None]
-        prefix = emb.cumsum(1) / counts
+        if self.config.query == "causal_prefix":
+            # Causal prefix mean: padding adds zero to the sum and nothing to the count.
+            counts = mask.cumsum(1).clamp(min=1)[..., None]
+            queries = emb.cumsum(1) / counts
+        else:
+            # Every item of the window (history and final target) except the target itself.
+            items = torch.cat([history, batch.require("items")[:, None]], 1)
+            window, window_mask = self._masked_embeddings(items)
+            total = window.sum(1, keepdim=True)
+            others = (window_mask.sum(1, keepdim=True) - 1).clamp(min=1)[..., None]
+            queries = (total - window[:, 1:]) / others
         pos_users = users[:, None].expand_as(history)
-        hidden = self._tower(prefix[train], pos_users[train])
+        hidden = self._tower(queries[train], pos_users[train])
         return sampled_softmax_loss(
             hidden,
             self.item_emb.weight,

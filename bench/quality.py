@@ -1,0 +1,126 @@
+"""Quality benchmark: every baseline and deep model on MovieLens 100K, one table, full ranking.
+
+Runs fetch -> etl -> export -> baselines -> deep models (train.launcher from the config; early
+stopping on the valid split where the protocol has one) -> evaluation, under ``leave_last_out``
+and ``random_by_user`` (75/25 by default), and prints one table: a row per model, NDCG@K,
+Recall@K and HR@K per protocol, with the protocol spelled out in the title. Stages already done
+for the same root and ds are reused with ``--reuse`` (models are always retrained).
+
+    .venv/bin/python bench/quality.py [--root var/quality] [--models sasrec gru4rec ...]
+        [--baselines popularity als ...] [--k 10] [--set key=value]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from recpipe.config import load_config
+from recpipe.console import format_table
+
+DS = "2026-11-22"
+PROTOCOLS = ("leave_last_out", "random_by_user")
+BASELINES = ("popularity", "itemknn", "als", "ease")
+DEEP = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="var/quality", help="paths.root of the run")
+    parser.add_argument("--models", nargs="*", default=list(DEEP), help="deep models to train")
+    parser.add_argument(
+        "--baselines", nargs="*", default=list(BASELINES), help="baselines to train"
+    )
+    parser.add_argument("--k", type=int, default=10, help="cut-off of the table's metrics")
+    parser.add_argument(
+        "--reuse", action="store_true", help="skip fetch/etl/export when their manifests exist"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, e.g. --set train.max_epochs=5",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the table rows here as JSON")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Run the chain and print the table."""
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from recpipe.cli import run_stages
+    from recpipe.datasets.movielens import fetch_movielens_100k
+    from recpipe.manifest import manifest_path
+    from recpipe.spark import get_spark
+    from recpipe.stages.evaluate import run_evaluate
+    from recpipe.stages.train import run_train
+    from recpipe.stages.train_baseline import run_train_baseline
+
+    base = [
+        f"paths.root={args.root}",
+        f"split.protocols=[{','.join(PROTOCOLS)}]",
+        "warehouse.database=quality_bench",
+    ]
+    first = load_config(None, [*base, *args.overrides])
+    fetched = fetch_movielens_100k(first.datasets.movielens, first.root)
+    config = load_config(None, [*base, f"paths.raw_events={fetched['raw_events']}",
+                                *args.overrides])  # fmt: skip
+    stages = ["clean", "vocab", "sessionize", "split", "export"]
+    if args.reuse:
+        stages = [s for s in stages if not manifest_path(config.root, s, DS).is_file()]
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if stages:
+        run_stages(config, DS, stages)
+    timings["etl+export"] = time.perf_counter() - started
+    spark = get_spark(config)
+    for name in args.baselines:
+        started = time.perf_counter()
+        run_train_baseline(spark, config, DS, name)
+        timings[name] = time.perf_counter() - started
+    _, evaluations = run_evaluate(spark, config, DS, list(args.baselines))
+    for name in args.models:
+        started = time.perf_counter()
+        _, deep = run_train(spark, config, DS, [name])
+        timings[name] = time.perf_counter() - started
+        evaluations += deep
+    rows = table_rows(evaluations, args.k, timings, config.root)
+    protocols = {e.result.protocol.split_protocol: e.result.protocol for e in evaluations}
+    title = "; ".join(p.describe(args.k) for p in protocols.values())
+    print(format_table(rows, title=f"MovieLens 100K quality ({title})"))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def table_rows(
+    evaluations: list[Any], k: int, timings: dict[str, float], root: Path
+) -> list[dict[str, Any]]:
+    """A row per model: metrics per protocol, training seconds, early-stopping epoch."""
+    from recpipe.manifest import read_manifest
+
+    rows: dict[str, dict[str, Any]] = {}
+    for evaluation in evaluations:
+        result = evaluation.result
+        row = rows.setdefault(result.model, {"model": result.model})
+        short = "llo" if result.protocol.split_protocol == "leave_last_out" else "rbu"
+        for metric in ("ndcg", "recall", "hr"):
+            row[f"{short} {metric}@{k}"] = round(result.values[(metric, k)], 4)
+    for name, row in rows.items():
+        row["train s (both)"] = round(timings.get(name, float("nan")), 1)
+        if name in DEEP:
+            manifest = read_manifest(root, f"train-{name}", DS)
+            epochs = [
+                f"{info['epochs_run']}" + (f"/best {info['best_epoch']}" if "best_epoch" in info
+                                           else "")
+                for info in manifest["protocols"].values()
+            ]
+            row["epochs (llo; rbu)"] = "; ".join(epochs)
+    return list(rows.values())
+
+
+if __name__ == "__main__":
+    main()
