@@ -310,8 +310,9 @@ def test_full_softmax_leaves_out_the_padding_column() -> None:
     torch.testing.assert_close(full_softmax_loss(hidden, table, torch.tensor([2])), expected)
 
 
-def test_two_tower_loss_matches_explicit_per_position_computation() -> None:
-    model = build("two_tower", use_user_id=True).eval()
+@pytest.mark.parametrize("query", ["causal_prefix", "leave_target_out"])
+def test_two_tower_loss_matches_explicit_per_position_computation(query: str) -> None:
+    model = build("two_tower", use_user_id=True, query=query).eval()
     batch = make_batch("sequence", rows=4, length=5)
     history, users, items = batch.history, batch.users, batch.items
     assert history is not None and items is not None
@@ -320,7 +321,9 @@ def test_two_tower_loss_matches_explicit_per_position_computation() -> None:
     for b in range(len(batch)):
         seq = [int(i) for i in history[b] if i != 0] + [int(items[b])]
         for t in range(len(seq) - 1):
-            mean = table[seq[: t + 1]].mean(0)
+            # causal: the items up to the target; leave-target-out: every other window item.
+            context = seq[: t + 1] if query == "causal_prefix" else seq[: t + 1] + seq[t + 2 :]
+            mean = table[context].mean(0)
             queries.append(model._tower(mean[None], users[b : b + 1])[0])
             targets.append(seq[t + 1])
     hidden = torch.stack(queries)

@@ -128,8 +128,7 @@ class Trainer:
             shuffle_buffer=settings.shuffle_buffer,
             seed=settings.seed,
         )
-        rank_rows = dataset.rows_for_rank()
-        steps_per_epoch = max(1, math.ceil(rank_rows / config.batch_size))
+        steps_per_epoch = max(1, dataset.batches_for_rank(settings.num_workers))
         total_steps = steps_per_epoch * epochs
         wrapped: torch.nn.Module = model
         if ctx.distributed:
