@@ -177,7 +177,7 @@ class ExportConfig(_Section):
 class EarlyStoppingConfig(_Section):
     metric: Literal["ndcg", "recall", "hr", "mrr", "map", "precision"] = "ndcg"
     k: int = Field(10, ge=1)
-    patience: int = Field(3, ge=1)
+    patience: int = Field(5, ge=1)
     every_epochs: int = Field(1, ge=1)
 
 
