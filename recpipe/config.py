@@ -166,7 +166,7 @@ class ExportConfig(_Section):
     kinds: list[Literal["pairwise", "pointwise", "sequence"]] = Field(
         default_factory=lambda: ["pairwise", "pointwise", "sequence"], min_length=1
     )
-    negatives: int = Field(4, ge=1)
+    negatives: int = Field(8, ge=1)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     max_len: int = Field(50, ge=1)
     stride: int | None = Field(None, ge=1)
@@ -177,7 +177,7 @@ class ExportConfig(_Section):
 class EarlyStoppingConfig(_Section):
     metric: Literal["ndcg", "recall", "hr", "mrr", "map", "precision"] = "ndcg"
     k: int = Field(10, ge=1)
-    patience: int = Field(5, ge=1)
+    patience: int = Field(8, ge=1)
     every_epochs: int = Field(1, ge=1)
 
 

@@ -158,3 +158,16 @@ def test_histories_match_each_users_latest_train_items(root) -> None:
         row = histories[user]
         assert list(row[8 - len(expected):]) == expected
         assert not row[: 8 - len(expected)].any()
+
+
+def test_report_shows_training_curves(spark, root) -> None:
+    from recpipe.report.run_report import write_run_report
+
+    config = config_for(root, "train.max_epochs=2", "train.launcher=local")
+    manifests, evaluations = run_train(spark, config, DS, ["bpr_mf"])
+    path = write_run_report(config, DS, manifests, evaluations, [], 10)
+    page = path.read_text()
+    assert "Deep model training" in page and "training curves, leave_last_out" in page
+    history = manifests[0]["protocols"]["leave_last_out"]["history"]
+    assert [entry["epoch"] for entry in history] == [1, 2]
+    assert all("metric" in entry for entry in history)  # validated every epoch

@@ -25,7 +25,8 @@ class Gru4RecConfig(ModelConfig):
     batch_size: int = Field(128, ge=1, description="rows per batch on each process")
     hidden_size: int = Field(100, ge=1, description="GRU hidden state size")
     num_layers: int = Field(1, ge=1, description="stacked GRU layers")
-    dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings and GRU outputs")
+    lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate")
+    dropout: float = Field(0.3, ge=0, lt=1, description="dropout on embeddings and GRU outputs")
     loss: Literal["full_softmax", "sampled_softmax"] = Field(
         "full_softmax", description="softmax over all items, or in-batch with log-Q correction"
     )

@@ -75,6 +75,36 @@ def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str)
     return _png(figure)
 
 
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str:
+    """PNG data URI: training loss (left) and validation metric (right) per epoch, a line per
+    deep model, for one protocol. ``runs`` maps model -> its per-epoch history entries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for model, history in sorted(runs.items()):
+        epochs = [entry["epoch"] for entry in history]
+        # Losses differ in scale between models: plot each relative to its first epoch.
+        first = history[0]["loss"] or 1.0
+        loss_axis.plot(epochs, [entry["loss"] / first for entry in history], label=model)
+        scored = [(entry["epoch"], entry["metric"]) for entry in history if "metric" in entry]
+        if scored:
+            metric_axis.plot(*zip(*scored, strict=True), marker=".", label=model)
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss / first-epoch loss")
+    loss_axis.set_title(f"training loss ({protocol})")
+    metric_axis.set_xlabel("epoch")
+    metric_axis.set_ylabel("valid metric")
+    metric_axis.set_title(f"validation ({protocol}/valid)")
+    for axis in (loss_axis, metric_axis):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def popularity_plot(
     catalogue_popularity: np.ndarray, recommended: Mapping[str, np.ndarray], k: int
 ) -> str:

@@ -13,6 +13,7 @@ from recpipe.report.html import (
     metric_curves,
     popularity_plot,
     stage_timings_plot,
+    training_curves,
     write_report,
 )
 from recpipe.stages.evaluate import group_by_protocol
@@ -69,6 +70,35 @@ def _stages_section(manifests: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _training_section(manifests: Sequence[dict[str, Any]]) -> str:
+    """Per-protocol loss and validation curves of the deep models trained in this run."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    rows = []
+    for manifest in manifests:
+        for protocol, info in manifest.get("protocols", {}).items():
+            if not isinstance(info, dict) or "history" not in info:
+                continue
+            runs.setdefault(protocol, {})[manifest["model"]] = info["history"]
+            rows.append(
+                {
+                    "model": manifest["model"],
+                    "protocol": protocol,
+                    "launcher": f"{manifest.get('launcher')} x{info.get('world_size')}",
+                    "epochs": info.get("epochs_run"),
+                    "best epoch": info.get("best_epoch"),
+                    "best valid": info.get("best_valid_metric"),
+                    "rows/s": info.get("rows_per_second"),
+                    "seconds": info.get("wall_seconds"),
+                }
+            )
+    if not rows:
+        return "<p>No deep models were trained in this run.</p>"
+    parts = [html_table(rows, caption="deep model training (valid: ndcg@10 on the valid split)")]
+    for protocol, histories in runs.items():
+        parts.append(image(training_curves(histories, protocol), f"training curves, {protocol}"))
+    return "\n".join(parts)
+
+
 def write_run_report(
     config: Config,
     ds: str,
@@ -81,6 +111,7 @@ def write_run_report(
     sections = [
         ("Metrics", _metrics_section(evaluations, k)),
         ("Popularity of recommendations vs the catalogue", _popularity_section(evaluations, k)),
+        ("Deep model training", _training_section(manifests)),
         ("Example user", html_table(list(example), caption="published list next to history")),
         ("Stages", _stages_section(manifests)),
     ]
