@@ -66,9 +66,11 @@ def loader_reference(shards: list[tuple[str, int]], kind: str, batch_size: int) 
 def throughput(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]]:
     """One row per model and launcher."""
     from recpipe.models import model_class
+    from recpipe.spark import get_spark
     from recpipe.stages.train import build_spec
     from recpipe.train.launchers import launch
 
+    get_spark(load_config(None, base))  # the spark launcher runs on the active session
     rows = []
     for name in args.models:
         reference = None

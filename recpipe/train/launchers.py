@@ -87,9 +87,15 @@ def _temp_dir_under(folder: Path) -> Iterator[None]:
 
 def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
     from pyspark.ml.torch.distributor import TorchDistributor
+    from pyspark.sql import SparkSession
 
     from recpipe.train.loop import train_from_spec
 
+    if SparkSession.getActiveSession() is None:
+        raise LaunchError(
+            "train.launcher=spark needs a SparkSession: run through `recpipe train` or "
+            "spark-submit jobs/train.py, or build one with recpipe.spark.get_spark first"
+        )
     spec.result_file.unlink(missing_ok=True)
     use_gpu = settings.device == "cuda"
     distributor = TorchDistributor(
