@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: venv demo test lint bench-etl bench-als bench-recs native-blas clean-venv
+.PHONY: venv demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ bench-als: venv
 
 bench-recs: venv
 	$(BIN)/python bench/recs_lookup.py --users 1000000
+
+bench-loader: venv
+	$(BIN)/python bench/loader.py
+
+# bench-train reuses the MovieLens 100K samples bench-quality exports under var/quality.
+bench-quality: venv
+	$(BIN)/python bench/quality.py
+
+bench-train: venv
+	$(BIN)/python bench/train.py
 
 # Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
 native-blas:
