@@ -107,6 +107,8 @@ def test_sequence_windows_cover_every_target_once(exported) -> None:
 def test_files_and_manifest_counts(exported) -> None:
     manifest = read_manifest(exported, "export", DS)
     assert manifest["files_per_table"] == 4
+    assert (manifest["n_users"], manifest["user_index_size"]) == (N_USERS, N_USERS + 1)
+    assert manifest["n_items"] == len({e["item_id"] for e in events()})
     for protocol in ("leave_last_out", "random_by_user"):
         for kind in ("pairwise", "pointwise", "sequence"):
             shards = export_shards(exported, DS, protocol, kind)

@@ -97,6 +97,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     files = planned_files(config)
     lake = Lake(config.root)
     n_items = vocab_size(config.root, "vocab_items", ITEM_IDX, ds)
+    n_users = vocab_size(config.root, "vocab_users", USER_IDX, ds)
     with StageRun(config, STAGE, ds) as run:
         run.record.update(
             settings=settings.model_dump(mode="json"),
@@ -104,7 +105,8 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             planned_world_size=config.train.processes,
             files_per_table=files,
             n_items=n_items,
-            n_users=vocab_size(config.root, "vocab_users", USER_IDX, ds) + 1,
+            n_users=n_users,
+            user_index_size=n_users + 1,  # user_idx runs 1..n_users; 0 is unused
             samples={},
         )
         staged: list[StagedPartition] = []

@@ -74,7 +74,7 @@ def build_spec(
         model=name,
         model_config=settings.model_dump(mode="json"),
         context={
-            "n_users": export["n_users"],
+            "n_users": export["user_index_size"],
             "n_items": export["n_items"],
             "max_len": export["settings"]["max_len"],
         },
