@@ -127,3 +127,41 @@ def test_spark_submit_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((root / "manifests" / "clean" / f"ds={DS}.json").read_text())
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (16, 12, 3)
+
+
+@pytest.mark.slow
+def test_spark_submit_export_and_train_with_torch_distributor(tmp_path: Path) -> None:
+    """jobs/export.py, then jobs/train.py training through TorchDistributor on the submitted
+    session (2 processes), then the evaluation it runs, all under the real spark-submit."""
+    events = [
+        {"user_id": f"u{u}", "item_id": f"i{(u * 3 + k) % 20}", "event_type": "view",
+         "ts": T0 + 60 * k + u}
+        for u in range(12)
+        for k in range(8)
+    ]  # fmt: skip
+    raw = tmp_path / "events.jsonl"
+    raw.write_text("".join(json.dumps(e) + "\n" for e in events))
+    root = tmp_path / "state"
+    common = [
+        "--ds", DS, "--set", f"paths.root={root}", "--set", f"paths.raw_events={raw}",
+        "--set", "train.processes=2", "--set", "export.files_per_process=1",
+        "--set", "export.max_len=4", "--set", "spark.shuffle_partitions=2",
+    ]  # fmt: skip
+    etl = run([str(BIN / "recpipe"), "etl", *common], tmp_path)
+    assert etl.returncode == 0, etl.stderr[-3000:]
+    submit = [str(BIN / "spark-submit"), "--master", "local[2]"]
+    export = run([*submit, str(REPO / "jobs" / "export.py"), *common], tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    train = run(
+        [*submit, str(REPO / "jobs" / "train.py"), *common, "--model", "bpr_mf",
+         "--set", "train.launcher=spark", "--set", "train.max_epochs=1"],
+        tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    manifest = json.loads((root / "manifests" / "train-bpr_mf" / f"ds={DS}.json").read_text())
+    info = manifest["protocols"]["leave_last_out"]
+    assert manifest["launcher"] == "spark" and info["world_size"] == 2
+    assert info["replica_checksums"][0] == info["replica_checksums"][1]
+    evaluated = json.loads((root / "manifests" / "evaluate-bpr_mf" / f"ds={DS}.json").read_text())
+    assert evaluated["status"] == "ok" and evaluated["results"][0]["users"] == 12
+    assert "trained deep models" in train.stdout
