@@ -171,3 +171,26 @@ def test_report_shows_training_curves(spark, root) -> None:
     history = manifests[0]["protocols"]["leave_last_out"]["history"]
     assert [entry["epoch"] for entry in history] == [1, 2]
     assert all("metric" in entry for entry in history)  # validated every epoch
+
+
+def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
+    config = config_for(
+        root, "train.launcher=local", "models.neumf.pretrain_epochs=1",
+        "models.neumf.epochs=1", "split.protocols=[leave_last_out]",
+    )  # fmt: skip
+    manifests, _ = run_train(spark, config, DS, ["neumf"], evaluate=False)
+    info = manifests[0]["protocols"]["leave_last_out"]
+    assert set(info["pretraining"]) == {"gmf", "mlp"}
+    folder = Path(info["path"]).parent
+    gmf = load_model(folder / "pretrain-gmf" / "model.pt")
+    mlp = load_model(folder / "pretrain-mlp" / "model.pt")
+    assert (gmf.config.mode, mlp.config.mode) == ("gmf", "mlp")
+    init = load_state(folder / "init.pt")["state_dict"]
+    # The fused start copies each branch and mixes the output layers 0.5 / 0.5.
+    assert torch.equal(init["gmf_user.weight"], gmf.state_dict()["gmf_user.weight"])
+    assert torch.equal(init["mlp_item.weight"], mlp.state_dict()["mlp_item.weight"])
+    expected_bias = 0.5 * gmf.state_dict()["out.bias"] + 0.5 * mlp.state_dict()["out.bias"]
+    assert torch.allclose(init["out.bias"], expected_bias)
+    # ...and training then moved away from it.
+    final = load_state(info["path"])["state_dict"]
+    assert not torch.equal(final["gmf_user.weight"], init["gmf_user.weight"])

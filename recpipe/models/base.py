@@ -82,6 +82,18 @@ class RecModel(nn.Module, ABC):
     def score_all(self, batch: Batch) -> torch.Tensor:
         """Scores [B, n_items + 1] for the batch's users (and histories, for sequence models)."""
 
+    @classmethod
+    def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:
+        """Configs of models to train first (by label), whose weights initialise this one."""
+        return {}
+
+    @classmethod
+    def from_pretrained(
+        cls, config: ModelConfig, context: ModelContext, pretrained: dict[str, RecModel]
+    ) -> RecModel:
+        """This model initialised from the trained :meth:`pretraining` models."""
+        raise NotImplementedError(f"{cls.name} has no pre-training")
+
     def item_embeddings(self) -> torch.Tensor | None:
         """[n_items + 1, d] item vectors when scores are a dot product with them, else None."""
         return None

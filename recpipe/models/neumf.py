@@ -38,6 +38,12 @@ class NeuMfConfig(ModelConfig):
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each MLP hidden layer")
     init_std: float = Field(0.01, gt=0, description="std of the normal embedding init")
+    pretrain_epochs: int = Field(
+        0, ge=0, description="> 0: train GMF and MLP alone this many epochs first (paper 3.4.1)"
+    )
+    pretrain_alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of the GMF output layer when fusing pre-trained ones"
+    )
 
 
 @register("neumf")
@@ -136,6 +142,31 @@ class NeuMf(RecModel):
             ]
             out_rows.append(torch.cat(chunks, dim=1))
         return torch.cat(out_rows, dim=0)
+
+    @classmethod
+    def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:
+        """GMF and MLP alone, when ``pretrain_epochs`` > 0 and this is the fused model."""
+        assert isinstance(config, NeuMfConfig)
+        if config.mode != "neumf" or config.pretrain_epochs == 0:
+            return {}
+        return {
+            mode: config.model_copy(
+                update={"mode": mode, "epochs": config.pretrain_epochs, "pretrain_epochs": 0}
+            )
+            for mode in ("gmf", "mlp")
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls, config: ModelConfig, context: ModelContext, pretrained: dict[str, RecModel]
+    ) -> RecModel:
+        """A fused NeuMF whose branches and output layer come from the pre-trained ones."""
+        assert isinstance(config, NeuMfConfig)
+        model = cls(config, context)
+        gmf, mlp = pretrained["gmf"], pretrained["mlp"]
+        assert isinstance(gmf, NeuMf) and isinstance(mlp, NeuMf)
+        model.load_pretrained(gmf, mlp, config.pretrain_alpha)
+        return model
 
     @torch.no_grad()
     def load_pretrained(self, gmf: NeuMf, mlp: NeuMf, alpha: float = 0.5) -> None:

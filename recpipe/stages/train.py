@@ -8,8 +8,10 @@ as the baselines are evaluated (manifest ``evaluate-<name>`` and ``recpipe.model
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +22,12 @@ from recpipe.baselines.base import load_split
 from recpipe.config import Config, ConfigError
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
-from recpipe.models.base import ModelConfig
+from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.stages.evaluate import Evaluation, run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
 from recpipe.stages.train_baseline import model_dir
-from recpipe.train.checkpoint import MODEL_FILE
+from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
 from recpipe.train.spec import TrainSpec
 
@@ -89,6 +91,45 @@ def build_spec(
     )
 
 
+def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
+    """Train the model's pre-training runs (e.g. NeuMF's GMF and MLP) and point ``spec`` at
+    the fused initialisation; returns a record per run ({} for models without any)."""
+    cls = model_class(spec.model)
+    settings = cls.config_class.model_validate(spec.model_config)
+    runs = cls.pretraining(settings)
+    init = Path(spec.run_dir) / "init.pt"
+    if not runs:
+        return {}
+    if spec.resume and init.is_file():
+        spec.init_file = str(init)
+        return {"reused": str(init)}
+    trained: dict[str, RecModel] = {}
+    record: dict[str, Any] = {}
+    for label, run_settings in runs.items():
+        folder = Path(spec.run_dir) / f"pretrain-{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        run = dataclasses.replace(
+            spec,
+            model_config=run_settings.model_dump(mode="json"),
+            run_dir=str(folder),
+            model_file=str(folder / MODEL_FILE),
+            init_file=None,
+            resume=False,
+        )
+        log.info("pre-train %s: %s", spec.model, label)
+        result = launch(run, config.train)
+        trained[label] = load_model(Path(run.model_file))
+        record[label] = {
+            key: result[key]
+            for key in ("epochs_run", "best_epoch", "best_valid_metric", "seconds")
+            if key in result
+        }
+    context = ModelContext(item_counts=np.load(spec.item_counts_file), **spec.context)
+    save_atomic(model_state(cls.from_pretrained(settings, context, trained)), init)
+    spec.init_file = str(init)
+    return record
+
+
 def run_train(
     spark: SparkSession | None,
     config: Config,
@@ -113,6 +154,7 @@ def run_train(
             for protocol in config.split.protocols:
                 spec = build_spec(config, ds, protocol, name, resume)
                 started = time.perf_counter()
+                pretrained = pretrain(config, spec)
                 log.info(
                     "train %s on %s (%s launcher, %d process(es))",
                     name, protocol, config.train.launcher, config.train.processes,
@@ -121,6 +163,8 @@ def run_train(
                 result["wall_seconds"] = round(time.perf_counter() - started, 3)
                 result["path"] = spec.model_file
                 result["rows"] = sum(rows for _, rows in spec.shards)
+                if pretrained:
+                    result["pretraining"] = pretrained
                 run.record["protocols"][protocol] = result
             run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
             run.record["rows_out"] = len(run.record["protocols"])

@@ -107,7 +107,10 @@ class Trainer:
         counts = np.load(self.spec.item_counts_file)
         context = ModelContext(item_counts=counts, **self.spec.context)
         _seed_everything(self.settings.seed)  # same initial weights on every rank
-        return cls(config, context).to(ctx.device)
+        model = cls(config, context)
+        if self.spec.init_file:
+            model.load_state_dict(load_state(Path(self.spec.init_file))["state_dict"])
+        return model.to(ctx.device)
 
     def _run(self, ctx: distributed.DistContext) -> dict[str, Any]:
         spec, settings = self.spec, self.settings

@@ -22,6 +22,7 @@ class TrainSpec:
     run_dir: str  # checkpoints/, result.json
     model_file: str  # where the trained model is written
     validation: dict[str, Any] | None = None  # {root, ds, protocol}: early stopping data
+    init_file: str | None = None  # checkpoint whose weights start the run (pre-training)
     resume: bool = False
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
     labels: dict[str, str] = field(default_factory=dict)  # ds/protocol, for logs
