@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,12 +304,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe_error(error: Mapping[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+def _describe_error(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
+    key = ".".join([*prefix, *(str(part) for part in error["loc"])]) or "<root>"
     given = error.get("input")
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     return f"'{key}': {error['msg']} (got {given!r})"
+
+
+def config_error(exc: ValidationError, prefix: Sequence[str] = ()) -> ConfigError:
+    """A :class:`ConfigError` naming every failing key, each under the dotted ``prefix``."""
+    problems = "; ".join(_describe_error(err, prefix) for err in exc.errors())
+    return ConfigError(f"invalid config: {problems}")
 
 
 def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
@@ -317,8 +323,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(_describe_error(err) for err in exc.errors())
-        raise ConfigError(f"invalid config: {problems}") from None
+        raise config_error(exc) from None
     base = base_dir or Path.cwd()
     paths = config.paths
     paths.root = str((base / paths.root).resolve())

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
 from recpipe.baselines.base import load_split
-from recpipe.config import Config, ConfigError
+from recpipe.config import Config, ConfigError, config_error
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
@@ -49,14 +49,7 @@ def model_settings(config: Config, name: str) -> ModelConfig:
     try:
         return cls.config_class.model_validate(config.models.get(name, {}))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            key = ".".join(["models", name, *(str(part) for part in error["loc"])])
-            if error["type"] == "extra_forbidden":
-                problems.append(f"unknown key '{key}'")
-            else:
-                problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
-        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+        raise config_error(exc, ("models", name)) from None
 
 
 def build_spec(
