@@ -146,13 +146,12 @@ def pointwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives:
     return _map_pandas_to_arrow(sequences, build, POINTWISE_SCHEMA)
 
 
-def window_ends(length: int, max_len: int, stride: int) -> np.ndarray:
+def window_ends(length: int, stride: int) -> np.ndarray:
     """Target positions of a user's windows, last first: ``length-1, length-1-stride, ...``.
 
-    With ``stride == max_len`` and a loss on every position, each item after the first is a
-    target exactly once per epoch.
+    With ``stride`` equal to the history length and a loss on every position, each item after
+    the first is a target exactly once per epoch.
     """
-    del max_len  # windows are defined by their target; the history is what precedes it
     return np.arange(length - 1, 0, -stride, dtype=np.int64)
 
 
@@ -163,7 +162,7 @@ def sequence_samples(sequences: DataFrame, max_len: int, stride: int) -> DataFra
         for batch in batches:
             users, history, history_ts, targets, target_ts = [], [], [], [], []
             for user, seq, ts in _users_and_sequences(batch):
-                ends = window_ends(len(seq), max_len, stride)
+                ends = window_ends(len(seq), stride)
                 if not len(ends):
                     continue
                 # Pad on the left so index arithmetic gives every window a fixed-size slice.

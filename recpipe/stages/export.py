@@ -80,14 +80,14 @@ def _file_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def _samples(
-    kind: str, sequences: DataFrame, sampler: NegativeSampler, config: Config
+    kind: str, sequences: DataFrame, sampler: NegativeSampler, config: Config, stride: int
 ) -> DataFrame:
     settings = config.export
     if kind == "pairwise":
         return pairwise_samples(sequences, sampler, settings.negatives)
     if kind == "pointwise":
         return pointwise_samples(sequences, sampler, settings.negatives)
-    return sequence_samples(sequences, settings.max_len, settings.stride or settings.max_len)
+    return sequence_samples(sequences, settings.max_len, stride)
 
 
 def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                 }
                 for kind in settings.kinds:
                     table = SAMPLE_TABLES[kind]
-                    frame = _samples(kind, sequences, sampler, config).repartition(files)
+                    frame = _samples(kind, sequences, sampler, config, stride).repartition(files)
                     part = lake.stage(frame, table, partition, {"_config.yaml": config.to_yaml()})
                     staged.append(part)
                     written = _file_rows(part.path)
