@@ -194,3 +194,13 @@ def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
     # ...and training then moved away from it.
     final = load_state(info["path"])["state_dict"]
     assert not torch.equal(final["gmf_user.weight"], init["gmf_user.weight"])
+
+
+def test_spec_item_counts_are_the_train_interactions_per_item(root) -> None:
+    spec, _ = _spec(root, "two_tower")
+    counts = np.load(spec.item_counts_file)
+    rows = read_rows(root, "train", DS, "leave_last_out")
+    expected = np.zeros(N_ITEMS + 1, dtype=np.int64)
+    for row in rows:
+        expected[row["item_idx"]] += 1
+    assert counts.tolist() == expected.tolist()

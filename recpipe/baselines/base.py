@@ -55,15 +55,25 @@ def vocab_size(root: Path, table: str, idx_col: str, ds: str) -> int:
     return int(column.to_numpy().max()) if len(column) else 0
 
 
-def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
-    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
+def _split_dataset(root: Path, ds: str, protocol: str, part: str) -> pads.Dataset:
     folder = split_path(root, part, ds, protocol)
     if not folder.is_dir():
         raise MissingInputError(
             f"no {part} split for protocol={protocol} ds={ds}: run `recpipe split --ds {ds} "
             f"--set split.protocols=[{protocol}]`"
         )
-    table = pads.dataset(folder, format="parquet").to_table(
+    return pads.dataset(folder, format="parquet")
+
+
+def split_item_counts(root: Path, ds: str, protocol: str, part: str, n_items: int) -> np.ndarray:
+    """Interactions per item [n_items + 1] in one split part (reads the item column only)."""
+    items = _split_dataset(root, ds, protocol, part).to_table(columns=[ITEM_IDX]).column(0)
+    return np.bincount(items.to_numpy().astype(np.int64), minlength=n_items + 1)
+
+
+def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
+    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
+    table = _split_dataset(root, ds, protocol, part).to_table(
         columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]
     )
     ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
-from recpipe.baselines.base import load_split
+from recpipe.baselines.base import split_item_counts
 from recpipe.config import Config, ConfigError, config_error
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
@@ -62,9 +62,8 @@ def build_spec(
     export = read_manifest(config.root, EXPORT_STAGE, ds)
     folder = model_dir(config.root, name, ds, protocol)
     folder.mkdir(parents=True, exist_ok=True)
-    train = load_split(config.root, ds, protocol, "train")
     counts_file = folder / "item_counts.npy"
-    np.save(counts_file, np.bincount(train.items, minlength=export["n_items"] + 1))
+    np.save(counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"]))
     return TrainSpec(
         model=name,
         model_config=settings.model_dump(mode="json"),
