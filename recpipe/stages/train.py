@@ -79,7 +79,6 @@ def build_spec(
         model_file=str(folder / MODEL_FILE),
         validation={"root": str(config.root), "ds": ds, "protocol": protocol},
         resume=resume,
-        labels={"ds": ds, "protocol": protocol},
     )
 
 

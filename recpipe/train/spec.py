@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ class TrainSpec:
     init_file: str | None = None  # checkpoint whose weights start the run (pre-training)
     resume: bool = False
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
-    labels: dict[str, str] = field(default_factory=dict)  # ds/protocol, for logs
 
     def to_json(self) -> str:
         """Serialise for a spec file or a TorchDistributor argument."""
