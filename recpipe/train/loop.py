@@ -257,7 +257,6 @@ class Trainer:
         if not usable:
             if ctx.is_main:
                 log.info("%s: no valid rows, early stopping off", self.spec.model)
-            self.spec.validation = None
             return None
         return validator if ctx.is_main else _REMOTE
 
