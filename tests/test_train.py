@@ -204,3 +204,20 @@ def test_spec_item_counts_are_the_train_interactions_per_item(root) -> None:
     for row in rows:
         expected[row["item_idx"]] += 1
     assert counts.tolist() == expected.tolist()
+
+
+def test_launch_errors_keep_the_workers_messages_above_torchrun_summary() -> None:
+    from recpipe.train.launchers import failure_excerpt
+
+    summary = [f"summary line {n}" for n in range(30)]
+    log = "\n".join(
+        ["step 1", "terminate called after throwing an instance of 'gloo::IoException'",
+         "  what():  Connection closed by peer", "step 2", *summary]
+    )  # fmt: skip
+    excerpt = failure_excerpt(log, tail=15).splitlines()
+    assert excerpt[:2] == [
+        "terminate called after throwing an instance of 'gloo::IoException'",
+        "  what():  Connection closed by peer",
+    ]
+    assert excerpt[-15:] == summary[-15:]
+    assert "step 1" not in excerpt

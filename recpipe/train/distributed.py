@@ -50,9 +50,16 @@ def setup(requested_device: str, environ: dict[str, str] | None = None) -> DistC
     return DistContext(rank, world, local_rank, device)
 
 
-def teardown(context: DistContext) -> None:
-    """Leave the process group if this process joined one."""
+def teardown(context: DistContext, synchronise: bool = True) -> None:
+    """Leave the process group if this process joined one.
+
+    With ``synchronise`` every rank first waits at a barrier, so no rank closes its
+    connections while another still has collectives in flight (gloo aborts the peer then).
+    A failing rank skips it: its peers are stopped by the launcher instead.
+    """
     if context.distributed and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

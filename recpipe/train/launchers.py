@@ -53,6 +53,22 @@ def torchrun_command(spec_file: Path, processes: int) -> list[str]:
     ]  # fmt: skip
 
 
+_FAILURE_MARKERS = ("Traceback", "Error", "terminate called", "what():", "Aborted", "Signal")
+
+
+def failure_excerpt(log_text: str, tail: int = 15, limit: int = 40) -> str:
+    """The log lines that say why workers died (tracebacks, C++ aborts), then its last lines.
+
+    torchrun's own summary fills the tail of the log, so the workers' messages above it would
+    otherwise be cut off.
+    """
+    lines = log_text.splitlines()
+    marked = [
+        line for line in lines[:-tail] if any(marker in line for marker in _FAILURE_MARKERS)
+    ]
+    return "\n".join([*marked[:limit], "...", *lines[-tail:]])
+
+
 def _read_result(spec: TrainSpec) -> dict[str, Any]:
     if not spec.result_file.is_file():
         raise LaunchError(f"training of {spec.model} ended without {spec.result_file}")
@@ -68,8 +84,10 @@ def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
     with log_file.open("w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
-        tail = "\n".join(log_file.read_text().splitlines()[-25:])
-        raise LaunchError(f"torchrun exited with {done.returncode} for {spec.model}:\n{tail}")
+        raise LaunchError(
+            f"torchrun exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
+            + failure_excerpt(log_file.read_text())
+        )
     return _read_result(spec)
 
 

@@ -9,6 +9,7 @@ rank 0 with early stopping, atomic checkpoints every N steps and at every epoch 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -96,10 +97,17 @@ class Trainer:
         """Train to the end (or early stop); rank 0 writes the model and returns the summary."""
         settings = self.settings
         ctx = distributed.setup(settings.device)
+        finished = False
         try:
-            return self._run(ctx)
+            summary = self._run(ctx)
+            finished = True
+            return summary
         finally:
-            distributed.teardown(ctx)
+            # The DDP wrapper's reducer holds gloo work objects and sits in reference cycles;
+            # freeing it while the process group still exists (not at interpreter exit, after
+            # the group is gone) avoids an abort at shutdown.
+            gc.collect()
+            distributed.teardown(ctx, synchronise=finished)
 
     def _build(self, ctx: distributed.DistContext) -> RecModel:
         cls = model_class(self.spec.model)
