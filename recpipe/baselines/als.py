@@ -62,6 +62,8 @@ class Als(Baseline):
     """Scores = user factors . item factors."""
 
     name = "als"
+    uses_user_ids = True
+    needs_history = False
 
     @classmethod
     def fit(cls, data: TrainData, settings: AlsConfig, **context: Any) -> Als:
@@ -97,3 +99,6 @@ class Als(Baseline):
 
     def raw_scores(self, users: np.ndarray) -> np.ndarray:
         return self.arrays["user_factors"][users] @ self.arrays["item_factors"].T
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.arrays["user_factors"], self.arrays["item_factors"]

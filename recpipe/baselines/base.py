@@ -93,6 +93,10 @@ class Baseline(ABC):
     """A trained model that scores users against every item (column 0 is padding)."""
 
     name: ClassVar[str]
+    # Scores need a trained per-user row (users absent from training cannot be scored).
+    uses_user_ids: ClassVar[bool] = False
+    # Scores are computed from the user's history (a user with no known item cannot be scored).
+    needs_history: ClassVar[bool] = True
 
     def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.arrays = arrays
@@ -128,6 +132,11 @@ class Baseline(ABC):
         scores = np.asarray(self.raw_scores(np.asarray(users, dtype=np.int64)), dtype=np.float64)
         scores[:, ~self.known_items] = -np.inf
         return scores
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(user vectors [n_users, d], item vectors [n_items + 1, d]) when scores are their dot
+        products, else None."""
+        return None
 
     def save(self, folder: Path) -> None:
         """Write ``arrays.npz`` and ``meta.json`` into ``folder`` (replaced atomically)."""

@@ -16,6 +16,7 @@ class Popularity(Baseline):
     """Scores every user with the item's count of distinct users (ties: smaller index first)."""
 
     name = "popularity"
+    needs_history = False
 
     @classmethod
     def fit(cls, data: TrainData, settings: PopularityConfig, **context: Any) -> Popularity:

@@ -94,6 +94,12 @@ class RecModel(nn.Module, ABC):
         """This model initialised from the trained :meth:`pretraining` models."""
         raise NotImplementedError(f"{cls.name} has no pre-training")
 
+    @property
+    def uses_user_ids(self) -> bool:
+        """Whether scores depend on a learned per-user row (then users without training
+        interactions cannot be scored); sequence models read only the history."""
+        return self.sample_kind != "sequence"
+
     def item_embeddings(self) -> torch.Tensor | None:
         """[n_items + 1, d] item vectors when scores are a dot product with them, else None."""
         return None

@@ -127,6 +127,11 @@ class TwoTower(RecModel):
             normalize=self.config.normalize,
         )
 
+    @property
+    def uses_user_ids(self) -> bool:
+        """Only with ``use_user_id``; otherwise the tower reads the history alone."""
+        return self.config.use_user_id
+
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """[B, dim] user vectors from the mean over all real history items."""
         emb, mask = self._masked_embeddings(batch.require("history"))

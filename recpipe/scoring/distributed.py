@@ -1,0 +1,183 @@
+"""Top-K for every user: the same block function on Spark executors or in one process.
+
+:func:`recommend_block` turns a block of users (with their histories) into recommendation rows:
+users the model can score get its top-K (``source`` = the model's name), the others the recent
+popularity list minus their seen items (``source = 'popular'``). :func:`score_frame` runs it
+with ``mapInArrow`` partition by partition, the model shipped once per executor as a
+broadcast; :func:`score_locally` runs it in this process, block by block over the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+
+from recpipe.schema import ITEM_IDX, USER_IDX
+from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList, UserHistories
+from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer, pick_device
+from recpipe.scoring.topk import PAD_ITEM
+
+SOURCE = "source"
+SOURCE_POPULAR = "popular"
+RANK = "rank"
+SCORE = "score"
+OUTPUT_SCHEMA = pa.schema(
+    [
+        (USER_IDX, pa.int32()),
+        (ITEM_IDX, pa.int32()),
+        (RANK, pa.int32()),
+        (SCORE, pa.float64()),
+        (SOURCE, pa.string()),
+    ]
+)
+OUTPUT_DDL = f"{USER_IDX} int, {ITEM_IDX} int, {RANK} int, {SCORE} double, {SOURCE} string"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How blocks are cut and where they run."""
+
+    k: int
+    user_block: int = 1024
+    item_block: int = 16384
+    device: str = "auto"
+
+
+def _rows(users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str) -> pa.Table:
+    keep = items != PAD_ITEM
+    rows, ranks = np.nonzero(keep)
+    return pa.table(
+        [
+            pa.array(users[rows], pa.int32()),
+            pa.array(items[keep], pa.int32()),
+            pa.array(ranks + 1, pa.int32()),
+            pa.array(scores[keep], pa.float64()),
+            pa.array(np.full(len(rows), source, dtype=object), pa.string()),
+        ],
+        schema=OUTPUT_SCHEMA,
+    )
+
+
+def popular_top_k(
+    histories: UserHistories, popular: PopularList, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first ``k`` popular items not in the user's history (score = users in the
+    window), padded with item 0 when the list runs out."""
+    items = np.zeros((len(histories), k), dtype=np.int64)
+    scores = np.full((len(histories), k), -np.inf)
+    for row in range(len(histories)):
+        start = histories.offsets[row]
+        seen = histories.items[start : start + histories.lengths[row]]
+        # Only the first k + |seen| popular items can make the list.
+        head = slice(0, k + len(seen))
+        fresh = ~np.isin(popular.items[head], seen)
+        chosen = popular.items[head][fresh][:k]
+        items[row, : len(chosen)] = chosen
+        scores[row, : len(chosen)] = popular.counts[head][fresh][:k]
+    return items, scores
+
+
+def recommend_block(
+    scorer: Scorer, histories: UserHistories, popular: PopularList, settings: ScoreSettings
+) -> pa.Table:
+    """Recommendation rows for one block of users (model where it can score, else popular)."""
+    scorable = scorer.can_score(histories)
+    parts = []
+    model_rows = np.flatnonzero(scorable)
+    if len(model_rows):
+        block = histories.take(model_rows)
+        items, scores = scorer.top_k(block, settings.k, settings.item_block)
+        parts.append(_rows(block.users, items, scores, scorer.name))
+    cold_rows = np.flatnonzero(~scorable)
+    if len(cold_rows):
+        block = histories.take(cold_rows)
+        items, scores = popular_top_k(block, popular, settings.k)
+        parts.append(_rows(block.users, items, scores, SOURCE_POPULAR))
+    return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
+
+
+def _blocks(histories: UserHistories, size: int) -> Iterator[UserHistories]:
+    for start in range(0, len(histories), size):
+        yield histories.take(np.arange(start, min(len(histories), start + size)))
+
+
+def score_locally(
+    payload: ModelPayload,
+    histories: UserHistories,
+    popular: PopularList,
+    settings: ScoreSettings,
+) -> pa.Table:
+    """All users scored in this process (the single-process reference of :func:`score_frame`)."""
+    scorer = build_scorer(payload, pick_device(settings.device))
+    tables = [
+        recommend_block(scorer, block, popular, settings)
+        for block in _blocks(histories, settings.user_block)
+    ]
+    return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+
+
+# One rebuilt model per executor Python process (Spark reuses workers across tasks).
+_SCORERS: dict[int, Scorer] = {}
+
+
+def _cached_scorer(broadcast: Any, device: str) -> Scorer:
+    scorer = _SCORERS.get(broadcast.id)
+    if scorer is None:
+        _SCORERS.clear()
+        scorer = _SCORERS[broadcast.id] = build_scorer(broadcast.value, pick_device(device))
+    return scorer
+
+
+class PartitionScorer:
+    """The ``mapInArrow`` function: Arrow batches of (user_idx, items) -> recommendation rows."""
+
+    def __init__(self, payload: Any, popular: Any, settings: ScoreSettings) -> None:
+        self.payload = payload  # Broadcast[ModelPayload]
+        self.popular = popular  # Broadcast[PopularList]
+        self.settings = settings
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        # One task per core: more torch threads than the task's cores oversubscribe the node.
+        torch.set_num_threads(max(1, context.cpus() if context else 1))
+        scorer = _cached_scorer(self.payload, self.settings.device)
+        popular = self.popular.value
+        for batch in batches:
+            histories = histories_from_arrow(batch)
+            for block in _blocks(histories, self.settings.user_block):
+                yield from recommend_block(scorer, block, popular, self.settings).to_batches()
+
+
+def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
+    """A batch of ``(user_idx, items)`` rows as :class:`UserHistories`."""
+    lists = batch.column(HISTORY_ITEMS)
+    lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    return UserHistories(
+        batch.column(USER_IDX).to_numpy(zero_copy_only=False),
+        lengths,
+        lists.flatten().to_numpy(zero_copy_only=False),
+    )
+
+
+def score_frame(
+    spark: SparkSession,
+    histories: DataFrame,
+    payload: ModelPayload,
+    popular: PopularList,
+    settings: ScoreSettings,
+    partitions: int | None = None,
+) -> DataFrame:
+    """Recommendation rows (``OUTPUT_DDL``) for every row of ``histories`` (user_idx, items),
+    scored on the executors. The caller unpersists nothing: the result is lazy."""
+    context = spark.sparkContext
+    function = PartitionScorer(context.broadcast(payload), context.broadcast(popular), settings)
+    spread = histories.repartition(partitions or context.defaultParallelism)
+    return spread.mapInArrow(function, OUTPUT_DDL)

@@ -1,0 +1,171 @@
+"""What scoring reads: each user's history from ``sessions`` and the recent popularity list.
+
+A user's history is the user's distinct items ordered by first interaction (time, then item
+index), everything in the ``sessions`` partition of the scored ``ds``. The same history is the
+seen-items set excluded from the user's list and, for sequence models, the input sequence.
+Both a Spark and a pyarrow (single-process) reader are here; they must agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe.errors import MissingInputError
+from recpipe.etl.sessionize import TS_MS, explode_sessions
+from recpipe.lake import Lake
+from recpipe.schema import DS, ITEM_IDX, USER_IDX
+from recpipe.stages.sessionize import SESSIONS
+
+HISTORY_ITEMS = "items"
+DAY_MS = 86_400_000
+
+
+@dataclass
+class UserHistories:
+    """Users [U] with their histories as one flat array: user u's items are
+    ``items[offsets[u]:offsets[u] + lengths[u]]``, oldest first."""
+
+    users: np.ndarray
+    lengths: np.ndarray
+    items: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, rows: np.ndarray) -> UserHistories:
+        """The histories of ``rows`` (positions), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        gather = np.repeat(self.offsets[rows] - np.cumsum(lengths) + lengths, lengths)
+        return UserHistories(self.users[rows], lengths, self.items[gather + np.arange(len(gather))])
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) for every history entry."""
+        return np.repeat(np.arange(len(self.users)), self.lengths), self.items
+
+    def recent(self, max_len: int, keep: np.ndarray) -> np.ndarray:
+        """[U, max_len] the last ``max_len`` items with ``keep[item]`` true, left-padded with 0
+        (the layout of the export stage's sequence samples)."""
+        rows, items = self.pairs()
+        inside = items < len(keep)
+        usable = np.zeros(len(items), dtype=bool)
+        usable[inside] = keep[items[inside]]
+        rows, items = rows[usable], items[usable]
+        out = np.zeros((len(self.users), max_len), dtype=np.int64)
+        if not len(rows):
+            return out
+        counts = np.bincount(rows, minlength=len(self.users))
+        ends = np.cumsum(counts)
+        from_end = ends[rows] - 1 - np.arange(len(rows))
+        last = from_end < max_len
+        out[rows[last], max_len - 1 - from_end[last]] = items[last]
+        return out
+
+
+def history_frame(spark: SparkSession, root: Path, ds: str) -> DataFrame:
+    """``(user_idx int, items array<int>)``: every user of ``sessions`` ds with their history."""
+    sessions = Lake(root).read(spark, SESSIONS, [{DS: ds}])
+    first = (
+        explode_sessions(sessions)
+        .groupBy(USER_IDX, ITEM_IDX)
+        .agg(F.min(TS_MS).alias(TS_MS))
+    )
+    ordered = F.array_sort(F.collect_list(F.struct(TS_MS, ITEM_IDX)))
+    return first.groupBy(USER_IDX).agg(
+        F.transform(ordered, lambda entry: entry[ITEM_IDX]).alias(HISTORY_ITEMS)
+    )
+
+
+def _session_events(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    folder = Path(root) / "lake" / SESSIONS / f"{DS}={ds}"
+    if not folder.is_dir():
+        raise MissingInputError(f"no sessions partition ds={ds}: run `recpipe sessionize`")
+    table = pads.dataset(folder, format="parquet").to_table(columns=[USER_IDX, ITEM_IDX, TS_MS])
+    lengths = pc.list_value_length(table.column(ITEM_IDX)).to_numpy(zero_copy_only=False)
+    users = np.repeat(table.column(USER_IDX).to_numpy(), lengths).astype(np.int64)
+    items = pc.list_flatten(table.column(ITEM_IDX)).to_numpy().astype(np.int64)
+    ts = pc.list_flatten(table.column(TS_MS)).to_numpy().astype(np.int64)
+    return users, items, ts
+
+
+def read_histories(root: Path, ds: str) -> UserHistories:
+    """The histories of :func:`history_frame`, read in this process with pyarrow."""
+    users, items, ts = _session_events(root, ds)
+    order = np.lexsort((ts, items, users))
+    users, items, ts = users[order], items[order], ts[order]
+    first = np.ones(len(users), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    users, items, ts = users[first], items[first], ts[first]
+    order = np.lexsort((items, ts, users))
+    users, items = users[order], items[order]
+    distinct, lengths = np.unique(users, return_counts=True)
+    return UserHistories(distinct, lengths, items)
+
+
+@dataclass(frozen=True)
+class PopularList:
+    """Items ranked by distinct users in the recent window, most popular first."""
+
+    items: np.ndarray
+    counts: np.ndarray
+    window_start_ms: int
+    window_end_ms: int
+    days: int
+
+    def describe(self) -> dict[str, object]:
+        """Manifest record of the window."""
+
+        def iso(ms: int) -> str:
+            return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+        return {
+            "days": self.days,
+            "start": iso(self.window_start_ms),
+            "end": iso(self.window_end_ms),
+            "items": len(self.items),
+            "rule": "items ranked by distinct users in the window ending at the newest event "
+            "up to the end of ds; each user's seen items skipped",
+        }
+
+
+def popular_list(spark: SparkSession, root: Path, ds: str, days: int) -> PopularList:
+    """The recent-window popularity list for ``ds``, aggregated by Spark.
+
+    The window ends at the newest event before the end of ``ds`` (the data decides, never the
+    wall clock, so a historical dataset still has a window) and spans ``days`` days.
+    """
+    events = explode_sessions(Lake(root).read(spark, SESSIONS, [{DS: ds}]))
+    day_end = int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC).timestamp() * 1000)
+    day_end += DAY_MS
+    bounds = events.agg(
+        F.max(F.when(F.col(TS_MS) < day_end, F.col(TS_MS))).alias("before"),
+        F.max(TS_MS).alias("newest"),
+    ).first()
+    end = bounds["before"] if bounds["before"] is not None else bounds["newest"]
+    if end is None:
+        return PopularList(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, days)
+    start = int(end) - days * DAY_MS
+    counts = (
+        events.where((F.col(TS_MS) > start) & (F.col(TS_MS) <= int(end)))
+        .groupBy(ITEM_IDX)
+        .agg(F.countDistinct(USER_IDX).alias("users"))
+        .toArrow()
+    )
+    items = counts.column(ITEM_IDX).to_numpy().astype(np.int64)
+    users = counts.column("users").to_numpy().astype(np.int64)
+    order = np.lexsort((items, -users))
+    return PopularList(items[order], users[order], start, int(end), days)

@@ -1,0 +1,263 @@
+"""Any trained model (deep checkpoint or baseline) as a scorer of blocks of users.
+
+A :class:`ModelPayload` is everything an executor needs, as bytes and small arrays: the
+checkpoint (or a baseline's arrays), which items the model was trained on and which users it
+has a trained row for. :func:`build_scorer` rebuilds the model from it. Dot-product models
+(item vectors exported by the model) are scored by blocked matrix products; others through
+their full score rows, one user block at a time. Either way no users x items matrix exists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from recpipe.baselines import baseline_class
+from recpipe.baselines.base import Baseline, load_split, split_item_counts
+from recpipe.data.batch import Batch
+from recpipe.errors import MissingInputError
+from recpipe.scoring.inputs import UserHistories
+from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
+from recpipe.train.checkpoint import MODEL_FILE, build_model
+
+BASELINE_FILES = ("meta.json", "arrays.npz")
+
+
+@dataclass
+class ModelPayload:
+    """A trained model shipped to executors."""
+
+    name: str
+    kind: Literal["deep", "baseline"]
+    files: dict[str, bytes]
+    known_items: np.ndarray  # bool [n_items + 1]: items with train interactions
+    train_users: np.ndarray  # bool [n_users]: users with train interactions
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes shipped (files and masks)."""
+        masks = self.known_items.size + self.train_users.size
+        return sum(len(b) for b in self.files.values()) + masks
+
+
+def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPayload:
+    """The payload of model ``name`` trained for ``model_ds`` on ``protocol``'s train split."""
+    from recpipe.stages.train_baseline import model_dir
+
+    folder = model_dir(root, name, model_ds, protocol)
+    if (folder / MODEL_FILE).is_file():
+        kind: Literal["deep", "baseline"] = "deep"
+        files = {MODEL_FILE: (folder / MODEL_FILE).read_bytes()}
+    elif all((folder / f).is_file() for f in BASELINE_FILES):
+        kind = "baseline"
+        files = {f: (folder / f).read_bytes() for f in BASELINE_FILES}
+    else:
+        raise MissingInputError(
+            f"no trained {name} for ds={model_ds} protocol={protocol} under {folder}: train it "
+            f"first (`recpipe train --model {name}` or `recpipe train-baseline --model {name}`)"
+        )
+    train = load_split(root, model_ds, protocol, "train")
+    known = split_item_counts(root, model_ds, protocol, "train", train.n_items) > 0
+    known[0] = False
+    users = np.zeros(train.n_users, dtype=bool)
+    users[train.users] = True
+    return ModelPayload(name, kind, files, known, users)
+
+
+class Scorer(ABC):
+    """Top-K for blocks of users whose histories are given; knows which users it can score."""
+
+    def __init__(
+        self,
+        name: str,
+        known_items: np.ndarray,
+        train_users: np.ndarray,
+        uses_user_ids: bool,
+        needs_history: bool,
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.known_items = np.asarray(known_items, dtype=bool)
+        self.n_items = len(self.known_items) - 1
+        self.train_users = np.asarray(train_users, dtype=bool)
+        self.uses_user_ids = uses_user_ids
+        self.needs_history = needs_history
+        self.device = device
+
+    def can_score(self, histories: UserHistories) -> np.ndarray:
+        """Bool per user: the model has a trained row for the user (id-based models) or at
+        least one of the user's items was in training (history-based models)."""
+        ok = np.ones(len(histories), dtype=bool)
+        if self.uses_user_ids:
+            users = histories.users
+            inside = users < len(self.train_users)
+            ok &= inside & self.train_users[np.where(inside, users, 0)]
+        if self.needs_history:
+            rows, items = histories.pairs()
+            inside = items <= self.n_items
+            known = np.zeros(len(items), dtype=bool)
+            known[inside] = self.known_items[items[inside]]
+            ok &= np.bincount(rows[known], minlength=len(histories)) > 0
+        return ok
+
+    def seen_pairs(
+        self, histories: UserHistories, position: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) tensors of the users' seen items the model can score; ``position``
+        maps an item to its column (-1: no column)."""
+        rows, items = histories.pairs()
+        inside = items <= self.n_items
+        rows, items = rows[inside], items[inside]
+        if position is not None:
+            items = position[items]
+            rows, items = rows[items >= 0], items[items >= 0]
+        return (
+            torch.as_tensor(rows, dtype=torch.int64, device=self.device),
+            torch.as_tensor(items, dtype=torch.int64, device=self.device),
+        )
+
+    @abstractmethod
+    def top_k(
+        self, histories: UserHistories, k: int, item_block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items [U, k], scores [U, k]) best first, seen and unknown items excluded, ties by
+        smaller item index, padded with item 0 / -inf."""
+
+
+class DotScorer(Scorer):
+    """Scores are user vectors . item vectors: a blocked product over the known items only."""
+
+    def __init__(
+        self,
+        queries: Callable[[UserHistories], torch.Tensor],
+        item_vectors: torch.Tensor,
+        **common: object,
+    ) -> None:
+        super().__init__(**common)  # type: ignore[arg-type]
+        self.queries = queries
+        known = np.flatnonzero(self.known_items)
+        self.item_ids = torch.as_tensor(known, dtype=torch.int64, device=self.device)
+        self.item_vectors = item_vectors.detach().float()[known].contiguous().to(self.device)
+        self.position = np.full(self.n_items + 1, -1, dtype=np.int64)
+        self.position[known] = np.arange(len(known))
+
+    @torch.no_grad()
+    def top_k(
+        self, histories: UserHistories, k: int, item_block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Scorer.top_k`."""
+        queries = self.queries(histories).float().to(self.device)
+        rows, columns = self.seen_pairs(histories, self.position)
+        return dot_top_k(queries, self.item_vectors, self.item_ids, k, rows, columns, item_block)
+
+
+class DenseScorer(Scorer):
+    """Scores come as full rows [U, n_items + 1] from the model, one user block at a time."""
+
+    def __init__(self, scores: Callable[[UserHistories], torch.Tensor], **common: object) -> None:
+        super().__init__(**common)  # type: ignore[arg-type]
+        self.scores = scores
+        self.unknown = torch.as_tensor(np.flatnonzero(~self.known_items), device=self.device)
+
+    @torch.no_grad()
+    def top_k(
+        self, histories: UserHistories, k: int, item_block: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Scorer.top_k`."""
+        scores = self.scores(histories).to(self.device)
+        if not scores.is_floating_point():
+            scores = scores.float()
+        scores = scores.clone()
+        scores[:, self.unknown] = NEG_INF
+        rows, columns = self.seen_pairs(histories)
+        return dense_top_k(scores, k, rows, columns)
+
+
+def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
+    buffer = io.BytesIO(payload.files[MODEL_FILE])
+    state = torch.load(buffer, map_location="cpu", weights_only=False)
+    model = build_model(state).eval().to(device)
+    sequence = model.sample_kind == "sequence"
+    max_len = model.context.max_len
+    known = payload.known_items
+
+    def batch(histories: UserHistories) -> Batch:
+        # Only items the model trained on enter its input; others have untrained embeddings.
+        history = torch.as_tensor(histories.recent(max_len, known)) if sequence else None
+        users = torch.as_tensor(histories.users, dtype=torch.int64)
+        return Batch(users=users, history=history).to(device)
+
+    common = dict(
+        name=payload.name,
+        known_items=known,
+        train_users=payload.train_users,
+        uses_user_ids=model.uses_user_ids,
+        needs_history=sequence,
+        device=device,
+    )
+    vectors = model.item_embeddings()
+    if vectors is not None:
+        return DotScorer(lambda h: model.user_embeddings(batch(h)), vectors, **common)
+    return DenseScorer(lambda h: model.score_all(batch(h)), **common)
+
+
+def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
+    meta = json.loads(payload.files["meta.json"])
+    with np.load(io.BytesIO(payload.files["arrays.npz"])) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    model = baseline_class(payload.name)(arrays, meta)
+    common = dict(
+        name=payload.name,
+        known_items=payload.known_items & model.known_items,
+        train_users=payload.train_users,
+        uses_user_ids=model.uses_user_ids,
+        needs_history=model.needs_history,
+        device=device,
+    )
+    factors = model.factors()
+    if factors is not None:
+        users, items = factors
+        return DotScorer(
+            lambda h: torch.as_tensor(users[h.users], dtype=torch.float32),
+            torch.as_tensor(items),
+            **common,
+        )
+    return DenseScorer(lambda h: torch.as_tensor(_history_scores(model, h)), **common)
+
+
+def _history_scores(model: Baseline, histories: UserHistories) -> np.ndarray:
+    """The baseline's raw scores with these histories as the users' rows."""
+    rows, items = histories.pairs()
+    inside = items <= model.n_items
+    model.history = sparse.csr_matrix(
+        (np.ones(int(inside.sum())), (rows[inside], items[inside])),
+        shape=(len(histories), model.n_items + 1),
+    )
+    model.history.data[:] = 1.0
+    return np.asarray(model.raw_scores(np.arange(len(histories))))
+
+
+def build_scorer(payload: ModelPayload, device: str | torch.device = "cpu") -> Scorer:
+    """Rebuild the payload's model as a :class:`Scorer` on ``device``."""
+    device = torch.device(device)
+    if payload.kind == "deep":
+        return _deep_scorer(payload, device)
+    return _baseline_scorer(payload, device)
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when visible, else CPU; ``cuda`` without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("score.device=cuda but no CUDA device is visible")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")

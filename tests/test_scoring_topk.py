@@ -1,0 +1,66 @@
+"""Blocked torch top-K against the evaluation library's numpy top-K, ties and masks included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.scoring.inputs import UserHistories
+from recpipe.scoring.topk import block_candidates, dense_top_k, dot_top_k
+
+
+def _reference(scores: np.ndarray, seen_users, seen_items, k: int):
+    n_users, n_cols = scores.shape
+    seen = csr_from_pairs(seen_users, seen_items, n_users)
+    return top_k(lambda rows: scores[rows], np.arange(n_users), k, n_cols - 1, seen, batch=7)
+
+
+@pytest.mark.parametrize("item_block", [1, 5, 16, 1000])
+def test_blocked_dot_product_top_k_equals_numpy_ranking_with_ties(item_block) -> None:
+    rng = np.random.default_rng(0)
+    # Small integer vectors give exact, heavily tied scores.
+    users = rng.integers(-2, 3, size=(23, 3)).astype(np.float32)
+    items = rng.integers(-2, 3, size=(41, 3)).astype(np.float32)
+    items[0] = 0  # padding row
+    seen_users = rng.integers(0, 23, size=60)
+    seen_items = rng.integers(1, 41, size=60)
+    scores = users.astype(np.float64) @ items.T.astype(np.float64)
+    expected_items, expected_scores = _reference(scores, seen_users, seen_items, k=6)
+
+    ids = torch.arange(1, 41)
+    got_items, got_scores = dot_top_k(
+        torch.from_numpy(users), torch.from_numpy(items[1:]), ids, 6,
+        torch.from_numpy(seen_users), torch.from_numpy(seen_items - 1), item_block,
+    )  # fmt: skip
+    np.testing.assert_array_equal(got_items, expected_items)
+    np.testing.assert_array_equal(got_scores, expected_scores)
+
+
+def test_dense_top_k_pads_rows_with_too_few_candidates_and_ignores_nan() -> None:
+    scores = np.array([[0.0, 3.0, np.nan, 1.0, 1.0], [0.0, -np.inf, -np.inf, 2.0, -np.inf]])
+    items, values = dense_top_k(
+        torch.from_numpy(scores.copy()), 4, torch.tensor([0]), torch.tensor([1])
+    )
+    expected_items, expected_values = _reference(scores, [0], [1], 4)
+    np.testing.assert_array_equal(items, expected_items)
+    np.testing.assert_array_equal(values, expected_values)
+    assert items.tolist() == [[3, 4, 0, 0], [3, 0, 0, 0]]
+
+
+def test_block_candidates_keep_the_smallest_columns_among_ties_at_the_cut() -> None:
+    scores = torch.tensor([[1.0] * 50 + [2.0]])
+    values, columns = block_candidates(scores, 3)
+    assert columns.tolist() == [[50, 0, 1]]
+    assert values.tolist() == [[2.0, 1.0, 1.0]]
+
+
+def test_user_histories_take_and_recent_window() -> None:
+    histories = UserHistories(np.array([7, 8, 9]), np.array([3, 0, 2]), np.array([5, 6, 1, 4, 2]))
+    taken = histories.take(np.array([2, 0]))
+    assert taken.users.tolist() == [9, 7]
+    assert taken.items.tolist() == [4, 2, 5, 6, 1]
+    keep = np.array([False, True, True, False, True, True, True])  # item 3 unknown
+    recent = histories.recent(2, keep)
+    assert recent.tolist() == [[6, 1], [0, 0], [4, 2]]
