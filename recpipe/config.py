@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recpipe.errors import RecpipeError
 from recpipe.schema import DEFAULT_EVENT_TYPES
@@ -160,6 +167,30 @@ class BaselinesConfig(_Section):
 class ScoreConfig(_Section):
     k: int = Field(10, ge=1)
     protocol: SplitProtocol = "random_by_user"
+    model_ds: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    partitions: int | None = Field(None, ge=1)
+    user_block: int = Field(1024, ge=1)
+    item_block: int = Field(16384, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    popular_window_days: int = Field(30, ge=1)
+
+    @field_validator("model_ds", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-11-20 as a date.
+        return value.isoformat() if isinstance(value, dt.date) else value
+
+
+class GateConfig(_Section):
+    candidate: str | None = None
+    baseline: str = "als"
+    metric: str = "ndcg"
+    k: int = Field(10, ge=1)
+    tolerance: float = Field(0.0, ge=0)
+
+
+class PublishConfig(_Section):
+    name: str = Field("published", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ExportConfig(_Section):
@@ -243,6 +274,8 @@ class Config(_Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -9,6 +9,7 @@ broadcast; :func:`score_locally` runs it in this process, block by block over th
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,15 +122,16 @@ def score_locally(
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
 
-# One rebuilt model per executor Python process (Spark reuses workers across tasks).
-_SCORERS: dict[int, Scorer] = {}
+# One rebuilt model per executor Python process (Spark reuses workers across tasks), keyed by
+# a token drawn on the driver per scoring job.
+_SCORERS: dict[str, Scorer] = {}
 
 
-def _cached_scorer(broadcast: Any, device: str) -> Scorer:
-    scorer = _SCORERS.get(broadcast.id)
+def _cached_scorer(token: str, broadcast: Any, device: str) -> Scorer:
+    scorer = _SCORERS.get(token)
     if scorer is None:
         _SCORERS.clear()
-        scorer = _SCORERS[broadcast.id] = build_scorer(broadcast.value, pick_device(device))
+        scorer = _SCORERS[token] = build_scorer(broadcast.value, pick_device(device))
     return scorer
 
 
@@ -140,6 +142,7 @@ class PartitionScorer:
         self.payload = payload  # Broadcast[ModelPayload]
         self.popular = popular  # Broadcast[PopularList]
         self.settings = settings
+        self.token = uuid.uuid4().hex
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import torch
@@ -148,7 +151,7 @@ class PartitionScorer:
         context = TaskContext.get()
         # One task per core: more torch threads than the task's cores oversubscribe the node.
         torch.set_num_threads(max(1, context.cpus() if context else 1))
-        scorer = _cached_scorer(self.payload, self.settings.device)
+        scorer = _cached_scorer(self.token, self.payload, self.settings.device)
         popular = self.popular.value
         for batch in batches:
             histories = histories_from_arrow(batch)

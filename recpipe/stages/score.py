@@ -1,94 +1,110 @@
-"""The ``score`` stage: top-K per user for a trained baseline, published to the warehouse."""
+"""The ``score`` stage: every user's top-K from one trained model, scored on the Spark
+executors and published to ``<database>.recommendations`` partition ``(ds, model)``.
+
+Users are everyone in the ``sessions`` partition of ``ds``; a user's history there is both the
+seen-items set (never recommended) and the sequence models' input. Users the model cannot
+score (no trained row, or no item it knows) get the recent popularity list, ``source =
+'popular'``; the others ``source = <model>``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import uuid
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
-from pyspark.sql import SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from recpipe.baselines.base import load_split
 from recpipe.config import Config
-from recpipe.evaluation.ranking import PAD_ITEM, csr_from_pairs, top_k
-from recpipe.lake import file_uri
+from recpipe.errors import RecpipeError
+from recpipe.lake import Lake
 from recpipe.manifest import StageRun
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recpipe.stages.evaluate import load_model
-
-SOURCE_MODEL = "model"
-
-
-def id_lookup(root: Path, table: str, id_col: str, idx_col: str, ds: str) -> np.ndarray:
-    """Array mapping index -> original id for a vocabulary snapshot (index 0 is empty)."""
-    folder = Path(root) / "lake" / table / f"{DS}={ds}"
-    vocab = pads.dataset(folder, format="parquet").to_table(columns=[id_col, idx_col])
-    idx = vocab.column(idx_col).to_numpy()
-    ids = np.empty(int(idx.max()) + 1 if len(idx) else 1, dtype=object)
-    ids[idx] = vocab.column(id_col).to_pylist()
-    return ids
+from recpipe.scoring.distributed import RANK, SCORE, SOURCE, ScoreSettings, score_frame
+from recpipe.scoring.inputs import history_frame, popular_list
+from recpipe.scoring.scorers import load_payload
+from recpipe.stages.vocab import VOCAB_ITEMS, VOCAB_USERS
 
 
-def recommendation_table(
-    users: np.ndarray, items: np.ndarray, scores: np.ndarray, config: Config, ds: str
-) -> pa.Table:
-    """Top-K arrays -> rows in original ids with rank, score, generated_at and source."""
-    user_ids = id_lookup(config.root, "vocab_users", USER_ID, USER_IDX, ds)
-    item_ids = id_lookup(config.root, "vocab_items", ITEM_ID, ITEM_IDX, ds)
-    keep = items != PAD_ITEM
-    rows, ranks = np.nonzero(keep)
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    return pa.table(
-        {
-            "user_id": pa.array(user_ids[users[rows]].tolist(), pa.string()),
-            "item_id": pa.array(item_ids[items[keep]].tolist(), pa.string()),
-            "rank": pa.array(ranks + 1, pa.int32()),
-            "score": pa.array(scores[keep], pa.float64()),
-            "generated_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
-            "source": pa.array([SOURCE_MODEL] * len(rows), pa.string()),
-        }
-    )
+def _with_ids(spark: SparkSession, config: Config, ds: str, scored: DataFrame) -> DataFrame:
+    """Recommendation rows in original ids (left joins: a missing id shows up as null)."""
+    lake = Lake(config.root)
+    users = lake.read(spark, VOCAB_USERS, [{DS: ds}]).select(USER_IDX, USER_ID)
+    items = lake.read(spark, VOCAB_ITEMS, [{DS: ds}]).select(ITEM_IDX, ITEM_ID)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+    return (
+        scored.join(users, USER_IDX, "left")
+        .join(F.broadcast(items), ITEM_IDX, "left")
+        .select(
+            USER_ID, ITEM_ID, RANK, SCORE, F.lit(now).cast("timestamp").alias("generated_at"),
+            SOURCE, USER_IDX, ITEM_IDX,
+        )
+    )  # fmt: skip
 
 
 def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
-    """Score every user with train history under ``score.protocol`` and publish top-K."""
+    """Score every user of ``ds`` with ``model`` on the executors and publish the top-K."""
     from recpipe.warehouse import RECOMMENDATIONS, publish_partition
 
-    protocol = config.score.protocol
+    settings = config.score
+    model_ds = settings.model_ds or ds
     with StageRun(config, f"score-{model}", ds) as run:
-        train = load_split(config.root, ds, protocol, "train")
-        fitted = load_model(config, ds, protocol, model, train)
-        users = np.unique(train.users)
-        seen = csr_from_pairs(train.users, train.items, train.n_users)
-        items, scores = top_k(
-            fitted.score, users, config.score.k, train.n_items, seen, config.evaluation.user_batch
+        payload = load_payload(config.root, model_ds, settings.protocol, model)
+        histories = history_frame(spark, config.root, ds).persist(StorageLevel.MEMORY_AND_DISK)
+        popular = popular_list(spark, config.root, ds, settings.popular_window_days)
+        block = ScoreSettings(
+            k=settings.k,
+            user_block=settings.user_block,
+            item_block=settings.item_block,
+            device=settings.device,
         )
-        table = recommendation_table(users, items, scores, config, ds)
-        scratch = config.root / "tmp" / f"score-{model}-{uuid.uuid4().hex}"
-        scratch.mkdir(parents=True)
+        scored = score_frame(spark, histories, payload, popular, block, settings.partitions)
+        rows = _with_ids(spark, config, ds, scored).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            pq.write_table(table, scratch / "part-0.parquet")
-            frame = spark.read.parquet(file_uri(scratch))
+            users_in = histories.count()
+            by_source = {
+                row[SOURCE]: (row["rows"], row["users"], row["unmapped"])
+                for row in rows.groupBy(SOURCE)
+                .agg(
+                    F.count(F.lit(1)).alias("rows"),
+                    F.count_distinct(USER_IDX).alias("users"),
+                    F.sum(
+                        F.when(F.col(USER_ID).isNull() | F.col(ITEM_ID).isNull(), 1).otherwise(0)
+                    ).alias("unmapped"),
+                )
+                .collect()
+            }
+            unmapped = sum(v[2] for v in by_source.values())
+            if unmapped:
+                raise RecpipeError(
+                    f"{unmapped} recommendation rows have indexes missing from vocab ds={ds}: "
+                    f"re-run `recpipe vocab --ds {ds}` and the stages after it"
+                )
+            total = sum(v[0] for v in by_source.values())
+            users_out = sum(v[1] for v in by_source.values())
             location = publish_partition(
-                spark, config, RECOMMENDATIONS, frame, ds, model, expected_rows=table.num_rows
+                spark, config, RECOMMENDATIONS, rows, ds, model, expected_rows=total
             )
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            rows.unpersist()
+            histories.unpersist()
         run.record.update(
             model=model,
-            protocol=protocol,
-            k=config.score.k,
-            rows_in=len(users),
-            rows_out=table.num_rows,
-            users_scored=len(users),
-            source_counts={SOURCE_MODEL: table.num_rows},
+            model_ds=model_ds,
+            protocol=settings.protocol,
+            k=settings.k,
+            rows_in=users_in,
+            rows_out=total,
+            users_scored=users_out,
+            users_without_recs=users_in - users_out,
+            source_counts={source: v[0] for source, v in sorted(by_source.items())},
+            users_by_source={source: v[1] for source, v in sorted(by_source.items())},
+            popular_window=popular.describe(),
+            partitions=settings.partitions or spark.sparkContext.defaultParallelism,
+            device=settings.device,
+            payload_bytes=payload.size_bytes,
             location=str(location),
-            seen_items_rule="each user's train items excluded",
+            seen_items_rule=f"each user's items in sessions ds={ds} excluded",
         )
     return run.manifest

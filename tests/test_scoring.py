@@ -1,0 +1,224 @@
+"""Distributed scoring: Spark equals one process, cold start, seen and unknown items excluded."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pytest
+from helpers import build_config, run_chain, write_jsonl
+from pyspark.sql import SparkSession
+
+from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.scoring.deep import DeepScorer
+from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
+from recpipe.scoring.inputs import history_frame, popular_list, read_histories
+from recpipe.scoring.scorers import load_payload
+from recpipe.stages.export import run_export
+from recpipe.stages.score import run_score
+from recpipe.stages.train import run_train
+from recpipe.stages.train_baseline import run_train_baseline
+from recpipe.train.checkpoint import load_model
+from recpipe.warehouse import RECOMMENDATIONS, partition_location
+
+DS1, DS2 = "2026-11-20", "2026-11-21"
+N_OLD_USERS, N_ITEMS, K = 30, 50, 5
+PROTOCOL = "random_by_user"
+KNOWN_ITEM_NEWCOMERS = ("n0", "n1", "n2")  # new on DS2, only items known to the DS1 models
+NEW_ITEM_NEWCOMERS = ("n3", "n4")  # new on DS2, only items new on DS2
+BASE = (
+    f"split.protocols=[{PROTOCOL}]",
+    "split.random_by_user.train=0.8",
+    "split.random_by_user.valid=0.0",
+    "split.random_by_user.test=0.2",
+    "export.negatives=2",
+    "export.max_len=6",
+    "export.files_per_process=2",
+    "train.processes=1",
+    "train.launcher=local",
+    "train.max_epochs=2",
+    "train.torch_threads=1",
+    f"score.k={K}",
+    "score.popular_window_days=1",
+    "warehouse.database=scoring_tests",
+)
+DEEP = ["bpr_mf", "neumf", "sasrec"]
+BASELINES = ["als", "ease"]
+
+
+def event(user: str, item: str, day: str, second: int) -> dict:
+    clock = f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
+    return {"user_id": user, "item_id": item, "event_type": "view", "ts": f"{day}T{clock}Z"}
+
+
+def events_day1() -> list[dict]:
+    rng = random.Random(5)
+    rows = []
+    for user in range(N_OLD_USERS):
+        start = rng.randrange(N_ITEMS // 2)
+        for k in range(rng.randint(6, 14)):
+            item = (user % 2) * (N_ITEMS // 2) + (start + k) % (N_ITEMS // 2)
+            rows.append(event(f"u{user}", f"i{item}", DS1, 60 * k + user))
+    return rows
+
+
+def events_day2() -> list[dict]:
+    rng = random.Random(6)
+    rows = []
+    for user in range(0, N_OLD_USERS, 3):  # some old users come back
+        rows.append(event(f"u{user}", f"i{rng.randrange(N_ITEMS)}", DS2, 100 + user))
+    for n, user in enumerate(KNOWN_ITEM_NEWCOMERS):
+        rows += [event(user, f"i{(7 * n + j) % N_ITEMS}", DS2, 200 + j) for j in range(3)]
+    for n, user in enumerate(NEW_ITEM_NEWCOMERS):
+        rows += [event(user, f"new{n + j}", DS2, 300 + j) for j in range(2)]
+    # New items popular today: they lead the recent window's list.
+    rows += [event(f"u{u}", "new9", DS2, 400 + u) for u in range(6)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("scoring")
+    raw1 = write_jsonl(folder / "raw" / DS1 / "events.jsonl", events_day1())
+    raw2 = write_jsonl(folder / "raw" / DS2 / "events.jsonl", events_day2())
+    run_chain(spark, build_config(folder, f"paths.raw_events={raw1}", *BASE), DS1)
+    run_chain(spark, build_config(folder, f"paths.raw_events={raw2}", *BASE), DS2)
+    config = build_config(folder, *BASE)
+    assert run_export(spark, config, DS1)["status"] == "ok"
+    run_train(spark, config, DS1, DEEP, evaluate=False)
+    for name in BASELINES:
+        assert run_train_baseline(spark, config, DS1, name)["status"] == "ok"
+    return folder
+
+
+def _sorted(table):
+    return table.sort_by([("user_idx", "ascending"), ("rank", "ascending")])
+
+
+@pytest.mark.parametrize("name", DEEP + BASELINES)
+def test_spark_scoring_equals_single_process_scoring(spark, root, name) -> None:
+    payload = load_payload(root, DS1, PROTOCOL, name)
+    popular = popular_list(spark, root, DS2, 1)
+    settings = ScoreSettings(k=K, user_block=4, item_block=16, device="cpu")
+    histories = history_frame(spark, root, DS2)
+    frame = score_frame(spark, histories, payload, popular, settings, partitions=3)
+    assert frame.rdd.getNumPartitions() == 3
+    distributed = _sorted(frame.toArrow())
+    local = _sorted(score_locally(payload, read_histories(root, DS2), popular, settings))
+    assert distributed.num_rows == local.num_rows > 0
+    for column in ("user_idx", "item_idx", "rank", "source"):
+        assert distributed.column(column).to_pylist() == local.column(column).to_pylist(), column
+    # Same lists; scores agree to float32 rounding (BLAS may sum a row differently depending
+    # on the block it sits in and the thread count).
+    np.testing.assert_allclose(distributed.column("score"), local.column("score"), rtol=1e-6)
+
+
+def _histories_by_user(root: Path) -> dict[int, list[int]]:
+    history = read_histories(root, DS2)
+    return {
+        int(u): history.items[o : o + n].tolist()
+        for u, o, n in zip(history.users, history.offsets, history.lengths, strict=True)
+    }
+
+
+def _train_items(root: Path) -> np.ndarray:
+    folder = Path(root) / "lake" / "train" / f"ds={DS1}" / f"protocol={PROTOCOL}"
+    return pads.dataset(folder).to_table(columns=["item_idx"]).column(0).to_numpy()
+
+
+@pytest.mark.parametrize("name", ["bpr_mf", "sasrec"])
+def test_deep_lists_match_the_evaluation_ranking_of_score_all(spark, root, name) -> None:
+    """Independent path: the model's full score rows ranked by the evaluation library."""
+    payload = load_payload(root, DS1, PROTOCOL, name)
+    histories = read_histories(root, DS2)
+    model = load_model(root / "models" / name / DS1 / PROTOCOL / "model.pt")
+    known = np.zeros(model.n_items + 1, dtype=bool)
+    known[_train_items(root)] = True
+    popular = popular_list(spark, root, DS2, 1)
+    table = score_locally(payload, histories, popular, ScoreSettings(k=K))
+    table = table.filter(pc.equal(table.column("source"), name))
+    users = np.unique(table.column("user_idx").to_numpy())
+    padded = np.zeros((int(histories.users.max()) + 1, model.context.max_len), dtype=np.int64)
+    padded[histories.users] = histories.recent(model.context.max_len, known)
+    rows, items = histories.pairs()
+    inside = items <= model.n_items
+    seen = csr_from_pairs(histories.users[rows][inside], items[inside], len(padded))
+    scorer = DeepScorer(model, padded if model.sample_kind == "sequence" else None, known)
+    ref_items, ref_scores = top_k(scorer.score, users, K, model.n_items, seen)
+    got = _sorted(table)
+    got_scores = got.column("score").to_numpy().reshape(len(users), K)
+    got_items = got.column("item_idx").to_numpy().reshape(len(users), K)
+    np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
+    # Items agree wherever the reference scores are not near-ties.
+    gaps = np.diff(ref_scores, axis=1, prepend=np.inf, append=-np.inf)
+    clear = (np.abs(gaps[:, :-1]) > 1e-4) & (np.abs(gaps[:, 1:]) > 1e-4)
+    assert (got_items[clear] == ref_items[clear]).all()
+
+
+def _published(config, model: str) -> list[dict]:
+    location = partition_location(config, RECOMMENDATIONS, DS2, model)
+    assert location is not None
+    return pads.dataset(location).to_table().to_pylist()
+
+
+def _vocab(root: Path, table: str, id_col: str, idx_col: str) -> dict[str, int]:
+    rows = pads.dataset(Path(root) / "lake" / table / f"ds={DS2}").to_table().to_pylist()
+    return {row[id_col]: row[idx_col] for row in rows}
+
+
+def _popular_by_hand(root: Path) -> list[str]:
+    """Items by distinct users over DS2's last day of events (independent of recpipe code)."""
+    raw = events_day1() + events_day2()
+    newest = max(e["ts"] for e in raw)
+    users_by_item: dict[str, set] = defaultdict(set)
+    for e in raw:
+        # window of one day ending at the newest event: all DS2 events here
+        if e["ts"] > f"{DS1}T{newest[11:]}":
+            users_by_item[e["item_id"]].add(e["user_id"])
+    item_idx = _vocab(root, "vocab_items", "item_id", "item_idx")
+    return sorted(users_by_item, key=lambda i: (-len(users_by_item[i]), item_idx[i]))
+
+
+@pytest.mark.parametrize("name", ["bpr_mf", "sasrec"])
+def test_cold_start_users_get_the_recent_popular_list(spark, root, name) -> None:
+    config = build_config(root, *BASE, f"score.model_ds={DS1}")
+    manifest = run_score(spark, config, DS2, name)
+    rows = _published(config, name)
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_user[row["user_id"]].append(row)
+    user_idx = _vocab(root, "vocab_users", "user_id", "user_idx")
+    item_idx = _vocab(root, "vocab_items", "item_id", "item_idx")
+    history = _histories_by_user(root)
+    assert set(by_user) == set(user_idx)  # every user of DS2 has a list
+
+    # bpr_mf has no row for any newcomer; sasrec reads histories, so newcomers with known
+    # items are scored by the model and only those with nothing but new items are cold.
+    cold = set(NEW_ITEM_NEWCOMERS) | (set(KNOWN_ITEM_NEWCOMERS) if name == "bpr_mf" else set())
+    popular = _popular_by_hand(root)
+    known = set(_train_items(root).tolist())
+    for user, recs in by_user.items():
+        recs.sort(key=lambda r: r["rank"])
+        assert [r["rank"] for r in recs] == list(range(1, K + 1))
+        seen = set(history[user_idx[user]])
+        assert not {item_idx[r["item_id"]] for r in recs} & seen, user
+        if user in cold:
+            assert {r["source"] for r in recs} == {"popular"}
+            expected = [i for i in popular if item_idx[i] not in seen][:K]
+            assert [r["item_id"] for r in recs] == expected
+        else:
+            assert {r["source"] for r in recs} == {name}
+            # A model never recommends an item it was not trained on.
+            assert {item_idx[r["item_id"]] for r in recs} <= known
+    sources = defaultdict(int)
+    for row in rows:
+        sources[row["source"]] += 1
+    assert manifest["source_counts"] == dict(sorted(sources.items()))
+    assert manifest["users_by_source"]["popular"] == len(cold)
+    assert manifest["rows_in"] == len(user_idx) and manifest["users_without_recs"] == 0
+    assert manifest["model_ds"] == DS1
+    assert sources["popular"] == len(cold) * K
