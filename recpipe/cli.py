@@ -182,14 +182,44 @@ def add_model_commands(commands: Any) -> None:
     )
     evaluate.add_argument("--k", type=int, default=10, help="K of the printed tables")
     add_common_options(evaluate)
+    evaluate.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="do not run the selection gate (gate.*) after evaluating",
+    )
     score = commands.add_parser(
         "score",
-        help="top-K per user (train items excluded) published to the recommendations table",
+        help="top-K per user scored on the Spark executors, published to the recommendations "
+        "table",
+        description="Score every user of the sessions partition of --ds with one trained model "
+        "(trained for score.model_ds, default --ds, on score.protocol's train split): blocked "
+        "matrix products and top-K in torch on each partition (score.partitions, "
+        "score.user_block, score.item_block, score.device), each user's history excluded. Users "
+        "the model cannot score get the popularity list of the last score.popular_window_days "
+        "days (source 'popular'). Published to recommendations partition (ds, model).",
     )
     score.add_argument(
         "--model", required=True, metavar="NAME", help="trained model (baseline or deep) to score"
     )
     add_common_options(score)
+    gate = commands.add_parser(
+        "gate",
+        help="compare the candidate model with the baseline (gate.*) and record the decision",
+        description="Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep "
+        "model) and gate.baseline from model_metrics (score.protocol, evaluation.split); the "
+        "candidate passes when it is at least the baseline minus gate.tolerance. Writes "
+        "manifest 'gate'. A failing gate exits 0.",
+    )
+    add_common_options(gate)
+    publish = commands.add_parser(
+        "publish",
+        help="publish the gate's choice as the served recommendations (model=publish.name)",
+        description="Decide with the gate, then copy the chosen model's scored partition (scored "
+        "first if missing) into recommendations partition (ds, publish.name); the decision and "
+        "its reason go to the manifest and to model_metrics (ds, publish.name). A failing gate "
+        "publishes the baseline and exits 0.",
+    )
+    add_common_options(publish)
     metrics = commands.add_parser("metrics", help="print the model_metrics table")
     metrics.add_argument("--model", help="only this model")
     metrics.add_argument("--format", choices=["table", "json"], default="table", help="output")
@@ -342,7 +372,21 @@ def _train_deep(config: Config, args: argparse.Namespace) -> int:
 def _evaluate(config: Config, args: argparse.Namespace) -> int:
     from recpipe import commands
 
-    commands.evaluate(config, args.ds, args.model, args.k)
+    commands.evaluate(config, args.ds, args.model, args.k, gate=not args.no_gate)
+    return 0
+
+
+def _gate(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.gate(config, args.ds)
+    return 0
+
+
+def _publish(config: Config, args: argparse.Namespace) -> int:
+    from recpipe import commands
+
+    commands.publish(config, args.ds)
     return 0
 
 
@@ -366,6 +410,8 @@ MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "train": _train_deep,
     "evaluate": _evaluate,
     "score": _score,
+    "gate": _gate,
+    "publish": _publish,
     "metrics": _query,
     "recs": _query,
     "sql": _query,

@@ -9,6 +9,7 @@ from typing import Any
 from recpipe.config import Config, ConfigError
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError
+from recpipe.stages.gate import run_gate
 
 
 def trained_models(config: Config, ds: str) -> list[str]:
@@ -88,8 +89,11 @@ def train(config: Config, ds: str, model: str) -> dict[str, Any]:
     return manifest
 
 
-def evaluate(config: Config, ds: str, models: list[str] | None, k: int) -> list[Any]:
-    """Evaluate models and print one metrics table per protocol; returns the evaluations."""
+def evaluate(
+    config: Config, ds: str, models: list[str] | None, k: int, gate: bool = True
+) -> list[Any]:
+    """Evaluate models and print one metrics table per protocol, then the gate's decision when
+    its candidate and baseline have metrics; returns the evaluations."""
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import print_metric_tables, run_evaluate
 
@@ -100,7 +104,38 @@ def evaluate(config: Config, ds: str, models: list[str] | None, k: int) -> list[
         raise MissingInputError(f"no trained models for ds={ds}: run `recpipe train-baseline`")
     _, evaluations = run_evaluate(get_spark(config), config, ds, chosen)
     print_metric_tables(evaluations, k)
+    if gate:
+        try:
+            decision = run_gate(config, ds)
+        except MissingInputError as exc:
+            print(f"gate: not decided ({exc})")
+        else:
+            print(f"gate {'passed' if decision['passed'] else 'failed'}: {decision['reason']}")
     return evaluations
+
+
+def gate(config: Config, ds: str) -> dict[str, Any]:
+    """Decide the gate for ``ds`` and print the decision (a failing gate is not an error)."""
+    manifest = run_gate(config, ds)
+    print(f"gate {'passed' if manifest['passed'] else 'failed'}: {manifest['reason']}")
+    return manifest
+
+
+def publish(config: Config, ds: str) -> dict[str, Any]:
+    """Publish the gate's choice for ``ds`` and print what went where."""
+    from recpipe.spark import get_spark
+    from recpipe.stages.publish import run_publish
+
+    manifest = run_publish(get_spark(config), config, ds)
+    decision = manifest["gate"]
+    print(f"gate {'passed' if decision['passed'] else 'failed'}: {decision['reason']}")
+    counts = ", ".join(f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items())
+    print(
+        f"published {manifest['published_model']} as recommendations model="
+        f"{manifest['partition']} ds={ds}: {manifest['rows_out']:,} rows ({counts}) -> "
+        f"{manifest['location']}"
+    )
+    return manifest
 
 
 def score(config: Config, ds: str, model: str) -> dict[str, Any]:
@@ -110,35 +145,22 @@ def score(config: Config, ds: str, model: str) -> dict[str, Any]:
 
     check_model_name(model)
     manifest = run_score(get_spark(config), config, ds, model)
-    print(
-        f"published {manifest['rows_out']:,} recommendations for {manifest['users_scored']:,} "
-        f"users (model {model}, ds {ds}, top-{manifest['k']}, train items excluded) -> "
-        f"{manifest['location']}"
-    )
+    rows = [
+        {"source": source, "users": manifest["users_by_source"][source], "rows": rows}
+        for source, rows in manifest["source_counts"].items()
+    ]
+    print(format_table(rows, title=f"score {model} (model ds {manifest['model_ds']}, protocol "
+                       f"{manifest['protocol']}, top-{manifest['k']}, each user's history "
+                       f"excluded) for ds {ds}"))
+    print(f"published {manifest['rows_out']:,} rows for {manifest['users_scored']:,} users -> "
+          f"{manifest['location']}")
     return manifest
-
-
-def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[str, Any]]:
-    """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered."""
-    import pyarrow.dataset as pads
-
-    from recpipe.warehouse import MODEL_METRICS, partition_location, published_partitions
-
-    rows: list[dict[str, Any]] = []
-    for part_ds, part_model in published_partitions(config, MODEL_METRICS):
-        if (ds and part_ds != ds) or (model and part_model != model):
-            continue
-        location = partition_location(config, MODEL_METRICS, part_ds, part_model)
-        if location is None:
-            continue
-        for row in pads.dataset(location, format="parquet").to_table().to_pylist():
-            rows.append({"ds": part_ds, "model": part_model, **row})
-    rows.sort(key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"]))
-    return rows
 
 
 def print_metrics(config: Config, args: argparse.Namespace) -> int:
     """``recpipe metrics``: the table, or JSON (a list of row objects)."""
+    from recpipe.query import metric_rows
+
     rows = metric_rows(config, args.ds, args.model)
     if args.format == "json":
         print(json.dumps(rows, indent=2))

@@ -38,13 +38,14 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
 
 
 def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict[str, Any]]:
-    """The user's published list next to their most recent train interactions."""
+    """The user's published list (``model`` partition) next to their recent train items."""
     import pyarrow.dataset as pads
 
     from recpipe.baselines.base import split_path
     from recpipe.query import lookup_recs
 
     recs = lookup_recs(config, user_id, model=model, ds=ds, k=REPORT_K)
+    label = recs[0].get("published_model") or model if recs else model
     train = (
         pads.dataset(split_path(config.root, "train", ds, config.score.protocol), format="parquet")
         .to_table(filter=pads.field("user_id") == user_id, columns=["item_id", "ts", "value"])
@@ -58,8 +59,9 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
         rows.append(
             {
                 "rank": rec.get("rank"),
-                f"recommended ({model})": rec.get("item_id"),
+                f"recommended ({label})": rec.get("item_id"),
                 "score": rec.get("score"),
+                "source": rec.get("source"),
                 "recent train item": seen.get("item_id"),
                 "rating": seen.get("value"),
                 "rated at": seen["ts"].date().isoformat() if seen else None,
@@ -73,6 +75,8 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
     from recpipe.cli import STAGE_HELP, print_stage_report, run_stages
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import print_metric_tables, run_evaluate
+    from recpipe.stages.gate import run_gate
+    from recpipe.stages.publish import run_publish
     from recpipe.stages.score import run_score
     from recpipe.stages.train import run_train
     from recpipe.stages.train_baseline import run_train_baseline
@@ -90,8 +94,12 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
     deep_manifests, deep_evaluations = run_train(spark, config, ds, config.train.models)
     manifests += deep_manifests
     evaluations += deep_evaluations
+    gate = run_gate(config, ds)
+    manifests.append(gate)
     models = [*DEMO_MODELS, *config.train.models]
     manifests += [run_score(spark, config, ds, model) for model in models]
+    published = run_publish(spark, config, ds)
+    manifests.append(published)
 
     print()
     print_stage_report(manifests)
@@ -101,13 +109,24 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
         "bench/quality.py trains them fully"
     )
     print_metric_tables(evaluations, REPORT_K)
-    example = example_rows(config, ds, EXAMPLE_USER, "als")
-    print(format_table(example, title=f"user {EXAMPLE_USER}: ALS top-{REPORT_K} vs history"))
+    print(f"gate {'passed' if gate['passed'] else 'failed'}: {gate['reason']}")
+    chosen = published["published_model"]
+    print(
+        f"published {chosen} as recommendations model={published['partition']} ds={ds} "
+        f"({published['rows_out']:,} rows; by source: {published['source_counts']})"
+    )
+    print()
+    example = example_rows(config, ds, EXAMPLE_USER, config.publish.name)
+    print(
+        format_table(
+            example, title=f"user {EXAMPLE_USER}: published top-{REPORT_K} ({chosen}) vs history"
+        )
+    )
     print()
 
     from recpipe.report.run_report import write_run_report
 
     path = write_run_report(config, ds, manifests, evaluations, example, REPORT_K)
     print(f"report: {path}")
-    print(f"try: recpipe recs --user {EXAMPLE_USER} --model als --ds {ds}")
+    print(f"try: recpipe recs --user {EXAMPLE_USER} --ds {ds}   (the gate's published list)")
     return path

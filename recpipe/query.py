@@ -20,9 +20,11 @@ from recpipe.console import format_table
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.schema import ITEM_ID, USER_ID
 from recpipe.warehouse import (
+    MODEL_METRICS,
     RECOMMENDATIONS,
     partition_location,
     published_partitions,
+    read_pointer,
     table_path,
 )
 
@@ -63,6 +65,8 @@ def _resolve_ds(config: Config, model: str | None) -> str:
 
 def _resolve_model(config: Config, ds: str) -> str:
     models = list_models(config, ds)
+    if config.publish.name in models:
+        return config.publish.name  # the gate's choice, when one was published
     if len(models) == 1:
         return models[0]
     if not models:
@@ -82,17 +86,20 @@ def lookup_recs(
     """Current recommendations of ``user_id``, best first, at most ``k``.
 
     ``ds`` defaults to the newest one published (for ``model`` when given); ``model`` to the
-    only model of that ``ds``. Each row has ``rank``, ``item_id``, ``score``, ``model``,
-    ``source``, plus ``user_id`` and ``ds`` saying what was looked up. Raises
-    :class:`UnknownUserError` when the user has no rows in that partition.
+    gate's published partition (``publish.name``) when there is one, else the only model of
+    that ``ds``. Each row has ``rank``, ``item_id``, ``score``, ``model``, ``source`` (the model
+    that produced the row, or ``popular`` for cold-start users), ``published_model`` (the gate's
+    choice, on the published partition), plus ``user_id`` and ``ds`` saying what was looked up.
+    Raises :class:`UnknownUserError` when the user has no rows in that partition.
     """
     if k is not None and k < 1:
         raise RecpipeError(f"k must be at least 1, got {k}")
     ds = ds or _resolve_ds(config, model)
     model = model or _resolve_model(config, ds)
-    location = partition_location(config, RECOMMENDATIONS, ds, model)
-    if location is None:
+    pointer = read_pointer(config, RECOMMENDATIONS, ds, model)
+    if pointer is None:
         raise MissingInputError(f"no recommendations published for model '{model}' ds={ds}")
+    location = pointer["location"]
     found = (
         pads.dataset(location, format="parquet")
         .to_table(columns=_READ_COLUMNS, filter=pads.field(USER_ID) == user_id)
@@ -110,6 +117,8 @@ def lookup_recs(
             "score": row["score"],
             "model": model,
             "source": row["source"],
+            # Set on the published partition: the model the gate chose.
+            "published_model": pointer.get("source_model"),
             USER_ID: user_id,
             "ds": ds,
         }
@@ -117,9 +126,33 @@ def lookup_recs(
     ]
 
 
+def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[str, Any]]:
+    """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered."""
+    rows: list[dict[str, Any]] = []
+    for part_ds, part_model in published_partitions(config, MODEL_METRICS):
+        if (ds and part_ds != ds) or (model and part_model != model):
+            continue
+        location = partition_location(config, MODEL_METRICS, part_ds, part_model)
+        if location is None:
+            continue
+        for row in pads.dataset(location, format="parquet").to_table().to_pylist():
+            rows.append({"ds": part_ds, "model": part_model, "detail": None, **row})
+    rows.sort(
+        key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"] or 0)
+    )
+    return rows
+
+
 def _title(rows: list[dict[str, Any]]) -> str:
     first = rows[0] if rows else {}
     user, model, ds = (first.get(key, "?") for key in (USER_ID, "model", "ds"))
+    chosen = first.get("published_model")
+    if chosen:
+        sources = ", ".join(sorted({row["source"] for row in rows}))
+        return (
+            f"recommendations for user {user} (ds {ds}, partition '{model}': model {chosen} "
+            f"chosen by the gate; this list from: {sources})"
+        )
     return f"recommendations for user {user} (model {model}, ds {ds})"
 
 

@@ -88,6 +88,7 @@ TABLES: dict[str, TableSpec] = {
             ("metric", "string"),
             ("k", "int"),
             ("value", "double"),
+            ("detail", "string"),
         ),
         sort_by=("protocol", "split", "metric", "k"),
     ),
@@ -236,6 +237,16 @@ def _create_table(spark: SparkSession, config: Config, table: str) -> None:
             f"({table_path(config, table)}): use another warehouse.database or the root it "
             "was created with"
         )
+    _add_missing_columns(spark, name, _spec(table))
+
+
+def _add_missing_columns(spark: SparkSession, name: str, spec: TableSpec) -> None:
+    """Tables created by an older recpipe gain the columns added since (null in old files)."""
+    existing = {field.name for field in spark.table(name).schema.fields}
+    missing = [f"{col} {kind}" for col, kind in spec.columns if col not in existing]
+    if missing:
+        log.info("adding columns %s to %s", ", ".join(missing), name)
+        spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({', '.join(missing)})")
 
 
 def ensure_tables(spark: SparkSession, config: Config) -> None:
@@ -293,6 +304,7 @@ def publish_partition(
     model: str,
     *,
     expected_rows: int | None = None,
+    pointer_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically replace partition ``(ds, model)`` of ``table`` with ``df``; returns its folder.
 
@@ -301,7 +313,8 @@ def publish_partition(
     sampling above ``ROWS_PER_FILE`` rows, the write): persist an expensive frame first. When
     the rows read back differ from the expected count, or anything fails before the switch, the
     new folder is removed, :class:`PublishError` or the original error is raised, and the
-    previous version stays current.
+    previous version stays current. ``pointer_extra`` is stored in the pointer file (e.g. which
+    model a published partition came from).
     """
     spec = _spec(table)
     _check_partition(ds, model)
@@ -330,6 +343,7 @@ def publish_partition(
             "version": folder.name.removeprefix(VERSION_PREFIX),
             "rows": rows,
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **(pointer_extra or {}),
         },
     )
     removed = prune_versions(parent, folder, config.warehouse.keep_versions)
@@ -339,12 +353,13 @@ def publish_partition(
 
 
 def _metric_row(row: dict[str, Any]) -> tuple[Any, ...]:
-    missing = [col for col in TABLES[MODEL_METRICS].names if col not in row]
+    missing = [col for col in TABLES[MODEL_METRICS].names if col not in row and col != "detail"]
     if missing:
         raise RecpipeError(f"model_metrics row {row!r} lacks {missing}")
     k = None if row["k"] is None else int(row["k"])
     value = None if row["value"] is None else float(row["value"])
-    return (str(row["protocol"]), str(row["split"]), str(row["metric"]), k, value)
+    detail = row.get("detail")
+    return (str(row["protocol"]), str(row["split"]), str(row["metric"]), k, value, detail)
 
 
 def write_model_metrics(
@@ -353,7 +368,7 @@ def write_model_metrics(
     """Replace partition ``(ds, model)`` of ``model_metrics`` with ``rows``; returns its folder.
 
     Each row has ``protocol``, ``split``, ``metric``, ``k`` (None for metrics without a cutoff)
-    and ``value``.
+    ``value`` and optionally ``detail`` (text, e.g. why a gate decided as it did).
     """
     if not rows:
         raise RecpipeError(f"no model_metrics rows to publish for ds={ds} model={model}")

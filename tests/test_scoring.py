@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -10,20 +11,26 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
-from helpers import build_config, run_chain, write_jsonl
+from helpers import build_config, read_manifest, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe.cli import main
+from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.query import run_sql
 from recpipe.scoring.deep import DeepScorer
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
 from recpipe.scoring.scorers import load_payload
+from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import run_export
+from recpipe.stages.gate import run_gate
+from recpipe.stages.publish import run_publish
 from recpipe.stages.score import run_score
 from recpipe.stages.train import run_train
 from recpipe.stages.train_baseline import run_train_baseline
 from recpipe.train.checkpoint import load_model
-from recpipe.warehouse import RECOMMENDATIONS, partition_location
+from recpipe.warehouse import RECOMMENDATIONS, partition_location, read_pointer
 
 DS1, DS2 = "2026-11-20", "2026-11-21"
 N_OLD_USERS, N_ITEMS, K = 30, 50, 5
@@ -222,3 +229,87 @@ def test_cold_start_users_get_the_recent_popular_list(spark, root, name) -> None
     assert manifest["rows_in"] == len(user_idx) and manifest["users_without_recs"] == 0
     assert manifest["model_ds"] == DS1
     assert sources["popular"] == len(cold) * K
+
+
+# --- selection gate and publish ---------------------------------------------------------------
+
+
+def _ndcg(root: Path, model: str) -> float:
+    """NDCG@10 under the gate's protocol, read from the evaluate manifest (not model_metrics)."""
+    manifest = read_manifest(root, f"evaluate-{model}", DS1)
+    (result,) = [r for r in manifest["results"] if r["protocol"]["split_protocol"] == PROTOCOL]
+    return result["metrics"]["ndcg@10"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(spark, root) -> tuple[str, str]:
+    """bpr_mf and als evaluated for DS1; returns (worse, better) by NDCG@10."""
+    config = build_config(root, *BASE)
+    run_evaluate(spark, config, DS1, ["bpr_mf", "als"])
+    worse, better = sorted(["bpr_mf", "als"], key=lambda m: (_ndcg(root, m), m))
+    assert _ndcg(root, worse) < _ndcg(root, better)
+    return worse, better
+
+
+def _rows_of(config, model: str) -> list[tuple]:
+    location = partition_location(config, RECOMMENDATIONS, DS1, model)
+    assert location is not None
+    table = pads.dataset(location).to_table(columns=["user_id", "item_id", "rank", "source"])
+    return sorted(tuple(row.values()) for row in table.to_pylist())
+
+
+def test_failing_gate_publishes_the_baseline_and_records_why(
+    spark, root, evaluated, capsys
+) -> None:
+    worse, better = evaluated
+    overrides = (*BASE, f"gate.candidate={worse}", f"gate.baseline={better}", "gate.tolerance=0")
+    where = [arg for o in overrides for arg in ("--set", o)] + ["--set", f"paths.root={root}"]
+    assert main(["publish", "--ds", DS1, *where]) == 0  # a failing gate is not an error
+    out = capsys.readouterr().out
+    assert "gate failed" in out and f"published {better}" in out
+    config = build_config(root, *overrides)
+    manifest = read_manifest(root, "publish", DS1)
+    gate = manifest["gate"]
+    assert manifest["status"] == "ok" and manifest["published_model"] == better
+    assert gate["passed"] is False and gate["candidate"] == worse
+    assert gate["candidate_value"] == pytest.approx(_ndcg(root, worse))
+    assert gate["baseline_value"] == pytest.approx(_ndcg(root, better))
+    assert _rows_of(config, "published") == _rows_of(config, better)
+    # The decision and its reason, read back through the metastore.
+    (row,) = run_sql(
+        spark,
+        "SELECT value, detail FROM scoring_tests.model_metrics "
+        f"WHERE ds = '{DS1}' AND model = 'published' AND metric = 'gate_passed'",
+    )
+    assert row["value"] == 0.0
+    assert worse in row["detail"] and better in row["detail"] and "baseline" in row["detail"]
+    # recs defaults to the published partition and says which model made the list.
+    assert main(["recs", "--user", "u1", "--ds", DS1, "--format", "json", *where]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {(r["model"], r["published_model"]) for r in printed} == {("published", better)}
+    assert {r["source"] for r in printed} == {better}
+
+
+def test_passing_gate_publishes_the_candidate(spark, root, evaluated) -> None:
+    worse, better = evaluated
+    gap = _ndcg(root, better) - _ndcg(root, worse)
+    config = build_config(
+        root, *BASE, f"gate.candidate={worse}", f"gate.baseline={better}",
+        f"gate.tolerance={gap + 0.01}",
+    )  # fmt: skip
+    manifest = run_publish(spark, config, DS1)
+    assert manifest["gate"]["passed"] is True and manifest["published_model"] == worse
+    assert _rows_of(config, "published") == _rows_of(config, worse)
+    pointer = read_pointer(config, RECOMMENDATIONS, DS1, "published")
+    assert pointer["source_model"] == worse and pointer["gate"]["passed"] is True
+    assert manifest["source_counts"] == read_manifest(root, f"score-{worse}", DS1)["source_counts"]
+
+
+def test_gate_without_baseline_metrics_names_the_command(root, evaluated) -> None:
+    config = build_config(root, *BASE, "gate.candidate=bpr_mf", "gate.baseline=ease")
+    with pytest.raises(MissingInputError, match="recpipe evaluate --model ease"):
+        run_gate(config, DS1)
+    # Default candidate: the best evaluated deep model (only bpr_mf is evaluated here).
+    decision = run_gate(build_config(root, *BASE, "gate.baseline=als"), DS1)
+    assert decision["candidate"] == "bpr_mf"
+    assert decision["passed"] == (_ndcg(root, "bpr_mf") >= _ndcg(root, "als"))

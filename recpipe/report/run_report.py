@@ -99,6 +99,48 @@ def _training_section(manifests: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def _publishing_section(manifests: Sequence[dict[str, Any]]) -> str:
+    """The gate's decision and, per scored model, how many users each source served."""
+    parts = []
+    for manifest in manifests:
+        if manifest.get("stage") == "publish":
+            gate = manifest["gate"]
+            parts.append(
+                html_table(
+                    [
+                        {
+                            "candidate": gate["candidate"],
+                            "baseline": gate["baseline"],
+                            f"{gate['metric']}@{gate['k']}": f"{gate['candidate_value']:.4f} vs "
+                            f"{gate['baseline_value']:.4f}",
+                            "tolerance": gate["tolerance"],
+                            "passed": gate["passed"],
+                            "published": manifest["published_model"],
+                        }
+                    ],
+                    caption=f"selection gate ({gate['protocol']}, split {gate['split']}): "
+                    f"{gate['reason']}",
+                )
+            )
+    scored = [
+        {
+            "model": m["model"],
+            "users": m.get("rows_in"),
+            **{f"users from {source}": n for source, n in m.get("users_by_source", {}).items()},
+            "rows": m.get("rows_out"),
+            "seconds": m.get("seconds"),
+        }
+        for m in manifests
+        if str(m.get("stage", "")).startswith("score-")
+    ]
+    if scored:
+        parts.append(
+            html_table(scored, caption="distributed scoring: users served by the model or, "
+                       "for cold-start users, the recent popular list")
+        )
+    return "\n".join(parts) or "<p>Nothing was scored or published in this run.</p>"
+
+
 def write_run_report(
     config: Config,
     ds: str,
@@ -112,6 +154,7 @@ def write_run_report(
         ("Metrics", _metrics_section(evaluations, k)),
         ("Popularity of recommendations vs the catalogue", _popularity_section(evaluations, k)),
         ("Deep model training", _training_section(manifests)),
+        ("Model selection and scoring", _publishing_section(manifests)),
         ("Example user", html_table(list(example), caption="published list next to history")),
         ("Stages", _stages_section(manifests)),
     ]
