@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: venv demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train native-blas clean-venv
+.PHONY: venv demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-quality: venv
 
 bench-train: venv
 	$(BIN)/python bench/train.py
+
+bench-score: venv
+	.venv/bin/python bench/score.py
 
 # Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
 native-blas:

@@ -64,3 +64,14 @@ def test_user_histories_take_and_recent_window() -> None:
     keep = np.array([False, True, True, False, True, True, True])  # item 3 unknown
     recent = histories.recent(2, keep)
     assert recent.tolist() == [[6, 1], [0, 0], [4, 2]]
+
+
+def test_nan_scores_are_never_recommended_in_the_blocked_product() -> None:
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[5.0, 0.0], [float("nan"), 1.0], [1.0, 2.0], [0.5, 0.5]])
+    got_items, got_scores = dot_top_k(
+        users, items, torch.tensor([1, 2, 3, 4]), 3,
+        torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 2,
+    )  # fmt: skip
+    assert got_items.tolist() == [[1, 3, 4], [3, 4, 1]]
+    assert np.isfinite(got_scores).all()

@@ -58,7 +58,7 @@ def _rows(users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str)
             pa.array(items[keep], pa.int32()),
             pa.array(ranks + 1, pa.int32()),
             pa.array(scores[keep], pa.float64()),
-            pa.array(np.full(len(rows), source, dtype=object), pa.string()),
+            pa.repeat(pa.scalar(source, pa.string()), len(rows)),
         ],
         schema=OUTPUT_SCHEMA,
     )

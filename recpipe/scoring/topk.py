@@ -35,15 +35,21 @@ def block_candidates(
 
     ``columns`` [n] (ascending) names the item of each column; by default its position.
     Where more columns tie at the cut than there are places, the smallest items are kept.
+    NaN counts as -inf. ``scores`` may be modified in place.
     """
-    kept = min(k, scores.shape[1])
-    values, positions = torch.topk(scores, kept, dim=1, sorted=True)
-    threshold = values[:, -1:]
-    # torch.topk picks arbitrarily among equal values at the cut; rows with tied columns
-    # left out are re-ranked with a stable sort (rare with real-valued scores).
-    tied_total = (scores == threshold).sum(dim=1)
-    tied_taken = (values == threshold).sum(dim=1)
-    crowded = torch.nonzero(tied_total > tied_taken).squeeze(1)
+    n_cols = scores.shape[1]
+    kept = min(k, n_cols)
+    probe = min(kept + 1, n_cols)
+    values, positions = torch.topk(scores, probe, dim=1, sorted=True)
+    if torch.isnan(values).any():  # topk ranks NaN first: clean the block (rare) and redo
+        clean_scores(scores)
+        values, positions = torch.topk(scores, probe, dim=1, sorted=True)
+    crowded = torch.zeros(0, dtype=torch.int64, device=scores.device)
+    if probe > kept:
+        # A column equal to the k-th value can be left out only when the (k+1)-th equals it;
+        # torch.topk picks arbitrarily among equal values, so those rows get a stable sort.
+        crowded = torch.nonzero(values[:, kept] == values[:, kept - 1]).squeeze(1)
+    values, positions = values[:, :kept], positions[:, :kept]
     if crowded.numel():
         ordered, order = torch.sort(scores[crowded], dim=1, descending=True, stable=True)
         values[crowded], positions[crowded] = ordered[:, :kept], order[:, :kept]
@@ -119,7 +125,7 @@ def dot_top_k(
     are (row, column) pairs excluded."""
     top = TopK(queries.shape[0], k)
     for lo, hi in item_blocks(item_vectors.shape[0], item_block):
-        scores = clean_scores(queries @ item_vectors[lo:hi].T)
+        scores = queries @ item_vectors[lo:hi].T
         mask_pairs(scores, seen_rows, seen_columns, lo)
         top.add(scores, item_ids[lo:hi])
     return top.result()
@@ -129,7 +135,7 @@ def dense_top_k(
     scores: torch.Tensor, k: int, seen_rows: torch.Tensor, seen_columns: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of full score rows [B, n_items + 1] (column = item index; column 0 masked)."""
-    scores = clean_scores(scores if scores.is_floating_point() else scores.float())
+    scores = scores if scores.is_floating_point() else scores.float()
     scores[:, PAD_ITEM] = NEG_INF
     mask_pairs(scores, seen_rows, seen_columns)
     top = TopK(scores.shape[0], k)
