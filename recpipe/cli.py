@@ -136,7 +136,12 @@ def add_model_commands(commands: Any) -> None:
         description="Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; "
         "models go to <paths.root>/models/<model>/<ds>/<protocol>/.",
     )
-    train.add_argument("--model", required=True, choices=models, help="baseline to train")
+    train.add_argument(
+        "--model",
+        action="append",
+        choices=models,
+        help="baseline to train; repeat for several (default: baselines.models)",
+    )
     add_common_options(train)
     als = commands.add_parser("train-als", help="train Spark MLlib implicit ALS (baselines.als.*)")
     add_common_options(als)
@@ -199,7 +204,11 @@ def add_model_commands(commands: Any) -> None:
         "days (source 'popular'). Published to recommendations partition (ds, model).",
     )
     score.add_argument(
-        "--model", required=True, metavar="NAME", help="trained model (baseline or deep) to score"
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="trained model (baseline or deep) to score; repeat for several (default: the "
+        "gate's choice for --ds, from model_metrics)",
     )
     add_common_options(score)
     gate = commands.add_parser(
@@ -358,7 +367,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(config: Config, args: argparse.Namespace) -> int:
     from recpipe import commands
 
-    commands.train(config, args.ds, "als" if args.command == "train-als" else args.model)
+    models = ["als"] if args.command == "train-als" else args.model or config.baselines.models
+    for model in models:
+        commands.train(config, args.ds, model)
     return 0
 
 
@@ -393,7 +404,8 @@ def _publish(config: Config, args: argparse.Namespace) -> int:
 def _score(config: Config, args: argparse.Namespace) -> int:
     from recpipe import commands
 
-    commands.score(config, args.ds, args.model)
+    for model in args.model or [commands.gate_choice(config, args.ds)]:
+        commands.score(config, args.ds, model)
     return 0
 
 

@@ -114,6 +114,16 @@ def evaluate(
     return evaluations
 
 
+def gate_choice(config: Config, ds: str) -> str:
+    """The model the gate picks for ``ds`` (from ``model_metrics``)."""
+    from recpipe.query import metric_rows
+    from recpipe.stages.gate import decide
+
+    decision = decide(config, metric_rows(config, ds, None))
+    print(f"gate {'passed' if decision.passed else 'failed'}: {decision.reason}")
+    return decision.published
+
+
 def gate(config: Config, ds: str) -> dict[str, Any]:
     """Decide the gate for ``ds`` and print the decision (a failing gate is not an error)."""
     manifest = run_gate(config, ds)

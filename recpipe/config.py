@@ -158,6 +158,9 @@ class EaseConfig(_Section):
 
 
 class BaselinesConfig(_Section):
+    models: list[Literal["popularity", "itemknn", "als", "ease"]] = Field(
+        default_factory=lambda: ["popularity", "itemknn", "als", "ease"], min_length=1
+    )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
     itemknn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
     als: AlsConfig = Field(default_factory=AlsConfig)
