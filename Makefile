@@ -4,8 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
+# Airflow lives in its own environment: its Spark provider installs pyspark-client, which would
+# overwrite full pyspark. Its DAG calls the main environment's spark-submit.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_CONSTRAINTS := requirements/airflow-constraints.txt
+AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 \
+	pytest==9.2.0 pytest-timeout==2.4.0
 
-.PHONY: venv demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
+.PHONY: venv airflow-venv test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +21,31 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)
 
+$(AIRFLOW_STAMP): $(AIRFLOW_CONSTRAINTS)
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c $(AIRFLOW_CONSTRAINTS) $(AIRFLOW_PACKAGES)
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
+
 demo: venv
 	$(BIN)/recpipe demo
 
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+test: lint airflow-venv
 	$(BIN)/python -m pytest -q -ra
+	$(MAKE) test-airflow
+
+# The package as a zip for spark-submit --py-files on a cluster (RECPIPE_PY_FILES).
+dist: venv
+	mkdir -p dist && rm -f dist/recpipe.zip
+	$(BIN)/python -m zipfile -c dist/recpipe.zip recpipe
+
+# The DAG's tests run in the Airflow environment (real DagBag, dag.test() with spark-submit).
+test-airflow: venv airflow-venv
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests_airflow
 
 bench-etl: venv
 	$(BIN)/python bench/etl.py
@@ -45,7 +69,7 @@ bench-train: venv
 	$(BIN)/python bench/train.py
 
 bench-score: venv
-	.venv/bin/python bench/score.py
+	$(BIN)/python bench/score.py
 
 # Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
 native-blas:

@@ -1,0 +1,140 @@
+"""recpipe daily pipeline: one ``spark-submit`` of a ``jobs/`` script per stage.
+
+Deployment settings are read from the environment when the DAG is parsed (cheap, no database
+access); runtime choices are DAG params. Nothing heavy (pyspark, torch, recpipe) is imported
+here: every stage runs in the main recpipe environment through its ``spark-submit``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+DAG_ID = "recpipe_daily"
+
+
+def _home() -> Path:
+    """The recpipe deployment (``jobs/`` and ``conf/``): $RECPIPE_HOME, else this checkout."""
+    configured = os.environ.get("RECPIPE_HOME")
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent
+
+
+HOME = _home()
+SPARK_SUBMIT = os.environ.get("RECPIPE_SPARK_SUBMIT") or (
+    str(HOME / ".venv" / "bin" / "spark-submit")
+    if (HOME / ".venv" / "bin" / "spark-submit").exists()
+    else shutil.which("spark-submit") or "spark-submit"
+)
+# The interpreter of the main environment: spark-submit locates Spark through it, and the
+# driver and Python workers must import recpipe, torch and full pyspark from it.
+PYTHON = os.environ.get("RECPIPE_PYTHON") or str(Path(SPARK_SUBMIT).parent / "python")
+CONF_FILES = os.environ.get(
+    "RECPIPE_CONF", f"{HOME / 'conf' / 'base.yaml'}:{HOME / 'conf' / 'local.yaml'}"
+).split(":")
+PY_FILES = os.environ.get("RECPIPE_PY_FILES")  # e.g. dist/recpipe.zip for a cluster
+SPARK_CONN = os.environ.get("RECPIPE_SPARK_CONN", "spark_default")
+RETRIES = int(os.environ.get("RECPIPE_RETRIES", "2"))
+
+DOC = f"""
+# recpipe daily
+
+One task per stage, each a `spark-submit` of `jobs/<stage>.py --ds {{{{ ds }}}}` with the
+config files `{", ".join(CONF_FILES)}` and the run's params as `--set` overrides:
+
+clean → vocab → sessionize → split → (train_baselines, export) → train → evaluate (+ gate)
+→ score (the gate's choice) → publish (`recommendations` partition `model=published`).
+
+* **Data interval**: `ds` is the start of the daily data interval; every task reads and
+  writes only that `ds` partition (never the wall clock), so re-running a day replaces it
+  exactly and a backfill runs day after day (`max_active_runs=1`; `vocab` depends on the
+  previous day's run because indexes extend the previous day's).
+* **Params**: `raw_events` (landing path, `{{ds}}` is replaced by the run's ds), `baselines`,
+  `deep_models`, `overrides` (extra `key=value` config overrides, e.g. `train.processes=4`).
+* **Where things run**: `spark-submit` = `{SPARK_SUBMIT}`, connection `{SPARK_CONN}`
+  (its host is the master, e.g. `local[2]` or `yarn`).
+* **What a run did**: `<paths.root>/manifests/<stage>/ds=<ds>.json`.
+"""
+
+
+def stage_args(ds: str, params: dict[str, Any], *extra: str) -> list[str]:
+    """Arguments of a ``jobs/`` script for this run (a DAG macro; rendered natively)."""
+    args = ["--ds", ds]
+    for path in CONF_FILES:
+        args += ["--conf", path]
+    overrides = [
+        f"baselines.models=[{','.join(params['baselines'])}]",
+        f"train.models=[{','.join(params['deep_models'])}]",
+    ]
+    if params.get("raw_events"):
+        overrides.append(f"paths.raw_events={params['raw_events'].replace('{ds}', ds)}")
+    overrides += list(params.get("overrides") or [])
+    for override in overrides:
+        args += ["--set", override]
+    return [*args, *extra]
+
+
+def stage(task_id: str, job: str, *extra: str, timeout: timedelta) -> SparkSubmitOperator:
+    """A ``spark-submit jobs/<job>.py`` task with this run's arguments."""
+    quoted = ", ".join(repr(item) for item in extra)
+    return SparkSubmitOperator(
+        task_id=task_id,
+        conn_id=SPARK_CONN,
+        spark_binary=SPARK_SUBMIT,
+        application=str(HOME / "jobs" / f"{job}.py"),
+        application_args=f"{{{{ stage_args(ds, params, {quoted}) }}}}",  # type: ignore[arg-type]
+        py_files=PY_FILES,
+        name=f"recpipe-{task_id}-{{{{ ds }}}}",
+        conf={"spark.ui.enabled": "false"},
+        env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
+        execution_timeout=timeout,
+    )
+
+
+with DAG(
+    dag_id=DAG_ID,
+    description="raw logs -> cleaned events -> models -> gated top-K recommendations",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recpipe", "spark", "recommendations"],
+    doc_md=DOC,
+    render_template_as_native_obj=True,  # stage_args renders to the argument list itself
+    user_defined_macros={"stage_args": stage_args},
+    params={
+        "raw_events": Param("", type="string", description="landing path; {ds} = the run's ds"),
+        "baselines": Param(["popularity", "itemknn", "als", "ease"], type="array"),
+        "deep_models": Param(["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"], type="array"),
+        "overrides": Param([], type="array", description="extra key=value config overrides"),
+    },
+    default_args={
+        "owner": "recpipe",
+        "retries": RETRIES,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+) as dag:
+    short, long = timedelta(hours=1), timedelta(hours=6)
+    clean = stage("clean", "clean", timeout=short)
+    vocab = stage("vocab", "vocab", timeout=short)
+    vocab.depends_on_past = True  # indexes extend the previous day's vocabulary
+    sessionize = stage("sessionize", "sessionize", timeout=short)
+    split = stage("split", "split", timeout=short)
+    baselines = stage("train_baselines", "train_baseline", timeout=long)
+    export = stage("export", "export", timeout=short)
+    train = stage("train", "train", "--no-evaluate", "--set", "train.launcher=spark", timeout=long)
+    evaluate = stage("evaluate", "evaluate", timeout=long)
+    score = stage("score", "score", timeout=long)
+    publish = stage("publish", "publish", timeout=short)
+
+    clean >> vocab >> sessionize >> split >> [baselines, export]
+    export >> train
+    [baselines, train] >> evaluate >> score >> publish

@@ -1,0 +1,50 @@
+"""Airflow test set-up: a throwaway AIRFLOW_HOME (SQLite) and the repo's DAG folder.
+
+Airflow reads its settings when first imported, so the environment is set here, before any
+test module imports it. The DAG calls the main environment's spark-submit (.venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = Path(tempfile.mkdtemp(prefix="recpipe-airflow-tests-"))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(WORK / "airflow-home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "RECPIPE_HOME": str(REPO),
+        "RECPIPE_SPARK_SUBMIT": str(REPO / ".venv" / "bin" / "spark-submit"),
+        "RECPIPE_RETRIES": "0",  # a failing stage fails the test at once
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """``airflow db migrate`` into the throwaway SQLite database."""
+    airflow = Path(sys.executable).parent / "airflow"
+    done = subprocess.run(
+        [str(airflow), "db", "migrate"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def work() -> Path:
+    """Folder for the pipeline's data (landing files and paths.root)."""
+    return WORK
