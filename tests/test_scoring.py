@@ -264,6 +264,10 @@ def test_failing_gate_publishes_the_baseline_and_records_why(
     worse, better = evaluated
     overrides = (*BASE, f"gate.candidate={worse}", f"gate.baseline={better}", "gate.tolerance=0")
     where = [arg for o in overrides for arg in ("--set", o)] + ["--set", f"paths.root={root}"]
+    # `score` without --model scores the gate's choice.
+    assert main(["score", "--ds", DS1, *where]) == 0
+    assert "gate failed" in capsys.readouterr().out
+    assert read_manifest(root, f"score-{better}", DS1)["status"] == "ok"
     assert main(["publish", "--ds", DS1, *where]) == 0  # a failing gate is not an error
     out = capsys.readouterr().out
     assert "gate failed" in out and f"published {better}" in out
