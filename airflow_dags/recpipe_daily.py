@@ -8,13 +8,15 @@ here: every stage runs in the main recpipe environment through its ``spark-submi
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, BaseOperator, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 DAG_ID = "recpipe_daily"
@@ -39,8 +41,15 @@ CONF_FILES = os.environ.get(
     "RECPIPE_CONF", f"{HOME / 'conf' / 'base.yaml'}:{HOME / 'conf' / 'local.yaml'}"
 ).split(":")
 PY_FILES = os.environ.get("RECPIPE_PY_FILES")  # e.g. dist/recpipe.zip for a cluster
+# cluster: the driver runs on the cluster, so the config files travel with --files and the
+# job reads them from its working directory; client: the driver reads them where they are.
+DEPLOY_MODE = os.environ.get("RECPIPE_DEPLOY_MODE", "client")
 SPARK_CONN = os.environ.get("RECPIPE_SPARK_CONN", "spark_default")
 RETRIES = int(os.environ.get("RECPIPE_RETRIES", "2"))
+# Training on a torchrun/horovodrun cluster instead of under spark-submit: a shell command with
+# {ds} and {args} (the stage's arguments, shell-quoted), e.g.
+#   ssh gpu01 'cd /opt/recpipe && .venv/bin/recpipe train {args} --set train.launcher=torchrun'
+TRAIN_COMMAND = os.environ.get("RECPIPE_TRAIN_COMMAND")
 
 DOC = f"""
 # recpipe daily
@@ -58,7 +67,8 @@ clean → vocab → sessionize → split → (train_baselines, export) → train
 * **Params**: `raw_events` (landing path, `{{ds}}` is replaced by the run's ds), `baselines`,
   `deep_models`, `overrides` (extra `key=value` config overrides, e.g. `train.processes=4`).
 * **Where things run**: `spark-submit` = `{SPARK_SUBMIT}`, connection `{SPARK_CONN}`
-  (its host is the master, e.g. `local[2]` or `yarn`).
+  (its host is the master, e.g. `local[2]` or `yarn`); training
+  `{TRAIN_COMMAND or "under spark-submit with the spark launcher (TorchDistributor)"}`.
 * **What a run did**: `<paths.root>/manifests/<stage>/ds=<ds>.json`.
 """
 
@@ -67,7 +77,7 @@ def stage_args(ds: str, params: dict[str, Any], *extra: str) -> list[str]:
     """Arguments of a ``jobs/`` script for this run (a DAG macro; rendered natively)."""
     args = ["--ds", ds]
     for path in CONF_FILES:
-        args += ["--conf", path]
+        args += ["--conf", Path(path).name if DEPLOY_MODE == "cluster" else path]
     overrides = [
         f"baselines.models=[{','.join(params['baselines'])}]",
         f"train.models=[{','.join(params['deep_models'])}]",
@@ -80,6 +90,23 @@ def stage_args(ds: str, params: dict[str, Any], *extra: str) -> list[str]:
     return [*args, *extra]
 
 
+def shell_args(ds: str, params: dict[str, Any], *extra: str) -> str:
+    """:func:`stage_args` as one shell-quoted string (for ``RECPIPE_TRAIN_COMMAND``)."""
+    return shlex.join(stage_args(ds, params, *extra))
+
+
+def train_task(timeout: timedelta) -> BaseOperator:
+    """Training under spark-submit (the ``spark`` launcher), or ``RECPIPE_TRAIN_COMMAND``."""
+    if not TRAIN_COMMAND:
+        return stage(
+            "train", "train", "--no-evaluate", "--set", "train.launcher=spark", timeout=timeout
+        )
+    command = TRAIN_COMMAND.replace("{ds}", "{{ ds }}").replace(
+        "{args}", "{{ shell_args(ds, params, '--no-evaluate') }}"
+    )
+    return BashOperator(task_id="train", bash_command=command, execution_timeout=timeout)
+
+
 def stage(task_id: str, job: str, *extra: str, timeout: timedelta) -> SparkSubmitOperator:
     """A ``spark-submit jobs/<job>.py`` task with this run's arguments."""
     quoted = ", ".join(repr(item) for item in extra)
@@ -90,6 +117,7 @@ def stage(task_id: str, job: str, *extra: str, timeout: timedelta) -> SparkSubmi
         application=str(HOME / "jobs" / f"{job}.py"),
         application_args=f"{{{{ stage_args(ds, params, {quoted}) }}}}",  # type: ignore[arg-type]
         py_files=PY_FILES,
+        files=",".join(CONF_FILES) if DEPLOY_MODE == "cluster" else None,
         name=f"recpipe-{task_id}-{{{{ ds }}}}",
         conf={"spark.ui.enabled": "false"},
         env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
@@ -107,7 +135,7 @@ with DAG(
     tags=["recpipe", "spark", "recommendations"],
     doc_md=DOC,
     render_template_as_native_obj=True,  # stage_args renders to the argument list itself
-    user_defined_macros={"stage_args": stage_args},
+    user_defined_macros={"stage_args": stage_args, "shell_args": shell_args},
     params={
         "raw_events": Param("", type="string", description="landing path; {ds} = the run's ds"),
         "baselines": Param(["popularity", "itemknn", "als", "ease"], type="array"),
@@ -130,7 +158,7 @@ with DAG(
     split = stage("split", "split", timeout=short)
     baselines = stage("train_baselines", "train_baseline", timeout=long)
     export = stage("export", "export", timeout=short)
-    train = stage("train", "train", "--no-evaluate", "--set", "train.launcher=spark", timeout=long)
+    train = train_task(timeout=long)
     evaluate = stage("evaluate", "evaluate", timeout=long)
     score = stage("score", "score", timeout=long)
     publish = stage("publish", "publish", timeout=short)

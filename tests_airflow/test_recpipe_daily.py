@@ -161,3 +161,51 @@ def test_rerunning_a_day_is_idempotent_and_a_new_day_adds_a_partition(work, firs
     assert day2_rows and day2_pointer["location"] != again_pointer["location"]
     assert _published(work, DS1)[0] == again_pointer  # day 1 untouched
     assert _lake_counts(work, DS1) == counts
+
+
+def test_train_task_can_be_a_configured_cluster_command(airflow_db) -> None:
+    """RECPIPE_TRAIN_COMMAND swaps spark-submit training for a shell command (torchrun,
+    horovodrun on a GPU box); the command gets the run's ds and arguments."""
+    code = """
+import json, os, sys
+os.environ["RECPIPE_TRAIN_COMMAND"] = "ssh gpu01 recpipe train {args} # {ds}"
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=sys.argv[1]).get_dag("recpipe_daily")
+task = dag.get_task("train")
+params = {"baselines": ["als"], "deep_models": ["sasrec"], "raw_events": "",
+          "overrides": ["a.b=c d"]}
+env = dag.get_template_env()
+text = env.from_string(task.bash_command).render(ds="2026-11-22", params=params)
+print(json.dumps([type(task).__name__, text]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "airflow_dags")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    kind, command = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind == "BashOperator"
+    assert command.startswith("ssh gpu01 recpipe train --ds 2026-11-22 --conf ")
+    assert "--set 'train.models=[sasrec]'" in command and "--set 'a.b=c d'" in command
+    assert command.endswith("--no-evaluate # 2026-11-22")
+
+
+def test_cluster_deploy_mode_ships_the_config_files() -> None:
+    code = """
+import json, os, sys
+os.environ["RECPIPE_DEPLOY_MODE"] = "cluster"
+os.environ["RECPIPE_CONF"] = "/etc/recpipe/base.yaml:/etc/recpipe/cluster.yaml"
+import runpy
+module = runpy.run_path(sys.argv[1])
+task = module["dag"].get_task("clean")
+params = {"baselines": ["als"], "deep_models": ["sasrec"], "raw_events": "", "overrides": []}
+print(json.dumps([task.files, module["stage_args"]("2026-11-22", params)]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "airflow_dags" / "recpipe_daily.py")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    files, args = json.loads(done.stdout.strip().splitlines()[-1])
+    assert files == "/etc/recpipe/base.yaml,/etc/recpipe/cluster.yaml"
+    assert args[:6] == ["--ds", "2026-11-22", "--conf", "base.yaml", "--conf", "cluster.yaml"]
