@@ -392,7 +392,7 @@ class ArrowSampleDataset(IterableDataset):
         # One stream per (seed, epoch, rank, worker): reproducible, and no two workers or ranks
         # share an order.
         seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
-        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0] >> 1))
+        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
         if self.shuffle_buffer and files:
             files = [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
         # Arrow's decode threads pay off in the main process; worker processes already run in
