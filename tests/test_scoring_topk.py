@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
-from recpipe.scoring.inputs import UserHistories
+from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import block_candidates, dense_top_k, dot_top_k
 
 

@@ -8,6 +8,7 @@ import torch
 from recpipe.baselines.base import TrainData, known_items_mask
 from recpipe.data.batch import Batch
 from recpipe.models.base import RecModel
+from recpipe.scoring.histories import UserHistories
 
 
 def build_histories(data: TrainData, max_len: int) -> np.ndarray:
@@ -16,14 +17,9 @@ def build_histories(data: TrainData, max_len: int) -> np.ndarray:
     order = np.lexsort((data.items, data.ts, data.users))
     users, items = data.users[order], data.items[order]
     histories = np.zeros((data.n_users, max_len), dtype=np.int64)
-    if not len(users):
-        return histories
-    counts = np.bincount(users, minlength=data.n_users)
-    ends = np.cumsum(counts)
-    # Position of each interaction counted back from its user's latest (0 = latest).
-    from_end = ends[users] - 1 - np.arange(len(users))
-    keep = from_end < max_len
-    histories[users[keep], max_len - 1 - from_end[keep]] = items[keep]
+    distinct, counts = np.unique(users, return_counts=True)
+    every_item = np.ones(data.n_items + 1, dtype=bool)
+    histories[distinct] = UserHistories(distinct, counts, items).recent(max_len, every_item)
     return histories
 
 

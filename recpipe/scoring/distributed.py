@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.schema import ITEM_IDX, USER_IDX
-from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList, UserHistories
+from recpipe.scoring.histories import UserHistories
+from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer, pick_device
-from recpipe.scoring.topk import PAD_ITEM
 
 SOURCE = "source"
 SOURCE_POPULAR = "popular"

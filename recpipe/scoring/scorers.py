@@ -22,10 +22,10 @@ import torch
 from scipy import sparse
 
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, load_split, split_item_counts
+from recpipe.baselines.base import Baseline, known_items_mask, load_split
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
-from recpipe.scoring.inputs import UserHistories
+from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
 from recpipe.train.checkpoint import MODEL_FILE, build_model
 
@@ -66,8 +66,7 @@ def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPa
             f"first (`recpipe train --model {name}` or `recpipe train-baseline --model {name}`)"
         )
     train = load_split(root, model_ds, protocol, "train")
-    known = split_item_counts(root, model_ds, protocol, "train", train.n_items) > 0
-    known[0] = False
+    known = known_items_mask(train)
     users = np.zeros(train.n_users, dtype=bool)
     users[train.users] = True
     return ModelPayload(name, kind, files, known, users)

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-PAD_ITEM = 0
+from recpipe.evaluation.ranking import PAD_ITEM
+
 NEG_INF = float("-inf")
 
 
@@ -66,13 +67,9 @@ class TopK:
         self.values: torch.Tensor | None = None
         self.items: torch.Tensor | None = None
 
-    def add(
-        self, scores: torch.Tensor, columns: torch.Tensor | None = None, offset: int = 0
-    ) -> None:
-        """Merge an item block's scores [B, n] (items ``columns``, else ``offset + position``)."""
+    def add(self, scores: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+        """Merge an item block's scores [B, n] (items ``columns``, else the column position)."""
         values, items = block_candidates(scores, self.k, columns)
-        if columns is None and offset:
-            items = items + offset
         if self.values is not None and self.items is not None:
             values = torch.cat([self.values, values.to(self.values.dtype)], dim=1)
             items = torch.cat([self.items, items], dim=1)

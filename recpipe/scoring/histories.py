@@ -1,0 +1,55 @@
+"""Users' histories as one flat array: the input of every scorer (numpy only, no Spark)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class UserHistories:
+    """Users [U] with their histories as one flat array: user u's items are
+    ``items[offsets[u]:offsets[u] + lengths[u]]``, oldest first."""
+
+    users: np.ndarray
+    lengths: np.ndarray
+    items: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.users = np.asarray(self.users, dtype=np.int64)
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, rows: np.ndarray) -> UserHistories:
+        """The histories of ``rows`` (positions), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        gather = np.repeat(self.offsets[rows] - np.cumsum(lengths) + lengths, lengths)
+        return UserHistories(self.users[rows], lengths, self.items[gather + np.arange(len(gather))])
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) for every history entry."""
+        return np.repeat(np.arange(len(self.users)), self.lengths), self.items
+
+    def recent(self, max_len: int, keep: np.ndarray) -> np.ndarray:
+        """[U, max_len] the last ``max_len`` items with ``keep[item]`` true, left-padded with 0
+        (the layout of the export stage's sequence samples)."""
+        rows, items = self.pairs()
+        inside = items < len(keep)
+        usable = np.zeros(len(items), dtype=bool)
+        usable[inside] = keep[items[inside]]
+        rows, items = rows[usable], items[usable]
+        out = np.zeros((len(self.users), max_len), dtype=np.int64)
+        if not len(rows):
+            return out
+        counts = np.bincount(rows, minlength=len(self.users))
+        ends = np.cumsum(counts)
+        from_end = ends[rows] - 1 - np.arange(len(rows))
+        last = from_end < max_len
+        out[rows[last], max_len - 1 - from_end[last]] = items[last]
+        return out
