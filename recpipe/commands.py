@@ -9,7 +9,7 @@ from typing import Any
 from recpipe.config import Config, ConfigError
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError
-from recpipe.stages.gate import run_gate
+from recpipe.stages.gate import outcome, run_gate
 
 
 def trained_models(config: Config, ds: str) -> list[str]:
@@ -110,7 +110,7 @@ def evaluate(
         except MissingInputError as exc:
             print(f"gate: not decided ({exc})")
         else:
-            print(f"gate {'passed' if decision['passed'] else 'failed'}: {decision['reason']}")
+            print(outcome(decision))
     return evaluations
 
 
@@ -120,14 +120,14 @@ def gate_choice(config: Config, ds: str) -> str:
     from recpipe.stages.gate import decide
 
     decision = decide(config, metric_rows(config, ds, None))
-    print(f"gate {'passed' if decision.passed else 'failed'}: {decision.reason}")
+    print(outcome(decision.to_dict()))
     return decision.published
 
 
 def gate(config: Config, ds: str) -> dict[str, Any]:
     """Decide the gate for ``ds`` and print the decision (a failing gate is not an error)."""
     manifest = run_gate(config, ds)
-    print(f"gate {'passed' if manifest['passed'] else 'failed'}: {manifest['reason']}")
+    print(outcome(manifest))
     return manifest
 
 
@@ -138,7 +138,7 @@ def publish(config: Config, ds: str) -> dict[str, Any]:
 
     manifest = run_publish(get_spark(config), config, ds)
     decision = manifest["gate"]
-    print(f"gate {'passed' if decision['passed'] else 'failed'}: {decision['reason']}")
+    print(outcome(decision))
     counts = ", ".join(f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items())
     print(
         f"published {manifest['published_model']} as recommendations model="

@@ -75,7 +75,7 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
     from recpipe.cli import STAGE_HELP, print_stage_report, run_stages
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import print_metric_tables, run_evaluate
-    from recpipe.stages.gate import run_gate
+    from recpipe.stages.gate import outcome, run_gate
     from recpipe.stages.publish import run_publish
     from recpipe.stages.score import run_score
     from recpipe.stages.train import run_train
@@ -109,7 +109,7 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> P
         "bench/quality.py trains them fully"
     )
     print_metric_tables(evaluations, REPORT_K)
-    print(f"gate {'passed' if gate['passed'] else 'failed'}: {gate['reason']}")
+    print(outcome(gate))
     chosen = published["published_model"]
     print(
         f"published {chosen} as recommendations model={published['partition']} ds={ds} "

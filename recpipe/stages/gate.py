@@ -9,6 +9,7 @@ gate is a normal outcome: the baseline is published instead and the reason is re
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,6 +55,12 @@ class GateDecision:
             {**common, "metric": self.metric, "k": self.k, "value": self.baseline_value,
              "detail": f"baseline {self.baseline}"},
         ]  # fmt: skip
+
+
+def outcome(decision: Mapping[str, Any]) -> str:
+    """The one-line verdict (``gate passed: ...`` / ``gate failed: ...``) of a decision record
+    (a manifest's, or :meth:`GateDecision.to_dict`)."""
+    return f"gate {'passed' if decision['passed'] else 'failed'}: {decision['reason']}"
 
 
 def _values(config: Config, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -128,6 +135,6 @@ def run_gate(config: Config, ds: str) -> dict[str, Any]:
 
     with StageRun(config, GATE_STAGE, ds) as run:
         decision = decide(config, metric_rows(config, ds, None))
-        log.info("gate %s: %s", "passed" if decision.passed else "failed", decision.reason)
+        log.info(outcome(decision.to_dict()))
         run.record.update(decision.to_dict(), rows_in=2, rows_out=1)
     return run.manifest

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from recpipe.config import Config
 from recpipe.lake import file_uri
 from recpipe.manifest import StageRun, manifest_path
-from recpipe.stages.gate import decide
+from recpipe.stages.gate import decide, outcome
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         )  # fmt: skip
         write_model_metrics(spark, config, decision.metric_rows(), ds, name)
         scored = _score_record(config, ds, chosen)
-        outcome = "passed" if decision.passed else "failed"
-        log.info("gate %s: %s", outcome, decision.reason)
+        log.info(outcome(decision.to_dict()))
         run.record.update(
             published_model=chosen,
             partition=name,
