@@ -11,8 +11,12 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_CONSTRAINTS := requirements/airflow-constraints.txt
 AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark==6.3.4 \
 	pytest==9.2.0 pytest-timeout==2.4.0
+# Horovod + Petastorm need numpy 1.x / pyarrow 12, which pyspark 4.3 refuses: their own trainer
+# environment (train.launcher=horovod, train.loader=petastorm). Horovod is built once, then cached.
+LEGACY_VENV := .venv-legacy
+LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: venv airflow-venv test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
+.PHONY: venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,15 +32,22 @@ $(AIRFLOW_STAMP): $(AIRFLOW_CONSTRAINTS)
 
 airflow-venv: $(AIRFLOW_STAMP)
 
+$(LEGACY_STAMP): requirements/legacy.txt requirements/legacy_env.sh
+	PYTHON=$(PYTHON) requirements/legacy_env.sh $(LEGACY_VENV)
+	touch $(LEGACY_STAMP)
+
+legacy-venv: $(LEGACY_STAMP)
+
 demo: venv
 	$(BIN)/recpipe demo
 
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint airflow-venv
-	$(BIN)/python -m pytest -q -ra
+test: lint airflow-venv legacy-venv
+	RECPIPE_LEGACY_ENV=$(abspath $(LEGACY_VENV)) $(BIN)/python -m pytest -q -ra
 	$(MAKE) test-airflow
+	$(MAKE) test-legacy
 
 # The package as a zip for spark-submit --py-files on a cluster (RECPIPE_PY_FILES).
 dist: venv
@@ -46,6 +57,10 @@ dist: venv
 # The DAG's tests run in the Airflow environment (real DagBag, dag.test() with spark-submit).
 test-airflow: venv airflow-venv
 	$(AIRFLOW_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests_airflow
+
+# The Petastorm loader and Horovod collectives, tested inside their own environment.
+test-legacy: legacy-venv
+	$(LEGACY_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests_legacy
 
 bench-etl: venv
 	$(BIN)/python bench/etl.py
@@ -76,4 +91,4 @@ native-blas:
 	apt-get install -y -q libopenblas0 liblapack3
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(LEGACY_VENV)

@@ -220,9 +220,20 @@ class TrainConfig(_Section):
         default_factory=lambda: ["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"],
         min_length=1,
     )
-    launcher: Literal["local", "torchrun", "spark"] = "local"
+    launcher: Literal["local", "torchrun", "spark", "horovod"] = "local"
     processes: int = Field(1, ge=1)
     spark_local_mode: bool = True
+    # Parquet reader feeding the loop: arrow (any environment) or petastorm (the Horovod
+    # environment only: Petastorm needs pyarrow < 15).
+    loader: Literal["arrow", "petastorm"] = "arrow"
+    # Petastorm's reader pool. dummy decodes in the loader's own prefetch thread; thread has a
+    # race that ends epochs early (recpipe's row accounting then fails the epoch).
+    petastorm_pool: Literal["dummy", "thread", "process"] = "dummy"
+    # Virtualenv holding horovodrun and the Python the ranks run (make legacy-venv builds
+    # .venv-legacy); null: horovodrun and python from PATH.
+    horovod_env: str | None = None
+    # horovodrun -H (e.g. "node1:4,node2:4"); null: localhost with `processes` slots.
+    horovod_hosts: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     num_workers: int = Field(0, ge=0)

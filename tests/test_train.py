@@ -221,3 +221,11 @@ def test_launch_errors_keep_the_workers_messages_above_torchrun_summary() -> Non
     ]
     assert excerpt[-15:] == summary[-15:]
     assert "step 1" not in excerpt
+    # horovodrun's rank-prefixed lines: the exception line of a non-builtin exception is kept.
+    horovod_log = "\n".join(
+        ["[0]<stdout>:model.pt: saved, epoch 1 loss: 0.5",
+         "[1]<stderr>:recpipe.train.loop.StoppedEarly: stopped after 5 steps", *summary]
+    )  # fmt: skip
+    kept = failure_excerpt(horovod_log, tail=15).splitlines()
+    assert kept[0] == "[1]<stderr>:recpipe.train.loop.StoppedEarly: stopped after 5 steps"
+    assert kept[1] == "..."

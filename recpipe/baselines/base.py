@@ -77,7 +77,7 @@ def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
         columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]
     )
     ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds
-    values = table.column(VALUE).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = table.column(VALUE).to_numpy().astype(np.float64)  # pyarrow 12 and 26 alike
     return TrainData(
         users=table.column(USER_IDX).to_numpy().astype(np.int64),
         items=table.column(ITEM_IDX).to_numpy().astype(np.int64),

@@ -55,7 +55,9 @@ class DataFormatError(RecpipeError):
 
 
 @dataclass(frozen=True)
-class _Column:
+class SampleColumn:
+    """A Parquet column of a sample kind and the Batch field it fills."""
+
     name: str  # Parquet column
     field: str  # Batch field
     out: np.dtype  # dtype of the Batch tensor
@@ -65,15 +67,18 @@ class _Column:
 _I64 = np.dtype(np.int64)
 
 
-def _columns(kind: SampleKind, read_history_ts: bool) -> tuple[_Column, ...]:
+def sample_columns(kind: SampleKind, read_history_ts: bool) -> tuple[SampleColumn, ...]:
     """The columns a kind's Batch needs."""
-    base = (_Column(USER_IDX, "users", _I64, False), _Column(ITEM_IDX, "items", _I64, False))
+    base = (
+        SampleColumn(USER_IDX, "users", _I64, False),
+        SampleColumn(ITEM_IDX, "items", _I64, False),
+    )
     if kind == "pairwise":
-        return (*base, _Column(NEGATIVES, "negatives", _I64, True))
+        return (*base, SampleColumn(NEGATIVES, "negatives", _I64, True))
     if kind == "pointwise":
-        return (*base, _Column(LABEL, "labels", np.dtype(np.float32), False))
-    extra = (_Column(HISTORY_TS, "history_ts", _I64, True),) if read_history_ts else ()
-    return (*base, _Column(HISTORY, "history", _I64, True), *extra)
+        return (*base, SampleColumn(LABEL, "labels", np.dtype(np.float32), False))
+    extra = (SampleColumn(HISTORY_TS, "history_ts", _I64, True),) if read_history_ts else ()
+    return (*base, SampleColumn(HISTORY, "history", _I64, True), *extra)
 
 
 # Decoded rows: Batch field name -> numpy array in the file's dtype ([rows] or [rows, width]).
@@ -110,7 +115,9 @@ def _primitive(array: pa.Array, what: str) -> np.ndarray:
     )
 
 
-def _to_numpy(array: pa.Array, column: _Column, path: str, widths: dict[str, int]) -> np.ndarray:
+def _to_numpy(
+    array: pa.Array, column: SampleColumn, path: str, widths: dict[str, int]
+) -> np.ndarray:
     """Zero-copy numpy view of one Arrow column chunk; list columns reshaped to [rows, width]."""
     what = f"{path}: column '{column.name}'"
     if not column.is_list:
@@ -275,17 +282,17 @@ class _WireBatch:
         self.arrays = arrays
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _make_batch, (self.arrays,)
+        return make_batch, (self.arrays,)
 
     def __len__(self) -> int:
         return len(self.arrays["users"])
 
 
 # Batch field -> dtype of its tensor.
-_OUT_DTYPES = {c.field: c.out for kind in SAMPLE_KINDS for c in _columns(kind, True)}
+_OUT_DTYPES = {c.field: c.out for kind in SAMPLE_KINDS for c in sample_columns(kind, True)}
 
 
-def _make_batch(arrays: Chunk) -> Batch:
+def make_batch(arrays: Chunk) -> Batch:
     """A Batch of tensors over per-field arrays. Arrays already fresh and in the right dtype
     (gathered rows) are wrapped; the rest (ids to widen, read-only views of Arrow memory) are
     copied once."""
@@ -356,7 +363,7 @@ class ArrowSampleDataset(IterableDataset):
         self.drop_last = drop_last
         self.read_history_ts = read_history_ts
         self.epoch = 0
-        self._columns = _columns(kind, read_history_ts)
+        self._columns = sample_columns(kind, read_history_ts)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle. Read at ``__iter__`` time, so it reaches worker processes
@@ -397,23 +404,15 @@ class ArrowSampleDataset(IterableDataset):
             files = [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
         # Arrow's decode threads pay off in the main process; worker processes already run in
         # parallel, and more threads there only contend for the same cores.
-        stream = _RowStream(_prefetch(self._chunks(files, use_threads=info is None)))
-        if self.shuffle_buffer:
-            if stream.peek() is None:  # no rows at all (peek() has run the accounting)
-                return
-            capacity = max(self.shuffle_buffer, self.batch_size)
-            chunks = _ShuffleBuffer(stream, capacity, self.batch_size, generator).batches()
-        else:
-            chunks = (_concat(p) for p in iter(lambda: stream.read(self.batch_size), []))
-        for chunk in chunks:
-            # Only a worker's last batch can be short; its rows were already counted as read.
-            if self.drop_last and len(chunk["users"]) < self.batch_size:
-                continue
+        decoded = self._chunks(files, use_threads=info is None)
+        for chunk in batch_chunks(
+            decoded, self.batch_size, self.shuffle_buffer, generator, self.drop_last
+        ):
             if info is not None:
                 # A worker process ships the narrow arrays; the main process gets a Batch.
                 yield _WireBatch(chunk)  # type: ignore[misc]
             else:
-                yield _make_batch(chunk)
+                yield make_batch(chunk)
 
     def _chunks(
         self, files: Sequence[ShardFile], use_threads: bool = True
@@ -443,6 +442,34 @@ class ArrowSampleDataset(IterableDataset):
             raise ShortReadError(
                 f"rank {self.rank}: {len(bad)} sample file(s) do not match the manifest ({detail})"
             )
+
+
+def batch_chunks(
+    chunks: Iterator[tuple[Chunk, int]],
+    batch_size: int,
+    shuffle_buffer: int,
+    generator: torch.Generator,
+    drop_last: bool = False,
+) -> Iterator[Chunk]:
+    """Batches of ``batch_size`` rows from decoded ``(chunk, rows)`` pairs.
+
+    ``chunks`` is consumed in a background thread (see ``_prefetch``), so any error it raises
+    (such as row accounting at its end) reaches the caller in order. Rows go through a
+    ``shuffle_buffer``-row shuffle buffer, or stay in order when it is 0. Only the last batch
+    can be short; ``drop_last`` drops it (its rows were still read and counted).
+    """
+    stream = _RowStream(_prefetch(chunks))
+    if shuffle_buffer:
+        if stream.peek() is None:  # no rows at all (peek() has run the accounting)
+            return
+        capacity = max(shuffle_buffer, batch_size)
+        batches = _ShuffleBuffer(stream, capacity, batch_size, generator).batches()
+    else:
+        batches = (_concat(p) for p in iter(lambda: stream.read(batch_size), []))
+    for batch in batches:
+        if drop_last and len(batch["users"]) < batch_size:
+            continue
+        yield batch
 
 
 _DONE = object()

@@ -139,6 +139,7 @@ def run_train(
             run.record.update(
                 model=name,
                 launcher=config.train.launcher,
+                loader=config.train.loader,
                 processes=config.train.processes,
                 protocols={},
             )

@@ -3,15 +3,21 @@
 ``local`` trains in this process. ``torchrun`` starts N processes with
 ``python -m torch.distributed.run --standalone`` (DDP; gloo on CPU, NCCL on GPU). ``spark``
 hands the same entry point to ``pyspark.ml.torch.distributor.TorchDistributor`` (barrier tasks
-on executors, or processes on the driver with ``train.spark_local_mode``). Rank 0 writes
-``result.json``, which every launcher returns.
+on executors, or processes on the driver with ``train.spark_local_mode``). ``horovod`` runs
+``horovodrun -np N`` with the Python of the Horovod environment (``train.horovod_env``), whose
+ranks average gradients through ``hvd.DistributedOptimizer``. Rank 0 writes ``result.json``,
+which every launcher returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,13 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import recpipe
 from recpipe.config import TrainConfig
 from recpipe.errors import RecpipeError
 from recpipe.train.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("local", "torchrun", "spark")
+LAUNCHERS = ("local", "torchrun", "spark", "horovod")
 
 
 class LaunchError(RecpipeError):
@@ -34,6 +41,14 @@ class LaunchError(RecpipeError):
 
 def launch(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
     """Train ``spec`` with ``settings.launcher`` and return rank 0's summary."""
+    if settings.launcher == "horovod":
+        return _horovod(spec, settings)
+    if settings.loader == "petastorm" and importlib.util.find_spec("petastorm") is None:
+        raise LaunchError(
+            "train.loader=petastorm: petastorm is not installed in this environment (it needs "
+            "pyarrow < 15); train with train.launcher=horovod and train.horovod_env pointing "
+            "at the Horovod environment (make legacy-venv), or use train.loader=arrow"
+        )
     if settings.launcher == "local":
         from recpipe.train.loop import train_from_spec
 
@@ -54,6 +69,10 @@ def torchrun_command(spec_file: Path, processes: int) -> list[str]:
 
 
 _FAILURE_MARKERS = ("Traceback", "Error", "terminate called", "what():", "Aborted", "Signal")
+# A non-builtin exception's last traceback line: "package.module.Name: message".
+_QUALIFIED_EXCEPTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.[A-Z]\w*: ")
+# horovodrun prefixes every rank's line with "[rank]<stdout>:" / "[rank]<stderr>:".
+_RANK_PREFIX = re.compile(r"^\[\d+\]<std(out|err)>:")
 
 
 def failure_excerpt(log_text: str, tail: int = 15, limit: int = 40) -> str:
@@ -64,7 +83,10 @@ def failure_excerpt(log_text: str, tail: int = 15, limit: int = 40) -> str:
     """
     lines = log_text.splitlines()
     marked = [
-        line for line in lines[:-tail] if any(marker in line for marker in _FAILURE_MARKERS)
+        line
+        for line in lines[:-tail]
+        if any(marker in line for marker in _FAILURE_MARKERS)
+        or _QUALIFIED_EXCEPTION.match(_RANK_PREFIX.sub("", line))
     ]
     return "\n".join([*marked[:limit], "...", *lines[-tail:]])
 
@@ -86,6 +108,74 @@ def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
     if done.returncode != 0:
         raise LaunchError(
             f"torchrun exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
+            + failure_excerpt(log_file.read_text())
+        )
+    return _read_result(spec)
+
+
+def horovod_command(spec_file: Path, settings: TrainConfig) -> tuple[list[str], dict[str, str]]:
+    """The horovodrun command line and the environment it runs in.
+
+    The ranks run the Horovod environment's Python with this recpipe's source first on
+    ``PYTHONPATH``, so driver and ranks run the same code.
+    """
+    if settings.horovod_env:
+        bin_dir = Path(settings.horovod_env).expanduser().absolute() / "bin"
+        horovodrun, python = bin_dir / "horovodrun", bin_dir / "python"
+        if not horovodrun.is_file() or not python.is_file():
+            raise LaunchError(
+                f"train.horovod_env: {bin_dir.parent} has no bin/horovodrun and bin/python "
+                "(make legacy-venv builds .venv-legacy)"
+            )
+        path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    else:
+        found = shutil.which("horovodrun")
+        if found is None:
+            raise LaunchError(
+                "train.launcher=horovod: horovodrun is not on PATH; set train.horovod_env to "
+                "the Horovod environment (make legacy-venv builds .venv-legacy)"
+            )
+        horovodrun = Path(found)
+        beside = horovodrun.with_name("python")
+        python = beside if beside.is_file() else Path("python")
+        path = os.environ.get("PATH", "")
+    hosts = settings.horovod_hosts or f"localhost:{settings.processes}"
+    command = [
+        str(horovodrun), "-np", str(settings.processes), "-H", hosts, "--gloo",
+        str(python), "-m", "recpipe.train.worker", str(spec_file),
+    ]  # fmt: skip
+    source = _source_path(Path(spec_file).parent / "pythonpath")
+    pythonpath = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+    # horovodrun starts its own helpers with `python` from PATH: the environment's comes first.
+    return command, {**os.environ, "PATH": path, "PYTHONPATH": pythonpath}
+
+
+def _source_path(folder: Path) -> str:
+    """A folder holding only a link to this recpipe package, for another environment's path.
+
+    Adding the package's parent instead could put this environment's site-packages (numpy 2,
+    pyarrow 26) in front of the Horovod environment's own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "recpipe"
+    package = Path(recpipe.__file__).resolve().parent
+    if not (link.is_symlink() and link.resolve() == package):
+        link.unlink(missing_ok=True)
+        link.symlink_to(package, target_is_directory=True)
+    return str(folder)
+
+
+def _horovod(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
+    spec.result_file.unlink(missing_ok=True)
+    spec_file = spec.write(Path(spec.run_dir) / "spec.json")
+    log_file = Path(spec.run_dir) / "horovodrun.log"
+    command, env = horovod_command(spec_file, settings)
+    log.info("launch: %s (log: %s)", " ".join(command), log_file)
+    with log_file.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        raise LaunchError(
+            f"horovodrun exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
             + failure_excerpt(log_file.read_text())
         )
     return _read_result(spec)

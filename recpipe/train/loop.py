@@ -1,9 +1,16 @@
 """The training loop every launcher runs in each process.
 
-AdamW with linear warm-up then cosine decay, gradient clipping, bf16 autocast on GPU, DDP when
-the process group has more than one rank (uneven shards handled with ``join``), validation on
-rank 0 with early stopping, atomic checkpoints every N steps and at every epoch end, and
-``resume`` that replays the interrupted epoch's order so the result equals an uninterrupted run.
+AdamW with linear warm-up then cosine decay, gradient clipping, bf16 autocast on GPU, gradient
+averaging across ranks (DDP under torchrun/Spark, ``hvd.DistributedOptimizer`` under Horovod),
+validation on rank 0 with early stopping, atomic checkpoints every N steps and at every epoch end,
+and ``resume`` that replays the interrupted epoch's order so the result equals an uninterrupted
+run.
+
+Ranks whose shard holds fewer batches than the largest one pad their epoch with zero-gradient
+steps (a forward on their last batch times 0), so every rank takes the same optimizer steps with
+the same averaged gradients: weights, optimizer state and learning-rate schedule stay identical
+on every rank, which DDP's ``join`` (stale optimizer state on joined ranks) and ``hvd.join``
+(diverging weights on Gloo, measured) do not give.
 """
 
 from __future__ import annotations
@@ -24,16 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from recpipe.config import TrainConfig
-from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, make_loader
+from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError, make_loader
 from recpipe.data.batch import Batch
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
-from recpipe.train import distributed
 from recpipe.train.checkpoint import LAST_FILE, load_state, model_state, save_atomic
+from recpipe.train.distributed import Collectives, DistContext, collectives_for
 from recpipe.train.spec import TrainSpec
 from recpipe.train.validation import Validator
 
@@ -92,11 +98,11 @@ class Trainer:
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
         self.settings = TrainConfig.model_validate(spec.settings)
+        self.comm: Collectives = collectives_for(self.settings.launcher)
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or early stop); rank 0 writes the model and returns the summary."""
-        settings = self.settings
-        ctx = distributed.setup(settings.device)
+        ctx = self.comm.setup(self.settings.device)
         finished = False
         try:
             summary = self._run(ctx)
@@ -107,9 +113,28 @@ class Trainer:
             # freeing it while the process group still exists (not at interpreter exit, after
             # the group is gone) avoids an abort at shutdown.
             gc.collect()
-            distributed.teardown(ctx, synchronise=finished)
+            self.comm.teardown(synchronise=finished)
 
-    def _build(self, ctx: distributed.DistContext) -> RecModel:
+    def _dataset(self, model: RecModel, ctx: DistContext) -> ArrowSampleDataset:
+        """This rank's samples through ``train.loader``."""
+        settings = self.settings
+        options: dict[str, Any] = {
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "shuffle_buffer": settings.shuffle_buffer,
+            "seed": settings.seed,
+        }
+        files = [ShardFile(path, rows) for path, rows in self.spec.shards]
+        if settings.loader == "petastorm":
+            from recpipe.data.petastorm_loader import PetastormSampleDataset
+
+            return PetastormSampleDataset(
+                files, model.sample_kind, model.config.batch_size,
+                pool=settings.petastorm_pool, workers=settings.num_workers, **options,
+            )  # fmt: skip
+        return ArrowSampleDataset(files, model.sample_kind, model.config.batch_size, **options)
+
+    def _build(self, ctx: DistContext) -> RecModel:
         cls = model_class(self.spec.model)
         config = cls.config_class.model_validate(self.spec.model_config)
         counts = np.load(self.spec.item_counts_file)
@@ -120,8 +145,8 @@ class Trainer:
             model.load_state_dict(load_state(Path(self.spec.init_file))["state_dict"])
         return model.to(ctx.device)
 
-    def _run(self, ctx: distributed.DistContext) -> dict[str, Any]:
-        spec, settings = self.spec, self.settings
+    def _run(self, ctx: DistContext) -> dict[str, Any]:
+        spec, settings, comm = self.spec, self.settings, self.comm
         threads = settings.torch_threads
         if threads is None and ctx.distributed and ctx.device.type == "cpu":
             threads = max(1, (torch.get_num_threads() or 1) // ctx.world_size)
@@ -130,23 +155,19 @@ class Trainer:
         model = self._build(ctx)
         config = model.config
         epochs = min(config.epochs, settings.max_epochs or config.epochs)
-        dataset = ArrowSampleDataset(
-            [ShardFile(path, rows) for path, rows in spec.shards],
-            model.sample_kind,
-            config.batch_size,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            shuffle_buffer=settings.shuffle_buffer,
-            seed=settings.seed,
-        )
-        steps_per_epoch = max(1, dataset.batches_for_rank(settings.num_workers))
+        dataset = self._dataset(model, ctx)
+        own_batches = dataset.batches_for_rank(settings.num_workers)
+        if not own_batches:
+            raise ValueError(
+                f"rank {ctx.rank} has no training rows in its sample files "
+                f"{[f.path for f in dataset.rank_files()]}: train with fewer processes"
+            )
+        # Every rank takes the largest rank's step count (shorter shards pad, see module doc).
+        steps_per_epoch = comm.max_int(own_batches)
         total_steps = steps_per_epoch * epochs
-        wrapped: torch.nn.Module = model
-        if ctx.distributed:
-            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(model, device_ids=device_ids)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        wrapped, optimizer = comm.prepare(
+            model,
+            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
@@ -159,13 +180,16 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             progress = Progress(**state["progress"])
+            comm.after_resume(model, optimizer)
             if ctx.is_main:
                 log.info("resumed %s: epoch %d, step %d", spec.model, progress.epoch, progress.step)
         elif ctx.is_main:
             for stale in (last_path, spec.checkpoint_dir / BEST_FILE):
                 stale.unlink(missing_ok=True)
         validator = self._validator(ctx)
-        loader = make_loader(dataset, settings.num_workers, ctx.device.type == "cuda")
+        loader: Any = dataset
+        if type(dataset) is ArrowSampleDataset:  # Petastorm runs its own reader pool
+            loader = make_loader(dataset, settings.num_workers, ctx.device.type == "cuda")
 
         def checkpoint() -> None:
             if ctx.is_main:
@@ -193,43 +217,55 @@ class Trainer:
                 disable=not (ctx.is_main and sys.stderr.isatty()),
                 leave=False,
             )
-            join = wrapped.join() if ctx.distributed else contextlib.nullcontext()
-            with join:
-                for index, batch in enumerate(self._batches(loader, ctx.device)):
-                    if index < skip:
-                        continue  # replaying the interrupted epoch's order up to the checkpoint
-                    # Randomness (dropout, sampled negatives) is seeded per step and rank, so a
-                    # resumed run draws exactly what the uninterrupted run drew.
-                    torch.manual_seed(_step_seed(settings.seed, ctx.rank, progress.step))
-                    with _autocast(ctx.device, settings.amp):
-                        loss = wrapped(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.float().backward()
-                    if settings.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    progress.step += 1
-                    progress.step_in_epoch = index + 1
+            batches = self._batches(loader, ctx.device)
+            last: Batch | None = None
+            for index in range(steps_per_epoch):
+                batch = next(batches, None)
+                if batch is not None:
+                    last = batch
+                if index < skip:
+                    continue  # replaying the interrupted epoch's order up to the checkpoint
+                if last is None:
+                    raise ShortReadError(f"rank {ctx.rank}: the loader yielded no batch")
+                # Randomness (dropout, sampled negatives) is seeded per step and rank, so a
+                # resumed run draws exactly what the uninterrupted run drew.
+                torch.manual_seed(_step_seed(settings.seed, ctx.rank, progress.step))
+                with _autocast(ctx.device, settings.amp):
+                    loss = wrapped(last)
+                if batch is None:
+                    loss = loss * 0.0  # padding step: this rank adds zero gradients
+                optimizer.zero_grad()  # set_to_none (the default); Horovod takes no argument
+                loss.float().backward()
+                comm.step(model, optimizer, settings.grad_clip)
+                scheduler.step()
+                progress.step += 1
+                progress.step_in_epoch = index + 1
+                bar.update(1)
+                if batch is not None:
                     loss_sum += float(loss.detach()) * len(batch)
                     loss_count += len(batch)
                     samples_seen += len(batch)
-                    bar.update(1)
-                    if ctx.is_main and progress.step % settings.log_every == 0:
-                        rate = loss_count / max(time.perf_counter() - epoch_started, 1e-9)
-                        bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", rows_s=f"{rate:,.0f}")
-                        if bar.disable:
-                            log.info(
-                                "%s epoch %d/%d step %d loss %.4f %.0f rows/s (rank 0)",
-                                spec.model, epoch + 1, epochs, progress.step,
-                                loss_sum / loss_count, rate,
-                            )  # fmt: skip
-                    if progress.step % settings.checkpoint_every == 0:
-                        checkpoint()
-                    if spec.stop_after_steps and progress.step >= spec.stop_after_steps:
-                        raise StoppedEarly(f"stopped after {progress.step} steps")
+                if ctx.is_main and progress.step % settings.log_every == 0 and loss_count:
+                    rate = loss_count / max(time.perf_counter() - epoch_started, 1e-9)
+                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", rows_s=f"{rate:,.0f}")
+                    if bar.disable:
+                        log.info(
+                            "%s epoch %d/%d step %d loss %.4f %.0f rows/s (rank 0)",
+                            spec.model, epoch + 1, epochs, progress.step,
+                            loss_sum / loss_count, rate,
+                        )  # fmt: skip
+                if progress.step % settings.checkpoint_every == 0:
+                    checkpoint()
+                if spec.stop_after_steps and progress.step >= spec.stop_after_steps:
+                    raise StoppedEarly(f"stopped after {progress.step} steps")
+            # Ending the iteration runs the loader's row accounting against the manifest.
+            if next(batches, None) is not None:
+                raise ShortReadError(
+                    f"rank {ctx.rank}: the loader yielded more than the {own_batches} batches "
+                    "the manifest's row counts allow"
+                )
             bar.close()
-            mean_loss = distributed.mean_across_ranks(loss_sum, loss_count, ctx)
+            mean_loss = comm.mean(loss_sum, loss_count)
             entry: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "step": progress.step,
@@ -251,7 +287,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         return self._finish(model, progress, ctx, seconds, samples_seen, validator)
 
-    def _validator(self, ctx: distributed.DistContext) -> Validator | None:
+    def _validator(self, ctx: DistContext) -> Validator | None:
         """Rank 0's validator; other ranks get a placeholder flag through broadcasts."""
         if self.spec.validation is None:
             return None
@@ -261,7 +297,7 @@ class Trainer:
         if ctx.is_main:
             validator = Validator(**self.spec.validation, metric=early.metric, k=early.k)
             usable = float(validator.usable)
-        usable = distributed.broadcast_floats([usable], ctx)[0]
+        usable = self.comm.broadcast_floats([usable])[0]
         if not usable:
             if ctx.is_main:
                 log.info("%s: no valid rows, early stopping off", self.spec.model)
@@ -274,13 +310,13 @@ class Trainer:
         validator: Validator | _Remote,
         progress: Progress,
         entry: dict[str, Any],
-        ctx: distributed.DistContext,
+        ctx: DistContext,
     ) -> None:
         metric = 0.0
         if isinstance(validator, Validator):
             metric = validator.evaluate(model, str(ctx.device))
             model.train()
-        metric = distributed.broadcast_floats([metric], ctx)[0]
+        metric = self.comm.broadcast_floats([metric])[0]
         entry["metric"] = round(metric, 6)
         if metric > progress.best_metric:
             progress.best_metric, progress.best_epoch = metric, progress.epoch
@@ -300,26 +336,29 @@ class Trainer:
         self,
         model: RecModel,
         progress: Progress,
-        ctx: distributed.DistContext,
+        ctx: DistContext,
         seconds: float,
         samples_seen: int,
         validator: Validator | _Remote | None,
     ) -> dict[str, Any]:
         spec = self.spec
+        rows_total = self.comm.sum_floats([float(samples_seen)])[0]
         summary: dict[str, Any] = {
             "model": spec.model,
             "epochs_run": progress.epoch,
             "steps": progress.step,
             "early_stopped": progress.stopped,
             "world_size": ctx.world_size,
+            "collectives": self.comm.name,
+            "loader": self.settings.loader,
             "device": str(ctx.device),
             "seconds": round(seconds, 3),
-            "rows_per_second": round(samples_seen * ctx.world_size / max(seconds, 1e-9), 1),
+            "rows_per_second": round(rows_total / max(seconds, 1e-9), 1),
             "history": progress.history,
             "model_config": model.config.model_dump(mode="json"),
         }
         if ctx.distributed:
-            summary["replica_checksums"] = _replica_checksums(model)
+            summary["replica_checksums"] = self.comm.gather_strings(_parameter_digest(model))
         if not ctx.is_main:
             return summary
         best_path = spec.checkpoint_dir / BEST_FILE
@@ -338,15 +377,13 @@ class Trainer:
         return summary
 
 
-def _replica_checksums(model: RecModel) -> list[str]:
-    """SHA-256 of every rank's parameters, gathered on all ranks: DDP replicas must agree."""
+def _parameter_digest(model: RecModel) -> str:
+    """SHA-256 of the weights; gathered from every rank, replicas must agree."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    gathered: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, digest.hexdigest())
-    return gathered
+    return digest.hexdigest()
 
 
 class _Remote:

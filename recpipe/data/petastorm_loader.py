@@ -1,0 +1,172 @@
+"""Petastorm loader (``train.loader=petastorm``): the export stage's Parquet read through
+Petastorm's ``make_batch_reader``, for clusters whose data path is built on Petastorm.
+
+Sharding, shuffling and batching are the Arrow loader's (file ``i`` -> rank ``i % world_size``,
+the same seeded shuffle buffer, the same ``Batch``); only decoding goes through Petastorm. Each
+rank gets one reader per epoch over its own files. Petastorm 0.13.1 can end an epoch early
+without an error (its thread pool checks for the end of data before it checks that all row
+groups were handed out), so every epoch's rows are counted and compared with the manifest, and
+any difference raises :class:`ShortReadError`.
+
+Petastorm needs pyarrow < 15 (the Horovod environment, ``make legacy-venv``); pyarrow before
+14.0.1 deserialises arbitrary Python objects from Arrow extension types (CVE-2023-47248), so
+this module first installs the ``pyarrow_hotfix`` mitigation there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recpipe.data.arrow_loader import (
+    ArrowSampleDataset,
+    Chunk,
+    DataFormatError,
+    SampleColumn,
+    ShardFile,
+    ShortReadError,
+    batch_chunks,
+    make_batch,
+)
+from recpipe.data.batch import Batch, SampleKind
+
+POOLS = ("dummy", "thread", "process")
+# First pyarrow release with the CVE-2023-47248 fix.
+SAFE_PYARROW = (14, 0, 1)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def mitigate_pyarrow_cve() -> bool:
+    """Install ``pyarrow_hotfix`` when this pyarrow predates the CVE-2023-47248 fix.
+
+    Returns whether the hotfix was needed. Raises when it is needed but not installed.
+    """
+    if _version(pa.__version__) >= SAFE_PYARROW:
+        return False
+    try:
+        importlib.import_module("pyarrow_hotfix")  # importing it is the mitigation
+    except ImportError as error:
+        raise RuntimeError(
+            f"pyarrow {pa.__version__} is vulnerable to CVE-2023-47248 and pyarrow_hotfix is "
+            "not installed: pip install pyarrow-hotfix (make legacy-venv does)"
+        ) from error
+    return True
+
+
+def _petastorm() -> Any:
+    try:
+        import petastorm
+    except ImportError as error:
+        raise RuntimeError(
+            f"train.loader=petastorm: petastorm is not importable here ({error}); it needs "
+            "pyarrow < 15 and runs in the Horovod environment (make legacy-venv, "
+            "train.launcher=horovod)"
+        ) from error
+    return petastorm
+
+
+class PetastormSampleDataset(ArrowSampleDataset):
+    """``ArrowSampleDataset``'s contract, decoding through Petastorm.
+
+    ``pool`` is Petastorm's ``reader_pool_type``: ``dummy`` decodes in the loader's own
+    prefetch thread (no Petastorm threads, no race), ``thread`` / ``process`` run ``workers``
+    Petastorm workers. Iterate it directly (not through a torch DataLoader): it yields
+    ``Batch``es in the calling process.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[ShardFile],
+        kind: SampleKind,
+        batch_size: int,
+        *,
+        pool: str = "dummy",
+        workers: int = 0,
+        **options: Any,
+    ) -> None:
+        super().__init__(files, kind, batch_size, **options)
+        if pool not in POOLS:
+            raise ValueError(f"train.petastorm_pool: unknown pool {pool!r}; one of {POOLS}")
+        self.pool = pool
+        self.workers = max(workers, 1)
+        mitigate_pyarrow_cve()
+        self.make_batch_reader = _petastorm().make_batch_reader
+
+    def batches_for_rank(self, num_workers: int = 0) -> int:
+        """Batches per epoch by the manifest: one stream per rank, so one short batch at most."""
+        full, rest = divmod(self.rows_for_rank(), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, 0])
+        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
+        files = self.rank_files()
+        if self.shuffle_buffer:
+            files = [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
+        reader_seed = int(seeds.generate_state(1, np.uint32)[0])
+        decoded = self._petastorm_chunks(files, reader_seed)
+        for chunk in batch_chunks(
+            decoded, self.batch_size, self.shuffle_buffer, generator, self.drop_last
+        ):
+            yield make_batch(chunk)
+
+    def _petastorm_chunks(
+        self, files: Sequence[ShardFile], seed: int
+    ) -> Iterator[tuple[Chunk, int]]:
+        """Decoded row groups of ``files``; at the end, the epoch's rows against the manifest."""
+        names = [c.name for c in self._columns]
+        reader = self.make_batch_reader(
+            # Not Path.as_uri(): Petastorm does not unquote, and Hive paths hold '='.
+            [f"file://{Path(f.path).absolute()}" for f in files],
+            schema_fields=names,
+            reader_pool_type=self.pool,
+            workers_count=self.workers,
+            shuffle_row_groups=bool(self.shuffle_buffer),
+            seed=seed,
+            num_epochs=1,
+        )
+        read = 0
+        try:
+            for row_group in reader:
+                columns = row_group._asdict()
+                rows = len(columns[names[0]])
+                if not rows:
+                    continue
+                chunk = {c.field: _checked(columns[c.name], c) for c in self._columns}
+                read += rows
+                yield chunk, rows
+        finally:
+            # stop/join rather than the context manager, whose exit prints a line every epoch.
+            reader.stop()
+            reader.join()
+        expected = self.rows_for_rank()
+        if read != expected:
+            raise ShortReadError(
+                f"rank {self.rank}: Petastorm ({self.pool} pool) returned {read} rows this epoch, "
+                f"the manifest has {expected} in this rank's {len(files)} file(s) "
+                f"({', '.join(f.path for f in files)})"
+            )
+
+
+def _checked(values: Any, column: SampleColumn) -> np.ndarray:
+    """A decoded column as numpy, refusing ragged lists and non-numeric values."""
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise DataFormatError(
+            f"column '{column.name}' holds lists of different lengths; sample list columns "
+            "must have one fixed width"
+        )
+    if array.ndim != (2 if column.is_list else 1):
+        raise DataFormatError(f"column '{column.name}' has shape {array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise DataFormatError(f"column '{column.name}' has unsupported type {array.dtype}")
+    return array
