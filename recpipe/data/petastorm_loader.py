@@ -16,6 +16,8 @@ this module first installs the ``pyarrow_hotfix`` mitigation there.
 from __future__ import annotations
 
 import importlib
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,13 @@ from recpipe.data.arrow_loader import (
 from recpipe.data.batch import Batch, SampleKind
 
 POOLS = ("dummy", "thread", "process")
+
+# Petastorm 0.13.1 on pyarrow 12 warns on every row group about pyarrow's legacy dataset API
+# it still uses, and about the regex semantics of schema_fields (our names are escaped).
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+warnings.filterwarnings(
+    "ignore", message="schema_fields behavior has changed", module=r"petastorm\."
+)
 # First pyarrow release with the CVE-2023-47248 fix.
 SAFE_PYARROW = (14, 0, 1)
 
@@ -127,7 +136,7 @@ class PetastormSampleDataset(ArrowSampleDataset):
         reader = self.make_batch_reader(
             # Not Path.as_uri(): Petastorm does not unquote, and Hive paths hold '='.
             [f"file://{Path(f.path).absolute()}" for f in files],
-            schema_fields=names,
+            schema_fields=[re.escape(name) for name in names],  # Petastorm takes regexes
             reader_pool_type=self.pool,
             workers_count=self.workers,
             shuffle_row_groups=bool(self.shuffle_buffer),
@@ -136,7 +145,7 @@ class PetastormSampleDataset(ArrowSampleDataset):
         )
         read = 0
         try:
-            for row_group in reader:
+            for row_group in _refusing_ragged_lists(reader):
                 columns = row_group._asdict()
                 rows = len(columns[names[0]])
                 if not rows:
@@ -155,6 +164,18 @@ class PetastormSampleDataset(ArrowSampleDataset):
                 f"the manifest has {expected} in this rank's {len(files)} file(s) "
                 f"({', '.join(f.path for f in files)})"
             )
+
+
+def _refusing_ragged_lists(reader: Any) -> Iterator[Any]:
+    """The reader's row groups, with Petastorm's error for ragged list columns as ours."""
+    try:
+        yield from reader
+    except RuntimeError as error:
+        if "expected to be the same length" not in str(error):
+            raise
+        raise DataFormatError(
+            f"{error}: sample list columns must hold lists of one fixed width"
+        ) from error
 
 
 def _checked(values: Any, column: SampleColumn) -> np.ndarray:

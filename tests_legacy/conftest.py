@@ -1,0 +1,15 @@
+"""Tests that run inside the Horovod environment (.venv-legacy: pyarrow 12, numpy 1.26).
+
+The main suite's conftest starts Spark, which this environment does not have; these tests use
+only pyarrow, Petastorm, Horovod and torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# recpipe comes from the checkout this suite belongs to (the environment's .pth may point at
+# another one).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
