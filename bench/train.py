@@ -4,7 +4,8 @@ Needs the exported MovieLens 100K samples of ``bench/quality.py`` (run it first,
 ``--prepare``). Two parts, both on the machine this runs on (CPU unless CUDA is visible):
 
 1. Throughput: each model trains ``--epochs`` epochs on ``leave_last_out`` with each launcher
-   (``local`` x1, ``torchrun`` x2, ``spark`` TorchDistributor x2), validation off. Printed
+   (``local`` x1, ``torchrun`` x2, ``spark`` TorchDistributor x2, and ``horovod`` x2 with the
+   Petastorm loader when ``.venv-legacy`` exists), validation off. Printed
    as training rows/s and as a ratio to the reference measured in the same process: one
    epoch of the Arrow loader alone over the same files (rows/s with no model at all).
 2. Convergence: GRU4Rec and SASRec train on ``leave_last_out`` with early stopping on the
@@ -12,7 +13,8 @@ Needs the exported MovieLens 100K samples of ``bench/quality.py`` (run it first,
    excluded) next to ALS's from the same root.
 
     .venv/bin/python bench/train.py [--root var/quality] [--models bpr_mf sasrec ...]
-        [--launchers local torchrun spark] [--epochs 1] [--skip-convergence] [--prepare]
+        [--launchers local torchrun spark horovod] [--epochs 1] [--skip-convergence]
+        [--prepare]
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from recpipe.console import format_table
 DS = "2026-11-22"
 PROTOCOL = "leave_last_out"
 MODELS = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
-LAUNCHERS = {"local": 1, "torchrun": 2, "spark": 2}
+LEGACY_ENV = Path(__file__).resolve().parent.parent / ".venv-legacy"
+# launcher -> (processes, extra overrides)
+LAUNCHERS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "local": (1, ()),
+    "torchrun": (2, ()),
+    "spark": (2, ()),
+    "horovod": (2, ("train.loader=petastorm", f"train.horovod_env={LEGACY_ENV}")),
+}
+DEFAULT_LAUNCHERS = [n for n in LAUNCHERS if n != "horovod" or (LEGACY_ENV / "bin").is_dir()]
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,8 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--root", default="var/quality", help="paths.root of bench/quality.py")
     parser.add_argument("--models", nargs="*", default=list(MODELS), help="models to time")
     parser.add_argument(
-        "--launchers", nargs="*", default=list(LAUNCHERS), choices=list(LAUNCHERS),
-        help="launchers to time (torchrun and spark use 2 processes)",
+        "--launchers", nargs="*", default=DEFAULT_LAUNCHERS, choices=list(LAUNCHERS),
+        help="launchers to time (torchrun, spark and horovod use 2 processes; horovod reads "
+        "through Petastorm in .venv-legacy, make legacy-venv)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=1, help="epochs per throughput run")
     parser.add_argument(
@@ -75,10 +86,10 @@ def throughput(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]
     for name in args.models:
         reference = None
         for launcher in args.launchers:
-            processes = LAUNCHERS[launcher]
+            processes, extra = LAUNCHERS[launcher]
             config = load_config(None, [*base, f"train.launcher={launcher}",
                                         f"train.processes={processes}",
-                                        f"train.max_epochs={args.epochs}"])  # fmt: skip
+                                        f"train.max_epochs={args.epochs}", *extra])  # fmt: skip
             spec = build_spec(config, DS, PROTOCOL, name)
             spec.validation = None  # throughput only
             if reference is None:
@@ -89,7 +100,7 @@ def throughput(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]
             rows.append(
                 {
                     "model": name,
-                    "launcher": f"{launcher} x{processes}",
+                    "launcher": f"{launcher} x{processes} ({config.train.loader})",
                     "device": result["device"],
                     "rows/epoch": sum(r for _, r in spec.shards),
                     "train rows/s": round(rate),

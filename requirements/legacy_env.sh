@@ -16,7 +16,9 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 HOROVOD=0.28.1
 TORCH=2.13.0
 PY_TAG=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-CACHE=${RECPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/recpipe}/wheels/horovod-$HOROVOD-torch$TORCH-$PY_TAG-cxx17-gloo
+# GPU clusters build with HOROVOD_GPU_OPERATIONS=NCCL (and a CUDA torch): a different wheel.
+OPS=$(echo "${HOROVOD_GPU_OPERATIONS:-cpu}" | tr '[:upper:]' '[:lower:]')
+CACHE=${RECPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/recpipe}/wheels/horovod-$HOROVOD-torch$TORCH-$PY_TAG-cxx17-$OPS
 started=$(date +%s)
 
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"

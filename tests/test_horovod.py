@@ -119,14 +119,16 @@ def test_horovod_petastorm_matches_torchrun_arrow_and_checkpoints_cross_load(roo
 
 
 @needs_legacy
-def test_horovod_resume_equals_an_uninterrupted_run(root) -> None:
-    settings = _horovod("train.loader=petastorm", "train.processes=2", "train.max_epochs=3",
+@pytest.mark.parametrize("loader", ["petastorm", "arrow"])
+def test_horovod_resume_equals_an_uninterrupted_run(root, loader) -> None:
+    settings = _horovod(f"train.loader={loader}", "train.processes=2", "train.max_epochs=3",
                         "train.checkpoint_every=3", "models.bpr_mf.batch_size=32")  # fmt: skip
-    whole, whole_file = _train(root, "hvd-whole", *settings)
+    whole, whole_file = _train(root, f"hvd-whole-{loader}", *settings)
     steps = whole["steps"]
+    assert whole["loader"] == loader
     with pytest.raises(LaunchError, match="StoppedEarly"):
-        _train(root, "hvd-resumed", *settings, stop=steps // 2 + 1)
-    resumed, resumed_file = _train(root, "hvd-resumed", *settings, resume=True)
+        _train(root, f"hvd-resumed-{loader}", *settings, stop=steps // 2 + 1)
+    resumed, resumed_file = _train(root, f"hvd-resumed-{loader}", *settings, resume=True)
     assert resumed["steps"] == steps
     a, b = load_state(whole_file)["state_dict"], load_state(resumed_file)["state_dict"]
     for key in a:
