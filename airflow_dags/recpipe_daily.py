@@ -49,6 +49,9 @@ RETRIES = int(os.environ.get("RECPIPE_RETRIES", "2"))
 # Training on a torchrun/horovodrun cluster instead of under spark-submit: a shell command with
 # {ds} and {args} (the stage's arguments, shell-quoted), e.g.
 #   ssh gpu01 'cd /opt/recpipe && .venv/bin/recpipe train {args} --set train.launcher=torchrun'
+# or, on a Horovod cluster (the Horovod environment built with make legacy-venv):
+#   .venv/bin/recpipe train {args} --set train.launcher=horovod --set train.loader=petastorm
+#     --set train.horovod_env=.venv-legacy --set train.horovod_hosts=gpu01:4,gpu02:4
 TRAIN_COMMAND = os.environ.get("RECPIPE_TRAIN_COMMAND")
 
 DOC = f"""

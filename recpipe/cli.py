@@ -150,7 +150,9 @@ def add_model_commands(commands: Any) -> None:
         help="train deep models (PyTorch) on the exported samples, then evaluate them",
         description="Train each model in train.models (or --model) on the export stage's "
         "samples of every protocol in split.protocols, with train.launcher (local | torchrun | "
-        "spark) and early stopping on the valid split; the model goes to "
+        "spark | horovod, the last in the Horovod environment: train.horovod_env, make "
+        "legacy-venv) reading through train.loader (arrow | petastorm) and early stopping on "
+        "the valid split; the model goes to "
         "<paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then evaluated like the "
         "baselines. Model settings: conf/models/<model>.yaml (keys models.<model>.*).",
     )
