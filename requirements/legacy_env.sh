@@ -30,7 +30,7 @@ PIP=("$VENV/bin/python" -m pip)
 
 wheel=$(ls "$CACHE"/horovod-$HOROVOD-*.whl 2>/dev/null | head -n 1 || true)
 if [ -z "$wheel" ]; then
-  echo "legacy-venv: building Horovod $HOROVOD from source (about 5 minutes on 2 cores; cached in $CACHE)"
+  echo "legacy-venv: building Horovod $HOROVOD from source (3-5 minutes on 2 cores; cached in $CACHE)"
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
   "${PIP[@]}" download -q --no-deps --no-binary :all: "horovod==$HOROVOD" -d "$src"
