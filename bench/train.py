@@ -34,14 +34,17 @@ DS = "2026-11-22"
 PROTOCOL = "leave_last_out"
 MODELS = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
 LEGACY_ENV = Path(__file__).resolve().parent.parent / ".venv-legacy"
-# launcher -> (processes, extra overrides)
+HOROVOD = ("train.launcher=horovod", f"train.horovod_env={LEGACY_ENV}")
+# name -> (processes, overrides)
 LAUNCHERS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "local": (1, ()),
-    "torchrun": (2, ()),
-    "spark": (2, ()),
-    "horovod": (2, ("train.loader=petastorm", f"train.horovod_env={LEGACY_ENV}")),
+    "local": (1, ("train.launcher=local",)),
+    "torchrun": (2, ("train.launcher=torchrun",)),
+    "spark": (2, ("train.launcher=spark",)),
+    "horovod": (2, (*HOROVOD, "train.loader=petastorm")),
+    "horovod-arrow": (2, (*HOROVOD, "train.loader=arrow")),
 }
-DEFAULT_LAUNCHERS = [n for n in LAUNCHERS if n != "horovod" or (LEGACY_ENV / "bin").is_dir()]
+HAVE_LEGACY = (LEGACY_ENV / "bin").is_dir()
+DEFAULT_LAUNCHERS = [n for n in LAUNCHERS if HAVE_LEGACY or not n.startswith("horovod")]
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,7 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--launchers", nargs="*", default=DEFAULT_LAUNCHERS, choices=list(LAUNCHERS),
         help="launchers to time (torchrun, spark and horovod use 2 processes; horovod reads "
-        "through Petastorm in .venv-legacy, make legacy-venv)",
+        "through Petastorm, horovod-arrow through the Arrow loader, both in .venv-legacy: "
+        "make legacy-venv)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=1, help="epochs per throughput run")
     parser.add_argument(
@@ -86,10 +90,9 @@ def throughput(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]
     for name in args.models:
         reference = None
         for launcher in args.launchers:
-            processes, extra = LAUNCHERS[launcher]
-            config = load_config(None, [*base, f"train.launcher={launcher}",
-                                        f"train.processes={processes}",
-                                        f"train.max_epochs={args.epochs}", *extra])  # fmt: skip
+            processes, overrides = LAUNCHERS[launcher]
+            config = load_config(None, [*base, *overrides, f"train.processes={processes}",
+                                        f"train.max_epochs={args.epochs}"])  # fmt: skip
             spec = build_spec(config, DS, PROTOCOL, name)
             spec.validation = None  # throughput only
             if reference is None:
@@ -100,7 +103,7 @@ def throughput(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]
             rows.append(
                 {
                     "model": name,
-                    "launcher": f"{launcher} x{processes} ({config.train.loader})",
+                    "launcher": f"{config.train.launcher} x{processes} ({config.train.loader})",
                     "device": result["device"],
                     "rows/epoch": sum(r for _, r in spec.shards),
                     "train rows/s": round(rate),
