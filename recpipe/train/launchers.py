@@ -141,7 +141,9 @@ def horovod_command(spec_file: Path, settings: TrainConfig) -> tuple[list[str], 
         path = os.environ.get("PATH", "")
     hosts = settings.horovod_hosts or f"localhost:{settings.processes}"
     command = [
+        # A loaded machine can take more than the default 30 s to start the ranks.
         str(horovodrun), "-np", str(settings.processes), "-H", hosts, "--gloo",
+        "--start-timeout", "120",
         str(python), "-m", "recpipe.train.worker", str(spec_file),
     ]  # fmt: skip
     source = _source_path(Path(spec_file).parent / "pythonpath")
