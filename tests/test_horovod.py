@@ -153,6 +153,23 @@ def test_recpipe_train_runs_horovod_with_petastorm_shuffling(spark, root) -> Non
     assert {e.result.protocol.split_protocol for e in evaluations} == set(train["protocols"])
 
 
+@needs_legacy
+def test_a_short_petastorm_epoch_stops_horovod_training_with_the_counts(root) -> None:
+    config = build_config(root, *BASE, "warehouse.database=hvd", "train.max_epochs=1",
+                          *_horovod("train.loader=petastorm", "train.processes=2"))  # fmt: skip
+    spec = build_spec(config, DS, "leave_last_out", "bpr_mf", False)
+    spec.run_dir = str(root / "runs" / "short")
+    spec.model_file = str(root / "runs" / "short" / "model.pt")
+    (path, rows), other = spec.shards
+    spec.shards = [(path, rows + 5), other]  # the manifest promises rows the file lacks
+    with pytest.raises(LaunchError) as failure:
+        launch(spec, config.train)
+    message = str(failure.value)
+    assert "ShortReadError: rank 0" in message
+    assert f"returned {rows} rows this epoch, the manifest has {rows + 5}" in message
+    assert not Path(spec.model_file).exists()
+
+
 def test_petastorm_outside_the_horovod_environment_is_a_clear_error(root) -> None:
     config = build_config(root, *BASE, "train.launcher=local", "train.loader=petastorm")
     spec = build_spec(config, DS, "leave_last_out", "bpr_mf", False)
