@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,6 +370,10 @@ class ArrowSampleDataset(IterableDataset):
         as long as they are started per epoch (``persistent_workers=False``, as in
         ``make_loader``)."""
         self.epoch = epoch
+
+    def loader(self, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+        """What the training loop iterates each epoch: a DataLoader with ``num_workers``."""
+        return make_loader(self, num_workers, pin_memory)
 
     def rank_files(self) -> list[ShardFile]:
         """This rank's files, in manifest order."""

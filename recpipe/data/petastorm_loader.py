@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,15 @@ class PetastormSampleDataset(ArrowSampleDataset):
             raise ValueError(f"train.petastorm_pool: unknown pool {pool!r}; one of {POOLS}")
         self.pool = pool
         self.workers = max(workers, 1)
+        self.pin_memory = False
         mitigate_pyarrow_cve()
         self.make_batch_reader = _petastorm().make_batch_reader
+
+    def loader(self, num_workers: int = 0, pin_memory: bool = False) -> Iterable[Batch]:
+        """The dataset itself: Petastorm runs its own reader pool (``workers``), so no torch
+        DataLoader workers; ``pin_memory`` pins each batch for GPU copies."""
+        self.pin_memory = pin_memory
+        return self
 
     def batches_for_rank(self, num_workers: int = 0) -> int:
         """Batches per epoch by the manifest: one stream per rank, so one short batch at most."""
@@ -126,7 +133,8 @@ class PetastormSampleDataset(ArrowSampleDataset):
         for chunk in batch_chunks(
             decoded, self.batch_size, self.shuffle_buffer, generator, self.drop_last
         ):
-            yield make_batch(chunk)
+            batch = make_batch(chunk)
+            yield batch.pin_memory() if self.pin_memory else batch
 
     def _petastorm_chunks(
         self, files: Sequence[ShardFile], seed: int

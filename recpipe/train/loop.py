@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from recpipe.config import TrainConfig
-from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError, make_loader
+from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError
 from recpipe.data.batch import Batch
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
@@ -187,9 +187,7 @@ class Trainer:
             for stale in (last_path, spec.checkpoint_dir / BEST_FILE):
                 stale.unlink(missing_ok=True)
         validator = self._validator(ctx)
-        loader: Any = dataset
-        if type(dataset) is ArrowSampleDataset:  # Petastorm runs its own reader pool
-            loader = make_loader(dataset, settings.num_workers, ctx.device.type == "cuda")
+        loader = dataset.loader(settings.num_workers, ctx.device.type == "cuda")
 
         def checkpoint() -> None:
             if ctx.is_main:
