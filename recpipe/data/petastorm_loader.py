@@ -142,8 +142,7 @@ class PetastormSampleDataset(ArrowSampleDataset):
         """Decoded row groups of ``files``; at the end, the epoch's rows against the manifest."""
         names = [c.name for c in self._columns]
         reader = self.make_batch_reader(
-            # Not Path.as_uri(): Petastorm does not unquote, and Hive paths hold '='.
-            [f"file://{Path(f.path).absolute()}" for f in files],
+            [_url(f.path) for f in files],
             schema_fields=[re.escape(name) for name in names],  # Petastorm takes regexes
             reader_pool_type=self.pool,
             workers_count=self.workers,
@@ -172,6 +171,14 @@ class PetastormSampleDataset(ArrowSampleDataset):
                 f"the manifest has {expected} in this rank's {len(files)} file(s) "
                 f"({', '.join(f.path for f in files)})"
             )
+
+
+def _url(path: str) -> str:
+    """A Petastorm dataset URL: URLs (hdfs://, s3://, file://) as given, paths as file://.
+
+    Not ``Path.as_uri()``: Petastorm does not unquote, and Hive partition paths hold '='.
+    """
+    return path if "://" in path else f"file://{Path(path).absolute()}"
 
 
 def _refusing_ragged_lists(reader: Any) -> Iterator[Any]:
