@@ -192,3 +192,16 @@ def test_petastorm_files_pass_through_the_pyarrow_cve_mitigation(tmp_path) -> No
     with pytest.raises(Exception, match=r"(?i)disallowed|arbitrary code|pyarrow_hotfix|unpickl"):
         pq.read_table(path)
     assert not marker.exists()
+
+
+def test_sample_paths_become_petastorm_urls(tmp_path, monkeypatch) -> None:
+    from recpipe.data.petastorm_loader import _url
+
+    monkeypatch.chdir(tmp_path)
+    assert _url("hdfs://nn:8020/lake/ds=2026-11-20/part-0.parquet") == (
+        "hdfs://nn:8020/lake/ds=2026-11-20/part-0.parquet"
+    )
+    # Relative paths are made absolute and '=' stays unquoted (Petastorm does not unquote).
+    assert _url("lake/ds=2026-11-20/part-0.parquet") == (
+        f"file://{tmp_path}/lake/ds=2026-11-20/part-0.parquet"
+    )
