@@ -399,13 +399,8 @@ class ArrowSampleDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        files = self.rank_files()[worker::workers]
-        # One stream per (seed, epoch, rank, worker): reproducible, and no two workers or ranks
-        # share an order.
-        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
-        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
-        if self.shuffle_buffer and files:
-            files = [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
+        _, generator = self._epoch_randomness(worker)
+        files = self._epoch_files(self.rank_files()[worker::workers], generator)
         # Arrow's decode threads pay off in the main process; worker processes already run in
         # parallel, and more threads there only contend for the same cores.
         decoded = self._chunks(files, use_threads=info is None)
@@ -417,6 +412,21 @@ class ArrowSampleDataset(IterableDataset):
                 yield _WireBatch(chunk)  # type: ignore[misc]
             else:
                 yield make_batch(chunk)
+
+    def _epoch_randomness(self, worker: int) -> tuple[np.random.SeedSequence, torch.Generator]:
+        """The seeds and shuffle generator of one (seed, epoch, rank, worker): reproducible, and
+        no two workers or ranks share an order."""
+        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker])
+        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
+        return seeds, generator
+
+    def _epoch_files(
+        self, files: list[ShardFile], generator: torch.Generator
+    ) -> list[ShardFile]:
+        """``files`` in this epoch's order (as given when shuffling is off)."""
+        if not self.shuffle_buffer or not files:
+            return files
+        return [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
 
     def _chunks(
         self, files: Sequence[ShardFile], use_threads: bool = True

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from recpipe.data.arrow_loader import (
     ArrowSampleDataset,
@@ -123,11 +122,8 @@ class PetastormSampleDataset(ArrowSampleDataset):
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[Batch]:
-        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank, 0])
-        generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
-        files = self.rank_files()
-        if self.shuffle_buffer:
-            files = [files[i] for i in torch.randperm(len(files), generator=generator).tolist()]
+        seeds, generator = self._epoch_randomness(worker=0)
+        files = self._epoch_files(self.rank_files(), generator)
         reader_seed = int(seeds.generate_state(1, np.uint32)[0])
         decoded = self._petastorm_chunks(files, reader_seed)
         for chunk in batch_chunks(

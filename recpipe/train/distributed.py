@@ -104,12 +104,11 @@ class TorchCollectives(Collectives):
 
     name = "torch.distributed"
 
-    def setup(self, requested_device: str, environ: dict[str, str] | None = None) -> DistContext:
+    def setup(self, requested_device: str) -> DistContext:
         """Join the process group when launched with WORLD_SIZE > 1."""
-        env = dict(os.environ if environ is None else environ)
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local_rank = int(env.get("LOCAL_RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = pick_device(requested_device, local_rank)
         if world > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

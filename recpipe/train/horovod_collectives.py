@@ -94,7 +94,9 @@ class HorovodCollectives(Collectives):
 
     def max_int(self, value: int) -> int:
         """The largest ``value`` over ranks."""
-        return max(int(v) for v in self.gather_strings(str(value)))
+        if not self.context.distributed:
+            return value
+        return max(self.hvd.allgather_object(value))
 
     def gather_strings(self, value: str) -> list[str]:
         """Every rank's ``value``, in rank order, on every rank."""

@@ -97,20 +97,30 @@ def _read_result(spec: TrainSpec) -> dict[str, Any]:
     return json.loads(spec.result_file.read_text())
 
 
-def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
-    spec.result_file.unlink(missing_ok=True)
-    spec_file = spec.write(Path(spec.run_dir) / "spec.json")
-    log_file = Path(spec.run_dir) / "torchrun.log"
-    command = torchrun_command(spec_file, processes)
+def _run_logged(
+    spec: TrainSpec, name: str, command: list[str], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run a launcher command with its output in ``<run dir>/<name>.log``; rank 0's result."""
+    log_file = Path(spec.run_dir) / f"{name}.log"
     log.info("launch: %s (log: %s)", " ".join(command), log_file)
     with log_file.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0:
         raise LaunchError(
-            f"torchrun exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
+            f"{name} exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
             + failure_excerpt(log_file.read_text())
         )
     return _read_result(spec)
+
+
+def _spec_file(spec: TrainSpec) -> Path:
+    """Clear any previous result and write the spec the ranks read."""
+    spec.result_file.unlink(missing_ok=True)
+    return spec.write(Path(spec.run_dir) / "spec.json")
+
+
+def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
+    return _run_logged(spec, "torchrun", torchrun_command(_spec_file(spec), processes))
 
 
 def horovod_command(spec_file: Path, settings: TrainConfig) -> tuple[list[str], dict[str, str]]:
@@ -168,19 +178,8 @@ def _source_path(folder: Path) -> str:
 
 
 def _horovod(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
-    spec.result_file.unlink(missing_ok=True)
-    spec_file = spec.write(Path(spec.run_dir) / "spec.json")
-    log_file = Path(spec.run_dir) / "horovodrun.log"
-    command, env = horovod_command(spec_file, settings)
-    log.info("launch: %s (log: %s)", " ".join(command), log_file)
-    with log_file.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0:
-        raise LaunchError(
-            f"horovodrun exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
-            + failure_excerpt(log_file.read_text())
-        )
-    return _read_result(spec)
+    command, env = horovod_command(_spec_file(spec), settings)
+    return _run_logged(spec, "horovodrun", command, env)
 
 
 @contextlib.contextmanager
