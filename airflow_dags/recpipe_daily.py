@@ -37,6 +37,8 @@ SPARK_SUBMIT = os.environ.get("RECPIPE_SPARK_SUBMIT") or (
 # The interpreter of the main environment: spark-submit locates Spark through it, and the
 # driver and Python workers must import recpipe, torch and full pyspark from it.
 PYTHON = os.environ.get("RECPIPE_PYTHON") or str(Path(SPARK_SUBMIT).parent / "python")
+# Under spark-submit recpipe takes master, deploy mode and resources from the launcher (the
+# Spark connection below), never from these files: local.yaml's local[*] does not apply here.
 CONF_FILES = os.environ.get(
     "RECPIPE_CONF", f"{HOME / 'conf' / 'base.yaml'}:{HOME / 'conf' / 'local.yaml'}"
 ).split(":")
@@ -70,7 +72,8 @@ clean → vocab → sessionize → split → (train_baselines, export) → train
 * **Params**: `raw_events` (landing path, `{{ds}}` is replaced by the run's ds), `baselines`,
   `deep_models`, `overrides` (extra `key=value` config overrides, e.g. `train.processes=4`).
 * **Where things run**: `spark-submit` = `{SPARK_SUBMIT}`, connection `{SPARK_CONN}`
-  (its host is the master, e.g. `local[2]` or `yarn`); training
+  (its host is the master, e.g. `local[2]` or `yarn`; the config files never override the
+  master or resources under spark-submit, and each manifest records `spark_master`); training
   `{TRAIN_COMMAND or "under spark-submit with the spark launcher (TorchDistributor)"}`.
 * **What a run did**: `<paths.root>/manifests/<stage>/ds=<ds>.json`.
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,14 @@ class PathsConfig(_Section):
     raw_events: str | None = Field(None, description="Raw event input: a file, a folder or a glob.")
 
 
+# Master URLs Spark's own launcher accepts; anything else fails inside the JVM with a stack
+# trace, so it is refused here with the key named.
+_MASTER_PATTERN = (
+    r"^(local(\[(\*|[1-9][0-9]*)(,[0-9]+)?\])?|local-cluster\[[0-9]+,[0-9]+,[0-9]+\]"
+    r"|spark://[^\s]+|yarn|k8s://[^\s]+)$"
+)
+
+
 class SparkConfig(_Section):
     master: str = "local[*]"
     app_name: str = "recpipe"
@@ -57,6 +66,15 @@ class SparkConfig(_Section):
     ui: bool = False
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        if not re.match(_MASTER_PATTERN, value):
+            raise ValueError(
+                "expected local, local[N], local[*], spark://host:port, yarn or k8s://host:port"
+            )
+        return value
 
 
 class CleanConfig(_Section):
@@ -365,6 +383,25 @@ def config_error(exc: ValidationError, prefix: Sequence[str] = ()) -> ConfigErro
     return ConfigError(f"invalid config: {problems}")
 
 
+def _local_state_root(root: str) -> str:
+    """``paths.root`` as a local path; a ``file://`` URI is accepted, other schemes refused.
+
+    State (lake, manifests, models) is still written with local file APIs, so a shared mount
+    every node sees is the way to a cluster today; turning ``hdfs://nn/x`` into a local folder
+    ``./hdfs:/nn/x`` (as a plain path join would) must never happen silently.
+    """
+    if root.startswith("file://"):
+        return root[len("file://") :] or "/"
+    scheme = root.split("://", 1)[0] if "://" in root else None
+    if scheme:
+        raise ConfigError(
+            f"'paths.root': {root}: state at {scheme}:// URIs is not supported yet (lake tables, "
+            "manifests and models are written with local file APIs); use a local path or a "
+            "mount every Spark node sees (paths.raw_events may be any Hadoop URI)"
+        )
+    return root
+
+
 def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a raw mapping into a :class:`Config`, resolving relative paths from ``base_dir``."""
     try:
@@ -373,7 +410,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         raise config_error(exc) from None
     base = base_dir or Path.cwd()
     paths = config.paths
-    paths.root = str((base / paths.root).resolve())
+    paths.root = str((base / _local_state_root(paths.root)).resolve())
     if paths.raw_events and "://" not in paths.raw_events:
         paths.raw_events = str(base / paths.raw_events)
     return config

@@ -6,12 +6,14 @@ import datetime as dt
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from recpipe import __version__
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
 
@@ -29,6 +31,33 @@ def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
     if not path.is_file():
         raise MissingInputError(f"no manifest for stage '{stage}' ds={ds} at {path}")
     return json.loads(path.read_text())
+
+
+def runtime_info() -> dict[str, str | None]:
+    """Where this process ran: Spark master, application id, Spark and recpipe versions.
+
+    Reads the active session only when pyspark is already imported (JVM-free commands such as
+    ``recs`` record nulls and never pay for the import).
+    """
+    info: dict[str, str | None] = {
+        "recpipe_version": __version__,
+        "spark_version": None,
+        "spark_master": None,
+        "spark_app_id": None,
+    }
+    if "pyspark.sql" not in sys.modules:
+        return info
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        context = active.sparkContext
+        info.update(
+            spark_version=active.version,
+            spark_master=context.master,
+            spark_app_id=context.applicationId,
+        )
+    return info
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -77,6 +106,7 @@ class StageRun:
             "seconds": round(time.perf_counter() - self._t0, 3),
             "config_hash": self.config.hash(),
             "status": "ok" if exc is None else "failed",
+            **runtime_info(),
             **self.record,
         }
         if exc is not None:

@@ -1,28 +1,100 @@
-"""The one place a SparkSession is built, from ``Config.spark`` and ``paths.root``."""
+"""The one place a SparkSession is built, from ``Config.spark`` and ``paths.root``.
+
+Two cases. When recpipe starts the JVM itself (``recpipe clean``, tests, the demo), config
+builds the whole session: master, memory, scratch space and the embedded metastore, all under
+``paths.root``. When a launcher started it (``spark-submit``, an Airflow Spark connection, a
+notebook's cluster), the launcher owns the cluster: recpipe never sets the master, deploy mode,
+driver or executor resources or ``spark.local.dir``, and every setting the launcher gave wins
+over config.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config
+from recpipe.errors import RecpipeError
 
 log = logging.getLogger(__name__)
 
+# Fixed by whoever starts the driver JVM and asks the cluster manager for executors.
+LAUNCHER_KEYS = frozenset(
+    {
+        "spark.master",
+        "spark.submit.deployMode",
+        "spark.cores.max",
+        "spark.local.dir",
+        "spark.driver.memory",
+        "spark.driver.cores",
+        "spark.driver.memoryOverhead",
+        "spark.driver.extraJavaOptions",
+        "spark.driver.extraClassPath",
+        "spark.driver.extraLibraryPath",
+        "spark.executor.memory",
+        "spark.executor.cores",
+        "spark.executor.instances",
+        "spark.executor.memoryOverhead",
+    }
+)
+LAUNCHER_PREFIXES = (
+    "spark.dynamicAllocation.",
+    "spark.executor.resource.",
+    "spark.driver.resource.",
+)
+# Any of these means a metastore/warehouse is configured elsewhere: no embedded Derby then.
+METASTORE_KEYS = (
+    "spark.sql.warehouse.dir",
+    "spark.hadoop.hive.metastore.uris",
+    "spark.hadoop.javax.jdo.option.ConnectionURL",
+)
 
-def session_conf(config: Config) -> dict[str, str]:
-    """Spark settings for ``config``: embedded-default paths under ``paths.root``, then overrides.
 
-    Metastore, warehouse, scratch space and derby.log all live under the root, so nothing is
-    written to the working directory. Entries in ``spark.conf`` win over everything else.
+class SparkStartError(RecpipeError):
+    """The Spark session could not be started (bad master, unreachable cluster, bad setting)."""
+
+
+def is_launcher_key(key: str) -> bool:
+    """Whether ``key`` belongs to the launcher (master, deploy mode, resources, local dirs)."""
+    return key in LAUNCHER_KEYS or key.startswith(LAUNCHER_PREFIXES)
+
+
+def launcher_started_jvm(environ: Mapping[str, str]) -> bool:
+    """Whether a launcher (spark-submit) already started the driver JVM for this process."""
+    # spark-submit's PythonRunner starts the JVM first and hands Python its gateway port in this
+    # variable; pyspark itself uses it to decide between connecting and launching a JVM.
+    return "PYSPARK_GATEWAY_PORT" in environ
+
+
+def _embedded_metastore(root: Path) -> dict[str, str]:
+    metastore = root / "metastore"
+    return {
+        "spark.sql.warehouse.dir": str(root / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
+        ),
+    }
+
+
+def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Spark settings recpipe asks for; ``launcher_conf`` is what a launcher already set.
+
+    Without a launcher: master, memory, scratch space, metastore, warehouse and derby.log all
+    live under the root, so nothing is written to the working directory; ``spark.conf`` wins
+    over the shortcuts. With a launcher: launcher-owned keys (see :func:`is_launcher_key`) are
+    dropped, every key the launcher set keeps its value, and the embedded metastore is used only
+    when neither side configured one.
     """
     root = config.root
     spark = config.spark
-    metastore = root / "metastore"
     conf = {
         "spark.app.name": spark.app_name,
         "spark.master": spark.master,
@@ -37,56 +109,144 @@ def session_conf(config: Config) -> dict[str, str]:
         # Keep `ds` and other partition values as strings: "2026-11-22" would become a date.
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
         "spark.local.dir": str(root / "tmp" / "spark"),
-        "spark.sql.warehouse.dir": str(root / "warehouse"),
-        "spark.hadoop.javax.jdo.option.ConnectionURL": (
-            f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
-        ),
-        "spark.driver.extraJavaOptions": " ".join(
-            [
-                f"-Dderby.system.home={metastore}",
-                f"-Dderby.stream.error.file={metastore / 'derby.log'}",
-                f"-Djava.io.tmpdir={root / 'tmp' / 'jvm'}",
-                "-XX:-UsePerfData",  # no hsperfdata folder in the system temp dir
-            ]
-        ),
     }
-    if spark.hive:
-        conf["spark.sql.catalogImplementation"] = "hive"
     if spark.executor_memory:
         conf["spark.executor.memory"] = spark.executor_memory
     if spark.executor_cores:
         conf["spark.executor.cores"] = str(spark.executor_cores)
     if spark.executor_instances:
         conf["spark.executor.instances"] = str(spark.executor_instances)
+    if spark.hive:
+        conf["spark.sql.catalogImplementation"] = "hive"
     conf.update(spark.conf)
-    return conf
+    given = dict(launcher_conf or {})
+    if not any(key in conf or key in given for key in METASTORE_KEYS):
+        conf.update(_embedded_metastore(root))
+    if launcher_conf is None:
+        metastore = root / "metastore"
+        conf["spark.driver.extraJavaOptions"] = " ".join(
+            [
+                f"-Dderby.system.home={metastore}",
+                f"-Dderby.stream.error.file={metastore / 'derby.log'}",
+                f"-Djava.io.tmpdir={root / 'tmp' / 'jvm'}",
+                "-XX:-UsePerfData",  # no hsperfdata folder in the system temp dir
+                conf.get("spark.driver.extraJavaOptions", ""),
+            ]
+        ).strip()
+        return conf
+    ignored = sorted(k for k in conf if is_launcher_key(k) and given.get(k) != conf[k])
+    if ignored:
+        log.info("the launcher owns %s: config values ignored", ", ".join(ignored))
+    return {k: v for k, v in conf.items() if not is_launcher_key(k) and k not in given}
 
 
-def get_spark(config: Config) -> SparkSession:
-    """Return the active session, or build one from ``config``.
+def _launcher_conf() -> dict[str, str]:
+    """Settings of the JVM a launcher started (connects to it; starts nothing)."""
+    from pyspark import SparkConf, SparkContext
 
-    Session-wide settings (master, memory, metastore) are fixed when the JVM starts; a session
-    that already runs (under spark-submit, or in tests) is reused as it is.
-    """
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    conf = session_conf(config)
-    for key in ("spark.local.dir",):
-        Path(conf[key]).mkdir(parents=True, exist_ok=True)
+    SparkContext._ensure_initialized()  # connects to spark-submit's gateway
+    return dict(SparkConf().getAll())
+
+
+def _prepare_local_jvm(config: Config, conf: Mapping[str, str]) -> None:
+    """Folders of a JVM recpipe starts, and the Python its local workers run."""
+    Path(conf["spark.local.dir"]).mkdir(parents=True, exist_ok=True)
     for folder in ("metastore", "tmp/jvm"):
         (config.root / folder).mkdir(parents=True, exist_ok=True)
-    if config.spark.master.startswith("local"):
+    if conf["spark.master"].startswith("local"):
         # Local Python workers (mapInArrow, TorchDistributor) must run this interpreter, which
         # has numpy/pandas/torch; PySpark otherwise starts `python3` from PATH. The driver
         # reads only this variable (not spark.pyspark.python); clusters set their own.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder
+
+
+def _keep_derby_log_under_root(config: Config, conf: Mapping[str, str]) -> None:
+    """In a launcher's JVM, point Derby's log under the root before the metastore boots."""
+    if "jdbc:derby:" not in conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", ""):
+        return
+    from pyspark import SparkContext
+
+    metastore = config.root / "metastore"
+    metastore.mkdir(parents=True, exist_ok=True)
+    system = SparkContext._jvm.java.lang.System  # type: ignore[union-attr]
+    system.setProperty("derby.stream.error.file", str(metastore / "derby.log"))
+
+
+_JAVA_ERROR = re.compile(r"([\w$]+(?:Exception|Error)): (.+)")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The Java exception's class and message out of a py4j error (its first line is py4j's)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        match = _JAVA_ERROR.search(line)
+        if match:
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"[:300]
+    return (lines or [type(exc).__name__])[0][:300]
+
+
+def check_master_reachable(master: str, source: str, timeout: float = 5.0) -> None:
+    """Fail fast when no master of a ``spark://`` URL accepts connections.
+
+    Spark's own client retries an absent standalone master for about a minute, logging stack
+    traces, and then fails with an unrelated "stopped SparkContext" error.
+    """
+    if not master.startswith("spark://"):
+        return  # local runs need no master; YARN and Kubernetes report their own errors
+    problems = []
+    for address in master[len("spark://") :].split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
+    raise SparkStartError(
+        f"{source} {master}: no Spark master reachable ({'; '.join(problems)})"
+    )
+
+
+def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> SparkSession:
+    """Return the active session, or build one: from ``config`` alone, or on a launcher's JVM.
+
+    A session that already runs (in tests, in a notebook) is reused as it is. Under
+    spark-submit (``environ`` holds its gateway; default ``os.environ``) only the settings the
+    launcher does not own are added. A session that cannot start is a :class:`SparkStartError`
+    naming the master and the key or flag it came from.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    launched = launcher_started_jvm(os.environ if environ is None else environ)
+    given = _launcher_conf() if launched else None
+    conf = session_conf(config, given)
+    if launched:
+        master, source = (given or {}).get("spark.master", "?"), "spark-submit --master"
+    else:
+        master, source = conf["spark.master"], "spark.master"
+    check_master_reachable(master, source)
+    if launched:
+        _keep_derby_log_under_root(config, conf)
+    else:
+        _prepare_local_jvm(config, conf)
+    builder: Any = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)
     if config.spark.hive:
         builder = builder.enableHiveSupport()
-    session = builder.getOrCreate()
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # py4j/JVM errors have no common Python base
+        raise SparkStartError(
+            f"cannot start Spark on {source} {master}: {_first_line(exc)}"
+        ) from exc
     session.sparkContext.setLogLevel(config.spark.log_level)
-    log.info("spark %s started: master=%s", session.version, session.sparkContext.master)
+    log.info(
+        "spark %s started: master=%s app=%s (%s)",
+        session.version,
+        session.sparkContext.master,
+        session.sparkContext.applicationId,
+        "launcher" if launched else "config",
+    )
     return session
+

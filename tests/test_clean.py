@@ -234,3 +234,25 @@ def test_glob_input_and_clear_errors(spark: SparkSession, make_config, tmp_path)
         run_clean(spark, make_config(f"paths.raw_events={tmp_path / 'odd.txt'}"), DS)
     failed = json.loads((make_config().root / "manifests" / "clean" / f"ds={DS}.json").read_text())
     assert failed["status"] == "failed" and "input_format" in failed["error"]
+
+
+def test_raw_events_at_a_hadoop_uri(spark: SparkSession, make_config, tmp_path) -> None:
+    """paths.raw_events read through Hadoop's FileSystem: a viewfs:// mount of a local folder
+    (a real non-local scheme), and clear errors for schemes this classpath cannot reach."""
+    landing = tmp_path / "landing"
+    (landing / "day").mkdir(parents=True)
+    write_lines(landing / "day" / "a.jsonl", [ev("a", "x"), ev("b", "y")])
+    write_lines(landing / "day" / "b.jsonl", [ev("c", "x"), "{broken"])
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    hadoop.set("fs.viewfs.mounttable.rawtest.link./landing", f"file://{landing}")
+    config = make_config("paths.raw_events=viewfs://rawtest/landing/day")
+    manifest = run_clean(spark, config, DS)
+    assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (4, 3, 1)
+    sources = {r["source_file"] for r in read_table(spark, config.root, "quarantine").collect()}
+    assert sources == {"viewfs://rawtest/landing/day/b.jsonl"}
+    globbed = make_config("paths.raw_events=viewfs://rawtest/landing/*/a.jsonl")
+    assert run_clean(spark, globbed, DS)["rows_in"] == 2
+    with pytest.raises(RawInputError, match=r"paths\.raw_events: .*s3a:// needs hadoop-aws"):
+        run_clean(spark, make_config("paths.raw_events=s3a://bucket/landing"), DS)
+    with pytest.raises(RawInputError, match=r"paths\.raw_events: .*gs:// needs the GCS connector"):
+        run_clean(spark, make_config("paths.raw_events=gs://bucket/landing"), DS)

@@ -99,6 +99,26 @@ def test_clean_cli_relocates_everything_under_root(tmp_path: Path) -> None:
     assert list(scratch.iterdir()) == []  # nor to the temp folder
 
 
+def test_unreachable_master_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path / "state"
+    result = run(
+        [str(BIN / "recpipe"), "clean", "--ds", DS, "--set", f"paths.root={root}",
+         "--set", f"paths.raw_events={tmp_path}", "--set", f"spark.master=spark://127.0.0.1:{port}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"recpipe clean: spark.master spark://127.0.0.1:{port}: no Spark master reachable"
+    )
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr
+    assert not (root / "lake").exists()
+
+
 @pytest.mark.slow
 def test_config_error_exit_code_names_key(tmp_path: Path) -> None:
     result = run([str(BIN / "recpipe"), "clean", "--set", "clean.max_id_length=long"], tmp_path)
@@ -127,6 +147,11 @@ def test_spark_submit_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((root / "manifests" / "clean" / f"ds={DS}.json").read_text())
     assert (manifest["rows_in"], manifest["rows_out"], manifest["rows_quarantined"]) == (16, 12, 3)
+    # conf/local.yaml asks for local[*]; spark-submit's --master wins and the manifest says so.
+    assert manifest["spark_master"] == "local[1]"
+    assert manifest["spark_app_id"].startswith("local-") and manifest["spark_version"]
+    assert not (tmp_path / "derby.log").exists()
+    assert (root / "metastore" / "derby.log").exists()
 
 
 @pytest.mark.slow

@@ -8,7 +8,13 @@ import pytest
 import yaml
 
 from recpipe.config import Config, ConfigError, load_config, parse_override
-from recpipe.spark import session_conf
+from recpipe.spark import (
+    SparkStartError,
+    check_master_reachable,
+    is_launcher_key,
+    launcher_started_jvm,
+    session_conf,
+)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -95,6 +101,79 @@ def test_relative_root_resolves_from_base_dir(tmp_path: Path) -> None:
     config = load_config(None, ["paths.root=state", "paths.raw_events=in/*.jsonl"], tmp_path)
     assert config.paths.root == str(tmp_path / "state")
     assert config.paths.raw_events == str(tmp_path / "in/*.jsonl")
+
+
+def test_root_uris_are_never_turned_into_local_folders(tmp_path: Path) -> None:
+    """paths.root=file:///x is the folder /x; other schemes are refused naming the key (state
+    is written with local file APIs), never joined into ./hdfs:/nn/... as before."""
+    assert load_config(None, [f"paths.root=file://{tmp_path}/st"]).paths.root == f"{tmp_path}/st"
+    for uri in ("hdfs://nn:8020/recpipe", "s3a://bucket/recpipe", "viewfs://cluster/recpipe"):
+        with pytest.raises(ConfigError, match=r"'paths\.root': .*not supported yet"):
+            load_config(None, [f"paths.root={uri}"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    raw = load_config(None, ["paths.raw_events=hdfs://nn/landing/*.jsonl"], tmp_path)
+    assert raw.paths.raw_events == "hdfs://nn/landing/*.jsonl"  # read through Hadoop as given
+
+
+def test_unknown_master_is_a_config_error_naming_the_key() -> None:
+    for master in ("local[2]", "local[*]", "spark://a:7077,b:7077", "yarn", "k8s://https://h:6443"):
+        assert load_config(None, [f"spark.master={master}"]).spark.master == master
+    for master in ("bogus://x", "local[0]", "spark://", "yarn-cluster"):
+        with pytest.raises(ConfigError, match=r"'spark\.master': .*spark://host:port"):
+            load_config(None, [f"spark.master={master}"])
+
+
+def test_unreachable_standalone_master_fails_fast_with_the_source() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(SparkStartError, match=rf"spark\.master spark://127\.0\.0\.1:{port}: no"):
+        check_master_reachable(f"spark://127.0.0.1:{port}", "spark.master")
+    check_master_reachable("local[2]", "spark.master")  # nothing to reach
+    check_master_reachable("yarn", "spark.master")
+
+
+def test_under_a_launcher_recpipe_sets_no_cluster_settings(tmp_path: Path) -> None:
+    """spark-submit owns master, deploy mode, resources and local dirs; its values win."""
+    config = load_config(
+        None,
+        [
+            f"paths.root={tmp_path}",
+            "spark.master=local[4]",
+            "spark.executor_memory=8g",
+            "spark.executor_instances=3",
+            "spark.conf={spark.dynamicAllocation.enabled: 'true', spark.cores.max: '4', "
+            "spark.sql.adaptive.enabled: 'false', spark.app.name: mine}",
+        ],
+    )
+    launcher = {"spark.master": "spark://h:7077", "spark.app.name": "submitted"}
+    conf = session_conf(config, launcher)
+    assert not [key for key in conf if is_launcher_key(key)]
+    for key in ("spark.master", "spark.local.dir", "spark.driver.memory", "spark.executor.memory",
+                "spark.executor.instances", "spark.dynamicAllocation.enabled", "spark.cores.max",
+                "spark.driver.extraJavaOptions", "spark.app.name"):  # fmt: skip
+        assert key not in conf, key
+    assert conf["spark.sql.adaptive.enabled"] == "false"  # not the launcher's: config applies
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert str(tmp_path / "metastore") in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    shared = session_conf(config, {**launcher, "spark.hadoop.hive.metastore.uris": "thrift://m:1"})
+    assert "spark.hadoop.javax.jdo.option.ConnectionURL" not in shared
+    assert "spark.sql.warehouse.dir" not in shared
+    # Without a launcher config builds everything, master included.
+    own = session_conf(config)
+    assert (own["spark.master"], own["spark.executor.memory"]) == ("local[4]", "8g")
+    assert launcher_started_jvm({"PYSPARK_GATEWAY_PORT": "41234"})
+    assert not launcher_started_jvm({"PATH": "/bin"})
+
+
+def test_a_configured_metastore_replaces_the_embedded_one(tmp_path: Path) -> None:
+    cluster = load_config([CONF / "base.yaml", CONF / "cluster.yaml"], [f"paths.root={tmp_path}"])
+    conf = session_conf(cluster)
+    assert conf["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
+    assert "spark.hadoop.javax.jdo.option.ConnectionURL" not in conf
+    assert conf["spark.sql.warehouse.dir"] == cluster.spark.conf["spark.sql.warehouse.dir"]
 
 
 def test_hash_changes_with_config() -> None:

@@ -7,9 +7,7 @@ strings, ``extra`` (map of other fields) and ``source_file``.
 
 from __future__ import annotations
 
-import glob
 from collections import defaultdict
-from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -17,6 +15,7 @@ from pyspark.sql import types as T
 
 from recpipe.errors import RecpipeError
 from recpipe.schema import EXTRA, KNOWN_FIELDS, RAW, SOURCE_FILE, Reason
+from recpipe.storage import HadoopFiles, StorageError
 
 PARSE_ERROR = "parse_error"
 _CORRUPT = "_corrupt_record"
@@ -36,43 +35,39 @@ class RawInputError(RecpipeError, ValueError):
     """The raw input location is missing, empty or of an unknown format."""
 
 
-def detect_format(path: Path) -> str | None:
-    """Input format from a file name (``.jsonl.gz`` counts as JSON), or None when unknown."""
-    suffixes = [s.lower() for s in path.suffixes]
+def detect_format(name: str) -> str | None:
+    """Input format from a file name or URI (``.jsonl.gz`` counts as JSON), or None."""
+    suffixes = [f".{part.lower()}" for part in name.rsplit("/", 1)[-1].split(".")[1:]]
     while suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
         suffixes.pop()
     return _FORMAT_BY_SUFFIX.get(suffixes[-1]) if suffixes else None
 
 
-def list_input_files(location: str) -> list[Path]:
-    """Expand a file, folder (recursively) or glob; skips hidden and ``_``-prefixed files."""
-    if any(ch in location for ch in "*?["):
-        candidates = [Path(p) for p in glob.glob(location, recursive=True)]
-    else:
-        path = Path(location)
-        if not path.exists():
-            raise RawInputError(f"paths.raw_events: {location} does not exist")
-        candidates = sorted(path.rglob("*")) if path.is_dir() else [path]
-    files = [
-        p
-        for p in candidates
-        if p.is_file() and not any(part.startswith((".", "_")) for part in p.parts[-1:])
-    ]
+def list_input_files(spark: SparkSession, location: str) -> list[str]:
+    """Expand a file, folder (recursively) or glob at any Hadoop URI into qualified file URIs.
+
+    Listed through the session's Hadoop ``FileSystem``, so the driver sees what executors
+    read; a plain path is a local path. Hidden and ``_``-prefixed files are skipped.
+    """
+    try:
+        files = HadoopFiles(spark).list_files(location, key="paths.raw_events")
+    except StorageError as exc:
+        raise RawInputError(str(exc)) from None
     if not files:
         raise RawInputError(f"paths.raw_events: no input files at {location}")
-    return sorted(files)
+    return files
 
 
-def group_by_format(files: list[Path], input_format: str) -> dict[str, list[Path]]:
+def group_by_format(files: list[str], input_format: str) -> dict[str, list[str]]:
     """Assign each file its reader format; ``auto`` uses the extension and rejects unknown ones."""
     if input_format != "auto":
         return {input_format: files}
-    groups: dict[str, list[Path]] = defaultdict(list)
+    groups: dict[str, list[str]] = defaultdict(list)
     unknown = []
     for path in files:
         fmt = detect_format(path)
         if fmt is None:
-            unknown.append(path.name)
+            unknown.append(path.rsplit("/", 1)[-1])
         else:
             groups[fmt].append(path)
     if unknown:
@@ -96,9 +91,9 @@ def _known_and_extra(fields: Column) -> list[Column]:
     ]
 
 
-def read_json_lines(spark: SparkSession, files: list[Path]) -> DataFrame:
+def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
     """JSON lines: one record per line; a line that is not a JSON object is kept with its reason."""
-    lines = spark.read.text([str(p) for p in files]).select(
+    lines = spark.read.text(files).select(
         F.col("value").alias(RAW), _source_file().alias(SOURCE_FILE)
     )
     fields = F.from_json(F.col(RAW), _STRING_MAP)
@@ -117,9 +112,9 @@ def read_json_lines(spark: SparkSession, files: list[Path]) -> DataFrame:
     )
 
 
-def read_csv(spark: SparkSession, files: list[Path]) -> DataFrame:
+def read_csv(spark: SparkSession, files: list[str]) -> DataFrame:
     """CSV with a header; rows with more or fewer fields than the header are malformed."""
-    paths = [str(p) for p in files]
+    paths = list(files)
     header = spark.read.option("header", True).csv(paths).columns
     schema = T.StructType([T.StructField(name, T.StringType()) for name in [*header, _CORRUPT]])
     rows = (
@@ -142,9 +137,9 @@ def read_csv(spark: SparkSession, files: list[Path]) -> DataFrame:
     )
 
 
-def read_parquet(spark: SparkSession, files: list[Path]) -> DataFrame:
+def read_parquet(spark: SparkSession, files: list[str]) -> DataFrame:
     """Parquet: columns cast to strings (nested ones as JSON); the raw text is the row as JSON."""
-    rows = spark.read.parquet(*[str(p) for p in files])
+    rows = spark.read.parquet(*files)
     columns = rows.columns
 
     def as_string(name: str) -> Column:
@@ -172,7 +167,7 @@ def read_raw_events(spark: SparkSession, location: str | None, input_format: str
     """All raw records under ``location`` as one normalised frame (see module docstring)."""
     if not location:
         raise RawInputError("paths.raw_events is not set: give a file, a folder or a glob")
-    files = list_input_files(location)
+    files = list_input_files(spark, location)
     frames = [
         _READERS[fmt](spark, paths) for fmt, paths in group_by_format(files, input_format).items()
     ]

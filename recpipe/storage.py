@@ -1,0 +1,107 @@
+"""File operations through the session's Hadoop ``FileSystem``: any URI the cluster can reach.
+
+Spark reads and writes through Hadoop, so listing through the same layer means a location
+means the same thing to the driver's listing and to the executors' reads: ``hdfs://``,
+``viewfs://``, ``s3a://``, ``gs://``, ``abfs://`` or ``file://``. A plain path is a local
+path (made absolute and given the ``file://`` scheme), never resolved against
+``fs.defaultFS``, so the same config means the same files under ``local[*]`` and on YARN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from recpipe.errors import RecpipeError
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB_CHARS = "*?[{"
+# What a cluster needs on its classpath for the object stores Hadoop does not bundle.
+_CONNECTORS = {
+    "s3a": "hadoop-aws (org.apache.hadoop:hadoop-aws matching the cluster's Hadoop)",
+    "s3": "hadoop-aws (use s3a://; plain s3:// needs an EMR-style S3 FileSystem)",
+    "gs": "the GCS connector (com.google.cloud.bigdataoss:gcs-connector)",
+    "abfs": "hadoop-azure (org.apache.hadoop:hadoop-azure)",
+    "abfss": "hadoop-azure (org.apache.hadoop:hadoop-azure)",
+}
+
+
+class StorageError(RecpipeError, OSError):
+    """A location cannot be reached: unknown scheme, missing connector, no such path."""
+
+
+def scheme_of(location: str) -> str | None:
+    """``hdfs`` for ``hdfs://nn/x``; None for a plain path."""
+    match = _SCHEME.match(location)
+    return match.group(1).lower() if match else None
+
+
+def qualify(location: str) -> str:
+    """A URI for ``location``: URIs unchanged, plain paths as absolute ``file://`` URIs."""
+    if scheme_of(location):
+        return location
+    # Not Path.as_uri(): that percent-encodes, and Hadoop takes `=` and spaces literally.
+    return "file://" + os.path.abspath(os.path.expanduser(location))
+
+
+@dataclass(frozen=True)
+class HadoopFiles:
+    """Hadoop ``FileSystem`` calls on the JVM of ``spark`` (driver side only)."""
+
+    spark: SparkSession
+
+    def _jvm(self) -> Any:
+        return self.spark.sparkContext._jvm  # type: ignore[attr-defined]
+
+    def _filesystem(self, uri: str, key: str) -> tuple[Any, Any]:
+        jvm = self._jvm()
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+        try:
+            return path.getFileSystem(conf), path
+        except Exception as exc:  # py4j wraps the Java exception
+            raise StorageError(_unreachable(key, uri, exc)) from None
+
+    def list_files(self, location: str, key: str) -> list[str]:
+        """Files under a file, a folder (recursively) or a glob, as sorted qualified URIs.
+
+        Names starting with ``.`` or ``_`` (checksums, ``_SUCCESS``, staging) are skipped.
+        ``key`` is the config key named in errors.
+        """
+        uri = qualify(location)
+        fs, path = self._filesystem(uri, key)
+        try:
+            if any(ch in uri.split("://", 1)[1] for ch in _GLOB_CHARS):
+                statuses = list(fs.globStatus(path) or [])
+            elif fs.exists(path):
+                statuses = [fs.getFileStatus(path)]
+            else:
+                raise StorageError(f"{key}: {location} does not exist")
+            files: list[str] = []
+            for status in statuses:
+                if status.isDirectory():
+                    found = fs.listFiles(status.getPath(), True)
+                    while found.hasNext():
+                        files.append(found.next().getPath().toString())
+                else:
+                    files.append(status.getPath().toString())
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(_unreachable(key, uri, exc)) from None
+        return sorted(f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_")))
+
+
+def _unreachable(key: str, uri: str, exc: BaseException) -> str:
+    scheme = scheme_of(uri) or "file"
+    message = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if "No FileSystem for scheme" in str(exc):
+        need = _CONNECTORS.get(scheme, f"a Hadoop FileSystem for {scheme}://")
+        return f"{key}: cannot reach {uri}: {scheme}:// needs {need} on the Spark classpath"
+    # py4j puts its own "An error occurred while calling ..." line first; the Java one is better.
+    java = [line.strip() for line in str(exc).splitlines() if "Exception" in line]
+    return f"{key}: cannot reach {uri}: {(java or [message])[0][:300]}"
