@@ -179,10 +179,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def run_sql(spark: SparkSession, query: str) -> list[dict[str, Any]]:
-    """Run ``query`` with Spark SQL; rows as JSON-ready dicts (times as ISO-8601 strings).
+    """Run a read-only ``query`` with Spark SQL; rows as JSON-ready dicts (ISO-8601 times).
+
+    Statements that write, change state, run code or read files by path are refused before
+    any of them runs (:mod:`recpipe.sql_guard`).
 
     Rows travel through Arrow, so ``timestamp`` values come back zone-aware in the session
     time zone whatever the Python process's own zone is.
     """
-    table = spark.sql(query).toArrow()
+    from recpipe.sql_guard import read_only_frame
+
+    table = read_only_frame(spark, query).toArrow()
     return [_jsonable(row) for row in table.to_pylist()]

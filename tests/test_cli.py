@@ -151,7 +151,6 @@ def test_spark_submit_job(tmp_path: Path) -> None:
     assert manifest["spark_master"] == "local[1]"
     assert manifest["spark_app_id"].startswith("local-") and manifest["spark_version"]
     assert not (tmp_path / "derby.log").exists()
-    assert (root / "metastore" / "derby.log").exists()
 
 
 @pytest.mark.slow

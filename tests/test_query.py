@@ -141,3 +141,68 @@ def test_query_module_does_not_import_pyspark() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+REFUSED = [
+    # (statement template, what the refusal names); {t} is the recommendations table
+    ("SELECT TRANSFORM(user_id) USING 'touch {marker}' FROM {t}", "TRANSFORM"),
+    ("WITH x AS (SELECT TRANSFORM(1) USING 'touch {marker}') SELECT * FROM x", "TRANSFORM"),
+    ("SELECT * FROM text.`/etc/hostname`", "by path"),
+    ("SELECT * FROM {t} WHERE user_id IN (SELECT value FROM text.`{marker_dir}`)", "by path"),
+    ("SELECT reflect('java.lang.System', 'exit', 3)", "reflect"),
+    ("SELECT java_method('java.lang.Runtime', 'getRuntime')", "reflect"),
+    ("INSERT INTO {t} PARTITION (ds='{ds}', model='als') "
+     "SELECT 'u9', 'evil', 0, 1.0, current_timestamp(), 'x'", "InsertIntoStatement"),
+    ("INSERT OVERWRITE DIRECTORY '{marker_dir}/out' SELECT 1", "InsertIntoDir"),
+    ("DROP TABLE {t}", "DropTable"),
+    ("ALTER TABLE {t} DROP PARTITION (ds='{ds}', model='als')", "not a query"),
+    ("CREATE TABLE {t}_copy AS SELECT * FROM {t}", "CreateTableAsSelect"),
+    ("SET spark.sql.warehouse.dir=/tmp", "SetCommand"),
+    ("ADD JAR {marker_dir}/x.jar", "AddJarsCommand"),
+    ("CREATE TEMPORARY FUNCTION f AS 'com.example.Udf'", "CreateFunctionCommand"),
+    ("CACHE TABLE {t}", "CacheTable"),
+    ("DELETE FROM {t} WHERE ds='{ds}'", "DeleteFromTable"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("template", "reason"), REFUSED, ids=[r[1] for r in REFUSED])
+def test_sql_is_read_only_and_nothing_of_a_refused_statement_runs(
+    spark: SparkSession, config: Config, tmp_path, template: str, reason: str
+) -> None:
+    from recpipe.sql_guard import ReadOnlyError
+
+    name = qualified_name(config, RECOMMENDATIONS)
+    marker = tmp_path / "ran"
+    statement = template.format(t=name, marker=marker, marker_dir=tmp_path, ds=DS)
+    before = lookup_recs(config, "u1")
+    with pytest.raises(ReadOnlyError, match=reason):
+        run_sql(spark, statement)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert spark.catalog.tableExists(name)
+    after = spark.sql(f"SELECT count(*) AS n FROM {name}").collect()[0]["n"]
+    assert after == len(ROWS)
+    assert lookup_recs(config, "u1") == before
+    assert spark.conf.get("spark.sql.warehouse.dir") != "/tmp"
+
+
+def test_sql_reads_queries_and_catalog_inspections(spark: SparkSession, config: Config) -> None:
+    from recpipe.sql_guard import QueryError
+
+    name = qualified_name(config, RECOMMENDATIONS)
+    counted = run_sql(
+        spark, f"WITH r AS (SELECT * FROM {name}) SELECT user_id, count(*) AS n FROM r "
+        "GROUP BY user_id ORDER BY user_id",
+    )  # fmt: skip
+    expected: dict[str, int] = {}
+    for row in ROWS:
+        expected[row[0]] = expected.get(row[0], 0) + 1
+    assert counted == [{"user_id": u, "n": n} for u, n in sorted(expected.items())]
+    tables = run_sql(spark, f"SHOW TABLES IN {config.warehouse.database}")
+    assert RECOMMENDATIONS in {row["tableName"] for row in tables}
+    columns = [row["col_name"] for row in run_sql(spark, f"DESCRIBE {name}")]
+    assert columns[:6] == ["user_id", "item_id", "rank", "score", "generated_at", "source"]
+    assert run_sql(spark, "SELECT id FROM range(2)") == [{"id": 0}, {"id": 1}]
+    with pytest.raises(QueryError, match="cannot parse"):
+        run_sql(spark, "SELEC 1")
+    with pytest.raises(QueryError, match="TABLE_OR_VIEW_NOT_FOUND"):
+        run_sql(spark, f"SELECT * FROM {config.warehouse.database}.nope")

@@ -317,3 +317,60 @@ def test_gate_without_baseline_metrics_names_the_command(root, evaluated) -> Non
     decision = run_gate(build_config(root, *BASE, "gate.baseline=als"), DS1)
     assert decision["candidate"] == "bpr_mf"
     assert decision["passed"] == (_ndcg(root, "bpr_mf") >= _ndcg(root, "als"))
+
+
+class _RunsCode:
+    """Pickles to a call of ``os.system``: what a planted ``model.pt`` would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_model_files_are_data_never_code(root, tmp_path) -> None:
+    """A pickle payload in model.pt is refused (weights_only) and never runs; a model.pt planted
+    in a baseline's folder is not even read (the registry says what a model is)."""
+    import shutil
+
+    import torch
+
+    from recpipe.config import load_config
+    from recpipe.scoring.scorers import build_scorer
+    from recpipe.stages.evaluate import load_model as load_for_evaluation
+    from recpipe.train.checkpoint import CheckpointError
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("metastore", "warehouse", "tmp"))
+    marker = tmp_path / "code-ran"
+    evil = {"format": 1, "model": "bpr_mf", "payload": _RunsCode(marker)}
+    models = copy / "models"
+    torch.save(evil, models / "als" / DS1 / PROTOCOL / "model.pt")
+    torch.save(evil, models / "bpr_mf" / DS1 / PROTOCOL / "model.pt")
+
+    baseline = load_payload(copy, DS1, PROTOCOL, "als")
+    assert baseline.kind == "baseline" and set(baseline.files) == {"meta.json", "arrays.npz"}
+    config = load_config(None, [f"paths.root={copy}", *BASE])
+    train = load_split_for(copy)
+    assert type(load_for_evaluation(config, DS1, PROTOCOL, "als", train)).__name__ == "Als"
+
+    deep = load_payload(copy, DS1, PROTOCOL, "bpr_mf")
+    with pytest.raises(CheckpointError, match="not a plain checkpoint"):
+        build_scorer(deep)
+    with pytest.raises(CheckpointError, match="not a plain checkpoint"):
+        load_model(models / "bpr_mf" / DS1 / PROTOCOL / "model.pt")
+    with pytest.raises(CheckpointError):
+        load_for_evaluation(config, DS1, PROTOCOL, "bpr_mf", train)
+    assert not marker.exists()
+    # The real checkpoints still load as data and rebuild their models.
+    real = Path(root) / "models" / "sasrec" / DS1 / PROTOCOL / "model.pt"
+    assert load_model(real).name == "sasrec"
+
+
+def load_split_for(root: Path):
+    from recpipe.baselines.base import load_split
+
+    return load_split(root, DS1, PROTOCOL, "train")

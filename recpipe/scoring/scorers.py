@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask, load_split
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
-from recpipe.train.checkpoint import MODEL_FILE, build_model
+from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 BASELINE_FILES = ("meta.json", "arrays.npz")
 
@@ -54,12 +55,12 @@ def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPa
     from recpipe.stages.train_baseline import model_dir
 
     folder = model_dir(root, name, model_ds, protocol)
-    if (folder / MODEL_FILE).is_file():
-        kind: Literal["deep", "baseline"] = "deep"
-        files = {MODEL_FILE: (folder / MODEL_FILE).read_bytes()}
-    elif all((folder / f).is_file() for f in BASELINE_FILES):
-        kind = "baseline"
-        files = {f: (folder / f).read_bytes() for f in BASELINE_FILES}
+    # The registry, not the folder's contents, says what a model is: a model.pt planted in a
+    # baseline's folder is never read.
+    kind: Literal["deep", "baseline"] = "baseline" if name in BASELINES else "deep"
+    wanted = BASELINE_FILES if kind == "baseline" else (MODEL_FILE,)
+    if all((folder / f).is_file() for f in wanted):
+        files = {f: (folder / f).read_bytes() for f in wanted}
     else:
         raise MissingInputError(
             f"no trained {name} for ds={model_ds} protocol={protocol} under {folder}: train it "
@@ -182,8 +183,7 @@ class DenseScorer(Scorer):
 
 
 def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
-    buffer = io.BytesIO(payload.files[MODEL_FILE])
-    state = torch.load(buffer, map_location="cpu", weights_only=False)
+    state = load_state(io.BytesIO(payload.files[MODEL_FILE]))
     model = build_model(state).eval().to(device)
     sequence = model.sample_kind == "sequence"
     max_len = model.context.max_len

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
+from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, TrainData, load_split
 from recpipe.config import Config
@@ -48,7 +49,8 @@ def load_model(
     """A trained model ready to score users: a baseline with its users' train histories
     attached, or a deep model's scorer over the same histories."""
     folder = model_dir(config.root, name, ds, protocol)
-    if (folder / MODEL_FILE).is_file():
+    # Baseline names go to the baseline loader even when a model.pt sits in their folder.
+    if name not in BASELINES and (folder / MODEL_FILE).is_file():
         return DeepScorer.for_train_data(load_deep_model(folder / MODEL_FILE), train)
     if not (folder / "meta.json").is_file():
         raise MissingInputError(

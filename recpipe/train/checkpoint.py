@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
+from recpipe.errors import RecpipeError
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
+
+
+class CheckpointError(RecpipeError, ValueError):
+    """A model file that is not a plain recpipe checkpoint (it is never unpickled)."""
+
 
 FORMAT = 1
 MODEL_FILE = "model.pt"  # the trained model: best weights (early stopping) or final
@@ -25,9 +32,24 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by recpipe (our own files: full unpickling is allowed)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+def load_state(source: Path | BinaryIO) -> dict[str, Any]:
+    """Read a checkpoint as data: tensors, numbers, strings, lists and dicts only.
+
+    ``weights_only=True`` refuses any other pickled object, so a planted ``model.pt`` cannot
+    run code in the driver or on an executor; such a file is a :class:`CheckpointError`.
+    """
+    target = source if hasattr(source, "read") else Path(source)  # type: ignore[arg-type]
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = getattr(source, "name", None) or str(source)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "refused"
+        raise CheckpointError(
+            f"{name} is not a plain checkpoint (tensors and plain values only): {first}"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} does not hold a checkpoint dict")
+    return state
 
 
 def model_state(model: RecModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
