@@ -332,12 +332,16 @@ class _RunsCode:
 
 
 def test_model_files_are_data_never_code(root, tmp_path) -> None:
-    """A pickle payload in model.pt is refused (weights_only) and never runs; a model.pt planted
-    in a baseline's folder is not even read (the registry says what a model is)."""
+    """Two layers: a model file must match the SHA-256 its training manifest recorded, and even
+    a file that does (an attacker who also edits the manifest) loads with weights_only, so its
+    pickle payload is refused and never runs. A model.pt planted in a baseline's folder is not
+    even read (the registry says what a model is)."""
+    import hashlib
     import shutil
 
     import torch
 
+    from recpipe.artifacts import ArtifactError
     from recpipe.config import load_config
     from recpipe.scoring.scorers import build_scorer
     from recpipe.stages.evaluate import load_model as load_for_evaluation
@@ -349,19 +353,38 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     evil = {"format": 1, "model": "bpr_mf", "payload": _RunsCode(marker)}
     models = copy / "models"
     torch.save(evil, models / "als" / DS1 / PROTOCOL / "model.pt")
-    torch.save(evil, models / "bpr_mf" / DS1 / PROTOCOL / "model.pt")
+    planted = models / "bpr_mf" / DS1 / PROTOCOL / "model.pt"
+    torch.save(evil, planted)
+    config = load_config(None, [f"paths.root={copy}", *BASE])
+    train = load_split_for(copy)
 
     baseline = load_payload(copy, DS1, PROTOCOL, "als")
     assert baseline.kind == "baseline" and set(baseline.files) == {"meta.json", "arrays.npz"}
-    config = load_config(None, [f"paths.root={copy}", *BASE])
-    train = load_split_for(copy)
     assert type(load_for_evaluation(config, DS1, PROTOCOL, "als", train)).__name__ == "Als"
 
+    # Layer 1: the file is not the one training wrote.
+    with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match the SHA-256"):
+        load_payload(copy, DS1, PROTOCOL, "bpr_mf")
+    with pytest.raises(ArtifactError, match="does not match"):
+        load_for_evaluation(config, DS1, PROTOCOL, "bpr_mf", train)
+    arrays = models / "ease" / DS1 / PROTOCOL / "arrays.npz"
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed
+    arrays.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"ease/.*/arrays\.npz does not match"):
+        load_payload(copy, DS1, PROTOCOL, "ease")
+
+    # Layer 2: the manifest is forged to vouch for the planted file; it still never runs.
+    manifest_file = copy / "manifests" / "train-bpr_mf" / f"ds={DS1}.json"
+    manifest = json.loads(manifest_file.read_text())
+    digest = hashlib.sha256(planted.read_bytes()).hexdigest()
+    manifest["protocols"][PROTOCOL]["sha256"]["model.pt"] = digest
+    manifest_file.write_text(json.dumps(manifest))
     deep = load_payload(copy, DS1, PROTOCOL, "bpr_mf")
     with pytest.raises(CheckpointError, match="not a plain checkpoint"):
         build_scorer(deep)
     with pytest.raises(CheckpointError, match="not a plain checkpoint"):
-        load_model(models / "bpr_mf" / DS1 / PROTOCOL / "model.pt")
+        load_model(planted)
     with pytest.raises(CheckpointError):
         load_for_evaluation(config, DS1, PROTOCOL, "bpr_mf", train)
     assert not marker.exists()

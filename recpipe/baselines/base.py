@@ -164,6 +164,9 @@ class Baseline(ABC):
         return cls(arrays, meta)
 
 
+BASELINE_FILES = ("meta.json", "arrays.npz")  # what save() writes and load() reads
+
+
 def known_items_mask(data: TrainData) -> np.ndarray:
     """Boolean [n_items + 1]: items with at least one training interaction."""
     mask = np.zeros(data.n_items + 1, dtype=bool)

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from recpipe.artifacts import verify
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, known_items_mask, load_split
+from recpipe.baselines.base import BASELINE_FILES, Baseline, known_items_mask, load_split
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
-
-BASELINE_FILES = ("meta.json", "arrays.npz")
 
 
 @dataclass
@@ -61,6 +60,7 @@ def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPa
     wanted = BASELINE_FILES if kind == "baseline" else (MODEL_FILE,)
     if all((folder / f).is_file() for f in wanted):
         files = {f: (folder / f).read_bytes() for f in wanted}
+        verify(root, name, model_ds, protocol, files)  # the bytes shipped are the bytes checked
     else:
         raise MissingInputError(
             f"no trained {name} for ds={model_ds} protocol={protocol} under {folder}: train it "

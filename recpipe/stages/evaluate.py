@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,9 +11,10 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
+from recpipe.artifacts import verify
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, TrainData, load_split
+from recpipe.baselines.base import BASELINE_FILES, Baseline, TrainData, load_split
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import (
@@ -27,8 +29,7 @@ from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
 from recpipe.scoring.deep import DeepScorer
 from recpipe.stages.train_baseline import model_dir
-from recpipe.train.checkpoint import MODEL_FILE
-from recpipe.train.checkpoint import load_model as load_deep_model
+from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,16 @@ def load_model(
     folder = model_dir(config.root, name, ds, protocol)
     # Baseline names go to the baseline loader even when a model.pt sits in their folder.
     if name not in BASELINES and (folder / MODEL_FILE).is_file():
-        return DeepScorer.for_train_data(load_deep_model(folder / MODEL_FILE), train)
+        data = (folder / MODEL_FILE).read_bytes()
+        verify(config.root, name, ds, protocol, {MODEL_FILE: data})
+        model_from_bytes = build_model(load_state(io.BytesIO(data)))
+        return DeepScorer.for_train_data(model_from_bytes, train)
     if not (folder / "meta.json").is_file():
         raise MissingInputError(
             f"no trained {name} for ds={ds} protocol={protocol}: run "
             f"`recpipe train-baseline --model {name} --ds {ds}`"
         )
+    verify(config.root, name, ds, protocol, {f: (folder / f).read_bytes() for f in BASELINE_FILES})
     model = baseline_class(name).load(folder)
     model.attach_history(train)
     return model

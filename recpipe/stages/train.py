@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
+from recpipe.artifacts import SHA256, file_digests
 from recpipe.baselines.base import split_item_counts
 from recpipe.config import Config, ConfigError, config_error
 from recpipe.manifest import StageRun, read_manifest
@@ -154,6 +155,7 @@ def run_train(
                 result = launch(spec, config.train)
                 result["wall_seconds"] = round(time.perf_counter() - started, 3)
                 result["path"] = spec.model_file
+                result[SHA256] = file_digests(Path(spec.model_file).parent, [MODEL_FILE])
                 result["rows"] = sum(rows for _, rows in spec.shards)
                 if pretrained:
                     result["pretraining"] = pretrained

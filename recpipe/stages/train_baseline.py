@@ -9,8 +9,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from recpipe.artifacts import SHA256, file_digests
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import load_split
+from recpipe.baselines.base import BASELINE_FILES, load_split
 from recpipe.config import Config
 from recpipe.lake import Lake
 from recpipe.manifest import StageRun
@@ -54,6 +55,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
                 "items": data.n_items,
                 "seconds": seconds,
                 "path": str(folder),
+                SHA256: file_digests(folder, BASELINE_FILES),
                 **({"blas": fitted.meta["blas"]} if "blas" in fitted.meta else {}),
             }
         run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())

@@ -1,0 +1,55 @@
+"""Model artifacts are checked against the SHA-256 their training manifest recorded.
+
+Training (``train-<model>`` manifests, one entry per protocol) records the digest of every
+file it wrote; loading for evaluation or scoring recomputes it and refuses a file that was
+replaced or altered since, or one no training run vouches for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from recpipe.errors import RecpipeError
+from recpipe.manifest import read_manifest
+
+SHA256 = "sha256"  # key of the {file name: digest} map in a manifest's protocol entry
+
+
+class ArtifactError(RecpipeError):
+    """A model file does not match what its training run recorded (or nothing recorded it)."""
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digests(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """``{name: sha256}`` of the named files in ``folder``."""
+    return {name: sha256_hex((Path(folder) / name).read_bytes()) for name in names}
+
+
+def recorded_digests(root: Path, model: str, ds: str, protocol: str) -> dict[str, str]:
+    """The digests ``train-<model>`` recorded for ``ds`` and ``protocol``."""
+    manifest = read_manifest(root, f"train-{model}", ds)
+    entry = manifest.get("protocols", {}).get(protocol, {})
+    digests = entry.get(SHA256) if isinstance(entry, Mapping) else None
+    if manifest.get("status") != "ok" or not digests:
+        raise ArtifactError(
+            f"no verified {model} model for ds={ds} protocol={protocol}: its train-{model} "
+            f"manifest (status {manifest.get('status')!r}) records no SHA-256; retrain it"
+        )
+    return dict(digests)
+
+
+def verify(root: Path, model: str, ds: str, protocol: str, files: Mapping[str, bytes]) -> None:
+    """Raise :class:`ArtifactError` unless every file matches the recorded SHA-256."""
+    recorded = recorded_digests(root, model, ds, protocol)
+    for name, data in files.items():
+        if recorded.get(name) != sha256_hex(data):
+            raise ArtifactError(
+                f"models/{model}/{ds}/{protocol}/{name} does not match the SHA-256 recorded by "
+                f"train-{model} ds={ds}: it was changed after training; refusing to load it"
+            )
