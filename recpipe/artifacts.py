@@ -11,10 +11,17 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from recpipe.errors import RecpipeError
+from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.manifest import read_manifest
 
 SHA256 = "sha256"  # key of the {file name: digest} map in a manifest's protocol entry
+# What each kind of model writes into its folder; a folder holds exactly one kind.
+KIND_FILES = {"baseline": ("meta.json", "arrays.npz"), "deep": ("model.pt",)}
+
+
+def model_dir(root: Path, model: str, ds: str, protocol: str) -> Path:
+    """Folder of a trained model: ``<root>/models/<model>/<ds>/<protocol>``."""
+    return Path(root) / "models" / model / ds / protocol
 
 
 class ArtifactError(RecpipeError):
@@ -53,3 +60,31 @@ def verify(root: Path, model: str, ds: str, protocol: str, files: Mapping[str, b
                 f"models/{model}/{ds}/{protocol}/{name} does not match the SHA-256 recorded by "
                 f"train-{model} ds={ds}: it was changed after training; refusing to load it"
             )
+
+
+def read_artifacts(root: Path, model: str, ds: str, protocol: str, kind: str) -> dict[str, bytes]:
+    """The files of a trained ``kind`` model, checked: one kind per folder, recorded SHA-256.
+
+    A folder that also holds the other kind's files is refused (a ``model.pt`` beside a
+    baseline's arrays was never written by recpipe); the bytes returned are the bytes checked.
+    """
+    folder = model_dir(root, model, ds, protocol)
+    wanted = KIND_FILES[kind]
+    foreign = [
+        name for other, names in KIND_FILES.items() if other != kind for name in names
+        if (folder / name).exists()
+    ]  # fmt: skip
+    if foreign:
+        raise ArtifactError(
+            f"models/{model}/{ds}/{protocol} holds {', '.join(foreign)}, which a {kind} model "
+            "never writes: refusing a folder with two kinds of artifact"
+        )
+    if not all((folder / name).is_file() for name in wanted):
+        command = "train-baseline" if kind == "baseline" else "train"
+        raise MissingInputError(
+            f"no trained {model} for ds={ds} protocol={protocol} under {folder}: train it "
+            f"first (`recpipe {command} --model {model} --ds {ds}`)"
+        )
+    files = {name: (folder / name).read_bytes() for name in wanted}
+    verify(root, model, ds, protocol, files)
+    return files

@@ -244,8 +244,20 @@ def add_model_commands(commands: Any) -> None:
     recs.add_argument("--k", type=int, help="at most this many items (default: all published)")
     recs.add_argument("--format", choices=["table", "json"], default="table", help="output")
     add_common_options(recs, ds_required_default=False)
-    sql = commands.add_parser("sql", help="run Spark SQL against the configured catalog")
+    sql = commands.add_parser(
+        "sql",
+        help="run read-only Spark SQL against the configured catalog",
+        description="Queries (SELECT, WITH, VALUES, TABLE), SHOW, DESCRIBE and EXPLAIN only. "
+        "Writes, DDL, SET, ADD JAR, functions, TRANSFORM ... USING, reflect/java_method and "
+        "reads by path (format.`/path`) are refused before Spark runs any of them.",
+    )
     sql.add_argument("query", help='e.g. "SELECT * FROM recpipe.model_metrics LIMIT 5"')
+    sql.add_argument(
+        "--admin",
+        action="store_true",
+        help="maintenance: run the statement unchecked (DDL, ALTER, DROP, INSERT); it can "
+        "change or delete published data and run code, so keep it to operators",
+    )
     sql.add_argument("--format", choices=["table", "json"], default="table", help="output")
     add_common_options(sql, ds_required_default=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 from recpipe.config import Config, ConfigError
@@ -11,10 +12,12 @@ from recpipe.console import format_table
 from recpipe.errors import MissingInputError
 from recpipe.stages.gate import outcome, run_gate
 
+log = logging.getLogger(__name__)
+
 
 def trained_models(config: Config, ds: str) -> list[str]:
     """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
-    from recpipe.stages.train_baseline import model_dir
+    from recpipe.artifacts import model_dir
 
     folder = config.root / "models"
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
@@ -203,6 +206,8 @@ def print_sql(config: Config, args: argparse.Namespace) -> int:
 
     spark = get_spark(config)
     ensure_tables(spark, config)
-    rows = run_sql(spark, args.query)
+    if args.admin:
+        log.warning("recpipe sql --admin: the statement runs unchecked")
+    rows = run_sql(spark, args.query, admin=args.admin)
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows))
     return 0

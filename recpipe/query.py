@@ -97,11 +97,11 @@ def lookup_recs(
     ds = ds or _resolve_ds(config, model)
     model = model or _resolve_model(config, ds)
     pointer = read_pointer(config, RECOMMENDATIONS, ds, model)
-    if pointer is None:
+    location = partition_location(config, RECOMMENDATIONS, ds, model)  # checked against it
+    if pointer is None or location is None:
         raise MissingInputError(f"no recommendations published for model '{model}' ds={ds}")
-    location = pointer["location"]
     found = (
-        pads.dataset(location, format="parquet")
+        pads.dataset(str(location), format="parquet")
         .to_table(columns=_READ_COLUMNS, filter=pads.field(USER_ID) == user_id)
         .sort_by("rank")
     )
@@ -135,7 +135,7 @@ def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[
         location = partition_location(config, MODEL_METRICS, part_ds, part_model)
         if location is None:
             continue
-        for row in pads.dataset(location, format="parquet").to_table().to_pylist():
+        for row in pads.dataset(str(location), format="parquet").to_table().to_pylist():
             rows.append({"ds": part_ds, "model": part_model, "detail": None, **row})
     rows.sort(
         key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"] or 0)
@@ -178,16 +178,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_sql(spark: SparkSession, query: str) -> list[dict[str, Any]]:
+def run_sql(spark: SparkSession, query: str, admin: bool = False) -> list[dict[str, Any]]:
     """Run a read-only ``query`` with Spark SQL; rows as JSON-ready dicts (ISO-8601 times).
 
     Statements that write, change state, run code or read files by path are refused before
-    any of them runs (:mod:`recpipe.sql_guard`).
+    any of them runs (:mod:`recpipe.sql_guard`), unless ``admin`` (``recpipe sql --admin``).
 
     Rows travel through Arrow, so ``timestamp`` values come back zone-aware in the session
     time zone whatever the Python process's own zone is.
     """
     from recpipe.sql_guard import read_only_frame
 
-    table = read_only_frame(spark, query).toArrow()
+    frame = spark.sql(query) if admin else read_only_frame(spark, query)
+    table = frame.toArrow()
     return [_jsonable(row) for row in table.to_pylist()]

@@ -5,7 +5,9 @@ inside ``spark.sql``, so the check happens on the *parsed* plan first: only quer
 list of catalog inspections (``SHOW``, ``DESCRIBE``) pass. A query is then analysed (which
 executes nothing) and refused when any part of it could run code or read outside the catalog:
 ``TRANSFORM ... USING`` (a shell command per row), ``reflect``/``java_method`` (any Java static
-method), or a relation read by path (``SELECT * FROM text.`/etc/hostname```).
+method), or a relation read by path (``SELECT * FROM text.`/etc/hostname```; the check also runs
+with ``spark.sql.runSQLOnFiles=false``, so such a name is an unknown table). ``EXPLAIN`` passes
+when the statement it explains would.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ INSPECTIONS = frozenset(
         "DescribeNamespace",
     }
 )
+EXPLAIN = "ExplainCommand"  # allowed when the plan it explains passes the same check
+RUN_SQL_ON_FILES = "spark.sql.runSQLOnFiles"
 # Plan nodes and expressions that execute something outside SQL.
 CODE_RUNNING = {
     "ScriptTransformation": "TRANSFORM ... USING runs a shell command",
@@ -46,6 +50,16 @@ _STATE_CHANGING = (_LOGICAL + "Command", _LOGICAL + "ParsedStatement", _LOGICAL 
 
 class QueryError(RecpipeError):
     """A statement Spark cannot parse or analyse (unknown table, column, syntax)."""
+
+
+BY_PATH = "reading files by path is not allowed; query catalog tables"
+# Spark reads `<format>`.`<path>` as files when spark.sql.runSQLOnFiles is on.
+FILE_FORMATS = frozenset({"parquet", "orc", "json", "csv", "text", "avro", "binaryfile", "xml"})
+
+
+def _names_a_path(parts: list[Any]) -> bool:
+    names = [str(part) for part in parts]
+    return len(names) >= 2 and (names[0].lower() in FILE_FORMATS or "/" in names[-1])
 
 
 class ReadOnlyError(QueryError, PermissionError):
@@ -79,7 +93,12 @@ class _PlanCheck:
         if not inspection and any(c.isInstance(node) for c in self.state_changing):
             self.found.append(f"{name} is not a query")
         if name == "LogicalRelation" and node.catalogTable().isEmpty():
-            self.found.append("reading files by path is not allowed; query catalog tables")
+            self.found.append(BY_PATH)
+        if name == "UnresolvedRelation" and _names_a_path(_seq(node.multipartIdentifier())):
+            self.found.append(BY_PATH)
+        if name == "UnresolvedWith":  # CTE definitions are not children of the parsed node
+            for definition in _seq(node.cteRelations()):
+                self.plan(definition._2())
         for subquery in _seq(node.subqueries()):
             self.plan(subquery)
         for expression in _seq(node.expressions()):
@@ -108,18 +127,25 @@ def read_only_frame(spark: SparkSession, statement: str) -> DataFrame:
     except Exception as exc:  # py4j wraps Spark's ParseException
         raise QueryError(f"cannot parse the statement: {_java_message(exc)}") from None
     check = _PlanCheck(spark)
-    check.plan(parsed, root=True)
-    if not check.found:
-        try:  # a query is only analysed here; SHOW/DESCRIBE just read the catalog
-            frame = spark.sql(statement)
-        except Exception as exc:  # AnalysisException: unknown table or column, bad types
-            raise QueryError(_java_message(exc)) from None
-        if str(parsed.getClass().getSimpleName()) in INSPECTIONS:
-            return frame
-        check.plan(frame._jdf.queryExecution().analyzed())  # type: ignore[attr-defined]
-        if not check.found:
-            return frame
-    raise ReadOnlyError(f"read-only: {check.found[0]}")
+    root = str(parsed.getClass().getSimpleName())
+    explained = parsed.logicalPlan() if root == EXPLAIN else None
+    check.plan(parsed if explained is None else explained, root=True)
+    if check.found:
+        raise ReadOnlyError(f"read-only: {check.found[0]}")
+    previous = spark.conf.get(RUN_SQL_ON_FILES, "true")
+    spark.conf.set(RUN_SQL_ON_FILES, "false")  # `fmt`.`path` names no table while we analyse
+    try:
+        # A query is only analysed here; SHOW/DESCRIBE/EXPLAIN read the catalog and plan only.
+        frame = spark.sql(statement)
+        if root not in INSPECTIONS and explained is None:
+            check.plan(frame._jdf.queryExecution().analyzed())  # type: ignore[attr-defined]
+    except Exception as exc:  # AnalysisException: unknown table or column, bad types
+        raise QueryError(_java_message(exc)) from None
+    finally:
+        spark.conf.set(RUN_SQL_ON_FILES, previous)
+    if check.found:
+        raise ReadOnlyError(f"read-only: {check.found[0]}")
+    return frame
 
 
 def _java_message(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,10 @@ _MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class PublishError(RecpipeError):
     """A partition could not be published; the previous version is still the current one."""
+
+
+class PointerError(RecpipeError):
+    """A partition's files no longer match what its pointer recorded when it was published."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,53 @@ def read_pointer(config: Config, table: str, ds: str, model: str) -> dict[str, A
 
 
 def partition_location(config: Config, table: str, ds: str, model: str) -> Path | None:
-    """Folder of the current version of a partition, from its pointer file (no JVM)."""
+    """Folder of the current version of a partition, from its pointer file (no JVM).
+
+    Pointers hold the version's path relative to ``paths.root``, so a copied or moved root
+    reads its own files. What the pointer names is checked before it is returned: the same
+    Parquet files with the same sizes, and the recorded row count in their footers; any
+    difference is a :class:`PointerError` naming the partition and the first difference.
+    """
     pointer = read_pointer(config, table, ds, model)
-    return None if pointer is None else Path(pointer["location"])
+    if pointer is None:
+        return None
+    folder = config.root / pointer["path"]
+    problem = _pointer_mismatch(folder, pointer)
+    if problem:
+        raise PointerError(
+            f"{table} ds={ds} model={model}: {pointer['path']} does not match its pointer "
+            f"({problem}); republish the partition"
+        )
+    return folder
+
+
+def _parquet_files(folder: Path) -> dict[str, int]:
+    """``{file name: bytes}`` of the data files in a version folder."""
+    return {
+        p.name: p.stat().st_size
+        for p in folder.glob("*.parquet")
+        if not p.name.startswith(("_", "."))
+    }
+
+
+def _pointer_mismatch(folder: Path, pointer: Mapping[str, Any]) -> str | None:
+    """First difference between a version folder and what its pointer recorded, or None."""
+    import pyarrow.parquet as pq
+
+    recorded: dict[str, int] = pointer.get("files", {})
+    found = _parquet_files(folder) if folder.is_dir() else {}
+    for name, size in sorted(recorded.items()):
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != size:
+            return f"{name} has {found[name]} bytes, the pointer recorded {size}"
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        return f"{extra[0]} was not published"
+    rows = sum(pq.ParquetFile(folder / name).metadata.num_rows for name in recorded)
+    if rows != pointer["rows"]:
+        return f"{rows} rows in the files, the pointer recorded {pointer['rows']}"
+    return None
 
 
 def published_partitions(config: Config, table: str) -> list[tuple[str, str]]:
@@ -339,7 +388,8 @@ def publish_partition(
     _write_json_atomic(
         parent / POINTER_FILE,
         {
-            "location": str(folder),
+            "path": str(folder.relative_to(config.root)),
+            "files": _parquet_files(folder),
             "version": folder.name.removeprefix(VERSION_PREFIX),
             "rows": rows,
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -87,14 +87,12 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     """Every user's published top-10 equals a numpy ranking of the saved ALS factors over the
     items ALS was trained on, the user's whole history (train and test) excluded."""
     config, _, _ = pipeline
-    location = Path(
-        json.loads(
-            (
-                Path(config.root) / "warehouse" / "ml_e2e.db" / "recommendations"
-                / f"ds={DS}" / "model=als" / "_CURRENT.json"
-            ).read_text()
-        )["location"]
-    )  # fmt: skip
+    location = Path(config.root) / json.loads(
+        (
+            Path(config.root) / "warehouse" / "ml_e2e.db" / "recommendations"
+            / f"ds={DS}" / "model=als" / "_CURRENT.json"
+        ).read_text()
+    )["path"]  # relative to paths.root  # fmt: skip
     recs: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     for row in pads.dataset(location).to_table().to_pylist():
         assert row["source"] == "als"

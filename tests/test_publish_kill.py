@@ -77,18 +77,19 @@ def test_killed_publish_leaves_previous_version(tmp_path: Path) -> None:
     victim = run_script(tmp_path, "8000")  # ~16 s of UDF work on one core
     assert victim.stdout is not None
     assert victim.stdout.readline().strip() == "PUBLISHING"
-    versions = before_versions = set((Path(before["location"]).parent).glob("v=*"))
+    current = tmp_path / before["path"]  # pointers are relative to paths.root
+    versions = before_versions = set(current.parent.glob("v=*"))
     deadline = time.time() + 120
     while versions == before_versions and time.time() < deadline:
         time.sleep(0.5)  # wait until the new version's folder exists: the write is under way
-        versions = set(Path(before["location"]).parent.glob("v=*"))
+        versions = set(current.parent.glob("v=*"))
     time.sleep(2)
     assert victim.poll() is None, "publish finished before it could be killed"
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
 
     assert pointer(tmp_path) == before  # readers without a JVM still see version 1
-    rows = pads.dataset(before["location"]).to_table().to_pylist()
+    rows = pads.dataset(current).to_table().to_pylist()
     assert len(rows) == 7 and {r["score"] for r in rows} == {7.0}
     check = run_script(tmp_path, "sql")
     out, _ = check.communicate(timeout=300)

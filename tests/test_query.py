@@ -162,6 +162,9 @@ REFUSED = [
     ("CREATE TEMPORARY FUNCTION f AS 'com.example.Udf'", "CreateFunctionCommand"),
     ("CACHE TABLE {t}", "CacheTable"),
     ("DELETE FROM {t} WHERE ds='{ds}'", "DeleteFromTable"),
+    ("EXPLAIN SELECT TRANSFORM(user_id) USING 'touch {marker}' FROM {t}", "TRANSFORM"),
+    ("EXPLAIN SELECT * FROM json.`{marker_dir}`", "by path"),
+    ("EXPLAIN DROP TABLE {t}", "DropTable"),
 ]  # fmt: skip
 
 
@@ -183,6 +186,7 @@ def test_sql_is_read_only_and_nothing_of_a_refused_statement_runs(
     assert after == len(ROWS)
     assert lookup_recs(config, "u1") == before
     assert spark.conf.get("spark.sql.warehouse.dir") != "/tmp"
+    assert spark.conf.get("spark.sql.runSQLOnFiles") == "true"  # the guard restored it
 
 
 def test_sql_reads_queries_and_catalog_inspections(spark: SparkSession, config: Config) -> None:
@@ -202,6 +206,11 @@ def test_sql_reads_queries_and_catalog_inspections(spark: SparkSession, config: 
     columns = [row["col_name"] for row in run_sql(spark, f"DESCRIBE {name}")]
     assert columns[:6] == ["user_id", "item_id", "rank", "score", "generated_at", "source"]
     assert run_sql(spark, "SELECT id FROM range(2)") == [{"id": 0}, {"id": 1}]
+    plan = run_sql(spark, f"EXPLAIN SELECT count(*) FROM {name}")[0]["plan"]
+    assert "Physical Plan" in plan and RECOMMENDATIONS in plan
+    scratch = f"{config.warehouse.database}.scratch"
+    run_sql(spark, f"CREATE TABLE {scratch} (a INT) USING parquet", admin=True)
+    assert spark.catalog.tableExists(scratch)  # --admin runs maintenance statements unchecked
     with pytest.raises(QueryError, match="cannot parse"):
         run_sql(spark, "SELEC 1")
     with pytest.raises(QueryError, match="TABLE_OR_VIEW_NOT_FOUND"):

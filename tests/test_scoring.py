@@ -334,8 +334,8 @@ class _RunsCode:
 def test_model_files_are_data_never_code(root, tmp_path) -> None:
     """Two layers: a model file must match the SHA-256 its training manifest recorded, and even
     a file that does (an attacker who also edits the manifest) loads with weights_only, so its
-    pickle payload is refused and never runs. A model.pt planted in a baseline's folder is not
-    even read (the registry says what a model is)."""
+    pickle payload is refused and never runs. A folder holding two kinds of artifact is refused
+    (the registry says what a model is)."""
     import hashlib
     import shutil
 
@@ -358,9 +358,14 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     config = load_config(None, [f"paths.root={copy}", *BASE])
     train = load_split_for(copy)
 
-    baseline = load_payload(copy, DS1, PROTOCOL, "als")
+    # A model.pt beside a baseline's arrays: the folder is refused, the file never read.
+    with pytest.raises(ArtifactError, match=r"models/als/.* holds model\.pt.*two kinds"):
+        load_payload(copy, DS1, PROTOCOL, "als")
+    with pytest.raises(ArtifactError, match="two kinds of artifact"):
+        load_for_evaluation(config, DS1, PROTOCOL, "als", train)
+    baseline = load_payload(copy, DS1, PROTOCOL, "ease")  # an untouched baseline still loads
     assert baseline.kind == "baseline" and set(baseline.files) == {"meta.json", "arrays.npz"}
-    assert type(load_for_evaluation(config, DS1, PROTOCOL, "als", train)).__name__ == "Als"
+    assert type(load_for_evaluation(config, DS1, PROTOCOL, "ease", train)).__name__ == "Ease"
 
     # Layer 1: the file is not the one training wrote.
     with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match the SHA-256"):

@@ -126,7 +126,8 @@ def test_republish_replaces_without_duplicates(spark: SparkSession, config: Conf
     assert select_rows(spark, config) == expected_rows(second)
     pointer = json.loads((folder.parent / POINTER_FILE).read_text())
     assert pointer["rows"] == 10
-    assert Path(pointer["location"]) == folder
+    assert config.root / pointer["path"] == folder  # relative to paths.root
+    assert pointer["files"] == {p.name: p.stat().st_size for p in folder.glob("*.parquet")}
     assert pointer["version"] == folder.name.removeprefix("v=")
 
 
@@ -247,3 +248,36 @@ def test_database_registered_under_another_root_is_refused(
 
     with pytest.raises(RecpipeError, match="registered at"):
         ensure_tables(spark, moved)
+
+
+def test_pointer_readers_follow_a_moved_root_and_refuse_tampered_files(
+    spark: SparkSession, config: Config, make_config, tmp_path: Path
+) -> None:
+    """The JVM-free reader takes the version's path relative to the root (a moved root reads
+    its own copy) and checks the files, sizes and row count the pointer recorded."""
+    import shutil
+
+    from recpipe.query import lookup_recs
+    from recpipe.warehouse import PointerError
+
+    publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1", "u2"]), DS, "als")
+    before = lookup_recs(config, "u1")
+    assert [r["item_id"] for r in before] == [f"au1-{rank}" for rank in range(1, 11)]
+    moved_root = tmp_path / "moved"
+    shutil.move(config.root, moved_root)  # the old absolute paths no longer exist
+    database = f"warehouse.database={config.warehouse.database}"
+    moved = make_config(f"paths.root={moved_root}", database)
+    assert lookup_recs(moved, "u1") == before
+    folder = partition_location(moved, RECOMMENDATIONS, DS, "als")
+    assert folder is not None and folder.is_relative_to(moved_root)
+
+    data_file = sorted(folder.glob("*.parquet"))[0]
+    hidden = data_file.with_name("_" + data_file.name)
+    data_file.rename(hidden)
+    with pytest.raises(PointerError, match=rf"{data_file.name} is missing\); republish"):
+        lookup_recs(moved, "u1")
+    hidden.rename(data_file)
+    with data_file.open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(PointerError, match=rf"{data_file.name} has \d+ bytes, the pointer"):
+        lookup_recs(moved, "u1")

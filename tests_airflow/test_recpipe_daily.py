@@ -109,7 +109,8 @@ def _manifest(work: Path, stage: str, ds: str) -> dict:
 def _published(work: Path, ds: str) -> tuple[dict, list[dict]]:
     folder = work / "root" / "warehouse" / "airflow_tests.db" / "recommendations"
     pointer = json.loads((folder / f"ds={ds}" / "model=published" / "_CURRENT.json").read_text())
-    return pointer, pads.dataset(pointer["location"]).to_table().to_pylist()
+    location = work / "root" / pointer["path"]  # pointers are relative to paths.root
+    return pointer, pads.dataset(location).to_table().to_pylist()
 
 
 def _lake_counts(work: Path, ds: str) -> dict[str, int]:
@@ -153,12 +154,12 @@ def test_rerunning_a_day_is_idempotent_and_a_new_day_adds_a_partition(work, firs
     again_pointer, again_rows = _published(work, DS1)
     assert _lake_counts(work, DS1) == counts
     assert len(again_rows) == len(rows) and again_pointer["rows"] == pointer["rows"]
-    assert again_pointer["location"] != pointer["location"]  # really re-published
+    assert again_pointer["path"] != pointer["path"]  # really re-published
 
     _land(work, DS2, _events(DS2, range(10, 30)))  # returning users and 6 new ones
     _run(work, DS2)
     day2_pointer, day2_rows = _published(work, DS2)
-    assert day2_rows and day2_pointer["location"] != again_pointer["location"]
+    assert day2_rows and day2_pointer["path"] != again_pointer["path"]
     assert _published(work, DS1)[0] == again_pointer  # day 1 untouched
     assert _lake_counts(work, DS1) == counts
 

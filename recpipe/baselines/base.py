@@ -6,8 +6,10 @@ learned arrays) and ``meta.json`` (name, sizes, settings), enough to rebuild it 
 
 from __future__ import annotations
 
+import io
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from scipy import sparse
 
+from recpipe.artifacts import KIND_FILES
 from recpipe.errors import MissingInputError
 from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
 
@@ -158,13 +161,18 @@ class Baseline(ABC):
     @classmethod
     def load(cls, folder: Path) -> Baseline:
         """Rebuild from a folder written by :meth:`save`."""
-        meta = json.loads((Path(folder) / "meta.json").read_text())
-        with np.load(Path(folder) / "arrays.npz") as npz:
+        return cls.from_files({name: (Path(folder) / name).read_bytes() for name in BASELINE_FILES})
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> Baseline:
+        """Rebuild from the bytes of ``meta.json`` and ``arrays.npz`` (never unpickled)."""
+        meta = json.loads(files["meta.json"])
+        with np.load(io.BytesIO(files["arrays.npz"]), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
         return cls(arrays, meta)
 
 
-BASELINE_FILES = ("meta.json", "arrays.npz")  # what save() writes and load() reads
+BASELINE_FILES = KIND_FILES["baseline"]  # what save() writes and load() reads
 
 
 def known_items_mask(data: TrainData) -> np.ndarray:

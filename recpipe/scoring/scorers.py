@@ -10,7 +10,6 @@ their full score rows, one user block at a time. Either way no users x items mat
 from __future__ import annotations
 
 import io
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +20,11 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from recpipe.artifacts import verify
+from recpipe.artifacts import read_artifacts
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import BASELINE_FILES, Baseline, known_items_mask, load_split
+from recpipe.baselines.base import Baseline, known_items_mask, load_split
 from recpipe.data.batch import Batch
-from recpipe.errors import MissingInputError
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
@@ -50,22 +48,13 @@ class ModelPayload:
 
 
 def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPayload:
-    """The payload of model ``name`` trained for ``model_ds`` on ``protocol``'s train split."""
-    from recpipe.stages.train_baseline import model_dir
+    """The payload of model ``name`` trained for ``model_ds`` on ``protocol``'s train split.
 
-    folder = model_dir(root, name, model_ds, protocol)
-    # The registry, not the folder's contents, says what a model is: a model.pt planted in a
-    # baseline's folder is never read.
+    The registry, not the folder's contents, says what a model is; the files are checked
+    against their training manifest (:func:`recpipe.artifacts.read_artifacts`).
+    """
     kind: Literal["deep", "baseline"] = "baseline" if name in BASELINES else "deep"
-    wanted = BASELINE_FILES if kind == "baseline" else (MODEL_FILE,)
-    if all((folder / f).is_file() for f in wanted):
-        files = {f: (folder / f).read_bytes() for f in wanted}
-        verify(root, name, model_ds, protocol, files)  # the bytes shipped are the bytes checked
-    else:
-        raise MissingInputError(
-            f"no trained {name} for ds={model_ds} protocol={protocol} under {folder}: train it "
-            f"first (`recpipe train --model {name}` or `recpipe train-baseline --model {name}`)"
-        )
+    files = read_artifacts(root, name, model_ds, protocol, kind)
     train = load_split(root, model_ds, protocol, "train")
     known = known_items_mask(train)
     users = np.zeros(train.n_users, dtype=bool)
@@ -210,10 +199,7 @@ def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
 
 
 def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
-    meta = json.loads(payload.files["meta.json"])
-    with np.load(io.BytesIO(payload.files["arrays.npz"])) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    model = baseline_class(payload.name)(arrays, meta)
+    model = baseline_class(payload.name).from_files(payload.files)
     common = dict(
         name=payload.name,
         known_items=payload.known_items & model.known_items,

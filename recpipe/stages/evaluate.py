@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
-from recpipe.artifacts import verify
+from recpipe.artifacts import read_artifacts
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import BASELINE_FILES, Baseline, TrainData, load_split
+from recpipe.baselines.base import Baseline, TrainData, load_split
 from recpipe.config import Config
-from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import (
     EvaluationResult,
     beyond_accuracy,
@@ -28,7 +27,6 @@ from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
 from recpipe.scoring.deep import DeepScorer
-from recpipe.stages.train_baseline import model_dir
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 log = logging.getLogger(__name__)
@@ -49,20 +47,13 @@ def load_model(
 ) -> Baseline | DeepScorer:
     """A trained model ready to score users: a baseline with its users' train histories
     attached, or a deep model's scorer over the same histories."""
-    folder = model_dir(config.root, name, ds, protocol)
-    # Baseline names go to the baseline loader even when a model.pt sits in their folder.
-    if name not in BASELINES and (folder / MODEL_FILE).is_file():
-        data = (folder / MODEL_FILE).read_bytes()
-        verify(config.root, name, ds, protocol, {MODEL_FILE: data})
-        model_from_bytes = build_model(load_state(io.BytesIO(data)))
+    # The registry says baseline or deep; the files are checked against the train manifest.
+    if name not in BASELINES:
+        files = read_artifacts(config.root, name, ds, protocol, "deep")
+        model_from_bytes = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
         return DeepScorer.for_train_data(model_from_bytes, train)
-    if not (folder / "meta.json").is_file():
-        raise MissingInputError(
-            f"no trained {name} for ds={ds} protocol={protocol}: run "
-            f"`recpipe train-baseline --model {name} --ds {ds}`"
-        )
-    verify(config.root, name, ds, protocol, {f: (folder / f).read_bytes() for f in BASELINE_FILES})
-    model = baseline_class(name).load(folder)
+    files = read_artifacts(config.root, name, ds, protocol, "baseline")
+    model = baseline_class(name).from_files(files)
     model.attach_history(train)
     return model
 

@@ -47,14 +47,20 @@ def _score_record(config: Config, ds: str, model: str) -> dict[str, Any]:
 def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Publish the gate's choice for ``ds`` under ``publish.name``."""
     from recpipe.query import metric_rows
-    from recpipe.warehouse import RECOMMENDATIONS, publish_partition, write_model_metrics
+    from recpipe.warehouse import (
+        RECOMMENDATIONS,
+        partition_location,
+        publish_partition,
+        write_model_metrics,
+    )
 
     name = config.publish.name
     with StageRun(config, PUBLISH_STAGE, ds) as run:
         decision = decide(config, metric_rows(config, ds, None))
         chosen = decision.published
         pointer = _scored(spark, config, ds, chosen)
-        frame = spark.read.parquet(file_uri(Path(pointer["location"])))
+        source = partition_location(config, RECOMMENDATIONS, ds, chosen)
+        frame = spark.read.parquet(file_uri(Path(str(source))))
         location = publish_partition(
             spark, config, RECOMMENDATIONS, frame, ds, name,
             expected_rows=pointer["rows"],
@@ -71,7 +77,7 @@ def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             rows_out=pointer["rows"],
             source_counts=scored.get("source_counts"),
             users_by_source=scored.get("users_by_source"),
-            source_location=pointer["location"],
+            source_location=str(source),
             location=str(location),
         )
     return run.manifest

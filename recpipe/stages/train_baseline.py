@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recpipe.artifacts import SHA256, file_digests
+from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import BASELINE_FILES, load_split
 from recpipe.config import Config
@@ -21,11 +20,6 @@ from recpipe.stages.split import PROTOCOL
 log = logging.getLogger(__name__)
 
 SPARK_TRAINED = {"als", "itemknn"}
-
-
-def model_dir(root: Path, model: str, ds: str, protocol: str) -> Path:
-    """Folder of a trained baseline."""
-    return Path(root) / "models" / model / ds / protocol
 
 
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
