@@ -31,6 +31,7 @@ from recpipe.etl.export import (
 )
 from recpipe.lake import Lake, StagedPartition
 from recpipe.manifest import StageRun, read_manifest
+from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
 from recpipe.stages.split import PROTOCOL
 
@@ -120,6 +121,10 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                         f"--ds {ds}`"
                     )
                 train = lake.read(spark, "train", [partition])
+                check_rows(
+                    f"train protocol={protocol}", ds, train.count(), config.root, "split",
+                    lambda m, p=protocol: m["protocols"][p]["train"]["rows"],
+                )  # fmt: skip
                 weights = (
                     _item_counts(train, n_items)
                     if settings.negative_sampling == "popularity"

@@ -14,6 +14,7 @@ from recpipe.etl.clean import COPIES, dedupe_exact
 from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
 from recpipe.lake import Lake, history_ds
 from recpipe.manifest import StageRun
+from recpipe.reconcile import check_rows_per_ds
 from recpipe.schema import (
     DS,
     DUPLICATE_KEY,
@@ -49,6 +50,7 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
         events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
             USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS
         )
+        check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
         # The same event may arrive on two days; keep the earliest copy.
         distinct = dedupe_exact(events, DUPLICATE_KEY, order_by=(DS, SOURCE_FILE)).drop(DS)
         users = lake.read(spark, VOCAB_USERS, [{DS: ds}]).select(USER_ID, USER_IDX)

@@ -25,6 +25,7 @@ from recpipe.etl.split import (
 )
 from recpipe.lake import Lake
 from recpipe.manifest import StageRun
+from recpipe.reconcile import check_rows
 from recpipe.schema import (
     DS,
     EVENT_TYPE,
@@ -91,6 +92,7 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     with StageRun(config, "split", ds) as run:
         lake.require(SESSIONS, ds, "sessionize")
         sessions = lake.read(spark, SESSIONS, [{DS: ds}])
+        check_rows(SESSIONS, ds, sessions.count(), config.root, "sessionize")
         interactions = explode_sessions(sessions).withColumn(
             EVENT_RANK, event_rank(config.clean.event_types)
         )

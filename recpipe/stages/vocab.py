@@ -11,6 +11,7 @@ from recpipe.config import Config
 from recpipe.etl.vocab import extend_vocab, first_seen
 from recpipe.lake import Lake, history_ds
 from recpipe.manifest import StageRun
+from recpipe.reconcile import check_rows_per_ds
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
 from recpipe.stages.clean import EVENTS
 
@@ -32,6 +33,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         event_ds = history_ds(lake.ds_values(EVENTS), ds, None)
         lake.require(EVENTS, ds, "clean")
         events = lake.read(spark, EVENTS, [{DS: value} for value in event_ds])
+        check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
         run.record["events_ds"] = event_ds
         staged = []
         for table, id_col, idx_col in VOCABS:

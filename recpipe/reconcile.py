@@ -1,0 +1,70 @@
+"""Downstream reconciliation: what a stage reads must be what the producing stage wrote.
+
+Each stage's manifest records the rows it published. A consumer counts what it actually read,
+per ``ds``, and compares: a deleted or added file, a partition replaced behind the
+manifest's back, or a producer whose last run failed is an error naming the partition and the
+command that fixes it, never a silently shorter history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame
+
+from recpipe.errors import RecpipeError
+from recpipe.manifest import read_manifest
+from recpipe.schema import DS
+
+
+class ReconciliationError(RecpipeError):
+    """Rows read differ from what the producing stage's manifest recorded."""
+
+
+def expected_rows(
+    root: Path, producer: str, ds: str, count: Callable[[Mapping[str, Any]], int]
+) -> int:
+    """Rows the last successful ``producer`` run for ``ds`` published (``count`` picks them)."""
+    manifest = read_manifest(root, producer, ds)
+    if manifest.get("status") != "ok":
+        raise ReconciliationError(
+            f"the last `recpipe {producer} --ds {ds}` run ended {manifest.get('status')!r}; "
+            f"its table cannot be vouched for: re-run it first"
+        )
+    try:
+        return int(count(manifest))
+    except (KeyError, TypeError):
+        raise ReconciliationError(
+            f"the `recpipe {producer} --ds {ds}` manifest records no row count for this read "
+            "(run with other settings?): re-run it"
+        ) from None
+
+
+def check_rows(
+    table: str, ds: str, read: int, root: Path, producer: str,
+    count: Callable[[Mapping[str, Any]], int] = lambda m: m["rows_out"],
+) -> None:  # fmt: skip
+    """Fail unless ``read`` rows of ``table`` ds equal what ``producer``'s manifest recorded."""
+    expected = expected_rows(root, producer, ds, count)
+    if read != expected:
+        raise ReconciliationError(
+            f"{table} ds={ds}: read {read} rows, but `{producer}` published {expected} "
+            f"(a file was removed, added or replaced since): re-run `recpipe {producer} "
+            f"--ds {ds}`"
+        )
+
+
+def check_rows_per_ds(
+    frame: DataFrame, table: str, days: Sequence[str], root: Path, producer: str,
+    count: Callable[[Mapping[str, Any]], int] = lambda m: m["rows_out"],
+) -> dict[str, int]:  # fmt: skip
+    """Count ``frame`` (with a ``ds`` column) per day and check each against ``producer``.
+
+    One aggregation job; returns the counts by ``ds``.
+    """
+    counted = {row[DS]: int(row["count"]) for row in frame.groupBy(DS).count().collect()}
+    for day in days:
+        check_rows(table, day, counted.get(day, 0), root, producer, count)
+    return counted
