@@ -65,6 +65,16 @@ def add_common_options(parser: argparse.ArgumentParser, ds_required_default: boo
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def add_allow_empty(parser: argparse.ArgumentParser) -> None:
+    """``--allow-empty``: the explicit consent to replace a non-empty day with an empty one."""
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let an input with no valid event replace a non-empty events partition of --ds "
+        "(same as --set clean.allow_empty=true); without it such a run fails and keeps the day",
+    )
+
+
 STAGE_HELP = {
     "clean": "raw logs -> lake tables events + quarantine (bad rows with a reason code)",
     "vocab": "extend the persistent user/item integer indexes with new ids",
@@ -112,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in STAGE_HELP.items():
         stage = commands.add_parser(name, help=text, description=text)
         add_common_options(stage)
+        if name == "clean":
+            add_allow_empty(stage)
     etl = commands.add_parser("etl", help="clean, vocab, sessionize and split in one Spark session")
     add_common_options(etl)
+    add_allow_empty(etl)
     add_model_commands(commands)
     demo = commands.add_parser(
         "demo",
@@ -451,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
-        config = load_config(args.conf, args.overrides)
+        overrides = [*args.overrides]
+        if getattr(args, "allow_empty", False):
+            overrides.append("clean.allow_empty=true")
+        config = load_config(args.conf, overrides)
         if args.command == "fetch-data":
             summary = _fetch(config, args.dataset)
             print(json.dumps(summary, indent=2))

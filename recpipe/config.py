@@ -85,6 +85,7 @@ class CleanConfig(_Section):
     ts_max_days_after_ds: int = Field(1, ge=0)
     max_id_length: int = Field(128, ge=1)
     bot_max_events_per_day: int | None = Field(None, ge=1)
+    allow_empty: bool = False
 
     @model_validator(mode="after")
     def _value_types_are_event_types(self) -> CleanConfig:

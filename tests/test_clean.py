@@ -256,3 +256,24 @@ def test_raw_events_at_a_hadoop_uri(spark: SparkSession, make_config, tmp_path) 
         run_clean(spark, make_config("paths.raw_events=s3a://bucket/landing"), DS)
     with pytest.raises(RawInputError, match=r"paths\.raw_events: .*gs:// needs the GCS connector"):
         run_clean(spark, make_config("paths.raw_events=gs://bucket/landing"), DS)
+
+
+def test_empty_input_never_replaces_a_day_silently(
+    spark: SparkSession, make_config, tmp_path
+) -> None:
+    from recpipe.cli import main
+    from recpipe.stages.clean import EmptyReplacementError
+
+    good = write_lines(tmp_path / "good.jsonl", [ev("a", "x"), ev("b", "y"), ev("c", "z")])
+    config = make_config(f"paths.raw_events={good}")
+    assert run_clean(spark, config, DS)["rows_out"] == 3
+    broken = write_lines(tmp_path / "broken.jsonl", ["{not json", ev(user="")])
+    with pytest.raises(EmptyReplacementError, match=r"events ds=.* has 3 rows; nothing was"):
+        run_clean(spark, make_config(f"paths.raw_events={broken}"), DS)
+    assert read_table(spark, config.root, "events").count() == 3  # the day is kept
+    assert read_table(spark, config.root, "quarantine").count() == 0  # and its quarantine
+    code = main(["clean", "--ds", DS, "--set", f"paths.root={config.root}",
+                 "--set", f"paths.raw_events={broken}", "--allow-empty"])  # fmt: skip
+    assert code == 0
+    assert read_table(spark, config.root, "events").count() == 0
+    assert read_table(spark, config.root, "quarantine").count() == 2

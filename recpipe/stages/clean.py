@@ -36,6 +36,10 @@ RAW_HASH = "raw_hash"
 QUARANTINE = "quarantine"
 
 
+class EmptyReplacementError(RecpipeError):
+    """An input without valid events would replace a non-empty events partition."""
+
+
 class ReconciliationError(RecpipeError):
     """Written row counts do not add up to the rows read; nothing was published."""
 
@@ -149,6 +153,16 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             staged_quarantine.discard()
             raise ReconciliationError("clean did not reconcile: " + "; ".join(problems))
 
+        if rows_out == 0 and not settings.allow_empty and lake.exists(EVENTS, {DS: ds}):
+            previous = lake.read(spark, EVENTS, [{DS: ds}]).count()
+            if previous:
+                staged_events.discard()
+                staged_quarantine.discard()
+                raise EmptyReplacementError(
+                    f"clean ds={ds}: the input holds no valid event, and events ds={ds} has "
+                    f"{previous} rows; nothing was replaced (pass --allow-empty, or set "
+                    "clean.allow_empty=true, to publish an empty day over them)"
+                )
         staged_events.publish()
         staged_quarantine.publish()
         distinct.unpersist()
