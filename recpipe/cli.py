@@ -21,11 +21,20 @@ log = logging.getLogger("recpipe")
 StageFn = Callable[[Any, Config, str], dict[str, Any]]
 
 
+# Stages compute windows a few days around ds (ts_max_days_after_ds, history): keep them inside
+# what datetime can represent instead of failing with an OverflowError deep in a stage.
+_DS_RANGE = (dt.date(1970, 1, 1), dt.date(9000, 12, 31))
+
+
 def _valid_ds(text: str) -> str:
     try:
-        return dt.date.fromisoformat(text).isoformat()
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--ds expects YYYY-MM-DD, got {text!r}") from None
+    low, high = _DS_RANGE
+    if not low <= day <= high:
+        raise argparse.ArgumentTypeError(f"--ds must lie between {low} and {high}, got {text!r}")
+    return day.isoformat()
 
 
 def add_common_options(parser: argparse.ArgumentParser, ds_required_default: bool = True) -> None:
@@ -487,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RecpipeError as exc:
         print(f"recpipe {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unwritable root, a full disk: the environment, stated in one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"recpipe {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -119,6 +119,22 @@ def test_unreachable_master_is_one_line_and_starts_nothing(tmp_path: Path) -> No
     assert not (root / "lake").exists()
 
 
+def test_bad_ds_and_unwritable_root_are_one_line(tmp_path: Path) -> None:
+    far = run([str(BIN / "recpipe"), "clean", "--ds", "9999-12-31"], tmp_path)
+    assert far.returncode == 2 and "--ds must lie between" in far.stderr
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    result = run(
+        [str(BIN / "recpipe"), "clean", "--ds", DS, "--set", f"paths.root={blocked / 'root'}",
+         "--set", f"paths.raw_events={blocked}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"recpipe clean: Not a directory: {blocked}")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_config_error_exit_code_names_key(tmp_path: Path) -> None:
     result = run([str(BIN / "recpipe"), "clean", "--set", "clean.max_id_length=long"], tmp_path)
