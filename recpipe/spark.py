@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, java_error_line
 
 log = logging.getLogger(__name__)
 
@@ -172,19 +171,6 @@ def _keep_derby_log_under_root(config: Config, conf: Mapping[str, str]) -> None:
     system.setProperty("derby.stream.error.file", str(metastore / "derby.log"))
 
 
-_JAVA_ERROR = re.compile(r"([\w$]+(?:Exception|Error)): (.+)")
-
-
-def _first_line(exc: BaseException) -> str:
-    """The Java exception's class and message out of a py4j error (its first line is py4j's)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        match = _JAVA_ERROR.search(line)
-        if match:
-            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"[:300]
-    return (lines or [type(exc).__name__])[0][:300]
-
-
 def check_master_reachable(master: str, source: str, timeout: float = 5.0) -> None:
     """Fail fast when no master of a ``spark://`` URL accepts connections.
 
@@ -238,7 +224,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
         session = builder.getOrCreate()
     except Exception as exc:  # py4j/JVM errors have no common Python base
         raise SparkStartError(
-            f"cannot start Spark on {source} {master}: {_first_line(exc)}"
+            f"cannot start Spark on {source} {master}: {java_error_line(exc)}"
         ) from exc
     session.sparkContext.setLogLevel(config.spark.log_level)
     log.info(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, java_error_line
 
 # Parsed root plans that only read the catalog.
 INSPECTIONS = frozenset(
@@ -125,7 +125,7 @@ def read_only_frame(spark: SparkSession, statement: str) -> DataFrame:
     try:
         parsed = session.sessionState().sqlParser().parsePlan(statement)
     except Exception as exc:  # py4j wraps Spark's ParseException
-        raise QueryError(f"cannot parse the statement: {_java_message(exc)}") from None
+        raise QueryError(f"cannot parse the statement: {java_error_line(exc)}") from None
     check = _PlanCheck(spark)
     root = str(parsed.getClass().getSimpleName())
     explained = parsed.logicalPlan() if root == EXPLAIN else None
@@ -140,18 +140,9 @@ def read_only_frame(spark: SparkSession, statement: str) -> DataFrame:
         if root not in INSPECTIONS and explained is None:
             check.plan(frame._jdf.queryExecution().analyzed())  # type: ignore[attr-defined]
     except Exception as exc:  # AnalysisException: unknown table or column, bad types
-        raise QueryError(_java_message(exc)) from None
+        raise QueryError(java_error_line(exc)) from None
     finally:
         spark.conf.set(RUN_SQL_ON_FILES, previous)
     if check.found:
         raise ReadOnlyError(f"read-only: {check.found[0]}")
     return frame
-
-
-def _java_message(exc: BaseException) -> str:
-    """Spark's own message (first line), without py4j's "An error occurred while calling"."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "Exception:" in line:
-            return line.split("Exception:", 1)[1].strip()[:300]
-    return (lines or [type(exc).__name__])[0][:300]

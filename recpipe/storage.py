@@ -16,7 +16,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, java_error_line
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB_CHARS = "*?[{"
@@ -98,11 +98,8 @@ class HadoopFiles:
 
 def _unreachable(key: str, uri: str, exc: BaseException) -> str:
     scheme = scheme_of(uri) or "file"
-    message = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     # Hadoop maps s3a/abfs to classes in jars it does not bundle: either message means that.
     if "No FileSystem for scheme" in str(exc) or "ClassNotFoundException" in str(exc):
         need = _CONNECTORS.get(scheme, f"a Hadoop FileSystem for {scheme}://")
         return f"{key}: cannot reach {uri}: {scheme}:// needs {need} on the Spark classpath"
-    # py4j puts its own "An error occurred while calling ..." line first; the Java one is better.
-    java = [line.strip() for line in str(exc).splitlines() if "Exception" in line]
-    return f"{key}: cannot reach {uri}: {(java or [message])[0][:300]}"
+    return f"{key}: cannot reach {uri}: {java_error_line(exc)}"
