@@ -137,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(etl)
     add_allow_empty(etl)
     add_model_commands(commands)
+    sweep = commands.add_parser(
+        "sweep",
+        help="remove lake versions and scratch that killed or failed runs left behind",
+        description="Under each (stage, ds) lock: delete lake version folders no manifest "
+        "references (the current and the previous version stay), scratch folders, and the "
+        "_staging/_trash folders of earlier releases. Runs in progress are skipped and listed. "
+        "Every stage run already sweeps its own (stage, ds); use this for days never re-run.",
+    )
+    add_common_options(sweep, ds_required_default=False)
     demo = commands.add_parser(
         "demo",
         help="run the whole chain on MovieLens 100K and print a summary",
@@ -452,6 +461,14 @@ def _query(config: Config, args: argparse.Namespace) -> int:
     return handler.get(args.command, commands.print_sql)(config, args)
 
 
+def _sweep(config: Config, args: argparse.Namespace) -> int:
+    from recpipe.sweep import sweep_root
+
+    rows = sweep_root(config.root, args.ds)
+    print(format_table(rows, title="sweep") if rows else "sweep: nothing to remove")
+    return 0
+
+
 MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "train-baseline": _train,
     "train-als": _train,
@@ -463,6 +480,7 @@ MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "metrics": _query,
     "recs": _query,
     "sql": _query,
+    "sweep": _sweep,
 }
 
 

@@ -1,22 +1,45 @@
-"""Lake tables: Parquet folders under ``<root>/lake/<table>/ds=<ds>[/k=v]``.
+"""Lake tables: versioned Parquet partitions under ``<root>/lake/<table>/<partition>/v=<id>``.
 
-A partition is written to a staging folder first and only then swapped into place, so a
-reader never sees a half-written partition and a re-run replaces the old one exactly.
+A stage writes each partition into a new version folder and registers it with its
+:class:`~recpipe.manifest.StageRun`; the run's manifest, written when it succeeds, is the
+commit point that makes every version it wrote current at once (:mod:`recpipe.commit`).
+Readers resolve partitions through that manifest, so they see the complete old or the complete
+new state, never a half-written or missing partition, and nothing is ever renamed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe.commit import (
+    VERSION_PREFIX,
+    current_record,
+    current_version,
+    lake_base,
+    manifest_path,
+    new_version_name,
+    partition_folder,
+    partition_name,
+    producer_of,
+)
 from recpipe.errors import MissingInputError
+from recpipe.faults import kill_point
 from recpipe.schema import DS
+
+if TYPE_CHECKING:
+    from recpipe.manifest import StageRun
+
+__all__ = ["Lake", "StagedPartition", "file_uri", "history_ds", "partition_name"]
+
+_VERSION_COLUMN = VERSION_PREFIX.rstrip("=")
 
 
 def file_uri(path: Path) -> str:
@@ -26,14 +49,9 @@ def file_uri(path: Path) -> str:
     return f"file://{Path(path).resolve()}"
 
 
-def partition_name(partition: Mapping[str, str]) -> str:
-    """``{"ds": "2026-11-22", "protocol": "x"}`` -> ``ds=2026-11-22/protocol=x``."""
-    return "/".join(f"{key}={value}" for key, value in partition.items())
-
-
 @dataclass
 class StagedPartition:
-    """A fully written partition waiting in the staging area."""
+    """A fully written, not yet committed version of one partition."""
 
     lake: Lake
     table: str
@@ -48,17 +66,12 @@ class StagedPartition:
         """Rows in the staged files."""
         return self.read(spark).count()
 
-    def publish(self) -> Path:
-        """Swap the staged folder in as the partition, replacing any previous version."""
-        final = self.lake.partition_path(self.table, self.partition)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        trash = self.lake.table_path(self.table) / "_trash" / uuid.uuid4().hex
-        if final.exists():
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            final.rename(trash)
-        self.path.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
-        return final
+    def publish(self, run: StageRun) -> dict[str, Any]:
+        """Hand the version to ``run``: it becomes current when the run commits.
+
+        Returns the recorded path, row count (from the Parquet footers) and files.
+        """
+        return run.add_output(self.table, partition_name(self.partition), self.path)
 
     def discard(self) -> None:
         """Drop the staged files without publishing."""
@@ -66,36 +79,63 @@ class StagedPartition:
 
 
 class Lake:
-    """Path-based partitioned Parquet tables under ``<root>/lake``."""
+    """Versioned, manifest-committed partitioned Parquet tables under ``<root>/lake``."""
 
     def __init__(self, root: Path) -> None:
-        self.base = Path(root) / "lake"
+        self.root = Path(root)
+        self.base = lake_base(self.root)
 
     def table_path(self, table: str) -> Path:
         """Folder of ``table``."""
         return self.base / table
 
+    def current(self, table: str, partition: Mapping[str, str]) -> dict[str, Any] | None:
+        """The committed version record (path, rows, files) of a partition, or None."""
+        return current_record(self.root, table, partition)
+
     def partition_path(self, table: str, partition: Mapping[str, str]) -> Path:
-        """Folder of one partition of ``table``."""
-        return self.table_path(table) / partition_name(partition)
+        """Folder of the current version of one partition; MissingInputError if none."""
+        return current_version(self.root, table, partition)
 
     def exists(self, table: str, partition: Mapping[str, str]) -> bool:
-        """Whether the partition has been published."""
-        return self.partition_path(table, partition).is_dir()
+        """Whether the partition has been committed."""
+        return self.current(table, partition) is not None
 
-    def require(self, table: str, ds: str, producer: str) -> None:
+    def require(self, table: str, ds: str, producer: str | None = None) -> None:
         """Fail with the command to run when ``table`` has no partition ``ds``."""
         if not self.exists(table, {DS: ds}):
             raise MissingInputError(
-                f"no {table} partition ds={ds}: run `recpipe {producer} --ds {ds}` first"
+                f"no {table} partition ds={ds}: run `recpipe {producer or producer_of(table)} "
+                f"--ds {ds}` first"
             )
 
     def ds_values(self, table: str) -> list[str]:
-        """Published ``ds`` values of ``table``, sorted ascending."""
-        folder = self.table_path(table)
-        if not folder.is_dir():
-            return []
-        return sorted(p.name[len(DS) + 1 :] for p in folder.glob(f"{DS}=*") if p.is_dir())
+        """Committed ``ds`` values of ``table``, sorted ascending."""
+        folder = manifest_path(self.root, producer_of(table), "x").parent
+        values = []
+        for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
+            manifest = json.loads(path.read_text())
+            if manifest.get("status") == "ok" and manifest.get("outputs", {}).get(table):
+                values.append(path.name[len(DS) + 1 : -len(".json")])
+        return values
+
+    def history(self, table: str, ds: str, days: int | None) -> list[str]:
+        """Committed ``ds`` values of ``table`` in the window ending at ``ds`` (all when None).
+
+        ``ds`` itself must be there, and so must every day between the window's first
+        committed day and ``ds``: a missing day inside the window is an error naming the
+        command that fills it, never a silently shorter history.
+        """
+        self.require(table, ds)
+        chosen = history_ds(self.ds_values(table), ds, days)
+        gaps = missing_days(chosen, ds)
+        if gaps:
+            shown = ", ".join(gaps[:5]) + (f" and {len(gaps) - 5} more" if len(gaps) > 5 else "")
+            raise MissingInputError(
+                f"the history of ds={ds} misses {table} for {shown} (have {chosen[0]}..{ds}): "
+                f"run `recpipe {producer_of(table)} --ds {gaps[0]}` (with that day's input)"
+            )
+        return chosen
 
     def stage(
         self,
@@ -104,7 +144,7 @@ class Lake:
         partition: Mapping[str, str],
         sidecar: Mapping[str, str] | None = None,
     ) -> StagedPartition:
-        """Write ``df`` (no partition columns) to a staging folder; ``sidecar`` files ride along.
+        """Write ``df`` (no partition columns) as a new version; ``sidecar`` files ride along.
 
         Files whose names start with ``_`` are ignored by Spark and pyarrow readers.
         """
@@ -113,12 +153,13 @@ class Lake:
             raise ValueError(
                 f"partition columns {sorted(clash)} must not be in the data of {table}"
             )
-        tag = partition_name(partition).replace("/", "_")
-        staging = self.table_path(table) / "_staging" / f"{tag}-{uuid.uuid4().hex}"
-        df.write.mode("error").parquet(file_uri(staging))
+        producer_of(table)  # an unknown table fails before any write
+        version = partition_folder(self.root, table, partition) / new_version_name()
+        df.write.mode("error").parquet(file_uri(version))
         for name, text in (sidecar or {}).items():
-            (staging / name).write_text(text)
-        return StagedPartition(self, table, dict(partition), staging)
+            (version / name).write_text(text)
+        kill_point(f"written:{table}")
+        return StagedPartition(self, table, dict(partition), version)
 
     def read(
         self,
@@ -126,15 +167,20 @@ class Lake:
         table: str,
         partitions: Sequence[Mapping[str, str]],
     ) -> DataFrame:
-        """Read published partitions of ``table``; partition keys come back as string columns."""
+        """Read committed partitions of ``table``; partition keys come back as string columns."""
+        if not partitions:
+            raise ValueError(f"no partitions of '{table}' requested")
         missing = [p for p in partitions if not self.exists(table, p)]
         if missing:
             names = ", ".join(partition_name(p) for p in missing)
-            raise MissingInputError(f"table '{table}' has no partition {names} under {self.base}")
-        if not partitions:
-            raise ValueError(f"no partitions of '{table}' requested")
+            raise MissingInputError(
+                f"table '{table}' has no partition {names} under {self.base}: run "
+                f"`recpipe {producer_of(table)}` for it first"
+            )
         paths = [file_uri(self.partition_path(table, p)) for p in partitions]
-        return spark.read.option("basePath", file_uri(self.table_path(table))).parquet(*paths)
+        # Partition discovery below basePath yields the keys and the version (dropped).
+        frame = spark.read.option("basePath", file_uri(self.table_path(table))).parquet(*paths)
+        return frame.drop(_VERSION_COLUMN)
 
 
 def history_ds(available: Sequence[str], ds: str, days: int | None) -> list[str]:
@@ -147,3 +193,17 @@ def history_ds(available: Sequence[str], ds: str, days: int | None) -> list[str]
         if day <= end and (start is None or day > start):
             chosen.append(value)
     return chosen
+
+
+def missing_days(chosen: Sequence[str], ds: str) -> list[str]:
+    """Days between the first of ``chosen`` and ``ds`` that ``chosen`` lacks."""
+    if not chosen:
+        return [ds]
+    have = set(chosen)
+    day, end = dt.date.fromisoformat(chosen[0]), dt.date.fromisoformat(ds)
+    gaps = []
+    while day <= end:
+        if day.isoformat() not in have:
+            gaps.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return gaps

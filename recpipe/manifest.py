@@ -1,4 +1,10 @@
-"""Run manifests: ``<root>/manifests/<stage>/ds=<ds>.json`` plus the resolved config beside it."""
+"""Run manifests: ``<root>/manifests/<stage>/ds=<ds>.json`` plus the resolved config beside it.
+
+The manifest of a successful run is its commit record (see :mod:`recpipe.commit`): written
+last, in one atomic replace, it names the lake versions the run published. A failed run never
+overwrites it; its record goes to ``manifests/<stage>/attempts/ds=<ds>/<run id>.json``. One
+run per (stage, ds) at a time: :class:`StageRun` holds ``ds=<ds>.lock`` while it runs.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +20,38 @@ from types import TracebackType
 from typing import Any
 
 from recpipe import __version__
+from recpipe.commit import (
+    VERSION_PREFIX,
+    manifest_path,
+    new_version_name,
+    output_record,
+    sweep_run,
+)
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
+from recpipe.faults import kill_point
+from recpipe.locks import StageLock
 
 log = logging.getLogger(__name__)
 
+__all__ = ["StageRun", "manifest_path", "read_manifest", "runtime_info"]
 
-def manifest_path(root: Path, stage: str, ds: str) -> Path:
-    """Where the manifest of ``stage`` for ``ds`` lives."""
-    return Path(root) / "manifests" / stage / f"ds={ds}.json"
+
+def attempt_path(root: Path, stage: str, ds: str, run_id: str) -> Path:
+    """Where the record of a failed run of ``stage`` for ``ds`` lives."""
+    return Path(root) / "manifests" / stage / "attempts" / f"ds={ds}" / f"{run_id}.json"
+
+
+def lock_path(root: Path, stage: str, ds: str) -> Path:
+    """The lock file of (``stage``, ``ds``)."""
+    return Path(root) / "manifests" / stage / f"ds={ds}.lock"
+
+
+def _read_if_present(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
@@ -63,22 +92,32 @@ def runtime_info() -> dict[str, str | None]:
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())  # the commit point must survive a crash of the machine too
     tmp.replace(path)
 
 
 class StageRun:
-    """Context manager that times a stage and writes its manifest, on success or failure.
+    """Context manager around one stage run: lock, timing, outputs, and the commit.
 
-    Stage code fills :attr:`record` with row counts and stage-specific figures.
+    On entry it takes the (stage, ds) lock and removes versions left by killed runs. Stage code
+    fills :attr:`record` with row counts and figures and registers written lake versions with
+    :meth:`add_output`. On success the manifest (with ``outputs``) is written: the commit. On
+    failure the record goes beside it under ``attempts/`` and this run's versions are removed.
     """
 
     def __init__(self, config: Config, stage: str, ds: str) -> None:
         self.config = config
         self.stage = stage
         self.ds = ds
+        self.run_id = new_version_name().removeprefix(VERSION_PREFIX)
         self.record: dict[str, Any] = {}
+        self.outputs: dict[str, dict[str, dict[str, Any]]] = {}
         self.manifest: dict[str, Any] = {}
+        self._previous: dict[str, Any] | None = None
+        self._lock = StageLock(lock_path(config.root, stage, ds), stage, ds, self.run_id)
         self._t0 = 0.0
         self._started = ""
 
@@ -87,11 +126,39 @@ class StageRun:
         """Manifest file of this run."""
         return manifest_path(self.config.root, self.stage, self.ds)
 
+    def add_output(self, table: str, partition: str, folder: Path) -> dict[str, Any]:
+        """Register a fully written version folder; it becomes current when the run commits."""
+        record = output_record(self.config.root, folder)
+        self.outputs.setdefault(table, {})[partition] = record
+        return record
+
     def __enter__(self) -> StageRun:
+        self._lock.acquire()
+        try:
+            self._previous = _read_if_present(self.path)
+            sweep_run(self.config.root, self.stage, self.ds, self._previous)
+        except BaseException:
+            self._lock.release()
+            raise
         self._t0 = time.perf_counter()
         self._started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         log.info("%s ds=%s: started", self.stage, self.ds)
         return self
+
+    def _base_record(self, ok: bool) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "stage": self.stage,
+            "ds": self.ds,
+            "run_id": self.run_id,
+            "started_at": self._started,
+            "seconds": round(time.perf_counter() - self._t0, 3),
+            "config_hash": self.config.hash(),
+            "status": "ok" if ok else "failed",
+            **runtime_info(),
+        }
+        if self._lock.took_over:
+            record["took_over_lock_of"] = self._lock.took_over.get("run_id")
+        return record
 
     def __exit__(
         self,
@@ -99,22 +166,51 @@ class StageRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        manifest: dict[str, Any] = {
-            "stage": self.stage,
-            "ds": self.ds,
-            "started_at": self._started,
-            "seconds": round(time.perf_counter() - self._t0, 3),
-            "config_hash": self.config.hash(),
-            "status": "ok" if exc is None else "failed",
-            **runtime_info(),
-            **self.record,
-        }
-        if exc is not None:
-            manifest["error"] = f"{type(exc).__name__}: {exc}"
-            manifest["traceback"] = "".join(traceback.format_exception(exc_type, exc, tb))[-4000:]
-        self.manifest = manifest
-        _write_atomic(self.path, json.dumps(manifest, indent=2, sort_keys=False, default=str))
-        _write_atomic(self.path.with_suffix(".config.yaml"), self.config.to_yaml())
+        try:
+            if exc is None:
+                self._commit()
+            else:
+                self._record_failure(exc_type, exc, tb)
+        finally:
+            self._lock.release()
         log.info(
-            "%s ds=%s: %s in %.1fs", self.stage, self.ds, manifest["status"], manifest["seconds"]
-        )
+            "%s ds=%s: %s in %.1fs",
+            self.stage, self.ds, self.manifest["status"], self.manifest["seconds"],
+        )  # fmt: skip
+
+    def _commit(self) -> None:
+        manifest = {**self._base_record(ok=True), **self.record}
+        if self.outputs or (self._previous or {}).get("outputs"):
+            manifest["outputs"] = self.outputs
+            previous = self._previous or {}
+            if previous.get("status") == "ok" and previous.get("outputs"):
+                manifest["previous_outputs"] = previous["outputs"]
+        self.manifest = manifest
+        root = self.config.root
+        kill_point(f"{self.stage}:before_commit")
+        _write_atomic(self.path.with_suffix(".config.yaml"), self.config.to_yaml())
+        _write_atomic(self.path, json.dumps(manifest, indent=2, default=str))
+        kill_point(f"{self.stage}:after_commit")
+        sweep_run(root, self.stage, self.ds, manifest)
+
+    def _record_failure(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException,
+        tb: TracebackType | None,
+    ) -> None:
+        manifest = {**self._base_record(ok=False), **self.record}
+        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        manifest["traceback"] = "".join(traceback.format_exception(exc_type, exc, tb))[-4000:]
+        self.manifest = manifest
+        # Beside, never over, the manifest of the data still being served.
+        attempt = attempt_path(self.config.root, self.stage, self.ds, self.run_id)
+        _write_atomic(attempt, json.dumps(manifest, indent=2, default=str))
+        sweep_run(self.config.root, self.stage, self.ds, self._previous)
+
+
+def last_attempt(root: Path, stage: str, ds: str) -> dict[str, Any] | None:
+    """The newest failed-run record of ``stage`` for ``ds``, or None."""
+    folder = attempt_path(root, stage, ds, "x").parent
+    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return json.loads(records[-1].read_text()) if records else None

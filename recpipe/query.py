@@ -11,17 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from recpipe.config import Config
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.parquet_files import verified_dataset
 from recpipe.schema import ITEM_ID, USER_ID
 from recpipe.warehouse import (
     MODEL_METRICS,
     RECOMMENDATIONS,
+    PointerError,
     partition_location,
     published_partitions,
     read_pointer,
@@ -100,11 +104,12 @@ def lookup_recs(
     location = partition_location(config, RECOMMENDATIONS, ds, model)  # checked against it
     if pointer is None or location is None:
         raise MissingInputError(f"no recommendations published for model '{model}' ds={ds}")
-    found = (
-        pads.dataset(str(location), format="parquet")
-        .to_table(columns=_READ_COLUMNS, filter=pads.field(USER_ID) == user_id)
-        .sort_by("rank")
-    )
+    found = _read_checked(
+        location,
+        f"recommendations ds={ds} model={model}",
+        columns=_READ_COLUMNS,
+        filter=pads.field(USER_ID) == user_id,
+    ).sort_by("rank")
     if found.num_rows == 0:
         raise UnknownUserError(
             f"user '{user_id}' has no recommendations from model '{model}' for ds={ds}"
@@ -126,6 +131,16 @@ def lookup_recs(
     ]
 
 
+def _read_checked(location: Path, label: str, **scan: Any) -> pa.Table:
+    """Read a published version with page checksums verified; damage is one PointerError."""
+    try:
+        return verified_dataset(location).to_table(**scan)
+    except OSError as exc:  # pyarrow's error for a failed page CRC or an unreadable file
+        raise PointerError(
+            f"{label}: {location} is damaged ({exc}); republish the partition"
+        ) from None
+
+
 def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[str, Any]]:
     """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered."""
     rows: list[dict[str, Any]] = []
@@ -135,7 +150,8 @@ def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[
         location = partition_location(config, MODEL_METRICS, part_ds, part_model)
         if location is None:
             continue
-        for row in pads.dataset(str(location), format="parquet").to_table().to_pylist():
+        label = f"model_metrics ds={part_ds} model={part_model}"
+        for row in _read_checked(location, label).to_pylist():
             rows.append({"ds": part_ds, "model": part_model, "detail": None, **row})
     rows.sort(
         key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"] or 0)

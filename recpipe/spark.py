@@ -107,6 +107,9 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # Keep `ds` and other partition values as strings: "2026-11-22" would become a date.
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+        # Parquet pages carry CRC32s (parquet-mr writes them); checking them on read turns a
+        # damaged or edited lake file into an error instead of wrong rows.
+        "spark.hadoop.parquet.page.verify-checksum.enabled": "true",
         "spark.local.dir": str(root / "tmp" / "spark"),
     }
     if spark.executor_memory:

@@ -2,9 +2,12 @@
 
 Both are external Parquet tables partitioned by ``(ds, model)``. A publish writes a new
 versioned folder ``<table>/ds=<ds>/model=<model>/v=<UTC time>-<id>/``, checks its row count,
-points the metastore partition at it, then writes ``_CURRENT.json`` beside the versions so
-readers without a JVM (``recpipe.query``) find the same folder. Readers only ever see complete
-folders; old versions beyond ``warehouse.keep_versions`` are deleted afterwards.
+writes ``_CURRENT.json`` beside the versions (the commit point: readers without a JVM,
+``recpipe.query``, follow it), then points the metastore partition at the same folder and
+marks the pointer "switched". A publish killed between the two leaves the pointer "pending";
+the next :func:`ensure_tables` (every publish and every ``recpipe sql``) finishes the switch
+before Spark reads the table. Readers only ever see complete folders; versions the pointer
+does not keep (beyond ``warehouse.keep_versions``, or orphans of failed publishes) are deleted.
 
 Read the tables through the metastore or the pointer, never by path: the partition folders
 hold several versions. For the same reason never run ``MSCK REPAIR TABLE`` on them.
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.faults import kill_point
+from recpipe.parquet_files import data_files, footer_sha256
 from recpipe.schema import DS, ITEM_ID, USER_ID
 
 if TYPE_CHECKING:
@@ -143,7 +148,10 @@ def partition_path(config: Config, table: str, ds: str, model: str) -> Path:
 
 def read_pointer(config: Config, table: str, ds: str, model: str) -> dict[str, Any] | None:
     """The ``_CURRENT.json`` record of a partition, or None when it was never published."""
-    path = partition_path(config, table, ds, model) / POINTER_FILE
+    return _read_pointer_file(partition_path(config, table, ds, model) / POINTER_FILE)
+
+
+def _read_pointer_file(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -196,6 +204,9 @@ def _pointer_mismatch(folder: Path, pointer: Mapping[str, Any]) -> str | None:
     extra = sorted(set(found) - set(recorded))
     if extra:
         return f"{extra[0]} was not published"
+    for name, digest in sorted(pointer.get("footers", {}).items()):
+        if footer_sha256(folder / name) != digest:
+            return f"{name} is not the file that was published (its Parquet footer differs)"
     rows = sum(pq.ParquetFile(folder / name).metadata.num_rows for name in recorded)
     if rows != pointer["rows"]:
         return f"{rows} rows in the files, the pointer recorded {pointer['rows']}"
@@ -227,10 +238,14 @@ def _new_version_name() -> str:
     return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def prune_versions(folder: Path, current: Path, keep: int) -> list[Path]:
-    """Delete version folders under ``folder`` beyond the newest ``keep``; never ``current``."""
+def prune_versions(root: Path, folder: Path, pointer: Mapping[str, Any]) -> list[Path]:
+    """Delete version folders under ``folder`` that ``pointer`` neither names nor keeps.
+
+    ``root`` is ``paths.root`` (pointer paths are relative to it). Orphans (versions of failed
+    or killed publishes) never count as kept versions.
+    """
+    kept = {root / pointer["path"], *(root / p for p in pointer.get("previous", []))}
     versions = sorted(p for p in folder.glob(f"{VERSION_PREFIX}*") if p.is_dir())
-    kept = {*versions[-keep:], current}
     removed = [p for p in versions if p not in kept]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
@@ -307,6 +322,7 @@ def ensure_tables(spark: SparkSession, config: Config) -> None:
     )
     for table in TABLES:
         _create_table(spark, config, table)
+    sync_pending_partitions(spark, config)
 
 
 def _conform(df: DataFrame, spec: TableSpec, table: str) -> DataFrame:
@@ -379,27 +395,67 @@ def publish_partition(
                 f"{table} ds={ds} model={model}: wrote {written} rows, expected {rows}; "
                 "the previous version is still current"
             )
+    except BaseException:
+        # Nothing points at the new folder yet.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    pointer_file = parent / POINTER_FILE
+    previous = _read_pointer_file(pointer_file)
+    kept = [] if previous is None else [previous["path"], *previous.get("previous", [])]
+    pointer = {
+        "path": str(folder.relative_to(config.root)),
+        "files": _parquet_files(folder),
+        "footers": {p.name: footer_sha256(p) for p in data_files(folder)},
+        "version": folder.name.removeprefix(VERSION_PREFIX),
+        "rows": rows,
+        "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # Older versions still readable (a reader may have resolved one a moment ago).
+        "previous": kept[: max(config.warehouse.keep_versions - 1, 0)],
+        "metastore": "pending",
+        **(pointer_extra or {}),
+    }
+    # The pointer is the commit point; the metastore follows it. A process killed between the
+    # two leaves "pending", which the next ensure_tables (every publish, every `recpipe sql`)
+    # repairs before anything reads the table through Spark.
+    kill_point("publish:before_pointer")
+    _write_json_atomic(pointer_file, pointer)
+    try:
+        kill_point("publish:before_metastore")
         _switch_partition(spark, config, table, ds, model, folder)
     except BaseException:
-        # Nothing points at the new folder yet (a failed ALTER changes nothing).
+        # A failed ALTER changed nothing: put the previous pointer back and drop the folder.
+        if previous is None:
+            pointer_file.unlink(missing_ok=True)
+        else:
+            _write_json_atomic(pointer_file, previous)
         shutil.rmtree(folder, ignore_errors=True)
         raise
     spark.catalog.refreshTable(qualified_name(config, table))
-    _write_json_atomic(
-        parent / POINTER_FILE,
-        {
-            "path": str(folder.relative_to(config.root)),
-            "files": _parquet_files(folder),
-            "version": folder.name.removeprefix(VERSION_PREFIX),
-            "rows": rows,
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **(pointer_extra or {}),
-        },
-    )
-    removed = prune_versions(parent, folder, config.warehouse.keep_versions)
+    _write_json_atomic(pointer_file, {**pointer, "metastore": "switched"})
+    removed = prune_versions(config.root, parent, pointer)
     log.info("published %s ds=%s model=%s: %d rows -> %s", table, ds, model, rows, folder)
     log.debug("pruned %d old versions of %s ds=%s model=%s", len(removed), table, ds, model)
     return folder
+
+
+def sync_pending_partitions(spark: SparkSession, config: Config) -> list[tuple[str, str, str]]:
+    """Point the metastore at every pointer a killed publish left "pending"; returns them."""
+    synced = []
+    for table in TABLES:
+        for ds, model in published_partitions(config, table):
+            pointer_file = partition_path(config, table, ds, model) / POINTER_FILE
+            pointer = _read_pointer_file(pointer_file)
+            if pointer is None or pointer.get("metastore") != "pending":
+                continue
+            folder = config.root / pointer["path"]
+            _switch_partition(spark, config, table, ds, model, folder)
+            spark.catalog.refreshTable(qualified_name(config, table))
+            _write_json_atomic(pointer_file, {**pointer, "metastore": "switched"})
+            prune_versions(config.root, pointer_file.parent, pointer)
+            log.warning("%s ds=%s model=%s: finished a killed publish's metastore switch",
+                        table, ds, model)  # fmt: skip
+            synced.append((table, ds, model))
+    return synced
 
 
 def _metric_row(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -53,12 +53,37 @@ def run_chain(
     return manifests
 
 
+# The stage whose manifest commits each lake table (its "outputs" name the current versions).
+PRODUCER = {
+    "events": "clean",
+    "quarantine": "clean",
+    "vocab_users": "vocab",
+    "vocab_items": "vocab",
+    "sessions": "sessionize",
+    "train": "split",
+    "valid": "split",
+    "test": "split",
+    "samples_pairwise": "export",
+    "samples_pointwise": "export",
+    "samples_sequence": "export",
+}
+
+
+def partition_dir(root: Path, table: str, ds: str, protocol: str | None = None) -> Path:
+    """Folder of the committed version of a lake partition, read from the manifest JSON."""
+    manifest = json.loads(
+        (Path(root) / "manifests" / PRODUCER[table] / f"ds={ds}.json").read_text()
+    )
+    assert manifest["status"] == "ok", manifest
+    name = f"ds={ds}" + ("" if protocol is None else f"/protocol={protocol}")
+    folder = Path(root) / manifest["outputs"][table][name]["path"]
+    assert folder.is_dir(), f"partition {folder} was not published"
+    return folder
+
+
 def read_rows(root: Path, table: str, ds: str, protocol: str | None = None) -> list[dict[str, Any]]:
     """All rows of one published lake partition, read with pyarrow (not with recpipe code)."""
-    folder = Path(root) / "lake" / table / f"ds={ds}"
-    if protocol is not None:
-        folder = folder / f"protocol={protocol}"
-    assert folder.is_dir(), f"partition {folder} was not published"
+    folder = partition_dir(root, table, ds, protocol)
     table = pq.read_table(folder)
     # Spark writes INT96 timestamps (naive, UTC by session setting): read them as aware UTC.
     schema = pa.schema(

@@ -10,10 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import partition_dir
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config
 from recpipe.etl.sources import RawInputError
+from recpipe.manifest import last_attempt
 from recpipe.stages.clean import run_clean
 
 DS = "2026-11-22"
@@ -75,7 +77,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def read_table(spark: SparkSession, root: Path, table: str, ds: str = DS):
-    return spark.read.parquet(f"file://{root}/lake/{table}/ds={ds}")
+    return spark.read.parquet(f"file://{partition_dir(root, table, ds)}")
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_every_reason_code_reconciles_exactly(spark: SparkSession, corpus_run) -
     manifest_file = config.root / "manifests" / "clean" / f"ds={DS}.json"
     assert json.loads(manifest_file.read_text())["rows_in"] == len(CORPUS)
     assert manifest_file.with_suffix(".config.yaml").is_file()
-    assert (config.root / "lake" / "events" / f"ds={DS}" / "_config.yaml").is_file()
+    assert (partition_dir(config.root, "events", DS) / "_config.yaml").is_file()
 
 
 def test_valid_rows_are_normalised(spark: SparkSession, corpus_run) -> None:
@@ -142,9 +144,9 @@ def test_rerun_same_ds_replaces_partition(spark: SparkSession, make_config, tmp_
     assert [r["user_id"] for r in read_table(spark, config.root, "events").collect()] == ["c"]
     assert read_table(spark, config.root, "quarantine").count() == 0
     assert manifest["rows_in"] == 1 and manifest["rows_quarantined"] == 0
-    table_dir = config.root / "lake" / "events"
-    assert sorted(p.name for p in table_dir.iterdir() if p.name.startswith("ds=")) == [f"ds={DS}"]
-    assert not list((table_dir / "_staging").iterdir())
+    # The previous run's version is kept (readers in flight), older ones are removed.
+    versions = sorted((config.root / "lake" / "events" / f"ds={DS}").iterdir())
+    assert len(versions) == 2 and partition_dir(config.root, "events", DS) == versions[-1]
 
 
 def test_other_ds_partitions_are_untouched(spark: SparkSession, make_config, tmp_path) -> None:
@@ -232,8 +234,11 @@ def test_glob_input_and_clear_errors(spark: SparkSession, make_config, tmp_path)
     (tmp_path / "odd.txt").write_text("x")
     with pytest.raises(RawInputError, match="input_format"):
         run_clean(spark, make_config(f"paths.raw_events={tmp_path / 'odd.txt'}"), DS)
-    failed = json.loads((make_config().root / "manifests" / "clean" / f"ds={DS}.json").read_text())
-    assert failed["status"] == "failed" and "input_format" in failed["error"]
+    # The failure is recorded beside the manifest of the data still served, not over it.
+    served = json.loads((make_config().root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    assert served["status"] == "ok" and served["rows_out"] == 2
+    failed = last_attempt(make_config().root, "clean", DS)
+    assert failed is not None and failed["status"] == "failed" and "input_format" in failed["error"]
 
 
 def test_raw_events_at_a_hadoop_uri(spark: SparkSession, make_config, tmp_path) -> None:

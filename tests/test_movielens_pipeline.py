@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from helpers import partition_dir
 from pyspark.sql import SparkSession
 
 from recpipe.cli import main
@@ -66,7 +67,7 @@ def ndcg_at_10(manifest: dict) -> float:
 
 
 def read_split(config: Config, part: str) -> dict[str, set[str]]:
-    folder = Path(config.root) / "lake" / part / f"ds={DS}" / "protocol=random_by_user"
+    folder = partition_dir(config.root, part, DS, "random_by_user")
     rows = pads.dataset(folder).to_table(columns=["user_id", "item_id"]).to_pylist()
     by_user: dict[str, set[str]] = defaultdict(set)
     for row in rows:
@@ -102,9 +103,8 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     folder = Path(config.root) / "models" / "als" / DS / "random_by_user"
     with np.load(folder / "arrays.npz") as arrays:
         users, items, known = arrays["user_factors"], arrays["item_factors"], arrays["known_items"]
-    vocab = Path(config.root) / "lake"
-    user_idx = _index(vocab / "vocab_users" / f"ds={DS}", "user_id", "user_idx")
-    item_idx = _index(vocab / "vocab_items" / f"ds={DS}", "item_id", "item_idx")
+    user_idx = _index(partition_dir(config.root, "vocab_users", DS), "user_id", "user_idx")
+    item_idx = _index(partition_dir(config.root, "vocab_items", DS), "item_id", "item_idx")
     for user, ranked in recs.items():
         scores = users[user_idx[user]].astype(np.float64) @ items.T.astype(np.float64)
         scores[~known] = -np.inf

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import build_config, run_chain, write_jsonl
+from helpers import build_config, partition_dir, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.reconcile import ReconciliationError
@@ -54,13 +54,13 @@ def test_every_stage_checks_what_it_reads_against_the_producer(
     lake = root / "lake"
 
     # A stray file in a past day's events: both readers of the history refuse it.
-    stray = _stray_copy(lake / "events" / f"ds={DS1}")
+    stray = _stray_copy(partition_dir(root, "events", DS1))
     with pytest.raises(ReconciliationError, match=rf"events ds={DS1}: read \d+ rows, but `clean` "
                        rf"published 60 .*re-run `recpipe clean --ds {DS1}`"):  # fmt: skip
         run_vocab(spark, config, DS2)
     stray.unlink()
     run_chain(spark, config, DS2, ("vocab",))
-    stray = _stray_copy(lake / "events" / f"ds={DS1}")
+    stray = _stray_copy(partition_dir(root, "events", DS1))
     with pytest.raises(ReconciliationError, match=rf"events ds={DS1}: read"):
         run_sessionize(spark, config, DS2)
     stray.unlink()
@@ -68,7 +68,7 @@ def test_every_stage_checks_what_it_reads_against_the_producer(
 
     # Lost sessions rows (one file rewritten with half its rows): split refuses and publishes
     # nothing.
-    data_file = sorted((lake / "sessions" / f"ds={DS2}").glob("part-*.parquet"))[0]
+    data_file = sorted(partition_dir(root, "sessions", DS2).glob("part-*.parquet"))[0]
     checksum = data_file.with_name(f".{data_file.name}.crc")  # Hadoop's, else it flags the edit
     original, original_checksum = data_file.read_bytes(), checksum.read_bytes()
     table = pq.read_table(data_file)
@@ -77,13 +77,14 @@ def test_every_stage_checks_what_it_reads_against_the_producer(
     with pytest.raises(ReconciliationError, match=rf"sessions ds={DS2}: read \d+ rows, but "
                        r"`sessionize` published"):  # fmt: skip
         run_split(spark, config, DS2)
-    assert not (lake / "train" / f"ds={DS2}").exists()
+    assert not (root / "manifests" / "split" / f"ds={DS2}.json").exists()
+    assert not list((lake / "train").glob(f"ds={DS2}/*/v=*"))  # the failed run's versions are gone
     data_file.write_bytes(original)
     checksum.write_bytes(original_checksum)
     run_chain(spark, config, DS2, ("split",))
 
     # A stray train file: export refuses.
-    stray = _stray_copy(lake / "train" / f"ds={DS2}" / "protocol=leave_last_out")
+    stray = _stray_copy(partition_dir(root, "train", DS2, "leave_last_out"))
     with pytest.raises(ReconciliationError, match=rf"train protocol=leave_last_out ds={DS2}"):
         run_export(spark, config, DS2)
     stray.unlink()

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
-from helpers import build_config, read_manifest, run_chain, write_jsonl
+from helpers import build_config, partition_dir, read_manifest, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.cli import main
@@ -133,7 +133,7 @@ def _histories_by_user(root: Path) -> dict[int, list[int]]:
 
 
 def _train_items(root: Path) -> np.ndarray:
-    folder = Path(root) / "lake" / "train" / f"ds={DS1}" / f"protocol={PROTOCOL}"
+    folder = partition_dir(root, "train", DS1, PROTOCOL)
     return pads.dataset(folder).to_table(columns=["item_idx"]).column(0).to_numpy()
 
 
@@ -173,7 +173,7 @@ def _published(config, model: str) -> list[dict]:
 
 
 def _vocab(root: Path, table: str, id_col: str, idx_col: str) -> dict[str, int]:
-    rows = pads.dataset(Path(root) / "lake" / table / f"ds={DS2}").to_table().to_pylist()
+    rows = pads.dataset(partition_dir(root, table, DS2)).to_table().to_pylist()
     return {row[id_col]: row[idx_col] for row in rows}
 
 

@@ -281,3 +281,38 @@ def test_pointer_readers_follow_a_moved_root_and_refuse_tampered_files(
         handle.write(b"\0")
     with pytest.raises(PointerError, match=rf"{data_file.name} has \d+ bytes, the pointer"):
         lookup_recs(moved, "u1")
+
+
+def _flip_byte(path: Path, offset: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_pointer_readers_refuse_files_edited_in_place(spark: SparkSession, config: Config) -> None:
+    """Same names, same sizes: an edited data page fails its CRC, an edited footer its digest."""
+    import pyarrow.parquet as pq
+
+    from recpipe.query import lookup_recs
+    from recpipe.warehouse import PointerError
+
+    users = [f"u{n}" for n in range(200)]
+    publish_partition(spark, config, RECOMMENDATIONS, recs(spark, users), DS, "als")
+    assert len(lookup_recs(config, "u7")) == 10
+    folder = partition_location(config, RECOMMENDATIONS, DS, "als")
+    assert folder is not None
+    data_file = sorted(folder.glob("*.parquet"))[0]
+    original = data_file.read_bytes()
+    chunk = pq.ParquetFile(data_file).metadata.row_group(0).column(0)
+    # The last byte of the first column chunk: inside a data page's compressed payload.
+    _flip_byte(data_file, chunk.data_page_offset + chunk.total_compressed_size - 1)
+    with pytest.raises(PointerError, match=r"recommendations ds=.* is damaged .*republish"):
+        lookup_recs(config, "u7")
+    data_file.write_bytes(original)
+    footer_length = int.from_bytes(original[-8:-4], "little")
+    _flip_byte(data_file, len(original) - 8 - footer_length // 2)
+    with pytest.raises(PointerError, match=r"not the file that was published"):
+        lookup_recs(config, "u7")
+    data_file.write_bytes(original)
+    assert len(lookup_recs(config, "u7")) == 10

@@ -114,11 +114,15 @@ def _published(work: Path, ds: str) -> tuple[dict, list[dict]]:
 
 
 def _lake_counts(work: Path, ds: str) -> dict[str, int]:
-    lake = work / "root" / "lake"
-    return {
-        table: pads.dataset(lake / table / f"ds={ds}").count_rows()
-        for table in ("events", "sessions", "train", "test", "samples_pairwise")
-    }
+    """Rows of the committed version of each table, found through its producer's manifest."""
+    producers = {"events": "clean", "sessions": "sessionize", "train": "split", "test": "split",
+                 "samples_pairwise": "export"}  # fmt: skip
+    counts = {}
+    for table, stage in producers.items():
+        for name, record in _manifest(work, stage, ds)["outputs"][table].items():
+            folder = work / "root" / record["path"]
+            counts[f"{table}/{name}"] = pads.dataset(folder).count_rows()
+    return counts
 
 
 @pytest.fixture(scope="module")

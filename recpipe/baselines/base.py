@@ -19,7 +19,9 @@ import pyarrow.dataset as pads
 from scipy import sparse
 
 from recpipe.artifacts import KIND_FILES
+from recpipe.commit import current_version
 from recpipe.errors import MissingInputError
+from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
 
 
@@ -45,27 +47,26 @@ class TrainData:
 
 
 def split_path(root: Path, table: str, ds: str, protocol: str) -> Path:
-    """Folder of one split partition."""
-    return Path(root) / "lake" / table / f"{DS}={ds}" / f"protocol={protocol}"
+    """Folder of the current version of one split partition; MissingInputError if none."""
+    return current_version(root, table, {DS: ds, "protocol": protocol})
 
 
 def vocab_size(root: Path, table: str, idx_col: str, ds: str) -> int:
     """Largest index in a vocabulary snapshot (read with pyarrow, no JVM)."""
-    folder = Path(root) / "lake" / table / f"{DS}={ds}"
-    if not folder.is_dir():
-        raise MissingInputError(f"no {table} partition ds={ds}: run `recpipe vocab --ds {ds}`")
-    column = pads.dataset(folder, format="parquet").to_table(columns=[idx_col]).column(0)
+    folder = current_version(root, table, {DS: ds})
+    column = verified_dataset(folder).to_table(columns=[idx_col]).column(0)
     return int(column.to_numpy().max()) if len(column) else 0
 
 
 def _split_dataset(root: Path, ds: str, protocol: str, part: str) -> pads.Dataset:
-    folder = split_path(root, part, ds, protocol)
-    if not folder.is_dir():
+    try:
+        folder = split_path(root, part, ds, protocol)
+    except MissingInputError:
         raise MissingInputError(
             f"no {part} split for protocol={protocol} ds={ds}: run `recpipe split --ds {ds} "
             f"--set split.protocols=[{protocol}]`"
-        )
-    return pads.dataset(folder, format="parquet")
+        ) from None
+    return verified_dataset(folder)
 
 
 def split_item_counts(root: Path, ds: str, protocol: str, part: str, n_items: int) -> np.ndarray:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.errors import MissingInputError
+from recpipe.commit import current_version
 from recpipe.etl.sessionize import TS_MS, explode_sessions
 from recpipe.lake import Lake
+from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.stages.sessionize import SESSIONS
@@ -32,11 +32,7 @@ DAY_MS = 86_400_000
 def history_frame(spark: SparkSession, root: Path, ds: str) -> DataFrame:
     """``(user_idx int, items array<int>)``: every user of ``sessions`` ds with their history."""
     sessions = Lake(root).read(spark, SESSIONS, [{DS: ds}])
-    first = (
-        explode_sessions(sessions)
-        .groupBy(USER_IDX, ITEM_IDX)
-        .agg(F.min(TS_MS).alias(TS_MS))
-    )
+    first = explode_sessions(sessions).groupBy(USER_IDX, ITEM_IDX).agg(F.min(TS_MS).alias(TS_MS))
     ordered = F.array_sort(F.collect_list(F.struct(TS_MS, ITEM_IDX)))
     return first.groupBy(USER_IDX).agg(
         F.transform(ordered, lambda entry: entry[ITEM_IDX]).alias(HISTORY_ITEMS)
@@ -44,10 +40,8 @@ def history_frame(spark: SparkSession, root: Path, ds: str) -> DataFrame:
 
 
 def _session_events(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    folder = Path(root) / "lake" / SESSIONS / f"{DS}={ds}"
-    if not folder.is_dir():
-        raise MissingInputError(f"no sessions partition ds={ds}: run `recpipe sessionize`")
-    table = pads.dataset(folder, format="parquet").to_table(columns=[USER_IDX, ITEM_IDX, TS_MS])
+    folder = current_version(root, SESSIONS, {DS: ds})
+    table = verified_dataset(folder).to_table(columns=[USER_IDX, ITEM_IDX, TS_MS])
     lengths = pc.list_value_length(table.column(ITEM_IDX)).to_numpy(zero_copy_only=False)
     users = np.repeat(table.column(USER_IDX).to_numpy(), lengths).astype(np.int64)
     items = pc.list_flatten(table.column(ITEM_IDX)).to_numpy().astype(np.int64)

@@ -163,8 +163,8 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                     f"{previous} rows; nothing was replaced (pass --allow-empty, or set "
                     "clean.allow_empty=true, to publish an empty day over them)"
                 )
-        staged_events.publish()
-        staged_quarantine.publish()
+        staged_events.publish(run)
+        staged_quarantine.publish(run)
         distinct.unpersist()
         run.record.update(
             rows_in=rows_in,

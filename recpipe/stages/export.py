@@ -166,7 +166,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                 part.discard()
             raise
         for part in staged:
-            part.publish()
+            part.publish(run)
         run.record.update(rows_in=rows_in, rows_out=rows_out)
     return run.manifest
 

@@ -12,7 +12,7 @@ from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.etl.clean import COPIES, dedupe_exact
 from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
-from recpipe.lake import Lake, history_ds
+from recpipe.lake import Lake
 from recpipe.manifest import StageRun
 from recpipe.reconcile import check_rows_per_ds
 from recpipe.schema import (
@@ -43,8 +43,7 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
     settings = config.sessionize
     lake = Lake(config.root)
     with StageRun(config, "sessionize", ds) as run:
-        event_ds = history_ds(lake.ds_values(EVENTS), ds, settings.history_days)
-        lake.require(EVENTS, ds, "clean")
+        event_ds = lake.history(EVENTS, ds, settings.history_days)
         lake.require(VOCAB_USERS, ds, "vocab")
         run.record["events_ds"] = event_ds
         events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
@@ -98,7 +97,7 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
             raise RuntimeError(
                 f"sessions hold {stats['events']} events but {rows_distinct} were read"
             )
-        part.publish()
+        part.publish(run)
         run.record.update(
             rows_in=rows_in,
             rows_duplicate=rows_in - rows_distinct,

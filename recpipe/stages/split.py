@@ -138,6 +138,6 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         finally:
             interactions.unpersist()
         for part in staged:
-            part.publish()
+            part.publish(run)
         run.record["rows_out"] = rows_used * len(config.split.protocols)
     return run.manifest

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from recpipe.config import Config
 from recpipe.etl.vocab import extend_vocab, first_seen
-from recpipe.lake import Lake, history_ds
+from recpipe.lake import Lake
 from recpipe.manifest import StageRun
 from recpipe.reconcile import check_rows_per_ds
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
@@ -30,8 +30,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Write ``vocab_users``/``vocab_items`` snapshots for ``ds`` from all events up to ``ds``."""
     lake = Lake(config.root)
     with StageRun(config, "vocab", ds) as run:
-        event_ds = history_ds(lake.ds_values(EVENTS), ds, None)
-        lake.require(EVENTS, ds, "clean")
+        event_ds = lake.history(EVENTS, ds, None)
         events = lake.read(spark, EVENTS, [{DS: value} for value in event_ds])
         check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
         run.record["events_ds"] = event_ds
@@ -68,7 +67,7 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             run.record[f"n_{name}"] = total
             seen.unpersist()
         for part in staged:
-            part.publish()
+            part.publish(run)
         # rows: distinct ids read from events, and vocabulary entries written.
         run.record["rows_in"] = (
             run.record["users"]["ids_in_events"] + run.record["items"]["ids_in_events"]

@@ -1,0 +1,102 @@
+"""``recpipe sweep``: remove what killed or failed runs left behind under ``paths.root``.
+
+Each (stage, ds) is swept under its lock, so a run in progress is never touched (it is skipped
+and reported). Removed: lake versions no manifest references (the current and previous
+versions stay), scratch folders of that (stage, ds), and the ``_staging``/``_trash`` folders of
+the rename-based layout of earlier releases. Every run also sweeps its own (stage, ds) when it
+starts and after it commits; this command covers days that are never re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from recpipe.commit import (
+    PRODUCERS,
+    lake_base,
+    referenced_paths,
+    scratch_root,
+    sweep_leftovers,
+    sweep_run,
+    tables_of,
+)
+from recpipe.locks import StageLock, StageLockedError
+from recpipe.manifest import lock_path, manifest_path
+from recpipe.schema import DS
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _runs_with_state(root: Path) -> set[tuple[str, str]]:
+    """(stage, ds) pairs that have lake versions or scratch folders on disk."""
+    pairs = set()
+    base = lake_base(root)
+    for table, stage in PRODUCERS.items():
+        for folder in (base / table).glob(f"{DS}=*"):
+            pairs.add((stage, folder.name[len(DS) + 1 :]))
+    scratch = scratch_root(root)
+    stages = set(PRODUCERS.values())
+    for folder in scratch.iterdir() if scratch.is_dir() else []:
+        # <stage>-<YYYY-MM-DD>-<id>
+        stage, _, rest = folder.name.partition("-")
+        if stage in stages and len(rest) > 11:
+            pairs.add((stage, rest[:10]))
+    return pairs
+
+
+def sweep_root(root: Path, ds: str | None = None) -> list[dict[str, Any]]:
+    """Sweep every (stage, ds) with state under ``root`` (only ``ds`` when given).
+
+    Returns one summary row per (stage, ds) that had something removed or was skipped.
+    """
+    root = Path(root)
+    rows: list[dict[str, Any]] = []
+    for stage, day in sorted(_runs_with_state(root)):
+        if ds is not None and day != ds:
+            continue
+        lock = StageLock(lock_path(root, stage, day), stage, day, f"sweep-{uuid.uuid4().hex[:8]}")
+        try:
+            lock.acquire()
+        except StageLockedError as exc:
+            rows.append({"stage": stage, "ds": day, "removed": 0, "bytes": 0, "note": str(exc)})
+            continue
+        try:
+            path = manifest_path(root, stage, day)
+            manifest = json.loads(path.read_text()) if path.is_file() else None
+            doomed = _doomed_sizes(root, stage, day, manifest)
+            removed = sweep_run(root, stage, day, manifest)
+        finally:
+            lock.release()
+        if removed:
+            freed = sum(doomed.get(p, 0) for p in removed)
+            rows.append({"stage": stage, "ds": day, "removed": len(removed), "bytes": freed,
+                         "note": ""})  # fmt: skip
+    if ds is None:
+        leftovers = sweep_leftovers(root)
+        if leftovers:
+            rows.append({"stage": "(legacy)", "ds": "", "removed": len(leftovers), "bytes": 0,
+                         "note": "_staging/_trash folders"})  # fmt: skip
+    return rows
+
+
+def _doomed_sizes(
+    root: Path, stage: str, ds: str, manifest: dict[str, Any] | None
+) -> dict[Path, int]:
+    """Sizes of what :func:`sweep_run` is about to remove (measured before it goes)."""
+    keep = referenced_paths(manifest)
+    sizes = {}
+    for table in tables_of(stage):
+        base = lake_base(root) / table / f"{DS}={ds}"
+        for folder in base.rglob("v=*") if base.is_dir() else []:
+            if folder.is_dir() and str(folder.relative_to(root)) not in keep:
+                sizes[folder] = _size(folder)
+    for scratch in scratch_root(root).glob(f"{stage}-{ds}-*"):
+        sizes[scratch] = _size(scratch)
+    return sizes
