@@ -4,6 +4,8 @@ Raw event contract (one record per event; JSON lines, CSV with a header, or Parq
 ``user_id``, ``item_id``, ``event_type``, ``ts`` are required; ``value`` and
 ``session_id`` are optional; any other field is kept in the ``extra`` map.
 ``ts`` is epoch seconds, epoch milliseconds (|ts| >= 1e11) or ISO-8601 with a zone.
+Numeric ids (JSON numbers, Parquet numeric columns) are rendered as plain decimal text:
+``42``, ``42.0`` and ``4.2e1`` are all the id ``42``; ids written as text stay as written.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ class Reason:
     """Quarantine reason codes. Each rejected row carries exactly one: the first check it fails."""
 
     EMPTY_RECORD = "empty_record"  # blank line
+    # Invalid UTF-8 bytes or NUL characters (Latin-1 or UTF-16 text): decoding would merge ids.
+    BAD_ENCODING = "bad_encoding"
     MALFORMED_RECORD = "malformed_record"  # unparsable JSON (e.g. truncated) or bad CSV row
     NOT_AN_OBJECT = "not_an_object"  # valid JSON but an array, string, number or null
+    BAD_ID_TYPE = "bad_id_type"  # user_id or item_id is an object, array or boolean
     MISSING_USER_ID = "missing_user_id"  # absent, null, or empty after trimming
     MISSING_ITEM_ID = "missing_item_id"
     MISSING_EVENT_TYPE = "missing_event_type"
@@ -59,8 +64,10 @@ class Reason:
 
     ALL: tuple[str, ...] = (
         EMPTY_RECORD,
+        BAD_ENCODING,
         MALFORMED_RECORD,
         NOT_AN_OBJECT,
+        BAD_ID_TYPE,
         MISSING_USER_ID,
         MISSING_ITEM_ID,
         MISSING_EVENT_TYPE,
@@ -73,6 +80,7 @@ class Reason:
         MISSING_VALUE,
         BOT_SUSPECT,
     )
+
 
 # Training samples written by the export stage (lake tables samples_<kind>, one partition per
 # ds and protocol, a file count that is a multiple of the planned world size):

@@ -9,6 +9,7 @@ path (made absolute and given the ``file://`` scheme), never resolved against
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class HadoopFiles:
         Names starting with ``.`` or ``_`` (checksums, ``_SUCCESS``, staging) are skipped.
         ``key`` is the config key named in errors.
         """
+        return [uri for uri, _ in self.list_file_sizes(location, key)]
+
+    def list_file_sizes(self, location: str, key: str) -> list[tuple[str, int]]:
+        """As :meth:`list_files`, with each file's length in bytes (from the same listing)."""
         uri = qualify(location)
         fs, path = self._filesystem(uri, key)
         try:
@@ -81,19 +86,44 @@ class HadoopFiles:
                 statuses = [fs.getFileStatus(path)]
             else:
                 raise StorageError(f"{key}: {location} does not exist")
-            files: list[str] = []
+            files: list[tuple[str, int]] = []
             for status in statuses:
                 if status.isDirectory():
                     found = fs.listFiles(status.getPath(), True)
                     while found.hasNext():
-                        files.append(found.next().getPath().toString())
+                        entry = found.next()
+                        files.append((entry.getPath().toString(), int(entry.getLen())))
                 else:
-                    files.append(status.getPath().toString())
+                    files.append((status.getPath().toString(), int(status.getLen())))
         except StorageError:
             raise
         except Exception as exc:
             raise StorageError(_unreachable(key, uri, exc)) from None
-        return sorted(f for f in files if not f.rsplit("/", 1)[-1].startswith((".", "_")))
+        return sorted(f for f in files if not f[0].rsplit("/", 1)[-1].startswith((".", "_")))
+
+    def head(self, uri: str, size: int, key: str) -> bytes:
+        """The first ``size`` bytes of a file, decompressed by the codec its suffix names.
+
+        Hadoop's own codec factory picks the codec, so ``.gz``/``.bz2`` mean what they mean to
+        the executors' reads. A corrupt compressed file raises :class:`StorageError`.
+        """
+        fs, path = self._filesystem(uri, key)
+        jvm = self._jvm()
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+        stream = None
+        try:
+            stream = fs.open(path)
+            codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(path)
+            if codec is not None:
+                stream = codec.createInputStream(stream)
+            # readNBytes returns a byte[], which py4j hands over as one bytes object.
+            return bytes(stream.readNBytes(size))
+        except Exception as exc:
+            raise StorageError(f"{key}: cannot read {uri}: {java_error_line(exc)}") from None
+        finally:
+            if stream is not None:
+                with contextlib.suppress(Exception):  # a broken stream may fail to close too
+                    stream.close()
 
 
 def _unreachable(key: str, uri: str, exc: BaseException) -> str:

@@ -48,5 +48,6 @@ def test_generate_command_writes_files(tmp_path: Path, capsys) -> None:
     files = sorted(p.name for p in out_dir.glob("part-*.jsonl"))
     assert files == ["part-00000.jsonl", "part-00001.jsonl"]
     printed = json.loads(capsys.readouterr().out)
-    lines = sum(len((out_dir / f).read_text().splitlines()) for f in files)
+    # Bytes: bad_encoding lines are Latin-1 on purpose.
+    lines = sum(len((out_dir / f).read_bytes().splitlines()) for f in files)
     assert printed["lines_total"] == lines

@@ -52,15 +52,22 @@ def _seconds(ts: Any) -> int | None:
 
 def classify(line: bytes, window: tuple[int, int] = (WINDOW_START, WINDOW_END)) -> str | None:
     """First failing check in the consumer's order, or None for a valid event."""
-    text = line.decode()
+    try:
+        text = line.decode()
+    except UnicodeDecodeError:
+        return Reason.BAD_ENCODING
     if text.strip() == "":
         return Reason.EMPTY_RECORD
+    if "\x00" in text:
+        return Reason.BAD_ENCODING
     try:
         record = json.loads(text)
     except ValueError:
         return Reason.MALFORMED_RECORD
     if not isinstance(record, dict):
         return Reason.NOT_AN_OBJECT
+    if any(isinstance(record.get(k), dict | list | bool) for k in ("user_id", "item_id")):
+        return Reason.BAD_ID_TYPE
     for key, reason in (
         ("user_id", Reason.MISSING_USER_ID),
         ("item_id", Reason.MISSING_ITEM_ID),

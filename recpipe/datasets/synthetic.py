@@ -481,7 +481,15 @@ class _Malformed:
             # Any proper prefix of a JSON object is unparsable.
             return text[: max(1, int(len(text) * rng.uniform(0.2, 0.95)))].encode() + b"\n"
         record: dict[str, Any] = json.loads(text)
-        if reason == Reason.NOT_AN_OBJECT:
+        if reason == Reason.BAD_ENCODING:
+            # The user id with a Latin-1 "é" (byte E9): invalid UTF-8, one line.
+            record["user_id"] = f"{record['user_id']}\u00e9"
+            line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+            return line.encode("utf-8").replace(b"\xc3\xa9", b"\xe9") + b"\n"
+        if reason == Reason.BAD_ID_TYPE:
+            key = ("user_id", "item_id")[variant % 2]
+            record[key] = ({"id": record[key]}, [record[key]], True)[variant % 3]
+        elif reason == Reason.NOT_AN_OBJECT:
             # No bare `null`: some readers cannot tell it from an unparsable line.
             options = (
                 json.dumps([record["user_id"], record["item_id"]]),

@@ -32,7 +32,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
 QUARANTINE_COLUMNS: tuple[str, ...] = (RAW, REASON, SOURCE_FILE)
 COPIES = "copies"
 
-_NUMERIC = r"^[+-]?[0-9]{1,18}(\.[0-9]+)?$"
+# Plain or exponent form (JSON floats such as 1.795e9 arrive that way from Spark's readers).
+_NUMERIC = r"^[+-]?[0-9]{1,18}(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?$"
 # ISO-8601 date-time with a mandatory zone: Z, +hh, +hhmm or +hh:mm.
 _ISO_WITH_ZONE = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
@@ -54,17 +55,20 @@ def _blank(col: Column) -> Column:
 def parse_ts(text: Column) -> tuple[Column, Column]:
     """(epoch seconds as double or null, parsed timestamp or null) of a raw ts string.
 
-    Numbers are epoch seconds, or milliseconds at or above 1e11; integral ones convert
-    exactly (long arithmetic, null on overflow). ISO-8601 needs an explicit zone.
+    Numbers (plain or with an exponent) are epoch seconds, or milliseconds at or above 1e11;
+    they convert exactly to microseconds (decimal arithmetic, so ``1795000000.123456`` keeps
+    its digits; null beyond the timestamp range). ISO-8601 needs an explicit zone.
     """
     trimmed = F.trim(text)
     is_numeric = trimmed.rlike(_NUMERIC)
     number = trimmed.try_cast(T.DoubleType())
     is_ms = F.abs(number) >= EPOCH_MS_THRESHOLD
-    integral = trimmed.try_cast(T.LongType())
-    exact_micros = F.try_multiply(integral, F.when(is_ms, F.lit(1_000)).otherwise(F.lit(1_000_000)))
+    # 21 integer digits hold any value the regex allows short of a large exponent; those
+    # overflow to null here and are judged by the double alone (out of the window).
+    exact = trimmed.try_cast(T.DecimalType(30, 9))
+    scale = F.when(is_ms, F.lit(1_000)).otherwise(F.lit(1_000_000))
+    micros = F.round(F.try_multiply(exact, scale)).try_cast(T.LongType())
     numeric_seconds = F.when(is_ms, number / 1_000).otherwise(number)
-    micros = F.coalesce(exact_micros, F.round(numeric_seconds * 1_000_000).try_cast(T.LongType()))
     iso = F.when(trimmed.rlike(_ISO_WITH_ZONE), trimmed.try_cast(T.TimestampType()))
     seconds = F.when(is_numeric, numeric_seconds).otherwise(F.unix_micros(iso) / 1_000_000)
     timestamp = F.when(is_numeric, F.timestamp_micros(micros)).otherwise(iso)

@@ -24,7 +24,7 @@ from recpipe.etl.clean import (
     flag_bots,
     ts_window,
 )
-from recpipe.etl.sources import read_raw_events
+from recpipe.etl.sources import raw_read_errors, read_raw_events
 from recpipe.lake import Lake, file_uri
 from recpipe.manifest import StageRun
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
@@ -76,7 +76,10 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         # need, which is several times cheaper than Spark's in-memory cache of the rows.
         scratch = config.root / "tmp" / f"clean-{ds}-{uuid.uuid4().hex}"
         try:
-            checked.write.parquet(file_uri(scratch))
+            # The first pass over the raw files: a file that cannot be read (a cut gzip) fails
+            # here, as one line naming it, before anything is staged.
+            with raw_read_errors(spark):
+                checked.write.parquet(file_uri(scratch))
             checked = spark.read.parquet(file_uri(scratch))
             by_reason = {
                 row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()
