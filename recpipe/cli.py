@@ -14,7 +14,7 @@ from typing import Any
 from recpipe import __version__
 from recpipe.config import Config, ConfigError, load_config
 from recpipe.console import format_table
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
 
 log = logging.getLogger("recpipe")
 
@@ -518,6 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # an unwritable root, a full disk: the environment, stated in one line
         where = f": {exc.filename}" if exc.filename else ""
         print(f"recpipe {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_spark_failure(exc) or args.verbose:
+            raise
+        # A failed Spark job: the Java trace is in Spark's log above; the stage's record is
+        # under manifests/<stage>/attempts/. -v shows the Python traceback too.
+        print(f"recpipe {args.command}: {spark_failure_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -349,6 +349,8 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw_value!r} is not valid YAML ({exc})") from exc
+    except ValueError as exc:  # YAML reads 2026-13-45 as a date and fails to build it
+        raise ConfigError(f"--set {key}: value {raw_value!r} is not valid ({exc})") from None
     nested: dict[str, Any] = {}
     cursor = nested
     parts = key.split(".")
@@ -365,6 +367,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except ValueError as exc:  # a date-looking value that is no date, e.g. 2026-02-30
+        raise ConfigError(f"config file {path}: a value is not valid ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     return data

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import partition_dir
 from pyspark.sql import SparkSession
 
 from recpipe.cli import main
@@ -29,7 +30,7 @@ UTC0 = dt.datetime(2026, 11, 22, 10, 0, 0)  # Spark returns UTC wall times (sess
 
 
 def rows(spark: SparkSession, root: Path, table: str) -> list:
-    return spark.read.parquet(f"file://{root}/lake/{table}/ds={DS}").collect()
+    return spark.read.parquet(f"file://{partition_dir(root, table, DS)}").collect()
 
 
 def check_reconciles(manifest: dict) -> None:
@@ -128,7 +129,7 @@ def test_invalid_utf8_and_utf16_are_quarantined_losslessly(
         ("plain", "z"),
     }
     # Quarantine is readable by pyarrow (valid UTF-8), and raw gives back the exact bytes.
-    table = pq.read_table(config.root / "lake" / "quarantine" / f"ds={DS}")
+    table = pq.read_table(partition_dir(config.root, "quarantine", DS))
     assert set(table.column("reason").to_pylist()) == {"bad_encoding"}
     restored = Counter(raw.encode("latin-1") for raw in table.column("raw").to_pylist())
     assert restored == Counter(latin + utf16_records)
