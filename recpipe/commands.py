@@ -200,12 +200,14 @@ def print_recs(config: Config, args: argparse.Namespace) -> int:
 
 def print_sql(config: Config, args: argparse.Namespace) -> int:
     """``recpipe sql``: Spark SQL against the configured catalog."""
+    from recpipe.lake_catalog import sync_lake_tables
     from recpipe.query import run_sql
     from recpipe.spark import get_spark
     from recpipe.warehouse import ensure_tables
 
     spark = get_spark(config)
     ensure_tables(spark, config)
+    sync_lake_tables(spark, config)  # lake tables as committed by the manifests
     if args.admin:
         log.warning("recpipe sql --admin: the statement runs unchecked")
     rows = run_sql(spark, args.query, admin=args.admin)

@@ -256,28 +256,32 @@ def prune_versions(root: Path, folder: Path, pointer: Mapping[str, Any]) -> list
 # Spark side
 
 
-def _uri(path: Path) -> str:
+def spark_uri(path: Path) -> str:
+    """``file://`` URI of a local path, for Spark."""
     # recpipe.lake imports pyspark; importing it here keeps this module importable without it.
     from recpipe.lake import file_uri
 
     return file_uri(path)
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a Spark SQL string literal."""
     escaped = text.replace("\\", "\\\\").replace("'", "\\'")
     return f"'{escaped}'"
 
 
 def _partition_clause(ds: str, model: str) -> str:
-    return f"{DS}={_sql_string(ds)}, {MODEL}={_sql_string(model)}"
+    return f"{DS}={sql_string(ds)}, {MODEL}={sql_string(model)}"
 
 
-def _table_location(spark: SparkSession, name: str) -> str:
+def registered_location(spark: SparkSession, name: str) -> str:
+    """The location the metastore holds for table ``name``."""
     rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
     return next(row.data_type for row in rows if row.col_name == "Location")
 
 
-def _same_location(uri: str, path: Path) -> bool:
+def same_location(uri: str, path: Path) -> bool:
+    """Whether a metastore location ``uri`` is the local folder ``path``."""
     return uri.removeprefix("file://").removeprefix("file:").rstrip("/") == str(path.resolve())
 
 
@@ -292,10 +296,10 @@ def _create_table(spark: SparkSession, config: Config, table: str) -> None:
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) USING parquet "
         f"PARTITIONED BY ({', '.join(PARTITION_COLUMNS)}) "
-        f"LOCATION {_sql_string(_uri(table_path(config, table)))}"
+        f"LOCATION {sql_string(spark_uri(table_path(config, table)))}"
     )
-    location = _table_location(spark, name)
-    if not _same_location(location, table_path(config, table)):
+    location = registered_location(spark, name)
+    if not same_location(location, table_path(config, table)):
         raise RecpipeError(
             f"table {name} is registered at {location}, not under paths.root "
             f"({table_path(config, table)}): use another warehouse.database or the root it "
@@ -318,7 +322,7 @@ def ensure_tables(spark: SparkSession, config: Config) -> None:
     database = config.warehouse.database
     spark.sql(
         f"CREATE DATABASE IF NOT EXISTS {database} "
-        f"LOCATION {_sql_string(_uri(database_path(config)))}"
+        f"LOCATION {sql_string(spark_uri(database_path(config)))}"
     )
     for table in TABLES:
         _create_table(spark, config, table)
@@ -343,9 +347,9 @@ def _layout(df: DataFrame, spec: TableSpec, rows: int) -> DataFrame:
 def _write_version(df: DataFrame, spec: TableSpec, rows: int, folder: Path) -> int:
     """Write the version folder and return the row count read back from its files."""
     writer = _layout(df, spec, rows).write.mode("error")
-    writer.option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(_uri(folder))
+    writer.option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(spark_uri(folder))
     spark = df.sparkSession
-    return spark.read.parquet(_uri(folder)).count()
+    return spark.read.parquet(spark_uri(folder)).count()
 
 
 def _switch_partition(
@@ -353,7 +357,7 @@ def _switch_partition(
 ) -> None:
     name = qualified_name(config, table)
     clause = _partition_clause(ds, model)
-    location = _sql_string(_uri(folder))
+    location = sql_string(spark_uri(folder))
     if spark.sql(f"SHOW PARTITIONS {name} PARTITION ({clause})").count():
         spark.sql(f"ALTER TABLE {name} PARTITION ({clause}) SET LOCATION {location}")
     else:

@@ -1,0 +1,141 @@
+"""Lake tables in the metastore: external Parquet tables, partitions at the committed versions.
+
+The stage manifests are the lake's commit record (:mod:`recpipe.commit`); the metastore mirrors
+them so ``recpipe sql "SELECT count(*) FROM recpipe.events WHERE ds='...'"`` works for every
+lake table. :func:`sync_lake_tables` creates each table (in ``warehouse.database``, located at
+``<root>/lake/<table>``, partitioned by ``ds`` and the table's other keys) and points every
+partition at the version its manifest names; partitions no manifest commits any more are
+dropped (the tables are external: their files stay). ``recpipe sql`` runs it before each
+query, so queries through recpipe always see the committed state.
+
+Only what changed since the last sync costs metastore calls: the locations registered are kept
+in ``<root>/manifests/_catalog/<database>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recpipe.commit import PRODUCERS, committed, lake_base
+from recpipe.config import Config
+from recpipe.errors import RecpipeError
+from recpipe.schema import DS
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def committed_partitions(root: Path) -> dict[str, dict[str, str]]:
+    """``{table: {partition name: version path relative to root}}`` over every manifest."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    for stage in sorted(set(PRODUCERS.values())):
+        folder = Path(root) / "manifests" / stage
+        for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
+            manifest = json.loads(path.read_text())
+            for table, parts in manifest.get("outputs", {}).items():
+                for name in parts:
+                    record = committed(manifest, table, name)
+                    if record is not None:
+                        found[table][name] = record["path"]
+    return dict(found)
+
+
+def _state_path(config: Config) -> Path:
+    return config.root / "manifests" / "_catalog" / f"{config.warehouse.database}.json"
+
+
+def _load_state(config: Config) -> dict[str, dict[str, str]]:
+    try:
+        return json.loads(_state_path(config).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _save_state(config: Config, state: dict[str, dict[str, str]]) -> None:
+    path = _state_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _spec(name: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in name.split("/"))
+
+
+def _clause(spec: dict[str, str]) -> str:
+    from recpipe.warehouse import sql_string
+
+    return ", ".join(f"{key}={sql_string(value)}" for key, value in spec.items())
+
+
+def _create_table(
+    spark: SparkSession, config: Config, table: str, keys: list[str], sample: Path
+) -> None:
+    from recpipe.warehouse import registered_location, same_location, spark_uri, sql_string
+
+    name = f"{config.warehouse.database}.{table}"
+    # The data schema of a committed version, as DDL (nested types included).
+    data_ddl = spark.read.parquet(spark_uri(sample))._jdf.schema().toDDL()
+    columns = ", ".join([data_ddl, *(f"{key} STRING" for key in keys)])
+    location = lake_base(config.root) / table
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING parquet "
+        f"PARTITIONED BY ({', '.join(keys)}) LOCATION {sql_string(spark_uri(location))}"
+    )
+    registered = registered_location(spark, name)
+    if not same_location(registered, location):
+        raise RecpipeError(
+            f"table {name} is registered at {registered}, not under paths.root ({location}): "
+            "use another warehouse.database or the root it was created with"
+        )
+
+
+def sync_lake_tables(spark: SparkSession, config: Config) -> dict[str, int]:
+    """Make the metastore's lake tables match the manifests; returns changes per table.
+
+    The database must exist (:func:`recpipe.warehouse.ensure_tables` creates it).
+    """
+    from recpipe.warehouse import spark_uri, sql_string
+
+    database = config.warehouse.database
+    state = _load_state(config)
+    changes: dict[str, int] = {}
+    for table, parts in sorted(committed_partitions(config.root).items()):
+        name = f"{database}.{table}"
+        known = state.get(table, {})
+        if not spark.catalog.tableExists(name):
+            keys = list(_spec(next(iter(parts))))
+            _create_table(spark, config, table, keys, config.root / next(iter(parts.values())))
+            known = {}
+        changed = 0
+        for part, path in sorted(parts.items()):
+            if known.get(part) == path:
+                continue
+            clause = _clause(_spec(part))
+            location = sql_string(spark_uri(config.root / path))
+            spark.sql(
+                f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({clause}) LOCATION {location}"
+            )
+            spark.sql(f"ALTER TABLE {name} PARTITION ({clause}) SET LOCATION {location}")
+            known[part] = path
+            changed += 1
+        for part in sorted(set(known) - set(parts)):
+            spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION ({_clause(_spec(part))})")
+            del known[part]
+            changed += 1
+        if changed:
+            spark.catalog.refreshTable(name)
+            log.info("metastore: %s now mirrors %d committed partitions (%d changed)",
+                     name, len(parts), changed)  # fmt: skip
+        state[table] = known
+        changes[table] = changed
+    _save_state(config, state)
+    return changes
