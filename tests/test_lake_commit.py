@@ -193,15 +193,17 @@ RUNNERS = {
     "export": run_export,
 }
 KILLS = [
-    ("clean", "written:events"),  # events written, quarantine not yet
-    ("clean", "clean:before_commit"),
-    ("clean", "clean:after_commit"),
     ("sessionize", "sessionize:before_commit"),
     ("sessionize", "sessionize:after_commit"),
     ("split", "split:before_commit"),
     ("split", "split:after_commit"),
     ("export", "export:before_commit"),
     ("export", "export:after_commit"),
+    # clean last: a re-cleaned day leaves the downstream manifests of DS1 behind it, which
+    # only the next day's run (below) reads through, and it reconciles per day.
+    ("clean", "written:events"),  # events written, quarantine not yet
+    ("clean", "clean:before_commit"),
+    ("clean", "clean:after_commit"),
 ]
 
 
@@ -244,9 +246,6 @@ def test_sigkill_at_a_commit_step_leaves_old_or_new_never_a_mix(
         kept |= {r["path"] for r in manifest["previous_outputs"][table].values()}
         on_disk = {str(p.relative_to(root)) for p in _versions(root, table, DS1)}
         assert on_disk == kept, table  # no orphan left, nothing referenced removed
-    if stage == "clean":  # downstream of a re-cleaned day: rebuild it for the next tests
-        run_chain(spark, config, DS1, ("vocab", "sessionize", "split"))
-        assert run_export(spark, config, DS1)["status"] == "ok"
 
 
 @pytest.mark.slow

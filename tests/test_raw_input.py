@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from recpipe.cli import main
 from recpipe.etl.sources import RawInputError
+from recpipe.manifest import last_attempt
 from recpipe.stages.clean import run_clean
 
 DS = "2026-11-22"
@@ -368,8 +369,12 @@ def test_unreadable_files_are_one_line_errors_and_publish_nothing(
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.count("\n") == 0 and "cut.jsonl.gz" in err and err.startswith("recpipe clean:")
-    failed = json.loads((config.root / "manifests" / "clean" / f"ds={DS}.json").read_text())
-    assert failed["status"] == "failed" and "cut.jsonl.gz" in failed["error"]
+    # The failure is recorded beside the manifest of the day still served.
+    served = json.loads((config.root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    assert served["status"] == "ok" and served["rows_out"] == 1
+    failed = last_attempt(config.root, "clean", DS)
+    assert failed is not None and failed["status"] == "failed"
+    assert "cut.jsonl.gz" in failed["error"]
 
 
 def test_empty_text_files_contribute_no_rows(
