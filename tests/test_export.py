@@ -13,7 +13,7 @@ from helpers import build_config, read_manifest, read_rows, run_chain, write_jso
 from pyspark.sql import SparkSession
 
 from recpipe.etl.export import NegativeSampler
-from recpipe.stages.export import export_shards, run_export
+from recpipe.stages.export import ExportMismatchError, export_shards, run_export
 
 DS = "2026-11-20"
 N_USERS, N_ITEMS = 9, 30
@@ -117,6 +117,19 @@ def test_files_and_manifest_counts(exported) -> None:
                 assert pq.ParquetFile(path).metadata.num_rows == rows
             table = f"samples_{kind}"
             assert sum(r for _, r in shards) == len(read_rows(exported, table, DS, protocol))
+
+
+def test_shards_are_checked_against_the_commit(exported) -> None:
+    """Training reads only the shard files export committed: a rewritten one is refused."""
+    path, _ = export_shards(exported, DS, "leave_last_out", "pairwise")[0]
+    original = Path(path).read_bytes()
+    pq.write_table(pq.read_table(path), path)  # same rows, written by another writer
+    try:
+        with pytest.raises(ExportMismatchError, match=r"is not the file export wrote: re-run"):
+            export_shards(exported, DS, "leave_last_out", "pairwise")
+    finally:
+        Path(path).write_bytes(original)
+    assert export_shards(exported, DS, "leave_last_out", "pairwise")[0][0] == path
 
 
 def test_rerun_is_identical(spark: SparkSession, exported) -> None:

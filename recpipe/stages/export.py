@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.baselines.base import vocab_size
+from recpipe.commit import current_record, current_version
 from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.etl.export import (
@@ -31,6 +32,7 @@ from recpipe.etl.export import (
 )
 from recpipe.lake import Lake, StagedPartition
 from recpipe.manifest import StageRun, read_manifest
+from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
 from recpipe.stages.split import PROTOCOL
@@ -183,5 +185,18 @@ def export_shards(root: Path, ds: str, protocol: str, kind: str) -> list[tuple[s
             f"no exported {kind} samples for protocol={protocol} ds={ds}: run `recpipe export "
             f"--ds {ds}` (with {kind} in export.kinds)"
         )
-    folder = Lake(root).partition_path(record["table"], {DS: ds, PROTOCOL: protocol})
+    partition = {DS: ds, PROTOCOL: protocol}
+    folder = current_version(root, record["table"], partition)
+    committed = current_record(root, record["table"], partition) or {}
+    digests = {f["file"]: f.get("footer_sha256") for f in committed.get("files", [])}
+    for entry in record["files"]:
+        path = folder / entry["file"]
+        recorded = digests.get(entry["file"])
+        found = footer_sha256(path) if path.is_file() else None
+        if found is None or (recorded is not None and found != recorded):
+            what = "is missing" if found is None else "is not the file export wrote"
+            raise ExportMismatchError(
+                f"{record['table']} protocol={protocol} ds={ds}: {path} {what}: re-run "
+                f"`recpipe export --ds {ds}`"
+            )
     return [(str(folder / f["file"]), int(f["rows"])) for f in record["files"]]
