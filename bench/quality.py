@@ -54,7 +54,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from recpipe.cli import run_stages
     from recpipe.datasets.movielens import fetch_movielens_100k
-    from recpipe.manifest import manifest_path
+    from recpipe.layout import manifest_path
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import run_evaluate
     from recpipe.stages.train import run_train

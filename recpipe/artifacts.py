@@ -12,16 +12,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.layout import model_dir
 from recpipe.manifest import read_manifest
 
 SHA256 = "sha256"  # key of the {file name: digest} map in a manifest's protocol entry
 # What each kind of model writes into its folder; a folder holds exactly one kind.
 KIND_FILES = {"baseline": ("meta.json", "arrays.npz"), "deep": ("model.pt",)}
-
-
-def model_dir(root: Path, model: str, ds: str, protocol: str) -> Path:
-    """Folder of a trained model: ``<root>/models/<model>/<ds>/<protocol>``."""
-    return Path(root) / "models" / model / ds / protocol
 
 
 class ArtifactError(RecpipeError):

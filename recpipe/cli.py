@@ -15,6 +15,7 @@ from recpipe import __version__
 from recpipe.config import Config, ConfigError, load_config
 from recpipe.console import format_table
 from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
+from recpipe.layout import raw_dir
 
 log = logging.getLogger("recpipe")
 
@@ -398,7 +399,7 @@ def _generate(config: Config, events: int, out: Path | None) -> dict[str, Any]:
         n_files=settings.n_files,
         seed=settings.seed,
     )
-    target = out or config.root / "raw" / "synthetic"
+    target = out or raw_dir(config.root, "synthetic")
     return generate_events(spec, target, progress=True)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from recpipe.config import Config, ConfigError
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError
+from recpipe.layout import model_dir, models_base
 from recpipe.stages.gate import outcome, run_gate
 
 log = logging.getLogger(__name__)
@@ -17,9 +18,7 @@ log = logging.getLogger(__name__)
 
 def trained_models(config: Config, ds: str) -> list[str]:
     """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
-    from recpipe.artifacts import model_dir
-
-    folder = config.root / "models"
+    folder = models_base(config.root)
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     return [
         name

@@ -27,24 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from recpipe.errors import MissingInputError
-from recpipe.schema import DS, SAMPLE_TABLES
+from recpipe.layout import (
+    PRODUCERS,
+    lake_base,
+    manifest_path,
+    partition_name,
+    scratch_root,
+)
+from recpipe.schema import DS
 
 log = logging.getLogger(__name__)
 
 VERSION_PREFIX = "v="
-
-# Which stage publishes each lake table: its manifest is the table's commit record.
-PRODUCERS: dict[str, str] = {
-    "events": "clean",
-    "quarantine": "clean",
-    "vocab_users": "vocab",
-    "vocab_items": "vocab",
-    "sessions": "sessionize",
-    "train": "split",
-    "valid": "split",
-    "test": "split",
-    **{table: "export" for table in SAMPLE_TABLES.values()},
-}
 
 # Leftovers of the rename-based layout and of killed scratch writes, removed by a sweep.
 LEGACY_LEFTOVERS = ("_staging", "_trash")
@@ -63,24 +57,8 @@ def tables_of(stage: str) -> list[str]:
     return [table for table, producer in PRODUCERS.items() if producer == stage]
 
 
-def partition_name(partition: Mapping[str, str]) -> str:
-    """``{"ds": "2026-11-22", "protocol": "x"}`` -> ``ds=2026-11-22/protocol=x``."""
-    return "/".join(f"{key}={value}" for key, value in partition.items())
 
 
-def lake_base(root: Path) -> Path:
-    """Folder of all lake tables."""
-    return Path(root) / "lake"
-
-
-def partition_folder(root: Path, table: str, partition: Mapping[str, str]) -> Path:
-    """Folder holding the versions of one partition."""
-    return lake_base(root) / table / partition_name(partition)
-
-
-def scratch_root(root: Path) -> Path:
-    """Folder for a run's temporary files: ``<stage>-<ds>-<id>`` below it, swept with the run."""
-    return Path(root) / "tmp"
 
 
 def new_version_name() -> str:
@@ -114,10 +92,6 @@ def output_record(root: Path, folder: Path) -> dict[str, Any]:
         "files": files,
     }
 
-
-def manifest_path(root: Path, stage: str, ds: str) -> Path:
-    """Where the manifest of ``stage`` for ``ds`` lives."""
-    return Path(root) / "manifests" / stage / f"ds={ds}.json"
 
 
 def current_record(root: Path, table: str, partition: Mapping[str, str]) -> dict[str, Any] | None:

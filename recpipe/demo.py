@@ -41,8 +41,8 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
     """The user's published list (``model`` partition) next to their recent train items."""
     import pyarrow.dataset as pads
 
-    from recpipe.baselines.base import split_path
     from recpipe.query import lookup_recs
+    from recpipe.tables import split_path
 
     recs = lookup_recs(config, user_id, model=model, ds=ds, k=REPORT_K)
     label = recs[0].get("published_model") or model if recs else model

@@ -23,15 +23,12 @@ from recpipe.commit import (
     VERSION_PREFIX,
     current_record,
     current_version,
-    lake_base,
-    manifest_path,
     new_version_name,
-    partition_folder,
-    partition_name,
     producer_of,
 )
 from recpipe.errors import MissingInputError
 from recpipe.faults import kill_point
+from recpipe.layout import lake_base, manifest_path, partition_folder, partition_name
 from recpipe.schema import DS
 
 if TYPE_CHECKING:

@@ -21,9 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recpipe.commit import PRODUCERS, committed, lake_base
+from recpipe.commit import committed
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.layout import PRODUCERS, catalog_state_path, lake_base, manifests_base
 from recpipe.schema import DS
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def committed_partitions(root: Path) -> dict[str, dict[str, str]]:
     """``{table: {partition name: version path relative to root}}`` over every manifest."""
     found: dict[str, dict[str, str]] = defaultdict(dict)
     for stage in sorted(set(PRODUCERS.values())):
-        folder = Path(root) / "manifests" / stage
+        folder = manifests_base(root) / stage
         for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
             manifest = json.loads(path.read_text())
             for table, parts in manifest.get("outputs", {}).items():
@@ -48,7 +49,7 @@ def committed_partitions(root: Path) -> dict[str, dict[str, str]]:
 
 
 def _state_path(config: Config) -> Path:
-    return config.root / "manifests" / "_catalog" / f"{config.warehouse.database}.json"
+    return catalog_state_path(config.root, config.warehouse.database)
 
 
 def _load_state(config: Config) -> dict[str, dict[str, str]]:

@@ -22,7 +22,6 @@ from typing import Any
 from recpipe import __version__
 from recpipe.commit import (
     VERSION_PREFIX,
-    manifest_path,
     new_version_name,
     output_record,
     sweep_run,
@@ -30,6 +29,7 @@ from recpipe.commit import (
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
 from recpipe.faults import kill_point
+from recpipe.layout import attempt_path, lock_path, manifest_path
 from recpipe.locks import StageLock
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,6 @@ log = logging.getLogger(__name__)
 __all__ = ["StageRun", "manifest_path", "read_manifest", "runtime_info"]
 
 
-def attempt_path(root: Path, stage: str, ds: str, run_id: str) -> Path:
-    """Where the record of a failed run of ``stage`` for ``ds`` lives."""
-    return Path(root) / "manifests" / stage / "attempts" / f"ds={ds}" / f"{run_id}.json"
-
-
-def lock_path(root: Path, stage: str, ds: str) -> Path:
-    """The lock file of (``stage``, ``ds``)."""
-    return Path(root) / "manifests" / stage / f"ds={ds}.lock"
 
 
 def _read_if_present(path: Path) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
+from recpipe.layout import jvm_tmp_dir, metastore_dir, spark_local_dir, warehouse_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ def launcher_started_jvm(environ: Mapping[str, str]) -> bool:
 
 
 def _embedded_metastore(root: Path) -> dict[str, str]:
-    metastore = root / "metastore"
+    metastore = metastore_dir(root)
     return {
-        "spark.sql.warehouse.dir": str(root / "warehouse"),
+        "spark.sql.warehouse.dir": str(warehouse_dir(root)),
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
         ),
@@ -110,7 +111,7 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
         # Parquet pages carry CRC32s (parquet-mr writes them); checking them on read turns a
         # damaged or edited lake file into an error instead of wrong rows.
         "spark.hadoop.parquet.page.verify-checksum.enabled": "true",
-        "spark.local.dir": str(root / "tmp" / "spark"),
+        "spark.local.dir": str(spark_local_dir(root)),
     }
     if spark.executor_memory:
         conf["spark.executor.memory"] = spark.executor_memory
@@ -125,12 +126,12 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
     if not any(key in conf or key in given for key in METASTORE_KEYS):
         conf.update(_embedded_metastore(root))
     if launcher_conf is None:
-        metastore = root / "metastore"
+        metastore = metastore_dir(root)
         conf["spark.driver.extraJavaOptions"] = " ".join(
             [
                 f"-Dderby.system.home={metastore}",
                 f"-Dderby.stream.error.file={metastore / 'derby.log'}",
-                f"-Djava.io.tmpdir={root / 'tmp' / 'jvm'}",
+                f"-Djava.io.tmpdir={jvm_tmp_dir(root)}",
                 "-XX:-UsePerfData",  # no hsperfdata folder in the system temp dir
                 conf.get("spark.driver.extraJavaOptions", ""),
             ]
@@ -153,8 +154,8 @@ def _launcher_conf() -> dict[str, str]:
 def _prepare_local_jvm(config: Config, conf: Mapping[str, str]) -> None:
     """Folders of a JVM recpipe starts, and the Python its local workers run."""
     Path(conf["spark.local.dir"]).mkdir(parents=True, exist_ok=True)
-    for folder in ("metastore", "tmp/jvm"):
-        (config.root / folder).mkdir(parents=True, exist_ok=True)
+    for folder in (metastore_dir(config.root), jvm_tmp_dir(config.root)):
+        folder.mkdir(parents=True, exist_ok=True)
     if conf["spark.master"].startswith("local"):
         # Local Python workers (mapInArrow, TorchDistributor) must run this interpreter, which
         # has numpy/pandas/torch; PySpark otherwise starts `python3` from PATH. The driver
@@ -168,7 +169,7 @@ def _keep_derby_log_under_root(config: Config, conf: Mapping[str, str]) -> None:
         return
     from pyspark import SparkContext
 
-    metastore = config.root / "metastore"
+    metastore = metastore_dir(config.root)
     metastore.mkdir(parents=True, exist_ok=True)
     system = SparkContext._jvm.java.lang.System  # type: ignore[union-attr]
     system.setProperty("derby.stream.error.file", str(metastore / "derby.log"))

@@ -14,17 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from recpipe.commit import (
-    PRODUCERS,
-    lake_base,
-    referenced_paths,
-    scratch_root,
-    sweep_leftovers,
-    sweep_run,
-    tables_of,
-)
+from recpipe.commit import referenced_paths, sweep_leftovers, sweep_run, tables_of
+from recpipe.layout import PRODUCERS, lake_base, lock_path, manifest_path, scratch_root
 from recpipe.locks import StageLock, StageLockedError
-from recpipe.manifest import lock_path, manifest_path
 from recpipe.schema import DS
 
 

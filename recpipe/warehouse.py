@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.faults import kill_point
+from recpipe.layout import database_dir
 from recpipe.parquet_files import data_files, footer_sha256
 from recpipe.schema import DS, ITEM_ID, USER_ID
 
@@ -125,7 +126,7 @@ def _check_partition(ds: str, model: str) -> None:
 
 def database_path(config: Config) -> Path:
     """Folder of the configured database: ``<root>/warehouse/<database>.db``."""
-    return config.root / "warehouse" / f"{config.warehouse.database}.db"
+    return database_dir(config.root, config.warehouse.database)
 
 
 def table_path(config: Config, table: str) -> Path:

@@ -10,11 +10,11 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recpipe.baselines.als import Als, als_ratings
-from recpipe.baselines.base import TrainData
 from recpipe.baselines.ease import CatalogueTooLargeError, Ease
 from recpipe.baselines.itemknn import ItemKnn, item_similarities
 from recpipe.baselines.popularity import Popularity
 from recpipe.config import AlsConfig, EaseConfig, ItemKnnConfig, PopularityConfig
+from recpipe.tables import TrainData
 
 DAY = 86_400
 

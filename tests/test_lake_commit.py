@@ -22,8 +22,9 @@ from pyspark.sql import SparkSession
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
 from recpipe.lake import Lake
+from recpipe.layout import lock_path
 from recpipe.locks import StageLock, StageLockedError
-from recpipe.manifest import StageRun, last_attempt, lock_path
+from recpipe.manifest import StageRun, last_attempt
 from recpipe.stages.clean import run_clean
 from recpipe.stages.export import run_export
 from recpipe.stages.sessionize import run_sessionize
@@ -121,7 +122,8 @@ def test_lock_of_a_dead_process_is_taken_over_but_a_remote_one_is_not(tmp_path: 
 def _write_version(config: Config, table: str, ds: str, rows: int) -> Path:
     import pyarrow as pa
 
-    from recpipe.commit import new_version_name, partition_folder
+    from recpipe.commit import new_version_name
+    from recpipe.layout import partition_folder
 
     folder = partition_folder(config.root, table, {"ds": ds}) / new_version_name()
     folder.mkdir(parents=True)

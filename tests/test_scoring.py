@@ -399,6 +399,6 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
 
 
 def load_split_for(root: Path):
-    from recpipe.baselines.base import load_split
+    from recpipe.tables import load_split
 
     return load_split(root, DS1, PROTOCOL, "train")

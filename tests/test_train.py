@@ -11,12 +11,12 @@ import torch
 from helpers import build_config, read_manifest, read_rows, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
-from recpipe.baselines.base import load_split
 from recpipe.config import ConfigError
 from recpipe.models import registry
 from recpipe.scoring.deep import build_histories
 from recpipe.stages.export import run_export
 from recpipe.stages.train import build_spec, run_train
+from recpipe.tables import load_split
 from recpipe.train.checkpoint import load_model, load_state
 from recpipe.train.launchers import launch
 from recpipe.train.loop import StoppedEarly

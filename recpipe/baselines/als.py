@@ -12,9 +12,10 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.baselines.base import Baseline, TrainData, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, base_meta, known_items_mask
 from recpipe.config import AlsConfig
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
+from recpipe.tables import TrainData
 
 log = logging.getLogger(__name__)
 WEIGHT = "weight"

@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from recpipe.baselines.base import Baseline, TrainData, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, base_meta, known_items_mask
 from recpipe.config import EaseConfig
 from recpipe.errors import RecpipeError
+from recpipe.tables import TrainData
 
 
 class CatalogueTooLargeError(RecpipeError):

@@ -14,9 +14,10 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recpipe.baselines.base import Baseline, TrainData, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, base_meta, known_items_mask
 from recpipe.config import ItemKnnConfig
 from recpipe.schema import ITEM_IDX, USER_IDX
+from recpipe.tables import TrainData
 
 
 def item_similarities(train: DataFrame, neighbours: int, shrink: float) -> DataFrame:

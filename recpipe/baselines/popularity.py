@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from recpipe.baselines.base import Baseline, TrainData, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, base_meta, known_items_mask
 from recpipe.config import PopularityConfig
+from recpipe.tables import TrainData
 
 DAY_SECONDS = 86_400
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from recpipe.config import MovieLensConfig
 from recpipe.errors import RecpipeError
+from recpipe.layout import raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def fetch_movielens_100k(settings: MovieLensConfig, root: Path) -> dict[str, Any
     """Obtain MovieLens 100K and write it as raw events under ``<root>/raw/movielens-100k``."""
     data = load_ratings_file(settings, Path(root) / "cache" / NAME)
     rows = parse_ratings(data)
-    path = write_raw_events(rows, Path(root) / "raw" / NAME)
+    path = write_raw_events(rows, raw_dir(root, NAME))
     summary = {
         "dataset": NAME,
         "raw_events": str(path.parent),

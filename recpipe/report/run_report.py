@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from recpipe.config import Config
+from recpipe.layout import report_path
 from recpipe.report.html import (
     html_table,
     image,
@@ -158,5 +159,5 @@ def write_run_report(
         ("Example user", html_table(list(example), caption="published list next to history")),
         ("Stages", _stages_section(manifests)),
     ]
-    path = config.root / "reports" / ds / "index.html"
+    path = report_path(config.root, ds)
     return write_report(path, title=f"recpipe run report, ds={ds}", sections=sections)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recpipe.baselines.base import TrainData, known_items_mask
+from recpipe.baselines.base import known_items_mask
 from recpipe.data.batch import Batch
 from recpipe.models.base import RecModel
 from recpipe.scoring.histories import UserHistories
+from recpipe.tables import TrainData
 
 
 def build_histories(data: TrainData, max_len: int) -> np.ndarray:

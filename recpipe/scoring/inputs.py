@@ -20,10 +20,10 @@ from pyspark.sql import functions as F
 from recpipe.commit import current_version
 from recpipe.etl.sessionize import TS_MS, explode_sessions
 from recpipe.lake import Lake
+from recpipe.layout import SESSIONS
 from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
-from recpipe.stages.sessionize import SESSIONS
 
 HISTORY_ITEMS = "items"
 DAY_MS = 86_400_000

@@ -23,10 +23,11 @@ from scipy import sparse
 from recpipe.artifacts import read_artifacts
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, known_items_mask, load_split
+from recpipe.baselines.base import Baseline, known_items_mask
 from recpipe.data.batch import Batch
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
+from recpipe.tables import load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 

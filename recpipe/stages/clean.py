@@ -26,6 +26,7 @@ from recpipe.etl.clean import (
 )
 from recpipe.etl.sources import raw_read_errors, read_raw_events
 from recpipe.lake import Lake, file_uri
+from recpipe.layout import run_scratch
 from recpipe.manifest import StageRun
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 
@@ -74,7 +75,7 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         started = time.perf_counter()
         # Parse once into a scratch Parquet copy: later passes read only the columns they
         # need, which is several times cheaper than Spark's in-memory cache of the rows.
-        scratch = config.root / "tmp" / f"clean-{ds}-{uuid.uuid4().hex}"
+        scratch = run_scratch(config.root, "clean", ds, uuid.uuid4().hex)
         try:
             # The first pass over the raw files: a file that cannot be read (a cut gzip) fails
             # here, as one line naming it, before anything is staged.

@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 from recpipe.artifacts import read_artifacts
 from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, TrainData, load_split
+from recpipe.baselines.base import Baseline
 from recpipe.config import Config
 from recpipe.evaluation.metrics import (
     EvaluationResult,
@@ -27,6 +27,7 @@ from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
 from recpipe.scoring.deep import DeepScorer
+from recpipe.tables import TrainData, load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.baselines.base import vocab_size
 from recpipe.commit import current_record, current_version
 from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
@@ -36,6 +35,7 @@ from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
 from recpipe.stages.split import PROTOCOL
+from recpipe.tables import vocab_size
 
 log = logging.getLogger(__name__)
 

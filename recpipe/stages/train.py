@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
 from recpipe.artifacts import SHA256, file_digests, model_dir
-from recpipe.baselines.base import split_item_counts
 from recpipe.config import Config, ConfigError, config_error
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
@@ -27,6 +26,7 @@ from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.stages.evaluate import Evaluation, run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
+from recpipe.tables import split_item_counts
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
 from recpipe.train.spec import TrainSpec

@@ -10,12 +10,14 @@ from pyspark.sql import SparkSession
 
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import BASELINE_FILES, load_split
+from recpipe.baselines.base import BASELINE_FILES
 from recpipe.config import Config
 from recpipe.lake import Lake
+from recpipe.layout import scratch_root
 from recpipe.manifest import StageRun
 from recpipe.schema import DS
 from recpipe.stages.split import PROTOCOL
+from recpipe.tables import load_split
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
             context: dict[str, Any] = {}
             if model in SPARK_TRAINED:
                 context["train_df"] = lake.read(spark, "train", [{DS: ds, PROTOCOL: protocol}])
-                context["checkpoint_dir"] = config.root / "tmp" / "checkpoints"
+                context["checkpoint_dir"] = scratch_root(config.root) / "checkpoints"
             fitted = cls.fit(data, settings, **context)
             folder = model_dir(config.root, model, ds, protocol)
             fitted.save(folder)

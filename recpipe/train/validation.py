@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recpipe.baselines.base import load_split
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import ranking_metrics
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.models.base import RecModel
 from recpipe.scoring.deep import DeepScorer
+from recpipe.tables import load_split
 
 
 @dataclass

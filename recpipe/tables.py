@@ -1,0 +1,88 @@
+"""JVM-free reads of committed lake tables: splits and vocabulary sizes, as numpy.
+
+Every read resolves the partition through its producing stage's manifest (recpipe.commit) and
+checks the files against their recorded footer digests (recpipe.parquet_files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+from scipy import sparse
+
+from recpipe.commit import current_version
+from recpipe.errors import MissingInputError
+from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
+from recpipe.parquet_files import verified_dataset
+from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
+
+
+@dataclass
+class TrainData:
+    """One split of interactions as numpy arrays, plus the vocabulary sizes."""
+
+    users: np.ndarray  # int64 user_idx
+    items: np.ndarray  # int64 item_idx
+    event_types: np.ndarray  # str
+    values: np.ndarray  # float64, NaN where absent
+    ts: np.ndarray  # int64 epoch seconds
+    n_users: int  # user_idx < n_users
+    n_items: int  # item_idx in 1..n_items
+
+    def matrix(self, weights: np.ndarray | None = None) -> sparse.csr_matrix:
+        """Users x (n_items + 1) CSR of summed weights (1 per interaction by default)."""
+        data = np.ones(len(self.users)) if weights is None else weights
+        shape = (self.n_users, self.n_items + 1)
+        matrix = sparse.csr_matrix((data, (self.users, self.items)), shape=shape)
+        matrix.sum_duplicates()
+        return matrix
+
+
+def split_path(root: Path, table: str, ds: str, protocol: str) -> Path:
+    """Folder of the current version of one split partition; MissingInputError if none."""
+    return current_version(root, table, {DS: ds, "protocol": protocol})
+
+
+def vocab_size(root: Path, table: str, idx_col: str, ds: str) -> int:
+    """Largest index in a vocabulary snapshot (read with pyarrow, no JVM)."""
+    folder = current_version(root, table, {DS: ds})
+    column = verified_dataset(folder).to_table(columns=[idx_col]).column(0)
+    return int(column.to_numpy().max()) if len(column) else 0
+
+
+def _split_dataset(root: Path, ds: str, protocol: str, part: str) -> pads.Dataset:
+    try:
+        folder = split_path(root, part, ds, protocol)
+    except MissingInputError:
+        raise MissingInputError(
+            f"no {part} split for protocol={protocol} ds={ds}: run `recpipe split --ds {ds} "
+            f"--set split.protocols=[{protocol}]`"
+        ) from None
+    return verified_dataset(folder)
+
+
+def split_item_counts(root: Path, ds: str, protocol: str, part: str, n_items: int) -> np.ndarray:
+    """Interactions per item [n_items + 1] in one split part (reads the item column only)."""
+    items = _split_dataset(root, ds, protocol, part).to_table(columns=[ITEM_IDX]).column(0)
+    return np.bincount(items.to_numpy().astype(np.int64), minlength=n_items + 1)
+
+
+def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
+    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
+    table = _split_dataset(root, ds, protocol, part).to_table(
+        columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]
+    )
+    ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds
+    values = table.column(VALUE).to_numpy().astype(np.float64)  # pyarrow 12 and 26 alike
+    return TrainData(
+        users=table.column(USER_IDX).to_numpy().astype(np.int64),
+        items=table.column(ITEM_IDX).to_numpy().astype(np.int64),
+        event_types=np.asarray(table.column(EVENT_TYPE).to_pylist(), dtype=object),
+        values=values,
+        ts=ts,
+        n_users=vocab_size(root, VOCAB_USERS, USER_IDX, ds) + 1,
+        n_items=vocab_size(root, VOCAB_ITEMS, ITEM_IDX, ds),
+    )
