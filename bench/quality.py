@@ -52,9 +52,9 @@ def main() -> None:
     """Run the chain and print the table."""
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from recpipe.cli import run_stages
     from recpipe.datasets.movielens import fetch_movielens_100k
     from recpipe.layout import manifest_path
+    from recpipe.pipeline import StepContext, run_steps
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import run_evaluate
     from recpipe.stages.train import run_train
@@ -75,7 +75,7 @@ def main() -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if stages:
-        run_stages(config, DS, stages)
+        run_steps(StepContext(config, DS), stages)
     timings["etl+export"] = time.perf_counter() - started
     spark = get_spark(config)
     for name in args.baselines:

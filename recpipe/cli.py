@@ -16,10 +16,10 @@ from recpipe.config import Config, ConfigError, load_config
 from recpipe.console import format_table
 from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
 from recpipe.layout import raw_dir
+from recpipe.pipeline import ETL_STEPS, PIPELINE, StepContext, baseline_names, deep_model_names
 
 log = logging.getLogger("recpipe")
 
-StageFn = Callable[[Any, Config, str], dict[str, Any]]
 
 
 # Stages compute windows a few days around ds (ts_max_days_after_ds, history): keep them inside
@@ -38,8 +38,13 @@ def _valid_ds(text: str) -> str:
     return day.isoformat()
 
 
-def add_common_options(parser: argparse.ArgumentParser, ds_required_default: bool = True) -> None:
-    """The options every command and every job in ``jobs/`` accepts."""
+def add_common_options(parser: argparse.ArgumentParser, ds: str = "required") -> None:
+    """The options every command and every job in ``jobs/`` accepts.
+
+    ``ds``: "required" for commands that write a day (a job never silently processes the
+    wall-clock date), "newest" for readers that default to the newest published day, "none"
+    for commands without a logical date.
+    """
     parser.add_argument(
         "--conf",
         action="append",
@@ -56,15 +61,15 @@ def add_common_options(parser: argparse.ArgumentParser, ds_required_default: boo
         help="override one config key, e.g. --set paths.root=/data/recpipe "
         "--set split.protocols=[leave_last_out,random_by_user]; values are YAML",
     )
-    if ds_required_default:
+    if ds == "required":
         parser.add_argument(
             "--ds",
             type=_valid_ds,
-            default=dt.datetime.now(dt.UTC).date().isoformat(),
+            required=True,
             metavar="YYYY-MM-DD",
-            help="logical date of the run: the partition read and written (default: today, UTC)",
+            help="logical date of the run: the partition read and written (required)",
         )
-    else:
+    elif ds == "newest":
         parser.add_argument(
             "--ds",
             type=_valid_ds,
@@ -85,17 +90,126 @@ def add_allow_empty(parser: argparse.ArgumentParser) -> None:
     )
 
 
-STAGE_HELP = {
-    "clean": "raw logs -> lake tables events + quarantine (bad rows with a reason code)",
-    "vocab": "extend the persistent user/item integer indexes with new ids",
-    "sessionize": "events -> sessions (explicit session_id or an inactivity gap)",
-    "split": "sessions -> train/valid/test under each protocol in split.protocols",
-    "export": "train splits -> Parquet training samples (pairwise, pointwise, sequence) for "
-    "the deep models, train.processes x export.files_per_process files per table",
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export each protocol's train split as the deep models' samples (pairwise, pointwise, "
+        "sequence), train.processes x export.files_per_process Parquet files per table."
+    )
+
+
+def _clean_options(parser: argparse.ArgumentParser) -> None:
+    add_allow_empty(parser)
+
+
+def _train_baseline_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; models go to "
+        "<paths.root>/models/<model>/<ds>/<protocol>/."
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=baseline_names(),
+        help="baseline to train; repeat for several (default: baselines.models)",
+    )
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train each model in train.models (or --model) on the export stage's samples of every "
+        "protocol in split.protocols, with train.launcher (local | torchrun | spark | horovod, "
+        "the last in the Horovod environment: train.horovod_env, make legacy-venv) reading "
+        "through train.loader (arrow | petastorm) and early stopping on the valid split; the "
+        "model goes to <paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then "
+        "evaluated like the baselines. Model settings: conf/models/<model>.yaml (keys "
+        "models.<model>.*)."
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help=f"deep model to train ({', '.join(deep_model_names())}); repeat for several "
+        "(default: train.models)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its last checkpoint (checkpoints/last.pt) instead of "
+        "starting over",
+    )
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="skip the evaluation after training"
+    )
+    parser.add_argument("--k", type=int, default=10, help="K of the printed metric tables")
+
+
+def _evaluate_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate trained models under every protocol in split.protocols; metrics go to the "
+        "manifest and to table <warehouse.database>.model_metrics."
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help=f"model to evaluate: a baseline ({', '.join(baseline_names())}) or a trained deep "
+        "model; repeat for several (default: every model trained for --ds)",
+    )
+    parser.add_argument("--k", type=int, default=10, help="K of the printed tables")
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="do not run the selection gate (gate.*) after evaluating",
+    )
+
+
+def _score_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Score every user of the sessions partition of --ds with one trained model (trained "
+        "for score.model_ds, default --ds, on score.protocol's train split): blocked matrix "
+        "products and top-K in torch on each partition (score.partitions, score.user_block, "
+        "score.item_block, score.device), each user's history excluded. Users the model cannot "
+        "score get the popularity list of the last score.popular_window_days days (source "
+        "'popular'). Published to recommendations partition (ds, model)."
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="trained model (baseline or deep) to score; repeat for several (default: the "
+        "gate's choice for --ds, from model_metrics)",
+    )
+
+
+def _gate_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep model) and "
+        "gate.baseline from model_metrics (score.protocol, evaluation.split); the candidate "
+        "passes when it is at least the baseline minus gate.tolerance. Writes manifest 'gate'. "
+        "A failing gate exits 0."
+    )
+
+
+def _publish_options(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Decide with the gate, then copy the chosen model's scored partition (scored first if "
+        "missing) into recommendations partition (ds, publish.name); the decision and its "
+        "reason go to the manifest and to model_metrics (ds, publish.name). A failing gate "
+        "publishes the baseline and exits 0."
+    )
+
+
+# Options beyond the common ones, per pipeline step.
+STEP_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "clean": _clean_options,
+    "export": _export_options,
+    "train-baseline": _train_baseline_options,
+    "train": _train_options,
+    "evaluate": _evaluate_options,
+    "gate": _gate_options,
+    "score": _score_options,
+    "publish": _publish_options,
 }
-
-
-ETL_STAGES: tuple[str, ...] = ("clean", "vocab", "sessionize", "split")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="recpipe",
         description="Batch recommender pipeline on Spark. Every command reads the layered "
         "config (--conf, --set), works on one logical date (--ds) and writes a manifest to "
-        "<paths.root>/manifests/<command>/ds=<ds>.json.",
+        "<paths.root>/manifests/<command>/ds=<ds>.json. Pipeline steps, in order: "
+        + " -> ".join(step.name for step in PIPELINE)
+        + ".",
     )
     parser.add_argument("--version", action="version", version=f"recpipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
@@ -115,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch a data set into <paths.root>/raw/<name>/ as JSON-lines raw events.",
     )
     fetch.add_argument("dataset", choices=["movielens-100k"], help="data set to fetch")
-    add_common_options(fetch)
+    add_common_options(fetch, ds="none")
 
     generate = commands.add_parser(
         "generate",
@@ -127,17 +243,35 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--out", type=Path, help="output folder (default: <paths.root>/raw/synthetic)"
     )
-    add_common_options(generate)
+    add_common_options(generate, ds="none")
 
-    for name, text in STAGE_HELP.items():
-        stage = commands.add_parser(name, help=text, description=text)
-        add_common_options(stage)
-        if name == "clean":
-            add_allow_empty(stage)
-    etl = commands.add_parser("etl", help="clean, vocab, sessionize and split in one Spark session")
+    for step in PIPELINE:
+        sub = commands.add_parser(step.name, help=step.help, description=step.help)
+        STEP_OPTIONS.get(step.name, lambda _: None)(sub)
+        add_common_options(sub)
+    etl = commands.add_parser("etl", help=f"{', '.join(ETL_STEPS)} in one Spark session")
     add_common_options(etl)
     add_allow_empty(etl)
-    add_model_commands(commands)
+    als = commands.add_parser(
+        "train-als", help="train Spark MLlib implicit ALS (baselines.als.*): train-baseline "
+        "--model als"
+    )
+    add_common_options(als)
+    add_query_commands(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole chain on MovieLens 100K and print a summary",
+        description="fetch-data movielens-100k, then every pipeline step ("
+        + " -> ".join(step.name for step in PIPELINE)
+        + ") under leave_last_out and random_by_user on the embedded local set-up, a summary "
+        "table and an HTML report.",
+    )
+    add_common_options(demo)
+    return parser
+
+
+def add_query_commands(commands: Any) -> None:
+    """Parsers of the commands that read published state (and of sweep)."""
     sweep = commands.add_parser(
         "sweep",
         help="remove lake versions and scratch that killed or failed runs left behind",
@@ -146,127 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         "_staging/_trash folders of earlier releases. Runs in progress are skipped and listed. "
         "Every stage run already sweeps its own (stage, ds); use this for days never re-run.",
     )
-    add_common_options(sweep, ds_required_default=False)
-    demo = commands.add_parser(
-        "demo",
-        help="run the whole chain on MovieLens 100K and print a summary",
-        description="fetch-data movielens-100k -> clean -> vocab -> sessionize -> split "
-        "(leave_last_out and random_by_user) on the embedded local set-up.",
-    )
-    add_common_options(demo)
-    return parser
-
-
-def add_model_commands(commands: Any) -> None:
-    """Parsers of the train, evaluate, score and query commands."""
-    from recpipe.baselines import REGISTRY
-
-    models = sorted(REGISTRY)
-    train = commands.add_parser(
-        "train-baseline",
-        help="train a baseline on the train split of each protocol in split.protocols",
-        description="Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; "
-        "models go to <paths.root>/models/<model>/<ds>/<protocol>/.",
-    )
-    train.add_argument(
-        "--model",
-        action="append",
-        choices=models,
-        help="baseline to train; repeat for several (default: baselines.models)",
-    )
-    add_common_options(train)
-    als = commands.add_parser("train-als", help="train Spark MLlib implicit ALS (baselines.als.*)")
-    add_common_options(als)
-    deep = commands.add_parser(
-        "train",
-        help="train deep models (PyTorch) on the exported samples, then evaluate them",
-        description="Train each model in train.models (or --model) on the export stage's "
-        "samples of every protocol in split.protocols, with train.launcher (local | torchrun | "
-        "spark | horovod, the last in the Horovod environment: train.horovod_env, make "
-        "legacy-venv) reading through train.loader (arrow | petastorm) and early stopping on "
-        "the valid split; the model goes to "
-        "<paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then evaluated like the "
-        "baselines. Model settings: conf/models/<model>.yaml (keys models.<model>.*).",
-    )
-    deep.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help="deep model to train (bpr_mf, neumf, two_tower, gru4rec, sasrec); repeat for "
-        "several (default: train.models)",
-    )
-    deep.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue each run from its last checkpoint (checkpoints/last.pt) instead of "
-        "starting over",
-    )
-    deep.add_argument(
-        "--no-evaluate", action="store_true", help="skip the evaluation after training"
-    )
-    deep.add_argument("--k", type=int, default=10, help="K of the printed metric tables")
-    add_common_options(deep)
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="full-ranking metrics of trained models on evaluation.split",
-        description="Evaluate trained models under every protocol in split.protocols; metrics "
-        "go to the manifest and to table <warehouse.database>.model_metrics.",
-    )
-    evaluate.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help=f"model to evaluate: a baseline ({', '.join(models)}) or a trained deep model; "
-        "repeat for several (default: every model trained for --ds)",
-    )
-    evaluate.add_argument("--k", type=int, default=10, help="K of the printed tables")
-    add_common_options(evaluate)
-    evaluate.add_argument(
-        "--no-gate",
-        action="store_true",
-        help="do not run the selection gate (gate.*) after evaluating",
-    )
-    score = commands.add_parser(
-        "score",
-        help="top-K per user scored on the Spark executors, published to the recommendations "
-        "table",
-        description="Score every user of the sessions partition of --ds with one trained model "
-        "(trained for score.model_ds, default --ds, on score.protocol's train split): blocked "
-        "matrix products and top-K in torch on each partition (score.partitions, "
-        "score.user_block, score.item_block, score.device), each user's history excluded. Users "
-        "the model cannot score get the popularity list of the last score.popular_window_days "
-        "days (source 'popular'). Published to recommendations partition (ds, model).",
-    )
-    score.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help="trained model (baseline or deep) to score; repeat for several (default: the "
-        "gate's choice for --ds, from model_metrics)",
-    )
-    add_common_options(score)
-    gate = commands.add_parser(
-        "gate",
-        help="compare the candidate model with the baseline (gate.*) and record the decision",
-        description="Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep "
-        "model) and gate.baseline from model_metrics (score.protocol, evaluation.split); the "
-        "candidate passes when it is at least the baseline minus gate.tolerance. Writes "
-        "manifest 'gate'. A failing gate exits 0.",
-    )
-    add_common_options(gate)
-    publish = commands.add_parser(
-        "publish",
-        help="publish the gate's choice as the served recommendations (model=publish.name)",
-        description="Decide with the gate, then copy the chosen model's scored partition (scored "
-        "first if missing) into recommendations partition (ds, publish.name); the decision and "
-        "its reason go to the manifest and to model_metrics (ds, publish.name). A failing gate "
-        "publishes the baseline and exits 0.",
-    )
-    add_common_options(publish)
+    add_common_options(sweep, ds="newest")
     metrics = commands.add_parser("metrics", help="print the model_metrics table")
     metrics.add_argument("--model", help="only this model")
     metrics.add_argument("--format", choices=["table", "json"], default="table", help="output")
-    add_common_options(metrics, ds_required_default=False)
+    add_common_options(metrics, ds="newest")
     recs = commands.add_parser(
         "recs",
         help="one user's recommendations, read from Parquet without a JVM",
@@ -275,7 +293,7 @@ def add_model_commands(commands: Any) -> None:
     recs.add_argument("--model", help="model (default: the only one published for that ds)")
     recs.add_argument("--k", type=int, help="at most this many items (default: all published)")
     recs.add_argument("--format", choices=["table", "json"], default="table", help="output")
-    add_common_options(recs, ds_required_default=False)
+    add_common_options(recs, ds="newest")
     sql = commands.add_parser(
         "sql",
         help="run read-only Spark SQL against the configured catalog",
@@ -291,7 +309,7 @@ def add_model_commands(commands: Any) -> None:
         "change or delete published data and run code, so keep it to operators",
     )
     sql.add_argument("--format", choices=["table", "json"], default="table", help="output")
-    add_common_options(sql, ds_required_default=False)
+    add_common_options(sql, ds="newest")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -305,91 +323,56 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-def stage_functions() -> dict[str, StageFn]:
-    """Stage name -> ``run_<stage>(spark, config, ds)`` (imported lazily: they pull in Spark)."""
-    from recpipe.stages.clean import run_clean
-    from recpipe.stages.export import run_export
-    from recpipe.stages.sessionize import run_sessionize
-    from recpipe.stages.split import run_split
-    from recpipe.stages.vocab import run_vocab
+def _config(args: argparse.Namespace) -> Config:
+    overrides = [*args.overrides]
+    if getattr(args, "allow_empty", False):
+        overrides.append("clean.allow_empty=true")
+    return load_config(args.conf, overrides)
 
-    return {
-        "clean": run_clean,
-        "vocab": run_vocab,
-        "sessionize": run_sessionize,
-        "split": run_split,
-        "export": run_export,
+
+def _step_context(args: argparse.Namespace, config: Config) -> StepContext:
+    models = ["als"] if args.command == "train-als" else getattr(args, "model", None)
+    options = {
+        "resume": getattr(args, "resume", False),
+        "evaluate": not getattr(args, "no_evaluate", False),
+        "gate": not getattr(args, "no_gate", False),
+        "k": getattr(args, "k", None) or 10,
     }
+    return StepContext(config, args.ds, models, options)
 
 
-def stage_summary_rows(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary row per stage manifest: rows in/out, users, items, sessions, seconds."""
-    rows = []
-    for m in manifests:
-        rows.append(
-            {
-                "stage": m["stage"],
-                "ds": m["ds"],
-                "rows_in": m.get("rows_in"),
-                "rows_out": m.get("rows_out"),
-                "quarantined": m.get("rows_quarantined"),
-                "duplicates": m.get("rows_duplicate"),
-                "users": m.get("n_users", m.get("users")),
-                "items": m.get("n_items"),
-                "sessions": m.get("sessions"),
-                "seconds": round(m["seconds"], 1) if "seconds" in m else None,
-            }
-        )
-    return rows
+def _run_pipeline_steps(args: argparse.Namespace) -> int:
+    from recpipe.commands import report
+    from recpipe.pipeline import run_steps
+
+    ctx = _step_context(args, _config(args))
+    if args.command == "etl":
+        report(ctx, "etl", run_steps(ctx, ETL_STEPS))
+    else:
+        name = "train-baseline" if args.command == "train-als" else args.command
+        report(ctx, name, run_steps(ctx, [name]))
+    return 0
 
 
-def split_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per protocol and part of a split manifest."""
-    rows = []
-    for protocol, info in manifest.get("protocols", {}).items():
-        for part in ("train", "valid", "test"):
-            rows.append(
-                {"protocol": protocol, "part": part, **info[part]}  # rows, users
-            )
-    return rows
-
-
-def print_stage_report(manifests: Sequence[dict[str, Any]]) -> None:
-    """Summary table (and per-stage details) printed at the end of a command."""
-    print(format_table(stage_summary_rows(manifests), title="recpipe stage summary"))
-    for m in manifests:
-        if m.get("quarantine_by_reason"):
-            reasons = [{"reason": k, "rows": v} for k, v in m["quarantine_by_reason"].items()]
-            print()
-            print(format_table(reasons, title=f"quarantine by reason (ds={m['ds']})"))
-        if m["stage"] == "split" and m.get("protocols"):
-            print()
-            print(format_table(split_rows(m), title=f"splits (ds={m['ds']})"))
-
-
-def run_stages(config: Config, ds: str, names: Sequence[str]) -> list[dict[str, Any]]:
-    """Run the named stages in order in one Spark session; returns their manifests."""
-    from recpipe.spark import get_spark
-
-    spark = get_spark(config)
-    functions = stage_functions()
-    return [functions[name](spark, config, ds) for name in names]
-
-
-def _fetch(config: Config, dataset: str) -> dict[str, Any]:
+def _fetch_data(args: argparse.Namespace) -> int:
     from recpipe.datasets.movielens import fetch_movielens_100k
 
-    if dataset != "movielens-100k":
-        raise ConfigError(f"unknown dataset {dataset!r}")
-    return fetch_movielens_100k(config.datasets.movielens, config.root)
+    config = _config(args)
+    if args.dataset != "movielens-100k":
+        raise ConfigError(f"unknown dataset {args.dataset!r}")
+    summary = fetch_movielens_100k(config.datasets.movielens, config.root)
+    print(json.dumps(summary, indent=2))
+    print(f"next: recpipe clean --ds YYYY-MM-DD --set paths.raw_events={summary['raw_events']}")
+    return 0
 
 
-def _generate(config: Config, events: int, out: Path | None) -> dict[str, Any]:
+def _generate(args: argparse.Namespace) -> int:
     from recpipe.datasets.synthetic import SyntheticSpec, generate_events
 
+    config = _config(args)
     settings = config.datasets.synthetic
     spec = SyntheticSpec(
-        n_events=events,
+        n_events=args.events,
         n_users=settings.n_users,
         n_items=settings.n_items,
         start=settings.start.isoformat(),
@@ -399,8 +382,9 @@ def _generate(config: Config, events: int, out: Path | None) -> dict[str, Any]:
         n_files=settings.n_files,
         seed=settings.seed,
     )
-    target = out or raw_dir(config.root, "synthetic")
-    return generate_events(spec, target, progress=True)
+    summary = generate_events(spec, args.out or raw_dir(config.root, "synthetic"), progress=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -410,79 +394,40 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    models = ["als"] if args.command == "train-als" else args.model or config.baselines.models
-    for model in models:
-        commands.train(config, args.ds, model)
-    return 0
-
-
-def _train_deep(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    commands.train_deep(config, args.ds, args.model, args.resume, not args.no_evaluate, args.k)
-    return 0
-
-
-def _evaluate(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    commands.evaluate(config, args.ds, args.model, args.k, gate=not args.no_gate)
-    return 0
-
-
-def _gate(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    commands.gate(config, args.ds)
-    return 0
-
-
-def _publish(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    commands.publish(config, args.ds)
-    return 0
-
-
-def _score(config: Config, args: argparse.Namespace) -> int:
-    from recpipe import commands
-
-    for model in args.model or [commands.gate_choice(config, args.ds)]:
-        commands.score(config, args.ds, model)
-    return 0
-
-
-def _query(config: Config, args: argparse.Namespace) -> int:
+def _query(args: argparse.Namespace) -> int:
     from recpipe import commands
 
     handler = {"metrics": commands.print_metrics, "recs": commands.print_recs}
-    return handler.get(args.command, commands.print_sql)(config, args)
+    return handler.get(args.command, commands.print_sql)(_config(args), args)
 
 
-def _sweep(config: Config, args: argparse.Namespace) -> int:
+def _sweep(args: argparse.Namespace) -> int:
     from recpipe.sweep import sweep_root
 
-    rows = sweep_root(config.root, args.ds)
+    rows = sweep_root(_config(args).root, args.ds)
     print(format_table(rows, title="sweep") if rows else "sweep: nothing to remove")
     return 0
 
 
-MODEL_COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "train-baseline": _train,
-    "train-als": _train,
-    "train": _train_deep,
-    "evaluate": _evaluate,
-    "score": _score,
-    "gate": _gate,
-    "publish": _publish,
-    "metrics": _query,
-    "recs": _query,
-    "sql": _query,
-    "sweep": _sweep,
-}
+def command_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Command name -> handler; every command is dispatched through this one table."""
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        step.name: _run_pipeline_steps for step in PIPELINE
+    }
+    handlers.update(
+        {
+            "etl": _run_pipeline_steps,
+            "train-als": _run_pipeline_steps,
+            "fetch-data": _fetch_data,
+            "generate": _generate,
+            "demo": _demo,
+            "metrics": _query,
+            "recs": _query,
+            "sql": _query,
+            "sweep": _sweep,
+        }
+    )
+    return handlers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -490,26 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
-        if args.command == "demo":
-            return _demo(args)
-        overrides = [*args.overrides]
-        if getattr(args, "allow_empty", False):
-            overrides.append("clean.allow_empty=true")
-        config = load_config(args.conf, overrides)
-        if args.command == "fetch-data":
-            summary = _fetch(config, args.dataset)
-            print(json.dumps(summary, indent=2))
-            print(f"next: recpipe clean --set paths.raw_events={summary['raw_events']}")
-            return 0
-        if args.command == "generate":
-            summary = _generate(config, args.events, args.out)
-            print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))
-            return 0
-        if args.command in MODEL_COMMANDS:
-            return MODEL_COMMANDS[args.command](config, args)
-        names = list(ETL_STAGES) if args.command == "etl" else [args.command]
-        print_stage_report(run_stages(config, args.ds, names))
-        return 0
+        return command_handlers()[args.command](args)
     except ConfigError as exc:
         print(f"recpipe: config error: {exc}", file=sys.stderr)
         return 2
@@ -531,6 +457,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_job(stage: str, argv: Sequence[str]) -> int:
     """Body of a ``jobs/<stage>.py`` spark-submit script: the CLI restricted to one stage."""
-    if stage not in STAGE_HELP and stage not in MODEL_COMMANDS:
+    if stage not in command_handlers():
         raise ValueError(f"unknown stage {stage!r}")
     return main([stage, *argv])

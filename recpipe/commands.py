@@ -1,59 +1,87 @@
-"""Handlers of the model and query commands (train, evaluate, score, metrics, recs, sql)."""
+"""What each command prints: a summary table per pipeline step, and the query commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from recpipe.config import Config, ConfigError
+from recpipe.config import Config
 from recpipe.console import format_table
-from recpipe.errors import MissingInputError
-from recpipe.layout import model_dir, models_base
-from recpipe.stages.gate import outcome, run_gate
+from recpipe.pipeline import StepContext, StepResult
 
 log = logging.getLogger(__name__)
 
+Manifest = dict[str, Any]
 
-def trained_models(config: Config, ds: str) -> list[str]:
-    """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
-    folder = models_base(config.root)
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+def stage_summary_rows(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
+    """One summary row per stage manifest: rows in/out, users, items, sessions, seconds."""
     return [
-        name
-        for name in names
-        if all(
-            (model_dir(config.root, name, ds, p) / "meta.json").is_file()
-            or (model_dir(config.root, name, ds, p) / "model.pt").is_file()
-            for p in config.split.protocols
-        )
+        {
+            "stage": m["stage"],
+            "ds": m["ds"],
+            "rows_in": m.get("rows_in"),
+            "rows_out": m.get("rows_out"),
+            "quarantined": m.get("rows_quarantined"),
+            "duplicates": m.get("rows_duplicate"),
+            "users": m.get("n_users", m.get("users")),
+            "items": m.get("n_items"),
+            "sessions": m.get("sessions"),
+            "seconds": round(m["seconds"], 1) if "seconds" in m else None,
+        }
+        for m in manifests
     ]
 
 
-def check_model_name(name: str) -> None:
-    """Fail with the known names when ``name`` is neither a baseline nor a deep model."""
-    from recpipe.baselines import REGISTRY
-    from recpipe.models import registry
+def split_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    """One row per protocol and part of a split manifest."""
+    return [
+        {"protocol": protocol, "part": part, **info[part]}  # rows, users
+        for protocol, info in manifest.get("protocols", {}).items()
+        for part in ("train", "valid", "test")
+    ]
 
-    known = sorted(REGISTRY) + sorted(registry())
-    if name not in known:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(known)}")
+
+def print_stage_report(manifests: Sequence[Manifest]) -> None:
+    """Summary table (and per-stage details) printed at the end of a command."""
+    print(format_table(stage_summary_rows(manifests), title="recpipe stage summary"))
+    for m in manifests:
+        if m.get("quarantine_by_reason"):
+            reasons = [{"reason": k, "rows": v} for k, v in m["quarantine_by_reason"].items()]
+            print()
+            print(format_table(reasons, title=f"quarantine by reason (ds={m['ds']})"))
+        if m["stage"] == "split" and m.get("protocols"):
+            print()
+            print(format_table(split_rows(m), title=f"splits (ds={m['ds']})"))
 
 
-def train_deep(
-    config: Config, ds: str, models: list[str] | None, resume: bool, evaluate: bool, k: int
-) -> list[dict[str, Any]]:
-    """Train deep models, print a per-run summary and (after evaluation) the metric tables."""
-    from recpipe.spark import get_spark
-    from recpipe.stages.evaluate import print_metric_tables
-    from recpipe.stages.train import run_train
+def print_metric_tables(evaluations: Sequence[Any], k: int) -> None:
+    """One table per protocol at ``k``, each titled with its full protocol."""
+    from recpipe.evaluation.metrics import group_by_protocol, metrics_table
 
-    # TorchDistributor needs the session; evaluation writes model_metrics through it.
-    spark = get_spark(config) if evaluate or config.train.launcher == "spark" else None
-    manifests, evaluations = run_train(spark, config, ds, models, resume, evaluate)
+    for group in group_by_protocol(evaluations).values():
+        print(metrics_table([evaluation.result for evaluation in group], k))
+        print()
+
+
+def _report_stages(ctx: StepContext, result: StepResult) -> None:
+    print_stage_report(result.manifests)
+
+
+def _report_train_baseline(ctx: StepContext, result: StepResult) -> None:
+    for manifest in result.manifests:
+        rows = [{"protocol": p, **info} for p, info in manifest["protocols"].items()]
+        for row in rows:
+            row.pop("path", None)
+        print(format_table(rows, title=f"trained {manifest['model']} (ds={ctx.ds})"))
+
+
+def _report_train(ctx: StepContext, result: StepResult) -> None:
     rows = []
-    for manifest in manifests:
+    for manifest in result.manifests:
         for protocol, info in manifest.get("protocols", {}).items():
             if "epochs_run" not in info:
                 continue
@@ -69,104 +97,76 @@ def train_deep(
                     "seconds": info["wall_seconds"],
                 }
             )
-    metric = f"{config.train.early_stopping.metric}@{config.train.early_stopping.k}"
-    print(format_table(rows, title=f"trained deep models (ds={ds}; valid = {metric} on the "
-                       "valid split, full ranking, train items excluded)"))
-    if evaluations:
+    early = ctx.config.train.early_stopping
+    print(format_table(rows, title=f"trained deep models (ds={ctx.ds}; valid = {early.metric}@"
+                       f"{early.k} on the valid split, full ranking, train items excluded)"))
+    if result.evaluations:
         print()
-        print_metric_tables(evaluations, k)
-    return manifests
+        print_metric_tables(result.evaluations, int(ctx.options.get("k", 10)))
 
 
-def train(config: Config, ds: str, model: str) -> dict[str, Any]:
-    """Train one baseline; prints a per-protocol summary."""
-    from recpipe.spark import get_spark
-    from recpipe.stages.train_baseline import run_train_baseline
+def _report_evaluate(ctx: StepContext, result: StepResult) -> None:
+    from recpipe.stages.gate import GATE_STAGE, outcome
 
-    manifest = run_train_baseline(get_spark(config), config, ds, model)
-    rows = [{"protocol": p, **info} for p, info in manifest["protocols"].items()]
-    for row in rows:
-        row.pop("path", None)
-    print(format_table(rows, title=f"trained {model} (ds={ds})"))
-    return manifest
+    print_metric_tables(result.evaluations, int(ctx.options.get("k", 10)))
+    for manifest in result.manifests:
+        if manifest["stage"] == GATE_STAGE:
+            print(outcome(manifest))
+    for note in result.notes:
+        print(note)
 
 
-def evaluate(
-    config: Config, ds: str, models: list[str] | None, k: int, gate: bool = True
-) -> list[Any]:
-    """Evaluate models and print one metrics table per protocol, then the gate's decision when
-    its candidate and baseline have metrics; returns the evaluations."""
-    from recpipe.spark import get_spark
-    from recpipe.stages.evaluate import print_metric_tables, run_evaluate
+def _report_gate(ctx: StepContext, result: StepResult) -> None:
+    from recpipe.stages.gate import outcome
 
-    for name in models or []:
-        check_model_name(name)
-    chosen = models or trained_models(config, ds)
-    if not chosen:
-        raise MissingInputError(f"no trained models for ds={ds}: run `recpipe train-baseline`")
-    _, evaluations = run_evaluate(get_spark(config), config, ds, chosen)
-    print_metric_tables(evaluations, k)
-    if gate:
-        try:
-            decision = run_gate(config, ds)
-        except MissingInputError as exc:
-            print(f"gate: not decided ({exc})")
-        else:
-            print(outcome(decision))
-    return evaluations
+    for manifest in result.manifests:
+        print(outcome(manifest))
 
 
-def gate_choice(config: Config, ds: str) -> str:
-    """The model the gate picks for ``ds`` (from ``model_metrics``)."""
-    from recpipe.query import metric_rows
-    from recpipe.stages.gate import decide
-
-    decision = decide(config, metric_rows(config, ds, None))
-    print(outcome(decision.to_dict()))
-    return decision.published
-
-
-def gate(config: Config, ds: str) -> dict[str, Any]:
-    """Decide the gate for ``ds`` and print the decision (a failing gate is not an error)."""
-    manifest = run_gate(config, ds)
-    print(outcome(manifest))
-    return manifest
+def _report_score(ctx: StepContext, result: StepResult) -> None:
+    for manifest in result.manifests:
+        rows = [
+            {"source": source, "users": manifest["users_by_source"][source], "rows": rows}
+            for source, rows in manifest["source_counts"].items()
+        ]
+        print(format_table(rows, title=f"score {manifest['model']} (model ds "
+                           f"{manifest['model_ds']}, protocol {manifest['protocol']}, top-"
+                           f"{manifest['k']}, each user's history excluded) for ds {ctx.ds}"))
+        print(f"published {manifest['rows_out']:,} rows for {manifest['users_scored']:,} users "
+              f"-> {manifest['location']}")
 
 
-def publish(config: Config, ds: str) -> dict[str, Any]:
-    """Publish the gate's choice for ``ds`` and print what went where."""
-    from recpipe.spark import get_spark
-    from recpipe.stages.publish import run_publish
+def _report_publish(ctx: StepContext, result: StepResult) -> None:
+    from recpipe.stages.gate import outcome
 
-    manifest = run_publish(get_spark(config), config, ds)
-    decision = manifest["gate"]
-    print(outcome(decision))
-    counts = ", ".join(f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items())
-    print(
-        f"published {manifest['published_model']} as recommendations model="
-        f"{manifest['partition']} ds={ds}: {manifest['rows_out']:,} rows ({counts}) -> "
-        f"{manifest['location']}"
-    )
-    return manifest
+    for manifest in result.manifests:
+        print(outcome(manifest["gate"]))
+        counts = ", ".join(
+            f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items()
+        )
+        print(
+            f"published {manifest['published_model']} as recommendations model="
+            f"{manifest['partition']} ds={ctx.ds}: {manifest['rows_out']:,} rows ({counts}) -> "
+            f"{manifest['location']}"
+        )
 
 
-def score(config: Config, ds: str, model: str) -> dict[str, Any]:
-    """Score and publish one model; prints where the partition went."""
-    from recpipe.spark import get_spark
-    from recpipe.stages.score import run_score
+Reporter = Callable[[StepContext, StepResult], None]
 
-    check_model_name(model)
-    manifest = run_score(get_spark(config), config, ds, model)
-    rows = [
-        {"source": source, "users": manifest["users_by_source"][source], "rows": rows}
-        for source, rows in manifest["source_counts"].items()
-    ]
-    print(format_table(rows, title=f"score {model} (model ds {manifest['model_ds']}, protocol "
-                       f"{manifest['protocol']}, top-{manifest['k']}, each user's history "
-                       f"excluded) for ds {ds}"))
-    print(f"published {manifest['rows_out']:,} rows for {manifest['users_scored']:,} users -> "
-          f"{manifest['location']}")
-    return manifest
+# What each pipeline step prints when run as a command (the demo prints its own summary).
+REPORTERS: dict[str, Reporter] = {
+    "train-baseline": _report_train_baseline,
+    "train": _report_train,
+    "evaluate": _report_evaluate,
+    "gate": _report_gate,
+    "score": _report_score,
+    "publish": _report_publish,
+}
+
+
+def report(ctx: StepContext, name: str, result: StepResult) -> None:
+    """Print step ``name``'s summary (the stage table for lake stages)."""
+    REPORTERS.get(name, _report_stages)(ctx, result)
 
 
 def print_metrics(config: Config, args: argparse.Namespace) -> int:

@@ -9,11 +9,13 @@ from typing import Any
 
 from recpipe.config import Config, load_config
 from recpipe.console import format_table
+from recpipe.pipeline import baseline_names, deep_model_names
 
 log = logging.getLogger(__name__)
 
-DEMO_MODELS = ("popularity", "itemknn", "als", "ease")
-DEEP_MODELS = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
+# The demo trains every registered model: the baselines, then the deep models.
+DEMO_MODELS = tuple(baseline_names())
+DEEP_MODELS = tuple(deep_model_names())
 # The demo caps deep training so the whole run stays well under 15 minutes on 2 cores;
 # bench/quality.py trains with the models' own epochs and early stopping.
 DEMO_MAX_EPOCHS = 12
@@ -32,6 +34,7 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
         f"paths.raw_events={summary['raw_events']}",
         f"split.protocols={DEMO_PROTOCOLS}",
         f"train.max_epochs={DEMO_MAX_EPOCHS}",
+        f"baselines.models=[{','.join(DEMO_MODELS)}]",
         f"train.models=[{','.join(DEEP_MODELS)}]",
     ]
     return load_config(conf, [*defaults, *overrides]), summary
@@ -71,35 +74,36 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
 
 
 def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> Path:
-    """Run everything, print the tables, write the HTML report; returns the report's path."""
-    from recpipe.cli import STAGE_HELP, print_stage_report, run_stages
-    from recpipe.spark import get_spark
-    from recpipe.stages.evaluate import print_metric_tables, run_evaluate
-    from recpipe.stages.gate import outcome, run_gate
-    from recpipe.stages.publish import run_publish
-    from recpipe.stages.score import run_score
-    from recpipe.stages.train import run_train
-    from recpipe.stages.train_baseline import run_train_baseline
+    """Run every pipeline step, print the tables, write the HTML report; returns its path."""
+    from recpipe.commands import print_metric_tables, print_stage_report
+    from recpipe.pipeline import PIPELINE, StepContext
+    from recpipe.stages.gate import GATE_STAGE, outcome
 
     config, summary = demo_config(conf, overrides)
     print(
         f"MovieLens 100K: {summary['events']:,} ratings, {summary['users']} users, "
         f"{summary['items']} items -> {summary['raw_events']}"
     )
-    manifests = run_stages(config, ds, list(STAGE_HELP))
-    spark = get_spark(config)
-    manifests += [run_train_baseline(spark, config, ds, model) for model in DEMO_MODELS]
-    evaluation_manifests, evaluations = run_evaluate(spark, config, ds, list(DEMO_MODELS))
-    manifests += evaluation_manifests
-    deep_manifests, deep_evaluations = run_train(spark, config, ds, config.train.models)
-    manifests += deep_manifests
-    evaluations += deep_evaluations
-    gate = run_gate(config, ds)
-    manifests.append(gate)
-    models = [*DEMO_MODELS, *config.train.models]
-    manifests += [run_score(spark, config, ds, model) for model in models]
-    published = run_publish(spark, config, ds)
-    manifests.append(published)
+    ctx = StepContext(config, ds)
+    manifests: list[dict[str, Any]] = []
+    evaluations: list[Any] = []
+    gate: dict[str, Any] = {}
+    published: dict[str, Any] = {}
+    for step in PIPELINE:
+        # Deep models are evaluated by their train step; every model is scored for the report.
+        ctx.models = {
+            "evaluate": list(DEMO_MODELS),
+            "score": [*DEMO_MODELS, *config.train.models],
+        }.get(step.name)
+        ctx.options = {"evaluate": True, "gate": False}
+        result = step.run(ctx)
+        manifests += result.manifests
+        evaluations += result.evaluations
+        for manifest in result.manifests:
+            if manifest["stage"] == GATE_STAGE:
+                gate = manifest
+            if step.name == "publish":
+                published = manifest
 
     print()
     print_stage_report(manifests)

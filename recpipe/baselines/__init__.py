@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from recpipe.baselines.base import Baseline
+from recpipe.registry import MODELS
 
-REGISTRY: dict[str, str] = {
-    "popularity": "recpipe.baselines.popularity:Popularity",
-    "itemknn": "recpipe.baselines.itemknn:ItemKnn",
-    "als": "recpipe.baselines.als:Als",
-    "ease": "recpipe.baselines.ease:Ease",
-}
+# The baselines of the one model table (recpipe.registry), as ``module:Class`` by name.
+REGISTRY: dict[str, str] = {n: e.target for n, e in MODELS.items() if e.kind == "baseline"}
 
 
 def baseline_class(name: str) -> type[Baseline]:

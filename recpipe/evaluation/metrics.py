@@ -202,6 +202,24 @@ class EvaluationResult:
         ]
 
 
+@dataclass
+class Evaluation:
+    """A result plus what the report needs: each evaluated user's top-K list."""
+
+    result: EvaluationResult
+    users: np.ndarray
+    recommended: np.ndarray
+    catalogue_popularity: np.ndarray
+
+
+def group_by_protocol(evaluations: Sequence[Evaluation]) -> dict[Protocol, list[Evaluation]]:
+    """Evaluations grouped by protocol, in first-seen order."""
+    groups: dict[Protocol, list[Evaluation]] = {}
+    for evaluation in evaluations:
+        groups.setdefault(evaluation.result.protocol, []).append(evaluation)
+    return groups
+
+
 def _metric_order(entry: tuple[tuple[str, int], float]) -> tuple[int, str, int]:
     (metric, k), _ = entry
     known = METRICS + BEYOND_ACCURACY

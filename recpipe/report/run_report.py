@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from recpipe.config import Config
+from recpipe.evaluation.metrics import group_by_protocol
 from recpipe.layout import report_path
 from recpipe.report.html import (
     html_table,
@@ -17,7 +18,6 @@ from recpipe.report.html import (
     training_curves,
     write_report,
 )
-from recpipe.stages.evaluate import group_by_protocol
 
 
 def _metrics_section(evaluations: Sequence[Any], k: int) -> str:

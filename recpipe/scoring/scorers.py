@@ -21,10 +21,10 @@ import torch
 from scipy import sparse
 
 from recpipe.artifacts import read_artifacts
-from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
 from recpipe.data.batch import Batch
+from recpipe.registry import is_baseline
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
 from recpipe.tables import load_split
@@ -54,7 +54,7 @@ def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPa
     The registry, not the folder's contents, says what a model is; the files are checked
     against their training manifest (:func:`recpipe.artifacts.read_artifacts`).
     """
-    kind: Literal["deep", "baseline"] = "baseline" if name in BASELINES else "deep"
+    kind: Literal["deep", "baseline"] = "baseline" if is_baseline(name) else "deep"
     files = read_artifacts(root, name, model_ds, protocol, kind)
     train = load_split(root, model_ds, protocol, "train")
     known = known_items_mask(train)

@@ -4,43 +4,31 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
 from recpipe.artifacts import read_artifacts
-from recpipe.baselines import REGISTRY as BASELINES
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline
 from recpipe.config import Config
 from recpipe.evaluation.metrics import (
+    Evaluation,
     EvaluationResult,
     beyond_accuracy,
     item_popularity,
-    metrics_table,
     ranking_metrics,
 )
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
+from recpipe.registry import is_baseline
 from recpipe.scoring.deep import DeepScorer
 from recpipe.tables import TrainData, load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Evaluation:
-    """A result plus what the report needs: each evaluated user's top-K list."""
-
-    result: EvaluationResult
-    users: np.ndarray
-    recommended: np.ndarray
-    catalogue_popularity: np.ndarray
 
 
 def load_model(
@@ -49,7 +37,7 @@ def load_model(
     """A trained model ready to score users: a baseline with its users' train histories
     attached, or a deep model's scorer over the same histories."""
     # The registry says baseline or deep; the files are checked against the train manifest.
-    if name not in BASELINES:
+    if not is_baseline(name):
         files = read_artifacts(config.root, name, ds, protocol, "deep")
         model_from_bytes = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
         return DeepScorer.for_train_data(model_from_bytes, train)
@@ -146,18 +134,3 @@ def run_evaluate(
             run.record["rows_out"] = len(rows)
         manifests.append(run.manifest)
     return manifests, evaluations
-
-
-def group_by_protocol(evaluations: Sequence[Evaluation]) -> dict[Protocol, list[Evaluation]]:
-    """Evaluations grouped by protocol, in first-seen order."""
-    groups: dict[Protocol, list[Evaluation]] = {}
-    for evaluation in evaluations:
-        groups.setdefault(evaluation.result.protocol, []).append(evaluation)
-    return groups
-
-
-def print_metric_tables(evaluations: Sequence[Evaluation], k: int) -> None:
-    """One table per protocol at ``k``, each titled with its full protocol."""
-    for group in group_by_protocol(evaluations).values():
-        print(metrics_table([evaluation.result for evaluation in group], k))
-        print()

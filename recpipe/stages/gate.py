@@ -16,6 +16,7 @@ from typing import Any
 from recpipe.config import Config
 from recpipe.errors import MissingInputError
 from recpipe.manifest import StageRun
+from recpipe.registry import is_deep
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,9 @@ def _values(config: Config, rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _candidate(config: Config, values: dict[str, float]) -> str:
-    from recpipe.models import registry
-
     if config.gate.candidate:
         return config.gate.candidate
-    deep = {name: value for name, value in values.items() if name in registry()}
+    deep = {name: value for name, value in values.items() if is_deep(name)}
     if not deep:
         raise MissingInputError(
             "gate: no deep model has been evaluated for this ds (set gate.candidate or run "

@@ -20,10 +20,11 @@ from pyspark.sql import SparkSession
 
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.config import Config, ConfigError, config_error
+from recpipe.evaluation.metrics import Evaluation
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
-from recpipe.stages.evaluate import Evaluation, run_evaluate
+from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
 from recpipe.tables import split_item_counts

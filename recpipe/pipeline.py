@@ -1,0 +1,260 @@
+"""The pipeline's steps, in order: one table the CLI, the jobs, the demo and the DAG follow.
+
+Each step runs one stage for one ``ds`` through a uniform runner ``run(ctx) -> StepResult``,
+so a caller never needs to know a stage's own signature. Stage modules (Spark, torch) are
+imported only when a step runs: reading this table costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from recpipe.config import Config, ConfigError
+from recpipe.errors import MissingInputError
+from recpipe.registry import kind_of, model_names
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+Manifest = dict[str, Any]
+
+
+@dataclass
+class StepContext:
+    """What a step runs with: the config, the day, and the caller's choices.
+
+    ``models`` is the caller's model selection (``--model``), None for the step's default;
+    ``options`` carries step-specific switches (``resume``, ``evaluate``).
+    """
+
+    config: Config
+    ds: str
+    models: list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    _spark: SparkSession | None = None
+
+    def spark(self) -> SparkSession:
+        """The Spark session (built, or taken from the launcher, on first use)."""
+        if self._spark is None:
+            from recpipe.spark import get_spark
+
+            self._spark = get_spark(self.config)
+        return self._spark
+
+
+@dataclass
+class StepResult:
+    """A step's manifests, plus model evaluations where the step evaluated models."""
+
+    manifests: list[Manifest]
+    evaluations: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the step chose not to do, and why
+
+
+Runner = Callable[[StepContext], StepResult]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: its command name (also ``jobs/<name>.py``), help and runner."""
+
+    name: str
+    help: str
+    run: Runner
+    needs_spark: bool = True
+    etl: bool = False  # part of `recpipe etl` (the lake chain up to the splits)
+    models: str | None = None  # "baseline" | "deep" | "any": which models --model may name
+
+
+def _lake_stage(module: str) -> Runner:
+    def run(ctx: StepContext) -> StepResult:
+        import importlib
+
+        stage = getattr(importlib.import_module(f"recpipe.stages.{module}"), f"run_{module}")
+        return StepResult([stage(ctx.spark(), ctx.config, ctx.ds)])
+
+    return run
+
+
+def _train_baseline(ctx: StepContext) -> StepResult:
+    from recpipe.stages.train_baseline import run_train_baseline
+
+    models = ctx.models or list(ctx.config.baselines.models)
+    return StepResult([run_train_baseline(ctx.spark(), ctx.config, ctx.ds, m) for m in models])
+
+
+def _train(ctx: StepContext) -> StepResult:
+    from recpipe.stages.train import run_train
+
+    evaluate = bool(ctx.options.get("evaluate", True))
+    # TorchDistributor needs the session; evaluation writes model_metrics through it.
+    needs_spark = evaluate or ctx.config.train.launcher == "spark"
+    spark = ctx.spark() if needs_spark else None
+    manifests, evaluations = run_train(
+        spark, ctx.config, ctx.ds, ctx.models, bool(ctx.options.get("resume")), evaluate
+    )
+    return StepResult(manifests, evaluations)
+
+
+def _evaluate(ctx: StepContext) -> StepResult:
+    from recpipe.stages.evaluate import run_evaluate
+
+    for name in ctx.models or []:
+        check_model_name(name)
+    chosen = ctx.models or trained_models(ctx.config, ctx.ds)
+    if not chosen:
+        raise MissingInputError(f"no trained models for ds={ctx.ds}: run `recpipe train-baseline`")
+    manifests, evaluations = run_evaluate(ctx.spark(), ctx.config, ctx.ds, chosen)
+    result = StepResult(manifests, evaluations)
+    if ctx.options.get("gate"):
+        from recpipe.stages.gate import run_gate
+
+        try:
+            result.manifests.append(run_gate(ctx.config, ctx.ds))
+        except MissingInputError as exc:  # candidate or baseline not evaluated: no decision
+            result.notes.append(f"gate: not decided ({exc})")
+    return result
+
+
+def _gate(ctx: StepContext) -> StepResult:
+    from recpipe.stages.gate import run_gate
+
+    return StepResult([run_gate(ctx.config, ctx.ds)])
+
+
+def _score(ctx: StepContext) -> StepResult:
+    from recpipe.stages.score import run_score
+
+    models = ctx.models or [gate_choice(ctx.config, ctx.ds)]
+    for name in models:
+        check_model_name(name)
+    return StepResult([run_score(ctx.spark(), ctx.config, ctx.ds, m) for m in models])
+
+
+def _publish(ctx: StepContext) -> StepResult:
+    from recpipe.stages.publish import run_publish
+
+    return StepResult([run_publish(ctx.spark(), ctx.config, ctx.ds)])
+
+
+PIPELINE: tuple[Step, ...] = (
+    Step(
+        "clean",
+        "raw logs -> lake tables events + quarantine (bad rows with a reason code)",
+        _lake_stage("clean"),
+        etl=True,
+    ),
+    Step("vocab", "extend the persistent user/item integer indexes with new ids",
+         _lake_stage("vocab"), etl=True),
+    Step("sessionize", "events -> sessions (explicit session_id or an inactivity gap)",
+         _lake_stage("sessionize"), etl=True),
+    Step("split", "sessions -> train/valid/test under each protocol in split.protocols",
+         _lake_stage("split"), etl=True),
+    Step(
+        "export",
+        "train splits -> Parquet training samples (pairwise, pointwise, sequence) for the deep "
+        "models, train.processes x export.files_per_process files per table",
+        _lake_stage("export"),
+    ),
+    Step(
+        "train-baseline",
+        "train a baseline on the train split of each protocol in split.protocols",
+        _train_baseline,
+        models="baseline",
+    ),
+    Step(
+        "train",
+        "train deep models (PyTorch) on the exported samples, then evaluate them",
+        _train,
+        needs_spark=False,
+        models="deep",
+    ),
+    Step("evaluate", "full-ranking metrics of trained models on evaluation.split", _evaluate,
+         models="any"),
+    Step(
+        "gate",
+        "compare the candidate model with the baseline (gate.*) and record the decision",
+        _gate,
+        needs_spark=False,
+    ),
+    Step(
+        "score",
+        "top-K per user scored on the Spark executors, published to the recommendations table",
+        _score,
+        models="any",
+    ),
+    Step(
+        "publish",
+        "publish the gate's choice as the served recommendations (model=publish.name)",
+        _publish,
+    ),
+)
+
+STEPS: dict[str, Step] = {step.name: step for step in PIPELINE}
+ETL_STEPS: tuple[str, ...] = tuple(step.name for step in PIPELINE if step.etl)
+
+
+def step(name: str) -> Step:
+    """The step called ``name``."""
+    try:
+        return STEPS[name]
+    except KeyError:
+        raise ValueError(f"unknown pipeline step {name!r}; steps: {', '.join(STEPS)}") from None
+
+
+def run_steps(ctx: StepContext, names: Sequence[str]) -> StepResult:
+    """Run the named steps in order on one context (one Spark session); results concatenated."""
+    total = StepResult([])
+    for name in names:
+        result = step(name).run(ctx)
+        total.manifests += result.manifests
+        total.evaluations += result.evaluations
+        total.notes += result.notes
+    return total
+
+
+def baseline_names() -> list[str]:
+    """Registered baselines, in registry order."""
+    return model_names("baseline")
+
+
+def deep_model_names() -> list[str]:
+    """Registered deep models, in registry order."""
+    return model_names("deep")
+
+
+def check_model_name(name: str) -> None:
+    """ConfigError unless ``name`` is a registered baseline or deep model."""
+    try:
+        kind_of(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def trained_models(config: Config, ds: str) -> list[str]:
+    """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
+    from recpipe.layout import model_dir, models_base
+
+    folder = models_base(config.root)
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [
+        name
+        for name in names
+        if all(
+            (model_dir(config.root, name, ds, p) / "meta.json").is_file()
+            or (model_dir(config.root, name, ds, p) / "model.pt").is_file()
+            for p in config.split.protocols
+        )
+    ]
+
+
+def gate_choice(config: Config, ds: str) -> str:
+    """The model the gate picks for ``ds`` (from ``model_metrics``)."""
+    from recpipe.query import metric_rows
+    from recpipe.stages.gate import decide, outcome
+
+    decision = decide(config, metric_rows(config, ds, None))
+    print(outcome(decision.to_dict()))
+    return decision.published
