@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config, load_config
@@ -27,6 +29,21 @@ STAGES = {
     "split": run_split,
 }
 CHAIN: tuple[str, ...] = ("clean", "vocab", "sessionize", "split")
+
+
+def in_ci() -> bool:
+    """True under CI: the ``CI`` environment variable is set to anything but "", 0, false, no."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def skip_locally_fail_in_ci(reason: str) -> NoReturn:
+    """A prerequisite (data, an environment) is missing: skip on a developer machine, fail in CI.
+
+    ``reason`` names what is missing; in CI a skip would hide that the test never ran.
+    """
+    if in_ci():
+        pytest.fail(f"CI={os.environ['CI']}: {reason} (tests may not skip in CI)", pytrace=False)
+    pytest.skip(reason)
 
 
 def write_jsonl(path: Path, events: Iterable[Mapping[str, Any]]) -> Path:

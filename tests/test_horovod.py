@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import TRAIN_BASE as BASE
 from helpers import TRAIN_DS as DS
-from helpers import build_config, run_chain, train_events, write_jsonl
+from helpers import build_config, in_ci, run_chain, train_events, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.config import ConfigError
@@ -36,7 +36,7 @@ def _legacy_env() -> Path | None:
 
 
 LEGACY = _legacy_env()
-if LEGACY is None and os.environ.get("CI"):
+if LEGACY is None and in_ci():
     # make test builds the environment first; in CI its absence is a failure, not a skip.
     raise RuntimeError("CI: the Horovod environment is missing (make legacy-venv)")
 needs_legacy = pytest.mark.skipif(
