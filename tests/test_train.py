@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import build_config, read_manifest, read_rows, run_chain, write_jsonl
+from helpers import TRAIN_BASE as BASE
+from helpers import TRAIN_DS as DS
+from helpers import TRAIN_N_ITEMS as N_ITEMS
+from helpers import build_config, read_manifest, read_rows, run_chain, train_events, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.config import ConfigError
@@ -21,43 +23,11 @@ from recpipe.train.checkpoint import load_model, load_state
 from recpipe.train.launchers import launch
 from recpipe.train.loop import StoppedEarly
 
-DS = "2026-11-20"
-N_USERS, N_ITEMS = 40, 60
-BASE = (
-    "split.protocols=[leave_last_out,random_by_user]",
-    "split.random_by_user.valid=0.1",
-    "split.random_by_user.test=0.2",
-    "split.random_by_user.train=0.7",
-    "export.negatives=2",
-    "export.max_len=8",
-    "train.processes=2",
-    "export.files_per_process=1",
-    "warehouse.database=train_tests",
-    "train.torch_threads=1",
-)
-
-
-def events() -> list[dict]:
-    """Two taste groups walking their half of the catalogue in order, with some noise."""
-    rng = random.Random(3)
-    rows = []
-    for user in range(N_USERS):
-        group = user % 2
-        start = rng.randrange(N_ITEMS // 2)
-        count = rng.randint(8, 20)
-        for k in range(count):
-            item = group * (N_ITEMS // 2) + (start + k) % (N_ITEMS // 2)
-            if rng.random() < 0.1:
-                item = rng.randrange(N_ITEMS)
-            rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view",
-                         "ts": f"{DS}T{k // 60:02d}:{k % 60:02d}:{user:02d}Z"})
-    return rows
-
 
 @pytest.fixture(scope="module")
 def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("train")
-    raw = write_jsonl(folder / "raw" / "events.jsonl", events())
+    raw = write_jsonl(folder / "raw" / "events.jsonl", train_events())
     config = build_config(folder, f"paths.raw_events={raw}", *BASE)
     run_chain(spark, config, DS)
     assert run_export(spark, config, DS)["status"] == "ok"
