@@ -7,9 +7,11 @@ here: every stage runs in the main recpipe environment through its ``spark-submi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,21 @@ PYTHON = os.environ.get("RECPIPE_PYTHON") or str(Path(SPARK_SUBMIT).parent / "py
 CONF_FILES = os.environ.get(
     "RECPIPE_CONF", f"{HOME / 'conf' / 'base.yaml'}:{HOME / 'conf' / 'local.yaml'}"
 ).split(":")
+
+
+def _registered_models(kind: str) -> list[str]:
+    """Model names of one kind from recpipe's model table (a plain-Python file, loaded by path:
+    importing the recpipe package here would need the main environment)."""
+    path = HOME / "recpipe" / "registry.py"
+    spec = importlib.util.spec_from_file_location("_recpipe_registry", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"recpipe model table not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return list(module.model_names(kind))
+
+
 PY_FILES = os.environ.get("RECPIPE_PY_FILES")  # e.g. dist/recpipe.zip for a cluster
 # cluster: the driver runs on the cluster, so the config files travel with --files and the
 # job reads them from its working directory; client: the driver reads them where they are.
@@ -144,8 +161,8 @@ with DAG(
     user_defined_macros={"stage_args": stage_args, "shell_args": shell_args},
     params={
         "raw_events": Param("", type="string", description="landing path; {ds} = the run's ds"),
-        "baselines": Param(["popularity", "itemknn", "als", "ease"], type="array"),
-        "deep_models": Param(["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"], type="array"),
+        "baselines": Param(_registered_models("baseline"), type="array"),
+        "deep_models": Param(_registered_models("deep"), type="array"),
         "overrides": Param([], type="array", description="extra key=value config overrides"),
     },
     default_args={
