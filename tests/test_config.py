@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recpipe import model_settings
 from recpipe.config import Config, ConfigError, load_config, parse_override
+from recpipe.model_settings import MODEL_SETTINGS, SasRecConfig, model_defaults
 from recpipe.spark import (
     SparkStartError,
     check_master_reachable,
@@ -23,6 +25,42 @@ def test_base_yaml_equals_builtin_defaults() -> None:
     """conf/base.yaml documents the defaults; it must not drift from the code."""
     from_file = Config.model_validate(yaml.safe_load((CONF / "base.yaml").read_text()))
     assert from_file.model_dump() == Config().model_dump()
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SETTINGS))
+def test_model_defaults_are_written_once_in_their_yaml(name: str) -> None:
+    """conf/models/<name>.yaml is the only copy of a model's defaults: the settings class has
+    none of its own, and settings built from nothing are exactly the YAML's values."""
+    cls = MODEL_SETTINGS[name]
+    assert [key for key, info in cls.model_fields.items() if not info.is_required()] == []
+    data = yaml.safe_load((CONF / "models" / f"{name}.yaml").read_text())
+    assert data == {"models": {name: cls().model_dump(mode="json")}}
+    assert model_defaults(name) == data["models"][name]
+
+
+def test_model_yaml_files_are_the_declared_models() -> None:
+    assert {path.stem for path in (CONF / "models").glob("*.yaml")} == set(MODEL_SETTINGS)
+
+
+def test_model_settings_are_yaml_overlaid_by_what_is_given() -> None:
+    settings = SasRecConfig(num_blocks=3)
+    assert settings.model_dump() == {**model_defaults("sasrec"), "num_blocks": 3}
+
+
+def test_full_model_settings_rebuild_without_the_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's (or training spec's) settings dump needs no conf/ where it is loaded."""
+    settings = SasRecConfig(num_blocks=3)
+    full = settings.model_dump(mode="json")
+    monkeypatch.setattr(model_settings, "MODELS_CONF", tmp_path)  # no YAML here
+    model_settings._read_defaults.cache_clear()
+    try:
+        assert SasRecConfig.model_validate(full) == settings
+        with pytest.raises(ConfigError, match="does not exist"):
+            model_defaults("sasrec")
+    finally:
+        model_settings._read_defaults.cache_clear()
 
 
 def test_shipped_files_validate(tmp_path: Path) -> None:
