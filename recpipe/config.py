@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -23,8 +23,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
+from recpipe.model_settings import models_section_type
 from recpipe.schema import DEFAULT_EVENT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,10 @@ DEFAULT_CONF_FILES = (PROJECT_ROOT / "conf" / "base.yaml", PROJECT_ROOT / "conf"
 
 class ConfigError(RecpipeError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.
+ModelsConfig = models_section_type()
 
 
 class _Section(BaseModel):
@@ -312,7 +318,7 @@ class Config(_Section):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: ModelsConfig = Field(default_factory=dict)  # type: ignore[valid-type]
 
     @property
     def root(self) -> Path:
@@ -374,11 +380,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _keys_of(kind: Any) -> list[str]:
+    """The keys a config section (a pydantic model or a TypedDict) accepts; [] for others."""
+    while get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return list(kind.model_fields)
+    return list(kind.__annotations__) if is_typeddict(kind) else []
+
+
+def _known_keys(loc: Sequence[str]) -> list[str]:
+    """The keys accepted beside the dotted key ``loc`` of :class:`Config` ([] if unknown)."""
+    kind: Any = Config
+    for part in loc[:-1]:
+        while get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            kind = kind.model_fields[part].annotation
+        elif is_typeddict(kind) and part in kind.__annotations__:
+            kind = kind.__annotations__[part]
+        else:
+            return []
+    return _keys_of(kind)
+
+
 def _describe_error(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
-    key = ".".join([*prefix, *(str(part) for part in error["loc"])]) or "<root>"
+    loc = [*prefix, *(str(part) for part in error["loc"])]
+    key = ".".join(loc) or "<root>"
     given = error.get("input")
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
+        known = _known_keys(loc)
+        return f"unknown key '{key}'" + (f" (known: {', '.join(known)})" if known else "")
     return f"'{key}': {error['msg']} (got {given!r})"
 
 

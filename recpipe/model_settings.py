@@ -8,8 +8,8 @@ values overlaid by what it is given, e.g. ``models.<name>.*`` of the layered con
     SasRecConfig(num_blocks=3)     # that, with num_blocks=3
 
 The YAML is read only when a setting is missing, so a full settings dump (a checkpoint's, a
-training spec's) rebuilds without it. This module imports no torch; ``recpipe.models`` attaches
-each model to its settings here.
+training spec's) rebuilds without it. This module imports no torch: config loading validates
+``models.*`` against it, and ``recpipe.models`` attaches each model to its settings here.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import copy
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import TypedDict
 
 MODELS_CONF = Path(__file__).resolve().parent.parent / "conf" / "models"
 
@@ -156,3 +157,40 @@ def _read_defaults(name: str) -> dict[str, Any]:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {config_error(exc, ('models', name))}") from None
     return values
+
+
+def _check_with_defaults(cls: type[ModelConfig]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Validator of ``models.<name>`` overrides: together with the defaults they must make a
+    valid settings object (e.g. SASRec's ``num_heads`` must divide the default ``dim``)."""
+
+    def check(overrides: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cls.model_validate(overrides)
+        except ValidationError as exc:
+            # Field errors were reported with their key already; these are the model's own.
+            messages = (str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+            raise ValueError("; ".join(messages)) from None
+        return overrides
+
+    return check
+
+
+def overrides_type(cls: type[ModelConfig]) -> Any:
+    """The type of ``models.<name>``: any subset of ``cls``'s fields, each typed and bounded as
+    there (unknown keys refused), valid together with the defaults. It validates to the plain
+    mapping it was given, so a config holds (and hashes) only the overrides."""
+    fields = {
+        key: Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        for key, info in cls.model_fields.items()
+    }
+    partial = TypedDict(f"{cls.__name__}Overrides", fields, total=False)  # type: ignore[misc]
+    partial.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return Annotated[partial, AfterValidator(_check_with_defaults(cls))]
+
+
+def models_section_type() -> Any:
+    """The type of the config's ``models`` section: ``<name>: <overrides>`` for every model."""
+    fields = {name: overrides_type(cls) for name, cls in MODEL_SETTINGS.items()}
+    section = TypedDict("ModelsConfig", fields, total=False)  # type: ignore[misc]
+    section.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return section
