@@ -26,7 +26,7 @@ from pydantic import (
 from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
-from recpipe.model_settings import models_section_type
+from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.schema import DEFAULT_EVENT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,12 @@ class ConfigError(RecpipeError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+# Closed sets of names. Baselines: recpipe.baselines.REGISTRY; metrics: the ranking metrics of
+# recpipe.evaluation.metrics.METRICS (tests hold both equal; importing those modules here would
+# pull numpy, scipy and pyarrow into every config load). Deep models: recpipe.model_settings.
+BaselineName = Literal["popularity", "itemknn", "als", "ease"]
+ModelName = Literal[BaselineName, DeepModelName]
+MetricName = Literal["hr", "precision", "recall", "ndcg", "map", "mrr"]
 # models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.
 ModelsConfig = models_section_type()
 
@@ -183,7 +189,7 @@ class EaseConfig(_Section):
 
 
 class BaselinesConfig(_Section):
-    models: list[Literal["popularity", "itemknn", "als", "ease"]] = Field(
+    models: list[BaselineName] = Field(
         default_factory=lambda: ["popularity", "itemknn", "als", "ease"], min_length=1
     )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
@@ -210,9 +216,9 @@ class ScoreConfig(_Section):
 
 
 class GateConfig(_Section):
-    candidate: str | None = None
-    baseline: str = "als"
-    metric: str = "ndcg"
+    candidate: ModelName | None = None
+    baseline: ModelName = "als"
+    metric: MetricName = "ndcg"
     k: int = Field(10, ge=1)
     tolerance: float = Field(0.0, ge=0)
 
@@ -234,14 +240,14 @@ class ExportConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    metric: Literal["ndcg", "recall", "hr", "mrr", "map", "precision"] = "ndcg"
+    metric: MetricName = "ndcg"
     k: int = Field(10, ge=1)
     patience: int = Field(8, ge=1)
     every_epochs: int = Field(1, ge=1)
 
 
 class TrainConfig(_Section):
-    models: list[str] = Field(
+    models: list[DeepModelName] = Field(
         default_factory=lambda: ["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"],
         min_length=1,
     )

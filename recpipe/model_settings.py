@@ -132,6 +132,10 @@ class SasRecConfig(ModelConfig):
         return self
 
 
+# The deep model names config accepts (train.models, gate.*): the models declared above.
+DeepModelName = Literal[tuple(MODEL_SETTINGS)]  # type: ignore[valid-type]
+
+
 def model_defaults(name: str) -> dict[str, Any]:
     """Model ``name``'s defaults: the settings in ``conf/models/<name>.yaml`` (a fresh copy)."""
     return copy.deepcopy(_read_defaults(name))

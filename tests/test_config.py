@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -139,6 +140,42 @@ def test_wrong_model_setting_names_the_key(override: str, key: str, expected: st
     assert key in message and expected in message
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("gate.metric=ndgc", "'gate.metric'"),
+        ("gate.metric=coverage", "'gate.metric'"),  # not a ranking metric: no @k to compare
+        ("gate.baseline=alss", "'gate.baseline'"),
+        ("gate.candidate=sasrecc", "'gate.candidate'"),
+        ("train.models=[bpr_mf, sasrecc]", "'train.models.1'"),
+        ("train.early_stopping.metric=auc", "'train.early_stopping.metric'"),
+        ("baselines.models=[als, svd]", "'baselines.models.1'"),
+    ],
+)
+def test_closed_choices_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert key in str(info.value)
+
+
+def test_gate_accepts_any_baseline_or_deep_model() -> None:
+    config = load_config(None, ["gate.candidate=als", "gate.baseline=bpr_mf", "gate.metric=mrr"])
+    assert (config.gate.candidate, config.gate.baseline, config.gate.metric) == (
+        "als", "bpr_mf", "mrr"
+    )  # fmt: skip
+
+
+def test_name_choices_match_what_the_code_supports() -> None:
+    from recpipe.baselines import REGISTRY
+    from recpipe.config import BaselineName, MetricName
+    from recpipe.evaluation.metrics import METRICS
+    from recpipe.model_settings import DeepModelName
+
+    assert get_args(BaselineName) == tuple(REGISTRY)
+    assert sorted(get_args(MetricName)) == sorted(METRICS)
+    assert get_args(DeepModelName) == tuple(MODEL_SETTINGS)
+
+
 def test_every_registered_model_uses_its_declared_settings() -> None:
     pytest.importorskip("torch")
     from recpipe.models import registry
@@ -152,7 +189,7 @@ def test_loading_config_imports_no_torch() -> None:
     """models.* is checked without torch (the train extra is optional)."""
     code = (
         "import sys; from recpipe.config import load_config; "
-        "load_config(None, ['models.sasrec.dim=32']); "
+        "load_config(None, ['models.sasrec.dim=32', 'train.models=[sasrec]']); "
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF.parent)
