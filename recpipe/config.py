@@ -386,28 +386,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _keys_of(kind: Any) -> list[str]:
-    """The keys a config section (a pydantic model or a TypedDict) accepts; [] for others."""
+def _section_fields(kind: Any) -> dict[str, Any]:
+    """Key -> type of a config section (a pydantic model or a TypedDict); {} for other types."""
     while get_origin(kind) is Annotated:
         kind = get_args(kind)[0]
     if isinstance(kind, type) and issubclass(kind, BaseModel):
-        return list(kind.model_fields)
-    return list(kind.__annotations__) if is_typeddict(kind) else []
+        return {key: info.annotation for key, info in kind.model_fields.items()}
+    return dict(kind.__annotations__) if is_typeddict(kind) else {}
 
 
 def _known_keys(loc: Sequence[str]) -> list[str]:
     """The keys accepted beside the dotted key ``loc`` of :class:`Config` ([] if unknown)."""
     kind: Any = Config
     for part in loc[:-1]:
-        while get_origin(kind) is Annotated:
-            kind = get_args(kind)[0]
-        if isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
-            kind = kind.model_fields[part].annotation
-        elif is_typeddict(kind) and part in kind.__annotations__:
-            kind = kind.__annotations__[part]
-        else:
-            return []
-    return _keys_of(kind)
+        kind = _section_fields(kind).get(part)
+    return list(_section_fields(kind))
 
 
 def _describe_error(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
