@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -23,8 +23,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
+from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.schema import DEFAULT_EVENT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,16 @@ DEFAULT_CONF_FILES = (PROJECT_ROOT / "conf" / "base.yaml", PROJECT_ROOT / "conf"
 
 class ConfigError(RecpipeError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# Closed sets of names. Baselines: recpipe.baselines.REGISTRY; metrics: the ranking metrics of
+# recpipe.evaluation.metrics.METRICS (tests hold both equal; importing those modules here would
+# pull numpy, scipy and pyarrow into every config load). Deep models: recpipe.model_settings.
+BaselineName = Literal["popularity", "itemknn", "als", "ease"]
+ModelName = Literal[BaselineName, DeepModelName]
+MetricName = Literal["hr", "precision", "recall", "ndcg", "map", "mrr"]
+# models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.
+ModelsConfig = models_section_type()
 
 
 class _Section(BaseModel):
@@ -177,7 +189,7 @@ class EaseConfig(_Section):
 
 
 class BaselinesConfig(_Section):
-    models: list[Literal["popularity", "itemknn", "als", "ease"]] = Field(
+    models: list[BaselineName] = Field(
         default_factory=lambda: ["popularity", "itemknn", "als", "ease"], min_length=1
     )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
@@ -204,9 +216,9 @@ class ScoreConfig(_Section):
 
 
 class GateConfig(_Section):
-    candidate: str | None = None
-    baseline: str = "als"
-    metric: str = "ndcg"
+    candidate: ModelName | None = None
+    baseline: ModelName = "als"
+    metric: MetricName = "ndcg"
     k: int = Field(10, ge=1)
     tolerance: float = Field(0.0, ge=0)
 
@@ -228,14 +240,14 @@ class ExportConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    metric: Literal["ndcg", "recall", "hr", "mrr", "map", "precision"] = "ndcg"
+    metric: MetricName = "ndcg"
     k: int = Field(10, ge=1)
     patience: int = Field(8, ge=1)
     every_epochs: int = Field(1, ge=1)
 
 
 class TrainConfig(_Section):
-    models: list[str] = Field(
+    models: list[DeepModelName] = Field(
         default_factory=lambda: ["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"],
         min_length=1,
     )
@@ -312,7 +324,7 @@ class Config(_Section):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: ModelsConfig = Field(default_factory=dict)  # type: ignore[valid-type]
 
     @property
     def root(self) -> Path:
@@ -374,11 +386,30 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _section_fields(kind: Any) -> dict[str, Any]:
+    """Key -> type of a config section (a pydantic model or a TypedDict); {} for other types."""
+    while get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {key: info.annotation for key, info in kind.model_fields.items()}
+    return dict(kind.__annotations__) if is_typeddict(kind) else {}
+
+
+def _known_keys(loc: Sequence[str]) -> list[str]:
+    """The keys accepted beside the dotted key ``loc`` of :class:`Config` ([] if unknown)."""
+    kind: Any = Config
+    for part in loc[:-1]:
+        kind = _section_fields(kind).get(part)
+    return list(_section_fields(kind))
+
+
 def _describe_error(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
-    key = ".".join([*prefix, *(str(part) for part in error["loc"])]) or "<root>"
+    loc = [*prefix, *(str(part) for part in error["loc"])]
+    key = ".".join(loc) or "<root>"
     given = error.get("input")
     if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
+        known = _known_keys(loc)
+        return f"unknown key '{key}'" + (f" (known: {', '.join(known)})" if known else "")
     return f"'{key}': {error['msg']} (got {given!r})"
 
 

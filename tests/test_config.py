@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
+from recpipe import model_settings
 from recpipe.config import Config, ConfigError, load_config, parse_override
+from recpipe.model_settings import MODEL_SETTINGS, SasRecConfig, model_defaults
 from recpipe.spark import (
     SparkStartError,
     check_master_reachable,
@@ -23,6 +28,180 @@ def test_base_yaml_equals_builtin_defaults() -> None:
     """conf/base.yaml documents the defaults; it must not drift from the code."""
     from_file = Config.model_validate(yaml.safe_load((CONF / "base.yaml").read_text()))
     assert from_file.model_dump() == Config().model_dump()
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SETTINGS))
+def test_model_defaults_are_written_once_in_their_yaml(name: str) -> None:
+    """conf/models/<name>.yaml is the only copy of a model's defaults: the settings class has
+    none of its own, and settings built from nothing are exactly the YAML's values."""
+    cls = MODEL_SETTINGS[name]
+    assert [key for key, info in cls.model_fields.items() if not info.is_required()] == []
+    data = yaml.safe_load((CONF / "models" / f"{name}.yaml").read_text())
+    assert data == {"models": {name: cls().model_dump(mode="json")}}
+    assert model_defaults(name) == data["models"][name]
+
+
+def test_model_yaml_files_are_the_declared_models() -> None:
+    assert {path.stem for path in (CONF / "models").glob("*.yaml")} == set(MODEL_SETTINGS)
+
+
+def test_model_settings_are_yaml_overlaid_by_what_is_given() -> None:
+    settings = SasRecConfig(num_blocks=3)
+    assert settings.model_dump() == {**model_defaults("sasrec"), "num_blocks": 3}
+
+
+def test_full_model_settings_rebuild_without_the_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's (or training spec's) settings dump needs no conf/ where it is loaded."""
+    settings = SasRecConfig(num_blocks=3)
+    full = settings.model_dump(mode="json")
+    monkeypatch.setattr(model_settings, "MODELS_CONF", tmp_path)  # no YAML here
+    model_settings._read_defaults.cache_clear()
+    try:
+        assert SasRecConfig.model_validate(full) == settings
+        with pytest.raises(ConfigError, match="does not exist"):
+            model_defaults("sasrec")
+    finally:
+        model_settings._read_defaults.cache_clear()
+
+
+@pytest.fixture
+def models_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point the model defaults at a temp copy of conf/models (cache cleared around the test)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in (CONF / "models").glob("*.yaml"):
+        (folder / path.name).write_text(path.read_text())
+    monkeypatch.setattr(model_settings, "MODELS_CONF", folder)
+    model_settings._read_defaults.cache_clear()
+    yield folder
+    model_settings._read_defaults.cache_clear()
+
+
+def test_broken_model_yaml_names_the_file_and_key(models_conf: Path) -> None:
+    path = models_conf / "sasrec.yaml"
+    text = path.read_text()
+    cases = {
+        "    dropout_rate: 0.2": r"sasrec\.yaml: no default for models\.sasrec\.dropout",
+        "    dropout: 0.2\n    dimm: 3": r"sasrec\.yaml: .*unknown key 'models\.sasrec\.dimm'",
+        "    dropout: lots": r"sasrec\.yaml: .*'models\.sasrec\.dropout'",
+    }
+    for line, message in cases.items():
+        path.write_text(text.replace("    dropout: 0.2", line))
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, ["models.sasrec.dim=32"])
+    path.write_text("sasrec: {dim: 64}\n")
+    with pytest.raises(ConfigError, match=r"sasrec\.yaml must hold exactly models\.sasrec"):
+        load_config(None, ["models.sasrec.dim=32"])
+
+
+def test_models_section_holds_only_the_overrides() -> None:
+    """Valid configs hash as before: models.* keeps what was set, not the YAML defaults."""
+    assert load_config(None, []).models == {}
+    config = load_config(None, ["models.sasrec.dim=32", "models.neumf.mlp_layers=[8, 4]"])
+    assert config.models == {"sasrec": {"dim": 32}, "neumf": {"mlp_layers": [8, 4]}}
+    assert SasRecConfig.model_validate(config.models["sasrec"]).dim == 32
+
+
+def test_unknown_model_setting_names_the_key_and_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["models.sasrec.dimm=3"])
+    message = str(info.value)
+    assert "unknown key 'models.sasrec.dimm'" in message
+    assert "known: dim, epochs" in message and "num_heads" in message
+
+
+def test_unknown_model_name_names_the_key_and_the_models() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["models.sasrecc.dim=3"])
+    message = str(info.value)
+    assert "unknown key 'models.sasrecc'" in message
+    assert all(name in message for name in MODEL_SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("models.sasrec.dim=many", "'models.sasrec.dim'", "integer"),
+        ("models.sasrec.dim=0", "'models.sasrec.dim'", "greater than or equal to 1"),
+        ("models.neumf.mode=both", "'models.neumf.mode'", "'neumf', 'gmf' or 'mlp'"),
+        ("models.neumf.mlp_layers=[]", "'models.neumf.mlp_layers'", "at least 1 item"),
+        ("models.two_tower.normalize=maybe", "'models.two_tower.normalize'", "boolean"),
+        ("models.sasrec=3", "'models.sasrec'", "dictionary"),
+        # Checked together with the defaults: the YAML's dim 64 is not divisible by 3.
+        ("models.sasrec.num_heads=3", "'models.sasrec'", "dim 64 is not divisible by"),
+    ],
+)
+def test_wrong_model_setting_names_the_key(override: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert key in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("gate.metric=ndgc", "'gate.metric'"),
+        ("gate.metric=coverage", "'gate.metric'"),  # not a ranking metric: no @k to compare
+        ("gate.baseline=alss", "'gate.baseline'"),
+        ("gate.candidate=sasrecc", "'gate.candidate'"),
+        ("train.models=[bpr_mf, sasrecc]", "'train.models.1'"),
+        ("train.early_stopping.metric=auc", "'train.early_stopping.metric'"),
+        ("baselines.models=[als, svd]", "'baselines.models.1'"),
+    ],
+)
+def test_closed_choices_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert key in str(info.value)
+
+
+def test_gate_accepts_any_baseline_or_deep_model() -> None:
+    config = load_config(None, ["gate.candidate=als", "gate.baseline=bpr_mf", "gate.metric=mrr"])
+    assert (config.gate.candidate, config.gate.baseline, config.gate.metric) == (
+        "als", "bpr_mf", "mrr"
+    )  # fmt: skip
+
+
+def test_name_choices_match_what_the_code_supports() -> None:
+    from recpipe.baselines import REGISTRY
+    from recpipe.config import BaselineName, MetricName
+    from recpipe.evaluation.metrics import METRICS
+    from recpipe.model_settings import DeepModelName
+
+    assert get_args(BaselineName) == tuple(REGISTRY)
+    assert sorted(get_args(MetricName)) == sorted(METRICS)
+    assert get_args(DeepModelName) == tuple(MODEL_SETTINGS)
+
+
+def test_every_registered_model_uses_its_declared_settings() -> None:
+    pytest.importorskip("torch")
+    from recpipe.models import registry
+
+    assert set(registry()) == set(MODEL_SETTINGS)
+    for name, cls in registry().items():
+        assert cls.config_class is MODEL_SETTINGS[name]
+
+
+def test_loading_config_imports_no_torch() -> None:
+    """models.* is checked without torch (the train extra is optional)."""
+    code = (
+        "import sys; from recpipe.config import load_config; "
+        "load_config(None, ['models.sasrec.dim=32', 'train.models=[sasrec]']); "
+        "assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF.parent)
+
+
+def test_cli_reports_a_bad_model_setting_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    from recpipe.cli import main
+
+    assert main(["clean", "--set", "models.sasrec.dimm=3", "--ds", "2024-01-01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("recpipe: config error: ") and "\n" not in err
+    assert "models.sasrec.dimm" in err
 
 
 def test_shipped_files_validate(tmp_path: Path) -> None:
@@ -67,6 +246,8 @@ def test_unknown_key_is_named() -> None:
         load_config(None, ["clean.max_id_lenght=3"])
     with pytest.raises(ConfigError, match=r"unknown key 'sparkk'"):
         load_config(None, ["sparkk.master=local"])
+    with pytest.raises(ConfigError, match=r"'clean\.max_id_lenght' \(known: .*, max_id_length,"):
+        load_config(None, ["clean.max_id_lenght=3"])
 
 
 def test_wrong_type_names_key_and_expectation() -> None:

@@ -12,27 +12,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
-
-
-class ModelConfig(BaseModel):
-    """Settings every model has; subclasses add their architecture fields.
-
-    Optimisation settings live here (not in the global ``train`` section) because good values
-    differ per model, and keeping them with the model makes a checkpoint say how it was trained.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-    dim: int = Field(64, ge=1, description="embedding size")
-    epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(256, ge=1, description="rows per batch on each process")
-    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay")
+from recpipe.model_settings import MODEL_SETTINGS, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -118,6 +101,11 @@ def register(name: str) -> Any:
     def decorate(cls: type[RecModel]) -> type[RecModel]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model name '{name}' registered twice")
+        if MODEL_SETTINGS.get(name) is not cls.config_class:
+            raise ValueError(
+                f"model '{name}': config_class must be its settings in recpipe.model_settings "
+                "(@settings_of, defaults in conf/models/<name>.yaml)"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -10,21 +10,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import BprMfConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-
-
-class BprMfConfig(ModelConfig):
-    """BPR-MF settings."""
-
-    dim: int = Field(256, ge=1, description="embedding size")
-    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(1024, ge=1, description="rows per batch on each process")
-    reg: float = Field(0.01, ge=0, description="L2 weight on the batch's embeddings and biases")
-    init_std: float = Field(0.05, gt=0, description="std of the normal embedding init")
 
 
 @register("bpr_mf")

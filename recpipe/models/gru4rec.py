@@ -7,29 +7,15 @@ Session-based Recommendations", CIKM 2018.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import Gru4RecConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.losses import causal_targets, next_item_loss
-
-
-class Gru4RecConfig(ModelConfig):
-    """GRU4Rec settings."""
-
-    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
-    hidden_size: int = Field(100, ge=1, description="GRU hidden state size")
-    num_layers: int = Field(1, ge=1, description="stacked GRU layers")
-    lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate")
-    dropout: float = Field(0.3, ge=0, lt=1, description="dropout on embeddings and GRU outputs")
-    loss: Literal["full_softmax", "sampled_softmax"] = Field(
-        "full_softmax", description="softmax over all items, or in-batch with log-Q correction"
-    )
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:

@@ -6,14 +6,14 @@ He, Liao, Zhang, Nie, Hu, Chua, "Neural Collaborative Filtering", WWW 2017.
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import NeuMfConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 
 # (GMF vectors, first-MLP-layer pre-activation half) of users or items; None for an absent branch.
@@ -23,27 +23,6 @@ Side = tuple[torch.Tensor | None, torch.Tensor | None]
 def _index(side: Side, key: Any) -> Side:
     """``side`` with every present tensor indexed by ``key``."""
     return (None if side[0] is None else side[0][key], None if side[1] is None else side[1][key])
-
-
-class NeuMfConfig(ModelConfig):
-    """NeuMF settings; ``dim`` is the size of each MLP-branch embedding (user and item)."""
-
-    batch_size: int = Field(1024, ge=1, description="rows per batch on each process")
-    mode: Literal["neumf", "gmf", "mlp"] = Field(
-        "neumf", description="both branches, or one of them alone (pre-training)"
-    )
-    mf_dim: int = Field(32, ge=1, description="GMF-branch embedding size")
-    mlp_layers: list[int] = Field(
-        [128, 64, 32], min_length=1, description="MLP hidden widths after concat(user, item)"
-    )
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each MLP hidden layer")
-    init_std: float = Field(0.01, gt=0, description="std of the normal embedding init")
-    pretrain_epochs: int = Field(
-        0, ge=0, description="> 0: train GMF and MLP alone this many epochs first (paper 3.4.1)"
-    )
-    pretrain_alpha: float = Field(
-        0.5, ge=0, le=1, description="weight of the GMF output layer when fusing pre-trained ones"
-    )
 
 
 @register("neumf")

@@ -6,37 +6,16 @@ Kang, McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import SasRecConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.losses import causal_targets, next_item_loss
-
-
-class SasRecConfig(ModelConfig):
-    """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
-
-    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
-    num_blocks: int = Field(2, ge=1, description="self-attention blocks")
-    num_heads: int = Field(1, ge=1, description="attention heads per block")
-    ffn_mult: int = Field(1, ge=1, description="point-wise FFN inner width = ffn_mult * dim")
-    dropout: float = Field(0.2, ge=0, lt=1, description="dropout on embeddings, attention, FFN")
-    loss: Literal["full_softmax", "sampled_softmax", "bce"] = Field(
-        "full_softmax",
-        description="softmax over all items, in-batch with log-Q, or the paper's one-negative BCE",
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> SasRecConfig:
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        return self
 
 
 class CausalSelfAttention(nn.Module):

@@ -8,34 +8,16 @@ Item Recommendations", RecSys 2019.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import TwoTowerConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.losses import causal_targets, log_q, sampled_softmax_loss
-
-
-class TwoTowerConfig(ModelConfig):
-    """Two-tower settings."""
-
-    epochs: int = Field(50, ge=1, description="maximum epochs (early stopping may end sooner)")
-    batch_size: int = Field(128, ge=1, description="rows per batch on each process")
-    temperature: float = Field(0.05, gt=0, description="softmax temperature of the logits")
-    normalize: bool = Field(True, description="L2-normalise user and item vectors (cosine)")
-    tower_layers: list[int] = Field([128], description="user-tower hidden widths (ReLU)")
-    use_user_id: bool = Field(False, description="also feed a user-id embedding to the tower")
-    share_embeddings: bool = Field(True, description="history input table is the item table")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each tower hidden layer")
-    query: Literal["causal_prefix", "leave_target_out"] = Field(
-        "causal_prefix",
-        description="training query per target: mean of the items before it (next-item, as in "
-        "the paper) or of every other item in the window (order-free, suits random splits)",
-    )
 
 
 @register("two_tower")

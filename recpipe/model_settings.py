@@ -1,0 +1,200 @@
+"""Deep-model settings: types and bounds here, values in ``conf/models/<name>.yaml``.
+
+Each model's defaults are written once, in its YAML (with a comment saying what each setting
+does); the classes below declare only what a value must be. A settings object is the YAML's
+values overlaid by what it is given, e.g. ``models.<name>.*`` of the layered config::
+
+    SasRecConfig()                 # conf/models/sasrec.yaml
+    SasRecConfig(num_blocks=3)     # that, with num_blocks=3
+
+The YAML is read only when a setting is missing, so a full settings dump (a checkpoint's, a
+training spec's) rebuilds without it. This module imports no torch: config loading validates
+``models.*`` against it, and ``recpipe.models`` attaches each model to its settings here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import TypedDict
+
+MODELS_CONF = Path(__file__).resolve().parent.parent / "conf" / "models"
+
+# Deep models by name, each with its settings class (filled by @settings_of below).
+MODEL_SETTINGS: dict[str, type[ModelConfig]] = {}
+
+
+class ModelConfig(BaseModel):
+    """Settings every model has; subclasses add their architecture fields.
+
+    Optimisation settings live here (not in the global ``train`` section) because good values
+    differ per model, and keeping them with the model makes a checkpoint say how it was trained.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    # The model whose conf/models/<name>.yaml holds the defaults (set by @settings_of).
+    defaults_name: ClassVar[str | None] = None
+
+    dim: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_defaults(cls, data: Any) -> Any:
+        if cls.defaults_name is None or not isinstance(data, Mapping):
+            return data
+        if cls.model_fields.keys() <= data.keys():
+            return data
+        return {**model_defaults(cls.defaults_name), **data}
+
+
+def settings_of(name: str) -> Callable[[type[ModelConfig]], type[ModelConfig]]:
+    """Class decorator: ``cls`` is model ``name``'s settings, defaults in ``<name>.yaml``."""
+
+    def decorate(cls: type[ModelConfig]) -> type[ModelConfig]:
+        if MODEL_SETTINGS.get(name, cls) is not cls:
+            raise ValueError(f"settings for model '{name}' declared twice")
+        cls.defaults_name = name
+        MODEL_SETTINGS[name] = cls
+        return cls
+
+    return decorate
+
+
+@settings_of("bpr_mf")
+class BprMfConfig(ModelConfig):
+    """BPR-MF settings."""
+
+    reg: float = Field(ge=0)
+    init_std: float = Field(gt=0)
+
+
+@settings_of("neumf")
+class NeuMfConfig(ModelConfig):
+    """NeuMF settings; ``dim`` is the size of each MLP-branch embedding (user and item)."""
+
+    mode: Literal["neumf", "gmf", "mlp"]
+    mf_dim: int = Field(ge=1)
+    mlp_layers: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    pretrain_epochs: int = Field(ge=0)
+    pretrain_alpha: float = Field(ge=0, le=1)
+    init_std: float = Field(gt=0)
+
+
+@settings_of("two_tower")
+class TwoTowerConfig(ModelConfig):
+    """Two-tower settings."""
+
+    temperature: float = Field(gt=0)
+    normalize: bool
+    tower_layers: list[int]
+    use_user_id: bool
+    share_embeddings: bool
+    dropout: float = Field(ge=0, lt=1)
+    query: Literal["causal_prefix", "leave_target_out"]
+
+
+@settings_of("gru4rec")
+class Gru4RecConfig(ModelConfig):
+    """GRU4Rec settings."""
+
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    loss: Literal["full_softmax", "sampled_softmax"]
+
+
+@settings_of("sasrec")
+class SasRecConfig(ModelConfig):
+    """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
+
+    num_blocks: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    ffn_mult: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    loss: Literal["full_softmax", "sampled_softmax", "bce"]
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SasRecConfig:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+# The deep model names config accepts (train.models, gate.*): the models declared above.
+DeepModelName = Literal[tuple(MODEL_SETTINGS)]  # type: ignore[valid-type]
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """Model ``name``'s defaults: the settings in ``conf/models/<name>.yaml`` (a fresh copy)."""
+    return copy.deepcopy(_read_defaults(name))
+
+
+@functools.cache
+def _read_defaults(name: str) -> dict[str, Any]:
+    # Imported here: recpipe.config imports this module.
+    from recpipe.config import ConfigError, _read_yaml, config_error
+
+    cls = MODEL_SETTINGS[name]
+    path = MODELS_CONF / f"{name}.yaml"
+    data = _read_yaml(path)
+    models = data.get("models")
+    values = models.get(name) if isinstance(models, dict) else None
+    if not isinstance(values, dict) or set(data) != {"models"} or set(models) != {name}:
+        raise ConfigError(f"{path} must hold exactly models.{name}: {{setting: default, ...}}")
+    missing = [f"models.{name}.{key}" for key in cls.model_fields if key not in values]
+    if missing:
+        raise ConfigError(f"{path}: no default for {', '.join(missing)}")
+    try:
+        cls.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {config_error(exc, ('models', name))}") from None
+    return values
+
+
+def _check_with_defaults(cls: type[ModelConfig]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Validator of ``models.<name>`` overrides: together with the defaults they must make a
+    valid settings object (e.g. SASRec's ``num_heads`` must divide the default ``dim``)."""
+
+    def check(overrides: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cls.model_validate(overrides)
+        except ValidationError as exc:
+            # Field errors were reported with their key already; these are the model's own.
+            messages = (str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+            raise ValueError("; ".join(messages)) from None
+        return overrides
+
+    return check
+
+
+def overrides_type(cls: type[ModelConfig]) -> Any:
+    """The type of ``models.<name>``: any subset of ``cls``'s fields, each typed and bounded as
+    there (unknown keys refused), valid together with the defaults. It validates to the plain
+    mapping it was given, so a config holds (and hashes) only the overrides."""
+    fields = {
+        key: Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        for key, info in cls.model_fields.items()
+    }
+    partial = TypedDict(f"{cls.__name__}Overrides", fields, total=False)  # type: ignore[misc]
+    partial.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return Annotated[partial, AfterValidator(_check_with_defaults(cls))]
+
+
+def models_section_type() -> Any:
+    """The type of the config's ``models`` section: ``<name>: <overrides>`` for every model."""
+    fields = {name: overrides_type(cls) for name, cls in MODEL_SETTINGS.items()}
+    section = TypedDict("ModelsConfig", fields, total=False)  # type: ignore[misc]
+    section.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return section
