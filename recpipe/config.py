@@ -27,6 +27,7 @@ from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
 from recpipe.model_settings import DeepModelName, models_section_type
+from recpipe.registry import model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -37,10 +38,11 @@ class ConfigError(RecpipeError, ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
-# Closed sets of names. Baselines: recpipe.baselines.REGISTRY; metrics: the ranking metrics of
-# recpipe.evaluation.metrics.METRICS (tests hold both equal; importing those modules here would
-# pull numpy, scipy and pyarrow into every config load). Deep models: recpipe.model_settings.
-BaselineName = Literal["popularity", "itemknn", "als", "ease"]
+# Closed sets of names. Models: the one model table (recpipe.registry, plain Python) and the
+# deep models' settings (recpipe.model_settings; a test holds the two equal). Metrics: the
+# ranking metrics of recpipe.evaluation.metrics.METRICS (a test holds them equal; importing
+# that module here would pull numpy into every config load).
+BaselineName = Literal[tuple(model_names("baseline"))]  # type: ignore[valid-type]
 ModelName = Literal[BaselineName, DeepModelName]
 MetricName = Literal["hr", "precision", "recall", "ndcg", "map", "mrr"]
 # models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.

@@ -64,6 +64,9 @@ def test_model_table_matches_the_classes() -> None:
         cls = entry.load_class()
         assert issubclass(cls, Baseline if entry.kind == "baseline" else RecModel), name
     assert set(model_names("deep")) == set(registry())
+    from recpipe.model_settings import MODEL_SETTINGS
+
+    assert list(MODEL_SETTINGS) == model_names("deep")  # the settings follow the same table
     assert {name: cls for name, cls in registry().items()} == {
         name: MODELS[name].load_class() for name in model_names("deep")
     }
