@@ -130,7 +130,9 @@ SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user"]
 
 
 class SplitConfig(_Section):
-    protocols: list[SplitProtocol] = Field(default_factory=lambda: ["leave_last_out"], min_length=1)
+    protocols: list[SplitProtocol] = Field(
+        default_factory=lambda: list[SplitProtocol](["leave_last_out"]), min_length=1
+    )
     dedupe_user_item: bool = True
     leave_last_out: LeaveLastOutConfig = Field(default_factory=LeaveLastOutConfig)
     random_by_user: RandomByUserConfig = Field(default_factory=RandomByUserConfig)
@@ -176,9 +178,13 @@ class EaseConfig(_Section):
     max_items: int = Field(20000, ge=1)
 
 
+BaselineName = Literal["popularity", "itemknn", "als", "ease"]
+
+
 class BaselinesConfig(_Section):
-    models: list[Literal["popularity", "itemknn", "als", "ease"]] = Field(
-        default_factory=lambda: ["popularity", "itemknn", "als", "ease"], min_length=1
+    models: list[BaselineName] = Field(
+        default_factory=lambda: list[BaselineName](["popularity", "itemknn", "als", "ease"]),
+        min_length=1,
     )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
     itemknn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
@@ -215,9 +221,13 @@ class PublishConfig(_Section):
     name: str = Field("published", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+ExportKind = Literal["pairwise", "pointwise", "sequence"]
+
+
 class ExportConfig(_Section):
-    kinds: list[Literal["pairwise", "pointwise", "sequence"]] = Field(
-        default_factory=lambda: ["pairwise", "pointwise", "sequence"], min_length=1
+    kinds: list[ExportKind] = Field(
+        default_factory=lambda: list[ExportKind](["pairwise", "pointwise", "sequence"]),
+        min_length=1,
     )
     negatives: int = Field(8, ge=1)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
