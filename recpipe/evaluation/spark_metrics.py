@@ -94,6 +94,8 @@ def _coverage(top: DataFrame, ks: list[int], n_items: int) -> MetricValues:
     counts = best.agg(
         *(F.count(F.when(F.col("best_rank") <= k, True)).alias(str(k)) for k in ks)
     ).first()
+    if counts is None:
+        raise RuntimeError("coverage: the count aggregate returned no row")
     return {("coverage", k): counts[str(k)] / n_items for k in ks}
 
 

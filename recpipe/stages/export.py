@@ -65,6 +65,8 @@ def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[st
         F.sum(F.when(size > 1, F.ceil((size - 1) / F.lit(stride))).otherwise(0)).alias("windows"),
         F.count(F.lit(1)).alias("users"),
     ).first()
+    if totals is None:
+        raise RuntimeError("export: the sequence totals aggregate returned no row")
     interactions = int(totals["interactions"] or 0)
     return {
         "pairwise": interactions,

@@ -125,6 +125,8 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                         )
                         .first()
                     )
+                    if written is None:
+                        raise RuntimeError(f"{protocol} {part}: the row count returned no row")
                     counts[part] = {"rows": written["rows"], "users": written["users"]}
                 labelled.unpersist()
                 total = sum(c["rows"] for c in counts.values())
