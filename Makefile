@@ -43,6 +43,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy recpipe
 
 test: lint airflow-venv legacy-venv
 	RECPIPE_LEGACY_ENV=$(abspath $(LEGACY_VENV)) $(BIN)/python -m pytest -q -ra

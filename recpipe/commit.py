@@ -126,7 +126,7 @@ def referenced_paths(manifest: Mapping[str, Any] | None) -> set[str]:
     """Version folders (relative to root) a manifest keeps alive: current and previous."""
     if not manifest:
         return set()
-    paths = set()
+    paths: set[str] = set()
     for key in ("outputs", "previous_outputs"):
         for parts in manifest.get(key, {}).values():
             paths.update(record["path"] for record in parts.values())

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -42,11 +42,18 @@ class ConfigError(RecpipeError, ValueError):
 # deep models' settings (recpipe.model_settings; a test holds the two equal). Metrics: the
 # ranking metrics of recpipe.evaluation.metrics.METRICS (a test holds them equal; importing
 # that module here would pull numpy into every config load).
-BaselineName = Literal[tuple(model_names("baseline"))]  # type: ignore[valid-type]
-ModelName = Literal[BaselineName, DeepModelName]
+# The names and the models section are built from tables at run time, which a static checker
+# cannot follow: it sees str and a plain mapping.
+if TYPE_CHECKING:
+    BaselineName = str
+    ModelName = str
+    ModelsConfig = dict[str, dict[str, Any]]
+else:
+    BaselineName = Literal[tuple(model_names("baseline"))]
+    ModelName = Literal[BaselineName, DeepModelName]
+    # models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.
+    ModelsConfig = models_section_type()
 MetricName = Literal["hr", "precision", "recall", "ndcg", "map", "mrr"]
-# models.<name>.*: overrides of conf/models/<name>.yaml, typed by each model's settings.
-ModelsConfig = models_section_type()
 
 
 class _Section(BaseModel):
@@ -144,7 +151,9 @@ SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user"]
 
 
 class SplitConfig(_Section):
-    protocols: list[SplitProtocol] = Field(default_factory=lambda: ["leave_last_out"], min_length=1)
+    protocols: list[SplitProtocol] = Field(
+        default_factory=lambda: list[SplitProtocol](["leave_last_out"]), min_length=1
+    )
     dedupe_user_item: bool = True
     leave_last_out: LeaveLastOutConfig = Field(default_factory=LeaveLastOutConfig)
     random_by_user: RandomByUserConfig = Field(default_factory=RandomByUserConfig)
@@ -192,7 +201,7 @@ class EaseConfig(_Section):
 
 class BaselinesConfig(_Section):
     models: list[BaselineName] = Field(
-        default_factory=lambda: ["popularity", "itemknn", "als", "ease"], min_length=1
+        default_factory=lambda: list(model_names("baseline")), min_length=1
     )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
     itemknn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
@@ -229,9 +238,13 @@ class PublishConfig(_Section):
     name: str = Field("published", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+ExportKind = Literal["pairwise", "pointwise", "sequence"]
+
+
 class ExportConfig(_Section):
-    kinds: list[Literal["pairwise", "pointwise", "sequence"]] = Field(
-        default_factory=lambda: ["pairwise", "pointwise", "sequence"], min_length=1
+    kinds: list[ExportKind] = Field(
+        default_factory=lambda: list[ExportKind](["pairwise", "pointwise", "sequence"]),
+        min_length=1,
     )
     negatives: int = Field(8, ge=1)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
@@ -326,7 +339,7 @@ class Config(_Section):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    models: ModelsConfig = Field(default_factory=dict)  # type: ignore[valid-type]
+    models: ModelsConfig = Field(default_factory=dict)
 
     @property
     def root(self) -> Path:

@@ -18,7 +18,7 @@ import copy
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import TypedDict
@@ -133,7 +133,11 @@ class SasRecConfig(ModelConfig):
 
 
 # The deep model names config accepts (train.models, gate.*): the models declared above.
-DeepModelName = Literal[tuple(MODEL_SETTINGS)]  # type: ignore[valid-type]
+# Built from the table at run time, which a static checker cannot follow: str for it.
+if TYPE_CHECKING:
+    DeepModelName = str
+else:
+    DeepModelName = Literal[tuple(MODEL_SETTINGS)]
 
 
 def model_defaults(name: str) -> dict[str, Any]:
@@ -151,7 +155,7 @@ def _read_defaults(name: str) -> dict[str, Any]:
     data = _read_yaml(path)
     models = data.get("models")
     values = models.get(name) if isinstance(models, dict) else None
-    if not isinstance(values, dict) or set(data) != {"models"} or set(models) != {name}:
+    if not isinstance(values, dict) or set(data) != {"models"} or set(models or ()) != {name}:
         raise ConfigError(f"{path} must hold exactly models.{name}: {{setting: default, ...}}")
     missing = [f"models.{name}.{key}" for key in cls.model_fields if key not in values]
     if missing:

@@ -78,8 +78,10 @@ class _PlanCheck:
     """Walks a Catalyst plan (nodes, expressions, subqueries) collecting reasons to refuse."""
 
     def __init__(self, spark: SparkSession) -> None:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        loader = spark._jsparkSession.getClass().getClassLoader()  # type: ignore[attr-defined]
+        jvm = spark.sparkContext._jvm
+        if jvm is None:
+            raise RuntimeError("the SparkContext has no JVM (stopped?)")
+        loader = spark._jsparkSession.getClass().getClassLoader()
         self.state_changing = [
             jvm.java.lang.Class.forName(name, False, loader) for name in _STATE_CHANGING
         ]
@@ -121,7 +123,7 @@ def read_only_frame(spark: SparkSession, statement: str) -> DataFrame:
     Spark would execute them; queries are analysed (not executed) and then checked again,
     since only analysis shows path-based relations and resolved functions.
     """
-    session = spark._jsparkSession  # type: ignore[attr-defined]
+    session = spark._jsparkSession
     try:
         parsed = session.sessionState().sqlParser().parsePlan(statement)
     except Exception as exc:  # py4j wraps Spark's ParseException
@@ -133,12 +135,14 @@ def read_only_frame(spark: SparkSession, statement: str) -> DataFrame:
     if check.found:
         raise ReadOnlyError(f"read-only: {check.found[0]}")
     previous = spark.conf.get(RUN_SQL_ON_FILES, "true")
+    if previous is None:  # never with a default; RuntimeConfig.get is typed Optional
+        raise RuntimeError(f"{RUN_SQL_ON_FILES} reads as null")
     spark.conf.set(RUN_SQL_ON_FILES, "false")  # `fmt`.`path` names no table while we analyse
     try:
         # A query is only analysed here; SHOW/DESCRIBE/EXPLAIN read the catalog and plan only.
         frame = spark.sql(statement)
         if root not in INSPECTIONS and explained is None:
-            check.plan(frame._jdf.queryExecution().analyzed())  # type: ignore[attr-defined]
+            check.plan(frame._jdf.queryExecution().analyzed())
     except Exception as exc:  # AnalysisException: unknown table or column, bad types
         raise QueryError(java_error_line(exc)) from None
     finally:

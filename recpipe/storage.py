@@ -56,12 +56,12 @@ class HadoopFiles:
     spark: SparkSession
 
     def _jvm(self) -> Any:
-        return self.spark.sparkContext._jvm  # type: ignore[attr-defined]
+        return self.spark.sparkContext._jvm
 
     def _filesystem(self, uri: str, key: str) -> tuple[Any, Any]:
         jvm = self._jvm()
         path = jvm.org.apache.hadoop.fs.Path(uri)
-        conf = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()
         try:
             return path.getFileSystem(conf), path
         except Exception as exc:  # py4j wraps the Java exception
@@ -109,7 +109,7 @@ class HadoopFiles:
         """
         fs, path = self._filesystem(uri, key)
         jvm = self._jvm()
-        conf = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
+        conf = self.spark.sparkContext._jsc.hadoopConfiguration()
         stream = None
         try:
             stream = fs.open(path)

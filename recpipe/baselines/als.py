@@ -25,6 +25,8 @@ def blas_in_use(spark: SparkSession) -> str:
     """Name of the BLAS implementation MLlib's JVM picked (native when a system BLAS loads)."""
     try:
         jvm = spark.sparkContext._jvm
+        if jvm is None:
+            raise RuntimeError("the SparkContext has no JVM (stopped?)")
         return str(jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName())
     except Exception as exc:  # pragma: no cover - depends on the Spark build
         return f"unknown ({type(exc).__name__})"

@@ -74,7 +74,8 @@ class Baseline(ABC):
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp / "arrays.npz", **self.arrays)
+        # numpy's stub: mypy checks **arrays against savez's keyword-only allow_pickle: bool.
+        np.savez(tmp / "arrays.npz", **self.arrays)  # type: ignore[arg-type]
         (tmp / "meta.json").write_text(json.dumps({"name": self.name, **self.meta}, indent=2))
         if folder.exists():
             old = folder.with_name(folder.name + ".old")

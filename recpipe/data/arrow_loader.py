@@ -105,7 +105,7 @@ def _primitive(array: pa.Array, what: str) -> np.ndarray:
     if array.null_count:
         raise DataFormatError(f"{what} has {array.null_count} nulls")
     if pa.types.is_timestamp(array.type):
-        dtype = np.dtype(np.int64)
+        dtype: np.dtype[Any] = np.dtype(np.int64)
     elif (name := str(array.type)) in _NUMPY_TYPES:
         dtype = np.dtype(_NUMPY_TYPES[name])
     else:

@@ -450,7 +450,9 @@ def _quiet_task_failures(spark: SparkSession) -> Iterator[None]:
     is raised (as :class:`RawInputError`, or unchanged with its trace). Executors' own logs
     on a cluster are untouched.
     """
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm = spark.sparkContext._jvm
+    if jvm is None:
+        raise RuntimeError("the SparkContext has no JVM (stopped?)")
     log4j = jvm.org.apache.logging.log4j
     configurator = log4j.core.config.Configurator
     previous = {name: log4j.LogManager.getLogger(name).getLevel() for name in _TASK_LOGGERS}

@@ -80,6 +80,8 @@ def temporal_cuts(
     row = interactions.agg(
         disc(1.0 - test_ratio).alias("test"), disc(1.0 - test_ratio - valid_ratio).alias("valid")
     ).first()
+    if row is None:
+        raise RuntimeError("temporal cuts: the percentile aggregate returned no row")
     return int(row["valid"]) + 1, int(row["test"]) + 1
 
 

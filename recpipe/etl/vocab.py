@@ -29,7 +29,10 @@ def extend_vocab(
         start = FIRST_INDEX
         new = seen
     else:
-        start = (existing.agg(F.max(idx_col)).first()[0] or FIRST_INDEX - 1) + 1
+        largest = existing.agg(F.max(idx_col)).first()
+        if largest is None:
+            raise RuntimeError(f"{idx_col}: the max aggregate returned no row")
+        start = (largest[0] or FIRST_INDEX - 1) + 1
         new = seen.join(existing.select(id_col), on=id_col, how="left_anti")
     # A global ordering is needed for dense numbering; new ids per day are few, so one
     # partition is acceptable here.

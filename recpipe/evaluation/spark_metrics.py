@@ -7,7 +7,7 @@ many cut-offs are asked for; only one row per K reaches the driver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -94,10 +94,12 @@ def _coverage(top: DataFrame, ks: list[int], n_items: int) -> MetricValues:
     counts = best.agg(
         *(F.count(F.when(F.col("best_rank") <= k, True)).alias(str(k)) for k in ks)
     ).first()
+    if counts is None:
+        raise RuntimeError("coverage: the count aggregate returned no row")
     return {("coverage", k): counts[str(k)] / n_items for k in ks}
 
 
-def _lookup(table: Sequence[float]) -> Column:
+def _lookup(table: Iterable[float]) -> Column:
     """A literal array column; ``element_at`` reads it 1-based, so entry r sits at rank r."""
     return F.array(*(F.lit(float(value)) for value in table))
 

@@ -45,6 +45,8 @@ class Gru4Rec(RecModel):
         "Gains for Session-based Recommendations. CIKM 2018."
     )
 
+    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
+
     def __init__(self, config: Gru4RecConfig, context: ModelContext) -> None:
         super().__init__(config, context)
         self.config: Gru4RecConfig = config

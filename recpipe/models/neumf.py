@@ -74,6 +74,7 @@ class NeuMf(RecModel):
         mlp = None
         if self.use_mlp:
             first = self.mlp[0]
+            assert isinstance(first, nn.Linear)
             mlp = F.linear(self.mlp_user(users), first.weight[:, : self.config.dim], first.bias)
         return gmf, mlp
 
@@ -82,7 +83,9 @@ class NeuMf(RecModel):
         gmf = self.gmf_item(items) if self.use_gmf else None
         mlp = None
         if self.use_mlp:
-            mlp = F.linear(self.mlp_item(items), self.mlp[0].weight[:, self.config.dim :])
+            first = self.mlp[0]
+            assert isinstance(first, nn.Linear)
+            mlp = F.linear(self.mlp_item(items), first.weight[:, self.config.dim :])
         return gmf, mlp
 
     def _combine(self, user: Side, item: Side) -> torch.Tensor:

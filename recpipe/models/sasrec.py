@@ -77,6 +77,8 @@ class SasRec(RecModel):
     sample_kind: ClassVar[SampleKind] = "sequence"
     paper: ClassVar[str] = "Kang, McAuley. Self-Attentive Sequential Recommendation. ICDM 2018."
 
+    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
+
     def __init__(self, config: SasRecConfig, context: ModelContext) -> None:
         super().__init__(config, context)
         self.config: SasRecConfig = config

@@ -39,6 +39,8 @@ class TwoTower(RecModel):
         "Recommendations. RecSys 2019."
     )
 
+    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
+
     def __init__(self, config: TwoTowerConfig, context: ModelContext) -> None:
         super().__init__(config, context)
         self.config: TwoTowerConfig = config

@@ -115,7 +115,7 @@ def popularity_plot(
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    bins = np.logspace(0, np.log10(max(2.0, float(catalogue_popularity.max()) + 1)), 30)
+    bins = np.logspace(0, np.log10(max(2.0, float(catalogue_popularity.max()) + 1)), 30).tolist()
     catalogue = catalogue_popularity[1:] + 1  # index 0 is padding
     # Shares, not densities: on log-spaced bins a density would shrink the popular end.
     axis.hist(

@@ -102,6 +102,8 @@ def popular_list(spark: SparkSession, root: Path, ds: str, days: int) -> Popular
         F.max(F.when(F.col(TS_MS) < day_end, F.col(TS_MS))).alias("before"),
         F.max(TS_MS).alias("newest"),
     ).first()
+    if bounds is None:
+        raise RuntimeError(f"popular list ds={ds}: the max aggregate returned no row")
     end = bounds["before"] if bounds["before"] is not None else bounds["newest"]
     if end is None:
         return PopularList(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, days)

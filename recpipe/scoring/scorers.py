@@ -195,7 +195,14 @@ def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
     )
     vectors = model.item_embeddings()
     if vectors is not None:
-        return DotScorer(lambda h: model.user_embeddings(batch(h)), vectors, **common)
+
+        def queries(histories: UserHistories) -> torch.Tensor:
+            users = model.user_embeddings(batch(histories))
+            if users is None:
+                raise TypeError(f"{payload.name}: item embeddings but no user embeddings")
+            return users
+
+        return DotScorer(queries, vectors, **common)
     return DenseScorer(lambda h: model.score_all(batch(h)), **common)
 
 

@@ -101,6 +101,8 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             totals = distinct.agg(
                 F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")
             ).first()
+            if totals is None:
+                raise RuntimeError(f"clean ds={ds}: the totals aggregate returned no row")
             rows_distinct, rows_copies = totals["n"], totals["copies"] or 0
             rows_duplicate = rows_copies - rows_distinct
             log.info(

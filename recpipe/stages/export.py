@@ -9,6 +9,7 @@ implies, and records every file's row count in the manifest (the loaders check a
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[st
         F.sum(F.when(size > 1, F.ceil((size - 1) / F.lit(stride))).otherwise(0)).alias("windows"),
         F.count(F.lit(1)).alias("users"),
     ).first()
+    if totals is None:
+        raise RuntimeError("export: the sequence totals aggregate returned no row")
     interactions = int(totals["interactions"] or 0)
     return {
         "pairwise": interactions,
@@ -123,9 +126,13 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                         f"--ds {ds}`"
                     )
                 train = lake.read(spark, "train", [partition])
+
+                def train_rows(m: Mapping[str, Any], p: str = protocol) -> int:
+                    return m["protocols"][p]["train"]["rows"]
+
                 check_rows(
                     f"train protocol={protocol}", ds, train.count(), config.root, "split",
-                    lambda m, p=protocol: m["protocols"][p]["train"]["rows"],
+                    train_rows,
                 )  # fmt: skip
                 weights = (
                     _item_counts(train, n_items)

@@ -65,6 +65,8 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
                     F.when(F.col(USER_IDX).isNull() | F.col(ITEM_IDX).isNull(), 1).otherwise(0)
                 ).alias("unknown"),
             ).first()
+            if totals is None:
+                raise RuntimeError(f"sessionize ds={ds}: the totals aggregate returned no row")
             if totals["unknown"]:
                 raise VocabMissingError(
                     f"{totals['unknown']} events have ids missing from vocab ds={ds}: "
@@ -91,6 +93,8 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
             F.count_distinct(USER_IDX).alias("users"),
             F.max(LENGTH).alias("max_length"),
         ).first()
+        if stats is None:
+            raise RuntimeError(f"sessionize ds={ds}: the sessions aggregate returned no row")
         rows_in, rows_distinct = totals["rows_in"] or 0, totals["distinct"]
         if (stats["events"] or 0) != rows_distinct:
             part.discard()

@@ -125,6 +125,8 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                         )
                         .first()
                     )
+                    if written is None:
+                        raise RuntimeError(f"{protocol} {part}: the row count returned no row")
                     counts[part] = {"rows": written["rows"], "users": written["users"]}
                 labelled.unpersist()
                 total = sum(c["rows"] for c in counts.values())
@@ -132,12 +134,12 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                     raise RuntimeError(f"{protocol}: parts hold {total} rows, expected {rows_used}")
                 run.record["protocols"][protocol] = {"settings": spec, **counts}
         except BaseException:
-            for part in staged:
-                part.discard()
+            for staged_part in staged:
+                staged_part.discard()
             raise
         finally:
             interactions.unpersist()
-        for part in staged:
-            part.publish(run)
+        for staged_part in staged:
+            staged_part.publish(run)
         run.record["rows_out"] = rows_used * len(config.split.protocols)
     return run.manifest

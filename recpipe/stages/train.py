@@ -165,6 +165,8 @@ def run_train(
         manifests.append(run.manifest)
     evaluations: list[Evaluation] = []
     if evaluate:
+        if spark is None:
+            raise ValueError("run_train: evaluate=True needs a SparkSession")
         evaluated, evaluations = run_evaluate(spark, config, ds, list(names))
         manifests.extend(evaluated)
     return manifests, evaluations

@@ -51,6 +51,8 @@ def run_vocab(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
                 )
                 .first()
             )
+            if stats is None:
+                raise RuntimeError(f"{table}: the index aggregate returned no row")
             total = stats["rows"]
             if not total == stats["max_idx"] == stats["idx"] == stats["ids"]:
                 part.discard()

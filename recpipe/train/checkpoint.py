@@ -38,7 +38,7 @@ def load_state(source: Path | BinaryIO) -> dict[str, Any]:
     ``weights_only=True`` refuses any other pickled object, so a planted ``model.pt`` cannot
     run code in the driver or on an executor; such a file is a :class:`CheckpointError`.
     """
-    target = source if hasattr(source, "read") else Path(source)  # type: ignore[arg-type]
+    target = source if hasattr(source, "read") else Path(source)
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -285,7 +285,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         return self._finish(model, progress, ctx, seconds, samples_seen, validator)
 
-    def _validator(self, ctx: DistContext) -> Validator | None:
+    def _validator(self, ctx: DistContext) -> Validator | _Remote | None:
         """Rank 0's validator; other ranks get a placeholder flag through broadcasts."""
         if self.spec.validation is None:
             return None

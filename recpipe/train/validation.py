@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,11 +27,11 @@ class Validator:
     user_batch: int = 1024
 
     def __post_init__(self) -> None:
-        self.train = load_split(self.root, self.ds, self.protocol, "train")
+        self.train = load_split(Path(self.root), self.ds, self.protocol, "train")
         try:
-            valid = load_split(self.root, self.ds, self.protocol, "valid")
+            valid = load_split(Path(self.root), self.ds, self.protocol, "valid")
         except MissingInputError:  # protocols configured without a valid part
-            valid = load_split(self.root, self.ds, self.protocol, "train")
+            valid = load_split(Path(self.root), self.ds, self.protocol, "train")
             valid.users, valid.items = valid.users[:0], valid.items[:0]
         self.users = np.unique(valid.users)
         self.seen = csr_from_pairs(self.train.users, self.train.items, self.train.n_users)
