@@ -99,11 +99,12 @@ def _train(ctx: StepContext) -> StepResult:
 
 
 def _evaluate(ctx: StepContext) -> StepResult:
+    from recpipe.model_store import trained_models
     from recpipe.stages.evaluate import run_evaluate
 
     for name in ctx.models or []:
         check_model_name(name)
-    chosen = ctx.models or trained_models(ctx.config, ctx.ds)
+    chosen = ctx.models or trained_models(ctx.config.root, ctx.ds, ctx.config.split.protocols)
     if not chosen:
         raise MissingInputError(f"no trained models for ds={ctx.ds}: run `recpipe train-baseline`")
     manifests, evaluations = run_evaluate(ctx.spark(), ctx.config, ctx.ds, chosen)
@@ -231,23 +232,6 @@ def check_model_name(name: str) -> None:
         kind_of(name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def trained_models(config: Config, ds: str) -> list[str]:
-    """Models (baselines and deep) trained for ``ds`` under every configured protocol."""
-    from recpipe.layout import model_dir, models_base
-
-    folder = models_base(config.root)
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return [
-        name
-        for name in names
-        if all(
-            (model_dir(config.root, name, ds, p) / "meta.json").is_file()
-            or (model_dir(config.root, name, ds, p) / "model.pt").is_file()
-            for p in config.split.protocols
-        )
-    ]
 
 
 def gate_choice(config: Config, ds: str) -> str:

@@ -17,11 +17,11 @@ from pyspark.sql import SparkSession
 from recpipe.cli import main
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.model_store import load_payload
 from recpipe.query import run_sql
 from recpipe.scoring.deep import DeepScorer
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
-from recpipe.scoring.scorers import load_payload
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import run_export
 from recpipe.stages.gate import run_gate
@@ -343,8 +343,8 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
 
     from recpipe.artifacts import ArtifactError
     from recpipe.config import load_config
+    from recpipe.model_store import load_for_evaluation
     from recpipe.scoring.scorers import build_scorer
-    from recpipe.stages.evaluate import load_model as load_for_evaluation
     from recpipe.train.checkpoint import CheckpointError
 
     copy = tmp_path / "root"
@@ -362,16 +362,16 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     with pytest.raises(ArtifactError, match=r"models/als/.* holds model\.pt.*two kinds"):
         load_payload(copy, DS1, PROTOCOL, "als")
     with pytest.raises(ArtifactError, match="two kinds of artifact"):
-        load_for_evaluation(config, DS1, PROTOCOL, "als", train)
+        load_for_evaluation(config.root, "als", DS1, PROTOCOL, train)
     baseline = load_payload(copy, DS1, PROTOCOL, "ease")  # an untouched baseline still loads
     assert baseline.kind == "baseline" and set(baseline.files) == {"meta.json", "arrays.npz"}
-    assert type(load_for_evaluation(config, DS1, PROTOCOL, "ease", train)).__name__ == "Ease"
+    assert type(load_for_evaluation(config.root, "ease", DS1, PROTOCOL, train)).__name__ == "Ease"
 
     # Layer 1: the file is not the one training wrote.
     with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match the SHA-256"):
         load_payload(copy, DS1, PROTOCOL, "bpr_mf")
     with pytest.raises(ArtifactError, match="does not match"):
-        load_for_evaluation(config, DS1, PROTOCOL, "bpr_mf", train)
+        load_for_evaluation(config.root, "bpr_mf", DS1, PROTOCOL, train)
     arrays = models / "ease" / DS1 / PROTOCOL / "arrays.npz"
     data = bytearray(arrays.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte changed
@@ -391,7 +391,7 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not a plain checkpoint"):
         load_model(planted)
     with pytest.raises(CheckpointError):
-        load_for_evaluation(config, DS1, PROTOCOL, "bpr_mf", train)
+        load_for_evaluation(config.root, "bpr_mf", DS1, PROTOCOL, train)
     assert not marker.exists()
     # The real checkpoints still load as data and rebuild their models.
     real = Path(root) / "models" / "sasrec" / DS1 / PROTOCOL / "model.pt"

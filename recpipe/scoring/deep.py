@@ -15,12 +15,10 @@ from recpipe.tables import TrainData
 def build_histories(data: TrainData, max_len: int) -> np.ndarray:
     """[n_users, max_len] int64: each user's last ``max_len`` train items ordered by (ts, item),
     left-padded with 0 (the layout of the export stage's sequence samples)."""
-    order = np.lexsort((data.items, data.ts, data.users))
-    users, items = data.users[order], data.items[order]
+    built = UserHistories.from_events(data.users, data.items, data.ts, distinct=False)
     histories = np.zeros((data.n_users, max_len), dtype=np.int64)
-    distinct, counts = np.unique(users, return_counts=True)
     every_item = np.ones(data.n_items + 1, dtype=bool)
-    histories[distinct] = UserHistories(distinct, counts, items).recent(max_len, every_item)
+    histories[built.users] = built.recent(max_len, every_item)
     return histories
 
 

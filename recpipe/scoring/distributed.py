@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe.devices import pick_device
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.schema import ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
-from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer, pick_device
+from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer
 
 SOURCE = "source"
 SOURCE_POPULAR = "popular"
@@ -115,7 +116,7 @@ def score_locally(
     settings: ScoreSettings,
 ) -> pa.Table:
     """All users scored in this process (the single-process reference of :func:`score_frame`)."""
-    scorer = build_scorer(payload, pick_device(settings.device))
+    scorer = build_scorer(payload, pick_device(settings.device, "score.device"))
     tables = [
         recommend_block(scorer, block, popular, settings)
         for block in _blocks(histories, settings.user_block)
@@ -132,7 +133,8 @@ def _cached_scorer(token: str, broadcast: Any, device: str) -> Scorer:
     scorer = _SCORERS.get(token)
     if scorer is None:
         _SCORERS.clear()
-        scorer = _SCORERS[token] = build_scorer(broadcast.value, pick_device(device))
+        device_used = pick_device(device, "score.device")
+        scorer = _SCORERS[token] = build_scorer(broadcast.value, device_used)
     return scorer
 
 

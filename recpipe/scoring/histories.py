@@ -22,6 +22,27 @@ class UserHistories:
         self.items = np.asarray(self.items, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
 
+    @classmethod
+    def from_events(
+        cls, users: np.ndarray, items: np.ndarray, ts: np.ndarray, distinct: bool
+    ) -> UserHistories:
+        """Each user's items ordered by (time, item index), users ascending.
+
+        ``distinct``: keep each (user, item) once, at its first time (what scoring excludes
+        and conditions on); otherwise every interaction, repeats included (the layout of the
+        export stage's sequence samples, which sequence models were trained on).
+        """
+        users, items, ts = (np.asarray(a, dtype=np.int64) for a in (users, items, ts))
+        if distinct:
+            order = np.lexsort((ts, items, users))
+            users, items, ts = users[order], items[order], ts[order]
+            first = np.ones(len(users), dtype=bool)
+            first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+            users, items, ts = users[first], items[first], ts[first]
+        order = np.lexsort((items, ts, users))
+        distinct_users, lengths = np.unique(users[order], return_counts=True)
+        return cls(distinct_users, lengths, items[order])
+
     def __len__(self) -> int:
         return len(self.users)
 

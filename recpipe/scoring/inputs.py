@@ -51,16 +51,7 @@ def _session_events(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def read_histories(root: Path, ds: str) -> UserHistories:
     """The histories of :func:`history_frame`, read in this process with pyarrow."""
-    users, items, ts = _session_events(root, ds)
-    order = np.lexsort((ts, items, users))
-    users, items, ts = users[order], items[order], ts[order]
-    first = np.ones(len(users), dtype=bool)
-    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items, ts = users[first], items[first], ts[first]
-    order = np.lexsort((items, ts, users))
-    users, items = users[order], items[order]
-    distinct, lengths = np.unique(users, return_counts=True)
-    return UserHistories(distinct, lengths, items)
+    return UserHistories.from_events(*_session_events(root, ds), distinct=True)
 
 
 @dataclass(frozen=True)

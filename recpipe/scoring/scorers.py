@@ -13,21 +13,17 @@ import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from scipy import sparse
 
-from recpipe.artifacts import read_artifacts
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, known_items_mask
+from recpipe.baselines.base import Baseline
 from recpipe.data.batch import Batch
-from recpipe.registry import is_baseline
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
-from recpipe.tables import load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 
@@ -46,21 +42,6 @@ class ModelPayload:
         """Bytes shipped (files and masks)."""
         masks = self.known_items.size + self.train_users.size
         return sum(len(b) for b in self.files.values()) + masks
-
-
-def load_payload(root: Path, model_ds: str, protocol: str, name: str) -> ModelPayload:
-    """The payload of model ``name`` trained for ``model_ds`` on ``protocol``'s train split.
-
-    The registry, not the folder's contents, says what a model is; the files are checked
-    against their training manifest (:func:`recpipe.artifacts.read_artifacts`).
-    """
-    kind: Literal["deep", "baseline"] = "baseline" if is_baseline(name) else "deep"
-    files = read_artifacts(root, name, model_ds, protocol, kind)
-    train = load_split(root, model_ds, protocol, "train")
-    known = known_items_mask(train)
-    users = np.zeros(train.n_users, dtype=bool)
-    users[train.users] = True
-    return ModelPayload(name, kind, files, known, users)
 
 
 class Scorer(ABC):
@@ -245,12 +226,3 @@ def build_scorer(payload: ModelPayload, device: str | torch.device = "cpu") -> S
     if payload.kind == "deep":
         return _deep_scorer(payload, device)
     return _baseline_scorer(payload, device)
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when visible, else CPU; ``cuda`` without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("score.device=cuda but no CUDA device is visible")
-    if requested in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
-from recpipe.artifacts import read_artifacts
-from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline
 from recpipe.config import Config
 from recpipe.evaluation.metrics import (
     Evaluation,
@@ -23,28 +19,10 @@ from recpipe.evaluation.metrics import (
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.manifest import StageRun
-from recpipe.registry import is_baseline
-from recpipe.scoring.deep import DeepScorer
+from recpipe.model_store import load_for_evaluation
 from recpipe.tables import TrainData, load_split
-from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 log = logging.getLogger(__name__)
-
-
-def load_model(
-    config: Config, ds: str, protocol: str, name: str, train: TrainData
-) -> Baseline | DeepScorer:
-    """A trained model ready to score users: a baseline with its users' train histories
-    attached, or a deep model's scorer over the same histories."""
-    # The registry says baseline or deep; the files are checked against the train manifest.
-    if not is_baseline(name):
-        files = read_artifacts(config.root, name, ds, protocol, "deep")
-        model_from_bytes = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
-        return DeepScorer.for_train_data(model_from_bytes, train)
-    files = read_artifacts(config.root, name, ds, protocol, "baseline")
-    model = baseline_class(name).from_files(files)
-    model.attach_history(train)
-    return model
 
 
 def evaluate_model(
@@ -54,7 +32,7 @@ def evaluate_model(
     settings = config.evaluation
     train = load_split(config.root, ds, protocol, "train")
     truth = load_split(config.root, ds, protocol, settings.split)
-    model = load_model(config, ds, protocol, name, train)
+    model = load_for_evaluation(config.root, name, ds, protocol, train)
     seen = csr_from_pairs(train.users, train.items, train.n_users)
     truth_csr = csr_from_pairs(truth.users, truth.items, train.n_users)
     users = np.unique(truth.users)

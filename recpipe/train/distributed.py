@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from recpipe.devices import pick_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -35,16 +37,6 @@ class DistContext:
     def distributed(self) -> bool:
         """Whether more than one process trains."""
         return self.world_size > 1
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """The device for ``train.device`` (auto|cpu|cuda); GPU ``local_rank`` mod visible GPUs."""
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 class Collectives(ABC):
@@ -109,7 +101,7 @@ class TorchCollectives(Collectives):
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = pick_device(requested_device, local_rank)
+        device = pick_device(requested_device, "train.device", local_rank)
         if world > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         self.context = DistContext(rank, world, local_rank, device)

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from recpipe.train.distributed import Collectives, DistContext, pick_device
+from recpipe.devices import pick_device
+from recpipe.train.distributed import Collectives, DistContext
 
 
 def _horovod() -> Any:
@@ -35,7 +36,7 @@ class HorovodCollectives(Collectives):
         """``hvd.init()`` and this rank's device (GPU ``local_rank`` when CUDA is used)."""
         self.hvd = _horovod()
         self.hvd.init()
-        device = pick_device(requested_device, self.hvd.local_rank())
+        device = pick_device(requested_device, "train.device", self.hvd.local_rank())
         self.context = DistContext(self.hvd.rank(), self.hvd.size(), self.hvd.local_rank(), device)
         return self.context
 

@@ -1,0 +1,77 @@
+"""The one model store: trained models (baselines and deep) found, checked and loaded by name.
+
+Every caller asks by ``(name, ds, protocol)``; the model table (recpipe.registry) says what a
+model is, never the folder's contents, and the files are checked against the SHA-256 their
+training run recorded (recpipe.artifacts) before anything is rebuilt from them. Nothing is
+unpickled: baselines are ``.npz`` + JSON, deep models ``weights_only`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from recpipe.artifacts import read_artifacts
+from recpipe.baselines import baseline_class
+from recpipe.baselines.base import Baseline, known_items_mask
+from recpipe.layout import model_dir, models_base
+from recpipe.registry import is_baseline
+from recpipe.scoring.deep import DeepScorer
+from recpipe.scoring.scorers import ModelPayload
+from recpipe.tables import TrainData, load_split
+from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
+
+Kind = Literal["deep", "baseline"]
+
+
+def model_kind(name: str) -> Kind:
+    """``baseline`` for a registered baseline, else ``deep`` (registered or plug-in)."""
+    return "baseline" if is_baseline(name) else "deep"
+
+
+def read_model_files(root: Path, name: str, ds: str, protocol: str) -> dict[str, bytes]:
+    """The checked files of model ``name`` trained for ``ds`` on ``protocol``."""
+    return read_artifacts(root, name, ds, protocol, model_kind(name))
+
+
+def load_for_evaluation(
+    root: Path, name: str, ds: str, protocol: str, train: TrainData
+) -> Baseline | DeepScorer:
+    """A trained model ready to score users against the whole catalogue: a baseline with its
+    users' ``train`` histories attached, or a deep model's scorer over the same histories."""
+    files = read_model_files(root, name, ds, protocol)
+    if model_kind(name) == "deep":
+        model = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
+        return DeepScorer.for_train_data(model, train)
+    baseline = baseline_class(name).from_files(files)
+    baseline.attach_history(train)
+    return baseline
+
+
+def load_payload(root: Path, ds: str, protocol: str, name: str) -> ModelPayload:
+    """What the scoring job ships to executors for model ``name`` trained for ``ds`` on
+    ``protocol``'s train split: the checked files plus its known items and trained users."""
+    files = read_model_files(root, name, ds, protocol)
+    train = load_split(root, ds, protocol, "train")
+    users = np.zeros(train.n_users, dtype=bool)
+    users[train.users] = True
+    return ModelPayload(name, model_kind(name), files, known_items_mask(train), users)
+
+
+def trained_models(root: Path, ds: str, protocols: Sequence[str]) -> list[str]:
+    """Models (baselines and deep) trained for ``ds`` under every protocol in ``protocols``."""
+    folder = models_base(root)
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [
+        name
+        for name in names
+        if all(
+            (model_dir(root, name, ds, p) / "meta.json").is_file()
+            or (model_dir(root, name, ds, p) / MODEL_FILE).is_file()
+            for p in protocols
+        )
+    ]
