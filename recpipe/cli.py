@@ -90,22 +90,11 @@ def add_allow_empty(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _export_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Export each protocol's train split as the deep models' samples (pairwise, pointwise, "
-        "sequence), train.processes x export.files_per_process Parquet files per table."
-    )
-
-
 def _clean_options(parser: argparse.ArgumentParser) -> None:
     add_allow_empty(parser)
 
 
 def _train_baseline_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; models go to "
-        "<paths.root>/models/<model>/<ds>/<protocol>/."
-    )
     parser.add_argument(
         "--model",
         action="append",
@@ -115,15 +104,6 @@ def _train_baseline_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Train each model in train.models (or --model) on the export stage's samples of every "
-        "protocol in split.protocols, with train.launcher (local | torchrun | spark | horovod, "
-        "the last in the Horovod environment: train.horovod_env, make legacy-venv) reading "
-        "through train.loader (arrow | petastorm) and early stopping on the valid split; the "
-        "model goes to <paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then "
-        "evaluated like the baselines. Model settings: conf/models/<model>.yaml (keys "
-        "models.<model>.*)."
-    )
     parser.add_argument(
         "--model",
         action="append",
@@ -144,10 +124,6 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Evaluate trained models under every protocol in split.protocols; metrics go to the "
-        "manifest and to table <warehouse.database>.model_metrics."
-    )
     parser.add_argument(
         "--model",
         action="append",
@@ -164,14 +140,6 @@ def _evaluate_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _score_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Score every user of the sessions partition of --ds with one trained model (trained "
-        "for score.model_ds, default --ds, on score.protocol's train split): blocked matrix "
-        "products and top-K in torch on each partition (score.partitions, score.user_block, "
-        "score.item_block, score.device), each user's history excluded. Users the model cannot "
-        "score get the popularity list of the last score.popular_window_days days (source "
-        "'popular'). Published to recommendations partition (ds, model)."
-    )
     parser.add_argument(
         "--model",
         action="append",
@@ -181,34 +149,13 @@ def _score_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _gate_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep model) and "
-        "gate.baseline from model_metrics (score.protocol, evaluation.split); the candidate "
-        "passes when it is at least the baseline minus gate.tolerance. Writes manifest 'gate'. "
-        "A failing gate exits 0."
-    )
-
-
-def _publish_options(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Decide with the gate, then copy the chosen model's scored partition (scored first if "
-        "missing) into recommendations partition (ds, publish.name); the decision and its "
-        "reason go to the manifest and to model_metrics (ds, publish.name). A failing gate "
-        "publishes the baseline and exits 0."
-    )
-
-
 # Options beyond the common ones, per pipeline step.
 STEP_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "clean": _clean_options,
-    "export": _export_options,
     "train-baseline": _train_baseline_options,
     "train": _train_options,
     "evaluate": _evaluate_options,
-    "gate": _gate_options,
     "score": _score_options,
-    "publish": _publish_options,
 }
 
 
@@ -246,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(generate, ds="none")
 
     for step in PIPELINE:
-        sub = commands.add_parser(step.name, help=step.help, description=step.help)
+        sub = commands.add_parser(
+            step.name, help=step.help, description=step.description or step.help
+        )
         STEP_OPTIONS.get(step.name, lambda _: None)(sub)
         add_common_options(sub)
     etl = commands.add_parser("etl", help=f"{', '.join(ETL_STEPS)} in one Spark session")

@@ -63,6 +63,7 @@ class Step:
     name: str
     help: str
     run: Runner
+    description: str = ""  # the command's --help text, when more than ``help``
     needs_spark: bool = True
     etl: bool = False  # part of `recpipe etl` (the lake chain up to the splits)
     models: str | None = None  # "baseline" | "deep" | "any": which models --model may name
@@ -147,23 +148,43 @@ PIPELINE: tuple[Step, ...] = (
         _lake_stage("clean"),
         etl=True,
     ),
-    Step("vocab", "extend the persistent user/item integer indexes with new ids",
-         _lake_stage("vocab"), etl=True),
-    Step("sessionize", "events -> sessions (explicit session_id or an inactivity gap)",
-         _lake_stage("sessionize"), etl=True),
-    Step("split", "sessions -> train/valid/test under each protocol in split.protocols",
-         _lake_stage("split"), etl=True),
+    Step(
+        "vocab",
+        "extend the persistent user/item integer indexes with new ids",
+        _lake_stage("vocab"),
+        etl=True,
+    ),
+    Step(
+        "sessionize",
+        "events -> sessions (explicit session_id or an inactivity gap)",
+        _lake_stage("sessionize"),
+        etl=True,
+    ),
+    Step(
+        "split",
+        "sessions -> train/valid/test under each protocol in split.protocols",
+        _lake_stage("split"),
+        etl=True,
+    ),
     Step(
         "export",
         "train splits -> Parquet training samples (pairwise, pointwise, sequence) for the deep "
         "models, train.processes x export.files_per_process files per table",
         _lake_stage("export"),
+        description=(
+            "Export each protocol's train split as the deep models' samples (pairwise, pointwise, "
+            "sequence), train.processes x export.files_per_process Parquet files per table."
+        ),
     ),
     Step(
         "train-baseline",
         "train a baseline on the train split of each protocol in split.protocols",
         _train_baseline,
         models="baseline",
+        description=(
+            "Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; models go to "
+            "<paths.root>/models/<model>/<ds>/<protocol>/."
+        ),
     ),
     Step(
         "train",
@@ -171,25 +192,62 @@ PIPELINE: tuple[Step, ...] = (
         _train,
         needs_spark=False,
         models="deep",
+        description=(
+            "Train each model in train.models (or --model) on the export stage's samples of every "
+            "protocol in split.protocols, with train.launcher (local | torchrun | spark | horovod, "
+            "the last in the Horovod environment: train.horovod_env, make legacy-venv) reading "
+            "through train.loader (arrow | petastorm) and early stopping on the valid split; the "
+            "model goes to <paths.root>/models/<model>/<ds>/<protocol>/model.pt and is then "
+            "evaluated like the baselines. Model settings: conf/models/<model>.yaml (keys "
+            "models.<model>.*)."
+        ),
     ),
-    Step("evaluate", "full-ranking metrics of trained models on evaluation.split", _evaluate,
-         models="any"),
+    Step(
+        "evaluate",
+        "full-ranking metrics of trained models on evaluation.split",
+        _evaluate,
+        models="any",
+        description=(
+            "Evaluate trained models under every protocol in split.protocols; metrics go to the "
+            "manifest and to table <warehouse.database>.model_metrics."
+        ),
+    ),
     Step(
         "gate",
         "compare the candidate model with the baseline (gate.*) and record the decision",
         _gate,
         needs_spark=False,
+        description=(
+            "Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep model) "
+            "and gate.baseline from model_metrics (score.protocol, evaluation.split); the "
+            "candidate passes when it is at least the baseline minus gate.tolerance. Writes "
+            "manifest 'gate'. A failing gate exits 0."
+        ),
     ),
     Step(
         "score",
         "top-K per user scored on the Spark executors, published to the recommendations table",
         _score,
         models="any",
+        description=(
+            "Score every user of the sessions partition of --ds with one trained model (trained "
+            "for score.model_ds, default --ds, on score.protocol's train split): blocked matrix "
+            "products and top-K in torch on each partition (score.partitions, score.user_block, "
+            "score.item_block, score.device), each user's history excluded. Users the model cannot "
+            "score get the popularity list of the last score.popular_window_days days (source "
+            "'popular'). Published to recommendations partition (ds, model)."
+        ),
     ),
     Step(
         "publish",
         "publish the gate's choice as the served recommendations (model=publish.name)",
         _publish,
+        description=(
+            "Decide with the gate, then copy the chosen model's scored partition (scored first if "
+            "missing) into recommendations partition (ds, publish.name); the decision and its "
+            "reason go to the manifest and to model_metrics (ds, publish.name). A failing gate "
+            "publishes the baseline and exits 0."
+        ),
     ),
 )
 
