@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from helpers import build_config, read_manifest, read_rows, run_chain, train_eve
 from pyspark.sql import SparkSession
 
 from recpipe.config import ConfigError
+from recpipe.errors import MissingInputError
 from recpipe.models import registry
 from recpipe.scoring.deep import build_histories
 from recpipe.stages.export import run_export
@@ -22,6 +24,7 @@ from recpipe.tables import load_split
 from recpipe.train.checkpoint import load_model, load_state
 from recpipe.train.launchers import launch
 from recpipe.train.loop import StoppedEarly
+from recpipe.train.validation import Validator
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +102,29 @@ def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(root) -> N
     assert load_model(Path(spec.model_file)).name == "bpr_mf"
 
 
-def test_spark_launcher_trains_on_local_spark(spark, root) -> None:
+def test_spark_launcher_trains_on_local_spark(spark, root, tmp_path, monkeypatch) -> None:
     spec, config = _spec(
         root, "two_tower", "train.launcher=spark", "train.processes=2", "train.max_epochs=1"
     )
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
     result = launch(spec, config.train)
     assert result["world_size"] == 2 and result["epochs_run"] == 1
     assert result["replica_checksums"][0] == result["replica_checksums"][1]
     assert load_model(Path(spec.model_file)).name == "two_tower"
+    # The launch wrote nothing through the driver's tempfile and left its temp folder alone.
+    assert list(system_temp.iterdir()) == []
+    assert tempfile.tempdir == str(system_temp)
+
+
+def test_validator_reads_the_splits_on_first_use_not_at_construction(root, tmp_path) -> None:
+    missing = Validator(root=str(tmp_path / "no-root"), ds=DS, protocol="leave_last_out")
+    with pytest.raises(MissingInputError, match="no train split"):
+        _ = missing.usable
+    validator = Validator(root=str(root), ds=DS, protocol="leave_last_out")
+    assert "data" not in vars(validator)
+    assert validator.usable and "data" in vars(validator)
 
 
 def test_model_config_errors_name_the_key(root) -> None:

@@ -2,16 +2,15 @@
 
 ``local`` trains in this process. ``torchrun`` starts N processes with
 ``python -m torch.distributed.run --standalone`` (DDP; gloo on CPU, NCCL on GPU). ``spark``
-hands the same entry point to ``pyspark.ml.torch.distributor.TorchDistributor`` (barrier tasks
-on executors, or processes on the driver with ``train.spark_local_mode``). ``horovod`` runs
-``horovodrun -np N`` with the Python of the Horovod environment (``train.horovod_env``), whose
-ranks average gradients through ``hvd.DistributedOptimizer``. Rank 0 writes ``result.json``,
-which every launcher returns.
+hands a script calling the same entry point to ``pyspark.ml.torch.distributor.TorchDistributor``
+(barrier tasks on executors, or processes on the driver with ``train.spark_local_mode``).
+``horovod`` runs ``horovodrun -np N`` with the Python of the Horovod environment
+(``train.horovod_env``), whose ranks average gradients through ``hvd.DistributedOptimizer``.
+Rank 0 writes ``result.json``, which every launcher returns.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -20,8 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,30 +179,40 @@ def _horovod(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
     return _run_logged(spec, "horovodrun", command, env)
 
 
-@contextlib.contextmanager
-def _temp_dir_under(folder: Path) -> Iterator[None]:
-    """TorchDistributor writes its pickled function with ``tempfile``: keep it under the root."""
-    folder.mkdir(parents=True, exist_ok=True)
-    previous = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous
+# TorchDistributor runs a *function* by pickling it into ``tempfile.mkdtemp()`` (the system temp
+# folder; it takes no directory, only the process-global ``tempfile.tempdir``/``TMPDIR`` move it).
+# Handed a *script path* instead, it starts torchrun on the script and writes no file itself, so
+# the launcher writes this script into the run folder, beside the spec file it reads.
+_SPARK_RANK_SCRIPT = """\
+# Written by recpipe's spark launcher: TorchDistributor runs it under torchrun on every rank.
+import sys
+from pathlib import Path
+
+from recpipe.train.loop import train_from_spec
+
+if __name__ == "__main__":
+    train_from_spec(Path(sys.argv[1]).read_text())
+"""
+
+
+def _spark_rank_script(spec: TrainSpec) -> Path:
+    """Write the per-rank script that TorchDistributor starts (see ``_SPARK_RANK_SCRIPT``)."""
+    script = Path(spec.run_dir) / "spark_rank.py"
+    script.write_text(_SPARK_RANK_SCRIPT)
+    return script
 
 
 def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
     from pyspark.ml.torch.distributor import TorchDistributor
     from pyspark.sql import SparkSession
 
-    from recpipe.train.loop import train_from_spec
-
     if SparkSession.getActiveSession() is None:
         raise LaunchError(
             "train.launcher=spark needs a SparkSession: run through `recpipe train` or "
             "spark-submit jobs/train.py, or build one with recpipe.spark.get_spark first"
         )
-    spec.result_file.unlink(missing_ok=True)
+    spec_file = _spec_file(spec)
+    script = _spark_rank_script(spec)
     use_gpu = settings.device == "cuda"
     distributor = TorchDistributor(
         num_processes=settings.processes, local_mode=settings.spark_local_mode, use_gpu=use_gpu
@@ -214,6 +221,5 @@ def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
         "launch: TorchDistributor(num_processes=%d, local_mode=%s, use_gpu=%s)",
         settings.processes, settings.spark_local_mode, use_gpu,
     )  # fmt: skip
-    with _temp_dir_under(Path(spec.run_dir) / "tmp"):
-        distributor.run(train_from_spec, spec.to_json())
+    distributor.run(str(script), str(spec_file))
     return _read_result(spec)

@@ -92,6 +92,41 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+class _Remote:
+    """Stands in for rank 0's validator on other ranks (they only receive its results)."""
+
+
+_REMOTE = _Remote()
+
+
+@dataclass
+class _Run:
+    """One rank's run in progress: what the steps of :class:`Trainer` share and advance."""
+
+    ctx: DistContext
+    model: RecModel
+    wrapped: torch.nn.Module  # what forward is called on (the DDP wrapper under DDP)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    dataset: ArrowSampleDataset
+    own_batches: int
+    steps_per_epoch: int
+    epochs: int
+    progress: Progress = field(default_factory=Progress)
+    validator: Validator | _Remote | None = None
+    loader: Any = None
+    samples_seen: int = 0
+
+
+@dataclass
+class _EpochLoss:
+    """This rank's running training loss over one epoch (real batches only, not padding)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    total: float = 0.0
+    count: int = 0
+
+
 class Trainer:
     """One rank's training of one model (built in :meth:`run`, not in ``__init__``)."""
 
@@ -115,6 +150,57 @@ class Trainer:
             gc.collect()
             self.comm.teardown(synchronise=finished)
 
+    def _run(self, ctx: DistContext) -> dict[str, Any]:
+        """Set up, restore, train epoch by epoch until done or stopped, then finish.
+
+        Every rank runs the same collectives in the same order, so the order of these steps
+        matters.
+        """
+        self._set_threads(ctx)
+        run = self._setup(ctx)
+        self._restore(run)
+        run.validator = self._validator(ctx)
+        run.loader = run.dataset.loader(self.settings.num_workers, ctx.device.type == "cuda")
+        started = time.perf_counter()
+        while run.progress.epoch < run.epochs and not run.progress.stopped:
+            self._epoch(run)
+        return self._finish(run, time.perf_counter() - started)
+
+    def _set_threads(self, ctx: DistContext) -> None:
+        """Apply ``train.torch_threads``; by default CPU ranks split this machine's threads."""
+        threads = self.settings.torch_threads
+        if threads is None and ctx.distributed and ctx.device.type == "cpu":
+            threads = max(1, (torch.get_num_threads() or 1) // ctx.world_size)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def _setup(self, ctx: DistContext) -> _Run:
+        """Model, this rank's data, the common step count, optimizer and learning-rate schedule."""
+        settings = self.settings
+        model = self._build(ctx)
+        config = model.config
+        epochs = min(config.epochs, settings.max_epochs or config.epochs)
+        dataset = self._dataset(model, ctx)
+        own_batches = dataset.batches_for_rank(settings.num_workers)
+        if not own_batches:
+            raise ValueError(
+                f"rank {ctx.rank} has no training rows in its sample files "
+                f"{[f.path for f in dataset.rank_files()]}: train with fewer processes"
+            )
+        # Every rank takes the largest rank's step count (shorter shards pad, see module doc).
+        steps_per_epoch = self.comm.max_int(own_batches)
+        total_steps = steps_per_epoch * epochs
+        wrapped, optimizer = self.comm.prepare(
+            model,
+            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
+        )
+        return _Run(
+            ctx, model, wrapped, optimizer, scheduler, dataset, own_batches, steps_per_epoch, epochs
+        )
+
     def _dataset(self, model: RecModel, ctx: DistContext) -> ArrowSampleDataset:
         """This rank's samples through ``train.loader``."""
         settings = self.settings
@@ -135,6 +221,7 @@ class Trainer:
         return ArrowSampleDataset(files, model.sample_kind, model.config.batch_size, **options)
 
     def _build(self, ctx: DistContext) -> RecModel:
+        """The model from its config, with the pre-training weights when the spec names them."""
         cls = model_class(self.spec.model)
         config = cls.config_class.model_validate(self.spec.model_config)
         counts = np.load(self.spec.item_counts_file)
@@ -145,145 +232,23 @@ class Trainer:
             model.load_state_dict(load_state(Path(self.spec.init_file))["state_dict"])
         return model.to(ctx.device)
 
-    def _run(self, ctx: DistContext) -> dict[str, Any]:
-        spec, settings, comm = self.spec, self.settings, self.comm
-        threads = settings.torch_threads
-        if threads is None and ctx.distributed and ctx.device.type == "cpu":
-            threads = max(1, (torch.get_num_threads() or 1) // ctx.world_size)
-        if threads:
-            torch.set_num_threads(threads)
-        model = self._build(ctx)
-        config = model.config
-        epochs = min(config.epochs, settings.max_epochs or config.epochs)
-        dataset = self._dataset(model, ctx)
-        own_batches = dataset.batches_for_rank(settings.num_workers)
-        if not own_batches:
-            raise ValueError(
-                f"rank {ctx.rank} has no training rows in its sample files "
-                f"{[f.path for f in dataset.rank_files()]}: train with fewer processes"
-            )
-        # Every rank takes the largest rank's step count (shorter shards pad, see module doc).
-        steps_per_epoch = comm.max_int(own_batches)
-        total_steps = steps_per_epoch * epochs
-        wrapped, optimizer = comm.prepare(
-            model,
-            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
-        )
-        progress = Progress()
+    def _restore(self, run: _Run) -> None:
+        """With ``resume``, continue from ``last.pt``; otherwise drop a previous run's files."""
+        spec, ctx = self.spec, run.ctx
         last_path = spec.checkpoint_dir / LAST_FILE
         if spec.resume and last_path.is_file():
             state = load_state(last_path)
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            progress = Progress(**state["progress"])
-            comm.after_resume(model, optimizer)
+            run.model.load_state_dict(state["state_dict"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.scheduler.load_state_dict(state["scheduler"])
+            run.progress = progress = Progress(**state["progress"])
+            self.comm.after_resume(run.model, run.optimizer)
             if ctx.is_main:
                 log.info("resumed %s: epoch %d, step %d", spec.model, progress.epoch, progress.step)
         elif ctx.is_main:
+            # A stale best.pt would otherwise be taken as this run's best model.
             for stale in (last_path, spec.checkpoint_dir / BEST_FILE):
                 stale.unlink(missing_ok=True)
-        validator = self._validator(ctx)
-        loader = dataset.loader(settings.num_workers, ctx.device.type == "cuda")
-
-        def checkpoint() -> None:
-            if ctx.is_main:
-                extra = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "progress": dict(progress.__dict__),
-                }
-                save_atomic(model_state(model, extra), last_path)
-
-        started = time.perf_counter()
-        samples_seen = 0
-        while progress.epoch < epochs and not progress.stopped:
-            epoch = progress.epoch
-            dataset.set_epoch(epoch)
-            skip = progress.step_in_epoch
-            model.train()
-            loss_sum, loss_count = 0.0, 0
-            epoch_started = time.perf_counter()
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=skip,
-                desc=f"{spec.model} epoch {epoch + 1}/{epochs}",
-                unit="step",
-                disable=not (ctx.is_main and sys.stderr.isatty()),
-                leave=False,
-            )
-            batches = self._batches(loader, ctx.device)
-            last: Batch | None = None
-            for index in range(steps_per_epoch):
-                batch = next(batches, None)
-                if batch is not None:
-                    last = batch
-                if index < skip:
-                    continue  # replaying the interrupted epoch's order up to the checkpoint
-                if last is None:
-                    raise ShortReadError(f"rank {ctx.rank}: the loader yielded no batch")
-                # Randomness (dropout, sampled negatives) is seeded per step and rank, so a
-                # resumed run draws exactly what the uninterrupted run drew.
-                torch.manual_seed(_step_seed(settings.seed, ctx.rank, progress.step))
-                with _autocast(ctx.device, settings.amp):
-                    loss = wrapped(last)
-                if batch is None:
-                    loss = loss * 0.0  # padding step: this rank adds zero gradients
-                optimizer.zero_grad()  # set_to_none (the default); Horovod takes no argument
-                loss.float().backward()
-                comm.step(model, optimizer, settings.grad_clip)
-                scheduler.step()
-                progress.step += 1
-                progress.step_in_epoch = index + 1
-                bar.update(1)
-                if batch is not None:
-                    loss_sum += float(loss.detach()) * len(batch)
-                    loss_count += len(batch)
-                    samples_seen += len(batch)
-                if ctx.is_main and progress.step % settings.log_every == 0 and loss_count:
-                    rate = loss_count / max(time.perf_counter() - epoch_started, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", rows_s=f"{rate:,.0f}")
-                    if bar.disable:
-                        log.info(
-                            "%s epoch %d/%d step %d loss %.4f %.0f rows/s (rank 0)",
-                            spec.model, epoch + 1, epochs, progress.step,
-                            loss_sum / loss_count, rate,
-                        )  # fmt: skip
-                if progress.step % settings.checkpoint_every == 0:
-                    checkpoint()
-                if spec.stop_after_steps and progress.step >= spec.stop_after_steps:
-                    raise StoppedEarly(f"stopped after {progress.step} steps")
-            # Ending the iteration runs the loader's row accounting against the manifest.
-            if next(batches, None) is not None:
-                raise ShortReadError(
-                    f"rank {ctx.rank}: the loader yielded more than the {own_batches} batches "
-                    "the manifest's row counts allow"
-                )
-            bar.close()
-            mean_loss = comm.mean(loss_sum, loss_count)
-            entry: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": progress.step,
-                "loss": round(mean_loss, 6),
-                "seconds": round(time.perf_counter() - epoch_started, 3),
-            }
-            progress.epoch += 1
-            progress.step_in_epoch = 0
-            if validator is not None and progress.epoch % settings.early_stopping.every_epochs == 0:
-                self._validate(model, validator, progress, entry, ctx)
-            progress.history.append(entry)
-            if ctx.is_main:
-                log.info(
-                    "%s epoch %d/%d: loss %.4f%s (%.1fs)", spec.model, epoch + 1, epochs,
-                    mean_loss, f", valid {entry['metric']:.4f}" if "metric" in entry else "",
-                    entry["seconds"],
-                )  # fmt: skip
-            checkpoint()
-        seconds = time.perf_counter() - started
-        return self._finish(model, progress, ctx, seconds, samples_seen, validator)
 
     def _validator(self, ctx: DistContext) -> Validator | _Remote | None:
         """Rank 0's validator; other ranks get a placeholder flag through broadcasts."""
@@ -294,7 +259,7 @@ class Trainer:
         validator = None
         if ctx.is_main:
             validator = Validator(**self.spec.validation, metric=early.metric, k=early.k)
-            usable = float(validator.usable)
+            usable = float(validator.usable)  # first use: reads the splits
         usable = self.comm.broadcast_floats([usable])[0]
         if not usable:
             if ctx.is_main:
@@ -302,47 +267,154 @@ class Trainer:
             return None
         return validator if ctx.is_main else _REMOTE
 
-    def _validate(
-        self,
-        model: RecModel,
-        validator: Validator | _Remote,
-        progress: Progress,
-        entry: dict[str, Any],
-        ctx: DistContext,
-    ) -> None:
+    def _epoch(self, run: _Run) -> None:
+        """Train one epoch (or the rest of an interrupted one), then close it."""
+        progress, ctx = run.progress, run.ctx
+        epoch = progress.epoch
+        run.dataset.set_epoch(epoch)
+        skip = progress.step_in_epoch
+        run.model.train()
+        loss = _EpochLoss()
+        bar = tqdm(
+            total=run.steps_per_epoch,
+            initial=skip,
+            desc=f"{self.spec.model} epoch {epoch + 1}/{run.epochs}",
+            unit="step",
+            disable=not (ctx.is_main and sys.stderr.isatty()),
+            leave=False,
+        )
+        batches = self._batches(run.loader, ctx.device)
+        last: Batch | None = None
+        for index in range(run.steps_per_epoch):
+            batch = next(batches, None)
+            if batch is not None:
+                last = batch
+            if index < skip:
+                continue  # replaying the interrupted epoch's order up to the checkpoint
+            if last is None:
+                raise ShortReadError(f"rank {ctx.rank}: the loader yielded no batch")
+            self._step(run, last, padding=batch is None, loss=loss)
+            progress.step_in_epoch = index + 1
+            bar.update(1)
+            self._log_step(run, loss, bar)
+            if progress.step % self.settings.checkpoint_every == 0:
+                self._checkpoint(run)
+            if self.spec.stop_after_steps and progress.step >= self.spec.stop_after_steps:
+                raise StoppedEarly(f"stopped after {progress.step} steps")
+        # Ending the iteration runs the loader's row accounting against the manifest.
+        if next(batches, None) is not None:
+            raise ShortReadError(
+                f"rank {ctx.rank}: the loader yielded more than the {run.own_batches} batches "
+                "the manifest's row counts allow"
+            )
+        bar.close()
+        self._end_epoch(run, loss)
+
+    def _step(self, run: _Run, batch: Batch, padding: bool, loss: _EpochLoss) -> None:
+        """One optimizer step on ``batch``; a padding step adds zero gradients."""
+        settings, progress = self.settings, run.progress
+        # Randomness (dropout, sampled negatives) is seeded per step and rank, so a resumed run
+        # draws exactly what the uninterrupted run drew.
+        torch.manual_seed(_step_seed(settings.seed, run.ctx.rank, progress.step))
+        with _autocast(run.ctx.device, settings.amp):
+            value = run.wrapped(batch)
+        if padding:
+            value = value * 0.0
+        run.optimizer.zero_grad()  # set_to_none (the default); Horovod takes no argument
+        value.float().backward()
+        self.comm.step(run.model, run.optimizer, settings.grad_clip)
+        run.scheduler.step()
+        progress.step += 1
+        if not padding:
+            loss.total += float(value.detach()) * len(batch)
+            loss.count += len(batch)
+            run.samples_seen += len(batch)
+
+    def _log_step(self, run: _Run, loss: _EpochLoss, bar: tqdm) -> None:
+        """Every ``train.log_every`` steps, rank 0 shows the epoch's loss and rows per second."""
+        step = run.progress.step
+        if not (run.ctx.is_main and step % self.settings.log_every == 0 and loss.count):
+            return
+        rate = loss.count / max(time.perf_counter() - loss.started, 1e-9)
+        bar.set_postfix(loss=f"{loss.total / loss.count:.4f}", rows_s=f"{rate:,.0f}")
+        if bar.disable:  # no terminal: the log takes the progress bar's place
+            log.info(
+                "%s epoch %d/%d step %d loss %.4f %.0f rows/s (rank 0)",
+                self.spec.model, run.progress.epoch + 1, run.epochs, step,
+                loss.total / loss.count, rate,
+            )  # fmt: skip
+
+    def _end_epoch(self, run: _Run, loss: _EpochLoss) -> None:
+        """Record the epoch's mean loss, validate when due, log and checkpoint."""
+        progress = run.progress
+        mean_loss = self.comm.mean(loss.total, loss.count)
+        entry: dict[str, Any] = {
+            "epoch": progress.epoch + 1,
+            "step": progress.step,
+            "loss": round(mean_loss, 6),
+            "seconds": round(time.perf_counter() - loss.started, 3),
+        }
+        progress.epoch += 1
+        progress.step_in_epoch = 0
+        every = self.settings.early_stopping.every_epochs
+        if run.validator is not None and progress.epoch % every == 0:
+            self._validate(run, entry)
+        progress.history.append(entry)
+        if run.ctx.is_main:
+            log.info(
+                "%s epoch %d/%d: loss %.4f%s (%.1fs)", self.spec.model, progress.epoch,
+                run.epochs, mean_loss,
+                f", valid {entry['metric']:.4f}" if "metric" in entry else "", entry["seconds"],
+            )  # fmt: skip
+        self._checkpoint(run)
+
+    def _validate(self, run: _Run, entry: dict[str, Any]) -> None:
+        """Score on rank 0, share the metric, keep ``best.pt`` and decide on early stopping."""
+        progress, model = run.progress, run.model
         metric = 0.0
-        if isinstance(validator, Validator):
-            metric = validator.evaluate(model, str(ctx.device))
+        if isinstance(run.validator, Validator):
+            metric = run.validator.evaluate(model, str(run.ctx.device))
             model.train()
         metric = self.comm.broadcast_floats([metric])[0]
         entry["metric"] = round(metric, 6)
         if metric > progress.best_metric:
             progress.best_metric, progress.best_epoch = metric, progress.epoch
             progress.bad_evals = 0
-            if ctx.is_main:
+            if run.ctx.is_main:
                 save_atomic(model_state(model), self.spec.checkpoint_dir / BEST_FILE)
         else:
             progress.bad_evals += 1
             if progress.bad_evals >= self.settings.early_stopping.patience:
                 progress.stopped = True
 
+    def _checkpoint(self, run: _Run) -> None:
+        """Rank 0 writes ``last.pt``: weights, optimizer, schedule and progress."""
+        if run.ctx.is_main:
+            extra = {
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "progress": dict(run.progress.__dict__),
+            }
+            save_atomic(model_state(run.model, extra), self.spec.checkpoint_dir / LAST_FILE)
+
     def _batches(self, loader: Any, device: torch.device) -> Iterator[Batch]:
+        """The loader's batches on ``device``."""
         for batch in loader:
             yield batch.to(device, non_blocking=True)
 
-    def _finish(
-        self,
-        model: RecModel,
-        progress: Progress,
-        ctx: DistContext,
-        seconds: float,
-        samples_seen: int,
-        validator: Validator | _Remote | None,
-    ) -> dict[str, Any]:
-        spec = self.spec
-        rows_total = self.comm.sum_floats([float(samples_seen)])[0]
+    def _finish(self, run: _Run, seconds: float) -> dict[str, Any]:
+        """The run's summary; rank 0 also writes the model file and ``result.json``."""
+        summary = self._summary(run, seconds)
+        if run.ctx.is_main:
+            self._save_result(run, summary)
+        return summary
+
+    def _summary(self, run: _Run, seconds: float) -> dict[str, Any]:
+        """What every rank reports (replica checksums gathered from all ranks)."""
+        ctx, progress = run.ctx, run.progress
+        rows_total = self.comm.sum_floats([float(run.samples_seen)])[0]
         summary: dict[str, Any] = {
-            "model": spec.model,
+            "model": self.spec.model,
             "epochs_run": progress.epoch,
             "steps": progress.step,
             "early_stopped": progress.stopped,
@@ -353,26 +425,27 @@ class Trainer:
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows_total / max(seconds, 1e-9), 1),
             "history": progress.history,
-            "model_config": model.config.model_dump(mode="json"),
+            "model_config": run.model.config.model_dump(mode="json"),
         }
         if ctx.distributed:
-            summary["replica_checksums"] = self.comm.gather_strings(_parameter_digest(model))
-        if not ctx.is_main:
-            return summary
-        best_path = spec.checkpoint_dir / BEST_FILE
-        if isinstance(validator, Validator) and best_path.is_file():
+            summary["replica_checksums"] = self.comm.gather_strings(_parameter_digest(run.model))
+        return summary
+
+    def _save_result(self, run: _Run, summary: dict[str, Any]) -> None:
+        """Write the best validated weights (else the last ones) and the summary (rank 0)."""
+        best_path = self.spec.checkpoint_dir / BEST_FILE
+        if isinstance(run.validator, Validator) and best_path.is_file():
             state = load_state(best_path)
             summary.update(
-                best_epoch=progress.best_epoch,
-                best_valid_metric=round(progress.best_metric, 6),
-                validation=validator.describe(),
+                best_epoch=run.progress.best_epoch,
+                best_valid_metric=round(run.progress.best_metric, 6),
+                validation=run.validator.describe(),
             )
         else:
-            state = model_state(model)
+            state = model_state(run.model)
         state["training"] = {k: v for k, v in summary.items() if k != "history"}
-        save_atomic(state, Path(spec.model_file))
-        spec.result_file.write_text(json.dumps(summary, indent=2))
-        return summary
+        save_atomic(state, Path(self.spec.model_file))
+        self.spec.result_file.write_text(json.dumps(summary, indent=2))
 
 
 def _parameter_digest(model: RecModel) -> str:
@@ -382,13 +455,6 @@ def _parameter_digest(model: RecModel) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-class _Remote:
-    """Stands in for rank 0's validator on other ranks (they only receive its results)."""
-
-
-_REMOTE = _Remote()
 
 
 def train_from_spec(spec_json: str) -> dict[str, Any]:
