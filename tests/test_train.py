@@ -88,12 +88,20 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(root, tmp_path) -> 
         assert torch.equal(value, resumed[key]), key
 
 
-def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(root) -> None:
+def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(
+    root, tmp_path, monkeypatch
+) -> None:
     spec, config = _spec(
         root, "bpr_mf", "train.launcher=torchrun", "train.processes=2", "train.max_epochs=4",
         "models.bpr_mf.batch_size=32", "models.bpr_mf.lr=0.01",
     )
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_temp))
     result = launch(spec, config.train)
+    # torchrun's own temp folders (torchelastic_*) stay in the run folder, under the root
+    assert list(system_temp.iterdir()) == []
+    assert any(Path(spec.run_dir, "tmp").iterdir())
     assert result["world_size"] == 2
     checksums = result["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]

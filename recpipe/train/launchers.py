@@ -99,9 +99,16 @@ def _run_logged(
 ) -> dict[str, Any]:
     """Run a launcher command with its output in ``<run dir>/<name>.log``; rank 0's result."""
     log_file = Path(spec.run_dir) / f"{name}.log"
+    # torchrun and horovodrun make temp folders of their own (torchelastic_*): keep them in
+    # the run folder, under paths.root, through the child's environment only.
+    scratch = Path(spec.run_dir) / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    child_env = {**(env if env is not None else os.environ), "TMPDIR": str(scratch)}
     log.info("launch: %s (log: %s)", " ".join(command), log_file)
     with log_file.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+        done = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, env=child_env, check=False
+        )
     if done.returncode != 0:
         raise LaunchError(
             f"{name} exited with {done.returncode} for {spec.model} (log: {log_file}):\n"
