@@ -16,10 +16,9 @@ from recpipe.config import Config, ConfigError, load_config
 from recpipe.console import format_table
 from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
 from recpipe.layout import raw_dir
-from recpipe.pipeline import ETL_STEPS, PIPELINE, StepContext, baseline_names, deep_model_names
+from recpipe.pipeline import ETL_STEPS, PIPELINE, Step, StepContext, baseline_names
 
 log = logging.getLogger("recpipe")
-
 
 
 # Stages compute windows a few days around ds (ts_max_days_after_ds, history): keep them inside
@@ -94,23 +93,7 @@ def _clean_options(parser: argparse.ArgumentParser) -> None:
     add_allow_empty(parser)
 
 
-def _train_baseline_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action="append",
-        choices=baseline_names(),
-        help="baseline to train; repeat for several (default: baselines.models)",
-    )
-
-
 def _train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help=f"deep model to train ({', '.join(deep_model_names())}); repeat for several "
-        "(default: train.models)",
-    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -124,13 +107,6 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action="append",
-        metavar="NAME",
-        help=f"model to evaluate: a baseline ({', '.join(baseline_names())}) or a trained deep "
-        "model; repeat for several (default: every model trained for --ds)",
-    )
     parser.add_argument("--k", type=int, default=10, help="K of the printed tables")
     parser.add_argument(
         "--no-gate",
@@ -139,23 +115,22 @@ def _evaluate_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _score_options(parser: argparse.ArgumentParser) -> None:
+def add_model_option(parser: argparse.ArgumentParser, step: Step) -> None:
+    """``--model`` (repeatable) for a step that works on models; baselines are a closed set."""
     parser.add_argument(
         "--model",
         action="append",
         metavar="NAME",
-        help="trained model (baseline or deep) to score; repeat for several (default: the "
-        "gate's choice for --ds, from model_metrics)",
+        choices=baseline_names() if step.models == "baseline" else None,
+        help=step.model_help,
     )
 
 
 # Options beyond the common ones, per pipeline step.
 STEP_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "clean": _clean_options,
-    "train-baseline": _train_baseline_options,
     "train": _train_options,
     "evaluate": _evaluate_options,
-    "score": _score_options,
 }
 
 
@@ -197,13 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
             step.name, help=step.help, description=step.description or step.help
         )
         STEP_OPTIONS.get(step.name, lambda _: None)(sub)
+        if step.models:
+            add_model_option(sub, step)
         add_common_options(sub)
     etl = commands.add_parser("etl", help=f"{', '.join(ETL_STEPS)} in one Spark session")
     add_common_options(etl)
     add_allow_empty(etl)
     als = commands.add_parser(
-        "train-als", help="train Spark MLlib implicit ALS (baselines.als.*): train-baseline "
-        "--model als"
+        "train-als",
+        help="train Spark MLlib implicit ALS (baselines.als.*): train-baseline --model als",
     )
     add_common_options(als)
     add_query_commands(commands)

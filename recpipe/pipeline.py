@@ -67,6 +67,7 @@ class Step:
     needs_spark: bool = True
     etl: bool = False  # part of `recpipe etl` (the lake chain up to the splits)
     models: str | None = None  # "baseline" | "deep" | "any": which models --model may name
+    model_help: str = ""  # --help of --model, for steps with ``models``
 
 
 def _lake_stage(module: str) -> Runner:
@@ -181,6 +182,7 @@ PIPELINE: tuple[Step, ...] = (
         "train a baseline on the train split of each protocol in split.protocols",
         _train_baseline,
         models="baseline",
+        model_help="baseline to train; repeat for several (default: baselines.models)",
         description=(
             "Train popularity, item-kNN (Spark), implicit ALS (Spark MLlib) or EASE; models go to "
             "<paths.root>/models/<model>/<ds>/<protocol>/."
@@ -192,6 +194,10 @@ PIPELINE: tuple[Step, ...] = (
         _train,
         needs_spark=False,
         models="deep",
+        model_help=(
+            f"deep model to train ({', '.join(model_names('deep'))}); repeat for several "
+            "(default: train.models)"
+        ),
         description=(
             "Train each model in train.models (or --model) on the export stage's samples of every "
             "protocol in split.protocols, with train.launcher (local | torchrun | spark | horovod, "
@@ -207,6 +213,10 @@ PIPELINE: tuple[Step, ...] = (
         "full-ranking metrics of trained models on evaluation.split",
         _evaluate,
         models="any",
+        model_help=(
+            f"model to evaluate: a baseline ({', '.join(model_names('baseline'))}) or a trained "
+            "deep model; repeat for several (default: every model trained for --ds)"
+        ),
         description=(
             "Evaluate trained models under every protocol in split.protocols; metrics go to the "
             "manifest and to table <warehouse.database>.model_metrics."
@@ -229,6 +239,10 @@ PIPELINE: tuple[Step, ...] = (
         "top-K per user scored on the Spark executors, published to the recommendations table",
         _score,
         models="any",
+        model_help=(
+            "trained model (baseline or deep) to score; repeat for several (default: the gate's "
+            "choice for --ds, from model_metrics)"
+        ),
         description=(
             "Score every user of the sessions partition of --ds with one trained model (trained "
             "for score.model_ds, default --ds, on score.protocol's train split): blocked matrix "
