@@ -128,8 +128,8 @@ class Lake:
         folder = manifest_path(self.root, producer_of(table), "x").parent
         values = []
         for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
-            manifest = json.loads(path.read_text())
-            if manifest.get("status") == "ok" and manifest.get("outputs", {}).get(table):
+            manifest = StageManifest.parse(json.loads(path.read_text()))
+            if manifest.ok and (manifest.outputs or {}).get(table):
                 values.append(path.name[len(DS) + 1 : -len(".json")])
         return values
 
