@@ -5,6 +5,9 @@ A stage writes each partition into a new version folder and registers it with it
 commit point that makes every version it wrote current at once (:mod:`recpipe.commit`).
 Readers resolve partitions through that manifest, so they see the complete old or the complete
 new state, never a half-written or missing partition, and nothing is ever renamed.
+
+Stages write through :func:`transaction`, the one seam of that protocol: stage, reconcile, then
+publish at the commit point, or discard on any failure.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -26,15 +30,25 @@ from recpipe.commit import (
     new_version_name,
     producer_of,
 )
+from recpipe.config import Config
 from recpipe.errors import MissingInputError
 from recpipe.faults import kill_point
 from recpipe.layout import lake_base, manifest_path, partition_folder, partition_name
+from recpipe.manifest import StageManifest, StageRun
+from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS
 
-if TYPE_CHECKING:
-    from recpipe.manifest import StageRun
+__all__ = [
+    "Lake",
+    "StagedPartition",
+    "Transaction",
+    "file_uri",
+    "history_ds",
+    "partition_name",
+    "transaction",
+]
 
-__all__ = ["Lake", "StagedPartition", "file_uri", "history_ds", "partition_name"]
+M = TypeVar("M", bound=StageManifest)
 
 _VERSION_COLUMN = VERSION_PREFIX.rstrip("=")
 
@@ -111,8 +125,8 @@ class Lake:
         folder = manifest_path(self.root, producer_of(table), "x").parent
         values = []
         for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
-            manifest = json.loads(path.read_text())
-            if manifest.get("status") == "ok" and manifest.get("outputs", {}).get(table):
+            manifest = StageManifest.parse(json.loads(path.read_text()))
+            if manifest.ok and (manifest.outputs or {}).get(table):
                 values.append(path.name[len(DS) + 1 : -len(".json")])
         return values
 
@@ -204,3 +218,115 @@ def missing_days(chosen: Sequence[str], ds: str) -> list[str]:
             gaps.append(day.isoformat())
         day += dt.timedelta(days=1)
     return gaps
+
+
+@dataclass
+class Transaction(Generic[M]):
+    """One stage run's lake writes: stage, reconcile, then publish at the commit point.
+
+    Use through :func:`transaction`. On entry it opens the :class:`StageRun` (the (stage, ds)
+    lock, the sweep of versions a killed run left). The stage then writes partitions with
+    :meth:`stage`, checks what is on disk with :meth:`reconcile`, and fills :attr:`record`. On a
+    clean exit every staged partition is published and the manifest, naming them all, is
+    written: that single atomic write is the commit point. On any exception, or staged output
+    that no reconciliation followed, every staged partition is discarded, the failure goes to
+    ``attempts/`` and the served partitions and manifest stay as they were.
+    """
+
+    config: Config
+    stage_name: str
+    ds: str
+    record: M
+    lake: Lake = field(init=False)
+    run: StageRun = field(init=False)
+    staged: list[StagedPartition] = field(init=False, default_factory=list)
+    _unreconciled: list[StagedPartition] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lake = Lake(self.config.root)
+        self.run = StageRun(self.config, self.stage_name, self.ds)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as written (committed, or the failed run's record), after exit."""
+        return self.run.manifest
+
+    def stage(
+        self, df: DataFrame, table: str, partition: Mapping[str, str] | None = None
+    ) -> StagedPartition:
+        """Write ``df`` as a new, unpublished version of ``table`` (partition ``ds`` by default).
+
+        The run's resolved config rides along as ``_config.yaml``. The version is published at
+        the commit point, after a :meth:`reconcile` that follows it.
+        """
+        part = self.lake.stage(
+            df, table, partition or {DS: self.ds}, {"_config.yaml": self.config.to_yaml()}
+        )
+        self.staged.append(part)
+        self._unreconciled.append(part)
+        return part
+
+    def reconcile(
+        self,
+        mismatch: str | None,
+        error: Callable[[str], BaseException] = ReconciliationError,
+    ) -> None:
+        """The reconciliation check of everything staged so far, from what is on disk.
+
+        ``mismatch`` describes what does not add up (None when all does): the run then fails
+        with ``error(mismatch)`` and nothing is published.
+        """
+        if mismatch:
+            raise error(mismatch)
+        self._unreconciled.clear()
+
+    def __enter__(self) -> Transaction[M]:
+        self.run.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        failure = None
+        if exc is None:
+            try:
+                self._publish()
+            except BaseException as caught:  # recorded as the run's failure, then re-raised
+                failure = caught
+                exc_type, exc, tb = type(caught), caught, caught.__traceback__
+        if exc is not None:
+            for part in self.staged:
+                part.discard()
+        self.run.record.update(self.record.stage_fields())
+        self.run.__exit__(exc_type, exc, tb)  # the commit point, or the attempt record
+        if failure is not None:
+            raise failure
+
+    def _publish(self) -> None:
+        if self._unreconciled:
+            names = ", ".join(
+                f"{p.table} {partition_name(p.partition)}" for p in self._unreconciled
+            )
+            raise ReconciliationError(
+                f"{self.stage_name} ds={self.ds}: {names} staged without a reconciliation "
+                "check after it; nothing was published"
+            )
+        for part in self.staged:
+            part.publish(self.run)
+
+
+def transaction(config: Config, stage: str, ds: str, record: M) -> Transaction[M]:
+    """Run ``stage`` for ``ds`` as one lake transaction; ``record`` is its typed manifest.
+
+    ::
+
+        with transaction(config, "vocab", ds, VocabManifest()) as tx:
+            part = tx.stage(frame, "vocab_users")
+            tx.reconcile(None if part.count(spark) == expected else "rows differ")
+            tx.record.rows_out = expected
+        return tx.manifest
+    """
+    return Transaction(config, stage, ds, record)

@@ -4,6 +4,11 @@ The manifest of a successful run is its commit record (see :mod:`recpipe.commit`
 last, in one atomic replace, it names the lake versions the run published. A failed run never
 overwrites it; its record goes to ``manifests/<stage>/attempts/ds=<ds>/<run id>.json``. One
 run per (stage, ds) at a time: :class:`StageRun` holds ``ds=<ds>.lock`` while it runs.
+
+The lake-writing stages describe their own fields with typed models (:class:`CleanManifest`,
+:class:`VocabManifest`, :class:`SessionizeManifest`, :class:`SplitManifest`,
+:class:`ExportManifest`); readers load a manifest through them (``SplitManifest.read(root,
+ds)``). The JSON on disk is the same plain object it always was.
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict
 
 from recpipe import __version__
 from recpipe.commit import (
@@ -34,7 +42,19 @@ from recpipe.locks import StageLock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRun", "manifest_path", "read_manifest", "runtime_info"]
+__all__ = [
+    "CleanManifest",
+    "ExportManifest",
+    "SessionizeManifest",
+    "SplitManifest",
+    "StageManifest",
+    "StageRun",
+    "VocabManifest",
+    "manifest_path",
+    "read_manifest",
+    "read_stage_manifest",
+    "runtime_info",
+]
 
 
 
@@ -206,3 +226,197 @@ def last_attempt(root: Path, stage: str, ds: str) -> dict[str, Any] | None:
     folder = attempt_path(root, stage, ds, "x").parent
     records = sorted(folder.glob("*.json")) if folder.is_dir() else []
     return json.loads(records[-1].read_text()) if records else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed manifests of the lake-writing stages
+
+
+class StageManifest(BaseModel):
+    """A run manifest: the fields :class:`StageRun` writes for every stage.
+
+    Subclasses declare the fields their stage adds, in the order the JSON holds them. Every
+    field is optional: a stage sets its fields as it computes them, and a failed run's record
+    holds only those set before it failed. :meth:`stage_fields` dumps exactly the fields that
+    were set, so the file is the same plain JSON object the stage always wrote.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    STAGE: ClassVar[str] = ""
+
+    stage: str | None = None
+    ds: str | None = None
+    run_id: str | None = None
+    started_at: str | None = None
+    seconds: float | None = None
+    config_hash: str | None = None
+    status: str | None = None
+    recpipe_version: str | None = None
+    spark_version: str | None = None
+    spark_master: str | None = None
+    spark_app_id: str | None = None
+    took_over_lock_of: str | None = None
+    outputs: dict[str, dict[str, dict[str, Any]]] | None = None
+    previous_outputs: dict[str, dict[str, dict[str, Any]]] | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether this is the manifest of a successful (committed) run."""
+        return self.status == "ok"
+
+    def stage_fields(self) -> dict[str, Any]:
+        """The stage's own fields that were set, in declaration order (no common fields)."""
+        return self.model_dump(exclude_unset=True, exclude=set(_COMMON_FIELDS))
+
+    @classmethod
+    def parse(cls, manifest: Mapping[str, Any]) -> Self:
+        """The typed view of a manifest read as JSON."""
+        return cls.model_validate(dict(manifest))
+
+    @classmethod
+    def read(cls, root: Path, ds: str) -> Self:
+        """Load the manifest of ``cls.STAGE`` for ``ds`` (MissingInputError when there is none)."""
+        return cls.parse(read_manifest(root, cls.STAGE, ds))
+
+
+_COMMON_FIELDS = frozenset(StageManifest.model_fields)
+
+
+class CleanManifest(StageManifest):
+    """``clean``: raw input read, and how its rows split into events, quarantine, duplicates."""
+
+    STAGE: ClassVar[str] = "clean"
+
+    input: str | None = None
+    ts_window: list[str] | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+    rows_quarantined: int | None = None
+    rows_duplicate: int | None = None
+    quarantine_by_reason: dict[str, int] | None = None
+
+
+class VocabGrowth(BaseModel):
+    """How one vocabulary grew over its previous snapshot."""
+
+    base_ds: str | None
+    before: int
+    new: int
+    ids_in_events: int
+
+
+class VocabManifest(StageManifest):
+    """``vocab``: the events days read and the user and item vocabularies written."""
+
+    STAGE: ClassVar[str] = "vocab"
+
+    events_ds: list[str] | None = None
+    users: VocabGrowth | None = None
+    n_users: int | None = None
+    items: VocabGrowth | None = None
+    n_items: int | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+
+
+class SessionizeManifest(StageManifest):
+    """``sessionize``: the events days read and the sessions built from them."""
+
+    STAGE: ClassVar[str] = "sessionize"
+
+    events_ds: list[str] | None = None
+    rows_in: int | None = None
+    rows_duplicate: int | None = None
+    rows_out: int | None = None
+    events_in_sessions: int | None = None
+    users: int | None = None
+    sessions: int | None = None
+    mean_session_length: float | None = None
+    max_session_length: int | None = None
+
+
+class SplitPart(BaseModel):
+    """Rows and users of one split part (train, valid or test)."""
+
+    rows: int
+    users: int
+
+
+class SplitProtocol(BaseModel):
+    """One protocol's settings and parts."""
+
+    settings: dict[str, Any]
+    train: SplitPart
+    valid: SplitPart
+    test: SplitPart
+
+
+class SplitManifest(StageManifest):
+    """``split``: interactions read and, per protocol, the rows of each part."""
+
+    STAGE: ClassVar[str] = "split"
+
+    rows_in: int | None = None
+    rows_repeat_dropped: int | None = None
+    protocols: dict[str, SplitProtocol] | None = None
+    rows_out: int | None = None
+
+
+class ShardRows(BaseModel):
+    """One exported file and its row count."""
+
+    file: str
+    rows: int
+
+
+class ExportTable(BaseModel):
+    """One exported sample table of a protocol: its lake table, rows and files."""
+
+    table: str
+    rows: int
+    files: list[ShardRows]
+
+
+class ExportSamples(BaseModel):
+    """What export wrote for one protocol: its train split's figures and each sample kind."""
+
+    users: int
+    interactions: int
+    pairwise: ExportTable | None = None
+    pointwise: ExportTable | None = None
+    sequence: ExportTable | None = None
+
+    def kind(self, name: str) -> ExportTable | None:
+        """The table of sample kind ``name`` (None when it was not exported)."""
+        return getattr(self, name, None) if name in ExportSamples.model_fields else None
+
+
+class ExportManifest(StageManifest):
+    """``export``: the settings, vocabulary sizes and sample tables of every protocol."""
+
+    STAGE: ClassVar[str] = "export"
+
+    settings: dict[str, Any] | None = None
+    stride: int | None = None
+    planned_world_size: int | None = None
+    files_per_table: int | None = None
+    n_items: int | None = None
+    n_users: int | None = None
+    user_index_size: int | None = None
+    samples: dict[str, ExportSamples] | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+
+
+MANIFEST_MODELS: dict[str, type[StageManifest]] = {
+    model.STAGE: model
+    for model in (CleanManifest, VocabManifest, SessionizeManifest, SplitManifest, ExportManifest)
+}
+
+
+def read_stage_manifest(root: Path, stage: str, ds: str) -> StageManifest:
+    """The manifest of ``stage`` for ``ds``, typed by its stage's model where it has one."""
+    return MANIFEST_MODELS.get(stage, StageManifest).parse(read_manifest(root, stage, ds))

@@ -1,50 +1,61 @@
 """Downstream reconciliation: what a stage reads must be what the producing stage wrote.
 
 Each stage's manifest records the rows it published. A consumer counts what it actually read,
-per ``ds``, and compares: a deleted or added file, a partition replaced behind the
-manifest's back, or a producer whose last run failed is an error naming the partition and the
-command that fixes it, never a silently shorter history.
+per ``ds``, and compares (reading the producer's manifest through its typed model): a deleted
+or added file, a partition replaced behind the manifest's back, or a producer whose last run
+failed is an error naming the partition and the command that fixes it, never a silently
+shorter history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
 
 from recpipe.errors import RecpipeError
-from recpipe.manifest import read_manifest
+from recpipe.manifest import StageManifest, read_stage_manifest
 from recpipe.schema import DS
 
 
 class ReconciliationError(RecpipeError):
-    """Rows read differ from what the producing stage's manifest recorded."""
+    """Rows read differ from what the producing stage's manifest recorded, or rows staged from
+    what the stage read (then nothing is published)."""
 
 
-def expected_rows(
-    root: Path, producer: str, ds: str, count: Callable[[Mapping[str, Any]], int]
-) -> int:
+# Picks a row count out of the producer's typed manifest (e.g. ``SplitManifest``).
+RowCount = Callable[[Any], int | None]
+
+
+def _rows_out(manifest: Any) -> int | None:
+    return manifest.rows_out
+
+
+def expected_rows(root: Path, producer: str, ds: str, count: RowCount) -> int:
     """Rows the last successful ``producer`` run for ``ds`` published (``count`` picks them)."""
-    manifest = read_manifest(root, producer, ds)
-    if manifest.get("status") != "ok":
+    manifest: StageManifest = read_stage_manifest(root, producer, ds)
+    if not manifest.ok:
         raise ReconciliationError(
-            f"the last `recpipe {producer} --ds {ds}` run ended {manifest.get('status')!r}; "
+            f"the last `recpipe {producer} --ds {ds}` run ended {manifest.status!r}; "
             f"its table cannot be vouched for: re-run it first"
         )
     try:
-        return int(count(manifest))
-    except (KeyError, TypeError):
+        recorded = count(manifest)
+    except (AttributeError, KeyError, TypeError):  # a part or protocol the run did not write
+        recorded = None
+    if recorded is None:
         raise ReconciliationError(
             f"the `recpipe {producer} --ds {ds}` manifest records no row count for this read "
             "(run with other settings?): re-run it"
-        ) from None
+        )
+    return int(recorded)
 
 
 def check_rows(
     table: str, ds: str, read: int, root: Path, producer: str,
-    count: Callable[[Mapping[str, Any]], int] = lambda m: m["rows_out"],
+    count: RowCount = _rows_out,
 ) -> None:  # fmt: skip
     """Fail unless ``read`` rows of ``table`` ds equal what ``producer``'s manifest recorded."""
     expected = expected_rows(root, producer, ds, count)
@@ -58,7 +69,7 @@ def check_rows(
 
 def check_rows_per_ds(
     frame: DataFrame, table: str, days: Sequence[str], root: Path, producer: str,
-    count: Callable[[Mapping[str, Any]], int] = lambda m: m["rows_out"],
+    count: RowCount = _rows_out,
 ) -> dict[str, int]:  # fmt: skip
     """Count ``frame`` (with a ``ds`` column) per day and check each against ``producer``.
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
@@ -240,3 +240,10 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
     )
     return session
 
+
+def one_row(aggregate: DataFrame, what: str) -> Row:
+    """The single row of a global aggregate; a clear error naming ``what`` if there is none."""
+    row = aggregate.first()
+    if row is None:
+        raise RuntimeError(f"{what}: the aggregate returned no row")
+    return row

@@ -1,4 +1,18 @@
-"""The ``clean`` stage: raw logs -> lake tables ``events`` and ``quarantine`` for one ``ds``."""
+"""The ``clean`` stage: raw logs -> lake tables ``events`` and ``quarantine`` for one ``ds``.
+
+:func:`run_clean` runs these steps in one lake transaction:
+
+1. :func:`classify_raw`: read the raw input, give each record its quarantine reason (null when
+   valid);
+2. :func:`parse_once`: write that once to a scratch Parquet copy and count it by reason;
+3. :func:`dedupe_valid`: collapse exact duplicates among the valid records;
+4. :func:`route_bots`: split off bot suspects; the rest are the events, the rejected rows the
+   quarantine; both are staged;
+5. :func:`staged_counts` and :func:`mismatch`: reconcile what was staged with the counts of 2
+   and 3 (``rows_in = rows_out + quarantined + duplicates``);
+6. :func:`refuse_empty_replacement`: never publish an empty day over a non-empty one unless
+   allowed.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +21,14 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.config import Config
@@ -25,16 +43,15 @@ from recpipe.etl.clean import (
     ts_window,
 )
 from recpipe.etl.sources import raw_read_errors, read_raw_events
-from recpipe.lake import Lake, file_uri
-from recpipe.layout import run_scratch
-from recpipe.manifest import StageRun
+from recpipe.lake import Lake, StagedPartition, file_uri, transaction
+from recpipe.layout import EVENTS, QUARANTINE, run_scratch
+from recpipe.manifest import CleanManifest
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
+from recpipe.spark import one_row
 
 log = logging.getLogger(__name__)
 
-EVENTS = "events"
 RAW_HASH = "raw_hash"
-QUARANTINE = "quarantine"
 
 
 class EmptyReplacementError(RecpipeError):
@@ -45,140 +62,209 @@ class ReconciliationError(RecpipeError):
     """Written row counts do not add up to the rows read; nothing was published."""
 
 
+@dataclass
+class CleanCounts:
+    """What one run read: records per quarantine reason (``None``: valid), distinct events."""
+
+    by_reason: dict[str | None, int]
+    rows_distinct: int = 0
+    rows_copies: int = 0  # valid records behind the distinct events
+
+    @property
+    def rows_in(self) -> int:
+        """Records read."""
+        return sum(self.by_reason.values())
+
+    @property
+    def rows_valid(self) -> int:
+        """Records that passed every check, duplicates included."""
+        return self.by_reason.get(None, 0)
+
+    @property
+    def rows_invalid(self) -> dict[str, int]:
+        """Records rejected by the checks, by reason."""
+        return {k: v for k, v in self.by_reason.items() if k is not None}
+
+    @property
+    def rows_duplicate(self) -> int:
+        """Valid records dropped as exact copies of another."""
+        return self.rows_copies - self.rows_distinct
+
+
 def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Clean the raw events at ``paths.raw_events`` into partition ``ds``; returns the manifest."""
     settings = config.clean
-    lake = Lake(config.root)
-    with StageRun(config, "clean", ds) as run:
+    bots = settings.bot_max_events_per_day is not None
+    with transaction(config, "clean", ds, CleanManifest()) as tx:
         ts_min, ts_max = ts_window(
             dt.date.fromisoformat(ds), settings.ts_min, settings.ts_max_days_after_ds
         )
-        run.record.update(
-            input=config.paths.raw_events, ts_window=[ts_min.isoformat(), ts_max.isoformat()]
-        )
-        raw = read_raw_events(spark, config.paths.raw_events, settings.input_format)
-        bot_limit = settings.bot_max_events_per_day
-        checked = classify(
-            raw,
-            event_types=settings.event_types,
-            value_required_for=settings.value_required_for,
-            max_id_length=settings.max_id_length,
-            ts_min=ts_min,
-            ts_max=ts_max,
-        )
-        # Valid rows only need the raw text if the bot filter may quarantine them; dropping it
-        # keeps the scratch copy small. Its hash still orders duplicates deterministically.
-        keep_raw = F.lit(bot_limit is not None) | F.col(REASON).isNotNull()
-        checked = checked.withColumn(RAW_HASH, F.xxhash64(RAW)).withColumn(
-            RAW, F.when(keep_raw, F.col(RAW))
-        )
+        tx.record.input = config.paths.raw_events
+        tx.record.ts_window = [ts_min.isoformat(), ts_max.isoformat()]
+        checked = classify_raw(spark, config, ts_min, ts_max)
         started = time.perf_counter()
-        # Parse once into a scratch Parquet copy: later passes read only the columns they
-        # need, which is several times cheaper than Spark's in-memory cache of the rows.
-        scratch = run_scratch(config.root, "clean", ds, uuid.uuid4().hex)
-        try:
-            # The first pass over the raw files: a file that cannot be read (a cut gzip) fails
-            # here, as one line naming it, before anything is staged.
-            with raw_read_errors(spark):
-                checked.write.parquet(file_uri(scratch))
-            checked = spark.read.parquet(file_uri(scratch))
-            by_reason = {
-                row[REASON]: row["count"] for row in checked.groupBy(REASON).count().collect()
-            }
-            rows_in = sum(by_reason.values())
-            rows_valid = by_reason.pop(None, 0)
-            log.info(
-                "clean: parsed %d records, %d valid before de-duplication (%.1fs)",
-                rows_in,
-                rows_valid,
-                time.perf_counter() - started,
-            )
-
-            valid = checked.where(F.col(REASON).isNull()).drop(REASON)
-            distinct = dedupe_exact(valid, order_by=(SOURCE_FILE, RAW_HASH)).persist(
-                StorageLevel.MEMORY_AND_DISK
-            )
-            totals = distinct.agg(
-                F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")
-            ).first()
-            if totals is None:
-                raise RuntimeError(f"clean ds={ds}: the totals aggregate returned no row")
-            rows_distinct, rows_copies = totals["n"], totals["copies"] or 0
-            rows_duplicate = rows_copies - rows_distinct
-            log.info(
-                "clean: %d distinct events, %d exact duplicates (%.1fs)",
-                rows_distinct,
-                rows_duplicate,
-                time.perf_counter() - started,
-            )
-
-            if bot_limit is not None:
-                distinct = flag_bots(distinct, bot_limit)
-                bots = distinct.where("is_bot").select(
-                    F.col(RAW), F.lit(Reason.BOT_SUSPECT).alias(REASON), F.col(SOURCE_FILE)
-                )
-                events = distinct.where("NOT is_bot")
-            else:
-                bots = None
-                events = distinct
-            quarantine = checked.where(F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
-            if bots is not None:
-                quarantine = quarantine.unionByName(bots)
-
-            sidecar = {"_config.yaml": config.to_yaml()}
-            staged_events = lake.stage(events.select(*EVENT_COLUMNS), EVENTS, {DS: ds}, sidecar)
-            staged_quarantine = lake.stage(quarantine, QUARANTINE, {DS: ds}, sidecar)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
+        with _scratch(config.root, ds) as scratch:
+            parsed, counts = parse_once(spark, checked, scratch, started)
+            distinct = dedupe_valid(parsed, counts, started)
+            try:
+                events, quarantine = route_bots(distinct, parsed, settings.bot_max_events_per_day)
+                staged_events = tx.stage(events.select(*EVENT_COLUMNS), EVENTS)
+                staged_quarantine = tx.stage(quarantine, QUARANTINE)
+            finally:
+                distinct.unpersist()
         log.info("clean: staged events and quarantine (%.1fs)", time.perf_counter() - started)
-        # Reconcile from what is on disk, before anything is published.
-        rows_out = staged_events.count(spark)
-        quarantined = {
-            row[REASON]: row["count"]
-            for row in staged_quarantine.read(spark).groupBy(REASON).count().collect()
+        rows_out, quarantined = staged_counts(spark, staged_events, staged_quarantine)
+        tx.reconcile(mismatch(counts, rows_out, quarantined, bots), ReconciliationError)
+        refuse_empty_replacement(spark, tx.lake, ds, rows_out, settings.allow_empty)
+        tx.record.rows_in = counts.rows_in
+        tx.record.rows_out = rows_out
+        tx.record.rows_quarantined = sum(quarantined.values())
+        tx.record.rows_duplicate = counts.rows_duplicate
+        tx.record.quarantine_by_reason = {
+            r: quarantined.get(r, 0) for r in Reason.ALL if quarantined.get(r)
         }
-        rows_quarantined = sum(quarantined.values())
-        expected_quarantine = dict(by_reason)
-        if bots is not None:
-            expected_quarantine[Reason.BOT_SUSPECT] = rows_distinct - rows_out
-        problems = []
-        if rows_in != rows_out + rows_quarantined + rows_duplicate:
-            problems.append(
-                f"rows_in {rows_in} != rows_out {rows_out} + quarantined {rows_quarantined}"
-                f" + duplicates {rows_duplicate}"
-            )
-        if rows_copies != rows_valid:
-            problems.append(f"valid rows {rows_valid} != rows behind distinct events {rows_copies}")
-        if {k: v for k, v in quarantined.items() if v} != {
-            k: v for k, v in expected_quarantine.items() if v
-        }:
-            problems.append(f"quarantine by reason {quarantined} != expected {expected_quarantine}")
-        if problems:
-            staged_events.discard()
-            staged_quarantine.discard()
-            raise ReconciliationError("clean did not reconcile: " + "; ".join(problems))
+    return tx.manifest
 
-        if rows_out == 0 and not settings.allow_empty and lake.exists(EVENTS, {DS: ds}):
-            previous = lake.read(spark, EVENTS, [{DS: ds}]).count()
-            if previous:
-                staged_events.discard()
-                staged_quarantine.discard()
-                raise EmptyReplacementError(
-                    f"clean ds={ds}: the input holds no valid event, and events ds={ds} has "
-                    f"{previous} rows; nothing was replaced (pass --allow-empty, or set "
-                    "clean.allow_empty=true, to publish an empty day over them)"
-                )
-        staged_events.publish(run)
-        staged_quarantine.publish(run)
-        distinct.unpersist()
-        run.record.update(
-            rows_in=rows_in,
-            rows_out=rows_out,
-            rows_quarantined=rows_quarantined,
-            rows_duplicate=rows_duplicate,
-            quarantine_by_reason={
-                r: quarantined.get(r, 0) for r in Reason.ALL if quarantined.get(r)
-            },
+
+def classify_raw(
+    spark: SparkSession, config: Config, ts_min: dt.datetime, ts_max: dt.datetime
+) -> DataFrame:
+    """Raw records with their quarantine ``reason`` (null when valid) and a hash of the raw text.
+
+    The raw text itself is kept only where the record may still be quarantined.
+    """
+    settings = config.clean
+    raw = read_raw_events(spark, config.paths.raw_events, settings.input_format)
+    checked = classify(
+        raw,
+        event_types=settings.event_types,
+        value_required_for=settings.value_required_for,
+        max_id_length=settings.max_id_length,
+        ts_min=ts_min,
+        ts_max=ts_max,
+    )
+    # Valid rows only need the raw text if the bot filter may quarantine them; dropping it
+    # keeps the scratch copy small. Its hash still orders duplicates deterministically.
+    keep_raw = F.lit(settings.bot_max_events_per_day is not None) | F.col(REASON).isNotNull()
+    return checked.withColumn(RAW_HASH, F.xxhash64(RAW)).withColumn(
+        RAW, F.when(keep_raw, F.col(RAW))
+    )
+
+
+@contextmanager
+def _scratch(root: Path, ds: str) -> Iterator[Path]:
+    """A fresh scratch folder of this run, removed on exit (a killed run's by the next sweep)."""
+    folder = run_scratch(root, "clean", ds, uuid.uuid4().hex)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_once(
+    spark: SparkSession, checked: DataFrame, scratch: Path, started: float
+) -> tuple[DataFrame, CleanCounts]:
+    """Write ``checked`` once to ``scratch`` and read it back; count its records by reason.
+
+    Later passes read only the columns they need from the copy, several times cheaper than
+    Spark's in-memory cache of the rows. This is the first pass over the raw files: a file that
+    cannot be read (a cut gzip) fails here, as one line naming it, before anything is staged.
+    """
+    with raw_read_errors(spark):
+        checked.write.parquet(file_uri(scratch))
+    parsed = spark.read.parquet(file_uri(scratch))
+    counts = CleanCounts(
+        {row[REASON]: row["count"] for row in parsed.groupBy(REASON).count().collect()}
+    )
+    log.info(
+        "clean: parsed %d records, %d valid before de-duplication (%.1fs)",
+        counts.rows_in,
+        counts.rows_valid,
+        time.perf_counter() - started,
+    )
+    return parsed, counts
+
+
+def dedupe_valid(parsed: DataFrame, counts: CleanCounts, started: float) -> DataFrame:
+    """The distinct valid events (persisted: the caller unpersists); fills ``counts``."""
+    valid = parsed.where(F.col(REASON).isNull()).drop(REASON)
+    distinct = dedupe_exact(valid, order_by=(SOURCE_FILE, RAW_HASH)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    totals = one_row(
+        distinct.agg(F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")), "clean totals"
+    )
+    counts.rows_distinct, counts.rows_copies = totals["n"], totals["copies"] or 0
+    log.info(
+        "clean: %d distinct events, %d exact duplicates (%.1fs)",
+        counts.rows_distinct,
+        counts.rows_duplicate,
+        time.perf_counter() - started,
+    )
+    return distinct
+
+
+def route_bots(
+    distinct: DataFrame, parsed: DataFrame, bot_limit: int | None
+) -> tuple[DataFrame, DataFrame]:
+    """(events, quarantine): bot suspects (with ``bot_limit``) join the rejected records."""
+    quarantine = parsed.where(F.col(REASON).isNotNull()).select(*QUARANTINE_COLUMNS)
+    if bot_limit is None:
+        return distinct, quarantine
+    flagged = flag_bots(distinct, bot_limit)
+    bots = flagged.where("is_bot").select(
+        F.col(RAW), F.lit(Reason.BOT_SUSPECT).alias(REASON), F.col(SOURCE_FILE)
+    )
+    return flagged.where("NOT is_bot"), quarantine.unionByName(bots)
+
+
+def staged_counts(
+    spark: SparkSession, events: StagedPartition, quarantine: StagedPartition
+) -> tuple[int, dict[str, int]]:
+    """Rows of the staged events, and of the staged quarantine by reason, read from disk."""
+    rows_out = events.count(spark)
+    quarantined = {
+        row[REASON]: row["count"]
+        for row in quarantine.read(spark).groupBy(REASON).count().collect()
+    }
+    return rows_out, quarantined
+
+
+def mismatch(
+    counts: CleanCounts, rows_out: int, quarantined: dict[str, int], bots: bool
+) -> str | None:
+    """What does not add up between the staged rows and the rows read (None when all does)."""
+    rows_quarantined = sum(quarantined.values())
+    expected_quarantine = counts.rows_invalid
+    if bots:
+        expected_quarantine[Reason.BOT_SUSPECT] = counts.rows_distinct - rows_out
+    problems = []
+    if counts.rows_in != rows_out + rows_quarantined + counts.rows_duplicate:
+        problems.append(
+            f"rows_in {counts.rows_in} != rows_out {rows_out} + quarantined {rows_quarantined}"
+            f" + duplicates {counts.rows_duplicate}"
         )
-    return run.manifest
+    if counts.rows_copies != counts.rows_valid:
+        problems.append(
+            f"valid rows {counts.rows_valid} != rows behind distinct events {counts.rows_copies}"
+        )
+    if {k: v for k, v in quarantined.items() if v} != {
+        k: v for k, v in expected_quarantine.items() if v
+    }:
+        problems.append(f"quarantine by reason {quarantined} != expected {expected_quarantine}")
+    return "clean did not reconcile: " + "; ".join(problems) if problems else None
+
+
+def refuse_empty_replacement(
+    spark: SparkSession, lake: Lake, ds: str, rows_out: int, allow_empty: bool
+) -> None:
+    """Fail when a day without valid events would replace a non-empty events day."""
+    if rows_out or allow_empty or not lake.exists(EVENTS, {DS: ds}):
+        return
+    previous = lake.read(spark, EVENTS, [{DS: ds}]).count()
+    if previous:
+        raise EmptyReplacementError(
+            f"clean ds={ds}: the input holds no valid event, and events ds={ds} has "
+            f"{previous} rows; nothing was replaced (pass --allow-empty, or set "
+            "clean.allow_empty=true, to publish an empty day over them)"
+        )

@@ -9,7 +9,6 @@ implies, and records every file's row count in the manifest (the loaders check a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,13 @@ from recpipe.etl.export import (
     sequence_samples,
     user_sequences,
 )
-from recpipe.lake import Lake, StagedPartition
-from recpipe.manifest import StageRun, read_manifest
+from recpipe.lake import Transaction, transaction
+from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
+from recpipe.manifest import ExportManifest, ExportSamples, ExportTable, ShardRows
 from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
+from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import vocab_size
 
@@ -61,13 +62,16 @@ def _item_counts(train: DataFrame, n_items: int) -> np.ndarray:
 
 def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[str, int]:
     size = F.size(SEQ_ITEMS)
-    totals = sequences.agg(
-        F.sum(size).alias("interactions"),
-        F.sum(F.when(size > 1, F.ceil((size - 1) / F.lit(stride))).otherwise(0)).alias("windows"),
-        F.count(F.lit(1)).alias("users"),
-    ).first()
-    if totals is None:
-        raise RuntimeError("export: the sequence totals aggregate returned no row")
+    totals = one_row(
+        sequences.agg(
+            F.sum(size).alias("interactions"),
+            F.sum(F.when(size > 1, F.ceil((size - 1) / F.lit(stride))).otherwise(0)).alias(
+                "windows"
+            ),
+            F.count(F.lit(1)).alias("users"),
+        ),
+        "export sequence totals",
+    )
     interactions = int(totals["interactions"] or 0)
     return {
         "pairwise": interactions,
@@ -78,9 +82,9 @@ def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[st
     }
 
 
-def _file_rows(folder: Path) -> list[dict[str, Any]]:
+def _file_rows(folder: Path) -> list[ShardRows]:
     return [
-        {"file": path.name, "rows": pq.ParquetFile(path).metadata.num_rows}
+        ShardRows(file=path.name, rows=pq.ParquetFile(path).metadata.num_rows)
         for path in sorted(folder.glob("*.parquet"))
     ]
 
@@ -99,111 +103,115 @@ def _samples(
 def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Write every configured sample kind for every protocol's train split of ``ds``."""
     settings = config.export
-    stride = settings.stride or settings.max_len
-    files = planned_files(config)
-    lake = Lake(config.root)
-    n_items = vocab_size(config.root, "vocab_items", ITEM_IDX, ds)
-    n_users = vocab_size(config.root, "vocab_users", USER_IDX, ds)
-    with StageRun(config, STAGE, ds) as run:
-        run.record.update(
-            settings=settings.model_dump(mode="json"),
-            stride=stride,
-            planned_world_size=config.train.processes,
-            files_per_table=files,
-            n_items=n_items,
-            n_users=n_users,
-            user_index_size=n_users + 1,  # user_idx runs 1..n_users; 0 is unused
-            samples={},
+    n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
+    n_users = vocab_size(config.root, VOCAB_USERS, USER_IDX, ds)
+    record = ExportManifest(
+        settings=settings.model_dump(mode="json"),
+        stride=settings.stride or settings.max_len,
+        planned_world_size=config.train.processes,
+        files_per_table=planned_files(config),
+        n_items=n_items,
+        n_users=n_users,
+        user_index_size=n_users + 1,  # user_idx runs 1..n_users; 0 is unused
+    )
+    samples: dict[str, ExportSamples] = {}
+    record.samples = samples
+    with transaction(config, STAGE, ds, record) as tx:
+        for protocol in config.split.protocols:
+            samples[protocol] = export_protocol(spark, tx, protocol)
+        record.rows_in = sum(s.interactions for s in samples.values())
+        record.rows_out = sum(
+            table.rows for s in samples.values() for kind in settings.kinds
+            if (table := s.kind(kind)) is not None
+        )  # fmt: skip
+    return tx.manifest
+
+
+def read_train(spark: SparkSession, tx: Transaction[ExportManifest], protocol: str) -> DataFrame:
+    """The train split of ``protocol``, reconciled with what ``split`` published."""
+    partition = {DS: tx.ds, PROTOCOL: protocol}
+    if not tx.lake.exists("train", partition):
+        raise MissingInputError(
+            f"no train split for protocol={protocol} ds={tx.ds}: run `recpipe split --ds {tx.ds}`"
         )
-        staged: list[StagedPartition] = []
-        rows_in = rows_out = 0
-        try:
-            for protocol in config.split.protocols:
-                partition = {DS: ds, PROTOCOL: protocol}
-                if not lake.exists("train", partition):
-                    raise MissingInputError(
-                        f"no train split for protocol={protocol} ds={ds}: run `recpipe split "
-                        f"--ds {ds}`"
-                    )
-                train = lake.read(spark, "train", [partition])
+    train = tx.lake.read(spark, "train", [partition])
+    check_rows(
+        f"train protocol={protocol}", tx.ds, train.count(), tx.config.root, "split",
+        lambda m: m.protocols[protocol].train.rows,
+    )  # fmt: skip
+    return train
 
-                def train_rows(m: Mapping[str, Any], p: str = protocol) -> int:
-                    return m["protocols"][p]["train"]["rows"]
 
-                check_rows(
-                    f"train protocol={protocol}", ds, train.count(), config.root, "split",
-                    train_rows,
-                )  # fmt: skip
-                weights = (
-                    _item_counts(train, n_items)
-                    if settings.negative_sampling == "popularity"
-                    else None
-                )
-                sampler = NegativeSampler(n_items, weights, settings.seed)
-                sequences = user_sequences(train).persist(StorageLevel.MEMORY_AND_DISK)
-                expected = _expected_rows(sequences, settings.negatives, stride)
-                rows_in += expected["interactions"]
-                record: dict[str, Any] = {
-                    "users": expected["users"],
-                    "interactions": expected["interactions"],
-                }
-                for kind in settings.kinds:
-                    table = SAMPLE_TABLES[kind]
-                    frame = _samples(kind, sequences, sampler, config, stride).repartition(files)
-                    part = lake.stage(frame, table, partition, {"_config.yaml": config.to_yaml()})
-                    staged.append(part)
-                    written = _file_rows(part.path)
-                    total = sum(f["rows"] for f in written)
-                    if total != expected[kind]:
-                        raise ExportMismatchError(
-                            f"{table} {protocol}: wrote {total} rows, the train split implies "
-                            f"{expected[kind]}"
-                        )
-                    if len(written) != files:
-                        raise ExportMismatchError(
-                            f"{table} {protocol}: {len(written)} files for {total} rows, planned "
-                            f"{files} (train.processes x export.files_per_process); lower "
-                            "export.files_per_process for data this small"
-                        )
-                    record[kind] = {"table": table, "rows": total, "files": written}
-                    rows_out += total
-                    log.info("export %s/%s: %d rows in %d files", protocol, kind, total, files)
-                sequences.unpersist()
-                run.record["samples"][protocol] = record
-        except BaseException:
-            for part in staged:
-                part.discard()
-            raise
-        for part in staged:
-            part.publish(run)
-        run.record.update(rows_in=rows_in, rows_out=rows_out)
-    return run.manifest
+def export_protocol(
+    spark: SparkSession, tx: Transaction[ExportManifest], protocol: str
+) -> ExportSamples:
+    """Stage every sample kind of ``protocol``'s train split; each reconciled as staged."""
+    settings = tx.config.export
+    stride = settings.stride or settings.max_len
+    n_items = tx.record.n_items or 0
+    train = read_train(spark, tx, protocol)
+    weights = _item_counts(train, n_items) if settings.negative_sampling == "popularity" else None
+    sampler = NegativeSampler(n_items, weights, settings.seed)
+    sequences = user_sequences(train).persist(StorageLevel.MEMORY_AND_DISK)
+    expected = _expected_rows(sequences, settings.negatives, stride)
+    record = ExportSamples(users=expected["users"], interactions=expected["interactions"])
+    for kind in settings.kinds:
+        frame = _samples(kind, sequences, sampler, tx.config, stride)
+        setattr(record, kind, stage_samples(tx, frame, kind, protocol, expected[kind]))
+    sequences.unpersist()
+    return record
+
+
+def stage_samples(
+    tx: Transaction[ExportManifest], frame: DataFrame, kind: str, protocol: str, expected: int
+) -> ExportTable:
+    """Stage one sample table as exactly ``files_per_table`` files of ``expected`` rows in all."""
+    files = planned_files(tx.config)
+    table = SAMPLE_TABLES[kind]
+    part = tx.stage(frame.repartition(files), table, {DS: tx.ds, PROTOCOL: protocol})
+    written = _file_rows(part.path)
+    total = sum(f.rows for f in written)
+    tx.reconcile(
+        None if total == expected else
+        f"{table} {protocol}: wrote {total} rows, the train split implies {expected}",
+        ExportMismatchError,
+    )  # fmt: skip
+    tx.reconcile(
+        None if len(written) == files else
+        f"{table} {protocol}: {len(written)} files for {total} rows, planned {files} "
+        "(train.processes x export.files_per_process); lower export.files_per_process for "
+        "data this small",
+        ExportMismatchError,
+    )  # fmt: skip
+    log.info("export %s/%s: %d rows in %d files", protocol, kind, total, files)
+    return ExportTable(table=table, rows=total, files=written)
 
 
 def export_shards(root: Path, ds: str, protocol: str, kind: str) -> list[tuple[str, int]]:
     """(file path, manifest row count) of every file of one exported sample table."""
     try:
-        manifest = read_manifest(root, STAGE, ds)
+        manifest = ExportManifest.read(root, ds)
     except MissingInputError:
-        manifest = {}
-    record = manifest.get("samples", {}).get(protocol, {}).get(kind)
-    if manifest.get("status") != "ok" or record is None:
+        manifest = ExportManifest()
+    samples = (manifest.samples or {}).get(protocol)
+    record = samples.kind(kind) if samples is not None else None
+    if not manifest.ok or record is None:
         raise MissingInputError(
             f"no exported {kind} samples for protocol={protocol} ds={ds}: run `recpipe export "
             f"--ds {ds}` (with {kind} in export.kinds)"
         )
     partition = {DS: ds, PROTOCOL: protocol}
-    folder = current_version(root, record["table"], partition)
-    committed = current_record(root, record["table"], partition) or {}
+    folder = current_version(root, record.table, partition)
+    committed = current_record(root, record.table, partition) or {}
     digests = {f["file"]: f.get("footer_sha256") for f in committed.get("files", [])}
-    for entry in record["files"]:
-        path = folder / entry["file"]
-        recorded = digests.get(entry["file"])
+    for entry in record.files:
+        path = folder / entry.file
+        recorded = digests.get(entry.file)
         found = footer_sha256(path) if path.is_file() else None
         if found is None or (recorded is not None and found != recorded):
             what = "is missing" if found is None else "is not the file export wrote"
             raise ExportMismatchError(
-                f"{record['table']} protocol={protocol} ds={ds}: {path} {what}: re-run "
+                f"{record.table} protocol={protocol} ds={ds}: {path} {what}: re-run "
                 f"`recpipe export --ds {ds}`"
             )
-    return [(str(folder / f["file"]), int(f["rows"])) for f in record["files"]]
+    return [(str(folder / f.file), int(f.rows)) for f in record.files]

@@ -19,12 +19,12 @@ from pyspark.sql import functions as F
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.lake import Lake
+from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import StageRun
 from recpipe.model_store import load_payload
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.scoring.distributed import RANK, SCORE, SOURCE, ScoreSettings, score_frame
 from recpipe.scoring.inputs import history_frame, popular_list
-from recpipe.stages.vocab import VOCAB_ITEMS, VOCAB_USERS
 
 
 def _with_ids(spark: SparkSession, config: Config, ds: str, scored: DataFrame) -> DataFrame:

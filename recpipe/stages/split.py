@@ -23,8 +23,9 @@ from recpipe.etl.split import (
     temporal,
     temporal_cuts,
 )
-from recpipe.lake import Lake
-from recpipe.manifest import StageRun
+from recpipe.lake import Lake, Transaction, transaction
+from recpipe.layout import SESSIONS
+from recpipe.manifest import SplitManifest, SplitPart, SplitProtocol
 from recpipe.reconcile import check_rows
 from recpipe.schema import (
     DS,
@@ -37,7 +38,7 @@ from recpipe.schema import (
     USER_IDX,
     VALUE,
 )
-from recpipe.stages.sessionize import SESSIONS
+from recpipe.spark import one_row
 
 PROTOCOL = "protocol"
 SPLIT_COLUMNS: tuple[str, ...] = (
@@ -88,58 +89,69 @@ def label_parts(interactions: DataFrame, config: Config, protocol: str) -> tuple
 
 def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Split the interactions in ``sessions`` for ``ds`` under every configured protocol."""
-    lake = Lake(config.root)
-    with StageRun(config, "split", ds) as run:
-        lake.require(SESSIONS, ds, "sessionize")
-        sessions = lake.read(spark, SESSIONS, [{DS: ds}])
-        check_rows(SESSIONS, ds, sessions.count(), config.root, "sessionize")
-        interactions = explode_sessions(sessions).withColumn(
-            EVENT_RANK, event_rank(config.clean.event_types)
-        )
-        rows_in = interactions.count()
-        if config.split.dedupe_user_item:
-            interactions = dedupe_user_item(interactions)
-        interactions = interactions.persist(StorageLevel.MEMORY_AND_DISK)
-        rows_used = interactions.count()
-        run.record.update(rows_in=rows_in, rows_repeat_dropped=rows_in - rows_used, protocols={})
-        staged = []
+    with transaction(config, "split", ds, SplitManifest()) as tx:
+        interactions, rows_in = read_interactions(spark, config, tx.lake, ds)
         try:
+            rows_used = interactions.count()
+            tx.record.rows_in = rows_in
+            tx.record.rows_repeat_dropped = rows_in - rows_used
+            protocols: dict[str, SplitProtocol] = {}
+            tx.record.protocols = protocols  # filled as each protocol is staged
             for protocol in config.split.protocols:
-                labelled, spec = label_parts(interactions, config, protocol)
-                labelled = labelled.withColumn(TS, F.timestamp_millis(TS_MS)).persist()
-                counts: dict[str, Any] = {}
-                for part in PARTS:
-                    rows = labelled.where(F.col(PART) == part).select(*SPLIT_COLUMNS)
-                    staged_part = lake.stage(
-                        rows,
-                        part,
-                        {DS: ds, PROTOCOL: protocol},
-                        {"_config.yaml": config.to_yaml()},
-                    )
-                    staged.append(staged_part)
-                    written = (
-                        staged_part.read(spark)
-                        .agg(
-                            F.count(F.lit(1)).alias("rows"),
-                            F.count_distinct(USER_IDX).alias("users"),
-                        )
-                        .first()
-                    )
-                    if written is None:
-                        raise RuntimeError(f"{protocol} {part}: the row count returned no row")
-                    counts[part] = {"rows": written["rows"], "users": written["users"]}
-                labelled.unpersist()
-                total = sum(c["rows"] for c in counts.values())
-                if total != rows_used:
-                    raise RuntimeError(f"{protocol}: parts hold {total} rows, expected {rows_used}")
-                run.record["protocols"][protocol] = {"settings": spec, **counts}
-        except BaseException:
-            for staged_part in staged:
-                staged_part.discard()
-            raise
+                protocols[protocol] = stage_protocol(spark, tx, interactions, protocol, rows_used)
         finally:
             interactions.unpersist()
-        for staged_part in staged:
-            staged_part.publish(run)
-        run.record["rows_out"] = rows_used * len(config.split.protocols)
-    return run.manifest
+        tx.record.rows_out = rows_used * len(config.split.protocols)
+    return tx.manifest
+
+
+def read_interactions(
+    spark: SparkSession, config: Config, lake: Lake, ds: str
+) -> tuple[DataFrame, int]:
+    """The interactions of the ``sessions`` of ``ds`` (persisted), and how many were read.
+
+    The sessions are reconciled with what ``sessionize`` published; with
+    ``split.dedupe_user_item`` repeated (user, item) pairs are dropped.
+    """
+    lake.require(SESSIONS, ds, "sessionize")
+    sessions = lake.read(spark, SESSIONS, [{DS: ds}])
+    check_rows(SESSIONS, ds, sessions.count(), config.root, "sessionize")
+    interactions = explode_sessions(sessions).withColumn(
+        EVENT_RANK, event_rank(config.clean.event_types)
+    )
+    rows_in = interactions.count()
+    if config.split.dedupe_user_item:
+        interactions = dedupe_user_item(interactions)
+    return interactions.persist(StorageLevel.MEMORY_AND_DISK), rows_in
+
+
+def stage_protocol(
+    spark: SparkSession,
+    tx: Transaction[SplitManifest],
+    interactions: DataFrame,
+    protocol: str,
+    rows_used: int,
+) -> SplitProtocol:
+    """Stage the parts of ``protocol``; reconcile their rows with the ``rows_used`` read."""
+    labelled, spec = label_parts(interactions, tx.config, protocol)
+    labelled = labelled.withColumn(TS, F.timestamp_millis(TS_MS)).persist()
+    counts: dict[str, SplitPart] = {}
+    for part in PARTS:
+        rows = labelled.where(F.col(PART) == part).select(*SPLIT_COLUMNS)
+        staged = tx.stage(rows, part, {DS: tx.ds, PROTOCOL: protocol})
+        written = one_row(
+            staged.read(spark).agg(
+                F.count(F.lit(1)).alias("rows"), F.count_distinct(USER_IDX).alias("users")
+            ),
+            f"{protocol} {part}",
+        )
+        counts[part] = SplitPart(rows=written["rows"], users=written["users"])
+    labelled.unpersist()
+    total = sum(c.rows for c in counts.values())
+    tx.reconcile(
+        None
+        if total == rows_used
+        else f"{protocol}: parts hold {total} rows, expected {rows_used}",
+        RuntimeError,
+    )
+    return SplitProtocol(settings=spec, **counts)
