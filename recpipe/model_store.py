@@ -20,8 +20,7 @@ from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
 from recpipe.layout import model_dir, models_base
 from recpipe.registry import is_baseline
-from recpipe.scoring.deep import DeepScorer
-from recpipe.scoring.scorers import ModelPayload
+from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
 from recpipe.tables import TrainData, load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
@@ -40,13 +39,13 @@ def read_model_files(root: Path, name: str, ds: str, protocol: str) -> dict[str,
 
 def load_for_evaluation(
     root: Path, name: str, ds: str, protocol: str, train: TrainData
-) -> Baseline | DeepScorer:
+) -> Baseline | HistoryScorer:
     """A trained model ready to score users against the whole catalogue: a baseline with its
     users' ``train`` histories attached, or a deep model's scorer over the same histories."""
     files = read_model_files(root, name, ds, protocol)
     if model_kind(name) == "deep":
         model = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
-        return DeepScorer.for_train_data(model, train)
+        return evaluation_scorer(model, train)
     baseline = baseline_class(name).from_files(files)
     baseline.attach_history(train)
     return baseline

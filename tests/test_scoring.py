@@ -11,15 +11,16 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
+import torch
 from helpers import build_config, partition_dir, read_manifest, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.cli import main
+from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.model_store import load_payload
 from recpipe.query import run_sql
-from recpipe.scoring.deep import DeepScorer
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
 from recpipe.stages.evaluate import run_evaluate
@@ -154,8 +155,17 @@ def test_deep_lists_match_the_evaluation_ranking_of_score_all(spark, root, name)
     rows, items = histories.pairs()
     inside = items <= model.n_items
     seen = csr_from_pairs(histories.users[rows][inside], items[inside], len(padded))
-    scorer = DeepScorer(model, padded if model.sample_kind == "sequence" else None, known)
-    ref_items, ref_scores = top_k(scorer.score, users, K, model.n_items, seen)
+    sequence = model.sample_kind == "sequence"
+
+    def score_all(block: np.ndarray) -> np.ndarray:
+        history = torch.as_tensor(padded[block]) if sequence else None
+        batch = Batch(users=torch.as_tensor(block, dtype=torch.int64), history=history)
+        with torch.no_grad():
+            scores = model.eval().score_all(batch).float().numpy().astype(np.float64)
+        scores[:, ~known] = -np.inf
+        return scores
+
+    ref_items, ref_scores = top_k(score_all, users, K, model.n_items, seen)
     got = _sorted(table)
     got_scores = got.column("score").to_numpy().reshape(len(users), K)
     got_items = got.column("item_idx").to_numpy().reshape(len(users), K)

@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 from recpipe.config import ConfigError
 from recpipe.errors import MissingInputError
 from recpipe.models import registry
-from recpipe.scoring.deep import build_histories
+from recpipe.scoring.histories import UserHistories
 from recpipe.stages.export import run_export
 from recpipe.stages.train import build_spec, run_train
 from recpipe.tables import load_split
@@ -146,7 +146,10 @@ def test_model_config_errors_name_the_key(root) -> None:
 
 def test_histories_match_each_users_latest_train_items(root) -> None:
     train = load_split(root, DS, "leave_last_out", "train")
-    histories = build_histories(train, 8)
+    built = UserHistories.from_events(
+        train.users, train.items, train.ts, distinct=False, n_users=train.n_users
+    )
+    histories = built.recent(8, np.ones(train.n_items + 1, dtype=bool))
     for user in np.unique(train.users):
         mask = train.users == user
         ordered = [i for _, i in sorted(zip(train.ts[mask], train.items[mask], strict=True))]

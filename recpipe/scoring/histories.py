@@ -24,13 +24,20 @@ class UserHistories:
 
     @classmethod
     def from_events(
-        cls, users: np.ndarray, items: np.ndarray, ts: np.ndarray, distinct: bool
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        ts: np.ndarray,
+        distinct: bool,
+        n_users: int | None = None,
     ) -> UserHistories:
         """Each user's items ordered by (time, item index), users ascending.
 
         ``distinct``: keep each (user, item) once, at its first time (what scoring excludes
         and conditions on); otherwise every interaction, repeats included (the layout of the
         export stage's sequence samples, which sequence models were trained on).
+        ``n_users``: list every user ``0..n_users - 1``, empty where there are no events, so
+        that row ``u`` is user ``u`` (``take(users)`` then selects by user index).
         """
         users, items, ts = (np.asarray(a, dtype=np.int64) for a in (users, items, ts))
         if distinct:
@@ -41,7 +48,11 @@ class UserHistories:
             users, items, ts = users[first], items[first], ts[first]
         order = np.lexsort((items, ts, users))
         distinct_users, lengths = np.unique(users[order], return_counts=True)
-        return cls(distinct_users, lengths, items[order])
+        if n_users is None:
+            return cls(distinct_users, lengths, items[order])
+        every = np.zeros(n_users, dtype=np.int64)
+        every[distinct_users] = lengths
+        return cls(np.arange(n_users), every, items[order])
 
     def __len__(self) -> int:
         return len(self.users)

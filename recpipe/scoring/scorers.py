@@ -20,10 +20,13 @@ import torch
 from scipy import sparse
 
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline
+from recpipe.baselines.base import Baseline, known_items_mask
 from recpipe.data.batch import Batch
+from recpipe.evaluation.ranking import PAD_ITEM
+from recpipe.models.base import RecModel
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
+from recpipe.tables import TrainData
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 
@@ -103,6 +106,12 @@ class Scorer(ABC):
         """(items [U, k], scores [U, k]) best first, seen and unknown items excluded, ties by
         smaller item index, padded with item 0 / -inf."""
 
+    @abstractmethod
+    def score_rows(self, histories: UserHistories) -> np.ndarray:
+        """Full score rows [U, n_items + 1] float64 (padding and unknown items -inf, seen
+        items not masked): the input of the evaluation library's ranking, for small data."""
+
+
 
 class DotScorer(Scorer):
     """Scores are user vectors . item vectors: a blocked product over the known items only."""
@@ -130,6 +139,14 @@ class DotScorer(Scorer):
         rows, columns = self.seen_pairs(histories, self.position)
         return dot_top_k(queries, self.item_vectors, self.item_ids, k, rows, columns, item_block)
 
+    @torch.no_grad()
+    def score_rows(self, histories: UserHistories) -> np.ndarray:
+        """See :meth:`Scorer.score_rows`."""
+        queries = self.queries(histories).float().to(self.device)
+        rows = np.full((len(histories), self.n_items + 1), NEG_INF)
+        rows[:, self.item_ids.cpu().numpy()] = (queries @ self.item_vectors.T).double().cpu()
+        return rows
+
 
 class DenseScorer(Scorer):
     """Scores come as full rows [U, n_items + 1] from the model, one user block at a time."""
@@ -152,13 +169,60 @@ class DenseScorer(Scorer):
         rows, columns = self.seen_pairs(histories)
         return dense_top_k(scores, k, rows, columns)
 
+    @torch.no_grad()
+    def score_rows(self, histories: UserHistories) -> np.ndarray:
+        """See :meth:`Scorer.score_rows`."""
+        rows = self.scores(histories).float().cpu().numpy().astype(np.float64)
+        rows[:, ~self.known_items] = NEG_INF
+        rows[:, PAD_ITEM] = NEG_INF
+        return rows
+
+
+@dataclass
+class HistoryScorer:
+    """A :class:`Scorer` over fixed histories indexed by user: ``score(users)`` gives full rows,
+    the score function the evaluation library ranks (validation and ``evaluate``)."""
+
+    scorer: Scorer
+    histories: UserHistories  # row u is user u (UserHistories.from_events(..., n_users=...))
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Full score rows [len(users), n_items + 1] float64, unknown items -inf."""
+        return self.scorer.score_rows(self.histories.take(np.asarray(users, dtype=np.int64)))
+
+
+def evaluation_scorer(model: RecModel, train: TrainData, device: str = "cpu") -> HistoryScorer:
+    """A deep model scored as validation and evaluation rank it: its full score rows
+    (``score_all``) over each user's ``train`` history, items never trained on -inf."""
+    histories = UserHistories.from_events(
+        train.users, train.items, train.ts, distinct=False, n_users=train.n_users
+    )
+    trained = np.zeros(train.n_users, dtype=bool)
+    trained[train.users] = True
+    scorer = deep_scorer(model, known_items_mask(train), trained, device, dense=True)
+    return HistoryScorer(scorer, histories)
+
 
 def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
-    state = load_state(io.BytesIO(payload.files[MODEL_FILE]))
-    model = build_model(state).eval().to(device)
+    model = build_model(load_state(io.BytesIO(payload.files[MODEL_FILE])))
+    return deep_scorer(model, payload.known_items, payload.train_users, device, payload.name)
+
+
+def deep_scorer(
+    model: RecModel,
+    known: np.ndarray,
+    train_users: np.ndarray,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+    dense: bool = False,
+) -> Scorer:
+    """A trained deep model as a :class:`Scorer`: a dot-product scorer over its item vectors
+    when it exports them, else its full score rows. ``dense`` always takes the score rows
+    (``score_all``), the numbers validation and evaluation rank by."""
+    device = torch.device(device)
+    model = model.eval().to(device)
     sequence = model.sample_kind == "sequence"
     max_len = model.context.max_len
-    known = payload.known_items
 
     def batch(histories: UserHistories) -> Batch:
         # Only items the model trained on enter its input; others have untrained embeddings.
@@ -167,20 +231,20 @@ def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
         return Batch(users=users, history=history).to(device)
 
     common = dict(
-        name=payload.name,
+        name=name or model.name,
         known_items=known,
-        train_users=payload.train_users,
+        train_users=train_users,
         uses_user_ids=model.uses_user_ids,
         needs_history=sequence,
         device=device,
     )
-    vectors = model.item_embeddings()
+    vectors = None if dense else model.item_embeddings()
     if vectors is not None:
 
         def queries(histories: UserHistories) -> torch.Tensor:
             users = model.user_embeddings(batch(histories))
             if users is None:
-                raise TypeError(f"{payload.name}: item embeddings but no user embeddings")
+                raise TypeError(f"{model.name}: item embeddings but no user embeddings")
             return users
 
         return DotScorer(queries, vectors, **common)

@@ -12,7 +12,7 @@ from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import ranking_metrics
 from recpipe.evaluation.ranking import Csr, csr_from_pairs, top_k
 from recpipe.models.base import RecModel
-from recpipe.scoring.deep import DeepScorer
+from recpipe.scoring.scorers import evaluation_scorer
 from recpipe.tables import TrainData, load_split
 
 
@@ -71,7 +71,7 @@ class Validator:
     def evaluate(self, model: RecModel, device: str = "cpu") -> float:
         """The metric for ``model`` (put in eval mode; the caller restores train mode)."""
         data = self.data
-        scorer = DeepScorer.for_train_data(model, data.train, device)
+        scorer = evaluation_scorer(model, data.train, device)
         items, _ = top_k(
             scorer.score, data.users, self.k, data.train.n_items, data.seen, batch=self.user_batch
         )
