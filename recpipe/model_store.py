@@ -17,7 +17,7 @@ import numpy as np
 
 from recpipe.artifacts import read_artifacts
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import Baseline, known_items_mask
+from recpipe.baselines.base import known_items_mask
 from recpipe.layout import model_dir, models_base
 from recpipe.registry import is_baseline
 from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
@@ -39,16 +39,13 @@ def read_model_files(root: Path, name: str, ds: str, protocol: str) -> dict[str,
 
 def load_for_evaluation(
     root: Path, name: str, ds: str, protocol: str, train: TrainData
-) -> Baseline | HistoryScorer:
-    """A trained model ready to score users against the whole catalogue: a baseline with its
-    users' ``train`` histories attached, or a deep model's scorer over the same histories."""
+) -> HistoryScorer:
+    """A trained model ready to score users against the whole catalogue over their ``train``
+    histories (baselines and deep models alike, through the one scorer family)."""
     files = read_model_files(root, name, ds, protocol)
     if model_kind(name) == "deep":
-        model = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
-        return evaluation_scorer(model, train)
-    baseline = baseline_class(name).from_files(files)
-    baseline.attach_history(train)
-    return baseline
+        return evaluation_scorer(build_model(load_state(io.BytesIO(files[MODEL_FILE]))), train)
+    return evaluation_scorer(baseline_class(name).from_files(files), train)
 
 
 def load_payload(root: Path, ds: str, protocol: str, name: str) -> ModelPayload:

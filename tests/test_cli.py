@@ -137,7 +137,9 @@ def test_bad_ds_and_unwritable_root_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_config_error_exit_code_names_key(tmp_path: Path) -> None:
-    result = run([str(BIN / "recpipe"), "clean", "--set", "clean.max_id_length=long"], tmp_path)
+    result = run(
+        [str(BIN / "recpipe"), "clean", "--ds", DS, "--set", "clean.max_id_length=long"], tmp_path
+    )
     assert result.returncode == 2
     assert "'clean.max_id_length'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -375,7 +375,8 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
         load_for_evaluation(config.root, "als", DS1, PROTOCOL, train)
     baseline = load_payload(copy, DS1, PROTOCOL, "ease")  # an untouched baseline still loads
     assert baseline.kind == "baseline" and set(baseline.files) == {"meta.json", "arrays.npz"}
-    assert type(load_for_evaluation(config.root, "ease", DS1, PROTOCOL, train)).__name__ == "Ease"
+    ease = load_for_evaluation(config.root, "ease", DS1, PROTOCOL, train)
+    assert type(ease.model).__name__ == "Ease"
 
     # Layer 1: the file is not the one training wrote.
     with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match the SHA-256"):

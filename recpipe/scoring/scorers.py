@@ -172,7 +172,8 @@ class DenseScorer(Scorer):
     @torch.no_grad()
     def score_rows(self, histories: UserHistories) -> np.ndarray:
         """See :meth:`Scorer.score_rows`."""
-        rows = self.scores(histories).float().cpu().numpy().astype(np.float64)
+        # A float64 model (a baseline) keeps its precision; float32 rows are widened exactly.
+        rows = self.scores(histories).detach().cpu().double().numpy().copy()
         rows[:, ~self.known_items] = NEG_INF
         rows[:, PAD_ITEM] = NEG_INF
         return rows
@@ -185,22 +186,38 @@ class HistoryScorer:
 
     scorer: Scorer
     histories: UserHistories  # row u is user u (UserHistories.from_events(..., n_users=...))
+    model: Baseline | RecModel  # what the scorer scores with
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """Full score rows [len(users), n_items + 1] float64, unknown items -inf."""
         return self.scorer.score_rows(self.histories.take(np.asarray(users, dtype=np.int64)))
 
 
-def evaluation_scorer(model: RecModel, train: TrainData, device: str = "cpu") -> HistoryScorer:
-    """A deep model scored as validation and evaluation rank it: its full score rows
-    (``score_all``) over each user's ``train`` history, items never trained on -inf."""
+def evaluation_scorer(
+    model: Baseline | RecModel, train: TrainData, device: str = "cpu"
+) -> HistoryScorer:
+    """A trained model scored as validation and evaluation rank it: full score rows over each
+    user's ``train`` history (a deep model's ``score_all``, a baseline's own float64 scores of
+    its users), items the model never trained on -inf."""
     histories = UserHistories.from_events(
         train.users, train.items, train.ts, distinct=False, n_users=train.n_users
     )
     trained = np.zeros(train.n_users, dtype=bool)
     trained[train.users] = True
-    scorer = deep_scorer(model, known_items_mask(train), trained, device, dense=True)
-    return HistoryScorer(scorer, histories)
+    if isinstance(model, Baseline):
+        model.attach_history(train)
+        scorer: Scorer = DenseScorer(
+            lambda h: torch.as_tensor(np.asarray(model.raw_scores(h.users), dtype=np.float64)),
+            name=model.name,
+            known_items=model.known_items,
+            train_users=trained,
+            uses_user_ids=model.uses_user_ids,
+            needs_history=model.needs_history,
+            device=torch.device(device),
+        )
+    else:
+        scorer = deep_scorer(model, known_items_mask(train), trained, device, dense=True)
+    return HistoryScorer(scorer, histories, model)
 
 
 def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
