@@ -144,6 +144,15 @@ def test_model_config_errors_name_the_key(root) -> None:
         run_train(None, config_for(root), DS, ["no_such_model"])
 
 
+def test_evaluation_without_a_session_fails_before_training(root) -> None:
+    config = config_for(root)
+    runs = config.root / "manifests" / "train-bpr_mf"
+    before = sorted(runs.rglob("*")) if runs.exists() else []
+    with pytest.raises(ValueError, match="needs a SparkSession"):
+        run_train(None, config, DS, ["bpr_mf"])
+    assert (sorted(runs.rglob("*")) if runs.exists() else []) == before  # nothing ran
+
+
 def test_histories_match_each_users_latest_train_items(root) -> None:
     train = load_split(root, DS, "leave_last_out", "train")
     built = UserHistories.from_events(

@@ -134,6 +134,8 @@ def run_train(
     names = models or config.train.models
     for name in names:
         model_settings(config, name)  # fail on config errors before any training starts
+    if evaluate and spark is None:  # before hours of training, not after
+        raise ValueError("run_train: evaluate=True needs a SparkSession")
     manifests: list[dict[str, Any]] = []
     for name in names:
         with StageRun(config, f"train-{name}", ds) as run:
@@ -164,9 +166,7 @@ def run_train(
             run.record["rows_out"] = len(run.record["protocols"])
         manifests.append(run.manifest)
     evaluations: list[Evaluation] = []
-    if evaluate:
-        if spark is None:
-            raise ValueError("run_train: evaluate=True needs a SparkSession")
+    if evaluate and spark is not None:  # checked above: evaluate implies a session
         evaluated, evaluations = run_evaluate(spark, config, ds, list(names))
         manifests.extend(evaluated)
     return manifests, evaluations
