@@ -16,7 +16,8 @@ from recpipe.config import Config, ConfigError, load_config
 from recpipe.console import format_table
 from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
 from recpipe.layout import raw_dir
-from recpipe.pipeline import ETL_STEPS, PIPELINE, Step, StepContext, baseline_names
+from recpipe.pipeline import ETL_STEPS, PIPELINE, Step, StepContext
+from recpipe.registry import model_names
 
 log = logging.getLogger("recpipe")
 
@@ -121,7 +122,7 @@ def add_model_option(parser: argparse.ArgumentParser, step: Step) -> None:
         "--model",
         action="append",
         metavar="NAME",
-        choices=baseline_names() if step.models == "baseline" else None,
+        choices=model_names("baseline") if step.models == "baseline" else None,
         help=step.model_help,
     )
 

@@ -124,6 +124,8 @@ def _report_gate(ctx: StepContext, result: StepResult) -> None:
 
 
 def _report_score(ctx: StepContext, result: StepResult) -> None:
+    for note in result.notes:  # the gate's decision, when it chose the model
+        print(note)
     for manifest in result.manifests:
         rows = [
             {"source": source, "users": manifest["users_by_source"][source], "rows": rows}

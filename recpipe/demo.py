@@ -9,13 +9,13 @@ from typing import Any
 
 from recpipe.config import Config, load_config
 from recpipe.console import format_table
-from recpipe.pipeline import baseline_names, deep_model_names
+from recpipe.registry import model_names
 
 log = logging.getLogger(__name__)
 
 # The demo trains every registered model: the baselines, then the deep models.
-DEMO_MODELS = tuple(baseline_names())
-DEEP_MODELS = tuple(deep_model_names())
+DEMO_MODELS = tuple(model_names("baseline"))
+DEEP_MODELS = tuple(model_names("deep"))
 # The demo caps deep training so the whole run stays well under 15 minutes on 2 cores;
 # bench/quality.py trains with the models' own epochs and early stopping.
 DEMO_MAX_EPOCHS = 12

@@ -64,7 +64,6 @@ class Step:
     help: str
     run: Runner
     description: str = ""  # the command's --help text, when more than ``help``
-    needs_spark: bool = True
     etl: bool = False  # part of `recpipe etl` (the lake chain up to the splits)
     models: str | None = None  # "baseline" | "deep" | "any": which models --model may name
     model_help: str = ""  # --help of --model, for steps with ``models``
@@ -130,10 +129,15 @@ def _gate(ctx: StepContext) -> StepResult:
 def _score(ctx: StepContext) -> StepResult:
     from recpipe.stages.score import run_score
 
-    models = ctx.models or [gate_choice(ctx.config, ctx.ds)]
+    notes: list[str] = []
+    if ctx.models:
+        models = ctx.models
+    else:
+        chosen, decision = gate_choice(ctx.config, ctx.ds)
+        models, notes = [chosen], [decision]
     for name in models:
         check_model_name(name)
-    return StepResult([run_score(ctx.spark(), ctx.config, ctx.ds, m) for m in models])
+    return StepResult([run_score(ctx.spark(), ctx.config, ctx.ds, m) for m in models], notes=notes)
 
 
 def _publish(ctx: StepContext) -> StepResult:
@@ -192,7 +196,6 @@ PIPELINE: tuple[Step, ...] = (
         "train",
         "train deep models (PyTorch) on the exported samples, then evaluate them",
         _train,
-        needs_spark=False,
         models="deep",
         model_help=(
             f"deep model to train ({', '.join(model_names('deep'))}); repeat for several "
@@ -226,7 +229,6 @@ PIPELINE: tuple[Step, ...] = (
         "gate",
         "compare the candidate model with the baseline (gate.*) and record the decision",
         _gate,
-        needs_spark=False,
         description=(
             "Read gate.metric@gate.k of gate.candidate (default: the best evaluated deep model) "
             "and gate.baseline from model_metrics (score.protocol, evaluation.split); the "
@@ -288,16 +290,6 @@ def run_steps(ctx: StepContext, names: Sequence[str]) -> StepResult:
     return total
 
 
-def baseline_names() -> list[str]:
-    """Registered baselines, in registry order."""
-    return model_names("baseline")
-
-
-def deep_model_names() -> list[str]:
-    """Registered deep models, in registry order."""
-    return model_names("deep")
-
-
 def check_model_name(name: str) -> None:
     """ConfigError unless ``name`` is a registered baseline or deep model."""
     try:
@@ -306,11 +298,10 @@ def check_model_name(name: str) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def gate_choice(config: Config, ds: str) -> str:
-    """The model the gate picks for ``ds`` (from ``model_metrics``)."""
+def gate_choice(config: Config, ds: str) -> tuple[str, str]:
+    """The model the gate picks for ``ds`` (from ``model_metrics``), and its decision in words."""
     from recpipe.query import metric_rows
     from recpipe.stages.gate import decide, outcome
 
     decision = decide(config, metric_rows(config, ds, None))
-    print(outcome(decision.to_dict()))
-    return decision.published
+    return decision.published, outcome(decision.to_dict())
