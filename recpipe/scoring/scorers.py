@@ -106,11 +106,6 @@ class Scorer(ABC):
         """(items [U, k], scores [U, k]) best first, seen and unknown items excluded, ties by
         smaller item index, padded with item 0 / -inf."""
 
-    @abstractmethod
-    def score_rows(self, histories: UserHistories) -> np.ndarray:
-        """Full score rows [U, n_items + 1] float64 (padding and unknown items -inf, seen
-        items not masked): the input of the evaluation library's ranking, for small data."""
-
 
 
 class DotScorer(Scorer):
@@ -139,14 +134,6 @@ class DotScorer(Scorer):
         rows, columns = self.seen_pairs(histories, self.position)
         return dot_top_k(queries, self.item_vectors, self.item_ids, k, rows, columns, item_block)
 
-    @torch.no_grad()
-    def score_rows(self, histories: UserHistories) -> np.ndarray:
-        """See :meth:`Scorer.score_rows`."""
-        queries = self.queries(histories).float().to(self.device)
-        rows = np.full((len(histories), self.n_items + 1), NEG_INF)
-        rows[:, self.item_ids.cpu().numpy()] = (queries @ self.item_vectors.T).double().cpu()
-        return rows
-
 
 class DenseScorer(Scorer):
     """Scores come as full rows [U, n_items + 1] from the model, one user block at a time."""
@@ -171,9 +158,10 @@ class DenseScorer(Scorer):
 
     @torch.no_grad()
     def score_rows(self, histories: UserHistories) -> np.ndarray:
-        """See :meth:`Scorer.score_rows`."""
-        # A float64 model (a baseline) keeps its precision; float32 rows are widened exactly.
-        rows = self.scores(histories).detach().cpu().double().numpy().copy()
+        """Full score rows [U, n_items + 1] float64 (padding and unknown items -inf, seen
+        items not masked): the input of the evaluation library's ranking, for small data."""
+        # One fresh float64 copy: a baseline keeps its precision, float32 rows widen exactly.
+        rows = np.array(self.scores(histories).detach().cpu().numpy(), dtype=np.float64)
         rows[:, ~self.known_items] = NEG_INF
         rows[:, PAD_ITEM] = NEG_INF
         return rows
@@ -184,7 +172,7 @@ class HistoryScorer:
     """A :class:`Scorer` over fixed histories indexed by user: ``score(users)`` gives full rows,
     the score function the evaluation library ranks (validation and ``evaluate``)."""
 
-    scorer: Scorer
+    scorer: DenseScorer
     histories: UserHistories  # row u is user u (UserHistories.from_events(..., n_users=...))
     model: Baseline | RecModel  # what the scorer scores with
 
@@ -206,7 +194,7 @@ def evaluation_scorer(
     trained[train.users] = True
     if isinstance(model, Baseline):
         model.attach_history(train)
-        scorer: Scorer = DenseScorer(
+        scorer = DenseScorer(
             lambda h: torch.as_tensor(np.asarray(model.raw_scores(h.users), dtype=np.float64)),
             name=model.name,
             known_items=model.known_items,
@@ -216,7 +204,7 @@ def evaluation_scorer(
             device=torch.device(device),
         )
     else:
-        scorer = deep_scorer(model, known_items_mask(train), trained, device, dense=True)
+        scorer = dense_deep_scorer(model, known_items_mask(train), trained, device)
     return HistoryScorer(scorer, histories, model)
 
 
@@ -231,11 +219,43 @@ def deep_scorer(
     train_users: np.ndarray,
     device: torch.device | str = "cpu",
     name: str | None = None,
-    dense: bool = False,
 ) -> Scorer:
     """A trained deep model as a :class:`Scorer`: a dot-product scorer over its item vectors
-    when it exports them, else its full score rows. ``dense`` always takes the score rows
-    (``score_all``), the numbers validation and evaluation rank by."""
+    when it exports them, else its full score rows."""
+    model, batch, common = _deep_inputs(model, known, train_users, device, name)
+    vectors = model.item_embeddings()
+    if vectors is None:
+        return DenseScorer(lambda h: model.score_all(batch(h)), **common)
+
+    def queries(histories: UserHistories) -> torch.Tensor:
+        users = model.user_embeddings(batch(histories))
+        if users is None:
+            raise TypeError(f"{model.name}: item embeddings but no user embeddings")
+        return users
+
+    return DotScorer(queries, vectors, **common)
+
+
+def dense_deep_scorer(
+    model: RecModel,
+    known: np.ndarray,
+    train_users: np.ndarray,
+    device: torch.device | str = "cpu",
+) -> DenseScorer:
+    """A trained deep model scored through its full score rows (``score_all``) always: the
+    numbers validation and evaluation rank by."""
+    model, batch, common = _deep_inputs(model, known, train_users, device, None)
+    return DenseScorer(lambda h: model.score_all(batch(h)), **common)
+
+
+def _deep_inputs(
+    model: RecModel,
+    known: np.ndarray,
+    train_users: np.ndarray,
+    device: torch.device | str,
+    name: str | None,
+) -> tuple[RecModel, Callable[[UserHistories], Batch], dict[str, object]]:
+    """The model on ``device`` in eval mode, its batch builder and the scorer's common fields."""
     device = torch.device(device)
     model = model.eval().to(device)
     sequence = model.sample_kind == "sequence"
@@ -247,7 +267,7 @@ def deep_scorer(
         users = torch.as_tensor(histories.users, dtype=torch.int64)
         return Batch(users=users, history=history).to(device)
 
-    common = dict(
+    common: dict[str, object] = dict(
         name=name or model.name,
         known_items=known,
         train_users=train_users,
@@ -255,17 +275,7 @@ def deep_scorer(
         needs_history=sequence,
         device=device,
     )
-    vectors = None if dense else model.item_embeddings()
-    if vectors is not None:
-
-        def queries(histories: UserHistories) -> torch.Tensor:
-            users = model.user_embeddings(batch(histories))
-            if users is None:
-                raise TypeError(f"{model.name}: item embeddings but no user embeddings")
-            return users
-
-        return DotScorer(queries, vectors, **common)
-    return DenseScorer(lambda h: model.score_all(batch(h)), **common)
+    return model, batch, common
 
 
 def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
