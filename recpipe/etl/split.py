@@ -7,6 +7,7 @@ from pyspark.sql import functions as F
 
 from recpipe.etl.sessionize import EVENT_RANK, TS_MS
 from recpipe.schema import ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.spark import one_row
 
 PART = "part"
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -77,11 +78,13 @@ def temporal_cuts(
     def disc(fraction: float) -> F.Column:
         return F.expr(f"percentile_disc({fraction!r}) WITHIN GROUP (ORDER BY {TS_MS})")
 
-    row = interactions.agg(
-        disc(1.0 - test_ratio).alias("test"), disc(1.0 - test_ratio - valid_ratio).alias("valid")
-    ).first()
-    if row is None:
-        raise RuntimeError("temporal cuts: the percentile aggregate returned no row")
+    row = one_row(
+        interactions.agg(
+            disc(1.0 - test_ratio).alias("test"),
+            disc(1.0 - test_ratio - valid_ratio).alias("valid"),
+        ),
+        "temporal cuts",
+    )
     return int(row["valid"]) + 1, int(row["test"]) + 1
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recpipe.spark import one_row
+
 FIRST_SEEN = "first_seen"
 FIRST_SEEN_DS = "first_seen_ds"
 # Index 0 is reserved for padding in sequence models; real ids start at 1.
@@ -29,9 +31,7 @@ def extend_vocab(
         start = FIRST_INDEX
         new = seen
     else:
-        largest = existing.agg(F.max(idx_col)).first()
-        if largest is None:
-            raise RuntimeError(f"{idx_col}: the max aggregate returned no row")
+        largest = one_row(existing.agg(F.max(idx_col)), f"{idx_col} max")
         start = (largest[0] or FIRST_INDEX - 1) + 1
         new = seen.join(existing.select(id_col), on=id_col, how="left_anti")
     # A global ordering is needed for dense numbering; new ids per day are few, so one

@@ -16,6 +16,7 @@ from recpipe.evaluation.metrics import METRICS, USERS_KEY, MetricValues, check_k
 from recpipe.evaluation.metrics import ideal_dcg as ideal_dcg_table
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.schema import ITEM_IDX, USER_IDX
+from recpipe.spark import one_row
 
 RANK = "rank"
 K = "k"
@@ -91,11 +92,10 @@ def _hit_sums(top: DataFrame, truth: DataFrame, ks: list[int]) -> DataFrame:
 def _coverage(top: DataFrame, ks: list[int], n_items: int) -> MetricValues:
     """``("coverage", k)``: distinct items in any user's top K, over ``n_items``."""
     best = top.groupBy(ITEM_IDX).agg(F.min(RANK).alias("best_rank"))
-    counts = best.agg(
-        *(F.count(F.when(F.col("best_rank") <= k, True)).alias(str(k)) for k in ks)
-    ).first()
-    if counts is None:
-        raise RuntimeError("coverage: the count aggregate returned no row")
+    counts = one_row(
+        best.agg(*(F.count(F.when(F.col("best_rank") <= k, True)).alias(str(k)) for k in ks)),
+        "coverage",
+    )
     return {("coverage", k): counts[str(k)] / n_items for k in ks}
 
 

@@ -24,6 +24,7 @@ from recpipe.layout import SESSIONS
 from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
+from recpipe.spark import one_row
 
 HISTORY_ITEMS = "items"
 DAY_MS = 86_400_000
@@ -89,12 +90,13 @@ def popular_list(spark: SparkSession, root: Path, ds: str, days: int) -> Popular
     events = explode_sessions(Lake(root).read(spark, SESSIONS, [{DS: ds}]))
     day_end = int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.UTC).timestamp() * 1000)
     day_end += DAY_MS
-    bounds = events.agg(
-        F.max(F.when(F.col(TS_MS) < day_end, F.col(TS_MS))).alias("before"),
-        F.max(TS_MS).alias("newest"),
-    ).first()
-    if bounds is None:
-        raise RuntimeError(f"popular list ds={ds}: the max aggregate returned no row")
+    bounds = one_row(
+        events.agg(
+            F.max(F.when(F.col(TS_MS) < day_end, F.col(TS_MS))).alias("before"),
+            F.max(TS_MS).alias("newest"),
+        ),
+        f"popular list ds={ds}",
+    )
     end = bounds["before"] if bounds["before"] is not None else bounds["newest"]
     if end is None:
         return PopularList(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, days)

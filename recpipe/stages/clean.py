@@ -46,6 +46,7 @@ from recpipe.etl.sources import raw_read_errors, read_raw_events
 from recpipe.lake import Lake, StagedPartition, file_uri, transaction
 from recpipe.layout import EVENTS, QUARANTINE, run_scratch
 from recpipe.manifest import CleanManifest
+from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 from recpipe.spark import one_row
 
@@ -56,10 +57,6 @@ RAW_HASH = "raw_hash"
 
 class EmptyReplacementError(RecpipeError):
     """An input without valid events would replace a non-empty events partition."""
-
-
-class ReconciliationError(RecpipeError):
-    """Written row counts do not add up to the rows read; nothing was published."""
 
 
 @dataclass
