@@ -29,6 +29,8 @@ from recpipe.errors import RecpipeError
 from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.registry import model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
+from recpipe.storage import Location, StorageError, check_scheme, hadoop_settings, scheme_of
+from recpipe.storage import configure as configure_storage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF_FILES = (PROJECT_ROOT / "conf" / "base.yaml", PROJECT_ROOT / "conf" / "local.yaml")
@@ -62,9 +64,19 @@ class _Section(BaseModel):
 
 class PathsConfig(_Section):
     root: str = Field(
-        "var", description="Folder holding all state; relative paths resolve from the cwd."
+        "var",
+        description="Where all state lives: a local folder (relative to the cwd) or a URI "
+        "(file://, hdfs://, viewfs://, s3a://, s3://, gs://, abfs://, abfss://).",
     )
-    raw_events: str | None = Field(None, description="Raw event input: a file, a folder or a glob.")
+    raw_events: str | None = Field(
+        None, description="Raw event input: a file, a folder or a glob; a path or any Hadoop URI."
+    )
+    local: str | None = Field(
+        None,
+        description="Local folder for what must be on this machine's disk (embedded metastore, "
+        "Spark local dirs, JVM temp, launcher run files). Default: paths.root when it is local; "
+        "required when paths.root is a URI.",
+    )
 
 
 # Master URLs Spark's own launcher accepts; anything else fails inside the JVM with a stack
@@ -342,9 +354,14 @@ class Config(_Section):
     models: ModelsConfig = Field(default_factory=dict)
 
     @property
-    def root(self) -> Path:
-        """Absolute ``paths.root``."""
-        return Path(self.paths.root)
+    def root(self) -> Location:
+        """``paths.root``: where all state lives (a local folder or a URI)."""
+        return Location(self.paths.root)
+
+    @property
+    def local_root(self) -> Path:
+        """``paths.local``: this machine's folder for the metastore, Spark and JVM temp."""
+        return Path(self.paths.local or self.paths.root)
 
     def hash(self) -> str:
         """Stable short hash of the resolved config, recorded in manifests."""
@@ -434,23 +451,17 @@ def config_error(exc: ValidationError, prefix: Sequence[str] = ()) -> ConfigErro
     return ConfigError(f"invalid config: {problems}")
 
 
-def _local_state_root(root: str) -> str:
-    """``paths.root`` as a local path; a ``file://`` URI is accepted, other schemes refused.
-
-    State (lake, manifests, models) is still written with local file APIs, so a shared mount
-    every node sees is the way to a cluster today; turning ``hdfs://nn/x`` into a local folder
-    ``./hdfs:/nn/x`` (as a plain path join would) must never happen silently.
-    """
-    if root.startswith("file://"):
-        return root[len("file://") :] or "/"
-    scheme = root.split("://", 1)[0] if "://" in root else None
-    if scheme:
-        raise ConfigError(
-            f"'paths.root': {root}: state at {scheme}:// URIs is not supported yet (lake tables, "
-            "manifests and models are written with local file APIs); use a local path or a "
-            "mount every Spark node sees (paths.raw_events may be any Hadoop URI)"
-        )
-    return root
+def _state_root(root: str, base: Path) -> str:
+    """``paths.root`` normalised: a local folder made absolute, a URI checked for its scheme."""
+    scheme = scheme_of(root)
+    if scheme is None:
+        return str((base / root).resolve())
+    try:
+        location = Location(root)
+        check_scheme(location)
+    except (ValueError, StorageError) as exc:
+        raise ConfigError(f"'paths.root': {exc}") from None
+    return str(location)
 
 
 def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Config:
@@ -461,9 +472,21 @@ def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
         raise config_error(exc) from None
     base = base_dir or Path.cwd()
     paths = config.paths
-    paths.root = str((base / _local_state_root(paths.root)).resolve())
+    paths.root = _state_root(paths.root, base)
     if paths.raw_events and "://" not in paths.raw_events:
         paths.raw_events = str(base / paths.raw_events)
+    if paths.local is not None:
+        if scheme_of(paths.local) not in (None, "file"):
+            raise ConfigError(f"'paths.local': {paths.local} must be a local folder, not a URI")
+        local = Location(paths.local).path if scheme_of(paths.local) else paths.local
+        paths.local = str((base / local).resolve())
+    elif not config.root.is_local:
+        raise ConfigError(
+            f"'paths.local': paths.root is {paths.root}; set paths.local to a local folder for "
+            "the embedded metastore, Spark's local dirs and the JVM's temp folder"
+        )
+    # The JVM-free side reaches URIs with the Hadoop settings Spark gets (viewfs mounts, s3a).
+    configure_storage(hadoop_settings(config.spark.conf))
     return config
 
 

@@ -1,7 +1,11 @@
 """Where every piece of recpipe state lives under ``paths.root``, and the lake's table names.
 
-One module owns the layout so that moving a folder (or, later, putting state behind a URI) is
-a change here, not a hunt through stages. Nothing here touches the disk: these are names.
+One module owns the layout so that moving a folder is a change here, not a hunt through
+stages. Nothing here touches the disk: these are names. State lives under ``paths.root``, a
+:class:`~recpipe.storage.Location` (a local path or any Hadoop URI); what must sit on this
+machine's own disk (the embedded metastore, Spark's local dirs, the JVM's temp folder, the
+training launchers' run files) lives under ``paths.local``, a local folder (``paths.root``
+itself when that is local).
 
 ```
 <root>/
@@ -13,9 +17,12 @@ a change here, not a hunt through stages. Nothing here touches the disk: these a
   manifests/_catalog/<database>.json     what the metastore mirrors of the lake
   models/<model>/<ds>/<protocol>/        trained models (baselines and deep)
   warehouse/<database>.db/               published tables (recommendations, model_metrics)
-  metastore/                             embedded Derby metastore (laptop default)
   reports/<ds>/index.html                HTML run report
-  tmp/                                   scratch: Spark local dirs, JVM temp, run scratch
+  tmp/<stage>-<ds>-<id>/                 one run's scratch that executors write (swept)
+<local>/                                 paths.local (= <root> when that is local)
+  metastore/                             embedded Derby metastore (laptop default)
+  tmp/spark/, tmp/jvm/                   Spark local dirs, JVM temp
+  tmp/runs/<model>-<ds>-<id>/            training launchers' run files (spec, logs, scripts)
 ```
 """
 
@@ -25,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from recpipe.schema import SAMPLE_TABLES
+from recpipe.storage.location import Location, LocationLike, as_location
 
 # Lake tables.
 EVENTS = "events"
@@ -50,14 +58,14 @@ PRODUCERS: dict[str, str] = {
 }
 
 
-def raw_dir(root: Path, dataset: str) -> Path:
+def raw_dir(root: LocationLike, dataset: str) -> Location:
     """Folder of a fetched or generated raw data set."""
-    return Path(root) / "raw" / dataset
+    return as_location(root) / "raw" / dataset
 
 
-def lake_base(root: Path) -> Path:
+def lake_base(root: LocationLike) -> Location:
     """Folder of all lake tables."""
-    return Path(root) / "lake"
+    return as_location(root) / "lake"
 
 
 def partition_name(partition: Mapping[str, str]) -> str:
@@ -65,82 +73,91 @@ def partition_name(partition: Mapping[str, str]) -> str:
     return "/".join(f"{key}={value}" for key, value in partition.items())
 
 
-def partition_folder(root: Path, table: str, partition: Mapping[str, str]) -> Path:
+def partition_folder(root: LocationLike, table: str, partition: Mapping[str, str]) -> Location:
     """Folder holding the versions of one partition."""
     return lake_base(root) / table / partition_name(partition)
 
 
-def manifests_base(root: Path) -> Path:
+def manifests_base(root: LocationLike) -> Location:
     """Folder of all manifests, one sub-folder per stage."""
-    return Path(root) / "manifests"
+    return as_location(root) / "manifests"
 
 
-def manifest_path(root: Path, stage: str, ds: str) -> Path:
+def manifest_path(root: LocationLike, stage: str, ds: str) -> Location:
     """Where the manifest of ``stage`` for ``ds`` lives."""
     return manifests_base(root) / stage / f"ds={ds}.json"
 
 
-def attempt_path(root: Path, stage: str, ds: str, run_id: str) -> Path:
+def attempt_path(root: LocationLike, stage: str, ds: str, run_id: str) -> Location:
     """Where the record of a failed run of ``stage`` for ``ds`` lives."""
     return manifests_base(root) / stage / "attempts" / f"ds={ds}" / f"{run_id}.json"
 
 
-def lock_path(root: Path, stage: str, ds: str) -> Path:
+def lock_path(root: LocationLike, stage: str, ds: str) -> Location:
     """The lock file of (``stage``, ``ds``)."""
     return manifests_base(root) / stage / f"ds={ds}.lock"
 
 
-def catalog_state_path(root: Path, database: str) -> Path:
+def catalog_state_path(root: LocationLike, database: str) -> Location:
     """What the metastore mirrors of the lake for ``database`` (see recpipe.lake_catalog)."""
     return manifests_base(root) / "_catalog" / f"{database}.json"
 
 
-def models_base(root: Path) -> Path:
+def models_base(root: LocationLike) -> Location:
     """Folder of all trained models."""
-    return Path(root) / "models"
+    return as_location(root) / "models"
 
 
-def model_dir(root: Path, model: str, ds: str, protocol: str) -> Path:
+def model_dir(root: LocationLike, model: str, ds: str, protocol: str) -> Location:
     """Folder of one trained model (a baseline's or a deep model's files)."""
     return models_base(root) / model / ds / protocol
 
 
-def warehouse_dir(root: Path) -> Path:
+def warehouse_dir(root: LocationLike) -> Location:
     """``spark.sql.warehouse.dir`` of the embedded default."""
-    return Path(root) / "warehouse"
+    return as_location(root) / "warehouse"
 
 
-def database_dir(root: Path, database: str) -> Path:
+def database_dir(root: LocationLike, database: str) -> Location:
     """Folder of the published tables of ``database``."""
     return warehouse_dir(root) / f"{database}.db"
 
 
-def metastore_dir(root: Path) -> Path:
-    """The embedded Derby metastore (and its log)."""
-    return Path(root) / "metastore"
+def metastore_dir(local: Path) -> Path:
+    """The embedded Derby metastore (and its log), under ``paths.local``."""
+    return Path(local) / "metastore"
 
 
-def report_path(root: Path, ds: str) -> Path:
+def report_path(root: LocationLike, ds: str) -> Location:
     """The HTML run report of ``ds``."""
-    return Path(root) / "reports" / ds / "index.html"
+    return as_location(root) / "reports" / ds / "index.html"
 
 
-def scratch_root(root: Path) -> Path:
-    """Folder for temporary files: ``<stage>-<ds>-<id>`` run scratch (swept with the run),
-    Spark's local dirs and the JVM's temp folder."""
-    return Path(root) / "tmp"
+def scratch_root(root: LocationLike) -> Location:
+    """Folder of ``<stage>-<ds>-<id>`` run scratch that executors write (swept with the run)."""
+    return as_location(root) / "tmp"
 
 
-def run_scratch(root: Path, stage: str, ds: str, run_id: str) -> Path:
+def local_scratch(local: Path) -> Path:
+    """This machine's temp folder under ``paths.local``."""
+    return Path(local) / "tmp"
+
+
+def run_scratch(root: LocationLike, stage: str, ds: str, run_id: str) -> Location:
     """One run's scratch folder (a sweep of (stage, ds) removes it)."""
     return scratch_root(root) / f"{stage}-{ds}-{run_id}"
 
 
-def spark_local_dir(root: Path) -> Path:
+def spark_local_dir(local: Path) -> Path:
     """``spark.local.dir`` of a JVM recpipe starts itself."""
-    return scratch_root(root) / "spark"
+    return local_scratch(local) / "spark"
 
 
-def jvm_tmp_dir(root: Path) -> Path:
+def jvm_tmp_dir(local: Path) -> Path:
     """``java.io.tmpdir`` of a JVM recpipe starts itself."""
-    return scratch_root(root) / "jvm"
+    return local_scratch(local) / "jvm"
+
+
+def launcher_run_dir(local: Path, model: str, ds: str, run_id: str) -> Path:
+    """One training launch's local files: spec, per-rank script, logs, child temp."""
+    return local_scratch(local) / "runs" / f"{model}-{ds}-{run_id}"

@@ -52,7 +52,8 @@ from recpipe.schema import (
     USER_ID,
     Reason,
 )
-from recpipe.storage import HadoopFiles, StorageError
+from recpipe.storage import StorageError
+from recpipe.storage.hadoop import HadoopFiles
 
 PARSE_ERROR = "parse_error"
 _CORRUPT = "_corrupt_record"

@@ -10,16 +10,15 @@ path (made absolute and given the ``file://`` scheme), never resolved against
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recpipe.errors import RecpipeError, java_error_line
+from recpipe.errors import java_error_line
+from recpipe.storage.filesystems import StorageError
+from recpipe.storage.location import Location, scheme_of
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB_CHARS = "*?[{"
 # What a cluster needs on its classpath for the object stores Hadoop does not bundle.
 _CONNECTORS = {
@@ -31,22 +30,9 @@ _CONNECTORS = {
 }
 
 
-class StorageError(RecpipeError, OSError):
-    """A location cannot be reached: unknown scheme, missing connector, no such path."""
-
-
-def scheme_of(location: str) -> str | None:
-    """``hdfs`` for ``hdfs://nn/x``; None for a plain path."""
-    match = _SCHEME.match(location)
-    return match.group(1).lower() if match else None
-
-
 def qualify(location: str) -> str:
     """A URI for ``location``: URIs unchanged, plain paths as absolute ``file://`` URIs."""
-    if scheme_of(location):
-        return location
-    # Not Path.as_uri(): that percent-encodes, and Hadoop takes `=` and spaces literally.
-    return "file://" + os.path.abspath(os.path.expanduser(location))
+    return Location(location).uri if scheme_of(location) in (None, "file") else location
 
 
 @dataclass(frozen=True)
