@@ -18,14 +18,12 @@ This module needs no JVM and no pyspark.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import shutil
 import uuid
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+from recpipe import storage
 from recpipe.errors import MissingInputError
 from recpipe.layout import (
     PRODUCERS,
@@ -35,6 +33,7 @@ from recpipe.layout import (
     scratch_root,
 )
 from recpipe.schema import DS
+from recpipe.storage import Location, LocationLike, as_location
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def new_version_name() -> str:
     return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def output_record(root: Path, folder: Path) -> dict[str, Any]:
+def output_record(root: LocationLike, folder: Location) -> dict[str, Any]:
     """What a manifest records of one written version: path relative to root, rows, files.
 
     Row counts come from the Parquet footers, so recording costs no Spark job; each file's
@@ -77,34 +76,39 @@ def output_record(root: Path, folder: Path) -> dict[str, Any]:
 
     from recpipe.parquet_files import data_files, footer_sha256
 
-    files = [
-        {
-            "file": p.name,
-            "bytes": p.stat().st_size,
-            "rows": pq.ParquetFile(p).metadata.num_rows,
-            "footer_sha256": footer_sha256(p),
-        }
-        for p in data_files(folder)
-    ]
+    files = []
+    for p in data_files(folder):
+        with storage.open_input(p) as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        files.append(
+            {
+                "file": p.name,
+                "bytes": storage.size(p),
+                "rows": rows,
+                "footer_sha256": footer_sha256(p),
+            }
+        )
     return {
-        "path": str(Path(folder).relative_to(root)),
+        "path": folder.relative_to(as_location(root)),
         "rows": sum(f["rows"] for f in files),
         "files": files,
     }
 
 
 
-def current_record(root: Path, table: str, partition: Mapping[str, str]) -> dict[str, Any] | None:
+def current_record(
+    root: LocationLike, table: str, partition: Mapping[str, str]
+) -> dict[str, Any] | None:
     """The committed version record (path, rows, files) of a partition, or None."""
     path = manifest_path(root, producer_of(table), partition[DS])
     try:
-        manifest = json.loads(path.read_text())
+        manifest = storage.read_json(path)
     except FileNotFoundError:
         return None
     return committed(manifest, table, partition_name(partition))
 
 
-def current_version(root: Path, table: str, partition: Mapping[str, str]) -> Path:
+def current_version(root: LocationLike, table: str, partition: Mapping[str, str]) -> Location:
     """Folder of the current version of a partition; MissingInputError naming the fix if none."""
     record = current_record(root, table, partition)
     if record is None:
@@ -112,7 +116,7 @@ def current_version(root: Path, table: str, partition: Mapping[str, str]) -> Pat
             f"no {table} partition {partition_name(partition)}: run "
             f"`recpipe {producer_of(table)} --ds {partition[DS]}` first"
         )
-    return Path(root) / record["path"]
+    return as_location(root) / record["path"]
 
 
 def committed(manifest: Mapping[str, Any] | None, table: str, partition: str) -> Any:
@@ -133,42 +137,48 @@ def referenced_paths(manifest: Mapping[str, Any] | None) -> set[str]:
     return paths
 
 
-def _version_folders(root: Path, table: str, ds: str) -> Iterable[Path]:
+def version_folders(root: LocationLike, table: str, ds: str) -> Iterable[Location]:
+    """Version folders of ``table``'s partitions for ``ds`` (committed or not)."""
     base = lake_base(root) / table / f"{DS}={ds}"
-    if base.is_dir():
-        yield from (p for p in base.rglob(f"{VERSION_PREFIX}*") if p.is_dir())
+    for entry in storage.list_dir(base, recursive=True):
+        # Versions sit directly below the partition folder(s); never look inside one.
+        if entry.is_dir and entry.name.startswith(VERSION_PREFIX):
+            above = entry.location.relative_to(base).split("/")[:-1]
+            if not any(part.startswith(VERSION_PREFIX) for part in above):
+                yield entry.location
 
 
-def sweep_run(root: Path, stage: str, ds: str, manifest: Mapping[str, Any] | None) -> list[Path]:
+def sweep_run(
+    root: LocationLike, stage: str, ds: str, manifest: Mapping[str, Any] | None
+) -> list[Location]:
     """Delete version folders of ``stage``'s tables for ``ds`` that ``manifest`` does not keep.
 
     Call only while holding the (stage, ds) lock: an unreferenced folder then belongs to no
     live run.
     """
     keep = referenced_paths(manifest)
+    root = as_location(root)
     removed = []
     for table in tables_of(stage):
-        for folder in list(_version_folders(root, table, ds)):
-            if str(folder.relative_to(root)) not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
+        for folder in list(version_folders(root, table, ds)):
+            if folder.relative_to(root) not in keep:
+                storage.remove_tree(folder)
                 removed.append(folder)
     # Scratch space of this (stage, ds), e.g. clean's parsed copy of the raw input.
-    for scratch in scratch_root(root).glob(f"{stage}-{ds}-*"):
-        shutil.rmtree(scratch, ignore_errors=True)
+    for scratch in storage.glob(scratch_root(root), f"{stage}-{ds}-*"):
+        storage.remove_tree(scratch)
         removed.append(scratch)
     if removed:
         log.info("%s ds=%s: removed %d unreferenced versions", stage, ds, len(removed))
     return removed
 
 
-def sweep_leftovers(root: Path) -> list[Path]:
+def sweep_leftovers(root: LocationLike) -> list[Location]:
     """Delete staging/trash folders of the rename-based layout and scratch under ``tmp/``."""
     removed = []
-    base = lake_base(root)
-    if base.is_dir():
-        for table in base.iterdir():
-            for name in LEGACY_LEFTOVERS:
-                if (table / name).is_dir():
-                    shutil.rmtree(table / name, ignore_errors=True)
-                    removed.append(table / name)
+    for table in storage.list_dir(lake_base(root)):
+        for name in LEGACY_LEFTOVERS:
+            if table.is_dir and storage.is_dir(table.location / name):
+                storage.remove_tree(table.location / name)
+                removed.append(table.location / name)
     return removed

@@ -13,16 +13,14 @@ publish at the commit point, or discard on any failure.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe import storage
 from recpipe.commit import (
     VERSION_PREFIX,
     current_record,
@@ -37,12 +35,12 @@ from recpipe.layout import lake_base, manifest_path, partition_folder, partition
 from recpipe.manifest import StageManifest, StageRun
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS
+from recpipe.storage import Location, LocationLike, as_location
 
 __all__ = [
     "Lake",
     "StagedPartition",
     "Transaction",
-    "file_uri",
     "history_ds",
     "partition_name",
     "transaction",
@@ -53,13 +51,6 @@ M = TypeVar("M", bound=StageManifest)
 _VERSION_COLUMN = VERSION_PREFIX.rstrip("=")
 
 
-def file_uri(path: Path) -> str:
-    """``file://`` URI for Spark, not percent-encoded (Hadoop paths take ``=`` literally)."""
-    # Explicit file: URIs keep Spark on the same filesystem as the manifests, whatever
-    # fs.defaultFS a cluster sets.
-    return f"file://{Path(path).resolve()}"
-
-
 @dataclass
 class StagedPartition:
     """A fully written, not yet committed version of one partition."""
@@ -67,11 +58,11 @@ class StagedPartition:
     lake: Lake
     table: str
     partition: dict[str, str]
-    path: Path
+    path: Location
 
     def read(self, spark: SparkSession) -> DataFrame:
         """The staged files, read back from disk (for reconciliation before publishing)."""
-        return spark.read.parquet(file_uri(self.path))
+        return spark.read.parquet(self.path.uri)
 
     def count(self, spark: SparkSession) -> int:
         """Rows in the staged files."""
@@ -86,17 +77,17 @@ class StagedPartition:
 
     def discard(self) -> None:
         """Drop the staged files without publishing."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        storage.remove_tree(self.path)
 
 
 class Lake:
     """Versioned, manifest-committed partitioned Parquet tables under ``<root>/lake``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: LocationLike) -> None:
+        self.root = as_location(root)
         self.base = lake_base(self.root)
 
-    def table_path(self, table: str) -> Path:
+    def table_path(self, table: str) -> Location:
         """Folder of ``table``."""
         return self.base / table
 
@@ -104,7 +95,7 @@ class Lake:
         """The committed version record (path, rows, files) of a partition, or None."""
         return current_record(self.root, table, partition)
 
-    def partition_path(self, table: str, partition: Mapping[str, str]) -> Path:
+    def partition_path(self, table: str, partition: Mapping[str, str]) -> Location:
         """Folder of the current version of one partition; MissingInputError if none."""
         return current_version(self.root, table, partition)
 
@@ -124,8 +115,8 @@ class Lake:
         """Committed ``ds`` values of ``table``, sorted ascending."""
         folder = manifest_path(self.root, producer_of(table), "x").parent
         values = []
-        for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
-            manifest = StageManifest.parse(json.loads(path.read_text()))
+        for path in storage.glob(folder, f"{DS}=*.json"):
+            manifest = StageManifest.parse(storage.read_json(path))
             if manifest.ok and (manifest.outputs or {}).get(table):
                 values.append(path.name[len(DS) + 1 : -len(".json")])
         return values
@@ -166,9 +157,9 @@ class Lake:
             )
         producer_of(table)  # an unknown table fails before any write
         version = partition_folder(self.root, table, partition) / new_version_name()
-        df.write.mode("error").parquet(file_uri(version))
+        df.write.mode("error").parquet(version.uri)
         for name, text in (sidecar or {}).items():
-            (version / name).write_text(text)
+            storage.write_text(version / name, text)
         kill_point(f"written:{table}")
         return StagedPartition(self, table, dict(partition), version)
 
@@ -188,9 +179,9 @@ class Lake:
                 f"table '{table}' has no partition {names} under {self.base}: run "
                 f"`recpipe {producer_of(table)}` for it first"
             )
-        paths = [file_uri(self.partition_path(table, p)) for p in partitions]
+        paths = [self.partition_path(table, p).uri for p in partitions]
         # Partition discovery below basePath yields the keys and the version (dropped).
-        frame = spark.read.option("basePath", file_uri(self.table_path(table))).parquet(*paths)
+        frame = spark.read.option("basePath", self.table_path(table).uri).parquet(*paths)
         return frame.drop(_VERSION_COLUMN)
 
 

@@ -14,18 +14,17 @@ in ``<root>/manifests/_catalog/<database>.json``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recpipe import storage
 from recpipe.commit import committed
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.layout import PRODUCERS, catalog_state_path, lake_base, manifests_base
 from recpipe.schema import DS
+from recpipe.storage import Location, LocationLike
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -33,13 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def committed_partitions(root: Path) -> dict[str, dict[str, str]]:
+def committed_partitions(root: LocationLike) -> dict[str, dict[str, str]]:
     """``{table: {partition name: version path relative to root}}`` over every manifest."""
     found: dict[str, dict[str, str]] = defaultdict(dict)
     for stage in sorted(set(PRODUCERS.values())):
-        folder = manifests_base(root) / stage
-        for path in sorted(folder.glob(f"{DS}=*.json")) if folder.is_dir() else []:
-            manifest = json.loads(path.read_text())
+        for path in storage.glob(manifests_base(root) / stage, f"{DS}=*.json"):
+            manifest = storage.read_json(path)
             for table, parts in manifest.get("outputs", {}).items():
                 for name in parts:
                     record = committed(manifest, table, name)
@@ -48,23 +46,19 @@ def committed_partitions(root: Path) -> dict[str, dict[str, str]]:
     return dict(found)
 
 
-def _state_path(config: Config) -> Path:
+def _state_path(config: Config) -> Location:
     return catalog_state_path(config.root, config.warehouse.database)
 
 
 def _load_state(config: Config) -> dict[str, dict[str, str]]:
     try:
-        return json.loads(_state_path(config).read_text())
+        return dict(storage.read_json(_state_path(config)))
     except FileNotFoundError:
         return {}
 
 
 def _save_state(config: Config, state: dict[str, dict[str, str]]) -> None:
-    path = _state_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(path)
+    storage.write_json(_state_path(config), state)
 
 
 def _spec(name: str) -> dict[str, str]:
@@ -78,18 +72,18 @@ def _clause(spec: dict[str, str]) -> str:
 
 
 def _create_table(
-    spark: SparkSession, config: Config, table: str, keys: list[str], sample: Path
+    spark: SparkSession, config: Config, table: str, keys: list[str], sample: Location
 ) -> None:
-    from recpipe.warehouse import registered_location, same_location, spark_uri, sql_string
+    from recpipe.warehouse import registered_location, same_location, sql_string
 
     name = f"{config.warehouse.database}.{table}"
     # The data schema of a committed version, as DDL (nested types included).
-    data_ddl = spark.read.parquet(spark_uri(sample))._jdf.schema().toDDL()
+    data_ddl = spark.read.parquet(sample.uri)._jdf.schema().toDDL()
     columns = ", ".join([data_ddl, *(f"{key} STRING" for key in keys)])
     location = lake_base(config.root) / table
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING parquet "
-        f"PARTITIONED BY ({', '.join(keys)}) LOCATION {sql_string(spark_uri(location))}"
+        f"PARTITIONED BY ({', '.join(keys)}) LOCATION {sql_string(location.uri)}"
     )
     registered = registered_location(spark, name)
     if not same_location(registered, location):
@@ -104,7 +98,7 @@ def sync_lake_tables(spark: SparkSession, config: Config) -> dict[str, int]:
 
     The database must exist (:func:`recpipe.warehouse.ensure_tables` creates it).
     """
-    from recpipe.warehouse import spark_uri, sql_string
+    from recpipe.warehouse import sql_string
 
     database = config.warehouse.database
     state = _load_state(config)
@@ -121,7 +115,7 @@ def sync_lake_tables(spark: SparkSession, config: Config) -> dict[str, int]:
             if known.get(part) == path:
                 continue
             clause = _clause(_spec(part))
-            location = sql_string(spark_uri(config.root / path))
+            location = sql_string((config.root / path).uri)
             spark.sql(
                 f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({clause}) LOCATION {location}"
             )

@@ -1,12 +1,13 @@
 """One run at a time per (stage, ds): an exclusive lock file beside the stage's manifest.
 
-The lock is a file created with ``O_EXCL`` that names its holder (host, pid, process start
-time, run id). A lock whose holder is a dead process on this host is stale and taken over, so
-a SIGKILLed run never blocks the next one; a lock held on another host is never broken
+The lock is a file created exclusively (``O_EXCL`` on local and mounted file systems; see
+:func:`recpipe.storage.create_exclusive` for object stores) that names its holder (host, pid,
+process start time, run id). A lock whose holder is a dead process on this host is stale and
+taken over, so a SIGKILLed run never blocks the next one; a lock held on another host is never broken
 automatically (that host may still be writing), the error says which file to remove.
 
-Scope: processes that share the root's file system. Writers on machines that do not share it
-need a lock service, which recpipe does not provide.
+Scope: processes that share ``paths.root``. Two schedulers racing on an object store without
+conditional writes may both pass; run one scheduler per root there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from recpipe import storage
 from recpipe.errors import RecpipeError
+from recpipe.storage import LocationLike, as_location
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,8 @@ def _alive(holder: dict[str, Any]) -> bool:
 class StageLock:
     """Exclusive lock of one (stage, ds); use as a context manager or acquire/release."""
 
-    def __init__(self, path: Path, stage: str, ds: str, run_id: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: LocationLike, stage: str, ds: str, run_id: str) -> None:
+        self.path = as_location(path)
         self.stage = stage
         self.ds = ds
         self.run_id = run_id
@@ -75,18 +78,11 @@ class StageLock:
         }
 
     def _try_create(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self._holder_record(), handle)
-        return True
+        return storage.create_exclusive(self.path, json.dumps(self._holder_record()).encode())
 
     def _read_holder(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            return dict(storage.read_json(self.path))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError):
@@ -108,7 +104,7 @@ class StageLock:
                     self.stage, self.ds, holder.get("run_id"), holder.get("pid"),
                 )  # fmt: skip
                 self.took_over = holder
-                self.path.unlink(missing_ok=True)
+                storage.delete(self.path)
                 continue
             where = f"pid {holder.get('pid')} on {holder.get('host')}"
             raise StageLockedError(
@@ -122,7 +118,7 @@ class StageLock:
         if self._held:
             holder = self._read_holder()
             if holder.get("run_id") == self.run_id:
-                self.path.unlink(missing_ok=True)
+                storage.delete(self.path)
             self._held = False
 
     def __enter__(self) -> StageLock:

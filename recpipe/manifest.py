@@ -16,18 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import sys
 import time
 import traceback
 from collections.abc import Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from recpipe import __version__
+from recpipe import __version__, storage
 from recpipe.commit import (
     VERSION_PREFIX,
     new_version_name,
@@ -39,6 +37,7 @@ from recpipe.errors import MissingInputError
 from recpipe.faults import kill_point
 from recpipe.layout import attempt_path, lock_path, manifest_path
 from recpipe.locks import StageLock
+from recpipe.storage import Location, LocationLike
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +58,20 @@ __all__ = [
 
 
 
-def _read_if_present(path: Path) -> dict[str, Any] | None:
+def _read_if_present(path: Location) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return dict(storage.read_json(path))
     except FileNotFoundError:
         return None
 
 
-def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
+def read_manifest(root: LocationLike, stage: str, ds: str) -> dict[str, Any]:
     """Load a manifest, with a clear error when the stage has not run for ``ds``."""
     path = manifest_path(root, stage, ds)
-    if not path.is_file():
+    manifest = _read_if_present(path)
+    if manifest is None:
         raise MissingInputError(f"no manifest for stage '{stage}' ds={ds} at {path}")
-    return json.loads(path.read_text())
+    return manifest
 
 
 def runtime_info() -> dict[str, str | None]:
@@ -101,16 +101,6 @@ def runtime_info() -> dict[str, str | None]:
     return info
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())  # the commit point must survive a crash of the machine too
-    tmp.replace(path)
-
-
 class StageRun:
     """Context manager around one stage run: lock, timing, outputs, and the commit.
 
@@ -134,11 +124,11 @@ class StageRun:
         self._started = ""
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Location:
         """Manifest file of this run."""
         return manifest_path(self.config.root, self.stage, self.ds)
 
-    def add_output(self, table: str, partition: str, folder: Path) -> dict[str, Any]:
+    def add_output(self, table: str, partition: str, folder: Location) -> dict[str, Any]:
         """Register a fully written version folder; it becomes current when the run commits."""
         record = output_record(self.config.root, folder)
         self.outputs.setdefault(table, {})[partition] = record
@@ -200,8 +190,9 @@ class StageRun:
         self.manifest = manifest
         root = self.config.root
         kill_point(f"{self.stage}:before_commit")
-        _write_atomic(self.path.with_suffix(".config.yaml"), self.config.to_yaml())
-        _write_atomic(self.path, json.dumps(manifest, indent=2, default=str))
+        storage.write_text(self.path.with_name(f"ds={self.ds}.config.yaml"), self.config.to_yaml())
+        # One whole-object write (fsynced locally, one PUT on object stores): the commit point.
+        storage.write_text(self.path, json.dumps(manifest, indent=2, default=str))
         kill_point(f"{self.stage}:after_commit")
         sweep_run(root, self.stage, self.ds, manifest)
 
@@ -217,15 +208,14 @@ class StageRun:
         self.manifest = manifest
         # Beside, never over, the manifest of the data still being served.
         attempt = attempt_path(self.config.root, self.stage, self.ds, self.run_id)
-        _write_atomic(attempt, json.dumps(manifest, indent=2, default=str))
+        storage.write_text(attempt, json.dumps(manifest, indent=2, default=str))
         sweep_run(self.config.root, self.stage, self.ds, self._previous)
 
 
-def last_attempt(root: Path, stage: str, ds: str) -> dict[str, Any] | None:
+def last_attempt(root: LocationLike, stage: str, ds: str) -> dict[str, Any] | None:
     """The newest failed-run record of ``stage`` for ``ds``, or None."""
-    folder = attempt_path(root, stage, ds, "x").parent
-    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    return json.loads(records[-1].read_text()) if records else None
+    records = storage.glob(attempt_path(root, stage, ds, "x").parent, "*.json")
+    return dict(storage.read_json(records[-1])) if records else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +267,7 @@ class StageManifest(BaseModel):
         return cls.model_validate(dict(manifest))
 
     @classmethod
-    def read(cls, root: Path, ds: str) -> Self:
+    def read(cls, root: LocationLike, ds: str) -> Self:
         """Load the manifest of ``cls.STAGE`` for ``ds`` (MissingInputError when there is none)."""
         return cls.parse(read_manifest(root, cls.STAGE, ds))
 
@@ -417,6 +407,6 @@ MANIFEST_MODELS: dict[str, type[StageManifest]] = {
 }
 
 
-def read_stage_manifest(root: Path, stage: str, ds: str) -> StageManifest:
+def read_stage_manifest(root: LocationLike, stage: str, ds: str) -> StageManifest:
     """The manifest of ``stage`` for ``ds``, typed by its stage's model where it has one."""
     return MANIFEST_MODELS.get(stage, StageManifest).parse(read_manifest(root, stage, ds))

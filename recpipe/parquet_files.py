@@ -11,9 +11,11 @@ truncated or edited file without hashing whole partitions on each lookup.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pyarrow.dataset as pads
+
+from recpipe import storage
+from recpipe.storage import Location, LocationLike, as_location
 
 _MAGIC = b"PAR1"
 
@@ -22,14 +24,14 @@ class NotParquetError(ValueError):
     """A file that should be Parquet has no valid footer."""
 
 
-def data_files(folder: Path) -> list[Path]:
+def data_files(folder: LocationLike) -> list[Location]:
     """Parquet data files of a version folder (``_``/``.`` files are metadata)."""
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(("_", ".")))
+    return [p for p in storage.glob(folder, "*.parquet") if not p.name.startswith(("_", "."))]
 
 
-def footer_sha256(path: Path) -> str:
+def footer_sha256(path: LocationLike) -> str:
     """SHA-256 of the file's footer: metadata, its length and the closing magic bytes."""
-    with open(path, "rb") as handle:
+    with storage.open_input(path) as handle:
         size = handle.seek(0, 2)
         if size < 12:
             raise NotParquetError(f"{path}: {size} bytes, too short for Parquet")
@@ -42,8 +44,11 @@ def footer_sha256(path: Path) -> str:
         return hashlib.sha256(handle.read(length + 8)).hexdigest()
 
 
-def verified_dataset(source: Path | str | list[str]) -> pads.Dataset:
-    """A pyarrow dataset whose reads check every data page's CRC (where the writer stored one)."""
+def verified_dataset(source: LocationLike | list[Location]) -> pads.Dataset:
+    """A pyarrow dataset whose reads check every data page's CRC (where the writer stored one).
+
+    ``source`` is a folder or a list of files, all on one file system.
+    """
     try:
         options = pads.ParquetFragmentScanOptions(page_checksum_verification=True)
     except TypeError:
@@ -51,4 +56,10 @@ def verified_dataset(source: Path | str | list[str]) -> pads.Dataset:
         # the footer digests are still compared by the callers.
         options = pads.ParquetFragmentScanOptions()
     fmt = pads.ParquetFileFormat(default_fragment_scan_options=options)
-    return pads.dataset(source if isinstance(source, list) else str(source), format=fmt)
+    locations = source if isinstance(source, list) else [as_location(source)]
+    if not locations:
+        raise ValueError("no Parquet files to read")
+    filesystem, _ = storage.arrow_path(locations[0])
+    paths = [storage.arrow_path(loc)[1] for loc in locations]
+    target = paths if isinstance(source, list) else paths[0]
+    return pads.dataset(target, filesystem=filesystem, format=fmt)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -22,6 +21,7 @@ from recpipe.console import format_table
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.parquet_files import verified_dataset
 from recpipe.schema import ITEM_ID, USER_ID
+from recpipe.storage import Location
 from recpipe.warehouse import (
     MODEL_METRICS,
     RECOMMENDATIONS,
@@ -131,7 +131,7 @@ def lookup_recs(
     ]
 
 
-def _read_checked(location: Path, label: str, **scan: Any) -> pa.Table:
+def _read_checked(location: Location, label: str, **scan: Any) -> pa.Table:
     """Read a published version with page checksums verified; damage is one PointerError."""
     try:
         return verified_dataset(location).to_table(**scan)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
 
+from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
 from recpipe.layout import jvm_tmp_dir, metastore_dir, spark_local_dir, warehouse_dir
@@ -74,10 +75,10 @@ def launcher_started_jvm(environ: Mapping[str, str]) -> bool:
     return "PYSPARK_GATEWAY_PORT" in environ
 
 
-def _embedded_metastore(root: Path) -> dict[str, str]:
-    metastore = metastore_dir(root)
+def _embedded_metastore(config: Config) -> dict[str, str]:
+    metastore = metastore_dir(config.local_root)
     return {
-        "spark.sql.warehouse.dir": str(warehouse_dir(root)),
+        "spark.sql.warehouse.dir": warehouse_dir(config.root).uri,
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
         ),
@@ -93,7 +94,6 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
     dropped, every key the launcher set keeps its value, and the embedded metastore is used only
     when neither side configured one.
     """
-    root = config.root
     spark = config.spark
     conf = {
         "spark.app.name": spark.app_name,
@@ -111,7 +111,7 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
         # Parquet pages carry CRC32s (parquet-mr writes them); checking them on read turns a
         # damaged or edited lake file into an error instead of wrong rows.
         "spark.hadoop.parquet.page.verify-checksum.enabled": "true",
-        "spark.local.dir": str(spark_local_dir(root)),
+        "spark.local.dir": str(spark_local_dir(config.local_root)),
     }
     if spark.executor_memory:
         conf["spark.executor.memory"] = spark.executor_memory
@@ -124,14 +124,14 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
     conf.update(spark.conf)
     given = dict(launcher_conf or {})
     if not any(key in conf or key in given for key in METASTORE_KEYS):
-        conf.update(_embedded_metastore(root))
+        conf.update(_embedded_metastore(config))
     if launcher_conf is None:
-        metastore = metastore_dir(root)
+        metastore = metastore_dir(config.local_root)
         conf["spark.driver.extraJavaOptions"] = " ".join(
             [
                 f"-Dderby.system.home={metastore}",
                 f"-Dderby.stream.error.file={metastore / 'derby.log'}",
-                f"-Djava.io.tmpdir={jvm_tmp_dir(root)}",
+                f"-Djava.io.tmpdir={jvm_tmp_dir(config.local_root)}",
                 "-XX:-UsePerfData",  # no hsperfdata folder in the system temp dir
                 conf.get("spark.driver.extraJavaOptions", ""),
             ]
@@ -154,7 +154,7 @@ def _launcher_conf() -> dict[str, str]:
 def _prepare_local_jvm(config: Config, conf: Mapping[str, str]) -> None:
     """Folders of a JVM recpipe starts, and the Python its local workers run."""
     Path(conf["spark.local.dir"]).mkdir(parents=True, exist_ok=True)
-    for folder in (metastore_dir(config.root), jvm_tmp_dir(config.root)):
+    for folder in (metastore_dir(config.local_root), jvm_tmp_dir(config.local_root)):
         folder.mkdir(parents=True, exist_ok=True)
     if conf["spark.master"].startswith("local"):
         # Local Python workers (mapInArrow, TorchDistributor) must run this interpreter, which
@@ -169,7 +169,7 @@ def _keep_derby_log_under_root(config: Config, conf: Mapping[str, str]) -> None:
         return
     from pyspark import SparkContext
 
-    metastore = metastore_dir(config.root)
+    metastore = metastore_dir(config.local_root)
     metastore.mkdir(parents=True, exist_ok=True)
     system = SparkContext._jvm.java.lang.System  # type: ignore[union-attr]
     system.setProperty("derby.stream.error.file", str(metastore / "derby.log"))
@@ -206,6 +206,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
     """
     active = SparkSession.getActiveSession()
     if active is not None:
+        _share_hadoop_settings(active, config)
         return active
     launched = launcher_started_jvm(os.environ if environ is None else environ)
     given = _launcher_conf() if launched else None
@@ -231,6 +232,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
             f"cannot start Spark on {source} {master}: {java_error_line(exc)}"
         ) from exc
     session.sparkContext.setLogLevel(config.spark.log_level)
+    _share_hadoop_settings(session, config)
     log.info(
         "spark %s started: master=%s app=%s (%s)",
         session.version,
@@ -239,6 +241,20 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
         "launcher" if launched else "config",
     )
     return session
+
+
+def _share_hadoop_settings(session: SparkSession, config: Config) -> None:
+    """One Hadoop view of storage for Spark and for recpipe's JVM-free file calls.
+
+    A session recpipe reuses gains the config's ``spark.hadoop.*`` settings (e.g. a viewfs
+    mount table); recpipe's own file calls (:mod:`recpipe.storage`) take the session's, which
+    include what spark-submit ``--conf`` passed.
+    """
+    hadoop = session.sparkContext._jsc.hadoopConfiguration()
+    for key, value in storage.hadoop_settings(config.spark.conf).items():
+        if hadoop.get(key) != value:
+            hadoop.set(key, value)
+    storage.configure(storage.hadoop_settings(dict(session.sparkContext.getConf().getAll())))
 
 
 def one_row(aggregate: DataFrame, what: str) -> Row:

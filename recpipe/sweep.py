@@ -9,46 +9,51 @@ starts and after it commits; this command covers days that are never re-run.
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
 from typing import Any
 
-from recpipe.commit import referenced_paths, sweep_leftovers, sweep_run, tables_of
+from recpipe import storage
+from recpipe.commit import (
+    referenced_paths,
+    sweep_leftovers,
+    sweep_run,
+    tables_of,
+    version_folders,
+)
 from recpipe.layout import PRODUCERS, lake_base, lock_path, manifest_path, scratch_root
 from recpipe.locks import StageLock, StageLockedError
 from recpipe.schema import DS
+from recpipe.storage import Location, LocationLike, as_location
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _size(path: Location) -> int:
+    if storage.is_file(path):
+        return storage.size(path)
+    return sum(entry.size for entry in storage.list_dir(path, recursive=True))
 
 
-def _runs_with_state(root: Path) -> set[tuple[str, str]]:
+def _runs_with_state(root: Location) -> set[tuple[str, str]]:
     """(stage, ds) pairs that have lake versions or scratch folders on disk."""
     pairs = set()
     base = lake_base(root)
     for table, stage in PRODUCERS.items():
-        for folder in (base / table).glob(f"{DS}=*"):
+        for folder in storage.glob(base / table, f"{DS}=*"):
             pairs.add((stage, folder.name[len(DS) + 1 :]))
-    scratch = scratch_root(root)
     stages = set(PRODUCERS.values())
-    for folder in scratch.iterdir() if scratch.is_dir() else []:
+    for entry in storage.list_dir(scratch_root(root)):
         # <stage>-<YYYY-MM-DD>-<id>
-        stage, _, rest = folder.name.partition("-")
+        stage, _, rest = entry.name.partition("-")
         if stage in stages and len(rest) > 11:
             pairs.add((stage, rest[:10]))
     return pairs
 
 
-def sweep_root(root: Path, ds: str | None = None) -> list[dict[str, Any]]:
+def sweep_root(root: LocationLike, ds: str | None = None) -> list[dict[str, Any]]:
     """Sweep every (stage, ds) with state under ``root`` (only ``ds`` when given).
 
     Returns one summary row per (stage, ds) that had something removed or was skipped.
     """
-    root = Path(root)
+    root = as_location(root)
     rows: list[dict[str, Any]] = []
     for stage, day in sorted(_runs_with_state(root)):
         if ds is not None and day != ds:
@@ -61,7 +66,7 @@ def sweep_root(root: Path, ds: str | None = None) -> list[dict[str, Any]]:
             continue
         try:
             path = manifest_path(root, stage, day)
-            manifest = json.loads(path.read_text()) if path.is_file() else None
+            manifest = storage.read_json(path) if storage.is_file(path) else None
             doomed = _doomed_sizes(root, stage, day, manifest)
             removed = sweep_run(root, stage, day, manifest)
         finally:
@@ -79,16 +84,15 @@ def sweep_root(root: Path, ds: str | None = None) -> list[dict[str, Any]]:
 
 
 def _doomed_sizes(
-    root: Path, stage: str, ds: str, manifest: dict[str, Any] | None
-) -> dict[Path, int]:
+    root: Location, stage: str, ds: str, manifest: dict[str, Any] | None
+) -> dict[Location, int]:
     """Sizes of what :func:`sweep_run` is about to remove (measured before it goes)."""
     keep = referenced_paths(manifest)
     sizes = {}
     for table in tables_of(stage):
-        base = lake_base(root) / table / f"{DS}={ds}"
-        for folder in base.rglob("v=*") if base.is_dir() else []:
-            if folder.is_dir() and str(folder.relative_to(root)) not in keep:
+        for folder in version_folders(root, table, ds):
+            if folder.relative_to(root) not in keep:
                 sizes[folder] = _size(folder)
-    for scratch in scratch_root(root).glob(f"{stage}-{ds}-*"):
+    for scratch in storage.glob(scratch_root(root), f"{stage}-{ds}-*"):
         sizes[scratch] = _size(scratch)
     return sizes

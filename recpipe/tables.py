@@ -7,7 +7,6 @@ checks the files against their recorded footer digests (recpipe.parquet_files).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -18,6 +17,7 @@ from recpipe.errors import MissingInputError
 from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
+from recpipe.storage import Location, LocationLike
 
 
 @dataclass
@@ -41,19 +41,19 @@ class TrainData:
         return matrix
 
 
-def split_path(root: Path, table: str, ds: str, protocol: str) -> Path:
+def split_path(root: LocationLike, table: str, ds: str, protocol: str) -> Location:
     """Folder of the current version of one split partition; MissingInputError if none."""
     return current_version(root, table, {DS: ds, "protocol": protocol})
 
 
-def vocab_size(root: Path, table: str, idx_col: str, ds: str) -> int:
+def vocab_size(root: LocationLike, table: str, idx_col: str, ds: str) -> int:
     """Largest index in a vocabulary snapshot (read with pyarrow, no JVM)."""
     folder = current_version(root, table, {DS: ds})
     column = verified_dataset(folder).to_table(columns=[idx_col]).column(0)
     return int(column.to_numpy().max()) if len(column) else 0
 
 
-def _split_dataset(root: Path, ds: str, protocol: str, part: str) -> pads.Dataset:
+def _split_dataset(root: LocationLike, ds: str, protocol: str, part: str) -> pads.Dataset:
     try:
         folder = split_path(root, part, ds, protocol)
     except MissingInputError:
@@ -64,13 +64,15 @@ def _split_dataset(root: Path, ds: str, protocol: str, part: str) -> pads.Datase
     return verified_dataset(folder)
 
 
-def split_item_counts(root: Path, ds: str, protocol: str, part: str, n_items: int) -> np.ndarray:
+def split_item_counts(
+    root: LocationLike, ds: str, protocol: str, part: str, n_items: int
+) -> np.ndarray:
     """Interactions per item [n_items + 1] in one split part (reads the item column only)."""
     items = _split_dataset(root, ds, protocol, part).to_table(columns=[ITEM_IDX]).column(0)
     return np.bincount(items.to_numpy().astype(np.int64), minlength=n_items + 1)
 
 
-def load_split(root: Path, ds: str, protocol: str, part: str) -> TrainData:
+def load_split(root: LocationLike, ds: str, protocol: str, part: str) -> TrainData:
     """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
     table = _split_dataset(root, ds, protocol, part).to_table(
         columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]

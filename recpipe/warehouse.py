@@ -21,21 +21,20 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recpipe import storage
+from recpipe.commit import new_version_name
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.faults import kill_point
 from recpipe.layout import database_dir
 from recpipe.parquet_files import data_files, footer_sha256
 from recpipe.schema import DS, ITEM_ID, USER_ID
+from recpipe.storage import Location, LocationLike, as_location
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -124,12 +123,12 @@ def _check_partition(ds: str, model: str) -> None:
         raise RecpipeError(f"model must match {_MODEL_PATTERN.pattern}, got {model!r}")
 
 
-def database_path(config: Config) -> Path:
+def database_path(config: Config) -> Location:
     """Folder of the configured database: ``<root>/warehouse/<database>.db``."""
     return database_dir(config.root, config.warehouse.database)
 
 
-def table_path(config: Config, table: str) -> Path:
+def table_path(config: Config, table: str) -> Location:
     """Folder of ``table`` inside the database folder."""
     _spec(table)
     return database_path(config) / table
@@ -141,7 +140,7 @@ def qualified_name(config: Config, table: str) -> str:
     return f"{config.warehouse.database}.{table}"
 
 
-def partition_path(config: Config, table: str, ds: str, model: str) -> Path:
+def partition_path(config: Config, table: str, ds: str, model: str) -> Location:
     """Folder holding the versions and the pointer of one ``(ds, model)`` partition."""
     _check_partition(ds, model)
     return table_path(config, table) / f"{DS}={ds}" / f"{MODEL}={model}"
@@ -152,16 +151,16 @@ def read_pointer(config: Config, table: str, ds: str, model: str) -> dict[str, A
     return _read_pointer_file(partition_path(config, table, ds, model) / POINTER_FILE)
 
 
-def _read_pointer_file(path: Path) -> dict[str, Any] | None:
+def _read_pointer_file(path: Location) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return dict(storage.read_json(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise RecpipeError(f"unreadable partition pointer {path}: {exc}") from exc
 
 
-def partition_location(config: Config, table: str, ds: str, model: str) -> Path | None:
+def partition_location(config: Config, table: str, ds: str, model: str) -> Location | None:
     """Folder of the current version of a partition, from its pointer file (no JVM).
 
     Pointers hold the version's path relative to ``paths.root``, so a copied or moved root
@@ -182,21 +181,21 @@ def partition_location(config: Config, table: str, ds: str, model: str) -> Path 
     return folder
 
 
-def _parquet_files(folder: Path) -> dict[str, int]:
+def _parquet_files(folder: Location) -> dict[str, int]:
     """``{file name: bytes}`` of the data files in a version folder."""
     return {
-        p.name: p.stat().st_size
-        for p in folder.glob("*.parquet")
-        if not p.name.startswith(("_", "."))
+        entry.name: entry.size
+        for entry in storage.list_dir(folder)
+        if entry.name.endswith(".parquet") and not entry.name.startswith(("_", "."))
     }
 
 
-def _pointer_mismatch(folder: Path, pointer: Mapping[str, Any]) -> str | None:
+def _pointer_mismatch(folder: Location, pointer: Mapping[str, Any]) -> str | None:
     """First difference between a version folder and what its pointer recorded, or None."""
     import pyarrow.parquet as pq
 
     recorded: dict[str, int] = pointer.get("files", {})
-    found = _parquet_files(folder) if folder.is_dir() else {}
+    found = _parquet_files(folder)
     for name, size in sorted(recorded.items()):
         if name not in found:
             return f"{name} is missing"
@@ -208,7 +207,10 @@ def _pointer_mismatch(folder: Path, pointer: Mapping[str, Any]) -> str | None:
     for name, digest in sorted(pointer.get("footers", {}).items()):
         if footer_sha256(folder / name) != digest:
             return f"{name} is not the file that was published (its Parquet footer differs)"
-    rows = sum(pq.ParquetFile(folder / name).metadata.num_rows for name in recorded)
+    rows = 0
+    for name in recorded:
+        with storage.open_input(folder / name) as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
     if rows != pointer["rows"]:
         return f"{rows} rows in the files, the pointer recorded {pointer['rows']}"
     return None
@@ -217,52 +219,42 @@ def _pointer_mismatch(folder: Path, pointer: Mapping[str, Any]) -> str | None:
 def published_partitions(config: Config, table: str) -> list[tuple[str, str]]:
     """``(ds, model)`` pairs that have a pointer file, sorted."""
     pairs = []
-    for pointer in table_path(config, table).glob(f"{DS}=*/{MODEL}=*/{POINTER_FILE}"):
-        model_dir = pointer.parent
-        ds = model_dir.parent.name.removeprefix(f"{DS}=")
-        pairs.append((ds, model_dir.name.removeprefix(f"{MODEL}=")))
+    for day in storage.glob(table_path(config, table), f"{DS}=*"):
+        for model_dir in storage.glob(day, f"{MODEL}=*"):
+            if storage.is_file(model_dir / POINTER_FILE):
+                ds = day.name.removeprefix(f"{DS}=")
+                pairs.append((ds, model_dir.name.removeprefix(f"{MODEL}=")))
     return sorted(pairs)
 
 
-def _write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(record, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _write_json_atomic(path: Location, record: dict[str, Any]) -> None:
+    # A single whole-object write: the pointer is the JVM-free readers' commit point.
+    storage.write_text(path, json.dumps(record, indent=2))
 
 
-def _new_version_name() -> str:
-    # A UTC timestamp first makes name order equal publish order.
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
-
-
-def prune_versions(root: Path, folder: Path, pointer: Mapping[str, Any]) -> list[Path]:
+def prune_versions(
+    root: LocationLike, folder: Location, pointer: Mapping[str, Any]
+) -> list[Location]:
     """Delete version folders under ``folder`` that ``pointer`` neither names nor keeps.
 
     ``root`` is ``paths.root`` (pointer paths are relative to it). Orphans (versions of failed
     or killed publishes) never count as kept versions.
     """
-    kept = {root / pointer["path"], *(root / p for p in pointer.get("previous", []))}
-    versions = sorted(p for p in folder.glob(f"{VERSION_PREFIX}*") if p.is_dir())
+    base = as_location(root)
+    kept = {base / pointer["path"], *(base / p for p in pointer.get("previous", []))}
+    versions = [
+        e.location
+        for e in storage.list_dir(folder)
+        if e.is_dir and e.name.startswith(VERSION_PREFIX)
+    ]
     removed = [p for p in versions if p not in kept]
     for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+        storage.remove_tree(path)
     return removed
 
 
 # ---------------------------------------------------------------------------------------------
 # Spark side
-
-
-def spark_uri(path: Path) -> str:
-    """``file://`` URI of a local path, for Spark."""
-    # recpipe.lake imports pyspark; importing it here keeps this module importable without it.
-    from recpipe.lake import file_uri
-
-    return file_uri(path)
 
 
 def sql_string(text: str) -> str:
@@ -281,9 +273,11 @@ def registered_location(spark: SparkSession, name: str) -> str:
     return next(row.data_type for row in rows if row.col_name == "Location")
 
 
-def same_location(uri: str, path: Path) -> bool:
-    """Whether a metastore location ``uri`` is the local folder ``path``."""
-    return uri.removeprefix("file://").removeprefix("file:").rstrip("/") == str(path.resolve())
+def same_location(uri: str, location: Location) -> bool:
+    """Whether a metastore location ``uri`` names ``location`` (``file:/x`` = ``file:///x``)."""
+    if uri.startswith("file:") and not uri.startswith("file://"):
+        uri = "file://" + uri[len("file:") :]
+    return Location(uri) == location
 
 
 def _create_table(spark: SparkSession, config: Config, table: str) -> None:
@@ -291,13 +285,13 @@ def _create_table(spark: SparkSession, config: Config, table: str) -> None:
     columns = [f"{col} {kind}" for col, kind in _spec(table).columns]
     columns += [f"{col} string" for col in PARTITION_COLUMNS]
     # Spark logs a stack trace when an external table's folder does not exist yet.
-    table_path(config, table).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(table_path(config, table))
     # A table with an explicit LOCATION is EXTERNAL: dropping it or moving a partition never
     # deletes the files behind it.
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) USING parquet "
         f"PARTITIONED BY ({', '.join(PARTITION_COLUMNS)}) "
-        f"LOCATION {sql_string(spark_uri(table_path(config, table)))}"
+        f"LOCATION {sql_string(table_path(config, table).uri)}"
     )
     location = registered_location(spark, name)
     if not same_location(location, table_path(config, table)):
@@ -323,7 +317,7 @@ def ensure_tables(spark: SparkSession, config: Config) -> None:
     database = config.warehouse.database
     spark.sql(
         f"CREATE DATABASE IF NOT EXISTS {database} "
-        f"LOCATION {sql_string(spark_uri(database_path(config)))}"
+        f"LOCATION {sql_string(database_path(config).uri)}"
     )
     for table in TABLES:
         _create_table(spark, config, table)
@@ -345,20 +339,20 @@ def _layout(df: DataFrame, spec: TableSpec, rows: int) -> DataFrame:
     return spread.sortWithinPartitions(*spec.sort_by)
 
 
-def _write_version(df: DataFrame, spec: TableSpec, rows: int, folder: Path) -> int:
+def _write_version(df: DataFrame, spec: TableSpec, rows: int, folder: Location) -> int:
     """Write the version folder and return the row count read back from its files."""
     writer = _layout(df, spec, rows).write.mode("error")
-    writer.option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(spark_uri(folder))
+    writer.option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(folder.uri)
     spark = df.sparkSession
-    return spark.read.parquet(spark_uri(folder)).count()
+    return spark.read.parquet(folder.uri).count()
 
 
 def _switch_partition(
-    spark: SparkSession, config: Config, table: str, ds: str, model: str, folder: Path
+    spark: SparkSession, config: Config, table: str, ds: str, model: str, folder: Location
 ) -> None:
     name = qualified_name(config, table)
     clause = _partition_clause(ds, model)
-    location = sql_string(spark_uri(folder))
+    location = sql_string(folder.uri)
     if spark.sql(f"SHOW PARTITIONS {name} PARTITION ({clause})").count():
         spark.sql(f"ALTER TABLE {name} PARTITION ({clause}) SET LOCATION {location}")
     else:
@@ -375,7 +369,7 @@ def publish_partition(
     *,
     expected_rows: int | None = None,
     pointer_extra: dict[str, Any] | None = None,
-) -> Path:
+) -> Location:
     """Atomically replace partition ``(ds, model)`` of ``table`` with ``df``; returns its folder.
 
     ``df`` must hold the table's data columns (cast to the table types; others are dropped).
@@ -392,7 +386,7 @@ def publish_partition(
     data = _conform(df, spec, table)
     rows = data.count() if expected_rows is None else expected_rows
     parent = partition_path(config, table, ds, model)
-    folder = parent / _new_version_name()
+    folder = parent / new_version_name()
     try:
         written = _write_version(data, spec, rows, folder)
         if written != rows:
@@ -402,13 +396,13 @@ def publish_partition(
             )
     except BaseException:
         # Nothing points at the new folder yet.
-        shutil.rmtree(folder, ignore_errors=True)
+        storage.remove_tree(folder)
         raise
     pointer_file = parent / POINTER_FILE
     previous = _read_pointer_file(pointer_file)
     kept = [] if previous is None else [previous["path"], *previous.get("previous", [])]
     pointer = {
-        "path": str(folder.relative_to(config.root)),
+        "path": folder.relative_to(config.root),
         "files": _parquet_files(folder),
         "footers": {p.name: footer_sha256(p) for p in data_files(folder)},
         "version": folder.name.removeprefix(VERSION_PREFIX),
@@ -430,10 +424,10 @@ def publish_partition(
     except BaseException:
         # A failed ALTER changed nothing: put the previous pointer back and drop the folder.
         if previous is None:
-            pointer_file.unlink(missing_ok=True)
+            storage.delete(pointer_file)
         else:
             _write_json_atomic(pointer_file, previous)
-        shutil.rmtree(folder, ignore_errors=True)
+        storage.remove_tree(folder)
         raise
     spark.catalog.refreshTable(qualified_name(config, table))
     _write_json_atomic(pointer_file, {**pointer, "metastore": "switched"})
@@ -475,7 +469,7 @@ def _metric_row(row: dict[str, Any]) -> tuple[Any, ...]:
 
 def write_model_metrics(
     spark: SparkSession, config: Config, rows: list[dict[str, Any]], ds: str, model: str
-) -> Path:
+) -> Location:
     """Replace partition ``(ds, model)`` of ``model_metrics`` with ``rows``; returns its folder.
 
     Each row has ``protocol``, ``split``, ``metric``, ``k`` (None for metrics without a cutoff)
