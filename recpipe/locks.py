@@ -3,8 +3,8 @@
 The lock is a file created exclusively (``O_EXCL`` on local and mounted file systems; see
 :func:`recpipe.storage.create_exclusive` for object stores) that names its holder (host, pid,
 process start time, run id). A lock whose holder is a dead process on this host is stale and
-taken over, so a SIGKILLed run never blocks the next one; a lock held on another host is never broken
-automatically (that host may still be writing), the error says which file to remove.
+taken over, so a SIGKILLed run never blocks the next one; a lock held on another host is never
+broken automatically (that host may still be writing), the error says which file to remove.
 
 Scope: processes that share ``paths.root``. Two schedulers racing on an object store without
 conditional writes may both pass; run one scheduler per root there.
