@@ -285,12 +285,19 @@ def test_relative_root_resolves_from_base_dir(tmp_path: Path) -> None:
 
 
 def test_root_uris_are_never_turned_into_local_folders(tmp_path: Path) -> None:
-    """paths.root=file:///x is the folder /x; other schemes are refused naming the key (state
-    is written with local file APIs), never joined into ./hdfs:/nn/... as before."""
+    """paths.root=file:///x is the folder /x; a URI stays a URI (never ./hdfs:/nn/...), needs a
+    local folder named by paths.local, and an unknown scheme is refused naming the key."""
     assert load_config(None, [f"paths.root=file://{tmp_path}/st"]).paths.root == f"{tmp_path}/st"
     for uri in ("hdfs://nn:8020/recpipe", "s3a://bucket/recpipe", "viewfs://cluster/recpipe"):
-        with pytest.raises(ConfigError, match=r"'paths\.root': .*not supported yet"):
+        with pytest.raises(ConfigError, match=r"'paths\.local': paths\.root is "):
             load_config(None, [f"paths.root={uri}"], tmp_path)
+        config = load_config(None, [f"paths.root={uri}", "paths.local=here"], tmp_path)
+        assert (str(config.root), config.root.uri) == (uri, uri)
+        assert config.local_root == tmp_path / "here"
+    with pytest.raises(ConfigError, match=r"'paths\.root': .*unknown scheme ftp://"):
+        load_config(None, ["paths.root=ftp://host/recpipe", "paths.local=here"], tmp_path)
+    with pytest.raises(ConfigError, match=r"'paths\.local': s3a://b/x must be a local folder"):
+        load_config(None, ["paths.root=s3a://b/r", "paths.local=s3a://b/x"], tmp_path)
     assert list(tmp_path.iterdir()) == []
     raw = load_config(None, ["paths.raw_events=hdfs://nn/landing/*.jsonl"], tmp_path)
     assert raw.paths.raw_events == "hdfs://nn/landing/*.jsonl"  # read through Hadoop as given
@@ -373,7 +380,7 @@ def test_spark_settings_live_under_root_and_pass_through(tmp_path: Path) -> None
         ],
     )
     conf = session_conf(config)
-    assert conf["spark.sql.warehouse.dir"] == str(tmp_path / "warehouse")
+    assert conf["spark.sql.warehouse.dir"] == f"file://{tmp_path}/warehouse"
     assert (
         str(tmp_path / "metastore" / "metastore_db")
         in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from recpipe import warehouse
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.storage import Location
 from recpipe.warehouse import (
     MODEL_METRICS,
     POINTER_FILE,
@@ -65,12 +66,22 @@ def expected_rows(df: DataFrame) -> set:
 
 def versions(config: Config, table: str = RECOMMENDATIONS, model: str = "als") -> list[Path]:
     """Version folders on disk of one partition, oldest first."""
-    return sorted(partition_path(config, table, DS, model).glob("v=*"))
+    return sorted(local(partition_path(config, table, DS, model)).glob("v=*"))
+
+
+def local(location: Location) -> Path:
+    """The local folder behind a location the warehouse returned (tests run on local roots)."""
+    return location.local_path()
+
+
+def local_or_none(location: Location | None) -> Path | None:
+    """As :func:`local`, passing None through."""
+    return None if location is None else location.local_path()
 
 
 def test_failure_mid_write_keeps_previous_version(spark: SparkSession, config: Config) -> None:
     first = recs(spark, ["u1", "u2"])
-    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    v1 = local(publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als"))
     failing = recs(spark, ["u1", "u2", "u3"], tag="b").withColumn(
         "score", F.when(F.col("rank") > 5, F.raise_error(F.lit("boom"))).otherwise(F.col("score"))
     )
@@ -79,7 +90,7 @@ def test_failure_mid_write_keeps_previous_version(spark: SparkSession, config: C
         publish_partition(spark, config, RECOMMENDATIONS, failing, DS, "als")
 
     assert select_rows(spark, config) == expected_rows(first)
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == v1
     assert versions(config) == [v1]  # the failed folder is gone, never became current
 
 
@@ -87,11 +98,11 @@ def test_metastore_failure_after_write_keeps_previous_version(
     spark: SparkSession, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = recs(spark, ["u1"])
-    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    v1 = local(publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als"))
     written: list[Path] = []
 
     def failing_switch(*args: object) -> None:
-        written.extend(args[-1].glob("part-*.parquet"))
+        written.extend(local(args[-1]).glob("part-*.parquet"))  # type: ignore[arg-type]
         raise RuntimeError("metastore down")
 
     monkeypatch.setattr(warehouse, "_switch_partition", failing_switch)
@@ -100,20 +111,20 @@ def test_metastore_failure_after_write_keeps_previous_version(
 
     assert written  # the new version was complete on disk when the switch failed
     assert select_rows(spark, config) == expected_rows(first)
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == v1
     assert versions(config) == [v1]
 
 
 def test_row_count_mismatch_keeps_previous_version(spark: SparkSession, config: Config) -> None:
     first = recs(spark, ["u1"])
-    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    v1 = local(publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als"))
     second = recs(spark, ["u1", "u2"], tag="b")
 
     with pytest.raises(PublishError, match="wrote 20 rows, expected 25"):
         publish_partition(spark, config, RECOMMENDATIONS, second, DS, "als", expected_rows=25)
 
     assert select_rows(spark, config) == expected_rows(first)
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == v1
     assert versions(config) == [v1]
 
 
@@ -121,19 +132,19 @@ def test_republish_replaces_without_duplicates(spark: SparkSession, config: Conf
     publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1", "u2", "u3"]), DS, "als")
     second = recs(spark, ["u2", "u4"], items=5, tag="b")
 
-    folder = publish_partition(spark, config, RECOMMENDATIONS, second, DS, "als")
+    folder = local(publish_partition(spark, config, RECOMMENDATIONS, second, DS, "als"))
 
     assert select_rows(spark, config) == expected_rows(second)
     pointer = json.loads((folder.parent / POINTER_FILE).read_text())
     assert pointer["rows"] == 10
-    assert config.root / pointer["path"] == folder  # relative to paths.root
+    assert config.root.local_path() / pointer["path"] == folder  # relative to paths.root
     assert pointer["files"] == {p.name: p.stat().st_size for p in folder.glob("*.parquet")}
     assert pointer["version"] == folder.name.removeprefix("v=")
 
 
 def test_second_partition_leaves_first_untouched(spark: SparkSession, config: Config) -> None:
     first = recs(spark, ["u1", "u2"])
-    v1 = publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als")
+    v1 = local(publish_partition(spark, config, RECOMMENDATIONS, first, DS, "als"))
     other = recs(spark, ["u3"], tag="p")
 
     publish_partition(spark, config, RECOMMENDATIONS, other, DS, "popularity")
@@ -142,7 +153,7 @@ def test_second_partition_leaves_first_untouched(spark: SparkSession, config: Co
     assert select_rows(spark, config) == expected_rows(first)
     assert select_rows(spark, config, model="popularity") == expected_rows(other)
     assert select_rows(spark, config, ds="2026-11-23") == expected_rows(other)
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") == v1
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == v1
 
 
 def test_show_partitions_lists_published_ones(spark: SparkSession, config: Config) -> None:
@@ -164,19 +175,20 @@ def test_keep_versions_prunes_old_folders(spark: SparkSession, make_config) -> N
         f"warehouse.database=wh_{uuid.uuid4().hex[:12]}", "warehouse.keep_versions=2"
     )
     published = [
-        publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"], tag=tag), DS, "als")
+        local(publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"], tag=tag), DS,
+                                "als"))
         for tag in "abcd"
     ]
 
     assert versions(config) == published[-2:]
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") == published[-1]
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == published[-1]
     assert select_rows(spark, config) == expected_rows(recs(spark, ["u1"], tag="d"))
 
 
 def test_written_files_are_sorted_by_user_and_rank(spark: SparkSession, config: Config) -> None:
     df = recs(spark, ["u3", "u1", "u2"], items=4).orderBy(F.rand(seed=1))
 
-    folder = publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als")
+    folder = local(publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als"))
 
     files = sorted(folder.glob("part-*.parquet"))
     assert len(files) == 1
@@ -236,7 +248,7 @@ def test_missing_column_is_rejected(spark: SparkSession, config: Config) -> None
 
     with pytest.raises(RecpipeError, match=r"\['score'\] missing"):
         publish_partition(spark, config, RECOMMENDATIONS, df, DS, "als")
-    assert partition_location(config, RECOMMENDATIONS, DS, "als") is None
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) is None
 
 
 def test_database_registered_under_another_root_is_refused(
@@ -264,11 +276,11 @@ def test_pointer_readers_follow_a_moved_root_and_refuse_tampered_files(
     before = lookup_recs(config, "u1")
     assert [r["item_id"] for r in before] == [f"au1-{rank}" for rank in range(1, 11)]
     moved_root = tmp_path / "moved"
-    shutil.move(config.root, moved_root)  # the old absolute paths no longer exist
+    shutil.move(config.root.local_path(), moved_root)  # the old absolute paths are gone
     database = f"warehouse.database={config.warehouse.database}"
     moved = make_config(f"paths.root={moved_root}", database)
     assert lookup_recs(moved, "u1") == before
-    folder = partition_location(moved, RECOMMENDATIONS, DS, "als")
+    folder = local_or_none(partition_location(moved, RECOMMENDATIONS, DS, "als"))
     assert folder is not None and folder.is_relative_to(moved_root)
 
     data_file = sorted(folder.glob("*.parquet"))[0]
@@ -300,7 +312,7 @@ def test_pointer_readers_refuse_files_edited_in_place(spark: SparkSession, confi
     users = [f"u{n}" for n in range(200)]
     publish_partition(spark, config, RECOMMENDATIONS, recs(spark, users), DS, "als")
     assert len(lookup_recs(config, "u7")) == 10
-    folder = partition_location(config, RECOMMENDATIONS, DS, "als")
+    folder = local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als"))
     assert folder is not None
     data_file = sorted(folder.glob("*.parquet"))[0]
     original = data_file.read_bytes()
