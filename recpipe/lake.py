@@ -29,8 +29,9 @@ from recpipe.commit import (
     producer_of,
 )
 from recpipe.config import Config
-from recpipe.errors import MissingInputError
+from recpipe.errors import MissingInputError, java_error_line
 from recpipe.faults import kill_point
+from recpipe.lake_catalog import MetastoreError, check_metastore, register_commit
 from recpipe.layout import lake_base, manifest_path, partition_folder, partition_name
 from recpipe.manifest import StageManifest, StageRun
 from recpipe.reconcile import ReconciliationError
@@ -272,6 +273,7 @@ class Transaction(Generic[M]):
         self._unreconciled.clear()
 
     def __enter__(self) -> Transaction[M]:
+        check_metastore(self.config)  # an unreachable metastore fails before any write
         self.run.__enter__()
         return self
 
@@ -295,6 +297,18 @@ class Transaction(Generic[M]):
         self.run.__exit__(exc_type, exc, tb)  # the commit point, or the attempt record
         if failure is not None:
             raise failure
+        if exc is None:
+            self._register()
+
+    def _register(self) -> None:
+        """The metastore follows the commit: this stage's partitions at their new versions."""
+        try:
+            register_commit(self.config, self.stage_name)
+        except Exception as exc:  # committed already: say so, and how it gets repaired
+            raise MetastoreError(
+                f"{self.stage_name} ds={self.ds} committed, but the metastore was not updated "
+                f"({java_error_line(exc)}); the next run or `recpipe sql` repairs it"
+            ) from None
 
     def _publish(self) -> None:
         if self._unreconciled:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from recpipe import storage
 from recpipe.commit import committed
 from recpipe.config import Config
-from recpipe.errors import RecpipeError
+from recpipe.errors import RecpipeError, java_error_line
 from recpipe.layout import PRODUCERS, catalog_state_path, lake_base, manifests_base
 from recpipe.schema import DS
 from recpipe.storage import Location, LocationLike
@@ -32,10 +33,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def committed_partitions(root: LocationLike) -> dict[str, dict[str, str]]:
-    """``{table: {partition name: version path relative to root}}`` over every manifest."""
+class MetastoreError(RecpipeError):
+    """The metastore cannot be reached or refused a call."""
+
+
+def committed_partitions(
+    root: LocationLike, stages: Iterable[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """``{table: {partition name: version path relative to root}}`` over every manifest.
+
+    ``stages`` limits the scan to the manifests of those stages (default: every producer).
+    """
     found: dict[str, dict[str, str]] = defaultdict(dict)
-    for stage in sorted(set(PRODUCERS.values())):
+    for stage in sorted(set(PRODUCERS.values()) if stages is None else set(stages)):
         for path in storage.glob(manifests_base(root) / stage, f"{DS}=*.json"):
             manifest = storage.read_json(path)
             for table, parts in manifest.get("outputs", {}).items():
@@ -93,17 +103,20 @@ def _create_table(
         )
 
 
-def sync_lake_tables(spark: SparkSession, config: Config) -> dict[str, int]:
+def sync_lake_tables(
+    spark: SparkSession, config: Config, stages: Iterable[str] | None = None
+) -> dict[str, int]:
     """Make the metastore's lake tables match the manifests; returns changes per table.
 
-    The database must exist (:func:`recpipe.warehouse.ensure_tables` creates it).
+    ``stages`` limits the sync to the tables those stages commit. The database must exist
+    (:func:`recpipe.warehouse.ensure_database` creates it).
     """
     from recpipe.warehouse import sql_string
 
     database = config.warehouse.database
     state = _load_state(config)
     changes: dict[str, int] = {}
-    for table, parts in sorted(committed_partitions(config.root).items()):
+    for table, parts in sorted(committed_partitions(config.root, stages).items()):
         name = f"{database}.{table}"
         known = state.get(table, {})
         if not spark.catalog.tableExists(name):
@@ -134,3 +147,45 @@ def sync_lake_tables(spark: SparkSession, config: Config) -> dict[str, int]:
         changes[table] = changed
     _save_state(config, state)
     return changes
+
+
+def hive_session() -> SparkSession | None:
+    """The active session when it has a Hive metastore (lake tables are registered there)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is None or spark.conf.get("spark.sql.catalogImplementation", "") != "hive":
+        return None
+    return spark
+
+
+def check_metastore(config: Config) -> None:
+    """Before a lake stage writes anything: the metastore answers and the database exists.
+
+    An unreachable metastore then fails the run before any version is written.
+    """
+    from recpipe.warehouse import ensure_database
+
+    spark = hive_session()
+    if spark is not None:
+        try:
+            ensure_database(spark, config)
+        except Exception as exc:  # py4j/AnalysisException: one line, naming the settings
+            raise MetastoreError(
+                f"the metastore (spark.sql.catalogImplementation=hive, "
+                f"spark.hadoop.hive.metastore.uris / javax.jdo.option.ConnectionURL) cannot "
+                f"create or open database {config.warehouse.database}: {java_error_line(exc)}"
+            ) from None
+
+
+def register_commit(config: Config, stage: str) -> dict[str, int]:
+    """After ``stage`` committed: point its tables' metastore partitions at the new versions.
+
+    The manifest written just before is the commit point; a process killed between the two
+    leaves the metastore on the previous versions (complete, and kept alive by the manifest's
+    ``previous_outputs``) until the next commit or ``recpipe sql`` syncs it.
+    """
+    spark = hive_session()
+    if spark is None:
+        return {}
+    return sync_lake_tables(spark, config, stages=[stage])

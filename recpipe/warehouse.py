@@ -312,13 +312,18 @@ def _add_missing_columns(spark: SparkSession, name: str, spec: TableSpec) -> Non
         spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({', '.join(missing)})")
 
 
-def ensure_tables(spark: SparkSession, config: Config) -> None:
-    """Create the database (located under ``paths.root``) and both tables if missing."""
+def ensure_database(spark: SparkSession, config: Config) -> None:
+    """Create the database (located under ``paths.root``) if missing."""
     database = config.warehouse.database
     spark.sql(
         f"CREATE DATABASE IF NOT EXISTS {database} "
         f"LOCATION {sql_string(database_path(config).uri)}"
     )
+
+
+def ensure_tables(spark: SparkSession, config: Config) -> None:
+    """Create the database (located under ``paths.root``) and both tables if missing."""
+    ensure_database(spark, config)
     for table in TABLES:
         _create_table(spark, config, table)
     sync_pending_partitions(spark, config)
