@@ -205,10 +205,11 @@ def test_cli_reports_a_bad_model_setting_in_one_line(capsys: pytest.CaptureFixtu
 
 
 def test_shipped_files_validate(tmp_path: Path) -> None:
-    for name in ("local.yaml", "cluster.yaml"):
-        config = load_config([CONF / "base.yaml", CONF / name], base_dir=tmp_path)
-        assert Path(config.paths.root).is_absolute()
+    local = load_config([CONF / "base.yaml", CONF / "local.yaml"], base_dir=tmp_path)
+    assert local.root.is_local and Path(local.paths.root).is_absolute()
+    assert local.local_root == Path(local.paths.root)
     cluster = load_config([CONF / "base.yaml", CONF / "cluster.yaml"])
+    assert cluster.root.uri == "hdfs://nn/recpipe" and cluster.local_root.is_absolute()
     assert cluster.spark.master == "yarn"
     assert cluster.spark.executor_memory == "8g"
 
