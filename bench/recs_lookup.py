@@ -55,7 +55,7 @@ def user_ids(indexes: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise("u", digits, "")
 
 
-def generate(path: Path, users: int, items: int, seed: int = 0) -> None:
+def generate(path: Location, users: int, items: int, seed: int = 0) -> None:
     """Write ``users`` x ``items`` recommendation rows, users in random order, to ``path``."""
     rng = np.random.default_rng(seed)
     order = np.repeat(rng.permutation(users), items)
@@ -75,18 +75,19 @@ def generate(path: Path, users: int, items: int, seed: int = 0) -> None:
             "source": pa.array(["bench"] * (users * items)),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    storage.makedirs(path.parent)  # pyarrow's local writer creates no parent folders
+    fs, fs_path = storage.arrow_path(path)
+    pq.write_table(table, fs_path, filesystem=fs)
 
 
-def publish(config: Config, source: Path) -> float:
+def publish(config: Config, source: Location) -> float:
     """Publish ``source`` as partition (DS, MODEL) through Spark; seconds taken."""
     from recpipe.spark import get_spark
 
     spark = get_spark(config)
     start = time.perf_counter()
     publish_partition(
-        spark, config, RECOMMENDATIONS, spark.read.parquet(as_location(source).uri), DS, MODEL
+        spark, config, RECOMMENDATIONS, spark.read.parquet(source.uri), DS, MODEL
     )
     seconds = time.perf_counter() - start
     spark.stop()
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     pointer = read_pointer(config, RECOMMENDATIONS, DS, MODEL)
     publish_s = None
     if not (args.reuse and pointer and pointer["rows"] == rows):
-        source = root / "input" / f"recs-{args.users}x{args.items}.parquet"
-        if not source.is_file():
+        # The bench's input lives under its paths.root: reached through storage like any state.
+        source = as_location(root) / "input" / f"recs-{args.users}x{args.items}.parquet"
+        if not storage.is_file(source):
             print(f"generating {rows:,} rows ...", file=sys.stderr)
             generate(source, args.users, args.items)
         publish_s = publish(config, source)
