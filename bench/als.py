@@ -86,7 +86,8 @@ def import_implicit() -> ModuleType | None:
 
 def movielens_matrix(root: Path) -> tuple[sparse.csr_matrix, str]:
     """Users x items CSR of MovieLens 100K, 1.0 for every rated pair, ids mapped densely."""
-    rows = parse_ratings(load_ratings_file(MovieLensConfig(), root / "cache" / MOVIELENS))
+    cache = root / "cache" / MOVIELENS
+    rows = parse_ratings(load_ratings_file(MovieLensConfig(), cache, cache / "downloads"))
     _, users = np.unique(np.array([r[0] for r in rows]), return_inverse=True)
     _, items = np.unique(np.array([r[1] for r in rows]), return_inverse=True)
     matrix = sparse.csr_matrix(

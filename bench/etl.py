@@ -11,11 +11,11 @@ the floor any clean stage pays.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from recpipe import storage
 from recpipe.config import load_config
 from recpipe.console import format_table
 from recpipe.datasets.synthetic import SyntheticSpec, generate_events
@@ -24,16 +24,17 @@ from recpipe.spark import get_spark
 from recpipe.stages.clean import run_clean
 from recpipe.stages.sessionize import run_sessionize
 from recpipe.stages.vocab import run_vocab
+from recpipe.storage import Location, as_location
 
 DS = "2026-11-22"
 
 
-def reference_scan(spark, raw: Path, out: Path) -> float:
+def reference_scan(spark, raw: Location, out: Location) -> float:
     """Seconds for schema'd JSON read -> Parquet write of the same files, no checks."""
     schema = ", ".join(f"{name} string" for name in KNOWN_FIELDS)
     start = time.perf_counter()
-    files = [str(p) for p in sorted(raw.glob("part-*.jsonl"))]
-    spark.read.schema(schema).json(files).write.mode("overwrite").parquet(f"file://{out}")
+    files = [p.uri for p in storage.glob(raw, "part-*.jsonl")]
+    spark.read.schema(schema).json(files).write.mode("overwrite").parquet(out.uri)
     return time.perf_counter() - start
 
 
@@ -42,17 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--root", type=Path, default=Path("var/bench"))
     args = parser.parse_args(argv)
+    # The bench's own folder on this machine; raw input and each size's state go through
+    # recpipe.storage like any paths.root.
     root = args.root.resolve()
     base = load_config(None, [f"paths.root={root}/spark"])
     spark = get_spark(base)
     rows = []
     for size in args.sizes:
-        raw = root / f"raw-{size}"
-        if not (raw / "_generation.json").is_file():
+        raw = as_location(root) / f"raw-{size}"
+        if not storage.is_file(raw / "_generation.json"):
             print(f"generating {size:,} events ...", file=sys.stderr)
             generate_events(SyntheticSpec(n_events=size, n_files=8, seed=1), raw)
-        state = root / f"state-{size}"
-        shutil.rmtree(state, ignore_errors=True)
+        state = as_location(root) / f"state-{size}"
+        storage.remove_tree(state)
         config = load_config(None, [f"paths.root={state}", f"paths.raw_events={raw}"])
         ref_s = reference_scan(spark, raw, state / "reference")
         clean = run_clean(spark, config, DS)

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recpipe import storage
 from recpipe.config import load_config
 from recpipe.console import format_table
+from recpipe.storage import LocationLike
 
 DS = "2026-11-22"
 PROTOCOLS = ("leave_last_out", "random_by_user")
@@ -66,12 +68,12 @@ def main() -> None:
         "warehouse.database=quality_bench",
     ]
     first = load_config(None, [*base, *args.overrides])
-    fetched = fetch_movielens_100k(first.datasets.movielens, first.root)
+    fetched = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     config = load_config(None, [*base, f"paths.raw_events={fetched['raw_events']}",
                                 *args.overrides])  # fmt: skip
     stages = ["clean", "vocab", "sessionize", "split", "export"]
     if args.reuse:
-        stages = [s for s in stages if not manifest_path(config.root, s, DS).is_file()]
+        stages = [s for s in stages if not storage.is_file(manifest_path(config.root, s, DS))]
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if stages:
@@ -97,7 +99,7 @@ def main() -> None:
 
 
 def table_rows(
-    evaluations: list[Any], k: int, timings: dict[str, float], root: Path
+    evaluations: list[Any], k: int, timings: dict[str, float], root: LocationLike
 ) -> list[dict[str, Any]]:
     """A row per model: metrics per protocol, training seconds, early-stopping epoch."""
     from recpipe.manifest import read_manifest

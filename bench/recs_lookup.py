@@ -25,9 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recpipe import storage
 from recpipe.config import Config, load_config
 from recpipe.console import format_table
 from recpipe.query import UnknownUserError, lookup_recs
+from recpipe.storage import Location, as_location
 from recpipe.warehouse import RECOMMENDATIONS, partition_location, publish_partition, read_pointer
 
 DS = "2026-11-22"
@@ -53,7 +55,7 @@ def user_ids(indexes: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise("u", digits, "")
 
 
-def generate(path: Path, users: int, items: int, seed: int = 0) -> None:
+def generate(path: Location, users: int, items: int, seed: int = 0) -> None:
     """Write ``users`` x ``items`` recommendation rows, users in random order, to ``path``."""
     rng = np.random.default_rng(seed)
     order = np.repeat(rng.permutation(users), items)
@@ -73,30 +75,37 @@ def generate(path: Path, users: int, items: int, seed: int = 0) -> None:
             "source": pa.array(["bench"] * (users * items)),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    storage.makedirs(path.parent)  # pyarrow's local writer creates no parent folders
+    fs, fs_path = storage.arrow_path(path)
+    pq.write_table(table, fs_path, filesystem=fs)
 
 
-def publish(config: Config, source: Path) -> float:
+def publish(config: Config, source: Location) -> float:
     """Publish ``source`` as partition (DS, MODEL) through Spark; seconds taken."""
-    from recpipe.lake import file_uri
     from recpipe.spark import get_spark
 
     spark = get_spark(config)
     start = time.perf_counter()
     publish_partition(
-        spark, config, RECOMMENDATIONS, spark.read.parquet(file_uri(source)), DS, MODEL
+        spark, config, RECOMMENDATIONS, spark.read.parquet(source.uri), DS, MODEL
     )
     seconds = time.perf_counter() - start
     spark.stop()
     return seconds
 
 
-def layout(folder: Path) -> dict[str, object]:
+def row_groups(path: Location) -> int:
+    """Row groups of one Parquet file, from its footer."""
+    with storage.open_input(path) as handle:
+        return int(pq.ParquetFile(handle).metadata.num_row_groups)
+
+
+def layout(folder: Location) -> dict[str, object]:
     """Files, row groups and bytes of a published version folder."""
-    files = sorted(folder.glob("part-*.parquet"))
-    groups = [pq.ParquetFile(f).metadata.num_row_groups for f in files]
-    size = sum(f.stat().st_size for f in files)
+    files = [e for e in storage.list_dir(folder) if e.name.startswith("part-")
+             and e.name.endswith(".parquet")]  # fmt: skip
+    groups = [row_groups(e.location) for e in files]
+    size = sum(e.size for e in files)
     return {"files": len(files), "row_groups": sum(groups), "mb": round(size / 2**20, 1)}
 
 
@@ -125,10 +134,11 @@ def cold_process(root: Path, user: str) -> dict[str, float]:
     return result
 
 
-def read_table_ms(folder: Path) -> float:
+def read_table_ms(folder: Location) -> float:
     """Milliseconds for the reference: ``pyarrow.parquet.read_table`` of the whole folder."""
+    fs, path = storage.arrow_path(folder)
     start = time.perf_counter()
-    pq.read_table(folder)
+    pq.read_table(path, filesystem=fs)
     return (time.perf_counter() - start) * 1000
 
 
@@ -151,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     pointer = read_pointer(config, RECOMMENDATIONS, DS, MODEL)
     publish_s = None
     if not (args.reuse and pointer and pointer["rows"] == rows):
-        source = root / "input" / f"recs-{args.users}x{args.items}.parquet"
-        if not source.is_file():
+        # The bench's input lives under its paths.root: reached through storage like any state.
+        source = as_location(root) / "input" / f"recs-{args.users}x{args.items}.parquet"
+        if not storage.is_file(source):
             print(f"generating {rows:,} rows ...", file=sys.stderr)
             generate(source, args.users, args.items)
         publish_s = publish(config, source)

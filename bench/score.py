@@ -26,7 +26,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recpipe import storage
 from recpipe.baselines.als import blas_in_use
 from recpipe.config import load_config
 from recpipe.console import format_table
@@ -43,6 +43,7 @@ from recpipe.scoring.distributed import ScoreSettings, score_frame
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import ModelPayload
 from recpipe.spark import get_spark
+from recpipe.storage import Location, as_location
 
 SEED = 7
 
@@ -70,7 +71,14 @@ def als_payload(data: dict[str, np.ndarray]) -> ModelPayload:
     return ModelPayload("als", "baseline", files, known, np.ones(len(users), dtype=bool))
 
 
-def histories_file(data: dict[str, np.ndarray], folder: Path) -> Path:
+def write_parquet(table: pa.Table, path: Location) -> None:
+    """Write ``table`` to ``path`` through pyarrow's file system for that location."""
+    storage.makedirs(path.parent)  # pyarrow's local writer creates no parent folders
+    fs, fs_path = storage.arrow_path(path)
+    pq.write_table(table, fs_path, filesystem=fs)
+
+
+def histories_file(data: dict[str, np.ndarray], folder: Location) -> Location:
     """Parquet of (user_idx, items) rows, the score stage's input layout."""
     history = data["history"]
     offsets = np.arange(0, history.size + 1, history.shape[1], dtype=np.int32)
@@ -78,7 +86,7 @@ def histories_file(data: dict[str, np.ndarray], folder: Path) -> Path:
     table = pa.table({"user_idx": pa.array(np.arange(len(history), dtype=np.int32)),
                       HISTORY_ITEMS: items})  # fmt: skip
     path = folder / "histories.parquet"
-    pq.write_table(table, path)
+    write_parquet(table, path)
     return path
 
 
@@ -104,9 +112,11 @@ def exact_lists(data: dict[str, np.ndarray], users: np.ndarray, k: int) -> np.nd
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def time_recpipe(spark: Any, data: dict, path: Path, k: int, partitions: int) -> tuple[float, Any]:
+def time_recpipe(
+    spark: Any, data: dict, path: Location, k: int, partitions: int
+) -> tuple[float, Any]:
     """Seconds to score every user with the score stage's Spark job; returns the frame too."""
-    histories = spark.read.parquet(str(path))
+    histories = spark.read.parquet(path.uri)
     empty = PopularList(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, 1)
     settings = ScoreSettings(k=k, device="cpu")
     frame = score_frame(spark, histories, als_payload(data), empty, settings, partitions)
@@ -115,7 +125,7 @@ def time_recpipe(spark: Any, data: dict, path: Path, k: int, partitions: int) ->
     return time.perf_counter() - started, frame
 
 
-def time_mllib(spark: Any, data: dict, folder: Path, k: int) -> float:
+def time_mllib(spark: Any, data: dict, folder: Location, k: int) -> float:
     """Seconds of ``ALSModel.recommendForAllUsers(k)`` on our factors."""
     from pyspark.ml.recommendation import ALS, ALSModel
 
@@ -123,7 +133,7 @@ def time_mllib(spark: Any, data: dict, folder: Path, k: int) -> float:
     tiny = spark.createDataFrame([(0, 1, 1.0), (1, 2, 1.0)], "user int, item int, rating float")
     model_dir = folder / "als-model"
     ALS(rank=dim, maxIter=1, implicitPrefs=True, seed=SEED).fit(tiny).write().overwrite().save(
-        str(model_dir)
+        model_dir.uri
     )
 
     def factors(matrix: np.ndarray, first_id: int, name: str) -> None:
@@ -132,13 +142,13 @@ def time_mllib(spark: Any, data: dict, folder: Path, k: int) -> float:
         table = pa.table({"id": ids, "features": pa.ListArray.from_arrays(
             pa.array(offsets), pa.array(matrix.ravel()))})  # fmt: skip
         staged = folder / f"{name}.parquet"
-        pq.write_table(table, staged)
-        shutil.rmtree(model_dir / name)
-        spark.read.parquet(str(staged)).write.parquet(str(model_dir / name))
+        write_parquet(table, staged)
+        storage.remove_tree(model_dir / name)
+        spark.read.parquet(staged.uri).write.parquet((model_dir / name).uri)
 
     factors(data["user_factors"], 0, "userFactors")
     factors(data["item_factors"][1:], 1, "itemFactors")
-    model = ALSModel.load(str(model_dir))
+    model = ALSModel.load(model_dir.uri)
     started = time.perf_counter()
     model.recommendForAllUsers(k).write.format("noop").mode("overwrite").save()
     return time.perf_counter() - started
@@ -160,13 +170,15 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.root.resolve()
-    shutil.rmtree(root / "data", ignore_errors=True)
-    (root / "data").mkdir(parents=True)
+    # The bench's inputs live under its paths.root: reached through storage like any state.
+    data_dir = as_location(root) / "data"
+    storage.remove_tree(data_dir)
+    storage.makedirs(data_dir)
     config = load_config(None, [f"paths.root={root}", "spark.driver_memory=12g",
                                 "spark.log_level=ERROR", "spark.hive=false"])  # fmt: skip
     spark = get_spark(config)
     data = generate(args.users, args.items, args.dim, args.seen)
-    path = histories_file(data, root / "data")
+    path = histories_file(data, data_dir)
     partitions = args.partitions or spark.sparkContext.defaultParallelism
     cores = os.cpu_count() or 1
 
@@ -180,7 +192,7 @@ def main() -> None:
     )  # fmt: skip
     lists = got.column("item_idx").to_numpy().reshape(len(sample), args.k)
     agreement = float((lists == exact_lists(data, sample, args.k)).mean())
-    mllib_s = None if args.skip_mllib else time_mllib(spark, data, root / "data", args.k)
+    mllib_s = None if args.skip_mllib else time_mllib(spark, data, data_dir, args.k)
     blas = blas_in_use(spark)
 
     rows = [

@@ -6,9 +6,9 @@ import argparse
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from recpipe import __version__
@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--events", type=int, required=True, help="number of valid events")
     generate.add_argument(
-        "--out", type=Path, help="output folder (default: <paths.root>/raw/synthetic)"
+        "--out",
+        help="output folder: a path or a URI such as s3a://bucket/raw "
+        "(default: <paths.root>/raw/synthetic)",
     )
     add_common_options(generate, ds="none")
 
@@ -287,7 +289,7 @@ def _fetch_data(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.dataset != "movielens-100k":
         raise ConfigError(f"unknown dataset {args.dataset!r}")
-    summary = fetch_movielens_100k(config.datasets.movielens, config.root)
+    summary = fetch_movielens_100k(config.datasets.movielens, config.root, config.local_root)
     print(json.dumps(summary, indent=2))
     print(f"next: recpipe clean --ds YYYY-MM-DD --set paths.raw_events={summary['raw_events']}")
     return 0
@@ -357,6 +359,22 @@ def command_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     return handlers
 
 
+# pyarrow.fs states a local failure as "Cannot create directory '/x'. Detail: [errno 20] Not a
+# directory" (no filename attribute): read the path and the system's reason back out of it.
+_ARROW_OS_ERROR = re.compile(r"'(?P<path>[^']+)'.*Detail: \[errno \d+\] (?P<reason>[^\n]+)")
+
+
+def os_error_line(exc: OSError) -> str:
+    """``reason: path`` of a failed file operation, as Python and pyarrow.fs raise them."""
+    if exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    text = str(exc.strerror or exc).strip()
+    match = _ARROW_OS_ERROR.search(text)
+    if match:
+        return f"{match['reason'].strip()}: {match['path']}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recpipe`` console script."""
     args = build_parser().parse_args(argv)
@@ -370,8 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recpipe {args.command}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an unwritable root, a full disk: the environment, stated in one line
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"recpipe {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"recpipe {args.command}: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:
         if not is_spark_failure(exc) or args.verbose:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from recpipe.config import Config, load_config
 from recpipe.console import format_table
 from recpipe.registry import model_names
+from recpipe.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
     from recpipe.datasets.movielens import fetch_movielens_100k
 
     first = load_config(conf, overrides)
-    summary = fetch_movielens_100k(first.datasets.movielens, first.root)
+    summary = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     defaults = [
         f"paths.raw_events={summary['raw_events']}",
         f"split.protocols={DEMO_PROTOCOLS}",
@@ -44,13 +44,15 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
     """The user's published list (``model`` partition) next to their recent train items."""
     import pyarrow.dataset as pads
 
+    from recpipe import storage
     from recpipe.query import lookup_recs
     from recpipe.tables import split_path
 
     recs = lookup_recs(config, user_id, model=model, ds=ds, k=REPORT_K)
     label = recs[0].get("published_model") or model if recs else model
+    fs, folder = storage.arrow_path(split_path(config.root, "train", ds, config.score.protocol))
     train = (
-        pads.dataset(split_path(config.root, "train", ds, config.score.protocol), format="parquet")
+        pads.dataset(folder, filesystem=fs, format="parquet")
         .to_table(filter=pads.field("user_id") == user_id, columns=["item_id", "ts", "value"])
         .sort_by([("ts", "descending")])
         .to_pylist()
@@ -73,8 +75,8 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
     return rows
 
 
-def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> Path:
-    """Run every pipeline step, print the tables, write the HTML report; returns its path."""
+def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> Location:
+    """Run every pipeline step, print the tables, write the HTML report; returns where."""
     from recpipe.commands import print_metric_tables, print_stage_report
     from recpipe.pipeline import PIPELINE, StepContext
     from recpipe.stages.gate import GATE_STAGE, outcome

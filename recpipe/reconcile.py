@@ -10,7 +10,6 @@ shorter history.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame
@@ -18,6 +17,7 @@ from pyspark.sql import DataFrame
 from recpipe.errors import RecpipeError
 from recpipe.manifest import StageManifest, read_stage_manifest
 from recpipe.schema import DS
+from recpipe.storage import LocationLike
 
 
 class ReconciliationError(RecpipeError):
@@ -33,7 +33,7 @@ def _rows_out(manifest: Any) -> int | None:
     return manifest.rows_out
 
 
-def expected_rows(root: Path, producer: str, ds: str, count: RowCount) -> int:
+def expected_rows(root: LocationLike, producer: str, ds: str, count: RowCount) -> int:
     """Rows the last successful ``producer`` run for ``ds`` published (``count`` picks them)."""
     manifest: StageManifest = read_stage_manifest(root, producer, ds)
     if not manifest.ok:
@@ -54,7 +54,7 @@ def expected_rows(root: Path, producer: str, ds: str, count: RowCount) -> int:
 
 
 def check_rows(
-    table: str, ds: str, read: int, root: Path, producer: str,
+    table: str, ds: str, read: int, root: LocationLike, producer: str,
     count: RowCount = _rows_out,
 ) -> None:  # fmt: skip
     """Fail unless ``read`` rows of ``table`` ds equal what ``producer``'s manifest recorded."""
@@ -68,7 +68,7 @@ def check_rows(
 
 
 def check_rows_per_ds(
-    frame: DataFrame, table: str, days: Sequence[str], root: Path, producer: str,
+    frame: DataFrame, table: str, days: Sequence[str], root: LocationLike, producer: str,
     count: RowCount = _rows_out,
 ) -> dict[str, int]:  # fmt: skip
     """Count ``frame`` (with a ``ds`` column) per day and check each against ``producer``.

@@ -17,6 +17,7 @@ from recpipe.config import Config
 from recpipe.etl.sources import RawInputError
 from recpipe.manifest import last_attempt
 from recpipe.stages.clean import run_clean
+from recpipe.storage import Location
 
 DS = "2026-11-22"
 T0 = 1795341600  # 2026-11-22T10:00:00Z
@@ -76,8 +77,8 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def read_table(spark: SparkSession, root: Path, table: str, ds: str = DS):
-    return spark.read.parquet(f"file://{partition_dir(root, table, ds)}")
+def read_table(spark: SparkSession, root: Location, table: str, ds: str = DS):
+    return spark.read.parquet(f"file://{partition_dir(root.local_path(), table, ds)}")
 
 
 @pytest.fixture
@@ -105,10 +106,10 @@ def test_every_reason_code_reconciles_exactly(spark: SparkSession, corpus_run) -
         (line, reason) for line, reason in CORPUS if reason
     )
     # Manifest and resolved config are beside the outputs.
-    manifest_file = config.root / "manifests" / "clean" / f"ds={DS}.json"
+    manifest_file = config.root.local_path() / "manifests" / "clean" / f"ds={DS}.json"
     assert json.loads(manifest_file.read_text())["rows_in"] == len(CORPUS)
     assert manifest_file.with_suffix(".config.yaml").is_file()
-    assert (partition_dir(config.root, "events", DS) / "_config.yaml").is_file()
+    assert (partition_dir(config.root.local_path(), "events", DS) / "_config.yaml").is_file()
 
 
 def test_valid_rows_are_normalised(spark: SparkSession, corpus_run) -> None:
@@ -145,8 +146,9 @@ def test_rerun_same_ds_replaces_partition(spark: SparkSession, make_config, tmp_
     assert read_table(spark, config.root, "quarantine").count() == 0
     assert manifest["rows_in"] == 1 and manifest["rows_quarantined"] == 0
     # The previous run's version is kept (readers in flight), older ones are removed.
-    versions = sorted((config.root / "lake" / "events" / f"ds={DS}").iterdir())
-    assert len(versions) == 2 and partition_dir(config.root, "events", DS) == versions[-1]
+    root = config.root.local_path()
+    versions = sorted((root / "lake" / "events" / f"ds={DS}").iterdir())
+    assert len(versions) == 2 and partition_dir(root, "events", DS) == versions[-1]
 
 
 def test_other_ds_partitions_are_untouched(spark: SparkSession, make_config, tmp_path) -> None:
@@ -235,7 +237,8 @@ def test_glob_input_and_clear_errors(spark: SparkSession, make_config, tmp_path)
     with pytest.raises(RawInputError, match="input_format"):
         run_clean(spark, make_config(f"paths.raw_events={tmp_path / 'odd.txt'}"), DS)
     # The failure is recorded beside the manifest of the data still served, not over it.
-    served = json.loads((make_config().root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    root = make_config().root.local_path()
+    served = json.loads((root / "manifests" / "clean" / f"ds={DS}.json").read_text())
     assert served["status"] == "ok" and served["rows_out"] == 2
     failed = last_attempt(make_config().root, "clean", DS)
     assert failed is not None and failed["status"] == "failed" and "input_format" in failed["error"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import skip_locally_fail_in_ci
 
+from recpipe import storage
 from recpipe.config import MovieLensConfig
 from recpipe.datasets.movielens import (
     DatasetUnavailableError,
@@ -97,3 +98,26 @@ def test_local_u_data_file(tmp_path) -> None:
                          b"5\t6\t2\t100\n") == [("5", "6", 2.0, 100)]  # fmt: skip
     with pytest.raises(DatasetUnavailableError, match="line 1"):
         parse_ratings(b"1\t2\t3\n")
+
+
+def test_raw_events_and_cache_at_a_uri(tmp_path, monkeypatch) -> None:
+    """Under a URI root (a viewfs:// mount of a local folder) the raw events and the ratings
+    cache go through recpipe.storage; the wheel download needs a local folder."""
+    storage.configure({"fs.viewfs.mounttable.mltest.link./state": f"file://{tmp_path / 'mnt'}"})
+    source = tmp_path / "u.data"
+    source.write_text("1\t10\t4\t874965758\n2\t11\t3\t876893171\n")
+    settings = MovieLensConfig(source_file=str(source))
+    summary = fetch_movielens_100k(settings, "viewfs://mltest/state", tmp_path / "local")
+    assert summary["raw_events"] == "viewfs://mltest/state/raw/movielens-100k"
+    written = (tmp_path / "mnt" / "raw" / "movielens-100k" / "ratings.jsonl").read_text()
+    assert [json.loads(line)["item_id"] for line in written.splitlines()] == ["10", "11"]
+    with pytest.raises(ValueError, match="not local"):
+        fetch_movielens_100k(settings, "viewfs://mltest/state")
+    # A verified cache at the URI is used offline.
+    data = b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n5\t6\t2\t100\n"
+    cache = tmp_path / "mnt" / "cache" / "movielens-100k"
+    cache.mkdir(parents=True)
+    (cache / "ml-100k.inter").write_bytes(data)
+    cached = MovieLensConfig(member_sha256=hashlib.sha256(data).hexdigest())
+    go_offline(monkeypatch)
+    assert fetch_movielens_100k(cached, "viewfs://mltest/state", tmp_path / "local")["events"] == 1

@@ -17,6 +17,7 @@ import pytest
 from helpers import partition_dir, skip_locally_fail_in_ci
 from pyspark.sql import SparkSession
 
+from recpipe import storage
 from recpipe.cli import main
 from recpipe.config import Config, load_config
 from recpipe.datasets.movielens import DatasetUnavailableError, fetch_movielens_100k
@@ -71,7 +72,7 @@ def ndcg_at_10(manifest: dict) -> float:
 
 
 def read_split(config: Config, part: str) -> dict[str, set[str]]:
-    folder = partition_dir(config.root, part, DS, "random_by_user")
+    folder = partition_dir(config.root.local_path(), part, DS, "random_by_user")
     rows = pads.dataset(folder).to_table(columns=["user_id", "item_id"]).to_pylist()
     by_user: dict[str, set[str]] = defaultdict(set)
     for row in rows:
@@ -92,9 +93,10 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     """Every user's published top-10 equals a numpy ranking of the saved ALS factors over the
     items ALS was trained on, the user's whole history (train and test) excluded."""
     config, _, _ = pipeline
-    location = Path(config.root) / json.loads(
+    root = config.root.local_path()
+    location = root / json.loads(
         (
-            Path(config.root) / "warehouse" / "ml_e2e.db" / "recommendations"
+            root / "warehouse" / "ml_e2e.db" / "recommendations"
             / f"ds={DS}" / "model=als" / "_CURRENT.json"
         ).read_text()
     )["path"]  # relative to paths.root  # fmt: skip
@@ -104,11 +106,11 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
         recs[row["user_id"]].append((row["rank"], row["item_id"], row["score"]))
     train, test = read_split(config, "train"), read_split(config, "test")
     assert set(recs) == set(train) | set(test)
-    folder = Path(config.root) / "models" / "als" / DS / "random_by_user"
+    folder = root / "models" / "als" / DS / "random_by_user"
     with np.load(folder / "arrays.npz") as arrays:
         users, items, known = arrays["user_factors"], arrays["item_factors"], arrays["known_items"]
-    user_idx = _index(partition_dir(config.root, "vocab_users", DS), "user_id", "user_idx")
-    item_idx = _index(partition_dir(config.root, "vocab_items", DS), "item_id", "item_idx")
+    user_idx = _index(partition_dir(root, "vocab_users", DS), "user_id", "user_idx")
+    item_idx = _index(partition_dir(root, "vocab_items", DS), "item_id", "item_idx")
     for user, ranked in recs.items():
         scores = users[user_idx[user]].astype(np.float64) @ items.T.astype(np.float64)
         scores[~known] = -np.inf
@@ -170,7 +172,8 @@ def test_sql_command_and_report(pipeline, capsys) -> None:
     query = f"SELECT count(*) AS n FROM ml_e2e.recommendations WHERE ds = '{DS}' AND model = 'als'"
     assert main(["sql", query, "--format", "json", *where]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 9430}]  # 943 users x 10
-    page = report.read_text()
+    assert report == config.root / "reports" / DS / "index.html"
+    page = storage.read_text(report)
     assert "random_by_user/test, full ranking over all items, train items excluded, K=10" in page
     assert page.count("data:image/png;base64,") >= 4  # 2 curves, popularity, timings
     assert f"{ndcg_at_10(manifests['als']):.4f}" in page

@@ -9,7 +9,8 @@ import pytest
 from helpers import build_config, partition_dir, write_jsonl
 from pyspark.sql import SparkSession
 
-from recpipe.cli import main
+from recpipe import storage
+from recpipe.cli import main, os_error_line
 from recpipe.errors import is_spark_failure, spark_failure_line
 from recpipe.lake import Lake
 from recpipe.stages.clean import run_clean
@@ -39,7 +40,7 @@ def test_damaged_lake_file_names_its_partition_and_the_fix(
     raw = write_jsonl(tmp_path / "e.jsonl", events)
     config = build_config(tmp_path / "root", f"paths.raw_events={raw}")
     run_clean(spark, config, DS)
-    folder = partition_dir(config.root, "events", DS)
+    folder = partition_dir(config.root.local_path(), "events", DS)
     damaged = next(
         p for p in sorted(folder.glob("*.parquet")) if pq.ParquetFile(p).metadata.num_rows
     )
@@ -54,3 +55,20 @@ def test_damaged_lake_file_names_its_partition_and_the_fix(
     assert "\n" not in line
     assert line.startswith(f"events ds={DS}: file://{damaged}")
     assert "is damaged (" in line and line.endswith(f"re-run `recpipe clean --ds {DS}`")
+
+
+def test_file_system_errors_read_reason_then_path(tmp_path: Path) -> None:
+    """The CLI's OSError line is ``reason: path`` whether Python or pyarrow.fs (storage) failed."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    for operation in (
+        lambda: (blocked / "x").mkdir(),
+        lambda: storage.write_text(blocked / "x" / "y.json", "{}"),
+        lambda: storage.read_bytes(tmp_path / "missing"),
+    ):
+        with pytest.raises(OSError) as caught:
+            operation()
+        line = os_error_line(caught.value)
+        assert "\n" not in line
+        assert line.startswith(("Not a directory: ", "No such file or directory: ")), line
+        assert line.endswith(("/a-file", "/a-file/x", "/missing")), line

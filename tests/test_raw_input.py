@@ -24,14 +24,15 @@ from recpipe.cli import main
 from recpipe.etl.sources import RawInputError
 from recpipe.manifest import last_attempt
 from recpipe.stages.clean import run_clean
+from recpipe.storage import Location
 
 DS = "2026-11-22"
 T0 = 1795341600  # 2026-11-22T10:00:00Z
 UTC0 = dt.datetime(2026, 11, 22, 10, 0, 0)  # Spark returns UTC wall times (session tz UTC)
 
 
-def rows(spark: SparkSession, root: Path, table: str) -> list:
-    return spark.read.parquet(f"file://{partition_dir(root, table, DS)}").collect()
+def rows(spark: SparkSession, root: Location, table: str) -> list:
+    return spark.read.parquet(f"file://{partition_dir(root.local_path(), table, DS)}").collect()
 
 
 def check_reconciles(manifest: dict) -> None:
@@ -130,7 +131,7 @@ def test_invalid_utf8_and_utf16_are_quarantined_losslessly(
         ("plain", "z"),
     }
     # Quarantine is readable by pyarrow (valid UTF-8), and raw gives back the exact bytes.
-    table = pq.read_table(partition_dir(config.root, "quarantine", DS))
+    table = pq.read_table(partition_dir(config.root.local_path(), "quarantine", DS))
     assert set(table.column("reason").to_pylist()) == {"bad_encoding"}
     restored = Counter(raw.encode("latin-1") for raw in table.column("raw").to_pylist())
     assert restored == Counter(latin + utf16_records)
@@ -370,7 +371,8 @@ def test_unreadable_files_are_one_line_errors_and_publish_nothing(
     assert code == 1
     assert err.count("\n") == 0 and "cut.jsonl.gz" in err and err.startswith("recpipe clean:")
     # The failure is recorded beside the manifest of the day still served.
-    served = json.loads((config.root / "manifests" / "clean" / f"ds={DS}.json").read_text())
+    manifest_file = config.root.local_path() / "manifests" / "clean" / f"ds={DS}.json"
+    served = json.loads(manifest_file.read_text())
     assert served["status"] == "ok" and served["rows_out"] == 1
     failed = last_attempt(config.root, "clean", DS)
     assert failed is not None and failed["status"] == "failed"

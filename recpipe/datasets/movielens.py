@@ -2,7 +2,9 @@
 
 The data set's licence forbids redistribution, so it is never committed: the wheel is
 downloaded with ``pip download --no-deps``, both the wheel and the ratings file are checked
-against SHA-256 sums from the config, and the ratings are cached under ``paths.root``.
+against SHA-256 sums from the config, and the ratings are cached under ``paths.root`` (any
+location, through :mod:`recpipe.storage`). The wheel itself is a download cache on this
+machine's disk under ``paths.local``: pip writes only to a local folder.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from recpipe import storage
 from recpipe.config import MovieLensConfig
 from recpipe.errors import RecpipeError
 from recpipe.layout import raw_dir
+from recpipe.storage import Location, LocationLike, as_location
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ def sha256_of(data: bytes) -> str:
 
 
 def _download_wheel(spec: str, dest: Path) -> Path:
+    # A local download cache (pip's -d), not state: it never leaves this machine.
     dest.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -68,30 +73,35 @@ def _ratings_from_wheel(settings: MovieLensConfig, downloads: Path) -> bytes:
         return archive.read(settings.member)
 
 
-def load_ratings_file(settings: MovieLensConfig, cache: Path) -> bytes:
-    """The verified ``ml-100k.inter`` bytes: from the cache, a local file, or the wheel."""
-    cached = cache / "ml-100k.inter"
+def load_ratings_file(settings: MovieLensConfig, cache: LocationLike, downloads: Path) -> bytes:
+    """The verified ``ml-100k.inter`` bytes: from the cache, a local file, or the wheel.
+
+    ``cache`` (any location) holds the verified ratings; ``downloads`` is the local folder
+    pip downloads the wheel into.
+    """
+    cached = as_location(cache) / "ml-100k.inter"
     if settings.source_file:
+        # The user's own local input file, named in the config: not recpipe state.
         source = Path(settings.source_file)
         if not source.is_file():
             raise DatasetUnavailableError(f"datasets.movielens.source_file {source} not found")
         return source.read_bytes()
-    if cached.is_file():
-        data = cached.read_bytes()
+    try:
+        data = storage.read_bytes(cached)
+    except FileNotFoundError:
+        pass
+    else:
         if sha256_of(data) == settings.member_sha256:
             log.info("fetch-data: using cached %s", cached)
             return data
         log.warning("fetch-data: cached %s fails its checksum; fetching again", cached)
-    data = _ratings_from_wheel(settings, cache / "downloads")
+    data = _ratings_from_wheel(settings, downloads)
     if sha256_of(data) != settings.member_sha256:
         raise DatasetUnavailableError(
             f"{settings.member} has SHA-256 {sha256_of(data)}, expected {settings.member_sha256}"
             " (datasets.movielens.member_sha256)"
         )
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(cached)
+    storage.write_bytes(cached, data)  # atomic: a killed fetch leaves no half file
     return data
 
 
@@ -111,25 +121,36 @@ def parse_ratings(data: bytes) -> list[tuple[str, str, float, int]]:
     return rows
 
 
-def write_raw_events(rows: list[tuple[str, str, float, int]], out_dir: Path) -> Path:
-    """Write one ``rating`` event per rating as JSON lines; returns the file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "ratings.jsonl"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as handle:
-        for user, item, rating, ts in rows:
-            record = {"user_id": user, "item_id": item, "event_type": "rating", "ts": ts}
-            record["value"] = rating
-            handle.write(json.dumps(record) + "\n")
-    tmp.replace(path)
+def write_raw_events(rows: list[tuple[str, str, float, int]], out_dir: LocationLike) -> Location:
+    """Write one ``rating`` event per rating as JSON lines (atomically); returns the file."""
+    path = as_location(out_dir) / "ratings.jsonl"
+    lines = []
+    for user, item, rating, ts in rows:
+        record = {"user_id": user, "item_id": item, "event_type": "rating", "ts": ts}
+        record["value"] = rating
+        lines.append(json.dumps(record) + "\n")
+    # 100K ratings are a few MB: one write replaces the file whole.
+    storage.write_text(path, "".join(lines))
     return path
 
 
-def fetch_movielens_100k(settings: MovieLensConfig, root: Path) -> dict[str, Any]:
-    """Obtain MovieLens 100K and write it as raw events under ``<root>/raw/movielens-100k``."""
-    data = load_ratings_file(settings, Path(root) / "cache" / NAME)
+def fetch_movielens_100k(
+    settings: MovieLensConfig, root: LocationLike, local: Path | None = None
+) -> dict[str, Any]:
+    """Obtain MovieLens 100K and write it as raw events under ``<root>/raw/movielens-100k``.
+
+    ``local`` (``paths.local``) holds the downloaded wheel; it defaults to ``root`` when that
+    is a local folder.
+    """
+    state = as_location(root)
+    if local is None:
+        if not state.is_local:
+            raise ValueError(f"{state} is not local: pass a local folder for the wheel download")
+        local = state.local_path()
+    downloads = Path(local) / "cache" / NAME / "downloads"
+    data = load_ratings_file(settings, state / "cache" / NAME, downloads)
     rows = parse_ratings(data)
-    path = write_raw_events(rows, raw_dir(root, NAME))
+    path = write_raw_events(rows, raw_dir(state, NAME))
     summary = {
         "dataset": NAME,
         "raw_events": str(path.parent),

@@ -1,7 +1,8 @@
 """Deterministic synthetic raw interaction logs with the shape of real e-commerce logs.
 
-Events are generated per chunk of users with numpy and written as JSON lines to
-``part-NNNNN.jsonl`` files, so memory stays bounded whatever ``n_events`` is.
+Events are generated per chunk of users with numpy and streamed as JSON lines to
+``part-NNNNN.jsonl`` files at any location (through :mod:`recpipe.storage`), so memory stays
+bounded whatever ``n_events`` is.
 
 Shape: lognormal (heavy-tailed) sessions per user; Zipf item popularity with a category per
 item; sessions of views of mostly one category with a view -> click -> cart -> purchase
@@ -25,13 +26,15 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recpipe import storage
 from recpipe.schema import EPOCH_MS_THRESHOLD, Reason
+from recpipe.storage import LocationLike, as_location
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 DEVICES: tuple[str, ...] = ("web", "ios", "android")
@@ -587,18 +590,18 @@ def _interleave(
     return [pool[i] for i in np.argsort(keys, kind="stable").tolist()]
 
 
-def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = False) -> dict:
-    """Write ``part-NNNNN.jsonl`` files of synthetic raw events into ``out_dir``.
+def generate_events(spec: SyntheticSpec, out_dir: LocationLike, progress: bool = False) -> dict:
+    """Write ``part-NNNNN.jsonl`` files of synthetic raw events into ``out_dir`` (path or URI).
 
     Existing part files there are removed first. Returns (and writes to ``_generation.json``,
     without ``elapsed_s``) a summary; ``lines_total == events_valid + duplicates +
     sum(malformed.values())``. With ``progress``, prints one line per chunk to stderr.
     """
     started = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("part-*.jsonl"):
-        old.unlink()
+    out = as_location(out_dir)
+    storage.makedirs(out)
+    for old in storage.glob(out, "part-*.jsonl"):
+        storage.delete(old)
     gen = _Generator(spec)
     malformed = _Malformed()
     totals = _Totals(gen.catalog.n)
@@ -610,8 +613,13 @@ def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = F
             for b in range(0, spec.bot_users, per_chunk)
         ]
     paths = [out / f"part-{k:05d}.jsonl" for k in range(spec.n_files)]
-    files = [p.open("wb") for p in paths]
-    try:
+    with ExitStack() as stack:
+        # Streams, not whole-file writes: the parts grow chunk by chunk past memory.
+        # compression=None: pyarrow would otherwise pick a codec from the file name.
+        files = []
+        for path in paths:
+            fs, fs_path = storage.arrow_path(path)
+            files.append(stack.enter_context(fs.open_output_stream(fs_path, compression=None)))
         for index, (is_bot, a, b) in enumerate(jobs):
             rng = np.random.default_rng([spec.seed, 1, index])
             chunk = gen.bot_chunk(rng, a, b) if is_bot else gen.user_chunk(rng, a, b)
@@ -642,9 +650,6 @@ def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = F
                     file=sys.stderr,
                     flush=True,
                 )
-    finally:
-        for f in files:
-            f.close()
 
     summary: dict[str, Any] = {
         "files": [str(p) for p in paths],
@@ -664,6 +669,6 @@ def generate_events(spec: SyntheticSpec, out_dir: str | Path, progress: bool = F
         "window": [gen.start_s, gen.start_s + gen.window_s],
         "spec": {**asdict(spec), "n_users": spec.users, "n_items": spec.items},
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    storage.write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     return summary

@@ -8,10 +8,12 @@ import html
 import io
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recpipe import storage
+from recpipe.storage import Location, LocationLike, as_location
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -161,12 +163,12 @@ def stage_timings_plot(stages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_report(
-    path: Path,
+    path: LocationLike,
     *,
     title: str,
     sections: Sequence[tuple[str, str]],
-) -> Path:
-    """Write ``sections`` ((heading, html body) pairs) as one page at ``path``."""
+) -> Location:
+    """Write ``sections`` ((heading, html body) pairs) as one page at ``path`` (path or URI)."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
@@ -176,11 +178,9 @@ def write_report(
         + "\n".join(parts)
         + "</body></html>"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    location = as_location(path)
+    storage.write_text(location, page)  # atomic: a reader never sees half a page
+    return location
 
 
 def image(uri: str, alt: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from recpipe.config import Config
@@ -18,6 +17,7 @@ from recpipe.report.html import (
     training_curves,
     write_report,
 )
+from recpipe.storage import Location
 
 
 def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
@@ -149,8 +149,8 @@ def write_run_report(
     evaluations: Sequence[Any],
     example: Sequence[dict[str, Any]],
     k: int,
-) -> Path:
-    """Write the report for ``ds`` and return its path."""
+) -> Location:
+    """Write the report for ``ds`` (under ``paths.root``, any location) and return where."""
     sections = [
         ("Metrics", _metrics_section(evaluations, k)),
         ("Popularity of recommendations vs the catalogue", _popularity_section(evaluations, k)),

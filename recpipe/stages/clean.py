@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.etl.clean import (
@@ -43,12 +42,13 @@ from recpipe.etl.clean import (
     ts_window,
 )
 from recpipe.etl.sources import raw_read_errors, read_raw_events
-from recpipe.lake import Lake, StagedPartition, file_uri, transaction
+from recpipe.lake import Lake, StagedPartition, transaction
 from recpipe.layout import EVENTS, QUARANTINE, run_scratch
 from recpipe.manifest import CleanManifest
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 from recpipe.spark import one_row
+from recpipe.storage import Location, LocationLike
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +149,20 @@ def classify_raw(
 
 
 @contextmanager
-def _scratch(root: Path, ds: str) -> Iterator[Path]:
+def _scratch(root: LocationLike, ds: str) -> Iterator[Location]:
     """A fresh scratch folder of this run, removed on exit (a killed run's by the next sweep)."""
     folder = run_scratch(root, "clean", ds, uuid.uuid4().hex)
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        # Best effort, as before: a folder left behind is the sweep's, and a failure to remove
+        # it must not hide the run's own outcome.
+        with suppress(OSError):
+            storage.remove_tree(folder)
 
 
 def parse_once(
-    spark: SparkSession, checked: DataFrame, scratch: Path, started: float
+    spark: SparkSession, checked: DataFrame, scratch: Location, started: float
 ) -> tuple[DataFrame, CleanCounts]:
     """Write ``checked`` once to ``scratch`` and read it back; count its records by reason.
 
@@ -168,8 +171,8 @@ def parse_once(
     cannot be read (a cut gzip) fails here, as one line naming it, before anything is staged.
     """
     with raw_read_errors(spark):
-        checked.write.parquet(file_uri(scratch))
-    parsed = spark.read.parquet(file_uri(scratch))
+        checked.write.parquet(scratch.uri)
+    parsed = spark.read.parquet(scratch.uri)
     counts = CleanCounts(
         {row[REASON]: row["count"] for row in parsed.groupBy(REASON).count().collect()}
     )

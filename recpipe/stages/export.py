@@ -9,7 +9,6 @@ implies, and records every file's row count in the manifest (the loaders check a
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recpipe import storage
 from recpipe.commit import current_record, current_version
 from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
@@ -37,6 +37,7 @@ from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
+from recpipe.storage import Location, LocationLike
 from recpipe.tables import vocab_size
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,16 @@ def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[st
     }
 
 
-def _file_rows(folder: Path) -> list[ShardRows]:
+def _parquet_rows(path: Location) -> int:
+    """Rows of one Parquet file, from its footer."""
+    with storage.open_input(path) as handle:
+        return int(pq.ParquetFile(handle).metadata.num_rows)
+
+
+def _file_rows(folder: Location) -> list[ShardRows]:
     return [
-        ShardRows(file=path.name, rows=pq.ParquetFile(path).metadata.num_rows)
-        for path in sorted(folder.glob("*.parquet"))
+        ShardRows(file=path.name, rows=_parquet_rows(path))
+        for path in storage.glob(folder, "*.parquet")
     ]
 
 
@@ -187,8 +194,12 @@ def stage_samples(
     return ExportTable(table=table, rows=total, files=written)
 
 
-def export_shards(root: Path, ds: str, protocol: str, kind: str) -> list[tuple[str, int]]:
-    """(file path, manifest row count) of every file of one exported sample table."""
+def export_shards(root: LocationLike, ds: str, protocol: str, kind: str) -> list[tuple[str, int]]:
+    """(file, manifest row count) of every file of one exported sample table.
+
+    Each file is given as text, ``str`` of its :class:`Location` (a path, or a URI under a
+    remote root), because the training spec carries the shards to the ranks as JSON.
+    """
     try:
         manifest = ExportManifest.read(root, ds)
     except MissingInputError:
@@ -207,7 +218,7 @@ def export_shards(root: Path, ds: str, protocol: str, kind: str) -> list[tuple[s
     for entry in record.files:
         path = folder / entry.file
         recorded = digests.get(entry.file)
-        found = footer_sha256(path) if path.is_file() else None
+        found = footer_sha256(path) if storage.is_file(path) else None
         if found is None or (recorded is not None and found != recorded):
             what = "is missing" if found is None else "is not the file export wrote"
             raise ExportMismatchError(
