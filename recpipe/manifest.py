@@ -37,7 +37,7 @@ from recpipe.errors import MissingInputError
 from recpipe.faults import kill_point
 from recpipe.layout import attempt_path, lock_path, manifest_path
 from recpipe.locks import StageLock
-from recpipe.storage import Location, LocationLike
+from recpipe.storage import Location, LocationLike, as_location
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ class StageRun:
         """Manifest file of this run."""
         return manifest_path(self.config.root, self.stage, self.ds)
 
-    def add_output(self, table: str, partition: str, folder: Location) -> dict[str, Any]:
+    def add_output(self, table: str, partition: str, folder: LocationLike) -> dict[str, Any]:
         """Register a fully written version folder; it becomes current when the run commits."""
-        record = output_record(self.config.root, folder)
+        record = output_record(self.config.root, as_location(folder))
         self.outputs.setdefault(table, {})[partition] = record
         return record
 

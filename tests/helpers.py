@@ -90,11 +90,11 @@ PRODUCER = {
 def partition_dir(root: Path, table: str, ds: str, protocol: str | None = None) -> Path:
     """Folder of the committed version of a lake partition, read from the manifest JSON."""
     manifest = json.loads(
-        (Path(root) / "manifests" / PRODUCER[table] / f"ds={ds}.json").read_text()
+        (Path(str(root)) / "manifests" / PRODUCER[table] / f"ds={ds}.json").read_text()
     )
     assert manifest["status"] == "ok", manifest
     name = f"ds={ds}" + ("" if protocol is None else f"/protocol={protocol}")
-    folder = Path(root) / manifest["outputs"][table][name]["path"]
+    folder = Path(str(root)) / manifest["outputs"][table][name]["path"]
     assert folder.is_dir(), f"partition {folder} was not published"
     return folder
 
@@ -117,7 +117,7 @@ def read_rows(root: Path, table: str, ds: str, protocol: str | None = None) -> l
 
 def read_manifest(root: Path, stage: str, ds: str) -> dict[str, Any]:
     """The JSON manifest ``<root>/manifests/<stage>/ds=<ds>.json``."""
-    return json.loads((Path(root) / "manifests" / stage / f"ds={ds}.json").read_text())
+    return json.loads((Path(str(root)) / "manifests" / stage / f"ds={ds}.json").read_text())
 
 
 def epoch_ms(text: str) -> int:

@@ -29,6 +29,7 @@ from recpipe.stages.clean import run_clean
 from recpipe.stages.export import run_export
 from recpipe.stages.sessionize import run_sessionize
 from recpipe.stages.split import run_split
+from recpipe.storage import Location
 
 DS1, DS2, DS3 = "2026-11-10", "2026-11-11", "2026-11-12"
 COMMON = (
@@ -125,7 +126,7 @@ def _write_version(config: Config, table: str, ds: str, rows: int) -> Path:
     from recpipe.commit import new_version_name
     from recpipe.layout import partition_folder
 
-    folder = partition_folder(config.root, table, {"ds": ds}) / new_version_name()
+    folder = (partition_folder(config.root, table, {"ds": ds}) / new_version_name()).local_path()
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"x": list(range(rows))}), folder / "part-0.parquet")
     return folder
@@ -141,14 +142,15 @@ def test_failed_run_is_recorded_beside_and_its_versions_removed(tmp_path: Path) 
         doomed = _write_version(config, "sessions", DS1, 5)
         run.add_output("sessions", f"ds={DS1}", doomed)
         raise RuntimeError("boom")
-    served = json.loads((config.root / "manifests" / "sessionize" / f"ds={DS1}.json").read_text())
+    root = config.root.local_path()
+    served = json.loads((root / "manifests" / "sessionize" / f"ds={DS1}.json").read_text())
     assert served["status"] == "ok" and served["rows_out"] == 3
     assert served["outputs"]["sessions"][f"ds={DS1}"]["rows"] == 3
     failed = last_attempt(config.root, "sessionize", DS1)
     assert failed is not None and failed["error"] == "RuntimeError: boom"
     assert not doomed.exists() and first.exists()
-    assert Lake(config.root).partition_path("sessions", {"ds": DS1}) == first
-    assert not lock_path(config.root, "sessionize", DS1).exists()
+    assert Lake(config.root).partition_path("sessions", {"ds": DS1}) == Location(first)
+    assert not lock_path(config.root, "sessionize", DS1).local_path().exists()
 
 
 def test_versions_kept_are_current_and_previous_orphans_never_count(tmp_path: Path) -> None:
@@ -160,9 +162,10 @@ def test_versions_kept_are_current_and_previous_orphans_never_count(tmp_path: Pa
             run.add_output("sessions", f"ds={DS1}", folder)
         committed.append(folder)
         orphan = _write_version(config, "sessions", DS1, 9)  # a killed run's leftover
-    assert _versions(config.root, "sessions", DS1) == sorted([*committed[-2:], orphan])
+    root = config.root.local_path()
+    assert _versions(root, "sessions", DS1) == sorted([*committed[-2:], orphan])
     with StageRun(config, "sessionize", DS1):  # the next run sweeps before it starts
-        assert _versions(config.root, "sessions", DS1) == committed[-2:]
+        assert _versions(root, "sessions", DS1) == committed[-2:]
         with pytest.raises(StageLockedError):
             StageRun(config, "sessionize", DS1).__enter__()
     lake = Lake(config.root)
@@ -286,7 +289,7 @@ def test_sweep_command_removes_leftovers_and_skips_running_stages(
     from recpipe.cli import main
 
     config = build_config(tmp_path / "root")
-    root = config.root
+    root = config.root.local_path()
     with StageRun(config, "sessionize", DS1) as run:
         kept = _write_version(config, "sessions", DS1, 2)
         run.add_output("sessions", f"ds={DS1}", kept)
@@ -304,7 +307,7 @@ def test_sweep_command_removes_leftovers_and_skips_running_stages(
     assert not orphan.exists() and not never_committed.exists() and not scratch.exists()
     assert not legacy.parent.exists()
     assert kept.exists() and running.exists()
-    assert Lake(root).partition_path("sessions", {"ds": DS1}) == kept
+    assert Lake(root).partition_path("sessions", {"ds": DS1}) == Location(kept)
     assert "already running (run live" in out and DS2 in out
     assert main(["sweep", "--set", f"paths.root={root}", "--ds", DS1]) == 0
     assert "nothing to remove" in capsys.readouterr().out

@@ -27,6 +27,7 @@ from recpipe.manifest import (
     read_stage_manifest,
 )
 from recpipe.reconcile import ReconciliationError
+from recpipe.storage import Location
 
 DS = "2026-11-10"
 TABLES = ("vocab_users", "vocab_items")
@@ -49,7 +50,7 @@ def _commit(spark: SparkSession, config: Config, rows: int) -> dict[str, Any]:
 def _served(config: Config) -> tuple[str, dict[str, Path]]:
     lake = Lake(config.root)
     paths = {table: lake.partition_path(table, {"ds": DS}) for table in TABLES}
-    return manifest_path(config.root, "vocab", DS).read_text(), paths
+    return manifest_path(config.root, "vocab", DS).local_path().read_text(), paths
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_commit_publishes_every_staged_partition_with_the_typed_record(
     spark: SparkSession, config: Config
 ) -> None:
     manifest = _commit(spark, config, 3)
-    on_disk = json.loads(manifest_path(config.root, "vocab", DS).read_text())
+    on_disk = json.loads(manifest_path(config.root, "vocab", DS).local_path().read_text())
     assert on_disk == json.loads(json.dumps(manifest, default=str))
     assert manifest["status"] == "ok"
     assert list(on_disk)[-3:] == ["events_ds", "rows_out", "outputs"]  # record, then outputs
@@ -69,7 +70,7 @@ def test_commit_publishes_every_staged_partition_with_the_typed_record(
     lake = Lake(config.root)
     for table in TABLES:
         assert lake.read(spark, table, [{"ds": DS}]).count() == 3
-        assert (lake.partition_path(table, {"ds": DS}) / "_config.yaml").is_file()
+        assert (lake.partition_path(table, {"ds": DS}) / "_config.yaml").local_path().is_file()
     typed = VocabManifest.read(config.root, DS)
     assert typed.ok and typed.rows_out == 6 and typed.events_ds == [DS]
 
@@ -87,16 +88,16 @@ def test_exception_keeps_the_served_state_and_records_the_attempt(
         tx.record.events_ds = [DS]
         raise RuntimeError("boom")
     assert _served(config) == (before_manifest, before_paths)
-    assert all(not part.path.exists() for part in staged)  # staged output discarded
+    assert all(not part.path.local_path().exists() for part in staged)  # staged output discarded
     for table in TABLES:
-        assert before_paths[table].is_dir()
+        assert before_paths[table].local_path().is_dir()
         assert Lake(config.root).read(spark, table, [{"ds": DS}]).count() == 3
     failed = last_attempt(config.root, "vocab", DS)
     assert failed is not None and failed["status"] == "failed"
     assert failed["error"] == "RuntimeError: boom"
     assert failed["events_ds"] == [DS] and "rows_out" not in failed  # what was set, only
     assert json.loads(json.dumps(tx.manifest, default=str)) == failed
-    assert not lock_path(config.root, "vocab", DS).exists()
+    assert not lock_path(config.root, "vocab", DS).local_path().exists()
 
 
 def test_reconciliation_mismatch_publishes_nothing(spark: SparkSession, config: Config) -> None:
@@ -107,8 +108,8 @@ def test_reconciliation_mismatch_publishes_nothing(spark: SparkSession, config: 
     ):
         first = tx.stage(_frame(spark, 5), "vocab_users")
         tx.reconcile("vocab_users: 5 staged, 4 read")
-    assert not manifest_path(config.root, "vocab", DS).exists()
-    assert not first.path.exists()
+    assert not manifest_path(config.root, "vocab", DS).local_path().exists()
+    assert not first.path.local_path().exists()
     assert not Lake(config.root).exists("vocab_users", {"ds": DS})
 
     # Over a served day, with the stage's own error type: the served day stays.
@@ -121,7 +122,7 @@ def test_reconciliation_mismatch_publishes_nothing(spark: SparkSession, config: 
         staged = [tx.stage(_frame(spark, 5), table) for table in TABLES]
         tx.reconcile("does not add up", ValueError)
     assert _served(config) == served
-    assert all(not part.path.exists() for part in staged)
+    assert all(not part.path.local_path().exists() for part in staged)
     failed = last_attempt(config.root, "vocab", DS)
     assert failed is not None and failed["error"] == "ValueError: does not add up"
 
@@ -137,7 +138,7 @@ def test_output_staged_after_the_last_check_is_refused(spark: SparkSession, conf
         tx.reconcile(None)
         unchecked = tx.stage(_frame(spark, 4), "vocab_items")
     assert _served(config) == served
-    assert not checked.path.exists() and not unchecked.path.exists()
+    assert not checked.path.local_path().exists() and not unchecked.path.local_path().exists()
     failed = last_attempt(config.root, "vocab", DS)
     assert failed is not None and "staged without a reconciliation check" in failed["error"]
 
@@ -223,16 +224,17 @@ def test_a_stage_that_does_not_reconcile_publishes_nothing(
     raw = write_jsonl(tmp_path / "e.jsonl", [event, {"user_id": "bad"}])
     config = build_config(config.root, f"paths.raw_events={raw}")
     assert clean.run_clean(spark, config, DS)["rows_out"] == 1
-    served = manifest_path(config.root, "clean", DS).read_text()
+    served = manifest_path(config.root, "clean", DS).local_path().read_text()
     lake = Lake(config.root)
     paths = {t: lake.partition_path(t, {"ds": DS}) for t in ("events", "quarantine")}
     real = clean.staged_counts
     monkeypatch.setattr(clean, "staged_counts", lambda *a: (real(*a)[0] + 1, real(*a)[1]))
     with pytest.raises(clean.ReconciliationError, match="clean did not reconcile: rows_in 2 !="):
         clean.run_clean(spark, config, DS)
-    assert manifest_path(config.root, "clean", DS).read_text() == served
+    assert manifest_path(config.root, "clean", DS).local_path().read_text() == served
     assert {t: lake.partition_path(t, {"ds": DS}) for t in paths} == paths
-    versions = {p for t in paths for p in (config.root / "lake" / t).glob(f"ds={DS}/v=*")}
+    lake_dir = config.root.local_path() / "lake"
+    versions = {Location(p) for t in paths for p in (lake_dir / t).glob(f"ds={DS}/v=*")}
     assert versions == set(paths.values())  # the failed run's versions are gone
     failed = last_attempt(config.root, "clean", DS)
     assert failed is not None and "did not reconcile" in failed["error"]
