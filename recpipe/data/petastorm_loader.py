@@ -20,6 +20,7 @@ this module first installs the ``pyarrow_hotfix`` mitigation there.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import warnings
@@ -184,8 +185,6 @@ def _dataset_source(paths: Sequence[str]) -> tuple[list[str], Any]:
     viewfs resolves to. Not ``Path.as_uri()``: Petastorm does not unquote, and Hive partition
     paths hold '='.
     """
-    from fsspec.implementations.arrow import ArrowFSWrapper  # type: ignore[import-untyped]
-
     targets = [resolved_location(as_location(path)) for path in paths]
     filesystem, _ = arrow_path(targets[0])
     for target in targets:
@@ -194,7 +193,44 @@ def _dataset_source(paths: Sequence[str]) -> tuple[list[str], Any]:
                 f"train.loader=petastorm cannot read {target}: Petastorm names its files "
                 "differently there; use train.loader=arrow"
             )
-    return [target.uri for target in targets], ArrowFSWrapper(filesystem)
+    return [target.uri for target in targets], legacy_filesystem(filesystem)
+
+
+def legacy_filesystem(filesystem: Any) -> Any:
+    """A ``pyarrow.fs`` file system behind the deprecated ``pyarrow.filesystem`` interface.
+
+    Petastorm 0.13.1 opens its ``ParquetDataset`` with arguments only pyarrow's legacy
+    implementation takes, and pyarrow 12 picks that one only for a legacy file system object.
+    """
+    return _legacy_class()(filesystem)
+
+
+@functools.cache
+def _legacy_class() -> type:
+    # pyarrow.filesystem exists up to pyarrow 15 only: imported here, in the Horovod
+    # environment, never at module import.
+    from fsspec.implementations.arrow import ArrowFSWrapper  # type: ignore[import-untyped]
+    from pyarrow import filesystem as legacyfs
+
+    class LegacyArrowFileSystem(legacyfs.DaskFileSystem):
+        """fsspec's wrapper of a ``pyarrow.fs`` file system, as a legacy file system."""
+
+        def __init__(self, arrow: Any) -> None:
+            # Not DaskFileSystem.__init__: it only stores ``fs`` and warns of its deprecation.
+            self.arrow = arrow
+            self.fs = ArrowFSWrapper(arrow)
+
+        def isdir(self, path: str) -> bool:
+            return bool(self.fs.isdir(path))
+
+        def isfile(self, path: str) -> bool:
+            return bool(self.fs.isfile(path))
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # Petastorm's process pool pickles the file system; pyarrow.fs ones pickle.
+            return legacy_filesystem, (self.arrow,)
+
+    return LegacyArrowFileSystem
 
 
 def _petastorm_path(location: Location) -> str:
