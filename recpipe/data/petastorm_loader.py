@@ -10,8 +10,8 @@ any difference raises :class:`ShortReadError`.
 
 Files are read through recpipe's own ``pyarrow.fs`` file system for their location (see
 :mod:`recpipe.storage`: viewfs mounts resolved, object store settings from the Hadoop
-configuration), handed to Petastorm behind fsspec's wrapper, the file system interface its
-pyarrow-12 ``ParquetDataset`` calls.
+configuration), handed to Petastorm behind pyarrow's legacy file system interface, the one its
+pyarrow-12 ``ParquetDataset`` needs (see :func:`legacy_filesystem`).
 
 Petastorm needs pyarrow < 15 (the Horovod environment, ``make legacy-venv``); pyarrow before
 14.0.1 deserialises arbitrary Python objects from Arrow extension types (CVE-2023-47248), so
