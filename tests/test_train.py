@@ -14,6 +14,7 @@ from helpers import TRAIN_N_ITEMS as N_ITEMS
 from helpers import build_config, read_manifest, read_rows, run_chain, train_events, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe import storage
 from recpipe.config import ConfigError
 from recpipe.errors import MissingInputError
 from recpipe.models import registry
@@ -146,7 +147,7 @@ def test_model_config_errors_name_the_key(root) -> None:
 
 def test_evaluation_without_a_session_fails_before_training(root) -> None:
     config = config_for(root)
-    runs = config.root / "manifests" / "train-bpr_mf"
+    runs = config.root.local_path() / "manifests" / "train-bpr_mf"
     before = sorted(runs.rglob("*")) if runs.exists() else []
     with pytest.raises(ValueError, match="needs a SparkSession"):
         run_train(None, config, DS, ["bpr_mf"])
@@ -174,7 +175,7 @@ def test_report_shows_training_curves(spark, root) -> None:
     config = config_for(root, "train.max_epochs=2", "train.launcher=local")
     manifests, evaluations = run_train(spark, config, DS, ["bpr_mf"])
     path = write_run_report(config, DS, manifests, evaluations, [], 10)
-    page = path.read_text()
+    page = storage.read_text(path)
     assert "Deep model training" in page and "training curves, leave_last_out" in page
     history = manifests[0]["protocols"]["leave_last_out"]["history"]
     assert [entry["epoch"] for entry in history] == [1, 2]
@@ -222,7 +223,6 @@ def test_ranks_keep_state_at_a_uri_and_launcher_files_local(tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recpipe import storage
     from recpipe.config import TrainConfig
     from recpipe.models import model_class
     from recpipe.storage import Location
