@@ -265,6 +265,22 @@ def test_ranks_keep_state_at_a_uri_and_launcher_files_local(tmp_path) -> None:
     assert {p.name for p in local.iterdir()} == {"spec.json", "torchrun.log", "tmp"}
 
 
+def test_ranks_get_the_hadoop_settings_of_the_config_and_the_session(spark, tmp_path) -> None:
+    import json
+
+    from recpipe.stages.train import rank_storage_settings
+
+    mount = {"spark.hadoop.fs.viewfs.mounttable.ranks.link./x": tmp_path.as_uri()}
+    settings = rank_storage_settings(build_config(tmp_path, f"spark.conf={json.dumps(mount)}"))
+    assert settings["fs.viewfs.mounttable.ranks.link./x"] == tmp_path.as_uri()
+    session = {
+        key.removeprefix("spark.hadoop."): value
+        for key, value in spark.sparkContext.getConf().getAll()
+        if key.startswith("spark.hadoop.")
+    }
+    assert session.items() <= settings.items()
+
+
 def test_launch_errors_keep_the_workers_messages_above_torchrun_summary() -> None:
     from recpipe.train.launchers import failure_excerpt
 

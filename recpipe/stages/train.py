@@ -98,8 +98,21 @@ def build_spec(
         local_dir=str(local / protocol),
         validation={"root": str(config.root), "ds": ds, "protocol": protocol},
         resume=resume,
-        storage=hadoop_settings(config.spark.conf),
+        storage=rank_storage_settings(config),
     )
+
+
+def rank_storage_settings(config: Config) -> dict[str, str]:
+    """The Hadoop settings the driver's storage uses, for the ranks' own (fresh processes).
+
+    The config's ``spark.hadoop.*``, then a running session's (what spark-submit ``--conf``
+    passed), in the order recpipe.spark hands them to the driver's storage.
+    """
+    settings = hadoop_settings(config.spark.conf)
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        settings.update(hadoop_settings(dict(session.sparkContext.getConf().getAll())))
+    return settings
 
 
 def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
