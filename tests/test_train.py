@@ -263,6 +263,7 @@ def test_ranks_keep_state_at_a_uri_and_launcher_files_local(tmp_path) -> None:
     assert (written / "checkpoints" / "last.pt").is_file()
     assert load_model(spec.model_file).name == "bpr_mf"
     assert {p.name for p in local.iterdir()} == {"spec.json", "torchrun.log", "tmp"}
+    assert (local / "spec.json").stat().st_mode & 0o077 == 0  # it carries the storage settings
 
 
 def test_ranks_get_the_hadoop_settings_of_the_config_and_the_session(spark, tmp_path) -> None:
