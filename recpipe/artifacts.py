@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
+from recpipe import storage
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.layout import model_dir
 from recpipe.manifest import read_manifest
+from recpipe.storage import LocationLike, as_location
 
 SHA256 = "sha256"  # key of the {file name: digest} map in a manifest's protocol entry
 # What each kind of model writes into its folder; a folder holds exactly one kind.
@@ -29,12 +30,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_digests(folder: Path, names: Iterable[str]) -> dict[str, str]:
-    """``{name: sha256}`` of the named files in ``folder``."""
-    return {name: sha256_hex((Path(folder) / name).read_bytes()) for name in names}
+def file_digests(folder: LocationLike, names: Iterable[str]) -> dict[str, str]:
+    """``{name: sha256}`` of the named files in ``folder`` (any location)."""
+    base = as_location(folder)
+    return {name: sha256_hex(storage.read_bytes(base / name)) for name in names}
 
 
-def recorded_digests(root: Path, model: str, ds: str, protocol: str) -> dict[str, str]:
+def recorded_digests(root: LocationLike, model: str, ds: str, protocol: str) -> dict[str, str]:
     """The digests ``train-<model>`` recorded for ``ds`` and ``protocol``."""
     manifest = read_manifest(root, f"train-{model}", ds)
     entry = manifest.get("protocols", {}).get(protocol, {})
@@ -47,7 +49,9 @@ def recorded_digests(root: Path, model: str, ds: str, protocol: str) -> dict[str
     return dict(digests)
 
 
-def verify(root: Path, model: str, ds: str, protocol: str, files: Mapping[str, bytes]) -> None:
+def verify(
+    root: LocationLike, model: str, ds: str, protocol: str, files: Mapping[str, bytes]
+) -> None:
     """Raise :class:`ArtifactError` unless every file matches the recorded SHA-256."""
     recorded = recorded_digests(root, model, ds, protocol)
     for name, data in files.items():
@@ -58,7 +62,9 @@ def verify(root: Path, model: str, ds: str, protocol: str, files: Mapping[str, b
             )
 
 
-def read_artifacts(root: Path, model: str, ds: str, protocol: str, kind: str) -> dict[str, bytes]:
+def read_artifacts(
+    root: LocationLike, model: str, ds: str, protocol: str, kind: str
+) -> dict[str, bytes]:
     """The files of a trained ``kind`` model, checked: one kind per folder, recorded SHA-256.
 
     A folder that also holds the other kind's files is refused (a ``model.pt`` beside a
@@ -66,21 +72,23 @@ def read_artifacts(root: Path, model: str, ds: str, protocol: str, kind: str) ->
     """
     folder = model_dir(root, model, ds, protocol)
     wanted = KIND_FILES[kind]
+    # One listing instead of a look-up per name (each one a request on an object store).
+    present = {entry.name: entry.is_dir for entry in storage.list_dir(folder)}
     foreign = [
         name for other, names in KIND_FILES.items() if other != kind for name in names
-        if (folder / name).exists()
+        if name in present
     ]  # fmt: skip
     if foreign:
         raise ArtifactError(
             f"models/{model}/{ds}/{protocol} holds {', '.join(foreign)}, which a {kind} model "
             "never writes: refusing a folder with two kinds of artifact"
         )
-    if not all((folder / name).is_file() for name in wanted):
+    if not all(present.get(name) is False for name in wanted):
         command = "train-baseline" if kind == "baseline" else "train"
         raise MissingInputError(
             f"no trained {model} for ds={ds} protocol={protocol} under {folder}: train it "
             f"first (`recpipe {command} --model {model} --ds {ds}`)"
         )
-    files = {name: (folder / name).read_bytes() for name in wanted}
+    files = {name: storage.read_bytes(folder / name) for name in wanted}
     verify(root, model, ds, protocol, files)
     return files

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from recpipe import storage
 from recpipe.artifacts import read_artifacts
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import known_items_mask
 from recpipe.layout import model_dir, models_base
 from recpipe.registry import is_baseline
 from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
+from recpipe.storage import LocationLike
 from recpipe.tables import TrainData, load_split
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
@@ -32,13 +33,13 @@ def model_kind(name: str) -> Kind:
     return "baseline" if is_baseline(name) else "deep"
 
 
-def read_model_files(root: Path, name: str, ds: str, protocol: str) -> dict[str, bytes]:
+def read_model_files(root: LocationLike, name: str, ds: str, protocol: str) -> dict[str, bytes]:
     """The checked files of model ``name`` trained for ``ds`` on ``protocol``."""
     return read_artifacts(root, name, ds, protocol, model_kind(name))
 
 
 def load_for_evaluation(
-    root: Path, name: str, ds: str, protocol: str, train: TrainData
+    root: LocationLike, name: str, ds: str, protocol: str, train: TrainData
 ) -> HistoryScorer:
     """A trained model ready to score users against the whole catalogue over their ``train``
     histories (baselines and deep models alike, through the one scorer family)."""
@@ -48,7 +49,7 @@ def load_for_evaluation(
     return evaluation_scorer(baseline_class(name).from_files(files), train)
 
 
-def load_payload(root: Path, ds: str, protocol: str, name: str) -> ModelPayload:
+def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> ModelPayload:
     """What the scoring job ships to executors for model ``name`` trained for ``ds`` on
     ``protocol``'s train split: the checked files plus its known items and trained users."""
     files = read_model_files(root, name, ds, protocol)
@@ -58,16 +59,13 @@ def load_payload(root: Path, ds: str, protocol: str, name: str) -> ModelPayload:
     return ModelPayload(name, model_kind(name), files, known_items_mask(train), users)
 
 
-def trained_models(root: Path, ds: str, protocols: Sequence[str]) -> list[str]:
+def trained_models(root: LocationLike, ds: str, protocols: Sequence[str]) -> list[str]:
     """Models (baselines and deep) trained for ``ds`` under every protocol in ``protocols``."""
-    folder = models_base(root)
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return [
-        name
-        for name in names
-        if all(
-            (model_dir(root, name, ds, p) / "meta.json").is_file()
-            or (model_dir(root, name, ds, p) / MODEL_FILE).is_file()
-            for p in protocols
-        )
-    ]
+    names = sorted(e.name for e in storage.list_dir(models_base(root)) if e.is_dir)
+    return [name for name in names if all(_trained(root, name, ds, p) for p in protocols)]
+
+
+def _trained(root: LocationLike, name: str, ds: str, protocol: str) -> bool:
+    """Whether the model folder holds a baseline's ``meta.json`` or a deep ``model.pt``."""
+    files = {e.name for e in storage.list_dir(model_dir(root, name, ds, protocol)) if not e.is_dir}
+    return bool(files & {"meta.json", MODEL_FILE})

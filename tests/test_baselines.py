@@ -76,6 +76,28 @@ def test_ease_matches_per_column_ridge_regression() -> None:
     np.testing.assert_allclose(model.score(np.array([0]))[0, 1:], dense[0] @ weights)
 
 
+def test_save_and_load_at_a_uri_replace_the_folder_contents(tmp_path: Path) -> None:
+    """A baseline's folder at a viewfs location (mounted onto a local folder): save writes
+    through recpipe.storage, leaves exactly the baseline's files, and load reads them back."""
+    from recpipe import storage
+    from recpipe.baselines.base import BASELINE_FILES
+    from recpipe.storage import Location
+
+    storage.configure({"fs.viewfs.mounttable.baselines-test.link./models": tmp_path.as_uri()})
+    folder = Location("viewfs://baselines-test/models/ease/2026-11-20/leave_last_out")
+    local = tmp_path / "ease" / "2026-11-20" / "leave_last_out"
+    local.mkdir(parents=True)
+    (local / "model.pt").write_bytes(b"left over")  # what the folder held before
+    data = make_data([(0, 1), (0, 2), (1, 2), (1, 3), (2, 1)], n_users=3, n_items=3)
+    model = Ease.fit(data, EaseConfig(l2=1.0))
+    model.save(folder)
+    assert sorted(p.name for p in local.iterdir()) == sorted(BASELINE_FILES)
+    loaded = Ease.load(folder)
+    for each in (model, loaded):
+        each.attach_history(data)
+    np.testing.assert_array_equal(loaded.score(np.arange(3)), model.score(np.arange(3)))
+
+
 def test_ease_refuses_large_catalogue_with_the_key() -> None:
     data = make_data([(0, 1)], n_users=1, n_items=5)
     with pytest.raises(CatalogueTooLargeError, match=r"baselines\.ease\.max_items is 4"):

@@ -370,3 +370,18 @@ def test_constructor_does_no_io(tmp_path: Path) -> None:
     assert dataset.rows_for_rank() == 5
     with pytest.raises(FileNotFoundError):
         list(dataset)
+
+
+def test_shards_at_a_uri_are_read_through_their_file_system(tmp_path: Path) -> None:
+    """Shards named by a viewfs URI (mounted onto a local folder) are opened through the
+    pyarrow file system recpipe.storage resolves, in the main process and in workers."""
+    from recpipe import storage
+
+    local = write_shards(tmp_path / "samples", "pairwise", [300, 200])
+    storage.configure(
+        {"fs.viewfs.mounttable.loader-test.link./samples": (tmp_path / "samples").as_uri()}
+    )
+    shards = [ShardFile(f"viewfs://loader-test/samples/{Path(s.path).name}", s.rows) for s in local]
+    for workers in (0, 2):
+        dataset = ArrowSampleDataset(shards, "pairwise", 64)
+        assert yielded_rows(make_loader(dataset, num_workers=workers)) == written_rows(local)

@@ -179,7 +179,7 @@ def test_deep_lists_match_the_evaluation_ranking_of_score_all(spark, root, name)
 def _published(config, model: str) -> list[dict]:
     location = partition_location(config, RECOMMENDATIONS, DS2, model)
     assert location is not None
-    return pads.dataset(location).to_table().to_pylist()
+    return pads.dataset(location.local_path()).to_table().to_pylist()
 
 
 def _vocab(root: Path, table: str, id_col: str, idx_col: str) -> dict[str, int]:
@@ -264,7 +264,9 @@ def evaluated(spark, root) -> tuple[str, str]:
 def _rows_of(config, model: str) -> list[tuple]:
     location = partition_location(config, RECOMMENDATIONS, DS1, model)
     assert location is not None
-    table = pads.dataset(location).to_table(columns=["user_id", "item_id", "rank", "source"])
+    table = pads.dataset(location.local_path()).to_table(
+        columns=["user_id", "item_id", "rank", "source"]
+    )
     return sorted(tuple(row.values()) for row in table.to_pylist())
 
 

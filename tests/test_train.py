@@ -14,6 +14,7 @@ from helpers import TRAIN_N_ITEMS as N_ITEMS
 from helpers import build_config, read_manifest, read_rows, run_chain, train_events, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe import storage
 from recpipe.config import ConfigError
 from recpipe.errors import MissingInputError
 from recpipe.models import registry
@@ -99,9 +100,9 @@ def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(
     system_temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(system_temp))
     result = launch(spec, config.train)
-    # torchrun's own temp folders (torchelastic_*) stay in the run folder, under the root
+    # torchrun's own temp folders (torchelastic_*) stay in the launch's local folder
     assert list(system_temp.iterdir()) == []
-    assert any(Path(spec.run_dir, "tmp").iterdir())
+    assert any(Path(spec.local_dir, "tmp").iterdir())
     assert result["world_size"] == 2
     checksums = result["replica_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
@@ -146,7 +147,7 @@ def test_model_config_errors_name_the_key(root) -> None:
 
 def test_evaluation_without_a_session_fails_before_training(root) -> None:
     config = config_for(root)
-    runs = config.root / "manifests" / "train-bpr_mf"
+    runs = config.root.local_path() / "manifests" / "train-bpr_mf"
     before = sorted(runs.rglob("*")) if runs.exists() else []
     with pytest.raises(ValueError, match="needs a SparkSession"):
         run_train(None, config, DS, ["bpr_mf"])
@@ -174,7 +175,7 @@ def test_report_shows_training_curves(spark, root) -> None:
     config = config_for(root, "train.max_epochs=2", "train.launcher=local")
     manifests, evaluations = run_train(spark, config, DS, ["bpr_mf"])
     path = write_run_report(config, DS, manifests, evaluations, [], 10)
-    page = path.read_text()
+    page = storage.read_text(path)
     assert "Deep model training" in page and "training curves, leave_last_out" in page
     history = manifests[0]["protocols"]["leave_last_out"]["history"]
     assert [entry["epoch"] for entry in history] == [1, 2]
@@ -212,6 +213,73 @@ def test_spec_item_counts_are_the_train_interactions_per_item(root) -> None:
     for row in rows:
         expected[row["item_idx"]] += 1
     assert counts.tolist() == expected.tolist()
+
+
+def test_ranks_keep_state_at_a_uri_and_launcher_files_local(tmp_path) -> None:
+    """State at a viewfs location mounted onto a local folder: torchrun's ranks (fresh
+    processes) read the shards and item counts and write checkpoints, the model and the result
+    through recpipe.storage with the Hadoop settings the spec carries; the spec file, logs and
+    temp folders stay in the launch's local folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recpipe.config import TrainConfig
+    from recpipe.models import model_class
+    from recpipe.storage import Location
+    from recpipe.train.spec import TrainSpec, save_array
+
+    state, local = tmp_path / "state", tmp_path / "local"
+    hadoop = {"fs.viewfs.mounttable.train-test.link./root": state.as_uri()}
+    storage.configure(hadoop)
+    root = Location("viewfs://train-test/root")
+    shards = []
+    for part in range(2):
+        rows = 64
+        users = np.arange(rows, dtype=np.int32) % 10 + 1
+        items = (np.arange(rows, dtype=np.int32) + part) % N_ITEMS + 1
+        negatives = pa.array([[(int(i) % N_ITEMS) + 1, 1] for i in items + 7], pa.list_(pa.int32()))
+        table = pa.table({"user_idx": users, "item_idx": items, "negatives": negatives})
+        shard = root / "lake" / "samples" / f"part-{part}.parquet"
+        filesystem, path = storage.arrow_path(shard)
+        filesystem.create_dir(path.rsplit("/", 1)[0])
+        pq.write_table(table, path, filesystem=filesystem)
+        shards.append((str(shard), rows))
+    run = root / "models" / "bpr_mf"
+    save_array(run / "item_counts.npy", np.ones(N_ITEMS + 1, dtype=np.int64))
+    settings = TrainConfig(launcher="torchrun", processes=2, max_epochs=1, torch_threads=1,
+                           checkpoint_every=2)  # fmt: skip
+    config = model_class("bpr_mf").config_class(batch_size=16)
+    spec = TrainSpec(
+        model="bpr_mf", model_config=config.model_dump(mode="json"),
+        context={"n_users": 11, "n_items": N_ITEMS, "max_len": 8},
+        item_counts_file=str(run / "item_counts.npy"), shards=shards,
+        settings=settings.model_dump(mode="json"), run_dir=str(run),
+        model_file=str(run / "model.pt"), local_dir=str(local), storage=hadoop,
+    )  # fmt: skip
+    result = launch(spec, settings)
+    assert result["world_size"] == 2 and result["epochs_run"] == 1
+    written = state / "models" / "bpr_mf"
+    assert {p.name for p in written.iterdir()} >= {"model.pt", "result.json", "checkpoints"}
+    assert (written / "checkpoints" / "last.pt").is_file()
+    assert load_model(spec.model_file).name == "bpr_mf"
+    assert {p.name for p in local.iterdir()} == {"spec.json", "torchrun.log", "tmp"}
+    assert (local / "spec.json").stat().st_mode & 0o077 == 0  # it carries the storage settings
+
+
+def test_ranks_get_the_hadoop_settings_of_the_config_and_the_session(spark, tmp_path) -> None:
+    import json
+
+    from recpipe.stages.train import rank_storage_settings
+
+    mount = {"spark.hadoop.fs.viewfs.mounttable.ranks.link./x": tmp_path.as_uri()}
+    settings = rank_storage_settings(build_config(tmp_path, f"spark.conf={json.dumps(mount)}"))
+    assert settings["fs.viewfs.mounttable.ranks.link./x"] == tmp_path.as_uri()
+    session = {
+        key.removeprefix("spark.hadoop."): value
+        for key, value in spark.sparkContext.getConf().getAll()
+        if key.startswith("spark.hadoop.")
+    }
+    assert session.items() <= settings.items()
 
 
 def test_launch_errors_keep_the_workers_messages_above_torchrun_summary() -> None:

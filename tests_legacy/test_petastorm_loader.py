@@ -195,13 +195,30 @@ def test_petastorm_files_pass_through_the_pyarrow_cve_mitigation(tmp_path) -> No
 
 
 def test_sample_paths_become_petastorm_urls(tmp_path, monkeypatch) -> None:
-    from recpipe.data.petastorm_loader import _url
+    from recpipe import storage
+    from recpipe.data.petastorm_loader import _dataset_source
 
     monkeypatch.chdir(tmp_path)
-    assert _url("hdfs://nn:8020/lake/ds=2026-11-20/part-0.parquet") == (
-        "hdfs://nn:8020/lake/ds=2026-11-20/part-0.parquet"
-    )
     # Relative paths are made absolute and '=' stays unquoted (Petastorm does not unquote).
-    assert _url("lake/ds=2026-11-20/part-0.parquet") == (
-        f"file://{tmp_path}/lake/ds=2026-11-20/part-0.parquet"
-    )
+    urls, _ = _dataset_source(["lake/ds=2026-11-20/part-0.parquet"])
+    assert urls == [f"file://{tmp_path}/lake/ds=2026-11-20/part-0.parquet"]
+    # A viewfs location is named by its mount's target, read with recpipe's own file system.
+    storage.configure({"fs.viewfs.mounttable.urls-test.link./lake": (tmp_path / "x").as_uri()})
+    urls, _ = _dataset_source(["viewfs://urls-test/lake/ds=2026-11-20/part-0.parquet"])
+    assert urls == [f"file://{tmp_path}/x/ds=2026-11-20/part-0.parquet"]
+
+
+@pytest.mark.parametrize("pool", ["dummy", "process"])
+def test_samples_at_a_uri_read_through_recpipe_storage(tmp_path, pool) -> None:
+    """Shards named by a viewfs URI (mounted onto a local folder) read as the same rows; the
+    process pool gets the file system pickled."""
+    from recpipe import storage
+
+    files = write_samples(tmp_path / "samples", "pairwise", [40, 24])
+    storage.configure({"fs.viewfs.mounttable.uri-test.link./s": (tmp_path / "samples").as_uri()})
+    remote = [ShardFile(f"viewfs://uri-test/s/{Path(f.path).name}", f.rows) for f in files]
+    options = {"shuffle_buffer": 0, "pool": pool, "workers": 2}
+    # Counted, not in order: two pool workers hand over row groups as they finish them.
+    expected = Counter(rows_of(epoch(PetastormSampleDataset(files, "pairwise", 8, **options))))
+    got = Counter(rows_of(epoch(PetastormSampleDataset(remote, "pairwise", 8, **options))))
+    assert got == expected and sum(expected.values()) == 64

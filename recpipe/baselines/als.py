@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from recpipe.baselines.base import Baseline, base_meta, known_items_mask
 from recpipe.config import AlsConfig
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
+from recpipe.storage import as_location
 from recpipe.tables import TrainData
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,9 @@ class Als(Baseline):
         train: DataFrame = context["train_df"]
         spark = train.sparkSession
         log.info("als: MLlib BLAS implementation %s", blas_in_use(spark))
-        checkpoints = context.get("checkpoint_dir")
+        checkpoints = context.get("checkpoint_dir")  # a location under paths.root
         if checkpoints:
-            spark.sparkContext.setCheckpointDir(str(checkpoints))
+            spark.sparkContext.setCheckpointDir(as_location(checkpoints).uri)
         als = ALS(
             rank=settings.rank,
             maxIter=settings.max_iter,

@@ -10,13 +10,14 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import sparse
 
+from recpipe import storage
 from recpipe.artifacts import KIND_FILES
+from recpipe.storage import LocationLike, as_location
 from recpipe.tables import TrainData
 
 
@@ -69,28 +70,30 @@ class Baseline(ABC):
         products, else None."""
         return None
 
-    def save(self, folder: Path) -> None:
-        """Write ``arrays.npz`` and ``meta.json`` into ``folder`` (replaced atomically)."""
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: LocationLike) -> None:
+        """Make ``folder`` (any location) hold exactly ``arrays.npz`` and ``meta.json``.
+
+        Each file is replaced atomically, one after the other (object stores have no folder
+        rename): a reader catching the folder mid-save sees files that fail the SHA-256 check
+        against its training manifest (recpipe.artifacts), never a silently mixed model.
+        """
+        folder = as_location(folder)
+        arrays = io.BytesIO()
         # numpy's stub: mypy checks **arrays against savez's keyword-only allow_pickle: bool.
-        np.savez(tmp / "arrays.npz", **self.arrays)  # type: ignore[arg-type]
-        (tmp / "meta.json").write_text(json.dumps({"name": self.name, **self.meta}, indent=2))
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            folder.rename(old)
-            tmp.rename(folder)
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
-        else:
-            tmp.rename(folder)
+        np.savez(arrays, **self.arrays)  # type: ignore[arg-type]
+        meta = json.dumps({"name": self.name, **self.meta}, indent=2)
+        files = {"arrays.npz": arrays.getvalue(), "meta.json": meta.encode("utf-8")}
+        for entry in storage.list_dir(folder):  # what an earlier save or anything else left
+            if entry.name not in files:
+                storage.remove_tree(entry.location)
+        for name, data in files.items():
+            storage.write_bytes(folder / name, data)
 
     @classmethod
-    def load(cls, folder: Path) -> Baseline:
+    def load(cls, folder: LocationLike) -> Baseline:
         """Rebuild from a folder written by :meth:`save`."""
-        return cls.from_files({name: (Path(folder) / name).read_bytes() for name in BASELINE_FILES})
+        base = as_location(folder)
+        return cls.from_files({name: storage.read_bytes(base / name) for name in BASELINE_FILES})
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> Baseline:

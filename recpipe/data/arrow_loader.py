@@ -6,7 +6,8 @@ file is read by exactly one (rank, worker). Each worker shuffles the order of it
 epoch and shuffles rows through a bounded buffer; everything after Parquet decoding is
 vectorised numpy/torch (no per-row Python). Each worker counts the rows it reads per file and
 checks them against the manifest's counts, so a truncated or rewritten shard fails the epoch
-instead of silently training on less data.
+instead of silently training on less data. Shards may be local paths or any URI
+:mod:`recpipe.storage` reaches: each is opened through the ``pyarrow.fs`` file system it names.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
 from recpipe.errors import RecpipeError
 from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, USER_IDX
+from recpipe.storage import arrow_path
 
 # Rows per Arrow record batch decoded from Parquet: large enough to amortise per-call overhead,
 # small enough that a few decoded chunks in flight stay a few MB each.
@@ -38,7 +40,7 @@ PREFETCH_CHUNKS = 2
 class ShardFile:
     """One Parquet sample file and the row count the export manifest recorded for it."""
 
-    path: str
+    path: str  # a local path or a URI (hdfs://, viewfs://, s3a://, ...)
     rows: int
 
 
@@ -437,7 +439,10 @@ class ArrowSampleDataset(IterableDataset):
         widths: dict[str, int] = {}
         read = [0] * len(files)  # rows read per file, in ``files`` order
         for i, shard in enumerate(files):
-            with pq.ParquetFile(shard.path) as reader:
+            # An open file, not a path plus filesystem=, which pyarrow 12 (the Horovod
+            # environment) does not take; ParquetFile leaves a handle it was given open.
+            filesystem, path = arrow_path(shard.path)
+            with filesystem.open_input_file(path) as handle, pq.ParquetFile(handle) as reader:
                 for record_batch in reader.iter_batches(
                     batch_size=READ_BATCH_ROWS, columns=names, use_threads=use_threads
                 ):

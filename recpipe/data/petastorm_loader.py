@@ -8,6 +8,11 @@ without an error (its thread pool checks for the end of data before it checks th
 groups were handed out), so every epoch's rows are counted and compared with the manifest, and
 any difference raises :class:`ShortReadError`.
 
+Files are read through recpipe's own ``pyarrow.fs`` file system for their location (see
+:mod:`recpipe.storage`: viewfs mounts resolved, object store settings from the Hadoop
+configuration), handed to Petastorm behind pyarrow's legacy file system interface, the one its
+pyarrow-12 ``ParquetDataset`` needs (see :func:`legacy_filesystem`).
+
 Petastorm needs pyarrow < 15 (the Horovod environment, ``make legacy-venv``); pyarrow before
 14.0.1 deserialises arbitrary Python objects from Arrow extension types (CVE-2023-47248), so
 this module first installs the ``pyarrow_hotfix`` mitigation there.
@@ -15,11 +20,11 @@ this module first installs the ``pyarrow_hotfix`` mitigation there.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +41,7 @@ from recpipe.data.arrow_loader import (
     make_batch,
 )
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.storage import Location, arrow_path, as_location, resolved_location
 
 POOLS = ("dummy", "thread", "process")
 
@@ -137,8 +143,10 @@ class PetastormSampleDataset(ArrowSampleDataset):
     ) -> Iterator[tuple[Chunk, int]]:
         """Decoded row groups of ``files``; at the end, the epoch's rows against the manifest."""
         names = [c.name for c in self._columns]
+        urls, filesystem = _dataset_source([f.path for f in files])
         reader = self.make_batch_reader(
-            [_url(f.path) for f in files],
+            urls,
+            filesystem=filesystem,
             schema_fields=[re.escape(name) for name in names],  # Petastorm takes regexes
             reader_pool_type=self.pool,
             workers_count=self.workers,
@@ -169,12 +177,67 @@ class PetastormSampleDataset(ArrowSampleDataset):
             )
 
 
-def _url(path: str) -> str:
-    """A Petastorm dataset URL: URLs (hdfs://, s3://, file://) as given, paths as file://.
+def _dataset_source(paths: Sequence[str]) -> tuple[list[str], Any]:
+    """Petastorm's dataset URLs for ``paths`` and the file system to read them with.
 
-    Not ``Path.as_uri()``: Petastorm does not unquote, and Hive partition paths hold '='.
+    With a file system given, Petastorm only takes the path part of each URL (``bucket/key``
+    for s3/gs, the path for the rest), which is what ``pyarrow.fs`` takes for the location
+    viewfs resolves to. Not ``Path.as_uri()``: Petastorm does not unquote, and Hive partition
+    paths hold '='.
     """
-    return path if "://" in path else f"file://{Path(path).absolute()}"
+    targets = [resolved_location(as_location(path)) for path in paths]
+    filesystem, _ = arrow_path(targets[0])
+    for target in targets:
+        if _petastorm_path(target) != arrow_path(target)[1]:
+            raise ValueError(
+                f"train.loader=petastorm cannot read {target}: Petastorm names its files "
+                "differently there; use train.loader=arrow"
+            )
+    return [target.uri for target in targets], legacy_filesystem(filesystem)
+
+
+def legacy_filesystem(filesystem: Any) -> Any:
+    """A ``pyarrow.fs`` file system behind the deprecated ``pyarrow.filesystem`` interface.
+
+    Petastorm 0.13.1 opens its ``ParquetDataset`` with arguments only pyarrow's legacy
+    implementation takes, and pyarrow 12 picks that one only for a legacy file system object.
+    """
+    return _legacy_class()(filesystem)
+
+
+@functools.cache
+def _legacy_class() -> type:
+    # pyarrow.filesystem exists up to pyarrow 15 only: imported here, in the Horovod
+    # environment, never at module import.
+    from fsspec.implementations.arrow import ArrowFSWrapper  # type: ignore[import-untyped]
+    from pyarrow import filesystem as legacyfs
+
+    class LegacyArrowFileSystem(legacyfs.DaskFileSystem):
+        """fsspec's wrapper of a ``pyarrow.fs`` file system, as a legacy file system."""
+
+        def __init__(self, arrow: Any) -> None:
+            # Not DaskFileSystem.__init__: it only stores ``fs`` and warns of its deprecation.
+            self.arrow = arrow
+            self.fs = ArrowFSWrapper(arrow)
+
+        def isdir(self, path: str) -> bool:
+            return bool(self.fs.isdir(path))
+
+        def isfile(self, path: str) -> bool:
+            return bool(self.fs.isfile(path))
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # Petastorm's process pool pickles the file system; pyarrow.fs ones pickle.
+            return legacy_filesystem, (self.arrow,)
+
+    return LegacyArrowFileSystem
+
+
+def _petastorm_path(location: Location) -> str:
+    """The path Petastorm derives from a URL (``petastorm.fs_utils.get_dataset_path``)."""
+    if location.scheme in ("s3", "s3a", "s3n", "gs", "gcs"):
+        return location.authority + location.path
+    return location.path
 
 
 def _refusing_ragged_lists(reader: Any) -> Iterator[Any]:

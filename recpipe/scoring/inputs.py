@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -25,12 +24,13 @@ from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.spark import one_row
+from recpipe.storage import LocationLike
 
 HISTORY_ITEMS = "items"
 DAY_MS = 86_400_000
 
 
-def history_frame(spark: SparkSession, root: Path, ds: str) -> DataFrame:
+def history_frame(spark: SparkSession, root: LocationLike, ds: str) -> DataFrame:
     """``(user_idx int, items array<int>)``: every user of ``sessions`` ds with their history."""
     sessions = Lake(root).read(spark, SESSIONS, [{DS: ds}])
     first = explode_sessions(sessions).groupBy(USER_IDX, ITEM_IDX).agg(F.min(TS_MS).alias(TS_MS))
@@ -40,7 +40,7 @@ def history_frame(spark: SparkSession, root: Path, ds: str) -> DataFrame:
     )
 
 
-def _session_events(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _session_events(root: LocationLike, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     folder = current_version(root, SESSIONS, {DS: ds})
     table = verified_dataset(folder).to_table(columns=[USER_IDX, ITEM_IDX, TS_MS])
     lengths = pc.list_value_length(table.column(ITEM_IDX)).to_numpy(zero_copy_only=False)
@@ -50,7 +50,7 @@ def _session_events(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return users, items, ts
 
 
-def read_histories(root: Path, ds: str) -> UserHistories:
+def read_histories(root: LocationLike, ds: str) -> UserHistories:
     """The histories of :func:`history_frame`, read in this process with pyarrow."""
     return UserHistories.from_events(*_session_events(root, ds), distinct=True)
 
@@ -81,7 +81,7 @@ class PopularList:
         }
 
 
-def popular_list(spark: SparkSession, root: Path, ds: str, days: int) -> PopularList:
+def popular_list(spark: SparkSession, root: LocationLike, ds: str, days: int) -> PopularList:
     """The recent-window popularity list for ``ds``, aggregated by Spark.
 
     The window ends at the newest event before the end of ``ds`` (the data decides, never the

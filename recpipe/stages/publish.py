@@ -8,17 +8,16 @@ manifest. A failing gate is a normal outcome: the baseline is published, the sta
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
+from recpipe import storage
 from recpipe.config import Config
-from recpipe.lake import file_uri
 from recpipe.manifest import StageRun, manifest_path
 from recpipe.stages.gate import decide, outcome
+from recpipe.storage import as_location
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,10 @@ def _scored(spark: SparkSession, config: Config, ds: str, model: str) -> dict[st
 
 
 def _score_record(config: Config, ds: str, model: str) -> dict[str, Any]:
-    path = manifest_path(config.root, f"score-{model}", ds)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return dict(storage.read_json(manifest_path(config.root, f"score-{model}", ds)))
+    except FileNotFoundError:
+        return {}
 
 
 def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         chosen = decision.published
         pointer = _scored(spark, config, ds, chosen)
         source = partition_location(config, RECOMMENDATIONS, ds, chosen)
-        frame = spark.read.parquet(file_uri(Path(str(source))))
+        assert source is not None  # _scored found (or made) its pointer, checked it names files
+        frame = spark.read.parquet(as_location(source).uri)
         location = publish_partition(
             spark, config, RECOMMENDATIONS, frame, ds, name,
             expected_rows=pointer["rows"],

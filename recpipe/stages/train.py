@@ -4,6 +4,10 @@ For each model in ``train.models`` and each protocol in ``split.protocols`` it l
 training run (``train.launcher``), writes ``<root>/models/<name>/<ds>/<protocol>/model.pt``,
 records manifest ``train-<name>``, then evaluates the model with the evaluation library exactly
 as the baselines are evaluated (manifest ``evaluate-<name>`` and ``recpipe.model_metrics``).
+
+The model folder (checkpoints, ``result.json``, the model) may be at any location under
+``paths.root``; the launchers' own files (spec, logs, child temp) go to
+``<paths.local>/tmp/runs/<model>-<ds>-<run id>/<protocol>/`` on this machine.
 """
 
 from __future__ import annotations
@@ -11,26 +15,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
+from recpipe import storage
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.config import Config, ConfigError, config_error
 from recpipe.evaluation.metrics import Evaluation
+from recpipe.layout import launcher_run_dir
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
+from recpipe.storage import as_location, hadoop_settings
 from recpipe.tables import split_item_counts
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
-from recpipe.train.spec import TrainSpec
+from recpipe.train.spec import TrainSpec, save_array
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +61,27 @@ def model_settings(config: Config, name: str) -> ModelConfig:
 
 
 def build_spec(
-    config: Config, ds: str, protocol: str, name: str, resume: bool = False
+    config: Config,
+    ds: str,
+    protocol: str,
+    name: str,
+    resume: bool = False,
+    run_id: str | None = None,
 ) -> TrainSpec:
-    """The training run of ``name`` on ``protocol``'s exported samples for ``ds``."""
+    """The training run of ``name`` on ``protocol``'s exported samples for ``ds``.
+
+    ``run_id`` names the launch's local folder (the stage run's id; a fresh one by default).
+    """
     settings = model_settings(config, name)
     cls = model_class(name)
     shards = export_shards(config.root, ds, protocol, cls.sample_kind)
     export = read_manifest(config.root, EXPORT_STAGE, ds)
     folder = model_dir(config.root, name, ds, protocol)
-    folder.mkdir(parents=True, exist_ok=True)
     counts_file = folder / "item_counts.npy"
-    np.save(counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"]))
+    save_array(
+        counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"])
+    )
+    local = launcher_run_dir(config.local_root, name, ds, run_id or uuid.uuid4().hex[:12])
     return TrainSpec(
         model=name,
         model_config=settings.model_dump(mode="json"),
@@ -78,9 +95,24 @@ def build_spec(
         settings=config.train.model_dump(mode="json"),
         run_dir=str(folder),
         model_file=str(folder / MODEL_FILE),
+        local_dir=str(local / protocol),
         validation={"root": str(config.root), "ds": ds, "protocol": protocol},
         resume=resume,
+        storage=rank_storage_settings(config),
     )
+
+
+def rank_storage_settings(config: Config) -> dict[str, str]:
+    """The Hadoop settings the driver's storage uses, for the ranks' own (fresh processes).
+
+    The config's ``spark.hadoop.*``, then a running session's (what spark-submit ``--conf``
+    passed), in the order recpipe.spark hands them to the driver's storage.
+    """
+    settings = hadoop_settings(config.spark.conf)
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        settings.update(hadoop_settings(dict(session.sparkContext.getConf().getAll())))
+    return settings
 
 
 def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
@@ -89,34 +121,34 @@ def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
     runs = cls.pretraining(settings)
-    init = Path(spec.run_dir) / "init.pt"
+    init = as_location(spec.run_dir) / "init.pt"
     if not runs:
         return {}
-    if spec.resume and init.is_file():
+    if spec.resume and storage.is_file(init):
         spec.init_file = str(init)
         return {"reused": str(init)}
     trained: dict[str, RecModel] = {}
     record: dict[str, Any] = {}
     for label, run_settings in runs.items():
-        folder = Path(spec.run_dir) / f"pretrain-{label}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = as_location(spec.run_dir) / f"pretrain-{label}"
         run = dataclasses.replace(
             spec,
             model_config=run_settings.model_dump(mode="json"),
             run_dir=str(folder),
             model_file=str(folder / MODEL_FILE),
+            local_dir=str(Path(spec.local_dir) / f"pretrain-{label}"),
             init_file=None,
             resume=False,
         )
         log.info("pre-train %s: %s", spec.model, label)
         result = launch(run, config.train)
-        trained[label] = load_model(Path(run.model_file))
+        trained[label] = load_model(run.model_file)
         record[label] = {
             key: result[key]
             for key in ("epochs_run", "best_epoch", "best_valid_metric", "seconds")
             if key in result
         }
-    context = ModelContext(item_counts=np.load(spec.item_counts_file), **spec.context)
+    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
     save_atomic(model_state(cls.from_pretrained(settings, context, trained)), init)
     spec.init_file = str(init)
     return record
@@ -147,7 +179,7 @@ def run_train(
                 protocols={},
             )
             for protocol in config.split.protocols:
-                spec = build_spec(config, ds, protocol, name, resume)
+                spec = build_spec(config, ds, protocol, name, resume, run.run_id)
                 started = time.perf_counter()
                 pretrained = pretrain(config, spec)
                 log.info(
@@ -157,7 +189,7 @@ def run_train(
                 result = launch(spec, config.train)
                 result["wall_seconds"] = round(time.perf_counter() - started, 3)
                 result["path"] = spec.model_file
-                result[SHA256] = file_digests(Path(spec.model_file).parent, [MODEL_FILE])
+                result[SHA256] = file_digests(as_location(spec.model_file).parent, [MODEL_FILE])
                 result["rows"] = sum(rows for _, rows in spec.shards)
                 if pretrained:
                     result["pretraining"] = pretrained

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
+from recpipe import storage
 from recpipe.errors import RecpipeError
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
+from recpipe.storage import Location, LocationLike, as_location
 
 
 class CheckpointError(RecpipeError, ValueError):
@@ -23,32 +25,35 @@ MODEL_FILE = "model.pt"  # the trained model: best weights (early stopping) or f
 LAST_FILE = "last.pt"  # full training state for --resume
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def save_atomic(state: dict[str, Any], location: LocationLike) -> None:
+    """Write a checkpoint in one step readers never see half done (any location)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(location, buffer.getvalue())
 
 
-def load_state(source: Path | BinaryIO) -> dict[str, Any]:
-    """Read a checkpoint as data: tensors, numbers, strings, lists and dicts only.
+def load_state(source: LocationLike | BinaryIO) -> dict[str, Any]:
+    """Read a checkpoint (a location or an open binary file) as data: tensors, numbers,
+    strings, lists and dicts only.
 
     ``weights_only=True`` refuses any other pickled object, so a planted ``model.pt`` cannot
     run code in the driver or on an executor; such a file is a :class:`CheckpointError`.
     """
-    target = source if hasattr(source, "read") else Path(source)
+    target: BinaryIO
+    if isinstance(source, (str, os.PathLike, Location)):
+        location = as_location(source)
+        target, name = io.BytesIO(storage.read_bytes(location)), str(location)
+    else:
+        target, name = source, getattr(source, "name", None) or str(source)
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        name = getattr(source, "name", None) or str(source)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "refused"
         raise CheckpointError(
             f"{name} is not a plain checkpoint (tensors and plain values only): {first}"
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{source} does not hold a checkpoint dict")
+        raise CheckpointError(f"{name} does not hold a checkpoint dict")
     return state
 
 
@@ -75,6 +80,6 @@ def build_model(state: dict[str, Any]) -> RecModel:
     return model.eval()
 
 
-def load_model(path: Path) -> RecModel:
-    """Rebuild the model saved at ``path``."""
-    return build_model(load_state(path))
+def load_model(location: LocationLike) -> RecModel:
+    """Rebuild the model saved at ``location``."""
+    return build_model(load_state(location))

@@ -6,7 +6,10 @@ hands a script calling the same entry point to ``pyspark.ml.torch.distributor.To
 (barrier tasks on executors, or processes on the driver with ``train.spark_local_mode``).
 ``horovod`` runs ``horovodrun -np N`` with the Python of the Horovod environment
 (``train.horovod_env``), whose ranks average gradients through ``hvd.DistributedOptimizer``.
-Rank 0 writes ``result.json``, which every launcher returns.
+Rank 0 writes ``result.json`` into the run's folder under ``paths.root`` (any location, through
+:mod:`recpipe.storage`), which every launcher returns. What the launching tools need as real
+files (the spec file, the per-rank script, logs, the children's temp folder) goes to the spec's
+``local_dir`` on this machine.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import recpipe
+from recpipe import storage
 from recpipe.config import TrainConfig
 from recpipe.errors import RecpipeError
 from recpipe.train.spec import TrainSpec
@@ -89,19 +93,21 @@ def failure_excerpt(log_text: str, tail: int = 15, limit: int = 40) -> str:
 
 
 def _read_result(spec: TrainSpec) -> dict[str, Any]:
-    if not spec.result_file.is_file():
-        raise LaunchError(f"training of {spec.model} ended without {spec.result_file}")
-    return json.loads(spec.result_file.read_text())
+    try:
+        text = storage.read_text(spec.result_file)
+    except FileNotFoundError:
+        raise LaunchError(f"training of {spec.model} ended without {spec.result_file}") from None
+    return dict(json.loads(text))
 
 
 def _run_logged(
     spec: TrainSpec, name: str, command: list[str], env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run a launcher command with its output in ``<run dir>/<name>.log``; rank 0's result."""
-    log_file = Path(spec.run_dir) / f"{name}.log"
+    """Run a launcher command with its output in ``<local dir>/<name>.log``; rank 0's result."""
+    log_file = Path(spec.local_dir) / f"{name}.log"
     # torchrun and horovodrun make temp folders of their own (torchelastic_*): keep them in
-    # the run folder, under paths.root, through the child's environment only.
-    scratch = Path(spec.run_dir) / "tmp"
+    # the launch's local folder, under paths.local, through the child's environment only.
+    scratch = Path(spec.local_dir) / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     child_env = {**(env if env is not None else os.environ), "TMPDIR": str(scratch)}
     log.info("launch: %s (log: %s)", " ".join(command), log_file)
@@ -118,9 +124,9 @@ def _run_logged(
 
 
 def _spec_file(spec: TrainSpec) -> Path:
-    """Clear any previous result and write the spec the ranks read."""
-    spec.result_file.unlink(missing_ok=True)
-    return spec.write(Path(spec.run_dir) / "spec.json")
+    """Clear any previous result and write the spec the ranks read (a local file)."""
+    storage.delete(spec.result_file)
+    return spec.write(Path(spec.local_dir) / "spec.json")
 
 
 def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
@@ -189,7 +195,7 @@ def _horovod(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
 # TorchDistributor runs a *function* by pickling it into ``tempfile.mkdtemp()`` (the system temp
 # folder; it takes no directory, only the process-global ``tempfile.tempdir``/``TMPDIR`` move it).
 # Handed a *script path* instead, it starts torchrun on the script and writes no file itself, so
-# the launcher writes this script into the run folder, beside the spec file it reads.
+# the launcher writes this script into the launch's local folder, beside the spec file it reads.
 _SPARK_RANK_SCRIPT = """\
 # Written by recpipe's spark launcher: TorchDistributor runs it under torchrun on every rank.
 import sys
@@ -204,7 +210,8 @@ if __name__ == "__main__":
 
 def _spark_rank_script(spec: TrainSpec) -> Path:
     """Write the per-rank script that TorchDistributor starts (see ``_SPARK_RANK_SCRIPT``)."""
-    script = Path(spec.run_dir) / "spark_rank.py"
+    script = Path(spec.local_dir) / "spark_rank.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(_SPARK_RANK_SCRIPT)
     return script
 

@@ -26,13 +26,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from recpipe import storage
 from recpipe.config import TrainConfig
 from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError
 from recpipe.data.batch import Batch
@@ -224,19 +224,18 @@ class Trainer:
         """The model from its config, with the pre-training weights when the spec names them."""
         cls = model_class(self.spec.model)
         config = cls.config_class.model_validate(self.spec.model_config)
-        counts = np.load(self.spec.item_counts_file)
-        context = ModelContext(item_counts=counts, **self.spec.context)
+        context = ModelContext(item_counts=self.spec.item_counts(), **self.spec.context)
         _seed_everything(self.settings.seed)  # same initial weights on every rank
         model = cls(config, context)
         if self.spec.init_file:
-            model.load_state_dict(load_state(Path(self.spec.init_file))["state_dict"])
+            model.load_state_dict(load_state(self.spec.init_file)["state_dict"])
         return model.to(ctx.device)
 
     def _restore(self, run: _Run) -> None:
         """With ``resume``, continue from ``last.pt``; otherwise drop a previous run's files."""
         spec, ctx = self.spec, run.ctx
         last_path = spec.checkpoint_dir / LAST_FILE
-        if spec.resume and last_path.is_file():
+        if spec.resume and storage.is_file(last_path):
             state = load_state(last_path)
             run.model.load_state_dict(state["state_dict"])
             run.optimizer.load_state_dict(state["optimizer"])
@@ -248,7 +247,7 @@ class Trainer:
         elif ctx.is_main:
             # A stale best.pt would otherwise be taken as this run's best model.
             for stale in (last_path, spec.checkpoint_dir / BEST_FILE):
-                stale.unlink(missing_ok=True)
+                storage.delete(stale)
 
     def _validator(self, ctx: DistContext) -> Validator | _Remote | None:
         """Rank 0's validator; other ranks get a placeholder flag through broadcasts."""
@@ -434,7 +433,7 @@ class Trainer:
     def _save_result(self, run: _Run, summary: dict[str, Any]) -> None:
         """Write the best validated weights (else the last ones) and the summary (rank 0)."""
         best_path = self.spec.checkpoint_dir / BEST_FILE
-        if isinstance(run.validator, Validator) and best_path.is_file():
+        if isinstance(run.validator, Validator) and storage.is_file(best_path):
             state = load_state(best_path)
             summary.update(
                 best_epoch=run.progress.best_epoch,
@@ -444,8 +443,8 @@ class Trainer:
         else:
             state = model_state(run.model)
         state["training"] = {k: v for k, v in summary.items() if k != "history"}
-        save_atomic(state, Path(self.spec.model_file))
-        self.spec.result_file.write_text(json.dumps(summary, indent=2))
+        save_atomic(state, self.spec.model_file)
+        storage.write_text(self.spec.result_file, json.dumps(summary, indent=2))
 
 
 def _parameter_digest(model: RecModel) -> str:
@@ -459,4 +458,8 @@ def _parameter_digest(model: RecModel) -> str:
 
 def train_from_spec(spec_json: str) -> dict[str, Any]:
     """Entry point for every launcher: train the run described by ``spec_json``."""
-    return Trainer(TrainSpec.from_json(spec_json)).run()
+    spec = TrainSpec.from_json(spec_json)
+    # A rank is a fresh process (torchrun, horovodrun, a Spark executor): it reaches state at
+    # URIs with the Hadoop settings the driver's config carried.
+    storage.configure(spec.storage)
+    return Trainer(spec).run()

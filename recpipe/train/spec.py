@@ -1,12 +1,27 @@
-"""A training run described as plain JSON, so every launcher hands the same thing to each rank."""
+"""A training run described as plain JSON, so every launcher hands the same thing to each rank.
+
+Two folders describe where a run's files go. ``run_dir`` is a :class:`~recpipe.storage.Location`
+under ``paths.root`` (a local path or any Hadoop URI): checkpoints, ``result.json`` and the model
+file, written and read through :mod:`recpipe.storage`. ``local_dir`` is a folder on the launching
+machine (under ``paths.local``): the spec file, the per-rank script, the launchers' logs and the
+child processes' temp folder, which local tools (torchrun, horovodrun, TorchDistributor) need
+as real files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from recpipe import storage
+from recpipe.storage import Location, LocationLike, as_location
 
 
 @dataclass
@@ -16,15 +31,19 @@ class TrainSpec:
     model: str
     model_config: dict[str, Any]
     context: dict[str, Any]  # ModelContext fields except item counts
-    item_counts_file: str  # .npy [n_items + 1], for log-Q correction and popularity statistics
-    shards: list[tuple[str, int]]  # (Parquet file, manifest row count)
+    item_counts_file: str  # location of an .npy [n_items + 1], for log-Q and popularity stats
+    shards: list[tuple[str, int]]  # (Parquet file location, manifest row count)
     settings: dict[str, Any]  # the `train` config section
-    run_dir: str  # checkpoints/, result.json
-    model_file: str  # where the trained model is written
+    run_dir: str  # location: checkpoints/, result.json (state, under paths.root)
+    model_file: str  # location the trained model is written to
+    local_dir: str  # this machine's folder: spec file, rank script, logs, child temp
     validation: dict[str, Any] | None = None  # {root, ds, protocol}: early stopping data
-    init_file: str | None = None  # checkpoint whose weights start the run (pre-training)
+    init_file: str | None = None  # checkpoint location whose weights start the run (pre-training)
     resume: bool = False
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
+    # Hadoop settings (spark.hadoop.* without the prefix) for the ranks' recpipe.storage: a rank
+    # is a fresh process that never loads the config, yet must resolve viewfs mounts and s3a keys.
+    storage: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Serialise for a spec file or a TorchDistributor argument."""
@@ -38,17 +57,38 @@ class TrainSpec:
         return cls(**data)
 
     def write(self, path: Path) -> Path:
-        """Write the spec to ``path`` and return it."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.to_json())
-        return Path(path)
+        """Write the spec to the local file ``path`` (for the launched processes) and return it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # ``storage`` may hold object store keys: the file is for this user's processes only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.to_json())
+        return path
+
+    def item_counts(self) -> np.ndarray:
+        """The item counts array :attr:`item_counts_file` holds."""
+        return load_array(self.item_counts_file)
 
     @property
-    def checkpoint_dir(self) -> Path:
+    def checkpoint_dir(self) -> Location:
         """Folder of ``last.pt`` and ``best.pt``."""
-        return Path(self.run_dir) / "checkpoints"
+        return as_location(self.run_dir) / "checkpoints"
 
     @property
-    def result_file(self) -> Path:
+    def result_file(self) -> Location:
         """Rank 0's summary of the run (read back by the launchers)."""
-        return Path(self.run_dir) / "result.json"
+        return as_location(self.run_dir) / "result.json"
+
+
+def save_array(location: LocationLike, array: np.ndarray) -> None:
+    """Write ``array`` as an ``.npy`` file at any location (atomically)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    storage.write_bytes(location, buffer.getvalue())
+
+
+def load_array(location: LocationLike) -> np.ndarray:
+    """Read an ``.npy`` file written by :func:`save_array` (never unpickled)."""
+    return np.load(io.BytesIO(storage.read_bytes(location)), allow_pickle=False)

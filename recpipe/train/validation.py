@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +32,7 @@ class Validator:
     Construction reads nothing; the splits are read on first use (:attr:`data`).
     """
 
-    root: str
+    root: str  # paths.root: a local path or a URI
     ds: str
     protocol: str
     metric: str = "ndcg"
@@ -43,11 +42,11 @@ class Validator:
     @cached_property
     def data(self) -> ValidData:
         """The train and valid splits, read once."""
-        train = load_split(Path(self.root), self.ds, self.protocol, "train")
+        train = load_split(self.root, self.ds, self.protocol, "train")
         try:
-            valid = load_split(Path(self.root), self.ds, self.protocol, "valid")
+            valid = load_split(self.root, self.ds, self.protocol, "valid")
         except MissingInputError:  # protocols configured without a valid part
-            valid = load_split(Path(self.root), self.ds, self.protocol, "train")
+            valid = load_split(self.root, self.ds, self.protocol, "train")
             valid.users, valid.items = valid.users[:0], valid.items[:0]
         return ValidData(
             train=train,
