@@ -120,7 +120,7 @@ def test_every_stage_committed_with_the_expected_counts(chain: dict) -> None:
 def test_jvm_free_readers_and_sql_see_the_committed_state(chain: dict) -> None:
     target = chain["target"]
     recs = json.loads(chain["outputs"]["recs"])
-    pointers = list((target / "warehouse").rglob("model=als/_CURRENT.json"))
+    pointers = list((target / "warehouse").rglob("recommendations/*/model=als/_CURRENT.json"))
     assert len(pointers) == 1
     pointer = json.loads(pointers[0].read_text())
     stored = pads.dataset(target / pointer["path"], format="parquet").to_table().to_pylist()
