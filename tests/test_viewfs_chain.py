@@ -99,6 +99,8 @@ def test_nothing_touched_a_local_path_made_of_the_uri(chain: dict) -> None:
                                                            "warehouse"}  # fmt: skip
     assert (chain["local"] / "metastore" / "derby.log").is_file()
     assert not (chain["local"] / "lake").exists()
+    # The committed training run removed its launcher files (spec, logs, child temp).
+    assert list((chain["local"] / "tmp" / "runs").glob("*")) == []
 
 
 def test_every_stage_committed_with_the_expected_counts(chain: dict) -> None:

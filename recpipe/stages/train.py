@@ -33,7 +33,7 @@ from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
-from recpipe.storage import as_location, hadoop_settings
+from recpipe.storage import Location, as_location, hadoop_settings
 from recpipe.tables import split_item_counts
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
@@ -196,6 +196,8 @@ def run_train(
                 run.record["protocols"][protocol] = result
             run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
             run.record["rows_out"] = len(run.record["protocols"])
+        # A committed run needs its launcher files no more; a failed run's stay for its logs.
+        storage.remove_tree(Location(launcher_run_dir(config.local_root, name, ds, run.run_id)))
         manifests.append(run.manifest)
     evaluations: list[Evaluation] = []
     if evaluate and spark is not None:  # checked above: evaluate implies a session
