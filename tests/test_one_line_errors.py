@@ -72,3 +72,26 @@ def test_file_system_errors_read_reason_then_path(tmp_path: Path) -> None:
         assert "\n" not in line
         assert line.startswith(("Not a directory: ", "No such file or directory: ")), line
         assert line.endswith(("/a-file", "/a-file/x", "/missing")), line
+
+
+def test_unreachable_metastore_fails_before_anything_is_written(tmp_path: Path) -> None:
+    """A Hive metastore URI nobody answers: one recpipe line naming the settings, a non-zero
+    exit, and no lake version, manifest or attempt left behind."""
+    import subprocess
+    import sys
+
+    raw = write_jsonl(tmp_path / "e.jsonl", [{"user_id": "u1", "item_id": "i1",
+                                              "event_type": "view", "ts": f"{DS}T10:00:00Z"}])
+    root = tmp_path / "root"
+    settings = [f"paths.root={root}", f"paths.raw_events={raw}", "spark.master=local[1]",
+                "spark.log_level=ERROR",
+                'spark.conf={spark.hadoop.hive.metastore.uris: "thrift://127.0.0.1:9"}']
+    args = [sys.executable, "-m", "recpipe", "clean", "--ds", DS,
+            *(a for s in settings for a in ("--set", s))]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("recpipe clean: the metastore (spark.sql.catalogImplementation=hive,")
+    assert "hive.metastore.uris" in last and "Traceback" not in done.stderr
+    assert not (root / "lake").exists() and not (root / "manifests" / "clean").exists()
