@@ -98,6 +98,9 @@ class SparkConfig(_Section):
     hive: bool = True
     ui: bool = False
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    # Executors' Python environment archive (make dist: dist/recpipe-env.tar.gz), at a path or
+    # URI: shipped with spark.archives, executors run its bin/python (cluster masters only).
+    python_env: str | None = None
     conf: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("master")
@@ -281,6 +284,12 @@ class TrainConfig(_Section):
     launcher: Literal["local", "torchrun", "spark", "horovod"] = "local"
     processes: int = Field(1, ge=1)
     spark_local_mode: bool = True
+    # torchrun across machines: nodes in the job, this node's rank, the c10d rendezvous
+    # (host:port, reachable from every node) and its id. One node: --standalone.
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "recpipe"
     # Parquet reader feeding the loop: arrow (any environment) or petastorm (the Horovod
     # environment only: Petastorm needs pyarrow < 15).
     loader: Literal["arrow", "petastorm"] = "arrow"
@@ -292,6 +301,8 @@ class TrainConfig(_Section):
     horovod_env: str | None = None
     # horovodrun -H (e.g. "node1:4,node2:4"); null: localhost with `processes` slots.
     horovod_hosts: str | None = None
+    # horovodrun's controller and collectives: gloo (no MPI needed) or mpi (an MPI install).
+    horovod_transport: Literal["gloo", "mpi"] = "gloo"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     num_workers: int = Field(0, ge=0)
@@ -303,6 +314,16 @@ class TrainConfig(_Section):
     max_epochs: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+
+    @model_validator(mode="after")
+    def _rendezvous_for_several_nodes(self) -> TrainConfig:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("rdzv_endpoint (host:port) is required when nnodes > 1")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below nnodes {self.nnodes}")
+        if self.rdzv_endpoint and not re.fullmatch(r"[^\s:]+:\d+", self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port")
+        return self
 
 
 class WarehouseConfig(_Section):

@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
+from recpipe.executor_env import ALIAS, EXECUTOR_PYTHON, check_archive
 from recpipe.layout import jvm_tmp_dir, metastore_dir, spark_local_dir, warehouse_dir
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,41 @@ def check_master_reachable(master: str, source: str, timeout: float = 5.0) -> No
     )
 
 
+def _archive_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def ship_executor_environment(
+    config: Config, conf: dict[str, str], given: Mapping[str, str] | None, master: str
+) -> None:
+    """Check every archive the session will ship; add ``spark.python_env`` to them.
+
+    A missing or corrupt archive fails here in one line naming its key, before Spark starts
+    (Spark itself would fail on every executor with a stack trace). On a cluster master the
+    executors then run the archive's ``bin/python`` (``PYSPARK_PYTHON``, read by pyspark when
+    the context starts); the driver keeps its own interpreter. Local masters run no executors:
+    the archive is checked but not shipped.
+    """
+    launcher_archives = _archive_list((given or {}).get("spark.archives"))
+    for spec in launcher_archives:
+        check_archive(spec, "spark-submit --archives (spark.archives)")
+    config_archives = _archive_list(conf.get("spark.archives"))
+    for spec in config_archives:
+        check_archive(spec, "spark.conf.spark.archives")
+    env = config.spark.python_env
+    if env is None:
+        return
+    env_path = env.partition("#")[0]
+    check_archive(env_path, "spark.python_env")
+    if master.startswith("local"):
+        log.info("spark.python_env: master %s runs no executors; archive not shipped", master)
+        return
+    shipped = f"{storage.as_location(env_path).uri}#{ALIAS}"
+    conf["spark.archives"] = ",".join([*launcher_archives, *config_archives, shipped])
+    os.environ["PYSPARK_PYTHON"] = EXECUTOR_PYTHON
+    log.info("executors run %s from %s", EXECUTOR_PYTHON, shipped)
+
+
 def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> SparkSession:
     """Return the active session, or build one: from ``config`` alone, or on a launcher's JVM.
 
@@ -216,6 +252,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
     else:
         master, source = conf["spark.master"], "spark.master"
     check_master_reachable(master, source)
+    ship_executor_environment(config, conf, given, master)
     if launched:
         _keep_derby_log_under_root(config, conf)
     else:

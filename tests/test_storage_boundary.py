@@ -30,11 +30,11 @@ NOT_PATHS = {"storage", "self", "lake", "catalog", "os"}
 LOCAL_ONLY = {
     "config.py": "reads the YAML config files the user names",
     "spark.py": "creates paths.local folders: Spark local dirs, JVM temp, embedded Derby",
+    "executor_env.py": "builds the executors' virtualenv and archive in a local dist folder",
     "locks.py": "reads /proc/<pid>/stat to tell a dead lock holder",
     "datasets/movielens.py": "pip's download folder under paths.local; the user's source_file",
     "train/launchers.py": "the launcher run folder under paths.local: logs, rank script, temp",
     "train/spec.py": "writes the spec file into the launcher run folder (mode 0600)",
-    "train/worker.py": "reads the spec file it is given",
 }
 
 

@@ -14,6 +14,8 @@ files (the spec file, the per-rank script, logs, the children's temp folder) goe
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -22,6 +24,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ import recpipe
 from recpipe import storage
 from recpipe.config import TrainConfig
 from recpipe.errors import RecpipeError
+from recpipe.storage import as_location
 from recpipe.train.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -55,17 +60,30 @@ def launch(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
 
         return train_from_spec(spec.to_json())
     if settings.launcher == "torchrun":
-        return _torchrun(spec, settings.processes)
+        return _torchrun(spec, settings)
     if settings.launcher == "spark":
         return _spark(spec, settings)
     raise ValueError(f"train.launcher: unknown launcher {settings.launcher!r}")
 
 
-def torchrun_command(spec_file: Path, processes: int) -> list[str]:
-    """The torchrun command line (single node, rendezvous on a free local port)."""
+def torchrun_command(spec_file: str | Path, settings: TrainConfig) -> list[str]:
+    """The torchrun command line of this node.
+
+    One node: ``--standalone`` (rendezvous on a free local port). Several nodes: a c10d
+    rendezvous at ``train.rdzv_endpoint`` that every node's torchrun joins with its own
+    ``--node-rank``; ``spec_file`` is then a location every node can read.
+    """
+    if settings.nnodes == 1:
+        rendezvous = ["--standalone"]
+    else:
+        rendezvous = [
+            f"--nnodes={settings.nnodes}", f"--node-rank={settings.node_rank}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={settings.rdzv_endpoint}",
+            f"--rdzv-id={settings.rdzv_id}",
+        ]  # fmt: skip
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={processes}", "-m", "recpipe.train.worker", str(spec_file),
+        sys.executable, "-m", "torch.distributed.run", *rendezvous,
+        f"--nproc-per-node={settings.processes}", "-m", "recpipe.train.worker", str(spec_file),
     ]  # fmt: skip
 
 
@@ -129,8 +147,32 @@ def _spec_file(spec: TrainSpec) -> Path:
     return spec.write(Path(spec.local_dir) / "spec.json")
 
 
-def _torchrun(spec: TrainSpec, processes: int) -> dict[str, Any]:
-    return _run_logged(spec, "torchrun", torchrun_command(_spec_file(spec), processes))
+def _torchrun(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
+    spec_file: str | Path = _spec_file(spec)
+    if settings.nnodes > 1:
+        # The other nodes read the spec from state (they share no disk with this one).
+        spec_file = shared_spec(spec)
+        others = torchrun_command(spec_file, settings.model_copy(update={"node_rank": 1}))
+        log.info(
+            "torchrun: waiting for %d more node(s) at %s; on node k run: %s",
+            settings.nnodes - 1, settings.rdzv_endpoint,
+            " ".join(others).replace("--node-rank=1", "--node-rank=<k>"),
+        )  # fmt: skip
+    return _run_logged(spec, "torchrun", torchrun_command(spec_file, settings))
+
+
+# Hadoop settings never written to state: credentials come from each node's own environment.
+_SECRET = re.compile(r"secret|password|token|access\.key|credential", re.IGNORECASE)
+
+
+def shared_spec(spec: TrainSpec) -> str:
+    """Write the spec beside the run's state (credentials left out); return its location."""
+    public = dataclasses.replace(
+        spec, storage={k: v for k, v in spec.storage.items() if not _SECRET.search(k)}
+    )
+    location = as_location(spec.run_dir) / "spec.json"
+    storage.write_text(location, public.to_json())
+    return str(location)
 
 
 def horovod_command(spec_file: Path, settings: TrainConfig) -> tuple[list[str], dict[str, str]]:
@@ -162,7 +204,8 @@ def horovod_command(spec_file: Path, settings: TrainConfig) -> tuple[list[str], 
     hosts = settings.horovod_hosts or f"localhost:{settings.processes}"
     command = [
         # A loaded machine can take more than the default 30 s to start the ranks.
-        str(horovodrun), "-np", str(settings.processes), "-H", hosts, "--gloo",
+        str(horovodrun), "-np", str(settings.processes), "-H", hosts,
+        f"--{settings.horovod_transport}",
         "--start-timeout", "120",
         str(python), "-m", "recpipe.train.worker", str(spec_file),
     ]  # fmt: skip
@@ -192,41 +235,42 @@ def _horovod(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
     return _run_logged(spec, "horovodrun", command, env)
 
 
-# TorchDistributor runs a *function* by pickling it into ``tempfile.mkdtemp()`` (the system temp
-# folder; it takes no directory, only the process-global ``tempfile.tempdir``/``TMPDIR`` move it).
-# Handed a *script path* instead, it starts torchrun on the script and writes no file itself, so
-# the launcher writes this script into the launch's local folder, beside the spec file it reads.
-_SPARK_RANK_SCRIPT = """\
-# Written by recpipe's spark launcher: TorchDistributor runs it under torchrun on every rank.
-import sys
-from pathlib import Path
+@contextlib.contextmanager
+def _temp_folder(folder: Path) -> Iterator[None]:
+    """Point Python's temp folder (``tempfile.tempdir``) at ``folder`` for the duration.
 
-from recpipe.train.loop import train_from_spec
-
-if __name__ == "__main__":
-    train_from_spec(Path(sys.argv[1]).read_text())
-"""
-
-
-def _spark_rank_script(spec: TrainSpec) -> Path:
-    """Write the per-rank script that TorchDistributor starts (see ``_SPARK_RANK_SCRIPT``)."""
-    script = Path(spec.local_dir) / "spark_rank.py"
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(_SPARK_RANK_SCRIPT)
-    return script
+    TorchDistributor pickles the training function and its result into ``tempfile.mkdtemp()``
+    and takes no folder argument; on the driver (``local_mode``) that would be the system temp
+    folder instead of the launch's folder under ``paths.local``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
+    """Train under TorchDistributor: the spec travels as the function's argument.
+
+    Ranks need no file from this machine (executors have their own disks): the function
+    (``train_from_spec``, pickled by reference: executors import recpipe from their environment)
+    and the spec JSON go with the barrier tasks, and rank 0's summary comes back as the value
+    ``TorchDistributor.run`` returns.
+    """
     from pyspark.ml.torch.distributor import TorchDistributor
     from pyspark.sql import SparkSession
+
+    from recpipe.train.loop import train_from_spec
 
     if SparkSession.getActiveSession() is None:
         raise LaunchError(
             "train.launcher=spark needs a SparkSession: run through `recpipe train` or "
             "spark-submit jobs/train.py, or build one with recpipe.spark.get_spark first"
         )
-    spec_file = _spec_file(spec)
-    script = _spark_rank_script(spec)
+    storage.delete(spec.result_file)
     use_gpu = settings.device == "cuda"
     distributor = TorchDistributor(
         num_processes=settings.processes, local_mode=settings.spark_local_mode, use_gpu=use_gpu
@@ -235,5 +279,10 @@ def _spark(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
         "launch: TorchDistributor(num_processes=%d, local_mode=%s, use_gpu=%s)",
         settings.processes, settings.spark_local_mode, use_gpu,
     )  # fmt: skip
-    distributor.run(str(script), str(spec_file))
-    return _read_result(spec)
+    with _temp_folder(Path(spec.local_dir) / "tmp"):
+        summary = distributor.run(train_from_spec, spec.to_json())
+    if not isinstance(summary, dict):
+        raise LaunchError(
+            f"TorchDistributor returned no summary for {spec.model} (got {type(summary).__name__})"
+        )
+    return summary

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -426,6 +427,9 @@ class Trainer:
             "history": progress.history,
             "model_config": run.model.config.model_dump(mode="json"),
         }
+        # Where the ranks ran and with which interpreter: evidence of an executor environment.
+        here = f"{socket.gethostname()} {sys.executable}"
+        summary["ranks"] = self.comm.gather_strings(here) if ctx.distributed else [here]
         if ctx.distributed:
             summary["replica_checksums"] = self.comm.gather_strings(_parameter_digest(run.model))
         return summary
