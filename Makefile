@@ -50,10 +50,15 @@ test: lint airflow-venv legacy-venv
 	$(MAKE) test-airflow
 	$(MAKE) test-legacy
 
-# The package as a zip for spark-submit --py-files on a cluster (RECPIPE_PY_FILES).
+# For a cluster: the package as a zip for spark-submit --py-files (RECPIPE_PY_FILES), and the
+# executors' Python environment (recpipe + dependencies + torch, no pyspark) packed with
+# venv-pack for spark.archives (RECPIPE_ENV_ARCHIVE, spark.python_env), with its .sha256.
+DIST_EXTRAS ?= train
 dist: venv
 	mkdir -p dist && rm -f dist/recpipe.zip
 	$(BIN)/python -m zipfile -c dist/recpipe.zip recpipe
+	$(BIN)/python -m recpipe.executor_env dist/recpipe-env.tar.gz --source . \
+		--extras '$(DIST_EXTRAS)' --constraints $(CONSTRAINTS)
 
 # The DAG's tests run in the Airflow environment (real DagBag, dag.test() with spark-submit).
 test-airflow: venv airflow-venv

@@ -36,9 +36,17 @@ SPARK_SUBMIT = os.environ.get("RECPIPE_SPARK_SUBMIT") or (
     if (HOME / ".venv" / "bin" / "spark-submit").exists()
     else shutil.which("spark-submit") or "spark-submit"
 )
-# The interpreter of the main environment: spark-submit locates Spark through it, and the
-# driver and Python workers must import recpipe, torch and full pyspark from it.
+# The driver's interpreter, of the main environment: it must import recpipe, torch and full
+# pyspark (spark-submit runs the job script with it).
 PYTHON = os.environ.get("RECPIPE_PYTHON") or str(Path(SPARK_SUBMIT).parent / "python")
+# The executors' environment: an archive from `make dist` (dist/recpipe-env.tar.gz, a path or
+# URI every node can fetch) that spark-submit ships with --archives ARCHIVE#environment; its
+# executors then run ./environment/bin/python. Without an archive, executors run
+# RECPIPE_EXECUTOR_PYTHON (default: the driver's interpreter, for machines sharing one install).
+ENV_ARCHIVE = os.environ.get("RECPIPE_ENV_ARCHIVE") or None
+EXECUTOR_PYTHON = os.environ.get("RECPIPE_EXECUTOR_PYTHON") or (
+    "./environment/bin/python" if ENV_ARCHIVE else PYTHON
+)
 # Under spark-submit recpipe takes master, deploy mode and resources from the launcher (the
 # Spark connection below), never from these files: local.yaml's local[*] does not apply here.
 CONF_FILES = os.environ.get(
@@ -92,6 +100,8 @@ clean → vocab → sessionize → split → (train_baselines, export) → train
   (its host is the master, e.g. `local[2]` or `yarn`; the config files never override the
   master or resources under spark-submit, and each manifest records `spark_master`); training
   `{TRAIN_COMMAND or "under spark-submit with the spark launcher (TorchDistributor)"}`.
+* **Python**: the driver runs `{PYTHON}`; executors run `{EXECUTOR_PYTHON}`{
+    f" from the archive `{ENV_ARCHIVE}` (shipped with `--archives`)" if ENV_ARCHIVE else ""}.
 * **What a run did**: `<paths.root>/manifests/<stage>/ds=<ds>.json`.
 """
 
@@ -142,8 +152,9 @@ def stage(task_id: str, job: str, *extra: str, timeout: timedelta) -> SparkSubmi
         py_files=PY_FILES,
         files=",".join(CONF_FILES) if DEPLOY_MODE == "cluster" else None,
         name=f"recpipe-{task_id}-{{{{ ds }}}}",
+        archives=f"{ENV_ARCHIVE}#environment" if ENV_ARCHIVE else None,
         conf={"spark.ui.enabled": "false"},
-        env_vars={"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
+        env_vars={"PYSPARK_PYTHON": EXECUTOR_PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
         execution_timeout=timeout,
     )
 

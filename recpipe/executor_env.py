@@ -134,6 +134,7 @@ def build(
     constraints: Path | None = None,
     python: str = sys.executable,
     workdir: Path | None = None,
+    compress_level: int = 4,
 ) -> Path:
     """Build the executors' environment archive at ``output`` and its ``.sha256``; return it.
 
@@ -162,7 +163,7 @@ def build(
     venv_pack = Path(sys.executable).with_name("venv-pack")
     subprocess.run(
         [str(venv_pack) if venv_pack.exists() else "venv-pack", "-p", str(env_dir),
-         "-o", str(partial), "-q", "--force"],
+         "-o", str(partial), "-q", "--force", "--compress-level", str(compress_level)],
         check=True,
     )  # fmt: skip
     digest = sha256_of(str(partial))

@@ -15,6 +15,7 @@ in ``<root>/manifests/_catalog/<database>.json``.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -172,10 +173,24 @@ def check_metastore(config: Config) -> None:
             ensure_database(spark, config)
         except Exception as exc:  # py4j/AnalysisException: one line, naming the settings
             raise MetastoreError(
-                f"the metastore (spark.sql.catalogImplementation=hive, "
-                f"spark.hadoop.hive.metastore.uris / javax.jdo.option.ConnectionURL) cannot "
-                f"create or open database {config.warehouse.database}: {java_error_line(exc)}"
+                f"the metastore (spark.sql.catalogImplementation=hive, {_metastore_setting(spark)})"
+                f" cannot create or open database {config.warehouse.database}: "
+                f"{java_error_line(exc)}"
             ) from None
+
+
+_PASSWORD = re.compile(r"(?i)(password=)[^;&]*")
+
+
+def _metastore_setting(spark: SparkSession) -> str:
+    """The setting that names the metastore, as ``key=value`` (passwords in a URL masked)."""
+    conf = spark.sparkContext.getConf()
+    for key in ("spark.hadoop.hive.metastore.uris", "spark.hadoop.javax.jdo.option.ConnectionURL"):
+        value = conf.get(key, None)
+        if value:
+            masked = _PASSWORD.sub(r"\g<1>***", value)
+            return f"{key}={masked}"
+    return "spark.hadoop.hive.metastore.uris / javax.jdo.option.ConnectionURL"
 
 
 def register_commit(config: Config, stage: str) -> dict[str, int]:

@@ -1,5 +1,9 @@
 """A real Spark standalone cluster on loopback: one master and N workers from the installed pyspark.
 
+Each worker has private disks: its own work folder (executor working directories, where
+``spark.archives`` are unpacked), local dirs (``SPARK_LOCAL_DIRS``: shuffle and block files) and
+temp folder; only the state root the test names is shared, as a cluster's HDFS would be.
+
 The pyspark wheel has no ``sbin/start-master.sh``; the daemons start with ``bin/spark-class``.
 Each daemon runs in its own process group (its executors are its children), and
 :meth:`StandaloneCluster.stop` ends every group by PID, escalating to SIGKILL.
@@ -51,12 +55,19 @@ class StandaloneCluster:
         return f"spark://127.0.0.1:{self.port}"
 
     def _env(self, name: str) -> dict[str, str]:
+        # Private disks: each daemon (and the executors a worker forks, and their Python
+        # workers) keeps scratch, shuffle and temp files in its own folder, as separate
+        # machines would.
         tmp = self.work / name / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        local = self.work / name / "local"
+        local.mkdir(parents=True, exist_ok=True)
         return {
             **os.environ,
             "SPARK_HOME": str(SPARK_HOME),
             "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOCAL_DIRS": str(local),
+            "TMPDIR": str(tmp),
             "SPARK_LOG_DIR": str(self.work / name / "logs"),
             "SPARK_WORKER_DIR": str(self.work / name / "work"),
             # Daemons and the executors they fork keep scratch files in the cluster's folder.

@@ -5,21 +5,35 @@ script with the default config files, whose ``local.yaml`` asks for ``local[*]``
 must win. The same data then runs locally through the ``recpipe`` CLI and every stage's row
 counts must agree. Evidence that the work ran on the cluster comes from outside recpipe: the
 master's JSON status page (finished applications) and the workers' executor folders.
+
+The workers have private disks (see ``spark_cluster``). A deep model then trains on the
+executors (spark launcher, ``local_mode=false``) in the Python of an environment archive built
+here with ``make dist``'s builder and shipped with ``spark.python_env``: the ranks report their
+interpreter from inside their barrier tasks, and it must be the unpacked archive's in each
+worker's own folder, not this environment's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 from spark_cluster import StandaloneCluster
+
+from recpipe.cli import main as recpipe_main
+from recpipe.executor_env import build as build_executor_env
+from recpipe.train.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,8 +111,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneClus
 
 
 @pytest.fixture(scope="module")
-def runs(cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The chain on the cluster (9 spark-submits) and the same data locally (recpipe CLI)."""
+def runs(
+    cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory, spark: SparkSession
+) -> dict:
+    """The chain on the cluster (9 spark-submits) and the same data locally (the recpipe CLI
+    in this process, on the test session's local Spark)."""
     work = tmp_path_factory.mktemp("chain")
     raw = work / "landing" / "events.jsonl"
     raw.parent.mkdir()
@@ -112,10 +129,10 @@ def runs(cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory) -
         _run([*submit, script, *_settings(work / "cluster", raw), *extra], work)
     seconds["cluster"] = time.perf_counter() - started
     started = time.perf_counter()
-    local = [str(BIN / "recpipe")]
+    assert spark.sparkContext.master.startswith("local")
     for command in (["etl"], ["train-baseline"], ["export"], ["evaluate"],
                     ["score", "--model", "als"], ["publish"]):  # fmt: skip
-        _run([*local, *command, *_settings(work / "local", raw)], work)
+        assert recpipe_main([*command, *_settings(work / "local", raw)]) == 0, command
     seconds["local"] = time.perf_counter() - started
     print(f"\nchain wall time: cluster {seconds['cluster']:.0f}s, local {seconds['local']:.0f}s")
     return {"work": work, "seconds": seconds}
@@ -152,3 +169,74 @@ def test_cluster_row_counts_equal_the_local_run(runs: dict) -> None:
     assert published["published_model"] == "als" and published["rows_out"] == 30 * 5
     local_manifest = _manifest(runs["work"] / "local", "clean")
     assert local_manifest["spark_master"].startswith("local")
+
+
+@pytest.fixture(scope="module")
+def executor_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The executors' environment archive, built as ``make dist`` builds it (with torch)."""
+    out = tmp_path_factory.mktemp("dist") / "recpipe-env.tar.gz"
+    started = time.perf_counter()
+    build_executor_env(out, source=REPO, extras=["train"],
+                       constraints=REPO / "requirements" / "constraints.txt",
+                       compress_level=1)  # fmt: skip
+    print(f"\nexecutor archive: {out.stat().st_size / 2**20:.0f} MiB in "
+          f"{time.perf_counter() - started:.0f}s")  # fmt: skip
+    return out
+
+
+def test_the_archive_holds_recpipe_and_torch_but_not_pyspark(executor_archive: Path) -> None:
+    digest = hashlib.sha256(executor_archive.read_bytes()).hexdigest()
+    sidecar = executor_archive.with_name(executor_archive.name + ".sha256").read_text()
+    assert sidecar.split()[0] == digest
+    with tarfile.open(executor_archive) as tar:
+        tops = {re.sub(r"^\./", "", n).split("/")[3] for n in tar.getnames()
+                if re.match(r"(\./)?lib/python3\.\d+/site-packages/[^/]+", n)}  # fmt: skip
+    assert {"recpipe", "torch", "numpy", "pyarrow", "pandas"} <= tops
+    assert "pyspark" not in tops and "py4j" not in tops
+
+
+@pytest.fixture(scope="module")
+def trained(cluster: StandaloneCluster, runs: dict, executor_archive: Path) -> dict:
+    """bpr_mf trained on the executors (2 barrier tasks) from the chain's export."""
+    work, root = runs["work"], runs["work"] / "cluster"
+    overrides = ["train.models=[bpr_mf]", "train.launcher=spark", "train.spark_local_mode=false",
+                 "train.processes=2", "train.max_epochs=1", "train.torch_threads=1",
+                 f"spark.python_env={executor_archive}"]  # fmt: skip
+    settings = _settings(root, work / "landing" / "events.jsonl")
+    started = time.perf_counter()
+    _run([str(BIN / "spark-submit"), "--master", cluster.master_url,
+          "--conf", "spark.executor.memory=768m", str(REPO / "jobs" / "train.py"),
+          *settings, *(a for o in overrides for a in ("--set", o)), "--no-evaluate"], work)
+    print(f"\ntraining on the executors: {time.perf_counter() - started:.0f}s")
+    return _manifest(root, "train-bpr_mf")
+
+
+def test_ranks_ran_on_both_workers_in_the_shipped_python(
+    cluster: StandaloneCluster, trained: dict
+) -> None:
+    assert trained["status"] == "ok" and trained["spark_master"] == cluster.master_url
+    result = trained["protocols"]["random_by_user"]
+    assert result["world_size"] == 2 and result["collectives"] == "torch.distributed"
+    pythons = [rank.split(" ", 1)[1] for rank in result["ranks"]]
+    assert sys.executable not in pythons
+    # <worker>/work/<app id>/<executor id>/environment/bin/python: unpacked by each worker.
+    pattern = re.compile(
+        rf"{re.escape(str(cluster.work))}/(worker\d)/work/app-[\w-]+/\d+/environment/bin/python"
+    )
+    workers = {match.group(1) for p in pythons if (match := pattern.fullmatch(p))}
+    assert workers == {"worker0", "worker1"}, pythons
+    assert len(set(result["replica_checksums"])) == 1  # DDP kept the replicas identical
+
+
+def test_the_model_lands_under_the_root_and_the_driver_reads_it_back(
+    runs: dict, trained: dict
+) -> None:
+    result = trained["protocols"]["random_by_user"]
+    model_file = Path(result["path"])
+    assert model_file.is_relative_to(runs["work"] / "cluster")
+    expected = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert expected in json.dumps(result["sha256"])
+    model = load_model(str(model_file))
+    assert type(model).__name__.lower().startswith("bpr")
+    # Nothing of the launch stayed on the driver's local folder after the commit.
+    assert not list((runs["work"] / "cluster").glob("tmp/runs/*/*/*/spec.json"))

@@ -111,6 +111,45 @@ def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(
     assert load_model(Path(spec.model_file)).name == "bpr_mf"
 
 
+def test_torchrun_across_two_nodes_meets_at_the_configured_rendezvous(root) -> None:
+    """Two torchrun agents, as on two machines: node 0 is recpipe's launcher, node 1 runs the
+    command it logs, reading the spec from the run's state (not from node 0's local folder);
+    they meet at a c10d rendezvous on a fixed host:port and train one 2-rank DDP job."""
+    import subprocess
+    import threading
+    import time
+
+    from spark_cluster import free_port
+
+    from recpipe.train.launchers import torchrun_command
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    spec, config = _spec(
+        root, "bpr_mf", "train.launcher=torchrun", "train.processes=1", "train.nnodes=2",
+        f"train.rdzv_endpoint={endpoint}", "train.max_epochs=1", "train.rdzv_id=two-nodes",
+    )  # fmt: skip
+    shared = Path(spec.run_dir) / "spec.json"
+    shared.unlink(missing_ok=True)
+    outcome: dict = {}
+    node0 = threading.Thread(target=lambda: outcome.update(result=launch(spec, config.train)))
+    node0.start()
+    deadline = time.monotonic() + 120
+    while not shared.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert shared.exists(), "node 0 never published the spec for the other nodes"
+    node1_settings = config.train.model_copy(update={"node_rank": 1})
+    command = torchrun_command(str(shared), node1_settings)
+    assert "--node-rank=1" in command and f"--rdzv-endpoint={endpoint}" in command
+    node1 = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                           cwd=Path(spec.local_dir).parent)  # fmt: skip
+    node0.join(timeout=600)
+    assert node1.returncode == 0, node1.stderr[-3000:]
+    result = outcome["result"]
+    assert result["world_size"] == 2
+    assert result["replica_checksums"][0] == result["replica_checksums"][1]
+    assert load_model(Path(spec.model_file)).name == "bpr_mf"
+
+
 def test_spark_launcher_trains_on_local_spark(spark, root, tmp_path, monkeypatch) -> None:
     spec, config = _spec(
         root, "two_tower", "train.launcher=spark", "train.processes=2", "train.max_epochs=1"

@@ -214,3 +214,30 @@ print(json.dumps([task.files, module["stage_args"]("2026-11-22", params)]))
     files, args = json.loads(done.stdout.strip().splitlines()[-1])
     assert files == "/etc/recpipe/base.yaml,/etc/recpipe/cluster.yaml"
     assert args[:6] == ["--ds", "2026-11-22", "--conf", "base.yaml", "--conf", "cluster.yaml"]
+
+
+def test_executors_get_the_shipped_environment_and_the_driver_its_own_python() -> None:
+    """RECPIPE_ENV_ARCHIVE ships the executors' environment with --archives; the driver keeps
+    RECPIPE_PYTHON. The spark-submit command line is built by the provider's own hook."""
+    code = """
+import json, os, sys
+os.environ["RECPIPE_ENV_ARCHIVE"] = "hdfs://nn/recpipe/recpipe-env.tar.gz"
+os.environ["RECPIPE_PYTHON"] = "/opt/recpipe/.venv/bin/python"
+import runpy
+module = runpy.run_path(sys.argv[1])
+task = module["dag"].get_task("clean")
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+hook = SparkSubmitHook(conn_id="spark_default", archives=task._archives,
+                       env_vars=task.env_vars)
+print(json.dumps([hook._build_spark_submit_command(task.application), task.env_vars]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "airflow_dags" / "recpipe_daily.py")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    command, env = json.loads(done.stdout.strip().splitlines()[-1])
+    at = command.index("--archives")
+    assert command[at + 1] == "hdfs://nn/recpipe/recpipe-env.tar.gz#environment"
+    assert env == {"PYSPARK_PYTHON": "./environment/bin/python",
+                   "PYSPARK_DRIVER_PYTHON": "/opt/recpipe/.venv/bin/python"}  # fmt: skip
