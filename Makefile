@@ -16,7 +16,7 @@ AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark=
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
+.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,19 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy recpipe
 
-test: lint airflow-venv legacy-venv
+# Debian packages of the services the tests start themselves: PostgreSQL (the shared Hive
+# metastore) and its JDBC driver. Installed only when missing (as root, else through sudo).
+DEBIAN_TEST_PACKAGES := postgresql libpostgresql-jdbc-java
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+debian-deps:
+	@if [ -f /usr/share/java/postgresql.jar ] && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; \
+	then echo "debian-deps: $(DEBIAN_TEST_PACKAGES) present"; \
+	else export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_TEST_PACKAGES) || \
+	  { $(SUDO) apt-get update -q && \
+	    $(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_TEST_PACKAGES); }; fi
+
+test: lint airflow-venv legacy-venv debian-deps
 	RECPIPE_LEGACY_ENV=$(abspath $(LEGACY_VENV)) $(BIN)/python -m pytest -q -ra
 	$(MAKE) test-airflow
 	$(MAKE) test-legacy
