@@ -163,3 +163,44 @@ def train_events() -> list[dict]:
             rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view",
                          "ts": f"{TRAIN_DS}T{k // 60:02d}:{k % 60:02d}:{user:02d}Z"})  # fmt: skip
     return rows
+
+
+def train_at_location(root: Any, hadoop: dict[str, str], local: Path) -> tuple[Any, dict]:
+    """bpr_mf under torchrun (2 ranks, 1 epoch) with every state file at ``root`` (a
+    :class:`~recpipe.storage.Location`): two hand-made sample shards, item counts, checkpoints,
+    model and result; ``hadoop`` reaches ``root``; launcher files go to ``local``."""
+    import numpy as np
+
+    from recpipe import storage
+    from recpipe.config import TrainConfig
+    from recpipe.models import model_class
+    from recpipe.train.launchers import launch
+    from recpipe.train.spec import TrainSpec, save_array
+
+    storage.configure(hadoop)
+    shards = []
+    for part in range(2):
+        rows = 64
+        users = np.arange(rows, dtype=np.int32) % 10 + 1
+        items = (np.arange(rows, dtype=np.int32) + part) % TRAIN_N_ITEMS + 1
+        negatives = pa.array([[(int(i) % TRAIN_N_ITEMS) + 1, 1] for i in items + 7],
+                             pa.list_(pa.int32()))  # fmt: skip
+        table = pa.table({"user_idx": users, "item_idx": items, "negatives": negatives})
+        shard = root / "lake" / "samples" / f"part-{part}.parquet"
+        filesystem, path = storage.arrow_path(shard)
+        filesystem.create_dir(path.rsplit("/", 1)[0])
+        pq.write_table(table, path, filesystem=filesystem)
+        shards.append((str(shard), rows))
+    run = root / "models" / "bpr_mf"
+    save_array(run / "item_counts.npy", np.ones(TRAIN_N_ITEMS + 1, dtype=np.int64))
+    settings = TrainConfig(launcher="torchrun", processes=2, max_epochs=1, torch_threads=1,
+                           checkpoint_every=2)  # fmt: skip
+    config = model_class("bpr_mf").config_class(batch_size=16)
+    spec = TrainSpec(
+        model="bpr_mf", model_config=config.model_dump(mode="json"),
+        context={"n_users": 11, "n_items": TRAIN_N_ITEMS, "max_len": 8},
+        item_counts_file=str(run / "item_counts.npy"), shards=shards,
+        settings=settings.model_dump(mode="json"), run_dir=str(run),
+        model_file=str(run / "model.pt"), local_dir=str(local), storage=hadoop,
+    )  # fmt: skip
+    return spec, launch(spec, settings)

@@ -63,7 +63,8 @@ class S3Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"moto_server exited: {(self.work / 'moto.log').read_text()}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+            # A first answer can take longer than 2 s (moto imports its backends): retry.
+            with contextlib.suppress(OSError):  # URLError, refused, timed out
                 urllib.request.urlopen(self.endpoint, timeout=2).close()
                 return self
             time.sleep(0.3)

@@ -156,3 +156,24 @@ def test_config_takes_s3_state_and_its_hadoop_settings(s3: S3Server, bucket: str
     assert _client(s3).get_object(Bucket=bucket, Key="state/probe.txt")["Body"].read() == b"ok"
     with pytest.raises(ConfigError, match=r"'paths\.local'"):
         load_config(None, [f"paths.root=s3a://{bucket}/state"])
+
+
+def test_torchrun_ranks_read_shards_from_s3_and_checkpoint_there(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """The JVM-free side on an object store: 2 torchrun ranks (fresh processes, configured
+    only by the spec's Hadoop settings) read their shards from s3:// and write checkpoints,
+    the model and the result there; boto3 sees the objects and the model loads back."""
+    from helpers import train_at_location
+
+    from recpipe.storage import Location
+    from recpipe.train.checkpoint import load_model
+
+    hadoop = {k.removeprefix("spark.hadoop."): v for k, v in s3.hadoop_settings().items()}
+    spec, result = train_at_location(Location(f"s3a://{bucket}/recpipe"), hadoop, tmp_path)
+    assert result["world_size"] == 2 and result["epochs_run"] == 1
+    listed = _client(s3).list_objects_v2(Bucket=bucket, Prefix="recpipe/models/bpr_mf/")
+    keys = {item["Key"].removeprefix("recpipe/models/bpr_mf/") for item in listed["Contents"]}
+    assert {"model.pt", "result.json", "checkpoints/last.pt", "item_counts.npy"} <= keys
+    assert load_model(spec.model_file).name == "bpr_mf"
+    assert json.loads(storage.read_text(spec.result_file))["steps"] == result["steps"]

@@ -11,7 +11,15 @@ import torch
 from helpers import TRAIN_BASE as BASE
 from helpers import TRAIN_DS as DS
 from helpers import TRAIN_N_ITEMS as N_ITEMS
-from helpers import build_config, read_manifest, read_rows, run_chain, train_events, write_jsonl
+from helpers import (
+    build_config,
+    read_manifest,
+    read_rows,
+    run_chain,
+    train_at_location,
+    train_events,
+    write_jsonl,
+)
 from pyspark.sql import SparkSession
 
 from recpipe import storage
@@ -259,43 +267,11 @@ def test_ranks_keep_state_at_a_uri_and_launcher_files_local(tmp_path) -> None:
     processes) read the shards and item counts and write checkpoints, the model and the result
     through recpipe.storage with the Hadoop settings the spec carries; the spec file, logs and
     temp folders stay in the launch's local folder."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from recpipe.config import TrainConfig
-    from recpipe.models import model_class
     from recpipe.storage import Location
-    from recpipe.train.spec import TrainSpec, save_array
 
     state, local = tmp_path / "state", tmp_path / "local"
     hadoop = {"fs.viewfs.mounttable.train-test.link./root": state.as_uri()}
-    storage.configure(hadoop)
-    root = Location("viewfs://train-test/root")
-    shards = []
-    for part in range(2):
-        rows = 64
-        users = np.arange(rows, dtype=np.int32) % 10 + 1
-        items = (np.arange(rows, dtype=np.int32) + part) % N_ITEMS + 1
-        negatives = pa.array([[(int(i) % N_ITEMS) + 1, 1] for i in items + 7], pa.list_(pa.int32()))
-        table = pa.table({"user_idx": users, "item_idx": items, "negatives": negatives})
-        shard = root / "lake" / "samples" / f"part-{part}.parquet"
-        filesystem, path = storage.arrow_path(shard)
-        filesystem.create_dir(path.rsplit("/", 1)[0])
-        pq.write_table(table, path, filesystem=filesystem)
-        shards.append((str(shard), rows))
-    run = root / "models" / "bpr_mf"
-    save_array(run / "item_counts.npy", np.ones(N_ITEMS + 1, dtype=np.int64))
-    settings = TrainConfig(launcher="torchrun", processes=2, max_epochs=1, torch_threads=1,
-                           checkpoint_every=2)  # fmt: skip
-    config = model_class("bpr_mf").config_class(batch_size=16)
-    spec = TrainSpec(
-        model="bpr_mf", model_config=config.model_dump(mode="json"),
-        context={"n_users": 11, "n_items": N_ITEMS, "max_len": 8},
-        item_counts_file=str(run / "item_counts.npy"), shards=shards,
-        settings=settings.model_dump(mode="json"), run_dir=str(run),
-        model_file=str(run / "model.pt"), local_dir=str(local), storage=hadoop,
-    )  # fmt: skip
-    result = launch(spec, settings)
+    spec, result = train_at_location(Location("viewfs://train-test/root"), hadoop, local)
     assert result["world_size"] == 2 and result["epochs_run"] == 1
     written = state / "models" / "bpr_mf"
     assert {p.name for p in written.iterdir()} >= {"model.pt", "result.json", "checkpoints"}

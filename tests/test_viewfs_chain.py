@@ -130,3 +130,36 @@ def test_jvm_free_readers_and_sql_see_the_committed_state(chain: dict) -> None:
     assert [(r["rank"], r["item_id"]) for r in recs] == expected and len(expected) == K
     counted = json.loads(chain["outputs"]["sql"])
     assert counted == [{"n": len(chain["events"]) - 1}]
+
+
+def test_recs_answer_from_a_copy_of_the_root_on_s3(
+    chain: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The published state copied into a bucket of a real S3-compatible server (with boto3,
+    not recpipe): `recpipe recs` at the s3a:// root, JVM-free, gives the same answer."""
+    import boto3
+    from s3_server import ACCESS_KEY, SECRET_KEY, S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    try:
+        client = boto3.client(
+            "s3", endpoint_url=server.endpoint, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+        )  # fmt: skip
+        client.create_bucket(Bucket="published")
+        for path in chain["target"].rglob("*"):
+            if path.is_file():
+                key = f"recpipe/{path.relative_to(chain['target'])}"
+                client.put_object(Bucket="published", Key=key, Body=path.read_bytes())
+        settings = [
+            "paths.root=s3a://published/recpipe", f"paths.local={tmp_path_factory.mktemp('l')}",
+            f"spark.conf={json.dumps(server.hadoop_settings())}",
+        ]  # fmt: skip
+        command = [str(BIN / "recpipe"), "recs", "--user", "u3", "--format", "json",
+                   *(a for s in settings for a in ("--set", s))]  # fmt: skip
+        done = subprocess.run(command, cwd=chain["cwd"], capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == json.loads(chain["outputs"]["recs"])
