@@ -58,7 +58,7 @@ debian-deps:
 	    $(SUDO) apt-get install -y -q --no-install-recommends $(DEBIAN_TEST_PACKAGES); }; fi
 
 test: lint airflow-venv legacy-venv debian-deps
-	RECPIPE_LEGACY_ENV=$(abspath $(LEGACY_VENV)) $(BIN)/python -m pytest -q -ra
+	RECPIPE_LEGACY_ENV=$(abspath $(LEGACY_VENV)) $(BIN)/python -m pytest -q -ra --durations=25
 	$(MAKE) test-airflow
 	$(MAKE) test-legacy
 

@@ -167,6 +167,7 @@ def build(
         check=True,
     )  # fmt: skip
     digest = sha256_of(str(partial))
+    partial.chmod(0o644)  # venv-pack writes 0600; the archive is for other machines to fetch
     partial.replace(output)
     checksum = Path(checksum_file(str(output)))
     checksum.write_text(f"{digest}  {output.name}\n")

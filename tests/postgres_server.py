@@ -18,10 +18,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import pytest
+from helpers import in_ci
 from spark_cluster import free_port
 
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
@@ -153,3 +156,31 @@ class PostgresServer:
         if self._home is not None:
             shutil.rmtree(self._home, ignore_errors=True)
             self._home = None
+
+
+def postgres_query(server: PostgresServer, sql: str) -> list[str]:
+    """Rows of ``sql`` on the metastore database, one ``a|b`` line each (psql, not recpipe)."""
+    bin_dir = postgres_bin()
+    psql = shutil.which("psql") or str(bin_dir / "psql" if bin_dir else "psql")
+    done = subprocess.run(
+        [psql, "-h", "127.0.0.1", "-p", str(server.port), "-U", USER, "-d", DATABASE,
+         "-At", "-c", sql],
+        capture_output=True, text=True, check=True,
+        env={"PGPASSWORD": PASSWORD, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def running_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """Body of a fixture: a started server, stopped by PID afterwards; a skip naming what is
+    missing outside CI, a failure in CI (``make test`` installs the packages)."""
+    absent = missing()
+    if absent:
+        if in_ci():
+            pytest.fail(f"{absent} is missing: make test installs it")
+        pytest.skip(f"{absent} is missing (make test installs it)")
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()

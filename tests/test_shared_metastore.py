@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import in_ci, write_jsonl
-from postgres_server import JDBC_JAR, PostgresServer, missing, postgres_bin
+from helpers import write_jsonl
+from postgres_server import JDBC_JAR, PostgresServer, postgres_query, running_postgres
 from spark_cluster import free_port
 
 pytestmark = pytest.mark.slow
@@ -28,16 +28,7 @@ DS1, DS2 = "2026-11-20", "2026-11-21"
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    absent = missing()
-    if absent:
-        if in_ci():
-            pytest.fail(f"{absent} is missing: make test installs it")
-        pytest.skip(f"{absent} is missing (make test installs it)")
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    yield from running_postgres(tmp_path_factory)
 
 
 def _events(ds: str, users: int) -> list[dict[str, str]]:
@@ -72,17 +63,6 @@ def _finish(process: subprocess.Popen[str], what: str) -> tuple[str, float]:
     return out, time.monotonic()
 
 
-def _psql(server: PostgresServer, sql: str) -> list[str]:
-    psql = str(postgres_bin() / "psql")  # type: ignore[operator]
-    done = subprocess.run(
-        [psql, "-h", "127.0.0.1", "-p", str(server.port), "-U", "recpipe", "-d", "metastore",
-         "-At", "-c", sql],
-        capture_output=True, text=True, check=True,
-        env={"PGPASSWORD": "recpipe-metastore", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    return done.stdout.split()
-
-
 @pytest.fixture(scope="module")
 def concurrent(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Day 1 through the lake stages, then day 2's clean and a query of day 1 at once."""
@@ -114,9 +94,9 @@ def test_two_processes_use_the_metastore_at_once(concurrent: dict) -> None:
 
 
 def test_the_partitions_live_in_postgres(postgres: PostgresServer, concurrent: dict) -> None:
-    tables = set(_psql(postgres, 'SELECT "TBL_NAME" FROM "TBLS"'))
+    tables = set(postgres_query(postgres, 'SELECT "TBL_NAME" FROM "TBLS"'))
     assert {"events", "quarantine", "vocab_users", "sessions", "train"} <= tables
-    partitions = _psql(
+    partitions = postgres_query(
         postgres,
         'SELECT p."PART_NAME" FROM "PARTITIONS" p JOIN "TBLS" t ON p."TBL_ID" = t."TBL_ID" '
         "WHERE t.\"TBL_NAME\" = 'events' ORDER BY 1",

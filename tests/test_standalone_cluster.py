@@ -2,9 +2,11 @@
 
 Every stage is a real ``spark-submit --master spark://127.0.0.1:<port>`` of its ``jobs/``
 script with the default config files, whose ``local.yaml`` asks for ``local[*]``: the launcher
-must win. The same data then runs locally through the ``recpipe`` CLI and every stage's row
-counts must agree. Evidence that the work ran on the cluster comes from outside recpipe: the
-master's JSON status page (finished applications) and the workers' executor folders.
+must win. The drivers share a Hive metastore in PostgreSQL (``javax.jdo.option.*`` and the
+JDBC driver given to spark-submit, as a cluster's defaults would). The same data then runs
+locally through the ``recpipe`` CLI and every stage's row counts must agree. Evidence that the
+work ran on the cluster comes from outside recpipe: the master's JSON status page (finished
+applications), the workers' executor folders and the metastore database's own tables.
 
 The workers have private disks (see ``spark_cluster``). A deep model then trains on the
 executors (spark launcher, ``local_mode=false``) in the Python of an environment archive built
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import JDBC_JAR, PostgresServer, postgres_query, running_postgres
 from pyspark.sql import SparkSession
 from spark_cluster import StandaloneCluster
 
@@ -83,6 +86,16 @@ def _env(work: Path) -> dict[str, str]:
     }
 
 
+def cluster_submit(cluster: StandaloneCluster, postgres: PostgresServer) -> list[str]:
+    """spark-submit to the cluster with the shared metastore, the JDBC driver on the driver's
+    classpath (as a cluster's spark-defaults would have them)."""
+    metastore = [a for k, v in postgres.metastore_settings().items()
+                 for a in ("--conf", f"{k}={v}")]  # fmt: skip
+    return [str(BIN / "spark-submit"), "--master", cluster.master_url,
+            "--conf", "spark.executor.memory=768m", "--driver-class-path", str(JDBC_JAR),
+            *metastore]  # fmt: skip
+
+
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         command, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=600, check=False
@@ -111,8 +124,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneClus
 
 
 @pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The metastore database the cluster's drivers share (as a cluster's would be)."""
+    yield from running_postgres(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def runs(
-    cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory, spark: SparkSession
+    cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory, spark: SparkSession,
+    postgres: PostgresServer,
 ) -> dict:
     """The chain on the cluster (9 spark-submits) and the same data locally (the recpipe CLI
     in this process, on the test session's local Spark)."""
@@ -122,8 +142,7 @@ def runs(
     raw.write_text("".join(json.dumps(e) + "\n" for e in _events()))
     seconds = {}
     started = time.perf_counter()
-    submit = [str(BIN / "spark-submit"), "--master", cluster.master_url,
-              "--conf", "spark.executor.memory=768m"]  # fmt: skip
+    submit = cluster_submit(cluster, postgres)
     for job, extra in JOBS:
         script = str(REPO / "jobs" / f"{job}.py")
         _run([*submit, script, *_settings(work / "cluster", raw), *extra], work)
@@ -135,7 +154,7 @@ def runs(
         assert recpipe_main([*command, *_settings(work / "local", raw)]) == 0, command
     seconds["local"] = time.perf_counter() - started
     print(f"\nchain wall time: cluster {seconds['cluster']:.0f}s, local {seconds['local']:.0f}s")
-    return {"work": work, "seconds": seconds}
+    return {"work": work, "seconds": seconds, "postgres": postgres}
 
 
 def test_every_stage_ran_on_the_cluster_not_local(cluster: StandaloneCluster, runs: dict) -> None:
@@ -155,8 +174,15 @@ def test_every_stage_ran_on_the_cluster_not_local(cluster: StandaloneCluster, ru
         executors = (cluster.work / f"worker{n}" / "work").glob("app-*/*")
         executor_dirs = {path.parent.name for path in executors}
         assert submitted <= executor_dirs, (n, submitted - executor_dirs)
-    assert not (runs["work"] / "derby.log").exists()  # the embedded metastore kept its log
-    assert (root / "metastore" / "derby.log").exists()
+    # The lake tables live in the shared PostgreSQL metastore, not in an embedded Derby.
+    assert not (runs["work"] / "derby.log").exists()
+    assert not (root / "metastore").exists()
+    partitions = postgres_query(
+        runs["postgres"],
+        'SELECT t."TBL_NAME", p."PART_NAME" FROM "PARTITIONS" p '
+        'JOIN "TBLS" t ON p."TBL_ID" = t."TBL_ID" ORDER BY 1, 2',
+    )
+    assert {"events|ds=" + DS, "sessions|ds=" + DS} <= set(partitions)
 
 
 def test_cluster_row_counts_equal_the_local_run(runs: dict) -> None:
@@ -204,8 +230,7 @@ def trained(cluster: StandaloneCluster, runs: dict, executor_archive: Path) -> d
                  f"spark.python_env={executor_archive}"]  # fmt: skip
     settings = _settings(root, work / "landing" / "events.jsonl")
     started = time.perf_counter()
-    _run([str(BIN / "spark-submit"), "--master", cluster.master_url,
-          "--conf", "spark.executor.memory=768m", str(REPO / "jobs" / "train.py"),
+    _run([*cluster_submit(cluster, runs["postgres"]), str(REPO / "jobs" / "train.py"),
           *settings, *(a for o in overrides for a in ("--set", o)), "--no-evaluate"], work)
     print(f"\ntraining on the executors: {time.perf_counter() - started:.0f}s")
     return _manifest(root, "train-bpr_mf")

@@ -183,12 +183,7 @@ env = dag.get_template_env()
 text = env.from_string(task.bash_command).render(ds="2026-11-22", params=params)
 print(json.dumps([type(task).__name__, text]))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "airflow_dags")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    kind, command = json.loads(done.stdout.strip().splitlines()[-1])
+    kind, command = _last_json_line(code, str(REPO / "airflow_dags"))
     assert kind == "BashOperator"
     assert command.startswith("ssh gpu01 recpipe train --ds 2026-11-22 --conf ")
     assert "--set 'train.models=[sasrec]'" in command and "--set 'a.b=c d'" in command
@@ -206,12 +201,7 @@ task = module["dag"].get_task("clean")
 params = {"baselines": ["als"], "deep_models": ["sasrec"], "raw_events": "", "overrides": []}
 print(json.dumps([task.files, module["stage_args"]("2026-11-22", params)]))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "airflow_dags" / "recpipe_daily.py")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    files, args = json.loads(done.stdout.strip().splitlines()[-1])
+    files, args = _last_json_line(code, str(REPO / "airflow_dags" / "recpipe_daily.py"))
     assert files == "/etc/recpipe/base.yaml,/etc/recpipe/cluster.yaml"
     assert args[:6] == ["--ds", "2026-11-22", "--conf", "base.yaml", "--conf", "cluster.yaml"]
 
@@ -231,13 +221,18 @@ hook = SparkSubmitHook(conn_id="spark_default", archives=task._archives,
                        env_vars=task.env_vars)
 print(json.dumps([hook._build_spark_submit_command(task.application), task.env_vars]))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "airflow_dags" / "recpipe_daily.py")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    command, env = json.loads(done.stdout.strip().splitlines()[-1])
+    command, env = _last_json_line(code, str(REPO / "airflow_dags" / "recpipe_daily.py"))
     at = command.index("--archives")
     assert command[at + 1] == "hdfs://nn/recpipe/recpipe-env.tar.gz#environment"
     assert env == {"PYSPARK_PYTHON": "./environment/bin/python",
                    "PYSPARK_DRIVER_PYTHON": "/opt/recpipe/.venv/bin/python"}  # fmt: skip
+
+
+def _last_json_line(code: str, path: str) -> object:
+    """Run ``code`` in a fresh interpreter of this environment with ``path`` as its argument;
+    the JSON its last output line holds."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, check=False
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
