@@ -1,17 +1,18 @@
 """Launchers: run a :class:`TrainSpec` in one process, under torchrun, or under Spark.
 
-``local`` trains in this process. ``torchrun`` starts N processes with
-``python -m torch.distributed.run --standalone`` (DDP; gloo on CPU, NCCL on GPU). ``spark``
-hands a script calling the same entry point to ``pyspark.ml.torch.distributor.TorchDistributor``
-(barrier tasks on executors, or processes on the driver with ``train.spark_local_mode``).
-``horovod`` runs ``horovodrun -np N`` with the Python of the Horovod environment
-(``train.horovod_env``), whose ranks average gradients through ``hvd.DistributedOptimizer``.
-Rank 0 writes ``result.json`` into the run's folder under ``paths.root`` (any location, through
-:mod:`recpipe.storage`), which every launcher returns. What the launching tools need as real
-files (the spec file, the per-rank script, logs, the children's temp folder) goes to the spec's
+``local`` trains in this process. ``torchrun`` starts N processes per node with
+``python -m torch.distributed.run`` (DDP; gloo on CPU, NCCL on GPU): ``--standalone`` on one
+node, a c10d rendezvous at ``train.rdzv_endpoint`` across ``train.nnodes`` nodes. ``spark``
+hands the entry point itself and the spec (as its argument) to
+``pyspark.ml.torch.distributor.TorchDistributor`` (barrier tasks on executors, or processes on
+the driver with ``train.spark_local_mode``) and returns the value rank 0 returns. ``horovod``
+runs ``horovodrun -np N`` with the Python of the Horovod environment (``train.horovod_env``),
+whose ranks average gradients through ``hvd.DistributedOptimizer``. Rank 0 writes
+``result.json`` into the run's folder under ``paths.root`` (any location, through
+:mod:`recpipe.storage`), which the torchrun and horovod launchers read back. What the launching
+tools need as real files (the spec file, logs, the children's temp folder) goes to the spec's
 ``local_dir`` on this machine.
 """
-
 from __future__ import annotations
 
 import contextlib
