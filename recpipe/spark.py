@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
-from recpipe.executor_env import ALIAS, EXECUTOR_PYTHON, check_archive
+from recpipe.executor_env import ALIAS, EXECUTOR_PYTHON, check_archive, split_archive_spec
 from recpipe.layout import jvm_tmp_dir, metastore_dir, spark_local_dir, warehouse_dir
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def ship_executor_environment(
     env = config.spark.python_env
     if env is None:
         return
-    env_path = env.partition("#")[0]
+    env_path, _ = split_archive_spec(env)
     check_archive(env_path, "spark.python_env")
     if master.startswith("local"):
         log.info("spark.python_env: master %s runs no executors; archive not shipped", master)

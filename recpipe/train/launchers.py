@@ -13,6 +13,7 @@ whose ranks average gradients through ``hvd.DistributedOptimizer``. Rank 0 write
 tools need as real files (the spec file, logs, the children's temp folder) goes to the spec's
 ``local_dir`` on this machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -149,16 +150,18 @@ def _spec_file(spec: TrainSpec) -> Path:
 
 
 def _torchrun(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
-    spec_file: str | Path = _spec_file(spec)
-    if settings.nnodes > 1:
-        # The other nodes read the spec from state (they share no disk with this one).
-        spec_file = shared_spec(spec)
-        others = torchrun_command(spec_file, settings.model_copy(update={"node_rank": 1}))
-        log.info(
-            "torchrun: waiting for %d more node(s) at %s; on node k run: %s",
-            settings.nnodes - 1, settings.rdzv_endpoint,
-            " ".join(others).replace("--node-rank=1", "--node-rank=<k>"),
-        )  # fmt: skip
+    if settings.nnodes == 1:
+        return _run_logged(spec, "torchrun", torchrun_command(_spec_file(spec), settings))
+    # The other nodes read the spec from state (they share no disk with this one), so this
+    # node reads it there too; no local spec file.
+    storage.delete(spec.result_file)
+    spec_file = shared_spec(spec)
+    others = torchrun_command(spec_file, settings.model_copy(update={"node_rank": 1}))
+    log.info(
+        "torchrun: waiting for %d more node(s) at %s; on node k run: %s",
+        settings.nnodes - 1, settings.rdzv_endpoint,
+        " ".join(others).replace("--node-rank=1", "--node-rank=<k>"),
+    )  # fmt: skip
     return _run_logged(spec, "torchrun", torchrun_command(spec_file, settings))
 
 
