@@ -25,7 +25,7 @@ from typing import IO
 
 import pytest
 from helpers import in_ci
-from spark_cluster import free_port
+from spark_cluster import free_port, stop_server
 
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 USER = "recpipe"
@@ -141,15 +141,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Stop the postmaster by PID (SIGINT: fast shutdown; SIGKILL after 20 s)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_server(self.process, signal.SIGINT, grace=20, group=False)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -8,7 +8,6 @@ module uses for ``s3a://`` state outside Spark.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from spark_cluster import free_port
+from spark_cluster import free_port, stop_server
 
 ACCESS_KEY = "recpipe-test"
 SECRET_KEY = "recpipe-test-secret"
@@ -73,15 +72,8 @@ class S3Server:
 
     def stop(self) -> None:
         """Stop the server's process group by PID (SIGTERM, then SIGKILL)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_server(self.process, signal.SIGTERM, grace=10)
         if self._log is not None:
             self._log.close()
             self._log = None

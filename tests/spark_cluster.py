@@ -143,6 +143,22 @@ class StandaloneCluster:
             log.close()
 
 
+def stop_server(
+    process: subprocess.Popen[bytes], first: signal.Signals, grace: float, group: bool = True
+) -> None:
+    """Stop a server started with ``start_new_session=True`` by PID: ``first`` to its process
+    group (or, ``group=False``, to it alone), then SIGKILL to the group after ``grace`` s."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        (os.killpg if group else os.kill)(process.pid, first)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
