@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ci import in_ci
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config, load_config
@@ -29,11 +30,6 @@ STAGES = {
     "split": run_split,
 }
 CHAIN: tuple[str, ...] = ("clean", "vocab", "sessionize", "split")
-
-
-def in_ci() -> bool:
-    """True under CI: the ``CI`` environment variable is set to anything but "", 0, false, no."""
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
 
 def skip_locally_fail_in_ci(reason: str) -> NoReturn:

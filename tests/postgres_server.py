@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from helpers import in_ci
+from ci import in_ci
 from spark_cluster import free_port, stop_server
 
 JDBC_JAR = Path("/usr/share/java/postgresql.jar")

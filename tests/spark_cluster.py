@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import pyspark
 
-SPARK_HOME = Path(pyspark.__file__).resolve().parent
+def installed_spark_home() -> Path:
+    """The Spark distribution inside this environment's pyspark wheel (jars, bin/)."""
+    import pyspark  # only here: the Airflow environment's pyspark-client has no jars
+
+    return Path(pyspark.__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -46,6 +49,7 @@ class StandaloneCluster:
     memory: str = "1g"
     port: int = 0
     ui_port: int = 0
+    spark_home: Path = field(default_factory=installed_spark_home)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
@@ -64,7 +68,7 @@ class StandaloneCluster:
         local.mkdir(parents=True, exist_ok=True)
         return {
             **os.environ,
-            "SPARK_HOME": str(SPARK_HOME),
+            "SPARK_HOME": str(self.spark_home),
             "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOCAL_DIRS": str(local),
             "TMPDIR": str(tmp),
@@ -78,7 +82,7 @@ class StandaloneCluster:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.work / f"{name}.log").open("wb")
         self._logs.append(log)
-        command = [str(SPARK_HOME / "bin" / "spark-class"), *args]
+        command = [str(self.spark_home / "bin" / "spark-class"), *args]
         self.processes.append(
             subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=self._env(name),

@@ -17,6 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = Path(tempfile.mkdtemp(prefix="recpipe-airflow-tests-"))
+# The Spark standalone cluster and PostgreSQL server helpers the main tests use (plain Python).
+sys.path.append(str(REPO / "tests"))
 
 os.environ.update(
     {

@@ -8,7 +8,6 @@ installed in the Airflow environment).
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 from conftest import REPO
+from dag_outputs import events, land, manifest, published
 
 DAG_ID = "recpipe_daily"
 DS1, DS2 = "2026-11-20", "2026-11-21"
@@ -63,25 +63,6 @@ def test_parsing_the_dag_imports_nothing_heavy() -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def _events(ds: str, users: range) -> list[dict]:
-    rng = random.Random(ds)
-    rows = []
-    for user in users:
-        start = rng.randrange(20)
-        for k in range(rng.randint(6, 12)):
-            item = (user % 2) * 20 + (start + k) % 20
-            clock = f"{k // 60:02d}:{k % 60:02d}:{user % 60:02d}"
-            rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view",
-                         "ts": f"{ds}T{clock}Z"})  # fmt: skip
-    return rows
-
-
-def _land(work: Path, ds: str, events: list[dict]) -> None:
-    folder = work / "landing" / ds
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-
-
 def _run(work: Path, ds: str):
     dag = _bag().get_dag(DAG_ID)
     conf = {
@@ -103,14 +84,11 @@ def _run(work: Path, ds: str):
 
 
 def _manifest(work: Path, stage: str, ds: str) -> dict:
-    return json.loads((work / "root" / "manifests" / stage / f"ds={ds}.json").read_text())
+    return manifest(work / "root", stage, ds)
 
 
 def _published(work: Path, ds: str) -> tuple[dict, list[dict]]:
-    folder = work / "root" / "warehouse" / "airflow_tests.db" / "recommendations"
-    pointer = json.loads((folder / f"ds={ds}" / "model=published" / "_CURRENT.json").read_text())
-    location = work / "root" / pointer["path"]  # pointers are relative to paths.root
-    return pointer, pads.dataset(location).to_table().to_pylist()
+    return published(work / "root", "airflow_tests", ds)
 
 
 def _lake_counts(work: Path, ds: str) -> dict[str, int]:
@@ -127,8 +105,8 @@ def _lake_counts(work: Path, ds: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def first_day(airflow_db, work) -> dict:
-    day1 = _events(DS1, range(24))
-    _land(work, DS1, day1)
+    day1 = events(DS1, range(24))
+    land(work / "landing", DS1, day1)
     _run(work, DS1)
     return {"events": day1}
 
@@ -160,7 +138,7 @@ def test_rerunning_a_day_is_idempotent_and_a_new_day_adds_a_partition(work, firs
     assert len(again_rows) == len(rows) and again_pointer["rows"] == pointer["rows"]
     assert again_pointer["path"] != pointer["path"]  # really re-published
 
-    _land(work, DS2, _events(DS2, range(10, 30)))  # returning users and 6 new ones
+    land(work / "landing", DS2, events(DS2, range(10, 30)))  # returning users and 6 new ones
     _run(work, DS2)
     day2_pointer, day2_rows = _published(work, DS2)
     assert day2_rows and day2_pointer["path"] != again_pointer["path"]
