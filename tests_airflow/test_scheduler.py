@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from airflow_services import AirflowServices
+from airflow_services import AirflowServices, TaskRun
 from conftest import REPO
 from dag_outputs import events, land, manifest, published
 from postgres_server import JDBC_JAR, PostgresServer, postgres_query, running_postgres
@@ -57,6 +57,20 @@ def spark_defaults(folder: Path, postgres: PostgresServer) -> Path:
     lines = [f"{key} {value}\n" for key, value in settings.items()]
     (folder / "spark-defaults.conf").write_text("".join(lines))
     return folder
+
+
+def timeline(tasks: dict[str, TaskRun]) -> str:
+    """When each task started (seconds after the first) and how long it ran."""
+    started = [t.start for t in tasks.values() if t.start]
+    if not started:
+        return "no task started"
+    first = min(started)
+    lines = ["task              start  seconds"]
+    for task in sorted(tasks.values(), key=lambda t: (t.start or first, t.task_id)):
+        if task.start and task.end:
+            lines.append(f"{task.task_id:<16} {(task.start - first).total_seconds():6.0f} "
+                         f"{(task.end - task.start).total_seconds():8.0f}")  # fmt: skip
+    return "\n" + "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +133,7 @@ def scheduled(
         }  # fmt: skip
     finally:
         services.stop()
+    print(timeline(tasks))
     return {"state": state, "tasks": tasks, "failed_logs": failed_logs, "root": work / "root",
             "events": rows}  # fmt: skip
 
