@@ -1,5 +1,5 @@
-"""Landing data for the daily DAG and its outputs read back with pyarrow and json only
-(recpipe is not installed in the Airflow environment)."""
+"""The tests' DAG runs: landing data, run parameters, and outputs read back with pyarrow and
+json only (recpipe is not installed in the Airflow environment)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import random
 from pathlib import Path
 
 import pyarrow.dataset as pads
+
+K = 5  # recommendations per user in the tests' runs
+# Each table's producing stage: its manifest names the committed version.
+PRODUCERS = {"events": "clean", "sessions": "sessionize", "train": "split", "test": "split",
+             "samples_pairwise": "export"}  # fmt: skip
 
 
 def events(ds: str, users: range) -> list[dict]:
@@ -42,3 +47,27 @@ def published(root: Path, database: str, ds: str) -> tuple[dict, list[dict]]:
     pointer = json.loads((folder / f"ds={ds}" / "model=published" / "_CURRENT.json").read_text())
     location = root / pointer["path"]  # pointers are relative to paths.root
     return pointer, pads.dataset(location).to_table().to_pylist()
+
+
+def run_conf(landing: Path, root: Path, database: str, *extra: str) -> dict:
+    """DAG params of the tests' runs: two baselines, BPR-MF for two epochs, top-5 lists."""
+    return {
+        "raw_events": str(landing / "{ds}"),
+        "baselines": ["popularity", "als"],
+        "deep_models": ["bpr_mf"],
+        "overrides": [
+            f"paths.root={root}", "split.protocols=[random_by_user]",
+            f"warehouse.database={database}", "train.max_epochs=2", "train.processes=1",
+            "export.files_per_process=1", "export.negatives=2", f"score.k={K}",
+            "spark.shuffle_partitions=2", "gate.tolerance=1.0", *extra,
+        ],
+    }  # fmt: skip
+
+
+def lake_counts(root: Path, ds: str) -> dict[str, int]:
+    """Rows of the committed version of each table, found through its producer's manifest."""
+    counts = {}
+    for table, stage in PRODUCERS.items():
+        for name, record in manifest(root, stage, ds)["outputs"][table].items():
+            counts[f"{table}/{name}"] = pads.dataset(root / record["path"]).count_rows()
+    return counts

@@ -11,17 +11,12 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow.dataset as pads
-import pytest
-from conftest import REPO
-from dag_outputs import events, land, manifest, published
+from conftest import DAG_ID, DS1, REPO, run_with_dag_test
+from dag_outputs import K, events, lake_counts, land, manifest, published, run_conf
 
-DAG_ID = "recpipe_daily"
-DS1, DS2 = "2026-11-20", "2026-11-21"
-K = 5
+DS2 = "2026-11-21"
 STAGES = [
     "clean", "vocab", "sessionize", "split", "train_baselines", "export", "train", "evaluate",
     "score", "publish",
@@ -63,24 +58,8 @@ def test_parsing_the_dag_imports_nothing_heavy() -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def _run(work: Path, ds: str):
-    dag = _bag().get_dag(DAG_ID)
-    conf = {
-        "raw_events": str(work / "landing" / "{ds}"),
-        "baselines": ["popularity", "als"],
-        "deep_models": ["bpr_mf"],
-        "overrides": [
-            f"paths.root={work / 'root'}", "split.protocols=[random_by_user]",
-            "warehouse.database=airflow_tests", "train.max_epochs=2", "train.processes=1",
-            "export.files_per_process=1", "export.negatives=2", f"score.k={K}",
-            "spark.shuffle_partitions=2", "gate.tolerance=1.0",
-        ],
-    }  # fmt: skip
-    logical_date = datetime.fromisoformat(ds).replace(hour=2, tzinfo=UTC)
-    run = dag.test(logical_date=logical_date, run_conf=conf)
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert str(run.state) == "success" and set(map(str, states.values())) == {"success"}, states
-    return run
+def _run(work: Path, ds: str) -> None:
+    run_with_dag_test(ds, run_conf(work / "landing", work / "root", "airflow_tests"))
 
 
 def _manifest(work: Path, stage: str, ds: str) -> dict:
@@ -92,23 +71,7 @@ def _published(work: Path, ds: str) -> tuple[dict, list[dict]]:
 
 
 def _lake_counts(work: Path, ds: str) -> dict[str, int]:
-    """Rows of the committed version of each table, found through its producer's manifest."""
-    producers = {"events": "clean", "sessions": "sessionize", "train": "split", "test": "split",
-                 "samples_pairwise": "export"}  # fmt: skip
-    counts = {}
-    for table, stage in producers.items():
-        for name, record in _manifest(work, stage, ds)["outputs"][table].items():
-            folder = work / "root" / record["path"]
-            counts[f"{table}/{name}"] = pads.dataset(folder).count_rows()
-    return counts
-
-
-@pytest.fixture(scope="module")
-def first_day(airflow_db, work) -> dict:
-    day1 = events(DS1, range(24))
-    land(work / "landing", DS1, day1)
-    _run(work, DS1)
-    return {"events": day1}
+    return lake_counts(work / "root", ds)
 
 
 def test_dag_run_publishes_a_reconciled_partition(work, first_day) -> None:

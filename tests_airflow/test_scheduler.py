@@ -19,16 +19,18 @@ from pathlib import Path
 
 import pytest
 from airflow_services import AirflowServices, TaskRun
-from conftest import REPO
-from dag_outputs import events, land, manifest, published
+from conftest import DAG_ID, DS1, REPO
+from dag_outputs import K, lake_counts, land, manifest, published, run_conf
 from postgres_server import JDBC_JAR, PostgresServer, postgres_query, running_postgres
 from spark_cluster import StandaloneCluster
 
-DAG_ID = "recpipe_daily"
-DS = "2026-11-23"
+DS = DS1  # the day the local dag.test() run processed too, on the same data
 RUN_ID = f"scheduled_test__{DS}"
-K = 5
 DATABASE = "airflow_cluster"
+# Manifests the run writes (train-baseline and evaluate write one per model).
+MANIFESTS = ["clean", "vocab", "sessionize", "split", "train-popularity", "train-als", "export",
+             "train-bpr_mf", "evaluate-popularity", "evaluate-als", "evaluate-bpr_mf", "gate",
+             "publish"]  # fmt: skip
 STAGES = {"clean", "vocab", "sessionize", "split", "train_baselines", "export", "train",
           "evaluate", "score", "publish"}  # fmt: skip
 
@@ -93,12 +95,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneClus
 
 @pytest.fixture(scope="module")
 def scheduled(
-    tmp_path_factory: pytest.TempPathFactory, cluster: StandaloneCluster, postgres: PostgresServer
+    tmp_path_factory: pytest.TempPathFactory,
+    cluster: StandaloneCluster,
+    postgres: PostgresServer,
+    first_day: dict,
 ) -> dict:
-    """One triggered run of the DAG under the scheduler, waited for (bounded), then the
-    services stopped by PID."""
+    """One triggered run of the DAG under the scheduler for the day ``first_day`` ran locally,
+    on the same events; waited for (bounded), then the services stopped by PID."""
     work = tmp_path_factory.mktemp("scheduled")
-    rows = events(DS, range(24))
+    rows = first_day["events"]
     land(work / "landing", DS, rows)
     connection = {"conn_type": "spark", "host": "spark://127.0.0.1", "port": cluster.port}
     services = AirflowServices(
@@ -109,18 +114,8 @@ def scheduled(
             "SPARK_CONF_DIR": str(spark_defaults(work / "spark-conf", postgres)),
         },
     )
-    conf = {
-        "raw_events": str(work / "landing" / "{ds}"),
-        "baselines": ["popularity", "als"],
-        "deep_models": ["bpr_mf"],
-        "overrides": [
-            f"paths.root={work / 'root'}", "split.protocols=[random_by_user]",
-            f"warehouse.database={DATABASE}", "train.max_epochs=1", "train.processes=1",
-            "train.spark_local_mode=false", "export.negatives=2", f"score.k={K}",
-            "baselines.als.rank=8", "baselines.als.max_iter=5", "spark.shuffle_partitions=2",
-            "gate.tolerance=1.0",
-        ],
-    }  # fmt: skip
+    # The local run's parameters, but training in barrier tasks on the executors.
+    conf = run_conf(work / "landing", work / "root", DATABASE, "train.spark_local_mode=false")
     try:
         services.start()
         services.wait_for_dag(DAG_ID)
@@ -163,14 +158,34 @@ def test_the_parallel_branches_ran_at_the_same_time(scheduled: dict) -> None:
 def test_every_stage_ran_on_the_standalone_master(
     scheduled: dict, cluster: StandaloneCluster
 ) -> None:
-    for stage in ("clean", "vocab", "sessionize", "split", "export", "train-bpr_mf", "gate",
-                  "publish"):  # fmt: skip
-        record = manifest(scheduled["root"], stage, DS)
-        assert record["status"] == "ok", stage
-        assert record["spark_master"] == cluster.master_url, stage
-    status = cluster.status() or {}
-    names = {app["name"] for app in status.get("completedapps", [])}
-    assert {f"recpipe-{task}-{DS}" for task in STAGES} <= names
+    """The DAG passes conf/local.yaml (local[*]) too: the connection's master must win."""
+    manifests = {stage: manifest(scheduled["root"], stage, DS) for stage in MANIFESTS}
+    assert {m["status"] for m in manifests.values()} == {"ok"}
+    assert {m["spark_master"] for m in manifests.values()} == {cluster.master_url}
+    status = cluster.status()
+    assert status is not None
+    finished = {app["id"]: app for app in status["completedapps"]}
+    assert {f"recpipe-{task}-{DS}" for task in STAGES} <= {a["name"] for a in finished.values()}
+    submitted = {m["spark_app_id"] for m in manifests.values()}
+    assert submitted <= set(finished) and {finished[a]["state"] for a in submitted} == {"FINISHED"}
+    # Executors of every application started on the workers (one core each: either worker).
+    executor_dirs = {
+        n: {path.parent.name for path in (cluster.work / f"worker{n}" / "work").glob("app-*/*")}
+        for n in range(cluster.workers)
+    }
+    assert submitted <= set().union(*executor_dirs.values())
+    assert all(executor_dirs.values()), executor_dirs  # both workers took work
+
+
+def test_the_cluster_run_has_the_local_runs_row_counts(scheduled: dict, first_day: dict) -> None:
+    assert lake_counts(scheduled["root"], DS) == lake_counts(first_day["root"], DS)
+    def rows(root: Path, stage: str) -> tuple[int, int]:
+        record = manifest(root, stage, DS)
+        return record["rows_in"], record["rows_out"]
+
+    for stage in MANIFESTS:
+        assert rows(scheduled["root"], stage) == rows(first_day["root"], stage), stage
+    assert manifest(first_day["root"], "clean", DS)["spark_master"].startswith("local")
 
 
 def test_the_published_partition_is_complete_and_in_the_postgres_metastore(
