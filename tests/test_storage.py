@@ -7,6 +7,8 @@ checked with boto3, an independent client, and what boto3 wrote is read back by 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 from s3_server import ACCESS_KEY, SECRET_KEY, S3Server
+from spark_cluster import free_port
 
 from recpipe import storage
 from recpipe.config import ConfigError, load_config
@@ -99,6 +102,27 @@ def test_viewfs_resolves_through_the_mount_table(tmp_path: Path) -> None:
 def test_unknown_scheme_is_one_clear_error() -> None:
     with pytest.raises(StorageError, match=r"unknown scheme ftp:// \(known: file, hdfs"):
         storage.read_text("ftp://host/x")
+
+
+def test_an_s3_endpoint_that_refuses_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """``recpipe recs`` at an s3a:// root whose endpoint nobody listens on: one error line that
+    names the endpoint setting, exit 1, no stack trace."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    hadoop = {"spark.hadoop.fs.s3a.endpoint": endpoint, "spark.hadoop.fs.s3a.access.key": "k",
+              "spark.hadoop.fs.s3a.secret.key": "s", "spark.hadoop.fs.s3a.endpoint.region": "x"}
+    settings = ["paths.root=s3a://bucket/recpipe", f"paths.local={tmp_path / 'local'}",
+                f"spark.conf={json.dumps(hadoop)}"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "recpipe", "recs", "--user", "u1",
+         *(arg for s in settings for arg in ("--set", s))],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"spark.hadoop.fs.s3a.endpoint={endpoint}" in lines[0]
+    assert lines[0].startswith("recpipe recs: ") and "s3a://bucket/recpipe" in lines[0]
+    assert not any(tmp_path.glob("s3a*"))  # nothing written for a local path made of the URI
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,38 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, ParamSpec, TypeVar, cast
 
 import pyarrow.fs as pafs
 
-from recpipe.storage.filesystems import StorageError, resolve
+from recpipe.storage.filesystems import resolve, unreachable
 from recpipe.storage.location import Location, LocationLike, as_location
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _one_line_errors(operation: Callable[P, R]) -> Callable[P, R]:
+    """Turn the plain ``OSError`` a file system raises when it cannot be reached (network,
+    endpoint, credentials) into one :class:`StorageError` line naming the location; missing
+    files and other specific errors pass through as they are."""
+
+    @functools.wraps(operation)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return operation(*args, **kwargs)
+        except OSError as exc:
+            if type(exc) is not OSError:
+                raise
+            raise unreachable(as_location(cast(LocationLike, args[0])), exc) from None
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -41,7 +62,7 @@ def _info(location: Location) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except OSError as exc:
-        raise StorageError(f"cannot reach {location}: {str(exc).splitlines()[0]}") from None
+        raise unreachable(location, exc) from None
 
 
 def exists(location: LocationLike) -> bool:
@@ -59,6 +80,7 @@ def is_file(location: LocationLike) -> bool:
     return _info(as_location(location)).type == pafs.FileType.File
 
 
+@_one_line_errors
 def size(location: LocationLike) -> int:
     """Length of a file in bytes; FileNotFoundError if absent."""
     info = _info(as_location(location))
@@ -67,6 +89,7 @@ def size(location: LocationLike) -> int:
     return int(info.size)
 
 
+@_one_line_errors
 def read_bytes(location: LocationLike) -> bytes:
     """A whole file; FileNotFoundError if absent."""
     loc = as_location(location)
@@ -92,6 +115,7 @@ def read_json(location: LocationLike) -> Any:
     return json.loads(read_text(location))
 
 
+@_one_line_errors
 def write_bytes(location: LocationLike, data: bytes) -> None:
     """Replace a file with ``data`` in one step readers cannot see half done."""
     loc = as_location(location)
@@ -124,6 +148,7 @@ def write_json(location: LocationLike, value: Any) -> None:
     write_text(location, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@_one_line_errors
 def create_exclusive(location: LocationLike, data: bytes) -> bool:
     """Create a file only if none is there; False when one already exists.
 
@@ -149,6 +174,7 @@ def create_exclusive(location: LocationLike, data: bytes) -> bool:
     return True
 
 
+@_one_line_errors
 def delete(location: LocationLike, missing_ok: bool = True) -> None:
     """Remove one file."""
     loc = as_location(location)
@@ -160,6 +186,7 @@ def delete(location: LocationLike, missing_ok: bool = True) -> None:
             raise
 
 
+@_one_line_errors
 def remove_tree(location: LocationLike) -> None:
     """Remove a folder and everything below it (nothing happens when it is absent)."""
     loc = as_location(location)
@@ -171,6 +198,7 @@ def remove_tree(location: LocationLike) -> None:
         fs.delete_file(path)
 
 
+@_one_line_errors
 def makedirs(location: LocationLike) -> None:
     """Create a folder and its parents (object stores need none; this is then a no-op)."""
     loc = as_location(location)
@@ -178,6 +206,7 @@ def makedirs(location: LocationLike) -> None:
     fs.create_dir(path, recursive=True)
 
 
+@_one_line_errors
 def list_dir(location: LocationLike, recursive: bool = False) -> list[Entry]:
     """Entries below a folder, sorted by location; [] when the folder is absent."""
     loc = as_location(location)

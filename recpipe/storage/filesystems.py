@@ -135,7 +135,7 @@ def _filesystem(location: Location) -> pafs.FileSystem:
     except StorageError:
         raise
     except Exception as exc:  # pyarrow raises OSError/ArrowException/ImportError per backend
-        raise StorageError(f"cannot reach {location}: {_first_line(exc)}") from None
+        raise unreachable(location, exc) from None
     with _lock:
         _cache[key] = built
     return built
@@ -181,6 +181,20 @@ def _s3() -> pafs.FileSystem:
     if conf.get("fs.s3a.path.style.access", "").lower() == "true":
         options["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**options)
+
+
+def unreachable(location: Location, exc: BaseException) -> StorageError:
+    """One line for a failed call on ``location``, naming the Hadoop setting that decides where
+    an object store is (its endpoint), since a wrong endpoint is the usual cause."""
+    where = ""
+    if location.scheme in ("s3a", "s3"):
+        endpoint = _hadoop_conf.get("fs.s3a.endpoint")
+        where = (
+            f" (spark.hadoop.fs.s3a.endpoint={endpoint})"
+            if endpoint
+            else " (spark.hadoop.fs.s3a.endpoint not set: AWS's default endpoint)"
+        )
+    return StorageError(f"cannot reach {location}{where}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
