@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -95,7 +96,22 @@ class AirflowServices:
                 [str(AIRFLOW), *args], env=self.environment(), stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        self._wait_for_api(timeout=180)
         return self
+
+    def _wait_for_api(self, timeout: float) -> None:
+        """Until the api-server accepts connections: task processes report to it from their
+        first line, so a task started before it listens would fail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=1
+            ):
+                return
+            time.sleep(1)
+        raise AssertionError(f"api-server not listening after {timeout}s:\n"
+                             f"{self.log('api-server')}")  # fmt: skip
 
     def _query(self, sql: str, *params: object) -> list[tuple]:
         with contextlib.closing(sqlite3.connect(self.home / "airflow.db", timeout=30)) as db:
