@@ -154,7 +154,6 @@ def _torchrun(spec: TrainSpec, settings: TrainConfig) -> dict[str, Any]:
         return _run_logged(spec, "torchrun", torchrun_command(_spec_file(spec), settings))
     # The other nodes read the spec from state (they share no disk with this one), so this
     # node reads it there too; no local spec file.
-    storage.delete(spec.result_file)
     spec_file = shared_spec(spec)
     others = torchrun_command(spec_file, settings.model_copy(update={"node_rank": 1}))
     log.info(
@@ -170,7 +169,9 @@ _SECRET = re.compile(r"secret|password|token|access\.key|credential", re.IGNOREC
 
 
 def shared_spec(spec: TrainSpec) -> str:
-    """Write the spec beside the run's state (credentials left out); return its location."""
+    """Clear any previous result and write the spec beside the run's state (credentials left
+    out), for nodes that share no disk; return its location."""
+    storage.delete(spec.result_file)
     public = dataclasses.replace(
         spec, storage={k: v for k, v in spec.storage.items() if not _SECRET.search(k)}
     )
