@@ -58,9 +58,7 @@ def _events() -> list[dict[str, str]]:
 def _settings(root: Path, raw: Path) -> list[str]:
     overrides = [
         f"paths.root={root}", f"paths.raw_events={raw}", "split.protocols=[random_by_user]",
-        "baselines.models=[popularity,als]", "baselines.als.rank=8", "baselines.als.max_iter=5",
-        "export.kinds=[pairwise]", "export.negatives=2", "score.k=5", "spark.shuffle_partitions=4",
-        "gate.candidate=als", "gate.baseline=popularity", "gate.tolerance=1.0",
+        "export.kinds=[pairwise]", "export.negatives=2", "spark.shuffle_partitions=4",
     ]  # fmt: skip
     return ["--ds", DS, *(arg for o in overrides for arg in ("--set", o))]
 
@@ -114,9 +112,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 @pytest.fixture(scope="module")
-def runs(
-    tmp_path_factory: pytest.TempPathFactory, spark: SparkSession, postgres: PostgresServer
-) -> dict:
+def runs(tmp_path_factory: pytest.TempPathFactory, spark: SparkSession) -> dict:
     """The chain up to the export, locally (the recpipe CLI on the test session's Spark)."""
     work = tmp_path_factory.mktemp("chain")
     raw = work / "landing" / "events.jsonl"
@@ -125,7 +121,7 @@ def runs(
     assert spark.sparkContext.master.startswith("local")
     for command in (["etl"], ["export"]):
         assert recpipe_main([*command, *_settings(work / "root", raw)]) == 0, command
-    return {"work": work, "root": work / "root", "postgres": postgres}
+    return {"work": work, "root": work / "root"}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +149,9 @@ def test_the_archive_holds_recpipe_and_torch_but_not_pyspark(executor_archive: P
 
 
 @pytest.fixture(scope="module")
-def trained(cluster: StandaloneCluster, runs: dict, executor_archive: Path) -> dict:
+def trained(
+    cluster: StandaloneCluster, postgres: PostgresServer, runs: dict, executor_archive: Path
+) -> dict:
     """bpr_mf trained on the executors (2 barrier tasks) from the chain's export."""
     work, root = runs["work"], runs["root"]
     overrides = ["train.models=[bpr_mf]", "train.launcher=spark", "train.spark_local_mode=false",
@@ -161,7 +159,7 @@ def trained(cluster: StandaloneCluster, runs: dict, executor_archive: Path) -> d
                  f"spark.python_env={executor_archive}"]  # fmt: skip
     settings = _settings(root, work / "landing" / "events.jsonl")
     started = time.perf_counter()
-    _run([*cluster_submit(cluster, runs["postgres"]), str(REPO / "jobs" / "train.py"),
+    _run([*cluster_submit(cluster, postgres), str(REPO / "jobs" / "train.py"),
           *settings, *(a for o in overrides for a in ("--set", o)), "--no-evaluate"], work)
     print(f"\ntraining on the executors: {time.perf_counter() - started:.0f}s")
     return _manifest(root, "train-bpr_mf")
