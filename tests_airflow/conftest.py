@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dag_outputs import events, land, run_conf
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = Path(tempfile.mkdtemp(prefix="recpipe-airflow-tests-"))
@@ -59,9 +61,7 @@ DS1 = "2026-11-20"  # the day every module's checks can build on
 def run_with_dag_test(ds: str, conf: dict) -> None:
     """One DAG run through ``dag.test()`` (every task in this process, serially); fails the
     test unless the run and every task succeeded."""
-    from datetime import UTC, datetime
-
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag  # after the environment above is set
 
     dag = DagBag(dag_folder=str(REPO / "airflow_dags")).get_dag(DAG_ID)
     logical_date = datetime.fromisoformat(ds).replace(hour=2, tzinfo=UTC)
@@ -74,8 +74,6 @@ def run_with_dag_test(ds: str, conf: dict) -> None:
 def first_day(airflow_db: Path, work: Path) -> dict:
     """Day one run locally (``local[2]``) with ``dag.test()``: the reference other runs of
     the same data are compared with."""
-    from dag_outputs import events, land, run_conf
-
     rows = events(DS1, range(24))
     land(work / "landing", DS1, rows)
     run_with_dag_test(DS1, run_conf(work / "landing", work / "root", "airflow_tests"))
