@@ -179,8 +179,18 @@ class EvaluationConfig(_Section):
     split: Literal["valid", "test"] = "test"
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
     exclude_train_items: bool = True
-    engine: Literal["local", "spark"] = "local"
+    # auto: the local engine up to local_max_rows (train + scored split), Spark beyond.
+    engine: Literal["auto", "local", "spark"] = "auto"
+    local_max_rows: int = Field(2_000_000, ge=0)
     user_batch: int = Field(1024, ge=1)
+    partitions: int | None = Field(None, ge=1)
+
+
+class DriverConfig(_Section):
+    # Most rows of a split one process may read whole (the local evaluation engine,
+    # baselines fitted in one process, training's validation): beyond it, a clear error
+    # naming this key instead of an out-of-memory driver (~100 bytes a row).
+    max_split_rows: int = Field(20_000_000, ge=0)
 
 
 class PopularityConfig(_Section):
@@ -366,6 +376,7 @@ class Config(_Section):
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    driver: DriverConfig = Field(default_factory=DriverConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)

@@ -15,6 +15,10 @@ class MissingInputError(RecpipeError, FileNotFoundError):
     """A stage's input (a partition, a file, an earlier stage's output) does not exist."""
 
 
+class DriverLimitError(RecpipeError):
+    """Data one process would read whole is larger than the configured limit allows."""
+
+
 def java_error_line(exc: BaseException, limit: int = 300) -> str:
     """``ShortClass: message`` of the Java error inside a py4j/pyspark exception, one line.
 

@@ -12,17 +12,14 @@ import io
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
-
 from recpipe import storage
 from recpipe.artifacts import read_artifacts
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import known_items_mask
 from recpipe.layout import model_dir, models_base
 from recpipe.registry import is_baseline
 from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
 from recpipe.storage import LocationLike
-from recpipe.tables import TrainData, load_split
+from recpipe.tables import TrainData, split_presence
 from recpipe.train.checkpoint import MODEL_FILE, build_model, load_state
 
 Kind = Literal["deep", "baseline"]
@@ -53,10 +50,8 @@ def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> Model
     """What the scoring job ships to executors for model ``name`` trained for ``ds`` on
     ``protocol``'s train split: the checked files plus its known items and trained users."""
     files = read_model_files(root, name, ds, protocol)
-    train = load_split(root, ds, protocol, "train")
-    users = np.zeros(train.n_users, dtype=bool)
-    users[train.users] = True
-    return ModelPayload(name, model_kind(name), files, known_items_mask(train), users)
+    users, items = split_presence(root, ds, protocol, "train")
+    return ModelPayload(name, model_kind(name), files, items, users)
 
 
 def trained_models(root: LocationLike, ds: str, protocols: Sequence[str]) -> list[str]:

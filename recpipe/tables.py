@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 from scipy import sparse
 
 from recpipe.commit import current_version
-from recpipe.errors import MissingInputError
+from recpipe.errors import DriverLimitError, MissingInputError
 from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, EVENT_TYPE, ITEM_IDX, TS, USER_IDX, VALUE
@@ -64,6 +64,31 @@ def _split_dataset(root: LocationLike, ds: str, protocol: str, part: str) -> pad
     return verified_dataset(folder)
 
 
+def check_whole_read(rows: int, max_rows: int, what: str) -> None:
+    """DriverLimitError naming ``driver.max_split_rows`` when ``rows`` exceed ``max_rows``."""
+    if rows > max_rows:
+        raise DriverLimitError(
+            f"{what} has {rows:,} rows, more than driver.max_split_rows={max_rows:,} one "
+            "process may read whole: use evaluation.engine=spark (or auto), or raise "
+            "driver.max_split_rows if this process has the memory (~100 bytes a row)"
+        )
+
+
+def split_presence(
+    root: LocationLike, ds: str, protocol: str, part: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users bool [n_users], items bool [n_items + 1]): which users and items have a row in
+    ``part``, streamed batch by batch (memory: the two masks, never the split)."""
+    users = np.zeros(vocab_size(root, VOCAB_USERS, USER_IDX, ds) + 1, dtype=bool)
+    items = np.zeros(vocab_size(root, VOCAB_ITEMS, ITEM_IDX, ds) + 1, dtype=bool)
+    dataset = _split_dataset(root, ds, protocol, part)
+    for batch in dataset.to_batches(columns=[USER_IDX, ITEM_IDX]):
+        users[batch.column(0).to_numpy(zero_copy_only=False)] = True
+        items[batch.column(1).to_numpy(zero_copy_only=False)] = True
+    items[0] = False  # padding
+    return users, items
+
+
 def split_item_counts(
     root: LocationLike, ds: str, protocol: str, part: str, n_items: int
 ) -> np.ndarray:
@@ -72,11 +97,23 @@ def split_item_counts(
     return np.bincount(items.to_numpy().astype(np.int64), minlength=n_items + 1)
 
 
-def load_split(root: LocationLike, ds: str, protocol: str, part: str) -> TrainData:
-    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays."""
-    table = _split_dataset(root, ds, protocol, part).to_table(
-        columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS]
-    )
+def split_rows(root: LocationLike, ds: str, protocol: str, part: str) -> int:
+    """Rows of one split part, from the Parquet footers (nothing else is read)."""
+    return int(_split_dataset(root, ds, protocol, part).count_rows())
+
+
+def load_split(
+    root: LocationLike, ds: str, protocol: str, part: str, max_rows: int | None = None
+) -> TrainData:
+    """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays.
+
+    ``max_rows`` (``driver.max_split_rows``): a larger part is refused with
+    :class:`DriverLimitError`, counted from the footers before any row is read.
+    """
+    dataset = _split_dataset(root, ds, protocol, part)
+    if max_rows is not None:
+        check_whole_read(dataset.count_rows(), max_rows, f"{part} split {protocol} ds={ds}")
+    table = dataset.to_table(columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS])
     ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds
     values = table.column(VALUE).to_numpy().astype(np.float64)  # pyarrow 12 and 26 alike
     return TrainData(

@@ -23,7 +23,7 @@ from recpipe.model_store import load_payload
 from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
-from recpipe.stages.evaluate import run_evaluate
+from recpipe.stages.evaluate import choose_engine, evaluate_model, run_evaluate
 from recpipe.stages.export import run_export
 from recpipe.stages.gate import run_gate
 from recpipe.stages.publish import run_publish
@@ -415,3 +415,99 @@ def load_split_for(root: Path):
     from recpipe.tables import load_split
 
     return load_split(root, DS1, PROTOCOL, "train")
+
+
+# --- evaluation on the executors --------------------------------------------------------------
+
+
+def _values(evaluation) -> dict:
+    return {key: value for key, value in evaluation.result.values.items()}
+
+
+@pytest.mark.parametrize("name", DEEP + BASELINES)
+def test_spark_evaluation_equals_the_local_engine(spark, root, name) -> None:
+    """Same truth users, same metrics (numpy vs Spark SQL definitions), same beyond-accuracy
+    counts, with executor blocks and partitions unlike the local engine's."""
+    local = evaluate_model(spark, build_config(root, *BASE, "evaluation.engine=local"), DS1,
+                           PROTOCOL, name)  # fmt: skip
+    on_spark = build_config(
+        root, *BASE, "evaluation.engine=spark", "evaluation.partitions=3",
+        "evaluation.user_batch=4",
+    )  # fmt: skip
+    distributed = evaluate_model(spark, on_spark, DS1, PROTOCOL, name)
+    truth_users = set(pads.dataset(partition_dir(root, "test", DS1, PROTOCOL))
+                      .to_table(columns=["user_idx"]).column(0).to_pylist())  # fmt: skip
+    assert local.result.n_users == distributed.result.n_users == len(truth_users) > 0
+    got, expected = _values(distributed), _values(local)
+    assert got.keys() == expected.keys()
+    assert {metric for metric, _ in got} >= {"ndcg", "recall", "coverage", "novelty"}
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    # Not a vacuous match: the lists hit something and recommend several items.
+    assert expected[("recall", 20)] > 0
+    for k in (1, 5, 10, 20):
+        np.testing.assert_array_equal(distributed.top_counts[k], local.top_counts[k])
+        assert distributed.top_counts[k].sum() > 0
+
+
+def test_auto_engine_switches_to_spark_above_local_max_rows(spark, root) -> None:
+    train = pads.dataset(partition_dir(root, "train", DS1, PROTOCOL)).count_rows()
+    test = pads.dataset(partition_dir(root, "test", DS1, PROTOCOL)).count_rows()
+    at_limit = build_config(root, *BASE, f"evaluation.local_max_rows={train + test}")
+    below = build_config(root, *BASE, f"evaluation.local_max_rows={train + test - 1}")
+    assert choose_engine(at_limit, DS1, PROTOCOL, spark) == "local"
+    assert choose_engine(below, DS1, PROTOCOL, spark) == "spark"
+    assert choose_engine(below, DS1, PROTOCOL, None) == "local"
+
+
+@pytest.fixture
+def no_whole_split_on_the_driver(monkeypatch):
+    """Driver read budget: any read of a split partition into one table (more than one row at
+    once) fails the test; streaming batches and footer counts stay allowed."""
+    import recpipe.tables as tables
+
+    class Budgeted:
+        def __init__(self, dataset) -> None:
+            self.dataset = dataset
+
+        def __getattr__(self, name: str):
+            return getattr(self.dataset, name)
+
+        def to_table(self, *args, **kwargs):
+            table = self.dataset.to_table(*args, **kwargs)
+            if table.num_rows > 1:
+                raise AssertionError(f"a split read whole on the driver: {table.num_rows} rows")
+            return table
+
+    real = tables._split_dataset
+    monkeypatch.setattr(tables, "_split_dataset", lambda *a, **kw: Budgeted(real(*a, **kw)))
+
+
+def test_spark_evaluation_and_scoring_never_load_a_split_whole(
+    spark, root, no_whole_split_on_the_driver
+) -> None:
+    config = build_config(root, *BASE, "evaluation.engine=spark", "driver.max_split_rows=1")
+    assert evaluate_model(spark, config, DS1, PROTOCOL, "als").result.n_users > 0
+    assert run_score(spark, build_config(root, *BASE, "score.model_ds=" + DS1), DS2,
+                     "bpr_mf")["status"] == "ok"  # fmt: skip
+    # The budget bites: the local engine reads the train split whole.
+    with pytest.raises(AssertionError, match="read whole on the driver"):
+        evaluate_model(spark, build_config(root, *BASE, "evaluation.engine=local"), DS1,
+                       PROTOCOL, "als")  # fmt: skip
+
+
+def test_local_engine_over_max_split_rows_is_one_line_naming_the_key(
+    root, tmp_path, capsys
+) -> None:
+    import shutil
+
+    copy = tmp_path / "root"  # the failed evaluate manifest stays out of the shared root
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("metastore", "warehouse", "tmp"))
+    overrides = [f"paths.root={copy}", *BASE, "evaluation.engine=local",
+                 "driver.max_split_rows=3"]  # fmt: skip
+    code = main(["evaluate", "--ds", DS1, "--model", "ease", "--no-gate",
+                 *[arg for item in overrides for arg in ("--set", item)]])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "driver.max_split_rows=3" in err[0], err
+    assert "evaluation.engine=spark" in err[0]

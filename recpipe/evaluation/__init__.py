@@ -12,10 +12,12 @@ from recpipe.evaluation.metrics import (
     USERS_KEY,
     EvaluationResult,
     beyond_accuracy,
+    beyond_accuracy_of_counts,
     item_popularity,
     metrics_table,
     popularity_percentiles,
     ranking_metrics,
+    recommendation_counts,
 )
 from recpipe.evaluation.protocol import ALL_ITEMS, Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, csr_from_pairs, csr_rows, top_k
@@ -29,11 +31,13 @@ __all__ = [
     "EvaluationResult",
     "Protocol",
     "beyond_accuracy",
+    "beyond_accuracy_of_counts",
     "csr_from_pairs",
     "csr_rows",
     "item_popularity",
     "metrics_table",
     "popularity_percentiles",
     "ranking_metrics",
+    "recommendation_counts",
     "top_k",
 ]

@@ -150,10 +150,29 @@ def popularity_percentiles(item_popularity: np.ndarray) -> np.ndarray:
     return percentile
 
 
+def recommendation_counts(recommended: np.ndarray, k: int, n_items: int) -> np.ndarray:
+    """[n_items + 1] how often each item appears in the top ``k`` of the lists (padding,
+    entry 0, is not counted): all that beyond-accuracy metrics and the report need."""
+    top = np.asarray(recommended, dtype=np.int64)[:, :k]
+    counts = np.bincount(top[top != PAD_ITEM], minlength=n_items + 1)
+    return counts[: n_items + 1]
+
+
 def beyond_accuracy(
     recommended: np.ndarray, k: int, item_popularity: np.ndarray, n_users_train: int
 ) -> dict[str, float]:
-    """``coverage``, ``popularity_percentile`` and ``novelty`` of the top-``k`` lists.
+    """:func:`beyond_accuracy_of_counts` of the top-``k`` lists ``recommended`` [U, >= k]."""
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    counts = recommendation_counts(recommended, k, np.asarray(item_popularity).size - 1)
+    return beyond_accuracy_of_counts(counts, item_popularity, n_users_train)
+
+
+def beyond_accuracy_of_counts(
+    counts: np.ndarray, item_popularity: np.ndarray, n_users_train: int
+) -> dict[str, float]:
+    """``coverage``, ``popularity_percentile`` and ``novelty`` of top-K lists given as how
+    often each item was recommended (:func:`recommendation_counts`):
 
     * coverage: distinct recommended items / n_items (catalogue = items 1..n_items);
     * popularity_percentile: mean over every recommended entry of
@@ -161,20 +180,28 @@ def beyond_accuracy(
     * novelty: mean over every recommended entry of -log2(popularity / n_users_train), where
       an item no train user touched counts as popularity 1 so that it stays finite.
 
-    Padding entries (item 0) are ignored; with no items left the means are NaN.
+    Padding (entry 0) is ignored; with no recommended entry the means are NaN.
     """
-    if k < 1 or n_users_train < 1:
-        raise ValueError(f"k and n_users_train must be positive, got {k}, {n_users_train}")
+    if n_users_train < 1:
+        raise ValueError(f"n_users_train must be positive, got {n_users_train}")
     popularity = np.asarray(item_popularity)
     n_items = popularity.size - 1
-    top = np.asarray(recommended, dtype=np.int64)[:, :k]
-    items = top[top != PAD_ITEM]
+    counts = np.asarray(counts, dtype=np.int64).copy()
+    counts[PAD_ITEM] = 0
+    entries = int(counts.sum())
+    items = np.flatnonzero(counts)
     self_information = -np.log2(np.maximum(popularity[items], 1) / n_users_train)
+    percentile = popularity_percentiles(popularity)[items]
+    weights = counts[items]
     return {
-        "coverage": np.unique(items).size / n_items,
-        "popularity_percentile": _mean(popularity_percentiles(popularity)[items]),
-        "novelty": _mean(self_information),
+        "coverage": items.size / n_items,
+        "popularity_percentile": _weighted_mean(percentile, weights, entries),
+        "novelty": _weighted_mean(self_information, weights, entries),
     }
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray, total: int) -> float:
+    return float(np.dot(values, weights) / total) if total else float("nan")
 
 
 @dataclass
@@ -204,11 +231,11 @@ class EvaluationResult:
 
 @dataclass
 class Evaluation:
-    """A result plus what the report needs: each evaluated user's top-K list."""
+    """A result plus what the report needs, item-sized whatever the number of users: how often
+    each item was recommended in the top K (per K) and its train popularity."""
 
     result: EvaluationResult
-    users: np.ndarray
-    recommended: np.ndarray
+    top_counts: dict[int, np.ndarray]  # K -> [n_items + 1] recommendation_counts
     catalogue_popularity: np.ndarray
 
 

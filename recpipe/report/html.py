@@ -108,9 +108,10 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: s
 
 
 def popularity_plot(
-    catalogue_popularity: np.ndarray, recommended: Mapping[str, np.ndarray], k: int
+    catalogue_popularity: np.ndarray, top_counts: Mapping[str, np.ndarray], k: int
 ) -> str:
-    """PNG data URI: popularity (train users per item) of recommended items vs the catalogue."""
+    """PNG data URI: popularity (train users per item) of recommended items vs the catalogue;
+    ``top_counts`` maps a model to how often each item is in its top-``k`` lists."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,12 +129,12 @@ def popularity_plot(
         label="catalogue",
         color="grey",
     )
-    for model, items in sorted(recommended.items()):
-        values = catalogue_popularity[items] + 1
+    for model, counts in sorted(top_counts.items()):
+        counts = np.asarray(counts, dtype=np.float64)[1:]
         axis.hist(
-            values,
+            catalogue,
             bins=bins,
-            weights=np.full(values.size, 1 / max(values.size, 1)),
+            weights=counts / max(counts.sum(), 1.0),
             histtype="step",
             linewidth=1.5,
             label=model,

@@ -44,10 +44,8 @@ def _popularity_section(evaluations: Sequence[Any], k: int) -> str:
     parts = []
     for protocol, group in group_by_protocol(evaluations).items():
         name = protocol.split_protocol
-        recommended = {
-            e.result.model: e.recommended[:, :k][e.recommended[:, :k] > 0] for e in group
-        }
-        uri = popularity_plot(group[0].catalogue_popularity, recommended, k)
+        counts = {e.result.model: e.top_counts[k] for e in group if k in e.top_counts}
+        uri = popularity_plot(group[0].catalogue_popularity, counts, k)
         parts.append(f"<p class='protocol'>{name}: train popularity of recommended items</p>")
         parts.append(image(uri, f"popularity, {name}"))
     return "\n".join(parts)

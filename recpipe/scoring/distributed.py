@@ -10,9 +10,9 @@ broadcast; :func:`score_locally` runs it in this process, block by block over th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer
 
+ScorerT = TypeVar("ScorerT")
 SOURCE = "source"
 SOURCE_POPULAR = "popular"
 RANK = "rank"
@@ -104,7 +105,8 @@ def recommend_block(
     return pa.concat_tables(parts) if parts else OUTPUT_SCHEMA.empty_table()
 
 
-def _blocks(histories: UserHistories, size: int) -> Iterator[UserHistories]:
+def user_blocks(histories: UserHistories, size: int) -> Iterator[UserHistories]:
+    """Consecutive blocks of at most ``size`` users."""
     for start in range(0, len(histories), size):
         yield histories.take(np.arange(start, min(len(histories), start + size)))
 
@@ -119,23 +121,33 @@ def score_locally(
     scorer = build_scorer(payload, pick_device(settings.device, "score.device"))
     tables = [
         recommend_block(scorer, block, popular, settings)
-        for block in _blocks(histories, settings.user_block)
+        for block in user_blocks(histories, settings.user_block)
     ]
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
 
 # One rebuilt model per executor Python process (Spark reuses workers across tasks), keyed by
-# a token drawn on the driver per scoring job.
-_SCORERS: dict[str, Scorer] = {}
+# a token drawn on the driver per job.
+_SCORERS: dict[str, Any] = {}
 
 
-def _cached_scorer(token: str, broadcast: Any, device: str) -> Scorer:
+def cached_scorer(token: str, build: Callable[[], ScorerT]) -> ScorerT:
+    """The scorer this Python worker built for job ``token``, built on first use (an earlier
+    job's scorer is dropped)."""
     scorer = _SCORERS.get(token)
     if scorer is None:
         _SCORERS.clear()
-        device_used = pick_device(device, "score.device")
-        scorer = _SCORERS[token] = build_scorer(broadcast.value, device_used)
+        scorer = _SCORERS[token] = build()
     return scorer
+
+
+def use_task_cores() -> None:
+    """One torch thread per core of this Spark task: more would oversubscribe the node."""
+    import torch
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    torch.set_num_threads(max(1, context.cpus() if context else 1))
 
 
 class PartitionScorer:
@@ -148,17 +160,13 @@ class PartitionScorer:
         self.token = uuid.uuid4().hex
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import torch
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        # One task per core: more torch threads than the task's cores oversubscribe the node.
-        torch.set_num_threads(max(1, context.cpus() if context else 1))
-        scorer = _cached_scorer(self.token, self.payload, self.settings.device)
+        use_task_cores()
+        device = pick_device(self.settings.device, "score.device")
+        scorer = cached_scorer(self.token, lambda: build_scorer(self.payload.value, device))
         popular = self.popular.value
         for batch in batches:
             histories = histories_from_arrow(batch)
-            for block in _blocks(histories, self.settings.user_block):
+            for block in user_blocks(histories, self.settings.user_block):
                 yield from recommend_block(scorer, block, popular, self.settings).to_batches()
 
 

@@ -192,24 +192,50 @@ def evaluation_scorer(
     )
     trained = np.zeros(train.n_users, dtype=bool)
     trained[train.users] = True
+    scorer = dense_evaluation_scorer(model, known_items_mask(train), trained, device)
+    return HistoryScorer(scorer, histories, model)
+
+
+def dense_evaluation_scorer(
+    model: Baseline | RecModel,
+    known: np.ndarray,
+    train_users: np.ndarray,
+    device: torch.device | str = "cpu",
+) -> DenseScorer:
+    """The full score rows both evaluation engines rank: the same function of a block's
+    histories in one process (:func:`evaluation_scorer`) and on the Spark executors."""
     if isinstance(model, Baseline):
-        model.attach_history(train)
-        scorer = DenseScorer(
-            lambda h: torch.as_tensor(np.asarray(model.raw_scores(h.users), dtype=np.float64)),
+        return DenseScorer(
+            lambda h: torch.as_tensor(baseline_rows(model, h)),
             name=model.name,
             known_items=model.known_items,
-            train_users=trained,
+            train_users=train_users,
             uses_user_ids=model.uses_user_ids,
             needs_history=model.needs_history,
             device=torch.device(device),
         )
-    else:
-        scorer = dense_deep_scorer(model, known_items_mask(train), trained, device)
-    return HistoryScorer(scorer, histories, model)
+    return dense_deep_scorer(model, known, train_users, device)
+
+
+def baseline_rows(model: Baseline, histories: UserHistories) -> np.ndarray:
+    """A baseline's float64 raw scores of these users: by user id for id-based models, else
+    from the histories given (never a history attached for every user)."""
+    if model.uses_user_ids:
+        return np.asarray(model.raw_scores(histories.users), dtype=np.float64)
+    return np.asarray(_history_scores(model, histories), dtype=np.float64)
+
+
+def rebuild_model(payload: ModelPayload) -> Baseline | RecModel:
+    """The payload's trained model (a baseline from its arrays, a deep model from its
+    ``weights_only`` checkpoint)."""
+    if payload.kind == "deep":
+        return build_model(load_state(io.BytesIO(payload.files[MODEL_FILE])))
+    return baseline_class(payload.name).from_files(payload.files)
 
 
 def _deep_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
-    model = build_model(load_state(io.BytesIO(payload.files[MODEL_FILE])))
+    model = rebuild_model(payload)
+    assert isinstance(model, RecModel)
     return deep_scorer(model, payload.known_items, payload.train_users, device, payload.name)
 
 
@@ -279,7 +305,8 @@ def _deep_inputs(
 
 
 def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
-    model = baseline_class(payload.name).from_files(payload.files)
+    model = rebuild_model(payload)
+    assert isinstance(model, Baseline)
     common = dict(
         name=payload.name,
         known_items=payload.known_items & model.known_items,
@@ -303,11 +330,14 @@ def _history_scores(model: Baseline, histories: UserHistories) -> np.ndarray:
     """The baseline's raw scores with these histories as the users' rows."""
     rows, items = histories.pairs()
     inside = items <= model.n_items
-    model.history = sparse.csr_matrix(
+    history = sparse.csr_matrix(
         (np.ones(int(inside.sum())), (rows[inside], items[inside])),
         shape=(len(histories), model.n_items + 1),
     )
-    model.history.data[:] = 1.0
+    history.data[:] = 1.0
+    # Canonical column order: a row's sums then do not depend on how its history was ordered.
+    history.sort_indices()
+    model.history = history
     return np.asarray(model.raw_scores(np.arange(len(histories))))
 
 

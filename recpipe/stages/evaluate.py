@@ -6,32 +6,68 @@ import logging
 from typing import Any
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config
+from recpipe.errors import RecpipeError
 from recpipe.evaluation.metrics import (
+    USERS_KEY,
     Evaluation,
     EvaluationResult,
-    beyond_accuracy,
+    MetricValues,
+    beyond_accuracy_of_counts,
     item_popularity,
     ranking_metrics,
+    recommendation_counts,
 )
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.lake import Lake
+from recpipe.layout import TRAIN, VOCAB_ITEMS
 from recpipe.manifest import StageRun
-from recpipe.model_store import load_for_evaluation
-from recpipe.tables import TrainData, load_split
+from recpipe.model_store import load_for_evaluation, model_kind, read_model_files
+from recpipe.schema import DS, ITEM_IDX, TS, USER_IDX
+from recpipe.scoring.scorers import ModelPayload
+from recpipe.stages.split import PROTOCOL
+from recpipe.tables import load_split, split_rows, vocab_size
 
 log = logging.getLogger(__name__)
+
+
+def choose_engine(config: Config, ds: str, protocol: str, spark: SparkSession | None) -> str:
+    """``local`` or ``spark``: ``evaluation.engine``, or for ``auto`` the local engine while the
+    train and scored splits together hold at most ``evaluation.local_max_rows`` rows (counted
+    from the Parquet footers) or when there is no Spark session."""
+    settings = config.evaluation
+    if settings.engine != "auto":
+        return settings.engine
+    if spark is None:
+        return "local"
+    rows = split_rows(config.root, ds, protocol, "train")
+    rows += split_rows(config.root, ds, protocol, settings.split)
+    return "local" if rows <= settings.local_max_rows else "spark"
 
 
 def evaluate_model(
     spark: SparkSession | None, config: Config, ds: str, protocol: str, name: str
 ) -> Evaluation:
-    """Full-ranking evaluation of one trained model under one split protocol."""
+    """Full-ranking evaluation of one trained model under one split protocol, on the engine
+    :func:`choose_engine` picks; both give the same numbers."""
+    engine = choose_engine(config, ds, protocol, spark)
+    if engine == "spark":
+        if spark is None:
+            raise RecpipeError("evaluation.engine=spark needs a Spark session")
+        return _evaluate_on_spark(spark, config, ds, protocol, name)
+    return _evaluate_locally(config, ds, protocol, name)
+
+
+def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Evaluation:
+    """Both splits read into this process; users ranked block by block here."""
     settings = config.evaluation
-    train = load_split(config.root, ds, protocol, "train")
-    truth = load_split(config.root, ds, protocol, settings.split)
+    limit = config.driver.max_split_rows
+    train = load_split(config.root, ds, protocol, "train", max_rows=limit)
+    truth = load_split(config.root, ds, protocol, settings.split, max_rows=limit)
     model = load_for_evaluation(config.root, name, ds, protocol, train)
     seen = csr_from_pairs(train.users, train.items, train.n_users)
     truth_csr = csr_from_pairs(truth.users, truth.items, train.n_users)
@@ -45,37 +81,85 @@ def evaluate_model(
         seen if settings.exclude_train_items else None,
         batch=settings.user_batch,
     )
-    if settings.engine == "spark" and spark is not None:
-        from recpipe.evaluation.spark_metrics import spark_ranking_metrics
-
-        values = spark_ranking_metrics(
-            _recs_frame(spark, users, items), _truth_frame(spark, truth), ks, train.n_items
-        )
-    else:
-        values = ranking_metrics(items, truth_csr, users, ks)
+    values = ranking_metrics(items, truth_csr, users, ks)
     popularity = item_popularity(seen, train.n_items)
+    counts = {k: recommendation_counts(items, k, train.n_items) for k in ks}
     n_train_users = len(np.unique(train.users))
-    for k in ks:
-        for metric, value in beyond_accuracy(items, k, popularity, n_train_users).items():
-            values[(metric, k)] = value
-    n_users = int(values.pop(("users", 0), len(users)))
-    result = EvaluationResult(name, Protocol.from_config(protocol, settings), n_users, values)
-    return Evaluation(result, users, items, popularity)
+    return _evaluation(name, protocol, config, values, counts, popularity, n_train_users, "local")
 
 
-def _recs_frame(spark: SparkSession, users: np.ndarray, items: np.ndarray) -> Any:
-    rows = [
-        (int(user), int(item), rank + 1)
-        for user, row in zip(users, items, strict=True)
-        for rank, item in enumerate(row)
-        if item != 0
-    ]
-    return spark.createDataFrame(rows, "user_idx int, item_idx int, rank int")
+def _evaluate_on_spark(
+    spark: SparkSession, config: Config, ds: str, protocol: str, name: str
+) -> Evaluation:
+    """Splits read by Spark, users ranked on the executors, metrics aggregated by Spark; the
+    driver holds item-sized arrays only."""
+    from recpipe.evaluation.spark_metrics import spark_ranking_metrics
+    from recpipe.evaluation.spark_ranking import (
+        RankSettings,
+        item_side,
+        rank_on_executors,
+        top_item_counts,
+        train_histories,
+    )
+
+    settings = config.evaluation
+    lake = Lake(config.root)
+    partition = [{DS: ds, PROTOCOL: protocol}]
+    train = lake.read(spark, TRAIN, partition).select(USER_IDX, ITEM_IDX, TS)
+    truth = lake.read(spark, settings.split, partition).select(USER_IDX, ITEM_IDX)
+    n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
+    items = item_side(train, n_items)
+    files = read_model_files(config.root, name, ds, protocol)
+    # Evaluation ranks every truth user, so no trained-user mask travels.
+    payload = ModelPayload(
+        name, model_kind(name), files, items.known_items, np.zeros(0, dtype=bool)
+    )
+    ks = sorted(set(settings.ks))
+    ranking = RankSettings(
+        k=max(ks),
+        n_items=n_items,
+        user_batch=settings.user_batch,
+        exclude_seen=settings.exclude_train_items,
+    )
+    users = truth.select(USER_IDX).distinct().join(train_histories(train), USER_IDX, "left")
+    recs = rank_on_executors(spark, users, payload, ranking, settings.partitions)
+    recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        values = spark_ranking_metrics(recs, truth, ks, n_items)
+        counts = top_item_counts(recs, ks, n_items)
+    finally:
+        recs.unpersist()
+    return _evaluation(
+        name, protocol, config, values, counts, items.popularity, items.n_train_users, "spark"
+    )
 
 
-def _truth_frame(spark: SparkSession, truth: TrainData) -> Any:
-    pairs = list(zip(truth.users.tolist(), truth.items.tolist(), strict=True))
-    return spark.createDataFrame(pairs, "user_idx int, item_idx int")
+def _evaluation(
+    name: str,
+    protocol: str,
+    config: Config,
+    values: MetricValues,
+    counts: dict[int, np.ndarray],
+    popularity: np.ndarray,
+    n_train_users: int,
+    engine: str,
+) -> Evaluation:
+    """The result both engines end with: beyond-accuracy metrics from the per-item counts."""
+    for k, per_item in counts.items():
+        values.update(
+            {
+                (m, k): v
+                for m, v in beyond_accuracy_of_counts(
+                    per_item, popularity, max(1, n_train_users)
+                ).items()
+            }
+        )
+    n_users = int(values.pop(USERS_KEY, 0))
+    result = EvaluationResult(
+        name, Protocol.from_config(protocol, config.evaluation), n_users, values
+    )
+    log.info("evaluate %s on %s: %s engine, %d users", name, protocol, engine, n_users)
+    return Evaluation(result, counts, popularity)
 
 
 def run_evaluate(
@@ -95,6 +179,8 @@ def run_evaluate(
             run.record.update(model=name, split=config.evaluation.split, results=[])
             rows: list[dict[str, Any]] = []
             for protocol in config.split.protocols:
+                engine = choose_engine(config, ds, protocol, spark)
+                run.record.setdefault("engines", {})[protocol] = engine
                 evaluation = evaluate_model(spark, config, ds, protocol, name)
                 evaluations.append(evaluation)
                 result = evaluation.result
