@@ -284,6 +284,9 @@ class EarlyStoppingConfig(_Section):
     k: int = Field(10, ge=1)
     patience: int = Field(8, ge=1)
     every_epochs: int = Field(1, ge=1)
+    # Validation ranks a seeded sample of this many valid users (null: all of them).
+    max_users: int | None = Field(10_000, ge=1)
+    seed: int = 0
 
 
 class TrainConfig(_Section):

@@ -89,6 +89,37 @@ def split_presence(
     return users, items
 
 
+def split_users(root: LocationLike, ds: str, protocol: str, part: str) -> np.ndarray:
+    """Sorted distinct users with a row in ``part``, streamed (memory: one mask over users)."""
+    dataset = _split_dataset(root, ds, protocol, part)
+    present = np.zeros(vocab_size(root, VOCAB_USERS, USER_IDX, ds) + 1, dtype=bool)
+    for batch in dataset.to_batches(columns=[USER_IDX]):
+        present[batch.column(0).to_numpy(zero_copy_only=False)] = True
+    return np.flatnonzero(present)
+
+
+def split_rows_of_users(
+    root: LocationLike, ds: str, protocol: str, part: str, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, ts seconds) int64 of the rows of ``part`` whose user is in the sorted
+    ``users``, streamed batch by batch: memory follows the rows kept, not the split."""
+    users = np.asarray(users, dtype=np.int64)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    dataset = _split_dataset(root, ds, protocol, part)
+    for batch in dataset.to_batches(columns=[USER_IDX, ITEM_IDX, TS]):
+        batch_users = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        at = np.minimum(np.searchsorted(users, batch_users), max(len(users) - 1, 0))
+        keep = users[at] == batch_users if len(users) else np.zeros(len(batch_users), bool)
+        if keep.any():
+            items = batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64)
+            ts = batch.column(2).cast("int64").to_numpy(zero_copy_only=False) // 1_000_000
+            kept.append((batch_users[keep], items[keep], ts[keep]))
+    if not kept:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tuple(np.concatenate(parts) for parts in zip(*kept, strict=True))  # type: ignore[return-value]
+
+
 def split_item_counts(
     root: LocationLike, ds: str, protocol: str, part: str, n_items: int
 ) -> np.ndarray:

@@ -183,6 +183,40 @@ def test_validator_reads_the_splits_on_first_use_not_at_construction(root, tmp_p
     assert validator.usable and "data" in vars(validator)
 
 
+def test_validation_ranks_a_seeded_sample_of_valid_users(root) -> None:
+    from recpipe.evaluation import csr_from_pairs, ranking_metrics, top_k
+    from recpipe.scoring.scorers import evaluation_scorer
+
+    config = config_for(root, "train.max_epochs=1", "train.launcher=local",
+                        "split.protocols=[leave_last_out]")  # fmt: skip
+    manifests, _ = run_train(None, config, DS, ["bpr_mf"], evaluate=False)
+    model = load_model(Path(manifests[0]["protocols"]["leave_last_out"]["path"]))
+    train = load_split(root, DS, "leave_last_out", "train")
+    valid = load_split(root, DS, "leave_last_out", "valid")
+    valid_users = np.unique(valid.users)
+    every = Validator(root=str(root), ds=DS, protocol="leave_last_out", max_users=None)
+    np.testing.assert_array_equal(every.data.users, valid_users)
+    half = len(valid_users) // 2
+    sample = Validator(root=str(root), ds=DS, protocol="leave_last_out", max_users=half, seed=1)
+    again = Validator(root=str(root), ds=DS, protocol="leave_last_out", max_users=half, seed=1)
+    other = Validator(root=str(root), ds=DS, protocol="leave_last_out", max_users=half, seed=2)
+    assert len(sample.data.users) == half and set(sample.data.users) < set(valid_users)
+    np.testing.assert_array_equal(sample.data.users, again.data.users)
+    assert set(sample.data.users) != set(other.data.users)
+    assert f"seeded sample of {len(valid_users)} valid users, seed 1" in sample.describe()
+    # Independent reference: whole splits read into memory, the evaluation library over the
+    # same users.
+    scorer = evaluation_scorer(model, train)
+    seen = csr_from_pairs(train.users, train.items, train.n_users)
+    truth = csr_from_pairs(valid.users, valid.items, train.n_users)
+    for validator in (every, sample):
+        users = validator.data.users
+        items, _ = top_k(scorer.score, users, 10, train.n_items, seen)
+        expected = ranking_metrics(items, truth, users, [10])[("ndcg", 10)]
+        assert expected > 0 or validator is sample  # the full comparison is not vacuous
+        assert validator.evaluate(model) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
 def test_model_config_errors_name_the_key(root) -> None:
     with pytest.raises(ConfigError, match=r"models\.sasrec\.dimm"):
         run_train(None, config_for(root, "models.sasrec.dimm=3"), DS, ["sasrec"])

@@ -258,7 +258,13 @@ class Trainer:
         usable = 1.0
         validator = None
         if ctx.is_main:
-            validator = Validator(**self.spec.validation, metric=early.metric, k=early.k)
+            validator = Validator(
+                **self.spec.validation,
+                metric=early.metric,
+                k=early.k,
+                max_users=early.max_users,
+                seed=early.seed,
+            )
             usable = float(validator.usable)  # first use: reads the splits
         usable = self.comm.broadcast_floats([usable])[0]
         if not usable:

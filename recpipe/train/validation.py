@@ -1,4 +1,6 @@
-"""Early-stopping metric: the evaluation library on the valid split (full ranking)."""
+"""Early-stopping metric: the evaluation library on the valid split (full ranking), over a
+seeded sample of valid users so that its cost and memory stay bounded however many there are.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +9,48 @@ from functools import cached_property
 
 import numpy as np
 
+from recpipe.baselines.base import Baseline
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import ranking_metrics
 from recpipe.evaluation.ranking import Csr, csr_from_pairs, top_k
+from recpipe.layout import VOCAB_ITEMS
 from recpipe.models.base import RecModel
-from recpipe.scoring.scorers import evaluation_scorer
-from recpipe.tables import TrainData, load_split
+from recpipe.schema import ITEM_IDX
+from recpipe.scoring.histories import UserHistories
+from recpipe.scoring.scorers import dense_evaluation_scorer
+from recpipe.tables import split_presence, split_rows_of_users, split_users, vocab_size
+
+
+def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray:
+    """Sorted ``users``, or a seeded uniform sample of ``max_users`` of them (same seed and
+    users: same sample, on any machine)."""
+    users = np.asarray(users, dtype=np.int64)
+    if max_users is None or len(users) <= max_users:
+        return users
+    chosen = np.random.default_rng(seed).choice(len(users), size=max_users, replace=False)
+    return np.sort(users[chosen])
 
 
 @dataclass(frozen=True)
 class ValidData:
-    """What validation reads: the train split, the valid users, their seen and true items."""
+    """What validation reads, indexed by position in ``users`` (the sampled valid users):
+    their train histories, seen items and true items."""
 
-    train: TrainData
-    users: np.ndarray
+    users: np.ndarray  # sorted user indexes
+    valid_users: int  # valid users before sampling
+    histories: UserHistories  # row i: users[i]'s train items, oldest first
     seen: Csr
     truth: Csr
+    n_items: int
 
 
 @dataclass
 class Validator:
-    """Scores a model on ``protocol``'s valid split with train items excluded.
+    """Scores a model on ``protocol``'s valid split with train items excluded, over at most
+    ``max_users`` valid users drawn with ``seed`` (``None``: all of them).
 
-    Construction reads nothing; the splits are read on first use (:attr:`data`).
+    Construction reads nothing; the splits are read on first use (:attr:`data`), streamed:
+    only the sampled users' rows are kept.
     """
 
     root: str  # paths.root: a local path or a URI
@@ -38,21 +59,36 @@ class Validator:
     metric: str = "ndcg"
     k: int = 10
     user_batch: int = 1024
+    max_users: int | None = 10_000
+    seed: int = 0
 
     @cached_property
     def data(self) -> ValidData:
-        """The train and valid splits, read once."""
-        train = load_split(self.root, self.ds, self.protocol, "train")
+        """The sampled users' train and valid rows, read once."""
+        # The train split first: a missing one is the error worth reporting.
+        split_users(self.root, self.ds, self.protocol, "train")
         try:
-            valid = load_split(self.root, self.ds, self.protocol, "valid")
+            valid_users = split_users(self.root, self.ds, self.protocol, "valid")
         except MissingInputError:  # protocols configured without a valid part
-            valid = load_split(self.root, self.ds, self.protocol, "train")
-            valid.users, valid.items = valid.users[:0], valid.items[:0]
+            valid_users = np.zeros(0, dtype=np.int64)
+        users = sample_users(valid_users, self.max_users, self.seed)
+        train = split_rows_of_users(self.root, self.ds, self.protocol, "train", users)
+        valid = (
+            split_rows_of_users(self.root, self.ds, self.protocol, "valid", users)
+            if len(users)
+            else train
+        )
+        train_rows = np.searchsorted(users, train[0])
+        histories = UserHistories.from_events(
+            train_rows, train[1], train[2], distinct=False, n_users=len(users)
+        )
         return ValidData(
-            train=train,
-            users=np.unique(valid.users),
-            seen=csr_from_pairs(train.users, train.items, train.n_users),
-            truth=csr_from_pairs(valid.users, valid.items, train.n_users),
+            users=users,
+            valid_users=len(valid_users),
+            histories=UserHistories(users, histories.lengths, histories.items),
+            seen=csr_from_pairs(train_rows, train[1], len(users)),
+            truth=csr_from_pairs(np.searchsorted(users, valid[0]), valid[1], len(users)),
+            n_items=vocab_size(self.root, VOCAB_ITEMS, ITEM_IDX, self.ds),
         )
 
     @property
@@ -62,17 +98,39 @@ class Validator:
 
     def describe(self) -> str:
         """The protocol in words, for logs and the manifest."""
+        data = self.data
+        sampled = ""
+        if len(data.users) < data.valid_users:
+            sampled = f" (seeded sample of {data.valid_users} valid users, seed {self.seed})"
         return (
             f"{self.metric}@{self.k} on {self.protocol}/valid, full ranking over all items, "
-            f"train items excluded, {len(self.data.users)} users"
+            f"train items excluded, {len(data.users)} users{sampled}"
         )
 
-    def evaluate(self, model: RecModel, device: str = "cpu") -> float:
+    def evaluate(self, model: RecModel | Baseline, device: str = "cpu") -> float:
         """The metric for ``model`` (put in eval mode; the caller restores train mode)."""
         data = self.data
-        scorer = evaluation_scorer(model, data.train, device)
-        items, _ = top_k(
-            scorer.score, data.users, self.k, data.train.n_items, data.seen, batch=self.user_batch
+        # Every user is ranked, so no trained-user mask; known items are every train item,
+        # not only the sampled users' ones.
+        scorer = dense_evaluation_scorer(
+            model, self._trained_items(), np.zeros(0, dtype=bool), device
         )
-        values = ranking_metrics(items, data.truth, data.users, [self.k])
+        positions = np.arange(len(data.users))
+        items, _ = top_k(
+            lambda rows: scorer.score_rows(data.histories.take(rows)),
+            positions,
+            self.k,
+            data.n_items,
+            data.seen,
+            batch=self.user_batch,
+        )
+        values = ranking_metrics(items, data.truth, positions, [self.k])
         return float(values[(self.metric, self.k)])
+
+    def _trained_items(self) -> np.ndarray:
+        """Bool [n_items + 1]: items with a train row, streamed once and kept."""
+        cached = getattr(self, "_known", None)
+        if cached is None:
+            _, cached = split_presence(self.root, self.ds, self.protocol, "train")
+            self._known = cached
+        return cached
