@@ -3,7 +3,8 @@
 For each size (``--sizes``, event counts), synthetic logs (users ~ events/40, items ~
 events/200 capped at 200k) go through every stage as its own ``recpipe`` command, as the DAG
 runs them: clean -> vocab -> sessionize -> split -> train-baseline (ALS) -> export -> train
-(one deep model, one epoch) -> evaluate -> gate -> score -> publish, with ``spark.driver_memory=1g``.
+(one deep model, one epoch) -> evaluate -> gate -> score -> publish, with
+``spark.driver_memory=1g``.
 Per stage it prints wall time, events/s, peak RSS of the driver's Python and JVM and of the
 largest executor Python worker (sampled from /proc every 0.2 s, so Linux only), and ends
 with the ratios of the largest size to the smallest: one line for time, one for peak driver

@@ -200,6 +200,8 @@ class PopularityConfig(_Section):
 class ItemKnnConfig(_Section):
     neighbours: int = Field(100, ge=1)
     shrink: float = Field(0.0, ge=0)
+    # Similarities count each user's most recent N items (bounds the pair self-join).
+    max_user_items: int | None = Field(200, ge=1)
 
 
 class AlsConfig(_Section):

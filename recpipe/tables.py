@@ -64,13 +64,15 @@ def _split_dataset(root: LocationLike, ds: str, protocol: str, part: str) -> pad
     return verified_dataset(folder)
 
 
-def check_whole_read(rows: int, max_rows: int, what: str) -> None:
-    """DriverLimitError naming ``driver.max_split_rows`` when ``rows`` exceed ``max_rows``."""
+def check_whole_read(rows: int, max_rows: int, what: str, instead: str = "") -> None:
+    """DriverLimitError naming ``driver.max_split_rows`` when ``rows`` exceed ``max_rows``;
+    ``instead`` (e.g. ``use evaluation.engine=spark``) leads the suggested ways out."""
     if rows > max_rows:
+        ways = f"{instead}, or raise" if instead else "raise"
         raise DriverLimitError(
             f"{what} has {rows:,} rows, more than driver.max_split_rows={max_rows:,} one "
-            "process may read whole: use evaluation.engine=spark (or auto), or raise "
-            "driver.max_split_rows if this process has the memory (~100 bytes a row)"
+            f"process may read whole: {ways} driver.max_split_rows if this process has the "
+            "memory (~100 bytes a row)"
         )
 
 
@@ -134,16 +136,23 @@ def split_rows(root: LocationLike, ds: str, protocol: str, part: str) -> int:
 
 
 def load_split(
-    root: LocationLike, ds: str, protocol: str, part: str, max_rows: int | None = None
+    root: LocationLike,
+    ds: str,
+    protocol: str,
+    part: str,
+    max_rows: int | None = None,
+    instead: str = "",
 ) -> TrainData:
     """Read ``part`` (train/valid/test) of ``protocol`` for ``ds`` into numpy arrays.
 
     ``max_rows`` (``driver.max_split_rows``): a larger part is refused with
-    :class:`DriverLimitError`, counted from the footers before any row is read.
+    :class:`DriverLimitError`, counted from the footers before any row is read; ``instead``
+    names the alternative in its message.
     """
     dataset = _split_dataset(root, ds, protocol, part)
     if max_rows is not None:
-        check_whole_read(dataset.count_rows(), max_rows, f"{part} split {protocol} ds={ds}")
+        what = f"{part} split {protocol} ds={ds}"
+        check_whole_read(dataset.count_rows(), max_rows, what, instead)
     table = dataset.to_table(columns=[USER_IDX, ITEM_IDX, EVENT_TYPE, VALUE, TS])
     ts = table.column(TS).cast("int64").to_numpy() // 1_000_000  # micros -> seconds
     values = table.column(VALUE).to_numpy().astype(np.float64)  # pyarrow 12 and 26 alike

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recpipe.baselines.als import Als, als_ratings
 from recpipe.baselines.ease import CatalogueTooLargeError, Ease
@@ -34,17 +35,27 @@ def make_data(pairs: list[tuple[int, int]], n_users: int, n_items: int, ts=None)
     )
 
 
-def test_popularity_counts_distinct_users_and_recent_window() -> None:
+def frame_of(spark: SparkSession, pairs: list[tuple[int, int]], ts=None):
+    """The split as Spark reads it: user_idx, item_idx, ts (timestamp from epoch seconds)."""
+    seconds = [0] * len(pairs) if ts is None else ts
+    rows = [(u, i, int(t)) for (u, i), t in zip(pairs, seconds, strict=True)]
+    frame = spark.createDataFrame(rows, "user_idx int, item_idx int, seconds long")
+    return frame.select("user_idx", "item_idx", F.timestamp_seconds("seconds").alias("ts"))
+
+
+def test_popularity_counts_distinct_users_and_recent_window(spark: SparkSession) -> None:
     # item 1: users 1, 2 (user 1 twice); item 2: user 3; item 3: never seen.
     pairs = [(1, 1), (1, 1), (2, 1), (3, 2)]
     ts = [0, 1, 2, 10 * DAY]
     data = make_data(pairs, n_users=4, n_items=3, ts=ts)
-    scores = Popularity.fit(data, PopularityConfig()).score(np.array([1, 2]))
+    train = frame_of(spark, pairs, ts)
+    scores = Popularity.fit(data, PopularityConfig(), train_df=train).score(np.array([1, 2]))
     assert scores.shape == (2, 4)
     assert list(scores[0, 1:3]) == [2.0, 1.0]
     assert scores[0, 0] == -np.inf and scores[0, 3] == -np.inf  # padding, never-seen item
     # Only the last 5 days before the newest interaction: item 1's events are 10 days old.
-    recent = Popularity.fit(data, PopularityConfig(recent_days=5)).score(np.array([1]))
+    recent = Popularity.fit(data, PopularityConfig(recent_days=5), train_df=train)
+    recent = recent.score(np.array([1]))
     assert list(recent[0, 1:3]) == [0.0, 1.0]
 
 
@@ -107,7 +118,7 @@ def test_ease_refuses_large_catalogue_with_the_key() -> None:
 def test_itemknn_cosine_and_top_n(spark: SparkSession) -> None:
     # users: 1 -> {1, 2}, 2 -> {1, 2, 3}, 3 -> {3}
     pairs = [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 3)]
-    train = spark.createDataFrame(pairs, "user_idx int, item_idx int")
+    train = frame_of(spark, pairs)
     sims = {
         (r["item_i"], r["item_j"]): r["sim"]
         for r in item_similarities(train, neighbours=10, shrink=0.0).collect()
@@ -127,6 +138,28 @@ def test_itemknn_cosine_and_top_n(spark: SparkSession) -> None:
     model.attach_history(make_data(pairs, 4, 3))
     # user 3 has {3}: score(j) = sim(3, j): item 1 -> 0.5, item 2 -> 0.5, item 3 -> 0
     np.testing.assert_allclose(model.score(np.array([3]))[0, 1:], [0.5, 0.5, 0.0])
+
+
+def test_itemknn_counts_each_users_most_recent_items_only(spark: SparkSession) -> None:
+    # user 1 touched items 1, 2, 3 at seconds 0, 1, 2 (item 1 again at 3); user 2 items 2, 3.
+    pairs = [(1, 1), (1, 2), (1, 3), (1, 1), (2, 2), (2, 3)]
+    train = frame_of(spark, pairs, ts=[0, 1, 2, 3, 0, 0])
+
+    def similarities(cap: int | None) -> dict[tuple[int, int], float]:
+        rows = item_similarities(train, neighbours=10, shrink=0.0, max_user_items=cap)
+        return {(r["item_i"], r["item_j"]): r["sim"] for r in rows.collect()}
+
+    # No cap: degrees 1, 2, 2; co(1,2) = co(1,3) = 1, co(2,3) = 2.
+    assert similarities(None) == pytest.approx(
+        {(1, 2): 1 / math.sqrt(2), (2, 1): 1 / math.sqrt(2), (1, 3): 1 / math.sqrt(2),
+         (3, 1): 1 / math.sqrt(2), (2, 3): 1.0, (3, 2): 1.0}
+    )  # fmt: skip
+    # Cap 2: user 1 keeps items 1 (second 3) and 3 (second 2); user 2 keeps both of its items.
+    # Degrees 1, 1, 2; co(1,3) = 1, co(2,3) = 1.
+    assert similarities(2) == pytest.approx(
+        {(1, 3): 1 / math.sqrt(2), (3, 1): 1 / math.sqrt(2), (2, 3): 1 / math.sqrt(2),
+         (3, 2): 1 / math.sqrt(2)}
+    )  # fmt: skip
 
 
 def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) -> None:

@@ -488,6 +488,9 @@ def test_spark_evaluation_and_scoring_never_load_a_split_whole(
 ) -> None:
     config = build_config(root, *BASE, "evaluation.engine=spark", "driver.max_split_rows=1")
     assert evaluate_model(spark, config, DS1, PROTOCOL, "als").result.n_users > 0
+    trained = run_train_baseline(spark, config, DS1, "itemknn")
+    assert trained["protocols"][PROTOCOL]["fitted"] == "spark"
+    assert evaluate_model(spark, config, DS1, PROTOCOL, "itemknn").result.n_users > 0
     assert run_score(spark, build_config(root, *BASE, "score.model_ds=" + DS1), DS2,
                      "bpr_mf")["status"] == "ok"  # fmt: skip
     # The budget bites: the local engine reads the train split whole.
@@ -511,3 +514,9 @@ def test_local_engine_over_max_split_rows_is_one_line_naming_the_key(
     assert code == 1
     assert len(err) == 1 and "driver.max_split_rows=3" in err[0], err
     assert "evaluation.engine=spark" in err[0]
+    # EASE is fitted in one process from the split's rows: the same limit, before any fit.
+    code = main(["train-baseline", "--ds", DS1, "--model", "ease",
+                 *[arg for item in overrides for arg in ("--set", item)]])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "driver.max_split_rows=3" in err[0], err
+    assert "baseline fitted in Spark" in err[0]

@@ -12,7 +12,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.baselines.base import Baseline, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, SplitFacts, base_meta
 from recpipe.config import AlsConfig
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
 from recpipe.storage import as_location
@@ -68,9 +68,11 @@ class Als(Baseline):
     name = "als"
     uses_user_ids = True
     needs_history = False
+    fits_in_spark = True
 
     @classmethod
-    def fit(cls, data: TrainData, settings: AlsConfig, **context: Any) -> Als:
+    def fit(cls, data: TrainData | SplitFacts, settings: AlsConfig, **context: Any) -> Als:
+        facts = SplitFacts.of(data)
         train: DataFrame = context["train_df"]
         spark = train.sparkSession
         log.info("als: MLlib BLAS implementation %s", blas_in_use(spark))
@@ -94,11 +96,11 @@ class Als(Baseline):
         )
         model = als.fit(als_ratings(train, settings))
         arrays = {
-            "user_factors": _factors(model.userFactors, data.n_users, settings.rank),
-            "item_factors": _factors(model.itemFactors, data.n_items + 1, settings.rank),
-            "known_items": known_items_mask(data),
+            "user_factors": _factors(model.userFactors, facts.n_users, settings.rank),
+            "item_factors": _factors(model.itemFactors, facts.n_items + 1, settings.rank),
+            "known_items": facts.known_items,
         }
-        meta = {**base_meta(data, settings), "blas": blas_in_use(spark)}
+        meta = {**base_meta(facts, settings), "blas": blas_in_use(spark)}
         return cls(arrays, meta)
 
     def raw_scores(self, users: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,10 +22,31 @@ from recpipe.storage import LocationLike, as_location
 from recpipe.tables import TrainData
 
 
+@dataclass(frozen=True)
+class SplitFacts:
+    """What a baseline fitted in Spark knows of its train split besides the DataFrame: sizes
+    and the items it holds (item-sized, never a row per interaction)."""
+
+    n_users: int  # user_idx < n_users
+    n_items: int  # item_idx in 1..n_items
+    rows: int
+    known_items: np.ndarray  # bool [n_items + 1]
+
+    @classmethod
+    def of(cls, data: TrainData | SplitFacts) -> SplitFacts:
+        """The facts of a split read into memory (or ``data`` itself)."""
+        if isinstance(data, SplitFacts):
+            return data
+        return cls(data.n_users, data.n_items, len(data.users), known_items_mask(data))
+
+
 class Baseline(ABC):
     """A trained model that scores users against every item (column 0 is padding)."""
 
     name: ClassVar[str]
+    # Fitted from the split as a Spark DataFrame (context["train_df"]) plus SplitFacts: the
+    # train stage then never reads the split into the driver.
+    fits_in_spark: ClassVar[bool] = False
     # Scores need a trained per-user row (users absent from training cannot be scored).
     uses_user_ids: ClassVar[bool] = False
     # Scores are computed from the user's history (a user with no known item cannot be scored).
@@ -52,8 +74,9 @@ class Baseline(ABC):
 
     @classmethod
     @abstractmethod
-    def fit(cls, data: TrainData, settings: Any, **context: Any) -> Baseline:
-        """Train on ``data`` with the model's config section ``settings``."""
+    def fit(cls, data: TrainData | SplitFacts, settings: Any, **context: Any) -> Baseline:
+        """Train on ``data`` with the model's config section ``settings`` (``SplitFacts`` and
+        ``context["train_df"]`` when :attr:`fits_in_spark`)."""
 
     @abstractmethod
     def raw_scores(self, users: np.ndarray) -> np.ndarray:
@@ -115,11 +138,12 @@ def known_items_mask(data: TrainData) -> np.ndarray:
     return mask
 
 
-def base_meta(data: TrainData, settings: Any) -> dict[str, Any]:
+def base_meta(data: TrainData | SplitFacts, settings: Any) -> dict[str, Any]:
     """Fields every model's meta.json carries."""
+    facts = SplitFacts.of(data)
     return {
-        "n_users": data.n_users,
-        "n_items": data.n_items,
-        "train_rows": len(data.users),
+        "n_users": facts.n_users,
+        "n_items": facts.n_items,
+        "train_rows": facts.rows,
         "settings": settings.model_dump(mode="json") if hasattr(settings, "model_dump") else {},
     }

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from recpipe.baselines.base import Baseline, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, SplitFacts, base_meta, known_items_mask
 from recpipe.config import EaseConfig
 from recpipe.errors import RecpipeError
 from recpipe.tables import TrainData
@@ -23,7 +23,9 @@ class Ease(Baseline):
     name = "ease"
 
     @classmethod
-    def fit(cls, data: TrainData, settings: EaseConfig, **context: Any) -> Ease:
+    def fit(cls, data: TrainData | SplitFacts, settings: EaseConfig, **context: Any) -> Ease:
+        if not isinstance(data, TrainData):
+            raise TypeError("EASE is fitted in one process from the split's rows (TrainData)")
         if data.n_items > settings.max_items:
             gib = (data.n_items**2) * 8 / 2**30
             raise CatalogueTooLargeError(

@@ -1,13 +1,18 @@
-"""Most-popular baseline: items ranked by distinct training users (all time or a recent window)."""
+"""Most-popular baseline: items ranked by distinct training users (all time or a recent window),
+counted by Spark."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from recpipe.baselines.base import Baseline, base_meta, known_items_mask
+from recpipe.baselines.base import Baseline, SplitFacts, base_meta
 from recpipe.config import PopularityConfig
+from recpipe.schema import ITEM_IDX, TS, USER_IDX
+from recpipe.spark import one_row
 from recpipe.tables import TrainData
 
 DAY_SECONDS = 86_400
@@ -18,16 +23,29 @@ class Popularity(Baseline):
 
     name = "popularity"
     needs_history = False
+    fits_in_spark = True
 
     @classmethod
-    def fit(cls, data: TrainData, settings: PopularityConfig, **context: Any) -> Popularity:
-        keep = np.ones(len(data.users), dtype=bool)
-        if settings.recent_days is not None and len(data.ts):
-            keep = data.ts > data.ts.max() - settings.recent_days * DAY_SECONDS
-        pairs = np.unique(np.stack([data.users[keep], data.items[keep]]), axis=1)
-        counts = np.bincount(pairs[1], minlength=data.n_items + 1).astype(np.float64)
-        arrays = {"counts": counts, "known_items": known_items_mask(data)}
-        return cls(arrays, base_meta(data, settings))
+    def fit(
+        cls, data: TrainData | SplitFacts, settings: PopularityConfig, **context: Any
+    ) -> Popularity:
+        facts = SplitFacts.of(data)
+        train: DataFrame = context["train_df"]
+        second = F.col(TS).cast("long")  # whole seconds, as the recent window counts them
+        if settings.recent_days is not None:
+            newest = one_row(train.agg(F.max(second).alias("newest")), "popularity window")
+            if newest["newest"] is not None:
+                start = int(newest["newest"]) - settings.recent_days * DAY_SECONDS
+                train = train.where(second > start)
+        per_item = (
+            train.select(USER_IDX, ITEM_IDX).distinct().groupBy(ITEM_IDX)
+            .agg(F.count(F.lit(1)).alias("users")).toArrow()
+        )  # fmt: skip
+        counts = np.zeros(facts.n_items + 1, dtype=np.float64)
+        items = per_item.column(ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+        counts[items] = per_item.column("users").to_numpy(zero_copy_only=False)
+        arrays = {"counts": counts, "known_items": facts.known_items}
+        return cls(arrays, base_meta(facts, settings))
 
     def raw_scores(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.arrays["counts"], (len(users), self.n_items + 1)).copy()

@@ -66,8 +66,9 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     """Both splits read into this process; users ranked block by block here."""
     settings = config.evaluation
     limit = config.driver.max_split_rows
-    train = load_split(config.root, ds, protocol, "train", max_rows=limit)
-    truth = load_split(config.root, ds, protocol, settings.split, max_rows=limit)
+    instead = "use evaluation.engine=spark (or auto)"
+    train = load_split(config.root, ds, protocol, "train", limit, instead)
+    truth = load_split(config.root, ds, protocol, settings.split, limit, instead)
     model = load_for_evaluation(config.root, name, ds, protocol, train)
     seen = csr_from_pairs(train.users, train.items, train.n_users)
     truth_csr = csr_from_pairs(truth.users, truth.items, train.n_users)

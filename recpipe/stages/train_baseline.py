@@ -6,22 +6,30 @@ import logging
 import time
 from typing import Any
 
-from pyspark.sql import SparkSession
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
 
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import BASELINE_FILES
+from recpipe.baselines.base import BASELINE_FILES, SplitFacts
 from recpipe.config import Config
 from recpipe.lake import Lake
-from recpipe.layout import scratch_root
+from recpipe.layout import TRAIN, VOCAB_ITEMS, VOCAB_USERS, scratch_root
 from recpipe.manifest import StageRun
-from recpipe.schema import DS
+from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.stages.split import PROTOCOL
-from recpipe.tables import load_split
+from recpipe.tables import TrainData, load_split, vocab_size
 
 log = logging.getLogger(__name__)
 
-SPARK_TRAINED = {"als", "itemknn"}
+
+def spark_split_facts(train: DataFrame, n_users: int, n_items: int) -> SplitFacts:
+    """Rows and the items a train split holds, aggregated by Spark (one row per item back)."""
+    items = train.select(ITEM_IDX).distinct().toArrow().column(0)
+    known = np.zeros(n_items + 1, dtype=bool)
+    known[items.to_numpy(zero_copy_only=False).astype(np.int64)] = True
+    known[0] = False  # padding
+    return SplitFacts(n_users=n_users, n_items=n_items, rows=train.count(), known_items=known)
 
 
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
@@ -33,22 +41,30 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
         run.record.update(model=model, settings=settings.model_dump(mode="json"), protocols={})
         for protocol in config.split.protocols:
             started = time.perf_counter()
-            data = load_split(config.root, ds, protocol, "train")
             context: dict[str, Any] = {}
-            if model in SPARK_TRAINED:
-                context["train_df"] = lake.read(spark, "train", [{DS: ds, PROTOCOL: protocol}])
+            data: TrainData | SplitFacts
+            if cls.fits_in_spark:
+                train = lake.read(spark, TRAIN, [{DS: ds, PROTOCOL: protocol}])
+                context["train_df"] = train
                 context["checkpoint_dir"] = scratch_root(config.root) / "checkpoints"
+                n_users = vocab_size(config.root, VOCAB_USERS, USER_IDX, ds) + 1
+                n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
+                data = spark_split_facts(train, n_users, n_items)
+            else:
+                limit = config.driver.max_split_rows
+                instead = "use a baseline fitted in Spark (als, itemknn, popularity)"
+                data = load_split(config.root, ds, protocol, TRAIN, limit, instead)
+            facts = SplitFacts.of(data)
             fitted = cls.fit(data, settings, **context)
             folder = model_dir(config.root, model, ds, protocol)
             fitted.save(folder)
             seconds = round(time.perf_counter() - started, 3)
-            log.info(
-                "train %s on %s/train: %d rows in %.1fs", model, protocol, len(data.users), seconds
-            )
+            log.info("train %s on %s/train: %d rows in %.1fs", model, protocol, facts.rows, seconds)
             run.record["protocols"][protocol] = {
-                "rows": len(data.users),
-                "users": data.n_users - 1,
-                "items": data.n_items,
+                "rows": facts.rows,
+                "users": facts.n_users - 1,
+                "items": facts.n_items,
+                "fitted": "spark" if cls.fits_in_spark else "driver",
                 "seconds": seconds,
                 "path": str(folder),
                 SHA256: file_digests(folder, BASELINE_FILES),
