@@ -159,3 +159,50 @@ def test_rerun_same_ds_gives_identical_mapping(spark: SparkSession, root: Path) 
     manifest = read_manifest(root, "vocab", DS2)
     assert (manifest["users"]["new"], manifest["items"]["new"]) == (4, 4)
     assert (manifest["n_users"], manifest["n_items"]) == (10, 10)
+
+
+def test_new_ids_are_numbered_across_many_partitions_in_first_seen_order(
+    spark: SparkSession,
+) -> None:
+    """Hundreds of new ids over several sorted partitions: dense, in (first_seen, id) order,
+    after the largest existing index; computed independently by sorting in Python."""
+    import datetime as dt
+    import random
+
+    from pyspark.sql import functions as F
+
+    from recpipe.etl.vocab import extend_vocab
+
+    rng = random.Random(3)
+    base = dt.datetime(2026, 11, 1)
+    seen_rows = [
+        (f"u{n:04d}", base + dt.timedelta(minutes=rng.randrange(50))) for n in range(600)
+    ]  # few distinct times: many ties broken by id
+    rng.shuffle(seen_rows)
+    existing_ids = {f"u{n:04d}": n + 1 for n in range(0, 600, 7)}  # indexes 1, 8, 15, ...
+    existing = spark.createDataFrame(
+        [(i, idx, "2026-10-31") for i, idx in existing_ids.items()],
+        "user_id string, user_idx int, first_seen_ds string",
+    )
+    seen = spark.createDataFrame(seen_rows, "user_id string, first_seen timestamp").repartition(5)
+    # Seven sorted partitions, not coalesced by adaptive execution into one for so few rows.
+    settings = {"spark.sql.shuffle.partitions": "7",
+                "spark.sql.adaptive.coalescePartitions.enabled": "false"}  # fmt: skip
+    before = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        mapping = extend_vocab(seen, existing, id_col="user_id", idx_col="user_idx", ds="D")
+        got = {r["user_id"]: (r["user_idx"], r["first_seen_ds"]) for r in mapping.collect()}
+        sorted_parts = (
+            seen.orderBy("first_seen", "user_id").select(F.spark_partition_id()).distinct().count()
+        )
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+    assert sorted_parts > 1  # the numbering really crossed partitions
+    start = max(existing_ids.values()) + 1
+    new = sorted((t, i) for i, t in seen_rows if i not in existing_ids)
+    expected = {i: (start + n, "D") for n, (_, i) in enumerate(new)}
+    expected.update({i: (idx, "2026-10-31") for i, idx in existing_ids.items()})
+    assert got == expected

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recpipe.spark import one_row
@@ -11,6 +11,8 @@ FIRST_SEEN = "first_seen"
 FIRST_SEEN_DS = "first_seen_ds"
 # Index 0 is reserved for padding in sequence models; real ids start at 1.
 FIRST_INDEX = 1
+POSITION = "_position"
+_PART, _ID = "_part", "_row_id"
 
 
 def extend_vocab(
@@ -34,17 +36,39 @@ def extend_vocab(
         largest = one_row(existing.agg(F.max(idx_col)), f"{idx_col} max")
         start = (largest[0] or FIRST_INDEX - 1) + 1
         new = seen.join(existing.select(id_col), on=id_col, how="left_anti")
-    # A global ordering is needed for dense numbering; new ids per day are few, so one
-    # partition is acceptable here.
-    order = Window.orderBy(F.col(FIRST_SEEN), F.col(id_col))
-    numbered = new.select(
-        id_col,
-        (F.row_number().over(order) + (start - 1)).cast("int").alias(idx_col),
-        F.lit(ds).alias(FIRST_SEEN_DS),
+    numbered = number_in_order(new, [FIRST_SEEN, id_col], start).select(
+        id_col, F.col(POSITION).cast("int").alias(idx_col), F.lit(ds).alias(FIRST_SEEN_DS)
     )
     if existing is None:
         return numbered
     return existing.select(id_col, idx_col, FIRST_SEEN_DS).unionByName(numbered)
+
+
+def number_in_order(frame: DataFrame, order: list[str], start: int) -> DataFrame:
+    """``frame`` plus ``POSITION``: ``start``, ``start + 1``, ... in the total order ``order``,
+    numbered partition by partition (no single-partition window however many rows).
+
+    The rows are range-partitioned and sorted once and checkpointed, so the per-partition
+    counts and the numbering read the same partitions; each row's number is the rows before
+    its partition plus its place in it (``monotonically_increasing_id`` keeps the place in
+    its low 33 bits).
+    """
+    tagged = (
+        frame.orderBy(*order)
+        .withColumn(_PART, F.spark_partition_id())
+        .withColumn(_ID, F.monotonically_increasing_id())
+        .localCheckpoint(eager=True)
+    )
+    counts = {
+        row[_PART]: row["n"]
+        for row in tagged.groupBy(_PART).agg(F.count(F.lit(1)).alias("n")).collect()
+    }
+    offsets = [start]
+    for part in range(max(counts, default=-1) + 1):
+        offsets.append(offsets[-1] + counts.get(part, 0))
+    before = F.element_at(F.array(*(F.lit(o) for o in offsets)), F.col(_PART) + 1)
+    place = F.col(_ID) - F.shiftleft(F.col(_PART).cast("long"), 33)
+    return tagged.withColumn(POSITION, before + place).drop(_PART, _ID)
 
 
 def first_seen(events: DataFrame, id_col: str, ts_col: str) -> DataFrame:
