@@ -16,7 +16,7 @@ AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark=
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score native-blas clean-venv
+.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -103,6 +103,11 @@ bench-train: venv
 
 bench-score: venv
 	$(BIN)/python bench/score.py
+
+# The whole chain at growing sizes with a 1 GB driver (SCALE_SIZES: event counts).
+SCALE_SIZES ?= 1000000 5000000
+bench-scale: venv
+	$(BIN)/python bench/scale.py --sizes $(SCALE_SIZES)
 
 # Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
 native-blas:

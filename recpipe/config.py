@@ -277,7 +277,10 @@ class ExportConfig(_Section):
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     max_len: int = Field(50, ge=1)
     stride: int | None = Field(None, ge=1)
+    # Files per sample table: train.processes x max(files_per_process, what rows_per_file
+    # needs), so big exports spread over many tasks and files while ranks stay balanced.
     files_per_process: int = Field(2, ge=1)
+    rows_per_file: int = Field(1_000_000, ge=1)
     seed: int = 42
 
 

@@ -392,7 +392,7 @@ class ExportManifest(StageManifest):
     settings: dict[str, Any] | None = None
     stride: int | None = None
     planned_world_size: int | None = None
-    files_per_table: int | None = None
+    files_per_table: int | None = None  # the least; larger tables get more (see each table)
     n_items: int | None = None
     n_users: int | None = None
     user_index_size: int | None = None

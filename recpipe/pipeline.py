@@ -174,11 +174,12 @@ PIPELINE: tuple[Step, ...] = (
     Step(
         "export",
         "train splits -> Parquet training samples (pairwise, pointwise, sequence) for the deep "
-        "models, train.processes x export.files_per_process files per table",
+        "models, train.processes x n files per table of about export.rows_per_file rows",
         _lake_stage("export"),
         description=(
             "Export each protocol's train split as the deep models' samples (pairwise, pointwise, "
-            "sequence), train.processes x export.files_per_process Parquet files per table."
+            "sequence): train.processes x n Parquet files per table, n at least "
+            "export.files_per_process and enough for files of about export.rows_per_file rows."
         ),
     ),
     Step(

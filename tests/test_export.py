@@ -159,3 +159,26 @@ def test_popularity_sampler_follows_counts_and_skips_positives() -> None:
     assert np.allclose(shares, weights[1:5] / weights[1:5].sum(), atol=0.02)
     again = NegativeSampler(6, weights, seed=1).draw(3, np.array([5]), 50)
     assert np.array_equal(again, NegativeSampler(6, weights, seed=1).draw(3, np.array([5]), 50))
+
+
+def test_large_tables_get_more_files_of_near_equal_rows(spark: SparkSession, exported) -> None:
+    """export.rows_per_file below a table's size: more files (a multiple of the processes),
+    none far above the target, every rank's share within a few rows of the other's."""
+    before = export_shards(exported, DS, "random_by_user", "pairwise")
+    total = sum(rows for _, rows in before)
+    target = -(-total // 5)  # five files' worth
+    config = build_config(
+        exported, "split.protocols=[random_by_user]", "export.negatives=3",
+        "export.kinds=[pairwise]", "train.processes=2", "export.files_per_process=1",
+        f"export.rows_per_file={target}",
+    )  # fmt: skip
+    assert run_export(spark, config, DS)["status"] == "ok"
+    shards = export_shards(exported, DS, "random_by_user", "pairwise")
+    assert len(shards) == 6  # 2 processes x ceil(5 / 2)
+    rows = [r for _, r in shards]
+    assert sum(rows) == total
+    for path, count in shards:
+        assert pq.ParquetFile(path).metadata.num_rows == count
+    assert max(rows) - min(rows) <= 8 and max(rows) <= target
+    per_rank = [sum(rows[rank::2]) for rank in range(2)]
+    assert abs(per_rank[0] - per_rank[1]) <= 8

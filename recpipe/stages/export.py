@@ -1,9 +1,11 @@
 """The ``export`` stage: train splits -> Parquet training samples for the deep models.
 
 For each protocol in ``split.protocols`` and each kind in ``export.kinds`` it writes lake table
-``samples_<kind>`` partition ``ds=<ds>/protocol=<p>`` as exactly ``train.processes x
-export.files_per_process`` files, reconciles the row count against what the train split
-implies, and records every file's row count in the manifest (the loaders check against it).
+``samples_<kind>`` partition ``ds=<ds>/protocol=<p>`` as ``train.processes x n`` files of
+near-equal row counts, ``n`` being ``export.files_per_process`` or, for a larger table, what
+keeps files at about ``export.rows_per_file`` rows (so every rank reads the same number of
+files and rows, give or take a few). It reconciles the row count against what the train split
+implies and records every file's row count in the manifest (the loaders check against it).
 """
 
 from __future__ import annotations
@@ -49,9 +51,13 @@ class ExportMismatchError(RecpipeError):
     """The written samples do not match what the train split implies."""
 
 
-def planned_files(config: Config) -> int:
-    """Files per sample table: a multiple of the planned world size."""
-    return config.train.processes * config.export.files_per_process
+def planned_files(config: Config, rows: int = 0) -> int:
+    """Files for a sample table of ``rows`` rows: a multiple of the planned world size, at
+    least ``export.files_per_process`` per process, at most about ``export.rows_per_file``
+    rows each."""
+    processes = config.train.processes
+    per_process = -(-rows // (config.export.rows_per_file * processes))  # ceiling
+    return processes * max(config.export.files_per_process, per_process)
 
 
 def _item_counts(train: DataFrame, n_items: int) -> np.ndarray:
@@ -172,8 +178,9 @@ def export_protocol(
 def stage_samples(
     tx: Transaction[ExportManifest], frame: DataFrame, kind: str, protocol: str, expected: int
 ) -> ExportTable:
-    """Stage one sample table as exactly ``files_per_table`` files of ``expected`` rows in all."""
-    files = planned_files(tx.config)
+    """Stage one sample table as exactly :func:`planned_files` files of ``expected`` rows in
+    all (round-robin repartitioning: the files' row counts differ by a few rows at most)."""
+    files = planned_files(tx.config, expected)
     table = SAMPLE_TABLES[kind]
     part = tx.stage(frame.repartition(files), table, {DS: tx.ds, PROTOCOL: protocol})
     written = _file_rows(part.path)
