@@ -181,8 +181,11 @@ class EvaluationConfig(_Section):
     exclude_train_items: bool = True
     # auto: the local engine up to local_max_rows (train + scored split), Spark beyond.
     engine: Literal["auto", "local", "spark"] = "auto"
-    local_max_rows: int = Field(2_000_000, ge=0)
+    local_max_rows: int = Field(1_000_000, ge=0)
     user_batch: int = Field(1024, ge=1)
+    # Memory for one block's dense score rows (users x items float64): fewer users per block
+    # than user_batch when the catalogue is large (evaluation, validation).
+    block_mib: int = Field(256, ge=1)
     partitions: int | None = Field(None, ge=1)
 
 
@@ -243,6 +246,7 @@ class ScoreConfig(_Section):
     partitions: int | None = Field(None, ge=1)
     user_block: int = Field(1024, ge=1)
     item_block: int = Field(16384, ge=1)
+    block_mib: int = Field(256, ge=1)  # dense scorers: users x items rows per block
     device: Literal["auto", "cpu", "cuda"] = "auto"
     popular_window_days: int = Field(30, ge=1)
 

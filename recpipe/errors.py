@@ -15,6 +15,10 @@ class MissingInputError(RecpipeError, FileNotFoundError):
     """A stage's input (a partition, a file, an earlier stage's output) does not exist."""
 
 
+class BlockTooLargeError(RecpipeError):
+    """Not even one user's dense score row fits in the configured block memory."""
+
+
 class DriverLimitError(RecpipeError):
     """Data one process would read whole is larger than the configured limit allows."""
 

@@ -352,3 +352,16 @@ def test_spark_metrics_match_numpy(spark: SparkSession) -> None:
             assert got[(name, k)] == pytest.approx(expected[(name, k)], abs=1e-9), (name, k)
         coverage = beyond_accuracy(recommended, k, np.ones(n_items + 1), 1)["coverage"]
         assert got[("coverage", k)] == pytest.approx(coverage, abs=1e-9)
+
+
+def test_users_per_block_fits_the_dense_rows_in_the_budget() -> None:
+    from recpipe.errors import BlockTooLargeError
+    from recpipe.evaluation.ranking import ROW_COPIES, users_per_block
+
+    # 200k items: one user's rows take 200,001 x 8 bytes x ROW_COPIES.
+    row = 200_001 * 8 * ROW_COPIES
+    assert users_per_block(200_000, 1024, 256, "evaluation.block_mib") == 256 * 2**20 // row
+    assert users_per_block(1_000, 1024, 256, "evaluation.block_mib") == 1024  # wanted is less
+    assert users_per_block(200_000, 7, 256, "evaluation.block_mib") == 7
+    with pytest.raises(BlockTooLargeError, match=r"evaluation\.block_mib=1 MiB .* 50,000 items"):
+        users_per_block(50_000, 1024, 1, "evaluation.block_mib")

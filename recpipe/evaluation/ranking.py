@@ -10,10 +10,29 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recpipe.errors import BlockTooLargeError
+
 Csr = tuple[np.ndarray, np.ndarray]
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 PAD_ITEM = 0
+# Dense float64 score rows alive at once per user while a block is ranked: the model's rows,
+# the masked copy, the ranking's working arrays.
+ROW_COPIES = 3
+
+
+def users_per_block(n_items: int, wanted: int, budget_mib: int, key: str) -> int:
+    """At most ``wanted`` users, and few enough that their dense score rows over ``n_items``
+    items fit in ``budget_mib`` MiB; :class:`BlockTooLargeError` naming ``key`` when not even
+    one row does."""
+    row_bytes = (n_items + 1) * 8 * ROW_COPIES
+    fit = budget_mib * 2**20 // row_bytes
+    if fit < 1:
+        raise BlockTooLargeError(
+            f"{key}={budget_mib} MiB cannot hold one user's score rows over {n_items:,} items "
+            f"(~{row_bytes / 2**20:.1f} MiB): raise {key}"
+        )
+    return min(wanted, int(fit))
 
 
 def csr_from_pairs(users: np.ndarray, items: np.ndarray, n_users: int) -> Csr:

@@ -23,7 +23,7 @@ from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.schema import ITEM_IDX, USER_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
-from recpipe.scoring.scorers import ModelPayload, Scorer, build_scorer
+from recpipe.scoring.scorers import DenseScorer, ModelPayload, Scorer, build_scorer
 
 ScorerT = TypeVar("ScorerT")
 SOURCE = "source"
@@ -50,6 +50,13 @@ class ScoreSettings:
     user_block: int = 1024
     item_block: int = 16384
     device: str = "auto"
+    dense_user_block: int | None = None  # users per block for scorers of full score rows
+
+    def users_per_block(self, scorer: Scorer) -> int:
+        """``user_block``, or fewer for a scorer of full rows (users x all items at once)."""
+        if isinstance(scorer, DenseScorer) and self.dense_user_block is not None:
+            return min(self.user_block, self.dense_user_block)
+        return self.user_block
 
 
 def _rows(users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str) -> pa.Table:
@@ -121,7 +128,7 @@ def score_locally(
     scorer = build_scorer(payload, pick_device(settings.device, "score.device"))
     tables = [
         recommend_block(scorer, block, popular, settings)
-        for block in user_blocks(histories, settings.user_block)
+        for block in user_blocks(histories, settings.users_per_block(scorer))
     ]
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
@@ -166,7 +173,7 @@ class PartitionScorer:
         popular = self.popular.value
         for batch in batches:
             histories = histories_from_arrow(batch)
-            for block in user_blocks(histories, self.settings.user_block):
+            for block in user_blocks(histories, self.settings.users_per_block(scorer)):
                 yield from recommend_block(scorer, block, popular, self.settings).to_batches()
 
 

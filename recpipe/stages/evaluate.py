@@ -22,7 +22,7 @@ from recpipe.evaluation.metrics import (
     recommendation_counts,
 )
 from recpipe.evaluation.protocol import Protocol
-from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import TRAIN, VOCAB_ITEMS
 from recpipe.manifest import StageRun
@@ -33,6 +33,7 @@ from recpipe.stages.split import PROTOCOL
 from recpipe.tables import load_split, split_rows, vocab_size
 
 log = logging.getLogger(__name__)
+BLOCK_KEY = "evaluation.block_mib"
 
 
 def choose_engine(config: Config, ds: str, protocol: str, spark: SparkSession | None) -> str:
@@ -80,7 +81,7 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
         max(ks),
         train.n_items,
         seen if settings.exclude_train_items else None,
-        batch=settings.user_batch,
+        batch=users_per_block(train.n_items, settings.user_batch, settings.block_mib, BLOCK_KEY),
     )
     values = ranking_metrics(items, truth_csr, users, ks)
     popularity = item_popularity(seen, train.n_items)
@@ -119,7 +120,7 @@ def _evaluate_on_spark(
     ranking = RankSettings(
         k=max(ks),
         n_items=n_items,
-        user_batch=settings.user_batch,
+        user_batch=users_per_block(n_items, settings.user_batch, settings.block_mib, BLOCK_KEY),
         exclude_seen=settings.exclude_train_items,
     )
     users = truth.select(USER_IDX).distinct().join(train_histories(train), USER_IDX, "left")

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.evaluation.ranking import users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import StageRun
@@ -53,11 +54,15 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
         payload = load_payload(config.root, model_ds, settings.protocol, model)
         histories = history_frame(spark, config.root, ds).persist(StorageLevel.MEMORY_AND_DISK)
         popular = popular_list(spark, config.root, ds, settings.popular_window_days)
+        n_items = len(payload.known_items) - 1
         block = ScoreSettings(
             k=settings.k,
             user_block=settings.user_block,
             item_block=settings.item_block,
             device=settings.device,
+            dense_user_block=users_per_block(
+                n_items, settings.user_block, settings.block_mib, "score.block_mib"
+            ),
         )
         scored = score_frame(spark, histories, payload, popular, block, settings.partitions)
         rows = _with_ids(spark, config, ds, scored).persist(StorageLevel.MEMORY_AND_DISK)

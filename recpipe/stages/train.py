@@ -96,7 +96,12 @@ def build_spec(
         run_dir=str(folder),
         model_file=str(folder / MODEL_FILE),
         local_dir=str(local / protocol),
-        validation={"root": str(config.root), "ds": ds, "protocol": protocol},
+        validation={
+            "root": str(config.root),
+            "ds": ds,
+            "protocol": protocol,
+            "block_mib": config.evaluation.block_mib,
+        },
         resume=resume,
         storage=rank_storage_settings(config),
     )

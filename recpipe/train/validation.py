@@ -12,7 +12,7 @@ import numpy as np
 from recpipe.baselines.base import Baseline
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import ranking_metrics
-from recpipe.evaluation.ranking import Csr, csr_from_pairs, top_k
+from recpipe.evaluation.ranking import Csr, csr_from_pairs, top_k, users_per_block
 from recpipe.layout import VOCAB_ITEMS
 from recpipe.models.base import RecModel
 from recpipe.schema import ITEM_IDX
@@ -61,6 +61,7 @@ class Validator:
     user_batch: int = 1024
     max_users: int | None = 10_000
     seed: int = 0
+    block_mib: int = 256  # evaluation.block_mib: dense score rows per block
 
     @cached_property
     def data(self) -> ValidData:
@@ -122,7 +123,9 @@ class Validator:
             self.k,
             data.n_items,
             data.seen,
-            batch=self.user_batch,
+            batch=users_per_block(
+                data.n_items, self.user_batch, self.block_mib, "evaluation.block_mib"
+            ),
         )
         values = ranking_metrics(items, data.truth, positions, [self.k])
         return float(values[(self.metric, self.k)])
