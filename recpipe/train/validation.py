@@ -18,7 +18,13 @@ from recpipe.models.base import RecModel
 from recpipe.schema import ITEM_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.scorers import dense_evaluation_scorer
-from recpipe.tables import split_presence, split_rows_of_users, split_users, vocab_size
+from recpipe.tables import (
+    split_presence,
+    split_rows,
+    split_rows_of_users,
+    split_users,
+    vocab_size,
+)
 
 
 def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray:
@@ -66,8 +72,8 @@ class Validator:
     @cached_property
     def data(self) -> ValidData:
         """The sampled users' train and valid rows, read once."""
-        # The train split first: a missing one is the error worth reporting.
-        split_users(self.root, self.ds, self.protocol, "train")
+        # The train split first: a missing one is the error worth reporting (footers only).
+        split_rows(self.root, self.ds, self.protocol, "train")
         try:
             valid_users = split_users(self.root, self.ds, self.protocol, "valid")
         except MissingInputError:  # protocols configured without a valid part
