@@ -51,11 +51,16 @@ def choose_engine(config: Config, ds: str, protocol: str, spark: SparkSession | 
 
 
 def evaluate_model(
-    spark: SparkSession | None, config: Config, ds: str, protocol: str, name: str
+    spark: SparkSession | None,
+    config: Config,
+    ds: str,
+    protocol: str,
+    name: str,
+    engine: str | None = None,
 ) -> Evaluation:
-    """Full-ranking evaluation of one trained model under one split protocol, on the engine
-    :func:`choose_engine` picks; both give the same numbers."""
-    engine = choose_engine(config, ds, protocol, spark)
+    """Full-ranking evaluation of one trained model under one split protocol, on ``engine``
+    (by default the one :func:`choose_engine` picks); both give the same numbers."""
+    engine = engine or choose_engine(config, ds, protocol, spark)
     if engine == "spark":
         if spark is None:
             raise RecpipeError("evaluation.engine=spark needs a Spark session")
@@ -183,7 +188,7 @@ def run_evaluate(
             for protocol in config.split.protocols:
                 engine = choose_engine(config, ds, protocol, spark)
                 run.record.setdefault("engines", {})[protocol] = engine
-                evaluation = evaluate_model(spark, config, ds, protocol, name)
+                evaluation = evaluate_model(spark, config, ds, protocol, name, engine)
                 evaluations.append(evaluation)
                 result = evaluation.result
                 rows.extend(result.rows())
