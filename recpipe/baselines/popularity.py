@@ -18,6 +18,20 @@ from recpipe.tables import TrainData
 DAY_SECONDS = 86_400
 
 
+def distinct_users_per_item(train: DataFrame, n_items: int) -> np.ndarray:
+    """[n_items + 1] int64: distinct users of each item in ``train``, aggregated by Spark (one
+    row per item reaches the driver; items outside 1..n_items are left out)."""
+    per_item = (
+        train.select(USER_IDX, ITEM_IDX).distinct().groupBy(ITEM_IDX)
+        .agg(F.count(F.lit(1)).alias("users")).toArrow()
+    )  # fmt: skip
+    counts = np.zeros(n_items + 1, dtype=np.int64)
+    items = per_item.column(ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+    inside = (items >= 0) & (items <= n_items)
+    counts[items[inside]] = per_item.column("users").to_numpy(zero_copy_only=False)[inside]
+    return counts
+
+
 class Popularity(Baseline):
     """Scores every user with the item's count of distinct users (ties: smaller index first)."""
 
@@ -37,13 +51,7 @@ class Popularity(Baseline):
             if newest["newest"] is not None:
                 start = int(newest["newest"]) - settings.recent_days * DAY_SECONDS
                 train = train.where(second > start)
-        per_item = (
-            train.select(USER_IDX, ITEM_IDX).distinct().groupBy(ITEM_IDX)
-            .agg(F.count(F.lit(1)).alias("users")).toArrow()
-        )  # fmt: skip
-        counts = np.zeros(facts.n_items + 1, dtype=np.float64)
-        items = per_item.column(ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
-        counts[items] = per_item.column("users").to_numpy(zero_copy_only=False)
+        counts = distinct_users_per_item(train, facts.n_items).astype(np.float64)
         arrays = {"counts": counts, "known_items": facts.known_items}
         return cls(arrays, base_meta(facts, settings))
 

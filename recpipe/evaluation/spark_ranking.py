@@ -20,6 +20,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recpipe.baselines.popularity import distinct_users_per_item
 from recpipe.evaluation.ranking import PAD_ITEM, top_k
 from recpipe.schema import ITEM_IDX, TS, USER_IDX
 from recpipe.scoring.distributed import (
@@ -72,12 +73,7 @@ class ItemSide:
 def item_side(train: DataFrame, n_items: int) -> ItemSide:
     """Distinct train users per item and in all, aggregated by Spark (one row per item and
     one row in all reach the driver)."""
-    pairs = train.select(USER_IDX, ITEM_IDX).distinct()
-    per_item = pairs.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).alias("users")).toArrow()
-    popularity = np.zeros(n_items + 1, dtype=np.int64)
-    items = per_item.column(ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
-    inside = (items >= 0) & (items <= n_items)
-    popularity[items[inside]] = per_item.column("users").to_numpy(zero_copy_only=False)[inside]
+    popularity = distinct_users_per_item(train, n_items)
     return ItemSide(popularity, int(train.select(USER_IDX).distinct().count()))
 
 
