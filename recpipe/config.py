@@ -298,6 +298,14 @@ class EarlyStoppingConfig(_Section):
     seed: int = 0
 
 
+class WarmStartConfig(_Section):
+    # Start each ds's model from the latest earlier ds's model of the same name and protocol
+    # (tables grown for new ids), trained on the recent window only.
+    enabled: bool = False
+    window_days: int = Field(7, ge=1)  # train on interactions of the last N days up to ds
+    full_retrain_days: int = Field(7, ge=1)  # full retrain once the last one is N days old
+
+
 class TrainConfig(_Section):
     models: list[DeepModelName] = Field(
         default_factory=lambda: ["bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec"],
@@ -336,6 +344,7 @@ class TrainConfig(_Section):
     max_epochs: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
     @model_validator(mode="after")
     def _rendezvous_for_several_nodes(self) -> TrainConfig:

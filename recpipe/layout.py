@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from recpipe.schema import SAMPLE_TABLES
+from recpipe.schema import RECENT_SAMPLE_TABLES, SAMPLE_TABLES
 from recpipe.storage.location import Location, LocationLike, as_location
 
 # Lake tables.
@@ -42,7 +42,7 @@ VOCAB_ITEMS = "vocab_items"
 SESSIONS = "sessions"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
-SAMPLES: tuple[str, ...] = tuple(SAMPLE_TABLES.values())
+SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.values())
 
 # Which stage publishes each lake table: its manifest is the table's commit record.
 PRODUCERS: dict[str, str] = {

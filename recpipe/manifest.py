@@ -378,10 +378,16 @@ class ExportSamples(BaseModel):
     pairwise: ExportTable | None = None
     pointwise: ExportTable | None = None
     sequence: ExportTable | None = None
+    # With train.warm_start: the samples of the recent window (users and interactions counted
+    # there too) and the window's first instant (ISO-8601, UTC).
+    recent: ExportSamples | None = None
+    since: str | None = None
 
     def kind(self, name: str) -> ExportTable | None:
         """The table of sample kind ``name`` (None when it was not exported)."""
-        return getattr(self, name, None) if name in ExportSamples.model_fields else None
+        if name not in ("pairwise", "pointwise", "sequence"):
+            return None
+        return getattr(self, name, None)
 
 
 class ExportManifest(StageManifest):

@@ -98,3 +98,8 @@ SAMPLE_TABLES: dict[str, str] = {
     "pointwise": "samples_pointwise",
     "sequence": "samples_sequence",
 }
+# The same kinds restricted to the recent window a warm-started run trains on (train.warm_start):
+# samples whose positive or target is at or after the window's start.
+RECENT_SAMPLE_TABLES: dict[str, str] = {
+    kind: f"{table}_recent" for kind, table in SAMPLE_TABLES.items()
+}

@@ -80,6 +80,9 @@ PRODUCER = {
     "samples_pairwise": "export",
     "samples_pointwise": "export",
     "samples_sequence": "export",
+    "samples_pairwise_recent": "export",
+    "samples_pointwise_recent": "export",
+    "samples_sequence_recent": "export",
 }
 
 

@@ -90,21 +90,38 @@ class NegativeSampler:
         return np.minimum(picks, self.n_items)
 
 
-def _users_and_sequences(batch: pd.DataFrame) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _users_and_sequences(
+    batch: pd.DataFrame, since: int | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+    """(user, items, epoch seconds, first recent position) per row of a sequences batch.
+
+    The first recent position is where the interactions at or after ``since`` begin (0 when
+    ``since`` is None: every interaction counts); sequences are in time order.
+    """
     for user, items, ts in zip(batch[USER_IDX], batch[SEQ_ITEMS], batch[SEQ_TS], strict=True):
-        yield int(user), np.asarray(items, dtype=np.int64), np.asarray(ts, dtype=np.int64)
+        times = np.asarray(ts, dtype=np.int64)
+        first = 0 if since is None else int(np.searchsorted(times, since, side="left"))
+        yield int(user), np.asarray(items, dtype=np.int64), times, first
 
 
-def pairwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives: int) -> DataFrame:
-    """(user, positive, N negatives) per train interaction."""
+def pairwise_samples(
+    sequences: DataFrame, sampler: NegativeSampler, negatives: int, since: int | None = None
+) -> DataFrame:
+    """(user, positive, N negatives) per train interaction (at or after ``since``, if given).
+
+    Negatives avoid every train item of the user, recent or not.
+    """
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             users, items, negs = [], [], []
-            for user, seq, _ in _users_and_sequences(batch):
-                users.append(np.full(len(seq), user, dtype=np.int32))
-                items.append(seq.astype(np.int32))
-                negs.append(sampler.draw(user, seq, len(seq) * negatives))
+            for user, seq, _, first in _users_and_sequences(batch, since):
+                positives = seq[first:]
+                if not len(positives):
+                    continue
+                users.append(np.full(len(positives), user, dtype=np.int32))
+                items.append(positives.astype(np.int32))
+                negs.append(sampler.draw(user, seq, len(positives) * negatives))
             if not users:
                 continue
             flat = np.concatenate(negs)
@@ -122,19 +139,25 @@ def pairwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives: 
     return _map_pandas_to_arrow(sequences, build, PAIRWISE_SCHEMA)
 
 
-def pointwise_samples(sequences: DataFrame, sampler: NegativeSampler, negatives: int) -> DataFrame:
-    """Each train interaction as a label-1 row plus N label-0 rows of sampled items."""
+def pointwise_samples(
+    sequences: DataFrame, sampler: NegativeSampler, negatives: int, since: int | None = None
+) -> DataFrame:
+    """Each train interaction (at or after ``since``, if given) as a label-1 row plus N label-0
+    rows of sampled items."""
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             users, items, labels = [], [], []
-            for user, seq, _ in _users_and_sequences(batch):
-                sampled = sampler.draw(user, seq, len(seq) * negatives)
-                both = np.concatenate([seq.astype(np.int32), sampled])
+            for user, seq, _, first in _users_and_sequences(batch, since):
+                positives = seq[first:]
+                if not len(positives):
+                    continue
+                sampled = sampler.draw(user, seq, len(positives) * negatives)
+                both = np.concatenate([positives.astype(np.int32), sampled])
                 users.append(np.full(len(both), user, dtype=np.int32))
                 items.append(both)
                 label = np.zeros(len(both), np.float32)
-                label[: len(seq)] = 1.0
+                label[: len(positives)] = 1.0
                 labels.append(label)
             if not users:
                 continue
@@ -155,14 +178,21 @@ def window_ends(length: int, stride: int) -> np.ndarray:
     return np.arange(length - 1, 0, -stride, dtype=np.int64)
 
 
-def sequence_samples(sequences: DataFrame, max_len: int, stride: int) -> DataFrame:
-    """(user, left-padded history of up to ``max_len`` items, target) windows per user."""
+def sequence_samples(
+    sequences: DataFrame, max_len: int, stride: int, since: int | None = None
+) -> DataFrame:
+    """(user, left-padded history of up to ``max_len`` items, target) windows per user.
+
+    With ``since``, only the windows whose target is at or after it (histories still reach
+    back before it).
+    """
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             users, history, history_ts, targets, target_ts = [], [], [], [], []
-            for user, seq, ts in _users_and_sequences(batch):
+            for user, seq, ts, first in _users_and_sequences(batch, since):
                 ends = window_ends(len(seq), stride)
+                ends = ends[ends >= first]
                 if not len(ends):
                     continue
                 # Pad on the left so index arithmetic gives every window a fixed-size slice.

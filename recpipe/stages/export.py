@@ -10,6 +10,7 @@ implies and records every file's row count in the manifest (the loaders check ag
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.etl.export import (
     SEQ_ITEMS,
+    SEQ_TS,
     NegativeSampler,
     pairwise_samples,
     pointwise_samples,
@@ -36,7 +38,7 @@ from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import ExportManifest, ExportSamples, ExportTable, ShardRows
 from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
-from recpipe.schema import DS, ITEM_IDX, SAMPLE_TABLES, USER_IDX
+from recpipe.schema import DS, ITEM_IDX, RECENT_SAMPLE_TABLES, SAMPLE_TABLES, USER_IDX
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.storage import Location, LocationLike
@@ -67,15 +69,28 @@ def _item_counts(train: DataFrame, n_items: int) -> np.ndarray:
     return counts
 
 
-def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[str, int]:
+def _expected_rows(
+    sequences: DataFrame, negatives: int, stride: int, since: int | None = None
+) -> dict[str, int]:
+    """Rows each sample kind must have, computed in Spark from the sequences' sizes.
+
+    With ``since`` (epoch seconds), for the interactions at or after it: sequences are in time
+    order, so they are the last ``recent`` of a user's ``size``, and the windows kept are those
+    ending at a position >= ``size - recent`` (window ends step down by ``stride`` from the
+    last position to 1).
+    """
     size = F.size(SEQ_ITEMS)
+    in_window = F.filter(F.col(SEQ_TS), lambda t: t >= F.lit(since))
+    recent = size if since is None else F.size(in_window)
+    lowest_end = F.greatest(size - recent, F.lit(1))
+    windows = F.when(
+        size - 1 >= lowest_end, F.floor((size - 1 - lowest_end) / F.lit(stride)) + 1
+    ).otherwise(0)
     totals = one_row(
         sequences.agg(
-            F.sum(size).alias("interactions"),
-            F.sum(F.when(size > 1, F.ceil((size - 1) / F.lit(stride))).otherwise(0)).alias(
-                "windows"
-            ),
-            F.count(F.lit(1)).alias("users"),
+            F.sum(recent).alias("interactions"),
+            F.sum(windows).alias("windows"),
+            F.count(F.when(recent > 0, F.lit(1))).alias("users"),
         ),
         "export sequence totals",
     )
@@ -87,6 +102,12 @@ def _expected_rows(sequences: DataFrame, negatives: int, stride: int) -> dict[st
         "users": int(totals["users"]),
         "interactions": interactions,
     }
+
+
+def recent_since(ds: str, window_days: int) -> dt.datetime:
+    """First instant (UTC midnight) of the ``window_days`` days that end with ``ds``."""
+    start = dt.date.fromisoformat(ds) - dt.timedelta(days=window_days - 1)
+    return dt.datetime.combine(start, dt.time(), dt.UTC)
 
 
 def _parquet_rows(path: Location) -> int:
@@ -103,14 +124,19 @@ def _file_rows(folder: Location) -> list[ShardRows]:
 
 
 def _samples(
-    kind: str, sequences: DataFrame, sampler: NegativeSampler, config: Config, stride: int
+    kind: str,
+    sequences: DataFrame,
+    sampler: NegativeSampler,
+    config: Config,
+    stride: int,
+    since: int | None = None,
 ) -> DataFrame:
     settings = config.export
     if kind == "pairwise":
-        return pairwise_samples(sequences, sampler, settings.negatives)
+        return pairwise_samples(sequences, sampler, settings.negatives, since)
     if kind == "pointwise":
-        return pointwise_samples(sequences, sampler, settings.negatives)
-    return sequence_samples(sequences, settings.max_len, stride)
+        return pointwise_samples(sequences, sampler, settings.negatives, since)
+    return sequence_samples(sequences, settings.max_len, stride, since)
 
 
 def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -171,17 +197,49 @@ def export_protocol(
     for kind in settings.kinds:
         frame = _samples(kind, sequences, sampler, tx.config, stride)
         setattr(record, kind, stage_samples(tx, frame, kind, protocol, expected[kind]))
+    warm = tx.config.train.warm_start
+    if warm.enabled:
+        record.since, record.recent = export_recent(tx, sequences, sampler, protocol, stride)
     sequences.unpersist()
     return record
 
 
+def export_recent(
+    tx: Transaction[ExportManifest],
+    sequences: DataFrame,
+    sampler: NegativeSampler,
+    protocol: str,
+    stride: int,
+) -> tuple[str, ExportSamples]:
+    """Stage the recent window's samples of every kind (``train.warm_start.window_days``)."""
+    config = tx.config
+    since = recent_since(tx.ds, config.train.warm_start.window_days)
+    seconds = int(since.timestamp())
+    expected = _expected_rows(sequences, config.export.negatives, stride, seconds)
+    recent = ExportSamples(users=expected["users"], interactions=expected["interactions"])
+    for kind in config.export.kinds:
+        frame = _samples(kind, sequences, sampler, config, stride, seconds)
+        table = stage_samples(tx, frame, kind, protocol, expected[kind], recent=True)
+        setattr(recent, kind, table)
+    return since.isoformat(), recent
+
+
 def stage_samples(
-    tx: Transaction[ExportManifest], frame: DataFrame, kind: str, protocol: str, expected: int
+    tx: Transaction[ExportManifest],
+    frame: DataFrame,
+    kind: str,
+    protocol: str,
+    expected: int,
+    recent: bool = False,
 ) -> ExportTable:
     """Stage one sample table as exactly :func:`planned_files` files of ``expected`` rows in
-    all (round-robin repartitioning: the files' row counts differ by a few rows at most)."""
+    all (round-robin repartitioning: the files' row counts differ by a few rows at most).
+
+    A ``recent`` table with fewer rows than planned files has fewer files (Spark writes none
+    for an empty partition); training then falls back to a full retrain.
+    """
     files = planned_files(tx.config, expected)
-    table = SAMPLE_TABLES[kind]
+    table = (RECENT_SAMPLE_TABLES if recent else SAMPLE_TABLES)[kind]
     part = tx.stage(frame.repartition(files), table, {DS: tx.ds, PROTOCOL: protocol})
     written = _file_rows(part.path)
     total = sum(f.rows for f in written)
@@ -191,7 +249,7 @@ def stage_samples(
         ExportMismatchError,
     )  # fmt: skip
     tx.reconcile(
-        None if len(written) == files else
+        None if len(written) == files or (recent and total < files) else
         f"{table} {protocol}: {len(written)} files for {total} rows, planned {files} "
         "(train.processes x export.files_per_process); lower export.files_per_process for "
         "data this small",
@@ -201,8 +259,11 @@ def stage_samples(
     return ExportTable(table=table, rows=total, files=written)
 
 
-def export_shards(root: LocationLike, ds: str, protocol: str, kind: str) -> list[tuple[str, int]]:
-    """(file, manifest row count) of every file of one exported sample table.
+def export_shards(
+    root: LocationLike, ds: str, protocol: str, kind: str, recent: bool = False
+) -> list[tuple[str, int]]:
+    """(file, manifest row count) of every file of one exported sample table (with ``recent``,
+    of its recent window's table).
 
     Each file is given as text, ``str`` of its :class:`Location` (a path, or a URI under a
     remote root), because the training spec carries the shards to the ranks as JSON.
@@ -212,11 +273,15 @@ def export_shards(root: LocationLike, ds: str, protocol: str, kind: str) -> list
     except MissingInputError:
         manifest = ExportManifest()
     samples = (manifest.samples or {}).get(protocol)
+    if recent and samples is not None:
+        samples = samples.recent
     record = samples.kind(kind) if samples is not None else None
     if not manifest.ok or record is None:
+        which = "recent-window " if recent else ""
+        hint = " and train.warm_start.enabled=true" if recent else ""
         raise MissingInputError(
-            f"no exported {kind} samples for protocol={protocol} ds={ds}: run `recpipe export "
-            f"--ds {ds}` (with {kind} in export.kinds)"
+            f"no exported {which}{kind} samples for protocol={protocol} ds={ds}: run `recpipe "
+            f"export --ds {ds}` (with {kind} in export.kinds{hint})"
         )
     partition = {DS: ds, PROTOCOL: protocol}
     folder = current_version(root, record.table, partition)

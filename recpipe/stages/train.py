@@ -19,15 +19,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
 from recpipe import storage
 from recpipe.artifacts import SHA256, file_digests, model_dir
-from recpipe.config import Config, ConfigError, config_error
+from recpipe.config import Config, ConfigError, TrainConfig, config_error
+from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
 from recpipe.layout import launcher_run_dir
-from recpipe.manifest import StageRun, read_manifest
+from recpipe.manifest import ExportManifest, StageRun, read_manifest
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.stages.evaluate import run_evaluate
@@ -35,9 +37,10 @@ from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
 from recpipe.storage import Location, as_location, hadoop_settings
 from recpipe.tables import split_item_counts
-from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
+from recpipe.train.checkpoint import MODEL_FILE, load_model, load_state, model_state, save_atomic
 from recpipe.train.launchers import launch
 from recpipe.train.spec import TrainSpec, save_array
+from recpipe.train.warm_start import StartPlan, WarmStartError, grown_state, plan_start
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,57 @@ def rank_storage_settings(config: Config) -> dict[str, str]:
     return settings
 
 
+def apply_start(config: Config, spec: TrainSpec, ds: str, protocol: str) -> StartPlan:
+    """Decide how ``spec``'s run starts (:mod:`recpipe.train.warm_start`) and record it there.
+
+    A warm start points ``spec`` at the earlier model's weights, grown for new ids
+    (``warm_start.pt`` in the run folder), and at the export's recent-window samples; too few
+    recent samples for the ranks, or none exported, make it a full retrain instead.
+    """
+    plan = plan_start(config, spec.model, ds, protocol, spec.model_config, spec.context)
+    extra: dict[str, Any] = {}
+    previous = plan.model_file
+    if plan.warm and previous is not None:
+        kind = model_class(spec.model).sample_kind
+        try:
+            shards = export_shards(config.root, ds, protocol, kind, recent=True)
+        except MissingInputError:
+            shards = None
+        rows = sum(r for _, r in shards or [])
+        processes = config.train.processes * config.train.nnodes
+        if shards is None:
+            plan = plan.as_full(ds, f"no recent-window {kind} samples were exported for {ds}")
+        elif len(shards) < processes:
+            plan = plan.as_full(
+                ds, f"the recent window holds {rows} {kind} samples, too few for {processes} ranks"
+            )
+        else:
+            try:
+                spec.init_file = str(_grown_init(spec, previous))
+            except WarmStartError as exc:
+                plan = plan.as_full(ds, f"the {plan.from_ds} model does not fit: {exc}")
+            else:
+                spec.shards = shards
+                samples = (ExportManifest.read(config.root, ds).samples or {}).get(protocol)
+                extra = {"since": samples.since if samples else None, "rows": rows}
+    spec.start = {**plan.record(), **extra}
+    log.info("train %s on %s: %s start (%s)", spec.model, protocol, plan.mode, plan.reason)
+    return plan
+
+
+def _grown_init(spec: TrainSpec, previous: str) -> Location:
+    """Write the earlier model's weights grown to ``spec``'s vocabulary; returns the file."""
+    cls = model_class(spec.model)
+    settings = cls.config_class.model_validate(spec.model_config)
+    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
+    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)  # new rows as a run's
+    model = cls(settings, context)
+    model.load_state_dict(grown_state(load_state(previous)["state_dict"], model))
+    init = as_location(spec.run_dir) / "warm_start.pt"
+    save_atomic(model_state(model), init)
+    return init
+
+
 def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
     """Train the model's pre-training runs (e.g. NeuMF's GMF and MLP) and point ``spec`` at
     the fused initialisation; returns a record per run ({} for models without any)."""
@@ -186,7 +240,8 @@ def run_train(
             for protocol in config.split.protocols:
                 spec = build_spec(config, ds, protocol, name, resume, run.run_id)
                 started = time.perf_counter()
-                pretrained = pretrain(config, spec)
+                plan = apply_start(config, spec, ds, protocol)
+                pretrained = {} if plan.warm else pretrain(config, spec)
                 log.info(
                     "train %s on %s (%s launcher, %d process(es))",
                     name, protocol, config.train.launcher, config.train.processes,

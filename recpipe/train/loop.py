@@ -433,6 +433,8 @@ class Trainer:
             "history": progress.history,
             "model_config": run.model.config.model_dump(mode="json"),
         }
+        if self.spec.start is not None:
+            summary["start"] = self.spec.start
         # Where the ranks ran and with which interpreter: evidence of an executor environment.
         here = f"{socket.gethostname()} {sys.executable}"
         summary["ranks"] = self.comm.gather_strings(here) if ctx.distributed else [here]

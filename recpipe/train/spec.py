@@ -40,6 +40,7 @@ class TrainSpec:
     validation: dict[str, Any] | None = None  # {root, ds, protocol}: early stopping data
     init_file: str | None = None  # checkpoint location whose weights start the run (pre-training)
     resume: bool = False
+    start: dict[str, Any] | None = None  # how the run starts (warm_start.StartPlan.record())
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
     # Hadoop settings (spark.hadoop.* without the prefix) for the ranks' recpipe.storage: a rank
     # is a fresh process that never loads the config, yet must resolve viewfs mounts and s3a keys.
