@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import partition_dir
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recpipe.config import Config
+from recpipe.etl.clean import KEY_HASH, dedupe_exact, dedupe_repeated
 from recpipe.etl.sources import RawInputError
 from recpipe.manifest import last_attempt
 from recpipe.stages.clean import run_clean
@@ -285,3 +287,45 @@ def test_empty_input_never_replaces_a_day_silently(
     assert code == 0
     assert read_table(spark, config.root, "events").count() == 0
     assert read_table(spark, config.root, "quarantine").count() == 2
+
+
+def _dedupe_input(spark: SparkSession):
+    """Rows with many exact duplicates (null values too), distinguishable by source and raw."""
+    rows = []
+    for n in range(400):
+        key = (f"u{n % 37}", f"i{n % 11}", "view", n % 5, None if n % 3 else float(n % 2))
+        for copy in range(1 + n % 4 * (n % 2)):  # most keys once, some up to 4 times
+            rows.append((*key, f"f{(n + copy) % 3}", f"raw-{n}-{copy}"))
+    schema = "user_id string, item_id string, event_type string, ts int, value double, " \
+             "source_file string, raw string"  # fmt: skip
+    return spark.createDataFrame(rows, schema)
+
+
+def _sorted_rows(frame) -> list[tuple]:
+    return sorted(tuple(r) for r in frame.select(sorted(frame.columns)).collect())
+
+
+@pytest.mark.parametrize("hashing", ["xxhash64", "colliding", "all grouped"])
+def test_dedupe_of_repeated_hashes_equals_grouping_every_row(spark: SparkSession, hashing) -> None:
+    """Only rows whose key hash repeats are grouped, yet the result is the full grouping's:
+    with the real hash, with a hash that collides on purpose (keys told apart by the key
+    itself), and above the broadcast limit (every row grouped)."""
+    rows = _dedupe_input(spark)
+    expected = _sorted_rows(dedupe_exact(rows))
+    if hashing == "colliding":
+        rows = rows.withColumn(KEY_HASH, F.length("user_id").cast("long"))
+    deduped = dedupe_repeated(rows, max_broadcast=0 if hashing == "all grouped" else 10**6)
+    try:
+        assert _sorted_rows(deduped.rows) == expected
+        grouped = deduped.grouped.agg(F.sum("copies")).collect()[0][0]
+        assert grouped == deduped.grouped_input_rows
+        duplicates = sum(r["copies"] - 1 for r in deduped.rows.select("copies").collect())
+        assert duplicates == rows.count() - len(expected) > 0
+        if hashing == "xxhash64":  # the keys seen once passed without grouping
+            keys = Counter(tuple(r)[:5] for r in rows.collect())
+            repeated = sum(n for n in keys.values() if n > 1)
+            assert deduped.grouped_input_rows == repeated < rows.count()
+        if hashing == "all grouped":
+            assert deduped.grouped_input_rows == rows.count()
+    finally:
+        deduped.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -155,6 +156,66 @@ def dedupe_exact(
         F.min_by(F.struct(*others), order).alias("_kept"),
     )
     return grouped.select(*key, COPIES, *(F.col(f"_kept.{c}").alias(c) for c in others))
+
+
+KEY_HASH = "key_hash"
+# Above this many repeated key hashes the duplicates are grouped with every other row (one
+# shuffle of all rows) instead of joined against a broadcast set of the repeated hashes.
+MAX_BROADCAST_REPEATS = 1_000_000
+
+
+def key_hash(key: Sequence[str] = DUPLICATE_KEY) -> Column:
+    """64-bit hash of a row's duplicate key: rows with equal keys have equal hashes."""
+    return F.xxhash64(*(F.col(c) for c in key))
+
+
+@dataclass
+class Deduped:
+    """Distinct rows; the grouped part (one row per key that went through grouping, with its
+    ``copies``) and how many input rows went into it (counted apart, for reconciliation)."""
+
+    rows: DataFrame
+    grouped: DataFrame
+    grouped_input_rows: int
+    _cached: list[DataFrame] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Drop what :func:`dedupe_repeated` persisted."""
+        for frame in self._cached:
+            frame.unpersist()
+
+
+def dedupe_repeated(
+    rows: DataFrame,
+    key: Sequence[str] = DUPLICATE_KEY,
+    order_by: Sequence[str] = (SOURCE_FILE, RAW),
+    max_broadcast: int = MAX_BROADCAST_REPEATS,
+) -> Deduped:
+    """:func:`dedupe_exact`'s rows, grouping only the rows whose key hash repeats.
+
+    Most keys occur once: a row whose ``key_hash`` (a column of ``rows``, else computed) is
+    unique is already distinct (``copies`` 1), so only rows sharing a hash (true duplicates and
+    rare collisions, told apart by grouping on the key itself) pay the shuffle and the
+    deterministic choice. With more than ``max_broadcast`` repeated hashes every row is
+    grouped, as :func:`dedupe_exact` does. The caller calls :meth:`Deduped.release`.
+    """
+    hashed = rows if KEY_HASH in rows.columns else rows.withColumn(KEY_HASH, key_hash(key))
+    repeated = hashed.groupBy(KEY_HASH).count().where(F.col("count") > 1).persist()
+    stats = repeated.agg(F.count(F.lit(1)).alias("hashes"), F.sum("count").alias("rows"))
+    totals = stats.collect()[0]
+    if totals["hashes"] > max_broadcast:
+        repeated.unpersist()
+        everything = dedupe_exact(hashed.drop(KEY_HASH), key, order_by).persist()
+        return Deduped(everything, everything, hashed.count(), [everything])
+    few = F.broadcast(repeated.select(KEY_HASH))
+    others = [c for c in hashed.columns if c not in key and c != KEY_HASH]
+    single = hashed.join(few, KEY_HASH, "left_anti").select(
+        *key, F.lit(1).cast(T.LongType()).alias(COPIES), *others
+    )
+    shared = hashed.join(few, KEY_HASH, "left_semi").drop(KEY_HASH)
+    grouped = dedupe_exact(shared, key, order_by).persist()
+    return Deduped(single.unionByName(grouped), grouped, int(totals["rows"] or 0),
+                   [repeated, grouped])  # fmt: skip
 
 
 def flag_bots(events: DataFrame, max_events_per_day: int) -> DataFrame:

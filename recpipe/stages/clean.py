@@ -25,7 +25,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -35,10 +34,13 @@ from recpipe.errors import RecpipeError
 from recpipe.etl.clean import (
     COPIES,
     EVENT_COLUMNS,
+    KEY_HASH,
     QUARANTINE_COLUMNS,
+    Deduped,
     classify,
-    dedupe_exact,
+    dedupe_repeated,
     flag_bots,
+    key_hash,
     ts_window,
 )
 from recpipe.etl.sources import raw_read_errors, read_raw_events
@@ -102,13 +104,15 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         started = time.perf_counter()
         with _scratch(config.root, ds) as scratch:
             parsed, counts = parse_once(spark, checked, scratch, started)
-            distinct = dedupe_valid(parsed, counts, started)
+            deduped = dedupe_valid(parsed, counts, started)
             try:
-                events, quarantine = route_bots(distinct, parsed, settings.bot_max_events_per_day)
+                events, quarantine = route_bots(
+                    deduped.rows, parsed, settings.bot_max_events_per_day
+                )
                 staged_events = tx.stage(events.select(*EVENT_COLUMNS), EVENTS)
                 staged_quarantine = tx.stage(quarantine, QUARANTINE)
             finally:
-                distinct.unpersist()
+                deduped.release()
         log.info("clean: staged events and quarantine (%.1fs)", time.perf_counter() - started)
         rows_out, quarantined = staged_counts(spark, staged_events, staged_quarantine)
         tx.reconcile(mismatch(counts, rows_out, quarantined, bots), ReconciliationError)
@@ -143,8 +147,12 @@ def classify_raw(
     # Valid rows only need the raw text if the bot filter may quarantine them; dropping it
     # keeps the scratch copy small. Its hash still orders duplicates deterministically.
     keep_raw = F.lit(settings.bot_max_events_per_day is not None) | F.col(REASON).isNotNull()
-    return checked.withColumn(RAW_HASH, F.xxhash64(RAW)).withColumn(
-        RAW, F.when(keep_raw, F.col(RAW))
+    return checked.select(
+        *(F.when(keep_raw, F.col(c)).alias(c) if c == RAW else F.col(c) for c in checked.columns),
+        F.xxhash64(RAW).alias(RAW_HASH),
+        # Computed here, in the one parsing pass, so de-duplication reads one column to find
+        # the keys that repeat.
+        F.when(F.col(REASON).isNull(), key_hash()).alias(KEY_HASH),
     )
 
 
@@ -185,23 +193,31 @@ def parse_once(
     return parsed, counts
 
 
-def dedupe_valid(parsed: DataFrame, counts: CleanCounts, started: float) -> DataFrame:
-    """The distinct valid events (persisted: the caller unpersists); fills ``counts``."""
+def dedupe_valid(parsed: DataFrame, counts: CleanCounts, started: float) -> Deduped:
+    """The distinct valid events (:func:`dedupe_repeated`; the caller releases them); fills
+    ``counts``.
+
+    Rows whose key hash is unique pass through; of the grouped rest, ``counts`` takes the
+    groups and the records behind them, so ``rows_copies`` equals the independently counted
+    valid records only if the grouping lost and invented nothing.
+    """
     valid = parsed.where(F.col(REASON).isNull()).drop(REASON)
-    distinct = dedupe_exact(valid, order_by=(SOURCE_FILE, RAW_HASH)).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    deduped = dedupe_repeated(valid, order_by=(SOURCE_FILE, RAW_HASH))
     totals = one_row(
-        distinct.agg(F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")), "clean totals"
+        deduped.grouped.agg(F.count(F.lit(1)).alias("n"), F.sum(COPIES).alias("copies")),
+        "clean duplicates",
     )
-    counts.rows_distinct, counts.rows_copies = totals["n"], totals["copies"] or 0
+    singles = counts.rows_valid - deduped.grouped_input_rows
+    counts.rows_distinct = singles + totals["n"]
+    counts.rows_copies = singles + (totals["copies"] or 0)
     log.info(
-        "clean: %d distinct events, %d exact duplicates (%.1fs)",
+        "clean: %d distinct events, %d exact duplicates, %d rows grouped (%.1fs)",
         counts.rows_distinct,
         counts.rows_duplicate,
+        deduped.grouped_input_rows,
         time.perf_counter() - started,
     )
-    return distinct
+    return deduped
 
 
 def route_bots(
