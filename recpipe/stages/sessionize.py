@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
-from recpipe.etl.clean import COPIES, dedupe_exact
+from recpipe.etl.clean import COPIES, Deduped, dedupe_repeated
 from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
 from recpipe.lake import Lake, StagedPartition, transaction
 from recpipe.layout import EVENTS, SESSIONS, VOCAB_ITEMS, VOCAB_USERS
@@ -43,9 +43,10 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
         event_ds = tx.lake.history(EVENTS, ds, settings.history_days)
         tx.lake.require(VOCAB_USERS, ds, "vocab")
         tx.record.events_ds = event_ds
-        indexed = indexed_events(spark, config, tx.lake, ds, event_ds)
+        indexed, deduped = indexed_events(spark, config, tx.lake, ds, event_ds)
         try:
             totals = count_indexed(indexed, ds)
+            deduped.release()  # indexed is persisted and counted: the parts are not needed
             keyed = assign_sessions(
                 indexed.drop(COPIES),
                 gap_seconds=settings.gap_minutes * 60,
@@ -54,6 +55,7 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
             sessions = build_sessions(keyed, max_length=settings.max_session_length)
             part = tx.stage(sessions.select(*SESSION_COLUMNS), SESSIONS)
         finally:
+            deduped.release()
             indexed.unpersist()
         stats = session_stats(spark, part)
         rows_in, rows_distinct = totals["rows_in"] or 0, totals["distinct"]
@@ -77,22 +79,24 @@ def run_sessionize(spark: SparkSession, config: Config, ds: str) -> dict[str, An
 
 def indexed_events(
     spark: SparkSession, config: Config, lake: Lake, ds: str, event_ds: list[str]
-) -> DataFrame:
-    """Distinct events of the ``event_ds`` days with their user and item indexes (persisted).
+) -> tuple[DataFrame, Deduped]:
+    """Distinct events of the ``event_ds`` days with their user and item indexes (persisted),
+    and the de-duplication's parts (the caller releases them once the events are counted).
 
     Each day's rows are reconciled with what ``clean`` published; the same event arriving on
-    two days keeps its earliest copy. Unknown ids get null indexes (see :func:`count_indexed`).
+    two days keeps its earliest copy (only keys whose hash repeats are grouped). Unknown ids
+    get null indexes (see :func:`count_indexed`).
     """
     events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
         USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS
     )
     check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
-    distinct = dedupe_exact(events, DUPLICATE_KEY, order_by=(DS, SOURCE_FILE)).drop(DS)
+    deduped = dedupe_repeated(events, DUPLICATE_KEY, order_by=(DS, SOURCE_FILE))
+    distinct = deduped.rows.drop(DS)
     users = lake.read(spark, VOCAB_USERS, [{DS: ds}]).select(USER_ID, USER_IDX)
     items = lake.read(spark, VOCAB_ITEMS, [{DS: ds}]).select(ITEM_ID, ITEM_IDX)
-    return (
-        distinct.join(users, USER_ID, "left").join(F.broadcast(items), ITEM_ID, "left")
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    indexed = distinct.join(users, USER_ID, "left").join(F.broadcast(items), ITEM_ID, "left")
+    return indexed.persist(StorageLevel.MEMORY_AND_DISK), deduped
 
 
 def count_indexed(indexed: DataFrame, ds: str) -> Row:
