@@ -16,7 +16,7 @@ AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark=
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale native-blas clean-venv
+.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale bench-warm native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -108,6 +108,9 @@ bench-score: venv
 SCALE_SIZES ?= 1000000 5000000
 bench-scale: venv
 	$(BIN)/python bench/scale.py --sizes $(SCALE_SIZES)
+
+bench-warm: venv
+	$(BIN)/python bench/warm_start.py
 
 # Optional: Debian's OpenBLAS/LAPACK let MLlib use native BLAS (JNIBLAS) instead of Java.
 native-blas:
