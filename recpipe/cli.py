@@ -42,8 +42,9 @@ def add_common_options(parser: argparse.ArgumentParser, ds: str = "required") ->
     """The options every command and every job in ``jobs/`` accepts.
 
     ``ds``: "required" for commands that write a day (a job never silently processes the
-    wall-clock date), "newest" for readers that default to the newest published day, "none"
-    for commands without a logical date.
+    wall-clock date), "newest" for readers that default to the newest published day, "today"
+    for the demo (a laptop run of its own copy of MovieLens: today's UTC date), "none" for
+    commands without a logical date.
     """
     parser.add_argument(
         "--conf",
@@ -68,6 +69,14 @@ def add_common_options(parser: argparse.ArgumentParser, ds: str = "required") ->
             required=True,
             metavar="YYYY-MM-DD",
             help="logical date of the run: the partition read and written (required)",
+        )
+    elif ds == "today":
+        parser.add_argument(
+            "--ds",
+            type=_valid_ds,
+            default=dt.datetime.now(dt.UTC).date().isoformat(),
+            metavar="YYYY-MM-DD",
+            help="logical date of the run (default: today, UTC)",
         )
     elif ds == "newest":
         parser.add_argument(
@@ -195,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ") under leave_last_out and random_by_user on the embedded local set-up, a summary "
         "table and an HTML report.",
     )
-    add_common_options(demo)
+    add_common_options(demo, ds="today")
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -50,6 +51,19 @@ def test_help_explains_every_option() -> None:
     for action in parser._subparsers._group_actions[0].choices.values():
         for option in action._actions:
             assert option.help, f"{action.prog} {option.option_strings} has no help"
+
+
+def test_demo_defaults_to_today_and_stages_require_ds(capsys) -> None:
+    """`make demo` runs `recpipe demo` with no --ds: the demo takes today's UTC date; a stage
+    never silently processes the wall-clock date."""
+    before = dt.datetime.now(dt.UTC).date().isoformat()
+    parsed = build_parser().parse_args(["demo"])
+    after = dt.datetime.now(dt.UTC).date().isoformat()
+    assert parsed.ds in {before, after}
+    assert build_parser().parse_args(["demo", "--ds", "2026-11-20"]).ds == "2026-11-20"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["clean"])
+    assert "--ds" in capsys.readouterr().err
 
 
 @pytest.mark.slow
