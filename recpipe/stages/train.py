@@ -37,7 +37,7 @@ from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
 from recpipe.storage import Location, as_location, hadoop_settings
 from recpipe.tables import split_item_counts
-from recpipe.train.checkpoint import MODEL_FILE, load_model, load_state, model_state, save_atomic
+from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
 from recpipe.train.spec import TrainSpec, save_array
 from recpipe.train.warm_start import StartPlan, WarmStartError, grown_state, plan_start
@@ -132,7 +132,7 @@ def apply_start(config: Config, spec: TrainSpec, ds: str, protocol: str) -> Star
     """
     plan = plan_start(config, spec.model, ds, protocol, spec.model_config, spec.context)
     extra: dict[str, Any] = {}
-    previous = plan.model_file
+    previous = plan.previous_weights
     if plan.warm and previous is not None:
         kind = model_class(spec.model).sample_kind
         try:
@@ -161,14 +161,14 @@ def apply_start(config: Config, spec: TrainSpec, ds: str, protocol: str) -> Star
     return plan
 
 
-def _grown_init(spec: TrainSpec, previous: str) -> Location:
+def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
     """Write the earlier model's weights grown to ``spec``'s vocabulary; returns the file."""
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
     context = ModelContext(item_counts=spec.item_counts(), **spec.context)
     torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)  # new rows as a run's
     model = cls(settings, context)
-    model.load_state_dict(grown_state(load_state(previous)["state_dict"], model))
+    model.load_state_dict(grown_state(previous, model))
     init = as_location(spec.run_dir) / "warm_start.pt"
     save_atomic(model_state(model), init)
     return init

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,8 @@ class StartPlan:
     full_ds: str  # the ds of the lineage's last full retrain (this ds for a full one)
     from_ds: str | None = None
     model_file: str | None = None  # the earlier model a warm start begins from
+    # Its weights, read once while deciding (the grown initial state is built from them).
+    previous_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def warm(self) -> bool:
@@ -114,7 +116,7 @@ def plan_start(
         return full.as_full(ds, f"the vocabulary is smaller than the {previous_ds} model's")
     return StartPlan(
         "warm", f"from the {previous_ds} model", full_ds=full_ds, from_ds=previous_ds,
-        model_file=str(location),
+        model_file=str(location), previous_weights=state["state_dict"],
     )  # fmt: skip
 
 
