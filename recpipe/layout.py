@@ -43,6 +43,9 @@ SESSIONS = "sessions"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
 SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.values())
+# ALS user factors (user_idx, vector) per (ds, protocol): they reach scoring and evaluation as a
+# column joined per user, never through the driver.
+ALS_USER_FACTORS = "als_user_factors"
 
 # Which stage publishes each lake table: its manifest is the table's commit record.
 PRODUCERS: dict[str, str] = {
@@ -55,6 +58,7 @@ PRODUCERS: dict[str, str] = {
     VALID: "split",
     TEST: "split",
     **{table: "export" for table in SAMPLES},
+    ALS_USER_FACTORS: "train-als",
 }
 
 

@@ -26,6 +26,7 @@ DS = "ds"
 # Indexed columns (vocab).
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
+USER_VECTOR = "user_vector"  # a model's trained vector of the user, as a column (array<float>)
 
 REQUIRED_FIELDS: tuple[str, ...] = (USER_ID, ITEM_ID, EVENT_TYPE, TS)
 OPTIONAL_FIELDS: tuple[str, ...] = (VALUE, SESSION_ID)

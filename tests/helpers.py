@@ -83,6 +83,7 @@ PRODUCER = {
     "samples_pairwise_recent": "export",
     "samples_pointwise_recent": "export",
     "samples_sequence_recent": "export",
+    "als_user_factors": "train-als",
 }
 
 

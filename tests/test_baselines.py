@@ -183,11 +183,27 @@ def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) ->
     )
     model = Als.fit(data, AlsConfig(rank=4, max_iter=10, reg_param=0.1, alpha=3.0), train_df=frame)
     assert model.arrays["item_factors"].shape == (11, 4)
+    # The user factors stay in Spark: one row per user, none in the arrays that get saved.
+    assert "user_factors" not in model.arrays
+    assert model.user_vectors_table == "als_user_factors"
+    rows = model.user_table.collect()
+    assert sorted(r["user_idx"] for r in rows) == list(range(20))
+    with pytest.raises(RuntimeError, match="als_user_factors"):
+        model.score(np.arange(20))
+    vectors = np.zeros((20, 4), dtype=np.float32)
+    for r in rows:
+        vectors[r["user_idx"]] = r["user_vector"]
+    # Scores from vectors given per user equal the scores of vectors held in memory.
+    from_column = model.scores_of_vectors(vectors[[3, 12]])
+    model.attach_user_vectors(vectors)
+    assert model.user_vectors_table is None
     scores = model.score(np.arange(20))
+    np.testing.assert_array_equal(from_column[:, 1:], scores[[3, 12], 1:])
     for user in range(20):
         missing = 1 + user % 5 if user < 10 else 6 + user % 5
         other_block = range(6, 11) if user < 10 else range(1, 6)
         assert scores[user, missing] > max(scores[user, j] for j in other_block)
     model.save(tmp_path / "als")
     np.testing.assert_array_equal(Als.load(tmp_path / "als").score(np.arange(20)), scores)
+    assert np.allclose(scores[0, 1:], vectors[0] @ model.arrays["item_factors"][1:].T)
     assert not math.isnan(scores[0, 1])

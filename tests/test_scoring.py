@@ -19,7 +19,7 @@ from recpipe.cli import main
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
-from recpipe.model_store import load_payload
+from recpipe.model_store import load_payload, with_user_vectors, with_vectors_locally
 from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
@@ -112,11 +112,13 @@ def test_spark_scoring_equals_single_process_scoring(spark, root, name) -> None:
     payload = load_payload(root, DS1, PROTOCOL, name)
     popular = popular_list(spark, root, DS2, 1)
     settings = ScoreSettings(k=K, user_block=4, item_block=16, device="cpu")
-    histories = history_frame(spark, root, DS2)
+    histories = with_user_vectors(spark, root, history_frame(spark, root, DS2), payload, DS1,
+                                  PROTOCOL)  # fmt: skip
     frame = score_frame(spark, histories, payload, popular, settings, partitions=3)
     assert frame.rdd.getNumPartitions() == 3
     distributed = _sorted(frame.toArrow())
-    local = _sorted(score_locally(payload, read_histories(root, DS2), popular, settings))
+    users = with_vectors_locally(root, payload, DS1, PROTOCOL, read_histories(root, DS2))
+    local = _sorted(score_locally(payload, users, popular, settings))
     assert distributed.num_rows == local.num_rows > 0
     for column in ("user_idx", "item_idx", "rank", "source"):
         assert distributed.column(column).to_pylist() == local.column(column).to_pylist(), column
@@ -239,6 +241,58 @@ def test_cold_start_users_get_the_recent_popular_list(spark, root, name) -> None
     assert manifest["rows_in"] == len(user_idx) and manifest["users_without_recs"] == 0
     assert manifest["model_ds"] == DS1
     assert sources["popular"] == len(cold) * K
+
+
+def test_als_user_vectors_travel_as_a_column_never_in_the_payload(spark, root) -> None:
+    """ALS's user factors stay in the lake table: not in the model file, not broadcast;
+    scoring joins them per user and the lists equal a by-hand ranking of those vectors."""
+    import io
+
+    payload = load_payload(root, DS1, PROTOCOL, "als")
+    with np.load(io.BytesIO(payload.files["arrays.npz"]), allow_pickle=False) as arrays:
+        assert set(arrays.files) == {"item_factors", "known_items"}
+        item_factors = arrays["item_factors"]
+    assert payload.user_vectors_table == "als_user_factors"
+    table = pads.dataset(partition_dir(root, "als_user_factors", DS1, PROTOCOL)).to_table()
+    vectors = dict(zip(table.column("user_idx").to_pylist(),
+                       table.column("user_vector").to_pylist(), strict=True))  # fmt: skip
+    train_users = set(pads.dataset(partition_dir(root, "train", DS1, PROTOCOL))
+                      .to_table(columns=["user_idx"]).column(0).to_pylist())  # fmt: skip
+    assert set(vectors) == train_users and table.num_rows == len(train_users)
+    trained = read_manifest(root, "train-als", DS1)["protocols"][PROTOCOL]
+    assert trained["user_vectors"]["users"] == len(train_users)
+
+    config = build_config(root, *BASE, f"score.model_ds={DS1}")
+    manifest = run_score(spark, config, DS2, "als")
+    assert manifest["user_vectors"] == "als_user_factors"
+    user_idx = _vocab(root, "vocab_users", "user_id", "user_idx")
+    item_idx = _vocab(root, "vocab_items", "item_id", "item_idx")
+    history = _histories_by_user(root)
+    known = np.zeros(len(item_factors), dtype=bool)
+    known[_train_items(root)] = True
+    lists: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for row in _published(config, "als"):
+        lists[row["user_id"]].append((row["rank"], item_idx[row["item_id"]], row["source"]))
+    checked = 0
+    for user, recs in lists.items():
+        index = user_idx[user]
+        sources = {source for _, _, source in recs}
+        if index not in vectors:
+            assert sources == {"popular"}, user
+            continue
+        assert sources == {"als"}, user
+        scores = item_factors.astype(np.float64) @ np.asarray(vectors[index], np.float64)
+        candidates = [i for i in np.flatnonzero(known) if i not in set(history[index])]
+        best = sorted(candidates, key=lambda i: (-scores[i], i))[:K]
+        assert [item for _, item, _ in sorted(recs)] == best, user
+        checked += 1
+    assert checked >= N_OLD_USERS // 3
+
+    # Users sent without the vector column are an error, never silently "cannot score".
+    bare = score_frame(spark, history_frame(spark, root, DS2), payload,
+                       popular_list(spark, root, DS2, 1), ScoreSettings(k=K))  # fmt: skip
+    with pytest.raises(Exception, match="join the vector column"):
+        bare.collect()
 
 
 # --- selection gate and publish ---------------------------------------------------------------

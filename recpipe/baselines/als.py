@@ -14,7 +14,8 @@ from pyspark.sql import functions as F
 
 from recpipe.baselines.base import Baseline, SplitFacts, base_meta
 from recpipe.config import AlsConfig
-from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
+from recpipe.layout import ALS_USER_FACTORS
+from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, USER_VECTOR, VALUE
 from recpipe.storage import as_location
 from recpipe.tables import TrainData
 
@@ -62,8 +63,22 @@ def _factors(frame: DataFrame, size: int, rank: int) -> np.ndarray:
     return matrix
 
 
+def user_factor_rows(model_user_factors: DataFrame) -> DataFrame:
+    """MLlib's ``(id, features)`` user factors as ``(user_idx int, user_vector array<float>)``."""
+    return model_user_factors.select(
+        F.col("id").cast("int").alias(USER_IDX),
+        F.col("features").cast("array<float>").alias(USER_VECTOR),
+    )
+
+
 class Als(Baseline):
-    """Scores = user factors . item factors."""
+    """Scores = user factors . item factors.
+
+    Fitted in Spark, the user factors stay there: :attr:`user_table` (written by the train stage
+    to the ``als_user_factors`` lake table) and never reach the driver; scoring and evaluation
+    join them to the users they rank. Only the item factors are in ``arrays.npz``. Models saved
+    before kept ``user_factors`` in their arrays and still load.
+    """
 
     name = "als"
     uses_user_ids = True
@@ -96,15 +111,37 @@ class Als(Baseline):
         )
         model = als.fit(als_ratings(train, settings))
         arrays = {
-            "user_factors": _factors(model.userFactors, facts.n_users, settings.rank),
             "item_factors": _factors(model.itemFactors, facts.n_items + 1, settings.rank),
             "known_items": facts.known_items,
         }
-        meta = {**base_meta(facts, settings), "blas": blas_in_use(spark)}
-        return cls(arrays, meta)
+        meta = {
+            **base_meta(facts, settings),
+            "blas": blas_in_use(spark),
+            "user_vectors": ALS_USER_FACTORS,
+        }
+        fitted = cls(arrays, meta)
+        fitted.user_table = user_factor_rows(model.userFactors)
+        return fitted
 
     def raw_scores(self, users: np.ndarray) -> np.ndarray:
-        return self.arrays["user_factors"][users] @ self.arrays["item_factors"].T
+        return self.user_factors()[users] @ self.arrays["item_factors"].T
+
+    def scores_of_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float32) @ self.arrays["item_factors"].T
+
+    def user_factors(self) -> np.ndarray:
+        """[n_users, rank] user factors held in memory (attached from the lake table for
+        single-process use, or saved in the arrays by an older recpipe)."""
+        factors = self.arrays.get("user_factors")
+        if factors is None:
+            raise RuntimeError(
+                "als: the user factors are in the als_user_factors table, not in memory: "
+                "join them as a column or attach them with attach_user_vectors"
+            )
+        return factors
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.arrays["user_factors"], self.arrays["item_factors"]
+        return self.user_factors(), self.arrays["item_factors"]
+
+    def item_factors(self) -> np.ndarray:
+        return self.arrays["item_factors"]

@@ -59,6 +59,29 @@ class Baseline(ABC):
         # Items the model saw in training; others get -inf so they are never recommended.
         self.known_items: np.ndarray = arrays["known_items"]
         self.history: sparse.csr_matrix | None = None
+        # Per-user state fitted in Spark and kept there (a DataFrame of (user_idx,
+        # user_vector)); the train stage writes it to the lake table ``meta["user_vectors"]``.
+        self.user_table: Any = None
+
+    @property
+    def user_vectors_table(self) -> str | None:
+        """The lake table holding this model's user vectors when they are not in its arrays
+        (scoring and evaluation then join them per user as a column), else None."""
+        table = self.meta.get("user_vectors")
+        return str(table) if table and not self.has_user_vectors_in_memory() else None
+
+    def has_user_vectors_in_memory(self) -> bool:
+        """Whether the user vectors (if the model has any) are in :attr:`arrays`."""
+        return "user_factors" in self.arrays
+
+    def attach_user_vectors(self, vectors: np.ndarray) -> None:
+        """Hold the user vectors [n_users, d] in memory (single-process scoring/evaluation)."""
+        self.arrays["user_factors"] = np.asarray(vectors, dtype=np.float32)
+
+    def scores_of_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw scores [len(vectors), n_items + 1] of users given by their vectors (models with
+        :attr:`user_vectors_table` only)."""
+        raise NotImplementedError(f"{self.name} has no user vectors")
 
     def attach_history(self, data: TrainData) -> None:
         """Set users' binary train histories, which item-based models score from."""
@@ -91,6 +114,10 @@ class Baseline(ABC):
     def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(user vectors [n_users, d], item vectors [n_items + 1, d]) when scores are their dot
         products, else None."""
+        return None
+
+    def item_factors(self) -> np.ndarray | None:
+        """Item vectors [n_items + 1, d] when scores are user vectors . item vectors."""
         return None
 
     def save(self, folder: LocationLike) -> None:

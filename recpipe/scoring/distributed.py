@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recpipe.devices import pick_device
 from recpipe.evaluation.ranking import PAD_ITEM
-from recpipe.schema import ITEM_IDX, USER_IDX
+from recpipe.schema import ITEM_IDX, USER_IDX, USER_VECTOR
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import DenseScorer, ModelPayload, Scorer, build_scorer
@@ -178,14 +178,30 @@ class PartitionScorer:
 
 
 def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
-    """A batch of ``(user_idx, items)`` rows as :class:`UserHistories`."""
+    """A batch of ``(user_idx, items[, user_vector])`` rows as :class:`UserHistories`."""
     lists = batch.column(HISTORY_ITEMS)
     lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    names = batch.schema.names
+    vectors = vectors_from_arrow(batch.column(USER_VECTOR)) if USER_VECTOR in names else None
     return UserHistories(
         batch.column(USER_IDX).to_numpy(zero_copy_only=False),
         lengths,
         lists.flatten().to_numpy(zero_copy_only=False),
+        vectors,
     )
+
+
+def vectors_from_arrow(column: pa.Array) -> np.ndarray:
+    """A list<float> column as float32 [rows, d]; null lists (no vector) become NaN rows."""
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    width = int(lengths[present].max()) if present.any() else 0
+    if present.any() and int(lengths[present].min()) != width:
+        raise ValueError(f"{USER_VECTOR}: vectors of different lengths in one batch")
+    out = np.full((len(column), width), np.nan, dtype=np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    out[present] = values.reshape(int(present.sum()), width)
+    return out
 
 
 def score_frame(

@@ -10,17 +10,34 @@ import numpy as np
 @dataclass
 class UserHistories:
     """Users [U] with their histories as one flat array: user u's items are
-    ``items[offsets[u]:offsets[u] + lengths[u]]``, oldest first."""
+    ``items[offsets[u]:offsets[u] + lengths[u]]``, oldest first.
+
+    ``vectors`` [U, d] float32, when given, are the users' trained vectors that came as a
+    column with the histories (NaN rows: the model has no vector for that user).
+    """
 
     users: np.ndarray
     lengths: np.ndarray
     items: np.ndarray
+    vectors: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         self.items = np.asarray(self.items, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def has_vector(self) -> np.ndarray:
+        """Bool [U]: the user came with a trained vector (all False without ``vectors``)."""
+        if self.vectors is None:
+            return np.zeros(len(self.users), dtype=bool)
+        return ~np.isnan(self.vectors).any(axis=1)
+
+    def require_vectors(self) -> np.ndarray:
+        """``vectors``, or a clear error when the users came without them."""
+        if self.vectors is None:
+            raise RuntimeError("these users came without their vectors: join the vector column")
+        return self.vectors
 
     @classmethod
     def from_events(
@@ -62,7 +79,10 @@ class UserHistories:
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self.lengths[rows]
         gather = np.repeat(self.offsets[rows] - np.cumsum(lengths) + lengths, lengths)
-        return UserHistories(self.users[rows], lengths, self.items[gather + np.arange(len(gather))])
+        vectors = None if self.vectors is None else self.vectors[rows]
+        return UserHistories(
+            self.users[rows], lengths, self.items[gather + np.arange(len(gather))], vectors
+        )
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) for every history entry."""

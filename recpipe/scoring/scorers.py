@@ -10,6 +10,7 @@ their full score rows, one user block at a time. Either way no users x items mat
 from __future__ import annotations
 
 import io
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ class ModelPayload:
     train_users: np.ndarray  # bool [n_users]: users with train interactions
 
     @property
+    def user_vectors_table(self) -> str | None:
+        """The lake table of the model's user vectors when they travel as a column (not in
+        the payload), else None."""
+        if self.kind != "baseline":
+            return None
+        table = json.loads(self.files["meta.json"]).get("user_vectors")
+        return str(table) if table else None
+
+    @property
     def size_bytes(self) -> int:
         """Bytes shipped (files and masks)."""
         masks = self.known_items.size + self.train_users.size
@@ -58,8 +68,11 @@ class Scorer(ABC):
         uses_user_ids: bool,
         needs_history: bool,
         device: torch.device,
+        vectors_in_column: bool = False,
     ) -> None:
         self.name = name
+        # User vectors come with the users (UserHistories.vectors), not inside the model.
+        self.vectors_in_column = vectors_in_column
         self.known_items = np.asarray(known_items, dtype=bool)
         self.n_items = len(self.known_items) - 1
         self.train_users = np.asarray(train_users, dtype=bool)
@@ -71,7 +84,12 @@ class Scorer(ABC):
         """Bool per user: the model has a trained row for the user (id-based models) or at
         least one of the user's items was in training (history-based models)."""
         ok = np.ones(len(histories), dtype=bool)
-        if self.uses_user_ids:
+        if self.uses_user_ids and self.vectors_in_column:
+            # require_vectors: users sent without the vector column are an error, never
+            # silently "cannot score".
+            histories.require_vectors()
+            ok &= histories.has_vector()
+        elif self.uses_user_ids:
             users = histories.users
             inside = users < len(self.train_users)
             ok &= inside & self.train_users[np.where(inside, users, 0)]
@@ -213,6 +231,7 @@ def dense_evaluation_scorer(
             uses_user_ids=model.uses_user_ids,
             needs_history=model.needs_history,
             device=torch.device(device),
+            vectors_in_column=model.user_vectors_table is not None,
         )
     return dense_deep_scorer(model, known, train_users, device)
 
@@ -220,6 +239,11 @@ def dense_evaluation_scorer(
 def baseline_rows(model: Baseline, histories: UserHistories) -> np.ndarray:
     """A baseline's float64 raw scores of these users: by user id for id-based models, else
     from the histories given (never a history attached for every user)."""
+    if model.uses_user_ids and model.user_vectors_table is not None:
+        # A user without a trained vector scores like the zero vector (as when the vectors
+        # are held in memory, where such a user's row is zeros).
+        vectors = np.nan_to_num(histories.require_vectors(), nan=0.0)
+        return np.asarray(model.scores_of_vectors(vectors), dtype=np.float64)
     if model.uses_user_ids:
         return np.asarray(model.raw_scores(histories.users), dtype=np.float64)
     return np.asarray(_history_scores(model, histories), dtype=np.float64)
@@ -314,7 +338,14 @@ def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
         uses_user_ids=model.uses_user_ids,
         needs_history=model.needs_history,
         device=device,
+        vectors_in_column=model.user_vectors_table is not None,
     )
+    if model.user_vectors_table is not None:
+        return DotScorer(
+            lambda h: torch.as_tensor(h.require_vectors()),
+            torch.as_tensor(model.item_factors()),
+            **common,
+        )
     factors = model.factors()
     if factors is not None:
         users, items = factors

@@ -8,15 +8,18 @@ from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.baselines import baseline_class
-from recpipe.baselines.base import BASELINE_FILES, SplitFacts
+from recpipe.baselines.base import BASELINE_FILES, Baseline, SplitFacts
 from recpipe.config import Config
 from recpipe.lake import Lake
 from recpipe.layout import TRAIN, VOCAB_ITEMS, VOCAB_USERS, scratch_root
 from recpipe.manifest import StageRun
+from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
+from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import TrainData, load_split, vocab_size
 
@@ -30,6 +33,33 @@ def spark_split_facts(train: DataFrame, n_users: int, n_items: int) -> SplitFact
     known[items.to_numpy(zero_copy_only=False).astype(np.int64)] = True
     known[0] = False  # padding
     return SplitFacts(n_users=n_users, n_items=n_items, rows=train.count(), known_items=known)
+
+
+def _stage_user_vectors(
+    lake: Lake, run: StageRun, fitted: Baseline, ds: str, protocol: str
+) -> dict[str, Any] | None:
+    """Write the user vectors a model kept in Spark to their lake table (committed with the
+    run's manifest); the rows must be exactly the distinct users the table names."""
+    table = fitted.meta.get("user_vectors")
+    if fitted.user_table is None or not table:
+        return None
+    partition = {DS: ds, PROTOCOL: protocol}
+    staged = lake.stage(fitted.user_table, table, partition)
+    frame = staged.read(fitted.user_table.sparkSession)
+    counts = one_row(
+        frame.agg(
+            F.count(F.lit(1)).alias("rows"), F.count_distinct(USER_IDX).alias("users")
+        ),
+        f"{table} {protocol}",
+    )
+    if counts["rows"] != counts["users"]:
+        staged.discard()
+        raise ReconciliationError(
+            f"{table} ds={ds} protocol={protocol}: {counts['rows']} rows for "
+            f"{counts['users']} users (one vector per user expected)"
+        )
+    record = staged.publish(run)
+    return {"table": table, "users": int(counts["users"]), "path": record.get("path")}
 
 
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
@@ -57,6 +87,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
             facts = SplitFacts.of(data)
             fitted = cls.fit(data, settings, **context)
             folder = model_dir(config.root, model, ds, protocol)
+            vectors = _stage_user_vectors(lake, run, fitted, ds, protocol)
             fitted.save(folder)
             seconds = round(time.perf_counter() - started, 3)
             log.info("train %s on %s/train: %d rows in %.1fs", model, protocol, facts.rows, seconds)
@@ -69,6 +100,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
                 "path": str(folder),
                 SHA256: file_digests(folder, BASELINE_FILES),
                 **({"blas": fitted.meta["blas"]} if "blas" in fitted.meta else {}),
+                **({"user_vectors": vectors} if vectors else {}),
             }
         run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
         run.record["rows_out"] = len(run.record["protocols"])
