@@ -46,6 +46,8 @@ SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.value
 # ALS user factors (user_idx, vector) per (ds, protocol): they reach scoring and evaluation as a
 # column joined per user, never through the driver.
 ALS_USER_FACTORS = "als_user_factors"
+# Item-kNN's neighbour lists (item_i, item_j, sim) per (ds, protocol): never collected.
+ITEMKNN_NEIGHBOURS = "itemknn_neighbours"
 
 # Which stage publishes each lake table: its manifest is the table's commit record.
 PRODUCERS: dict[str, str] = {
@@ -59,6 +61,7 @@ PRODUCERS: dict[str, str] = {
     TEST: "split",
     **{table: "export" for table in SAMPLES},
     ALS_USER_FACTORS: "train-als",
+    ITEMKNN_NEIGHBOURS: "train-itemknn",
 }
 
 

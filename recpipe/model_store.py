@@ -12,20 +12,12 @@ import io
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
-from pyspark.sql import DataFrame, SparkSession
-
 from recpipe import storage
-from recpipe.artifacts import ArtifactError, read_artifacts
+from recpipe.artifacts import read_artifacts
 from recpipe.baselines import baseline_class
-from recpipe.commit import current_version
-from recpipe.lake import Lake
 from recpipe.layout import model_dir, models_base
-from recpipe.parquet_files import verified_dataset
 from recpipe.registry import is_baseline
-from recpipe.schema import DS, USER_IDX, USER_VECTOR
-from recpipe.scoring.distributed import vectors_from_arrow
-from recpipe.scoring.histories import UserHistories
+from recpipe.scoring.model_columns import attach_lake_state
 from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
 from recpipe.storage import LocationLike
 from recpipe.tables import TrainData, split_presence
@@ -48,73 +40,14 @@ def load_for_evaluation(
     root: LocationLike, name: str, ds: str, protocol: str, train: TrainData
 ) -> HistoryScorer:
     """A trained model ready to score users against the whole catalogue over their ``train``
-    histories (baselines and deep models alike, through the one scorer family). User vectors
-    kept in a lake table are read into memory here: this is the single-process path."""
+    histories (baselines and deep models alike, through the one scorer family). State a
+    baseline keeps in lake tables is read into memory here: this is the single-process path."""
     files = read_model_files(root, name, ds, protocol)
     if model_kind(name) == "deep":
         return evaluation_scorer(build_model(load_state(io.BytesIO(files[MODEL_FILE]))), train)
     baseline = baseline_class(name).from_files(files)
-    table = baseline.user_vectors_table
-    if table is not None:
-        baseline.attach_user_vectors(read_user_vectors(root, table, ds, protocol, train.n_users))
+    attach_lake_state(baseline, root, ds, protocol, train.n_users)
     return evaluation_scorer(baseline, train)
-
-
-def _vectors_partition(ds: str, protocol: str) -> dict[str, str]:
-    return {DS: ds, "protocol": protocol}
-
-
-def read_user_vectors(
-    root: LocationLike, table: str, ds: str, protocol: str, n_users: int, fill: float = 0.0
-) -> np.ndarray:
-    """[n_users, d] float32 user vectors from lake ``table`` (``fill`` for users without one),
-    read in this process: for data small enough for the local engines only."""
-    folder = current_version(root, table, _vectors_partition(ds, protocol))
-    data = verified_dataset(folder).to_table(columns=[USER_IDX, USER_VECTOR])
-    users = data.column(USER_IDX).to_numpy().astype(np.int64)
-    vectors = vectors_from_arrow(data.column(USER_VECTOR).combine_chunks())
-    if len(users) and users.max() >= n_users:
-        raise ArtifactError(
-            f"{table} ds={ds} protocol={protocol} has user_idx {users.max()} beyond the "
-            f"{n_users} users of its train split"
-        )
-    matrix = np.full((n_users, vectors.shape[1]), fill, dtype=np.float32)
-    matrix[users] = vectors
-    return matrix
-
-
-def with_vectors_locally(
-    root: LocationLike, payload: ModelPayload, ds: str, protocol: str, users: UserHistories
-) -> UserHistories:
-    """``users`` with the model's user vectors attached in this process (NaN rows for users
-    without one) when they live in a lake table: the single-process twin of
-    :func:`with_user_vectors`."""
-    table = payload.user_vectors_table
-    if table is None:
-        return users
-    n_users = len(payload.train_users)
-    matrix = read_user_vectors(root, table, ds, protocol, n_users, fill=np.nan)
-    vectors = np.full((len(users), matrix.shape[1]), np.nan, dtype=np.float32)
-    inside = users.users < n_users
-    vectors[inside] = matrix[users.users[inside]]
-    return UserHistories(users.users, users.lengths, users.items, vectors)
-
-
-def with_user_vectors(
-    spark: SparkSession,
-    root: LocationLike,
-    users: DataFrame,
-    payload: ModelPayload,
-    ds: str,
-    protocol: str,
-) -> DataFrame:
-    """``users`` (one row per ``user_idx``) with the model's ``user_vector`` column joined when
-    its user vectors live in a lake table (null for users without one); else ``users``."""
-    table = payload.user_vectors_table
-    if table is None:
-        return users
-    vectors = Lake(root).read(spark, table, [_vectors_partition(ds, protocol)])
-    return users.join(vectors.select(USER_IDX, USER_VECTOR), USER_IDX, "left")
 
 
 def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> ModelPayload:

@@ -84,6 +84,7 @@ PRODUCER = {
     "samples_pointwise_recent": "export",
     "samples_sequence_recent": "export",
     "als_user_factors": "train-als",
+    "itemknn_neighbours": "train-itemknn",
 }
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyspark.sql import SparkSession
+from scipy import sparse
 from pyspark.sql import functions as F
 
 from recpipe.baselines.als import Als, als_ratings
 from recpipe.baselines.ease import CatalogueTooLargeError, Ease
-from recpipe.baselines.itemknn import ItemKnn, item_similarities
+from recpipe.baselines.itemknn import SIM_STEP, ItemKnn, item_similarities, top_candidates
 from recpipe.baselines.popularity import Popularity
 from recpipe.config import AlsConfig, EaseConfig, ItemKnnConfig, PopularityConfig
 from recpipe.tables import TrainData
@@ -135,9 +136,56 @@ def test_itemknn_cosine_and_top_n(spark: SparkSession) -> None:
     assert by_item[1] == (2, pytest.approx(2 / 3))
     assert by_item[3] == (1, pytest.approx(0.25))  # tie with item 2 broken by smaller index
     model = ItemKnn.fit(make_data(pairs, 4, 3), ItemKnnConfig(neighbours=10), train_df=train)
+    # The neighbour lists stay in Spark (a lake table once trained), not in the model's arrays.
+    assert set(model.arrays) == {"known_items"} and model.neighbours_table == "itemknn_neighbours"
+    kept = model.spark_tables["itemknn_neighbours"]
+    rows = kept.frame.collect()
+    assert kept.key == ("item_i", "item_j") and len(rows) == 6
+    model.attach_neighbours(*(np.array([r[c] for r in rows]) for c in ("item_i", "item_j", "sim")))
     model.attach_history(make_data(pairs, 4, 3))
     # user 3 has {3}: score(j) = sim(3, j): item 1 -> 0.5, item 2 -> 0.5, item 3 -> 0
     np.testing.assert_allclose(model.score(np.array([3]))[0, 1:], [0.5, 0.5, 0.0])
+
+
+def test_itemknn_candidates_in_spark_equal_the_sparse_product(spark: SparkSession) -> None:
+    """Spark's join-and-sum candidates are bit-identical to numpy's sparse product (similarities
+    are multiples of SIM_STEP, so sums do not depend on their order), ties by item index."""
+    rng = np.random.default_rng(3)
+    pairs = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 40, 400),
+                                                     rng.integers(1, 31, 400), strict=True)})
+    train = frame_of(spark, pairs)
+    model = ItemKnn.fit(make_data(pairs, 40, 30), ItemKnnConfig(neighbours=8, shrink=2.0),
+                        train_df=train)  # fmt: skip
+    neighbours = model.spark_tables["itemknn_neighbours"].frame
+    rows = neighbours.collect()
+    sims = np.array([r["sim"] for r in rows])
+    np.testing.assert_array_equal(np.round(sims / SIM_STEP) * SIM_STEP, sims)
+    model.attach_neighbours(*(np.array([r[c] for r in rows]) for c in ("item_i", "item_j", "sim")))
+    histories: dict[int, list[int]] = {}
+    for user, item in pairs:
+        histories.setdefault(user, []).append(item)
+    users = spark.createDataFrame(sorted(histories.items()), "user_idx int, items array<int>")
+    for exclude_seen in (True, False):
+        got = {r["user_idx"]: r for r in
+               top_candidates(users, neighbours, 5, exclude_seen).collect()}  # fmt: skip
+        order = sorted(histories)
+        matrix = np.zeros((len(order), 31))
+        for row, user in enumerate(order):
+            matrix[row, histories[user]] = 1.0
+        items, scores = model.top_candidates(sparse.csr_matrix(matrix), 5, exclude_seen)
+        for row, user in enumerate(order):
+            width = int((items[row] > 0).sum())
+            assert (got[user]["candidate_items"] or []) == items[row, :width].tolist(), user
+            assert (got[user]["candidate_scores"] or []) == scores[row, :width].tolist(), user
+            # By hand: the sum of sim(i, j) over the user's items, best first, ties by index.
+            by_hand: dict[int, float] = {}
+            for r in rows:
+                if r["item_i"] in histories[user]:
+                    by_hand[r["item_j"]] = by_hand.get(r["item_j"], 0.0) + r["sim"]
+            if exclude_seen:
+                by_hand = {j: v for j, v in by_hand.items() if j not in histories[user]}
+            best = sorted(by_hand, key=lambda j: (-by_hand[j], j))[:5]
+            assert items[row, :width].tolist() == best, user
 
 
 def test_itemknn_counts_each_users_most_recent_items_only(spark: SparkSession) -> None:
@@ -186,7 +234,7 @@ def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) ->
     # The user factors stay in Spark: one row per user, none in the arrays that get saved.
     assert "user_factors" not in model.arrays
     assert model.user_vectors_table == "als_user_factors"
-    rows = model.user_table.collect()
+    rows = model.spark_tables["als_user_factors"].frame.collect()
     assert sorted(r["user_idx"] for r in rows) == list(range(20))
     with pytest.raises(RuntimeError, match="als_user_factors"):
         model.score(np.arange(20))

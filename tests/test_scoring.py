@@ -19,10 +19,11 @@ from recpipe.cli import main
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
-from recpipe.model_store import load_payload, with_user_vectors, with_vectors_locally
+from recpipe.model_store import load_payload
 from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
+from recpipe.scoring.model_columns import with_columns_locally, with_model_columns
 from recpipe.stages.evaluate import choose_engine, evaluate_model, run_evaluate
 from recpipe.stages.export import run_export
 from recpipe.stages.gate import run_gate
@@ -55,7 +56,7 @@ BASE = (
     "warehouse.database=scoring_tests",
 )
 DEEP = ["bpr_mf", "neumf", "sasrec"]
-BASELINES = ["als", "ease"]
+BASELINES = ["als", "ease", "itemknn"]
 
 
 def event(user: str, item: str, day: str, second: int) -> dict:
@@ -112,12 +113,13 @@ def test_spark_scoring_equals_single_process_scoring(spark, root, name) -> None:
     payload = load_payload(root, DS1, PROTOCOL, name)
     popular = popular_list(spark, root, DS2, 1)
     settings = ScoreSettings(k=K, user_block=4, item_block=16, device="cpu")
-    histories = with_user_vectors(spark, root, history_frame(spark, root, DS2), payload, DS1,
-                                  PROTOCOL)  # fmt: skip
+    histories = with_model_columns(spark, root, history_frame(spark, root, DS2), payload, DS1,
+                                   PROTOCOL, K, exclude_seen=True)  # fmt: skip
     frame = score_frame(spark, histories, payload, popular, settings, partitions=3)
     assert frame.rdd.getNumPartitions() == 3
     distributed = _sorted(frame.toArrow())
-    users = with_vectors_locally(root, payload, DS1, PROTOCOL, read_histories(root, DS2))
+    users = with_columns_locally(root, payload, DS1, PROTOCOL, read_histories(root, DS2), K,
+                                 exclude_seen=True)  # fmt: skip
     local = _sorted(score_locally(payload, users, popular, settings))
     assert distributed.num_rows == local.num_rows > 0
     for column in ("user_idx", "item_idx", "rank", "source"):
@@ -260,11 +262,11 @@ def test_als_user_vectors_travel_as_a_column_never_in_the_payload(spark, root) -
                       .to_table(columns=["user_idx"]).column(0).to_pylist())  # fmt: skip
     assert set(vectors) == train_users and table.num_rows == len(train_users)
     trained = read_manifest(root, "train-als", DS1)["protocols"][PROTOCOL]
-    assert trained["user_vectors"]["users"] == len(train_users)
+    assert trained["lake_tables"]["als_user_factors"]["rows"] == len(train_users)
 
     config = build_config(root, *BASE, f"score.model_ds={DS1}")
     manifest = run_score(spark, config, DS2, "als")
-    assert manifest["user_vectors"] == "als_user_factors"
+    assert manifest["model_columns"] == ["als_user_factors"]
     user_idx = _vocab(root, "vocab_users", "user_id", "user_idx")
     item_idx = _vocab(root, "vocab_items", "item_id", "item_idx")
     history = _histories_by_user(root)

@@ -12,7 +12,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.baselines.base import Baseline, SplitFacts, base_meta
+from recpipe.baselines.base import Baseline, SparkTable, SplitFacts, base_meta
 from recpipe.config import AlsConfig
 from recpipe.layout import ALS_USER_FACTORS
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, USER_VECTOR, VALUE
@@ -74,8 +74,8 @@ def user_factor_rows(model_user_factors: DataFrame) -> DataFrame:
 class Als(Baseline):
     """Scores = user factors . item factors.
 
-    Fitted in Spark, the user factors stay there: :attr:`user_table` (written by the train stage
-    to the ``als_user_factors`` lake table) and never reach the driver; scoring and evaluation
+    Fitted in Spark, the user factors stay there: :attr:`spark_tables` (written by the train
+    stage to the ``als_user_factors`` lake table) and never reach the driver; scoring and evaluation
     join them to the users they rank. Only the item factors are in ``arrays.npz``. Models saved
     before kept ``user_factors`` in their arrays and still load.
     """
@@ -120,7 +120,9 @@ class Als(Baseline):
             "user_vectors": ALS_USER_FACTORS,
         }
         fitted = cls(arrays, meta)
-        fitted.user_table = user_factor_rows(model.userFactors)
+        fitted.spark_tables[ALS_USER_FACTORS] = SparkTable(
+            user_factor_rows(model.userFactors), (USER_IDX,)
+        )
         return fitted
 
     def raw_scores(self, users: np.ndarray) -> np.ndarray:

@@ -23,6 +23,15 @@ from recpipe.tables import TrainData
 
 
 @dataclass(frozen=True)
+class SparkTable:
+    """A fitted model's table kept in Spark: written to a lake table by the train stage, where
+    ``key`` must be unique (checked before it is published)."""
+
+    frame: Any  # pyspark DataFrame (pyspark stays out of this module's imports)
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SplitFacts:
     """What a baseline fitted in Spark knows of its train split besides the DataFrame: sizes
     and the items it holds (item-sized, never a row per interaction)."""
@@ -59,20 +68,25 @@ class Baseline(ABC):
         # Items the model saw in training; others get -inf so they are never recommended.
         self.known_items: np.ndarray = arrays["known_items"]
         self.history: sparse.csr_matrix | None = None
-        # Per-user state fitted in Spark and kept there (a DataFrame of (user_idx,
-        # user_vector)); the train stage writes it to the lake table ``meta["user_vectors"]``.
-        self.user_table: Any = None
+        # State fitted in Spark that grows with users or item pairs stays there: the train
+        # stage writes these frames to their lake tables (names in meta) and scoring and
+        # evaluation on the executors join them per user; single-process use reads them back.
+        self.spark_tables: dict[str, SparkTable] = {}
 
     @property
     def user_vectors_table(self) -> str | None:
         """The lake table holding this model's user vectors when they are not in its arrays
         (scoring and evaluation then join them per user as a column), else None."""
         table = self.meta.get("user_vectors")
-        return str(table) if table and not self.has_user_vectors_in_memory() else None
+        return str(table) if table and "user_factors" not in self.arrays else None
 
-    def has_user_vectors_in_memory(self) -> bool:
-        """Whether the user vectors (if the model has any) are in :attr:`arrays`."""
-        return "user_factors" in self.arrays
+    @property
+    def neighbours_table(self) -> str | None:
+        """The lake table holding this model's item neighbours when they are not in its arrays
+        (scoring and evaluation then join each user's best candidates as a column), else
+        None."""
+        table = self.meta.get("neighbours")
+        return str(table) if table and "sim" not in self.arrays else None
 
     def attach_user_vectors(self, vectors: np.ndarray) -> None:
         """Hold the user vectors [n_users, d] in memory (single-process scoring/evaluation)."""

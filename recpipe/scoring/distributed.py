@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from recpipe.baselines.itemknn import CANDIDATE_ITEMS, CANDIDATE_SCORES
 from recpipe.devices import pick_device
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.schema import ITEM_IDX, USER_IDX, USER_VECTOR
@@ -183,12 +184,32 @@ def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
     lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     names = batch.schema.names
     vectors = vectors_from_arrow(batch.column(USER_VECTOR)) if USER_VECTOR in names else None
+    candidates = None
+    if CANDIDATE_ITEMS in names:
+        candidates = (
+            padded_lists(batch.column(CANDIDATE_ITEMS), np.int64),
+            padded_lists(batch.column(CANDIDATE_SCORES), np.float64),
+        )
     return UserHistories(
         batch.column(USER_IDX).to_numpy(zero_copy_only=False),
         lengths,
         lists.flatten().to_numpy(zero_copy_only=False),
         vectors,
+        candidates,
     )
+
+
+def padded_lists(column: pa.Array, dtype: type) -> np.ndarray:
+    """A list column as [rows, longest list] of ``dtype``, zero-padded (null lists: all 0)."""
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    out: np.ndarray = np.zeros(
+        (len(column), int(lengths.max()) if len(column) else 0), dtype=dtype
+    )
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(column)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out[rows, np.arange(len(values)) - np.repeat(starts, lengths)] = values
+    return out
 
 
 def vectors_from_arrow(column: pa.Array) -> np.ndarray:

@@ -14,12 +14,15 @@ class UserHistories:
 
     ``vectors`` [U, d] float32, when given, are the users' trained vectors that came as a
     column with the histories (NaN rows: the model has no vector for that user).
+    ``candidates`` (items [U, c] int64, scores [U, c] float64), when given, are each user's best
+    candidates computed in Spark (item 0 pads).
     """
 
     users: np.ndarray
     lengths: np.ndarray
     items: np.ndarray
     vectors: np.ndarray | None = None
+    candidates: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
@@ -80,9 +83,24 @@ class UserHistories:
         lengths = self.lengths[rows]
         gather = np.repeat(self.offsets[rows] - np.cumsum(lengths) + lengths, lengths)
         vectors = None if self.vectors is None else self.vectors[rows]
+        candidates = None
+        if self.candidates is not None:
+            candidates = (self.candidates[0][rows], self.candidates[1][rows])
         return UserHistories(
-            self.users[rows], lengths, self.items[gather + np.arange(len(gather))], vectors
+            self.users[rows],
+            lengths,
+            self.items[gather + np.arange(len(gather))],
+            vectors,
+            candidates,
         )
+
+    def require_candidates(self) -> tuple[np.ndarray, np.ndarray]:
+        """``candidates``, or a clear error when the users came without them."""
+        if self.candidates is None:
+            raise RuntimeError(
+                "these users came without their candidates: join the candidate columns"
+            )
+        return self.candidates
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) for every history entry."""

@@ -22,6 +22,7 @@ from scipy import sparse
 
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
+from recpipe.baselines.itemknn import ItemKnn
 from recpipe.data.batch import Batch
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.models.base import RecModel
@@ -45,9 +46,18 @@ class ModelPayload:
     def user_vectors_table(self) -> str | None:
         """The lake table of the model's user vectors when they travel as a column (not in
         the payload), else None."""
+        return self._lake_table("user_vectors")
+
+    @property
+    def neighbours_table(self) -> str | None:
+        """The lake table of the model's item neighbours when each user's best candidates
+        travel as a column (not in the payload), else None."""
+        return self._lake_table("neighbours")
+
+    def _lake_table(self, key: str) -> str | None:
         if self.kind != "baseline":
             return None
-        table = json.loads(self.files["meta.json"]).get("user_vectors")
+        table = json.loads(self.files["meta.json"]).get(key)
         return str(table) if table else None
 
     @property
@@ -246,6 +256,8 @@ def baseline_rows(model: Baseline, histories: UserHistories) -> np.ndarray:
         return np.asarray(model.scores_of_vectors(vectors), dtype=np.float64)
     if model.uses_user_ids:
         return np.asarray(model.raw_scores(histories.users), dtype=np.float64)
+    if isinstance(model, ItemKnn) and model.neighbours_table is not None:
+        return model.scores_of_candidates(*histories.require_candidates())
     return np.asarray(_history_scores(model, histories), dtype=np.float64)
 
 
@@ -344,6 +356,11 @@ def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
         return DotScorer(
             lambda h: torch.as_tensor(h.require_vectors()),
             torch.as_tensor(model.item_factors()),
+            **common,
+        )
+    if isinstance(model, ItemKnn) and model.neighbours_table is not None:
+        return DenseScorer(
+            lambda h: torch.as_tensor(model.scores_of_candidates(*h.require_candidates())),
             **common,
         )
     factors = model.factors()

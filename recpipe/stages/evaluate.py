@@ -26,12 +26,7 @@ from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import TRAIN, VOCAB_ITEMS
 from recpipe.manifest import StageRun
-from recpipe.model_store import (
-    load_for_evaluation,
-    model_kind,
-    read_model_files,
-    with_user_vectors,
-)
+from recpipe.model_store import load_for_evaluation, model_kind, read_model_files
 from recpipe.schema import DS, ITEM_IDX, TS, USER_IDX
 from recpipe.scoring.scorers import ModelPayload
 from recpipe.stages.split import PROTOCOL
@@ -113,6 +108,7 @@ def _evaluate_on_spark(
         top_item_counts,
         train_histories,
     )
+    from recpipe.scoring.model_columns import with_model_columns
 
     settings = config.evaluation
     lake = Lake(config.root)
@@ -134,7 +130,9 @@ def _evaluate_on_spark(
         exclude_seen=settings.exclude_train_items,
     )
     users = truth.select(USER_IDX).distinct().join(train_histories(train), USER_IDX, "left")
-    users = with_user_vectors(spark, config.root, users, payload, ds, protocol)
+    users = with_model_columns(
+        spark, config.root, users, payload, ds, protocol, ranking.k, ranking.exclude_seen
+    )
     recs = rank_on_executors(spark, users, payload, ranking, settings.partitions)
     recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
     try:

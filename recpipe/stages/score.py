@@ -22,10 +22,11 @@ from recpipe.evaluation.ranking import users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import StageRun
-from recpipe.model_store import load_payload, with_user_vectors
+from recpipe.model_store import load_payload
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.scoring.distributed import RANK, SCORE, SOURCE, ScoreSettings, score_frame
 from recpipe.scoring.inputs import history_frame, popular_list
+from recpipe.scoring.model_columns import with_model_columns
 
 
 def _with_ids(spark: SparkSession, config: Config, ds: str, scored: DataFrame) -> DataFrame:
@@ -52,10 +53,11 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
     model_ds = settings.model_ds or ds
     with StageRun(config, f"score-{model}", ds) as run:
         payload = load_payload(config.root, model_ds, settings.protocol, model)
-        # User vectors kept in a lake table (ALS) travel as a column, never broadcast.
-        histories = with_user_vectors(
+        # State a model keeps in lake tables (ALS user vectors, item-kNN neighbours) travels
+        # as columns joined per user, never broadcast.
+        histories = with_model_columns(
             spark, config.root, history_frame(spark, config.root, ds), payload, model_ds,
-            settings.protocol,
+            settings.protocol, k=settings.k, exclude_seen=True,
         ).persist(StorageLevel.MEMORY_AND_DISK)  # fmt: skip
         popular = popular_list(spark, config.root, ds, settings.popular_window_days)
         n_items = len(payload.known_items) - 1
@@ -113,7 +115,9 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
             partitions=settings.partitions or spark.sparkContext.defaultParallelism,
             device=settings.device,
             payload_bytes=payload.size_bytes,
-            user_vectors=payload.user_vectors_table or "in the payload",
+            model_columns=[
+                t for t in (payload.user_vectors_table, payload.neighbours_table) if t
+            ],
             location=str(location),
             seen_items_rule=f"each user's items in sessions ds={ds} excluded",
         )

@@ -35,31 +35,30 @@ def spark_split_facts(train: DataFrame, n_users: int, n_items: int) -> SplitFact
     return SplitFacts(n_users=n_users, n_items=n_items, rows=train.count(), known_items=known)
 
 
-def _stage_user_vectors(
+def _stage_spark_tables(
     lake: Lake, run: StageRun, fitted: Baseline, ds: str, protocol: str
-) -> dict[str, Any] | None:
-    """Write the user vectors a model kept in Spark to their lake table (committed with the
-    run's manifest); the rows must be exactly the distinct users the table names."""
-    table = fitted.meta.get("user_vectors")
-    if fitted.user_table is None or not table:
-        return None
+) -> dict[str, Any]:
+    """Write the tables a model kept in Spark to the lake (committed with the run's manifest),
+    each checked to hold one row per key first."""
+    records: dict[str, Any] = {}
     partition = {DS: ds, PROTOCOL: protocol}
-    staged = lake.stage(fitted.user_table, table, partition)
-    frame = staged.read(fitted.user_table.sparkSession)
-    counts = one_row(
-        frame.agg(
-            F.count(F.lit(1)).alias("rows"), F.count_distinct(USER_IDX).alias("users")
-        ),
-        f"{table} {protocol}",
-    )
-    if counts["rows"] != counts["users"]:
-        staged.discard()
-        raise ReconciliationError(
-            f"{table} ds={ds} protocol={protocol}: {counts['rows']} rows for "
-            f"{counts['users']} users (one vector per user expected)"
+    for table, kept in fitted.spark_tables.items():
+        staged = lake.stage(kept.frame, table, partition)
+        frame = staged.read(kept.frame.sparkSession)
+        key = F.struct(*kept.key)
+        counts = one_row(
+            frame.agg(F.count(F.lit(1)).alias("rows"), F.count_distinct(key).alias("keys")),
+            f"{table} {protocol}",
         )
-    record = staged.publish(run)
-    return {"table": table, "users": int(counts["users"]), "path": record.get("path")}
+        if counts["rows"] != counts["keys"]:
+            staged.discard()
+            raise ReconciliationError(
+                f"{table} ds={ds} protocol={protocol}: {counts['rows']} rows for "
+                f"{counts['keys']} distinct ({', '.join(kept.key)}): one row per key expected"
+            )
+        record = staged.publish(run)
+        records[table] = {"rows": int(counts["rows"]), "path": record.get("path")}
+    return records
 
 
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
@@ -87,7 +86,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
             facts = SplitFacts.of(data)
             fitted = cls.fit(data, settings, **context)
             folder = model_dir(config.root, model, ds, protocol)
-            vectors = _stage_user_vectors(lake, run, fitted, ds, protocol)
+            tables = _stage_spark_tables(lake, run, fitted, ds, protocol)
             fitted.save(folder)
             seconds = round(time.perf_counter() - started, 3)
             log.info("train %s on %s/train: %d rows in %.1fs", model, protocol, facts.rows, seconds)
@@ -100,7 +99,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
                 "path": str(folder),
                 SHA256: file_digests(folder, BASELINE_FILES),
                 **({"blas": fitted.meta["blas"]} if "blas" in fitted.meta else {}),
-                **({"user_vectors": vectors} if vectors else {}),
+                **({"lake_tables": tables} if tables else {}),
             }
         run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
         run.record["rows_out"] = len(run.record["protocols"])
