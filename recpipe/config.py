@@ -339,6 +339,9 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(16384, ge=0)
     seed: int = 42
     grad_clip: float | None = Field(1.0, gt=0)
+    # Embedding tables updated row-lazily (only rows with a gradient step; recpipe.train.optim):
+    # a step then costs in proportion to the batch, not to users x dim.
+    lazy_embeddings: bool = True
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     max_epochs: int | None = Field(None, ge=1)

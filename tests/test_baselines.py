@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pyspark.sql import SparkSession
-from scipy import sparse
 from pyspark.sql import functions as F
+from scipy import sparse
 
 from recpipe.baselines.als import Als, als_ratings
 from recpipe.baselines.ease import CatalogueTooLargeError, Ease

@@ -41,6 +41,7 @@ from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
 from recpipe.train.checkpoint import LAST_FILE, load_state, model_state, save_atomic
 from recpipe.train.distributed import Collectives, DistContext, collectives_for
+from recpipe.train.optim import RowLazyAdamW, parameter_groups
 from recpipe.train.spec import TrainSpec
 from recpipe.train.validation import Validator
 
@@ -191,9 +192,9 @@ class Trainer:
         # Every rank takes the largest rank's step count (shorter shards pad, see module doc).
         steps_per_epoch = self.comm.max_int(own_batches)
         total_steps = steps_per_epoch * epochs
+        groups = parameter_groups(model, settings.lazy_embeddings)
         wrapped, optimizer = self.comm.prepare(
-            model,
-            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+            model, RowLazyAdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
