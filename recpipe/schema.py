@@ -27,6 +27,9 @@ DS = "ds"
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
 USER_VECTOR = "user_vector"  # a model's trained vector of the user, as a column (array<float>)
+# A user's best item-kNN candidates (array<int>, array<double>, best first), as columns.
+CANDIDATE_ITEMS = "candidate_items"
+CANDIDATE_SCORES = "candidate_scores"
 
 REQUIRED_FIELDS: tuple[str, ...] = (USER_ID, ITEM_ID, EVENT_TYPE, TS)
 OPTIONAL_FIELDS: tuple[str, ...] = (VALUE, SESSION_ID)

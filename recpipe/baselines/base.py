@@ -97,6 +97,11 @@ class Baseline(ABC):
         :attr:`user_vectors_table` only)."""
         raise NotImplementedError(f"{self.name} has no user vectors")
 
+    def scores_of_candidates(self, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Raw score rows [U, n_items + 1] from each user's best candidates (models with
+        :attr:`neighbours_table` only)."""
+        raise NotImplementedError(f"{self.name} has no candidates")
+
     def attach_history(self, data: TrainData) -> None:
         """Set users' binary train histories, which item-based models score from."""
         history = data.matrix()

@@ -26,12 +26,10 @@ from scipy import sparse
 from recpipe.baselines.base import Baseline, SparkTable, SplitFacts, base_meta
 from recpipe.config import ItemKnnConfig
 from recpipe.layout import ITEMKNN_NEIGHBOURS
-from recpipe.schema import ITEM_IDX, TS, USER_IDX
+from recpipe.schema import CANDIDATE_ITEMS, CANDIDATE_SCORES, ITEM_IDX, TS, USER_IDX
 from recpipe.tables import TrainData
 
 SIM_STEP = 2.0**-30
-CANDIDATE_ITEMS = "candidate_items"
-CANDIDATE_SCORES = "candidate_scores"
 
 
 def recent_pairs(train: DataFrame, max_user_items: int | None) -> DataFrame:

@@ -18,10 +18,9 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from recpipe.baselines.itemknn import CANDIDATE_ITEMS, CANDIDATE_SCORES
 from recpipe.devices import pick_device
 from recpipe.evaluation.ranking import PAD_ITEM
-from recpipe.schema import ITEM_IDX, USER_IDX, USER_VECTOR
+from recpipe.schema import CANDIDATE_ITEMS, CANDIDATE_SCORES, ITEM_IDX, USER_IDX, USER_VECTOR
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import DenseScorer, ModelPayload, Scorer, build_scorer

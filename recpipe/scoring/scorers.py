@@ -22,7 +22,6 @@ from scipy import sparse
 
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
-from recpipe.baselines.itemknn import ItemKnn
 from recpipe.data.batch import Batch
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.models.base import RecModel
@@ -256,7 +255,7 @@ def baseline_rows(model: Baseline, histories: UserHistories) -> np.ndarray:
         return np.asarray(model.scores_of_vectors(vectors), dtype=np.float64)
     if model.uses_user_ids:
         return np.asarray(model.raw_scores(histories.users), dtype=np.float64)
-    if isinstance(model, ItemKnn) and model.neighbours_table is not None:
+    if model.neighbours_table is not None:
         return model.scores_of_candidates(*histories.require_candidates())
     return np.asarray(_history_scores(model, histories), dtype=np.float64)
 
@@ -358,7 +357,7 @@ def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
             torch.as_tensor(model.item_factors()),
             **common,
         )
-    if isinstance(model, ItemKnn) and model.neighbours_table is not None:
+    if model.neighbours_table is not None:
         return DenseScorer(
             lambda h: torch.as_tensor(model.scores_of_candidates(*h.require_candidates())),
             **common,
