@@ -90,7 +90,8 @@ def test_quality_bar_on_random_by_user(pipeline) -> None:
 
 
 def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) -> None:
-    """Every user's published top-10 equals a numpy ranking of the saved ALS factors over the
+    """Every user's published top-10 equals a numpy ranking of the saved ALS factors (item
+    factors from the model file, user factors from the als_user_factors table) over the
     items ALS was trained on, the user's whole history (train and test) excluded."""
     config, _, _ = pipeline
     root = config.root.local_path()
@@ -108,7 +109,13 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     assert set(recs) == set(train) | set(test)
     folder = root / "models" / "als" / DS / "random_by_user"
     with np.load(folder / "arrays.npz") as arrays:
-        users, items, known = arrays["user_factors"], arrays["item_factors"], arrays["known_items"]
+        items, known = arrays["item_factors"], arrays["known_items"]
+    # The user factors are in their lake table (one row per user), not in the model file.
+    factors = pads.dataset(partition_dir(root, "als_user_factors", DS, "random_by_user"))
+    rows = factors.to_table().to_pylist()
+    users = np.zeros((max(r["user_idx"] for r in rows) + 1, items.shape[1]), dtype=np.float32)
+    for r in rows:
+        users[r["user_idx"]] = r["user_vector"]
     user_idx = _index(partition_dir(root, "vocab_users", DS), "user_id", "user_idx")
     item_idx = _index(partition_dir(root, "vocab_items", DS), "item_id", "item_idx")
     for user, ranked in recs.items():
