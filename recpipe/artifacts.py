@@ -8,7 +8,7 @@ replaced or altered since, or one no training run vouches for.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from recpipe import storage
 from recpipe.errors import MissingInputError, RecpipeError
@@ -63,15 +63,21 @@ def verify(
 
 
 def read_artifacts(
-    root: LocationLike, model: str, ds: str, protocol: str, kind: str
+    root: LocationLike,
+    model: str,
+    ds: str,
+    protocol: str,
+    kind: str,
+    names: Sequence[str] | None = None,
 ) -> dict[str, bytes]:
     """The files of a trained ``kind`` model, checked: one kind per folder, recorded SHA-256.
 
     A folder that also holds the other kind's files is refused (a ``model.pt`` beside a
     baseline's arrays was never written by recpipe); the bytes returned are the bytes checked.
+    ``names`` reads only those files (default: every file of the kind).
     """
     folder = model_dir(root, model, ds, protocol)
-    wanted = KIND_FILES[kind]
+    wanted = tuple(names) if names is not None else KIND_FILES[kind]
     # One listing instead of a look-up per name (each one a request on an object store).
     present = {entry.name: entry.is_dir for entry in storage.list_dir(folder)}
     foreign = [

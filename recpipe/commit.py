@@ -27,10 +27,12 @@ from recpipe import storage
 from recpipe.errors import MissingInputError
 from recpipe.layout import (
     PRODUCERS,
+    USER_ROWS_PREFIX,
     lake_base,
     manifest_path,
     partition_name,
     scratch_root,
+    user_rows_table,
 )
 from recpipe.schema import DS
 from recpipe.storage import Location, LocationLike, as_location
@@ -38,6 +40,7 @@ from recpipe.storage import Location, LocationLike, as_location
 log = logging.getLogger(__name__)
 
 VERSION_PREFIX = "v="
+TRAIN_STAGE_PREFIX = "train-"  # train-<model>: a model's training stage
 
 # Leftovers of the rename-based layout and of killed scratch writes, removed by a sweep.
 LEGACY_LEFTOVERS = ("_staging", "_trash")
@@ -45,19 +48,21 @@ LEGACY_LEFTOVERS = ("_staging", "_trash")
 
 def producer_of(table: str) -> str:
     """The stage whose manifest commits ``table``."""
-    try:
+    if table in PRODUCERS:
         return PRODUCERS[table]
-    except KeyError:
-        raise ValueError(f"unknown lake table {table!r}") from None
+    model = table.removeprefix(USER_ROWS_PREFIX)
+    if table.startswith(USER_ROWS_PREFIX) and model:
+        return f"{TRAIN_STAGE_PREFIX}{model}"
+    raise ValueError(f"unknown lake table {table!r}")
 
 
 def tables_of(stage: str) -> list[str]:
     """Lake tables committed by ``stage`` (empty for stages without lake outputs)."""
-    return [table for table, producer in PRODUCERS.items() if producer == stage]
-
-
-
-
+    tables = [table for table, producer in PRODUCERS.items() if producer == stage]
+    model = stage.removeprefix(TRAIN_STAGE_PREFIX)
+    if stage.startswith(TRAIN_STAGE_PREFIX) and model:
+        tables.append(user_rows_table(model))
+    return tables
 
 
 def new_version_name() -> str:
@@ -93,7 +98,6 @@ def output_record(root: LocationLike, folder: Location) -> dict[str, Any]:
         "rows": sum(f["rows"] for f in files),
         "files": files,
     }
-
 
 
 def current_record(

@@ -156,13 +156,24 @@ class Lake:
             raise ValueError(
                 f"partition columns {sorted(clash)} must not be in the data of {table}"
             )
-        producer_of(table)  # an unknown table fails before any write
-        version = partition_folder(self.root, table, partition) / new_version_name()
+        version = self.new_version(table, partition)
         df.write.mode("error").parquet(version.uri)
         for name, text in (sidecar or {}).items():
             storage.write_text(version / name, text)
         kill_point(f"written:{table}")
         return StagedPartition(self, table, dict(partition), version)
+
+    def new_version(self, table: str, partition: Mapping[str, str]) -> Location:
+        """A fresh version folder of one partition, for writers other than Spark (training
+        ranks): :meth:`staged` hands it to a run once written."""
+        producer_of(table)  # an unknown table fails before any write
+        return partition_folder(self.root, table, partition) / new_version_name()
+
+    def staged(
+        self, table: str, partition: Mapping[str, str], folder: LocationLike
+    ) -> StagedPartition:
+        """A version folder written outside :meth:`stage` (see :meth:`new_version`)."""
+        return StagedPartition(self, table, dict(partition), as_location(folder))
 
     def read(
         self,

@@ -49,6 +49,16 @@ ALS_USER_FACTORS = "als_user_factors"
 # Item-kNN's neighbour lists (item_i, item_j, sim) per (ds, protocol): never collected.
 ITEMKNN_NEIGHBOURS = "itemknn_neighbours"
 
+# A deep model's user-indexed tables (user_idx, user_vector) per (ds, protocol), one lake table
+# per model, published by train-<model> (recpipe.models.user_rows).
+USER_ROWS_PREFIX = "user_rows_"
+
+
+def user_rows_table(model: str) -> str:
+    """The lake table of deep model ``model``'s user rows."""
+    return f"{USER_ROWS_PREFIX}{model}"
+
+
 # Which stage publishes each lake table: its manifest is the table's commit record.
 PRODUCERS: dict[str, str] = {
     EVENTS: "clean",

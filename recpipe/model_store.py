@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 from recpipe import storage
-from recpipe.artifacts import read_artifacts
+from recpipe.artifacts import read_artifacts, recorded_digests
 from recpipe.baselines import baseline_class
 from recpipe.layout import model_dir, models_base
+from recpipe.models.user_rows import ITEM_SIDE_FILE
 from recpipe.registry import is_baseline
 from recpipe.scoring.model_columns import attach_lake_state
 from recpipe.scoring.scorers import HistoryScorer, ModelPayload, evaluation_scorer
@@ -36,6 +37,15 @@ def read_model_files(root: LocationLike, name: str, ds: str, protocol: str) -> d
     return read_artifacts(root, name, ds, protocol, model_kind(name))
 
 
+def executor_model_files(root: LocationLike, name: str, ds: str, protocol: str) -> dict[str, bytes]:
+    """The checked files executors rebuild model ``name`` from: a deep model's item-side
+    checkpoint when its training wrote the user tables to a lake table (they then travel as a
+    column), else the model's files."""
+    if model_kind(name) == "deep" and ITEM_SIDE_FILE in recorded_digests(root, name, ds, protocol):
+        return read_artifacts(root, name, ds, protocol, "deep", names=(ITEM_SIDE_FILE,))
+    return read_model_files(root, name, ds, protocol)
+
+
 def load_for_evaluation(
     root: LocationLike, name: str, ds: str, protocol: str, train: TrainData
 ) -> HistoryScorer:
@@ -53,7 +63,7 @@ def load_for_evaluation(
 def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> ModelPayload:
     """What the scoring job ships to executors for model ``name`` trained for ``ds`` on
     ``protocol``'s train split: the checked files plus its known items and trained users."""
-    files = read_model_files(root, name, ds, protocol)
+    files = executor_model_files(root, name, ds, protocol)
     users, items = split_presence(root, ds, protocol, "train")
     return ModelPayload(name, model_kind(name), files, items, users)
 

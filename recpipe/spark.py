@@ -300,3 +300,13 @@ def one_row(aggregate: DataFrame, what: str) -> Row:
     if row is None:
         raise RuntimeError(f"{what}: the aggregate returned no row")
     return row
+
+
+def executor_settings(spark: SparkSession, config: Config) -> dict[str, str]:
+    """Executor settings as the running session has them, else as the config asks
+    (``spark.executor_cores``, ``spark.conf``): what sizes the executors' Python workers."""
+    settings = dict(config.spark.conf)
+    if config.spark.executor_cores:
+        settings.setdefault("spark.executor.cores", str(config.spark.executor_cores))
+    settings.update(spark.sparkContext.getConf().getAll())
+    return settings

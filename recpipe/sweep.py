@@ -14,13 +14,21 @@ from typing import Any
 
 from recpipe import storage
 from recpipe.commit import (
+    producer_of,
     referenced_paths,
     sweep_leftovers,
     sweep_run,
     tables_of,
     version_folders,
 )
-from recpipe.layout import PRODUCERS, lake_base, lock_path, manifest_path, scratch_root
+from recpipe.layout import (
+    PRODUCERS,
+    USER_ROWS_PREFIX,
+    lake_base,
+    lock_path,
+    manifest_path,
+    scratch_root,
+)
 from recpipe.locks import StageLock, StageLockedError
 from recpipe.schema import DS
 from recpipe.storage import Location, LocationLike, as_location
@@ -36,10 +44,13 @@ def _runs_with_state(root: Location) -> set[tuple[str, str]]:
     """(stage, ds) pairs that have lake versions or scratch folders on disk."""
     pairs = set()
     base = lake_base(root)
-    for table, stage in PRODUCERS.items():
+    tables = dict(PRODUCERS)
+    for folder in storage.glob(base, f"{USER_ROWS_PREFIX}*"):
+        tables[folder.name] = producer_of(folder.name)
+    for table, stage in tables.items():
         for folder in storage.glob(base / table, f"{DS}=*"):
             pairs.add((stage, folder.name[len(DS) + 1 :]))
-    stages = set(PRODUCERS.values())
+    stages = set(tables.values())
     for entry in storage.list_dir(scratch_root(root)):
         # <stage>-<YYYY-MM-DD>-<id>
         stage, _, rest = entry.name.partition("-")

@@ -88,10 +88,17 @@ PRODUCER = {
 }
 
 
+def _producer(table: str) -> str:
+    """The stage whose manifest commits ``table`` (user_rows_<model>: train-<model>)."""
+    if table.startswith("user_rows_"):
+        return "train-" + table.removeprefix("user_rows_")
+    return PRODUCER[table]
+
+
 def partition_dir(root: Path, table: str, ds: str, protocol: str | None = None) -> Path:
     """Folder of the committed version of a lake partition, read from the manifest JSON."""
     manifest = json.loads(
-        (Path(str(root)) / "manifests" / PRODUCER[table] / f"ds={ds}.json").read_text()
+        (Path(str(root)) / "manifests" / _producer(table) / f"ds={ds}.json").read_text()
     )
     assert manifest["status"] == "ok", manifest
     name = f"ds={ds}" + ("" if protocol is None else f"/protocol={protocol}")

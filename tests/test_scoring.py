@@ -24,6 +24,7 @@ from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
 from recpipe.scoring.inputs import history_frame, popular_list, read_histories
 from recpipe.scoring.model_columns import with_columns_locally, with_model_columns
+from recpipe.scoring.scorers import build_scorer
 from recpipe.stages.evaluate import choose_engine, evaluate_model, run_evaluate
 from recpipe.stages.export import run_export
 from recpipe.stages.gate import run_gate
@@ -146,7 +147,8 @@ def _train_items(root: Path) -> np.ndarray:
 def test_deep_lists_match_the_evaluation_ranking_of_score_all(spark, root, name) -> None:
     """Independent path: the model's full score rows ranked by the evaluation library."""
     payload = load_payload(root, DS1, PROTOCOL, name)
-    histories = read_histories(root, DS2)
+    histories = with_columns_locally(root, payload, DS1, PROTOCOL, read_histories(root, DS2), K,
+                                     exclude_seen=True)  # fmt: skip
     model = load_model(root / "models" / name / DS1 / PROTOCOL / "model.pt")
     known = np.zeros(model.n_items + 1, dtype=bool)
     known[_train_items(root)] = True
@@ -297,6 +299,54 @@ def test_als_user_vectors_travel_as_a_column_never_in_the_payload(spark, root) -
         bare.collect()
 
 
+def test_deep_user_tables_travel_as_a_column_never_in_the_payload(spark, root) -> None:
+    """BPR-MF's user factors: written by training to their lake table (one row per user index,
+    equal to the model file's table), absent from what executors receive, joined per user by
+    scoring; the payload is the item side only."""
+    payload = load_payload(root, DS1, PROTOCOL, "bpr_mf")
+    assert set(payload.files) == {"model_items.pt"}
+    assert payload.user_vectors_table == "user_rows_bpr_mf"
+    shipped = build_scorer(payload)
+    assert shipped.vectors_in_column
+    full = load_model(root / "models" / "bpr_mf" / DS1 / PROTOCOL / "model.pt")
+    users_table = full.state_dict()["user_emb.weight"]
+    table = pads.dataset(partition_dir(root, "user_rows_bpr_mf", DS1, PROTOCOL)).to_table()
+    table = table.sort_by("user_idx")
+    assert table.column("user_idx").to_pylist() == list(range(full.n_users))
+    rows = np.stack(table.column("user_vector").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(rows, users_table.numpy())
+    trained = read_manifest(root, "train-bpr_mf", DS1)["protocols"][PROTOCOL]
+    assert trained["lake_tables"]["user_rows_bpr_mf"]["rows"] == full.n_users
+    # What is broadcast holds no user row: smaller than the model file by the user table.
+    model_file = root / "models" / "bpr_mf" / DS1 / PROTOCOL / "model.pt"
+    user_bytes = users_table.numel() * 4
+    assert payload.size_bytes < model_file.stat().st_size - user_bytes + 4096
+
+    config = build_config(root, *BASE, f"score.model_ds={DS1}")
+    assert run_score(spark, config, DS2, "bpr_mf")["model_columns"] == ["user_rows_bpr_mf"]
+    bare = score_frame(spark, history_frame(spark, root, DS2), payload,
+                       popular_list(spark, root, DS2, 1), ScoreSettings(k=K))  # fmt: skip
+    with pytest.raises(Exception, match="join the vector column"):
+        bare.collect()
+
+
+def test_blocks_that_cannot_fit_the_python_workers_fail_before_scoring(spark, root) -> None:
+    """200 MiB per Python worker leaves nothing after the worker itself: one line naming the
+    keys, from the score stage and Spark evaluation, before anything is written."""
+    from recpipe.errors import BlockTooLargeError
+
+    tight = 'spark.conf={"spark.executor.pyspark.memory": "200m"}'
+    config = build_config(root, *BASE, f"score.model_ds={DS1}", tight)
+    manifest = root / "manifests" / "score-bpr_mf" / f"ds={DS2}.json"
+    before = manifest.read_bytes() if manifest.exists() else None
+    with pytest.raises(BlockTooLargeError, match=r"has 200 MiB \(spark\.executor\.pyspark"):
+        run_score(spark, config, DS2, "bpr_mf")
+    assert (manifest.read_bytes() if manifest.exists() else None) == before
+    on_spark = build_config(root, *BASE, "evaluation.engine=spark", tight)
+    with pytest.raises(BlockTooLargeError, match=r"raise spark\.executor\.pyspark\.memory"):
+        evaluate_model(spark, on_spark, DS1, PROTOCOL, "bpr_mf")
+
+
 # --- selection gate and publish ---------------------------------------------------------------
 
 
@@ -423,6 +473,8 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     torch.save(evil, models / "als" / DS1 / PROTOCOL / "model.pt")
     planted = models / "bpr_mf" / DS1 / PROTOCOL / "model.pt"
     torch.save(evil, planted)
+    # What executors rebuild BPR-MF from (its user rows travel as a column).
+    torch.save(evil, planted.with_name("model_items.pt"))
     config = load_config(None, [f"paths.root={copy}", *BASE])
     train = load_split_for(copy)
 
@@ -437,9 +489,9 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     assert type(ease.model).__name__ == "Ease"
 
     # Layer 1: the file is not the one training wrote.
-    with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match the SHA-256"):
+    with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model_items\.pt does not match the"):
         load_payload(copy, DS1, PROTOCOL, "bpr_mf")
-    with pytest.raises(ArtifactError, match="does not match"):
+    with pytest.raises(ArtifactError, match=r"bpr_mf/.*/model\.pt does not match"):
         load_for_evaluation(config.root, "bpr_mf", DS1, PROTOCOL, train)
     arrays = models / "ease" / DS1 / PROTOCOL / "arrays.npz"
     data = bytearray(arrays.read_bytes())
@@ -451,8 +503,9 @@ def test_model_files_are_data_never_code(root, tmp_path) -> None:
     # Layer 2: the manifest is forged to vouch for the planted file; it still never runs.
     manifest_file = copy / "manifests" / "train-bpr_mf" / f"ds={DS1}.json"
     manifest = json.loads(manifest_file.read_text())
-    digest = hashlib.sha256(planted.read_bytes()).hexdigest()
-    manifest["protocols"][PROTOCOL]["sha256"]["model.pt"] = digest
+    for name in ("model.pt", "model_items.pt"):
+        digest = hashlib.sha256(planted.with_name(name).read_bytes()).hexdigest()
+        manifest["protocols"][PROTOCOL]["sha256"][name] = digest
     manifest_file.write_text(json.dumps(manifest))
     deep = load_payload(copy, DS1, PROTOCOL, "bpr_mf")
     with pytest.raises(CheckpointError, match="not a plain checkpoint"):

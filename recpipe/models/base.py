@@ -52,6 +52,9 @@ class RecModel(nn.Module, ABC):
         self.context = context
         self.n_users = context.n_users
         self.n_items = context.n_items
+        # Set on an item-side model (recpipe.models.user_rows): its user tables are empty and
+        # take each scored block's rows from the user vector column.
+        self.user_rows: dict[str, Any] | None = None
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The training loss, so that DistributedDataParallel wraps ``loss``."""
@@ -82,6 +85,12 @@ class RecModel(nn.Module, ABC):
         """Whether scores depend on a learned per-user row (then users without training
         interactions cannot be scored); sequence models read only the history."""
         return self.sample_kind != "sequence"
+
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """Attributes holding ``nn.Embedding`` tables indexed by user id (rows grow with users):
+        the scoring job ships them as a per-user column, never inside the broadcast model."""
+        return ()
 
     def item_embeddings(self) -> torch.Tensor | None:
         """[n_items + 1, d] item vectors when scores are a dot product with them, else None."""

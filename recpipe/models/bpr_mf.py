@@ -46,6 +46,11 @@ class BprMf(RecModel):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The user factors ``p_u``."""
+        return ("user_emb",)
+
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean over (row, valid negative) of ``-log sigma(s_pos - s_neg)`` plus L2.
 

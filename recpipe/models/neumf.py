@@ -66,6 +66,13 @@ class NeuMf(RecModel):
             out_in += config.mlp_layers[-1]
         self.out = nn.Linear(out_in, 1)
 
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The GMF and MLP user embeddings of the branches ``mode`` builds."""
+        assert isinstance(config, NeuMfConfig)
+        names = ("gmf_user",) if config.mode in ("neumf", "gmf") else ()
+        return names + (("mlp_user",) if config.mode in ("neumf", "mlp") else ())
+
     # The first MLP layer on concat(u, i) is W_u u + W_i i + b; splitting it lets score_all
     # project users and items once instead of materialising every concatenated pair.
     def _user_side(self, users: torch.Tensor) -> Side:

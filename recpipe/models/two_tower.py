@@ -111,6 +111,12 @@ class TwoTower(RecModel):
             normalize=self.config.normalize,
         )
 
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The user id embedding, with ``use_user_id`` only."""
+        assert isinstance(config, TwoTowerConfig)
+        return ("user_emb",) if config.use_user_id else ()
+
     @property
     def uses_user_ids(self) -> bool:
         """Only with ``use_user_id``; otherwise the tower reads the history alone."""

@@ -24,7 +24,9 @@ from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
 from recpipe.data.batch import Batch
 from recpipe.evaluation.ranking import PAD_ITEM
+from recpipe.layout import user_rows_table
 from recpipe.models.base import RecModel
+from recpipe.models.user_rows import ITEM_SIDE_FILE, attach_user_rows
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.topk import NEG_INF, dense_top_k, dot_top_k
 from recpipe.tables import TrainData
@@ -54,8 +56,10 @@ class ModelPayload:
         return self._lake_table("neighbours")
 
     def _lake_table(self, key: str) -> str | None:
-        if self.kind != "baseline":
-            return None
+        if self.kind == "deep":
+            # An item-side checkpoint: the user tables are in the model's user-rows table.
+            item_side = key == "user_vectors" and ITEM_SIDE_FILE in self.files
+            return user_rows_table(self.name) if item_side else None
         table = json.loads(self.files["meta.json"]).get(key)
         return str(table) if table else None
 
@@ -98,7 +102,9 @@ class Scorer(ABC):
             # silently "cannot score".
             histories.require_vectors()
             ok &= histories.has_vector()
-        elif self.uses_user_ids:
+        if self.uses_user_ids:
+            # A deep model has a (never trained) row for every user index: train presence
+            # decides, as it does for every id-based model.
             users = histories.users
             inside = users < len(self.train_users)
             ok &= inside & self.train_users[np.where(inside, users, 0)]
@@ -132,7 +138,6 @@ class Scorer(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(items [U, k], scores [U, k]) best first, seen and unknown items excluded, ties by
         smaller item index, padded with item 0 / -inf."""
-
 
 
 class DotScorer(Scorer):
@@ -264,7 +269,8 @@ def rebuild_model(payload: ModelPayload) -> Baseline | RecModel:
     """The payload's trained model (a baseline from its arrays, a deep model from its
     ``weights_only`` checkpoint)."""
     if payload.kind == "deep":
-        return build_model(load_state(io.BytesIO(payload.files[MODEL_FILE])))
+        name = ITEM_SIDE_FILE if ITEM_SIDE_FILE in payload.files else MODEL_FILE
+        return build_model(load_state(io.BytesIO(payload.files[name])))
     return baseline_class(payload.name).from_files(payload.files)
 
 
@@ -326,6 +332,11 @@ def _deep_inputs(
         # Only items the model trained on enter its input; others have untrained embeddings.
         history = torch.as_tensor(histories.recent(max_len, known)) if sequence else None
         users = torch.as_tensor(histories.users, dtype=torch.int64)
+        if model.user_rows is not None:
+            # An item-side model: the block's user rows came as a column; a user without one
+            # (not scorable, see can_score) gets zeros.
+            attach_user_rows(model, np.nan_to_num(histories.require_vectors(), nan=0.0))
+            users = torch.arange(len(histories), dtype=torch.int64)
         return Batch(users=users, history=history).to(device)
 
     common: dict[str, object] = dict(
@@ -335,6 +346,7 @@ def _deep_inputs(
         uses_user_ids=model.uses_user_ids,
         needs_history=sequence,
         device=device,
+        vectors_in_column=model.user_rows is not None,
     )
     return model, batch, common
 

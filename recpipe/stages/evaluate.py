@@ -26,7 +26,7 @@ from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import TRAIN, VOCAB_ITEMS
 from recpipe.manifest import StageRun
-from recpipe.model_store import load_for_evaluation, model_kind, read_model_files
+from recpipe.model_store import executor_model_files, load_for_evaluation, model_kind
 from recpipe.schema import DS, ITEM_IDX, TS, USER_IDX
 from recpipe.scoring.scorers import ModelPayload
 from recpipe.stages.split import PROTOCOL
@@ -108,7 +108,9 @@ def _evaluate_on_spark(
         top_item_counts,
         train_histories,
     )
+    from recpipe.scoring.memory import fitted_block_mib
     from recpipe.scoring.model_columns import with_model_columns
+    from recpipe.spark import executor_settings
 
     settings = config.evaluation
     lake = Lake(config.root)
@@ -116,8 +118,13 @@ def _evaluate_on_spark(
     train = lake.read(spark, TRAIN, partition).select(USER_IDX, ITEM_IDX, TS)
     truth = lake.read(spark, settings.split, partition).select(USER_IDX, ITEM_IDX)
     n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
+    files = executor_model_files(config.root, name, ds, protocol)
+    # Before any Spark job: the files and the known-items mask are what is broadcast.
+    block_mib = fitted_block_mib(
+        executor_settings(spark, config), settings.block_mib, BLOCK_KEY, n_items,
+        sum(len(data) for data in files.values()) + n_items + 1,
+    )
     items = item_side(train, n_items)
-    files = read_model_files(config.root, name, ds, protocol)
     # Evaluation ranks every truth user, so no trained-user mask travels.
     payload = ModelPayload(
         name, model_kind(name), files, items.known_items, np.zeros(0, dtype=bool)
@@ -126,7 +133,7 @@ def _evaluate_on_spark(
     ranking = RankSettings(
         k=max(ks),
         n_items=n_items,
-        user_batch=users_per_block(n_items, settings.user_batch, settings.block_mib, BLOCK_KEY),
+        user_batch=users_per_block(n_items, settings.user_batch, block_mib, BLOCK_KEY),
         exclude_seen=settings.exclude_train_items,
     )
     users = truth.select(USER_IDX).distinct().join(train_histories(train), USER_IDX, "left")

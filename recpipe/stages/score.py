@@ -26,7 +26,9 @@ from recpipe.model_store import load_payload
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.scoring.distributed import RANK, SCORE, SOURCE, ScoreSettings, score_frame
 from recpipe.scoring.inputs import history_frame, popular_list
+from recpipe.scoring.memory import fitted_block_mib
 from recpipe.scoring.model_columns import with_model_columns
+from recpipe.spark import executor_settings
 
 
 def _with_ids(spark: SparkSession, config: Config, ds: str, scored: DataFrame) -> DataFrame:
@@ -53,6 +55,13 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
     model_ds = settings.model_ds or ds
     with StageRun(config, f"score-{model}", ds) as run:
         payload = load_payload(config.root, model_ds, settings.protocol, model)
+        n_items = len(payload.known_items) - 1
+        # Before any Spark job: a block that cannot fit the executors' Python workers is a
+        # config error now, not a worker killed for memory later.
+        block_mib = fitted_block_mib(
+            executor_settings(spark, config), settings.block_mib, "score.block_mib",
+            n_items, payload.size_bytes,
+        )  # fmt: skip
         # State a model keeps in lake tables (ALS user vectors, item-kNN neighbours) travels
         # as columns joined per user, never broadcast.
         histories = with_model_columns(
@@ -60,14 +69,13 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
             settings.protocol, k=settings.k, exclude_seen=True,
         ).persist(StorageLevel.MEMORY_AND_DISK)  # fmt: skip
         popular = popular_list(spark, config.root, ds, settings.popular_window_days)
-        n_items = len(payload.known_items) - 1
         block = ScoreSettings(
             k=settings.k,
             user_block=settings.user_block,
             item_block=settings.item_block,
             device=settings.device,
             dense_user_block=users_per_block(
-                n_items, settings.user_block, settings.block_mib, "score.block_mib"
+                n_items, settings.user_block, block_mib, "score.block_mib"
             ),
         )
         scored = score_frame(spark, histories, payload, popular, block, settings.partitions)

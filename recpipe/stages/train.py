@@ -28,13 +28,18 @@ from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.config import Config, ConfigError, TrainConfig, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
-from recpipe.layout import launcher_run_dir
+from recpipe.lake import Lake
+from recpipe.layout import launcher_run_dir, user_rows_table
 from recpipe.manifest import ExportManifest, StageRun, read_manifest
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
+from recpipe.models.user_rows import ITEM_SIDE_FILE
+from recpipe.reconcile import ReconciliationError
+from recpipe.schema import DS
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
+from recpipe.stages.split import PROTOCOL
 from recpipe.storage import Location, as_location, hadoop_settings
 from recpipe.tables import split_item_counts
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
@@ -174,6 +179,34 @@ def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
     return init
 
 
+def plan_user_rows(config: Config, spec: TrainSpec, ds: str, protocol: str) -> str | None:
+    """Point ``spec`` at a fresh version of the model's user-rows table when the model has
+    user-indexed tables (:mod:`recpipe.models.user_rows`); returns the table, else None."""
+    cls = model_class(spec.model)
+    if not cls.user_table_names(cls.config_class.model_validate(spec.model_config)):
+        return None
+    table = user_rows_table(spec.model)
+    spec.user_rows_dir = str(Lake(config.root).new_version(table, {DS: ds, PROTOCOL: protocol}))
+    return table
+
+
+def publish_user_rows(
+    run: StageRun, spec: TrainSpec, table: str, ds: str, protocol: str
+) -> dict[str, Any]:
+    """Hand the user rows rank 0 wrote to ``run`` (committed with its manifest), checked to
+    hold one row per user index of the model."""
+    assert spec.user_rows_dir is not None
+    staged = Lake(run.config.root).staged(table, {DS: ds, PROTOCOL: protocol}, spec.user_rows_dir)
+    record = staged.publish(run)
+    expected = int(spec.context["n_users"])
+    if record.get("rows") != expected:
+        raise ReconciliationError(
+            f"{table} ds={ds} protocol={protocol}: {record.get('rows')} rows written for "
+            f"{expected} user indexes of the model"
+        )
+    return {table: {"rows": expected, "path": record.get("path")}}
+
+
 def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
     """Train the model's pre-training runs (e.g. NeuMF's GMF and MLP) and point ``spec`` at
     the fused initialisation; returns a record per run ({} for models without any)."""
@@ -198,6 +231,7 @@ def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
             local_dir=str(Path(spec.local_dir) / f"pretrain-{label}"),
             init_file=None,
             resume=False,
+            user_rows_dir=None,
         )
         log.info("pre-train %s: %s", spec.model, label)
         result = launch(run, config.train)
@@ -239,6 +273,7 @@ def run_train(
             )
             for protocol in config.split.protocols:
                 spec = build_spec(config, ds, protocol, name, resume, run.run_id)
+                rows_table = plan_user_rows(config, spec, ds, protocol)
                 started = time.perf_counter()
                 plan = apply_start(config, spec, ds, protocol)
                 pretrained = {} if plan.warm else pretrain(config, spec)
@@ -249,7 +284,11 @@ def run_train(
                 result = launch(spec, config.train)
                 result["wall_seconds"] = round(time.perf_counter() - started, 3)
                 result["path"] = spec.model_file
-                result[SHA256] = file_digests(as_location(spec.model_file).parent, [MODEL_FILE])
+                files = [MODEL_FILE]
+                if rows_table is not None:
+                    result["lake_tables"] = publish_user_rows(run, spec, rows_table, ds, protocol)
+                    files.append(ITEM_SIDE_FILE)
+                result[SHA256] = file_digests(as_location(spec.model_file).parent, files)
                 result["rows"] = sum(rows for _, rows in spec.shards)
                 if pretrained:
                     result["pretraining"] = pretrained

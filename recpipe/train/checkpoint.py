@@ -13,6 +13,7 @@ from recpipe import storage
 from recpipe.errors import RecpipeError
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
+from recpipe.models.user_rows import USER_ROWS_KEY
 from recpipe.storage import Location, LocationLike, as_location
 
 
@@ -77,6 +78,7 @@ def build_model(state: dict[str, Any]) -> RecModel:
     config = cls.config_class.model_validate(state["model_config"])
     model = cls(config, ModelContext(**state["context"]))
     model.load_state_dict(state["state_dict"])
+    model.user_rows = state.get(USER_ROWS_KEY)
     return model.eval()
 
 

@@ -39,6 +39,13 @@ from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadEr
 from recpipe.data.batch import Batch
 from recpipe.models import model_class
 from recpipe.models.base import ModelContext, RecModel
+from recpipe.models.user_rows import (
+    ITEM_SIDE_FILE,
+    item_side_state,
+    user_row_keys,
+    write_user_rows,
+)
+from recpipe.storage import as_location
 from recpipe.train.checkpoint import LAST_FILE, load_state, model_state, save_atomic
 from recpipe.train.distributed import Collectives, DistContext, collectives_for
 from recpipe.train.optim import RowLazyAdamW, parameter_groups
@@ -48,6 +55,8 @@ from recpipe.train.validation import Validator
 log = logging.getLogger(__name__)
 
 BEST_FILE = "best.pt"
+# User rows per Parquet file of user_rows_<model> (at 256 floats a row, 256 MiB a file).
+USER_ROWS_PER_FILE = 262_144
 
 
 class StoppedEarly(Exception):
@@ -457,6 +466,11 @@ class Trainer:
             state = model_state(run.model)
         state["training"] = {k: v for k, v in summary.items() if k != "history"}
         save_atomic(state, self.spec.model_file)
+        if self.spec.user_rows_dir and user_row_keys(state):
+            rows = write_user_rows(state, self.spec.user_rows_dir, USER_ROWS_PER_FILE)
+            item_side = as_location(self.spec.model_file).parent / ITEM_SIDE_FILE
+            save_atomic(item_side_state(state), item_side)
+            summary["user_rows"] = {"path": self.spec.user_rows_dir, "rows": rows}
         storage.write_text(self.spec.result_file, json.dumps(summary, indent=2))
 
 

@@ -41,6 +41,9 @@ class TrainSpec:
     init_file: str | None = None  # checkpoint location whose weights start the run (pre-training)
     resume: bool = False
     start: dict[str, Any] | None = None  # how the run starts (warm_start.StartPlan.record())
+    # Version folder rank 0 writes the model's user rows into (recpipe.models.user_rows), with
+    # the item-side model beside model.pt; None: the model keeps its user tables inside only.
+    user_rows_dir: str | None = None
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
     # Hadoop settings (spark.hadoop.* without the prefix) for the ranks' recpipe.storage: a rank
     # is a fresh process that never loads the config, yet must resolve viewfs mounts and s3a keys.

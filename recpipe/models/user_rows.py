@@ -1,0 +1,111 @@
+"""A deep model's user-indexed tables, kept apart from the model that scoring broadcasts.
+
+Tables indexed by user id (BPR-MF's user factors, NeuMF's user embeddings, a two-tower's user
+id embedding) grow with users: 10M users x 256 dims is 10 GB, too much to broadcast to every
+executor Python worker. Training (rank 0, which holds the model anyway) writes them as rows
+``(user_idx, user_vector)`` of the lake table ``user_rows_<model>``, the vector being the user's
+row of every such table concatenated in :meth:`RecModel.user_table_names` order, and beside
+the full ``model.pt`` an item-side checkpoint (``model_items.pt``) whose user tables have no
+rows. Scoring rebuilds the item-side model and, for each block of users, puts the block's rows
+from the joined column in place (:func:`attach_user_rows`): the same numbers as the full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from recpipe import storage
+from recpipe.models import model_class
+from recpipe.models.base import RecModel
+from recpipe.schema import USER_IDX, USER_VECTOR
+from recpipe.storage import LocationLike, as_location
+
+ITEM_SIDE_FILE = "model_items.pt"
+# Checkpoint field of an item-side model: which tables were taken out, their widths, and how
+# many users they had.
+USER_ROWS_KEY = "user_rows"
+
+
+def user_row_keys(state: dict[str, Any]) -> list[str]:
+    """State-dict keys of the checkpoint's user-indexed tables (empty for history models)."""
+    cls = model_class(state["model"])
+    config = cls.config_class.model_validate(state["model_config"])
+    return [f"{name}.weight" for name in cls.user_table_names(config)]
+
+
+def item_side_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every user-indexed table emptied (0 rows): what executors receive."""
+    keys = user_row_keys(state)
+    weights = dict(state["state_dict"])
+    widths = [int(weights[key].shape[1]) for key in keys]
+    for key in keys:
+        weights[key] = weights[key].new_empty((0, weights[key].shape[1]))
+    return {
+        **state,
+        "state_dict": weights,
+        "context": {**state["context"], "n_users": 0},
+        USER_ROWS_KEY: {
+            "keys": keys,
+            "widths": widths,
+            "n_users": int(state["context"]["n_users"]),
+        },
+    }
+
+
+def user_row_tables(state: dict[str, Any], rows_per_table: int) -> Iterator[pa.Table]:
+    """``(user_idx int32, user_vector list<float>)`` tables of at most ``rows_per_table``
+    users, covering every user index of the checkpoint's tables in order."""
+    tables = [state["state_dict"][key] for key in user_row_keys(state)]
+    if not tables:
+        return
+    n_users = int(tables[0].shape[0])
+    for start in range(0, n_users, rows_per_table):
+        stop = min(n_users, start + rows_per_table)
+        block = torch.cat([t[start:stop].detach().float() for t in tables], dim=1).numpy()
+        width = block.shape[1]
+        offsets = pa.array(np.arange(0, (stop - start + 1) * width, width, dtype=np.int32))
+        vectors = pa.ListArray.from_arrays(offsets, pa.array(block.ravel(), pa.float32()))
+        users = pa.array(np.arange(start, stop, dtype=np.int32))
+        yield pa.table({USER_IDX: users, USER_VECTOR: vectors})
+
+
+def write_user_rows(state: dict[str, Any], folder: LocationLike, rows_per_file: int) -> int:
+    """Write the checkpoint's user rows as Parquet files into ``folder`` (any location);
+    returns the rows written."""
+    folder = as_location(folder)
+    storage.makedirs(folder)
+    rows = 0
+    for number, table in enumerate(user_row_tables(state, rows_per_file)):
+        filesystem, path = storage.arrow_path(folder / f"part-{number:05d}.parquet")
+        pq.write_table(table, path, filesystem=filesystem)
+        rows += table.num_rows
+    return rows
+
+
+def attach_user_rows(model: RecModel, vectors: np.ndarray) -> None:
+    """Make row ``i`` of each user table of item-side ``model`` the matching slice of
+    ``vectors[i]``: the model then scores the block's users as user ids ``0..len - 1``."""
+    layout = model.user_rows
+    if layout is None:
+        raise ValueError(f"{model.name}: not an item-side model")
+    if sum(layout["widths"]) != vectors.shape[1]:
+        raise ValueError(
+            f"{model.name}: user vectors of width {vectors.shape[1]}, the model's user tables "
+            f"are {sum(layout['widths'])} wide"
+        )
+    device = next(model.parameters()).device
+    start = 0
+    for key, width in zip(layout["keys"], layout["widths"], strict=True):
+        module = model.get_submodule(key.removesuffix(".weight"))
+        assert isinstance(module, nn.Embedding)
+        rows = torch.as_tensor(np.ascontiguousarray(vectors[:, start : start + width]))
+        module.weight = nn.Parameter(rows.to(device, module.weight.dtype), requires_grad=False)
+        module.num_embeddings = len(vectors)
+        start += width

@@ -1,0 +1,100 @@
+"""A deep model's user tables apart from its item side: same scores as the whole model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from recpipe.data.batch import Batch
+from recpipe.models import model_class
+from recpipe.models.base import ModelContext
+from recpipe.models.user_rows import (
+    attach_user_rows,
+    item_side_state,
+    user_row_keys,
+    user_row_tables,
+    write_user_rows,
+)
+from recpipe.train.checkpoint import build_model, model_state
+
+N_USERS, N_ITEMS = 37, 23
+
+# (model, settings): every model with user-indexed tables, in each variant that has them.
+MODELS = [
+    ("bpr_mf", {"dim": 8}),
+    ("neumf", {"mf_dim": 4, "dim": 6, "mlp_layers": [8, 4]}),
+    ("neumf", {"mode": "gmf", "mf_dim": 4}),
+    ("two_tower", {"dim": 8, "use_user_id": True, "tower_layers": [8]}),
+]
+
+
+def _model(name: str, settings: dict):
+    torch.manual_seed(3)
+    cls = model_class(name)
+    model = cls(cls.config_class.model_validate(settings), ModelContext(N_USERS, N_ITEMS, 5))
+    with torch.no_grad():  # trained-looking weights: no zero bias hides a mistake
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+def _batch(users: torch.Tensor, history: torch.Tensor) -> Batch:
+    return Batch(users=users, history=history)
+
+
+@pytest.mark.parametrize(("name", "settings"), MODELS)
+def test_item_side_model_with_attached_rows_scores_as_the_whole_model(name, settings) -> None:
+    model = _model(name, settings)
+    state = model_state(model)
+    keys = user_row_keys(state)
+    assert keys and all(state["state_dict"][k].shape[0] == N_USERS for k in keys)
+
+    # The item side travels without a single user row, and is rebuilt from bytes alone.
+    buffer = io.BytesIO()
+    torch.save(item_side_state(state), buffer)
+    item_side = build_model(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert all(item_side.state_dict()[k].shape[0] == 0 for k in keys)
+    assert item_side.user_rows is not None and model.user_rows is None
+
+    # Each user's vector: its rows of every user table side by side (read from the tables).
+    tables = list(user_row_tables(state, rows_per_table=10))
+    assert [t.num_rows for t in tables] == [10, 10, 10, 7]
+    users = np.concatenate([t.column("user_idx").to_numpy() for t in tables])
+    np.testing.assert_array_equal(users, np.arange(N_USERS))
+    vectors = np.concatenate(
+        [np.stack(t.column("user_vector").to_numpy(zero_copy_only=False)) for t in tables]
+    )
+    expected = torch.cat([state["state_dict"][k] for k in keys], dim=1).numpy()
+    np.testing.assert_array_equal(vectors, expected)
+
+    block = np.array([5, 2, 36, 2, 0])
+    history = torch.randint(0, N_ITEMS + 1, (len(block), 5))
+    with torch.no_grad():
+        whole = model.score_all(_batch(torch.as_tensor(block), history))
+        attach_user_rows(item_side, vectors[block])
+        parted = item_side.score_all(_batch(torch.arange(len(block)), history))
+    torch.testing.assert_close(parted, whole, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="width"):
+        attach_user_rows(item_side, vectors[block][:, :-1])
+
+
+def test_models_without_user_tables_write_nothing(tmp_path) -> None:
+    model = _model("sasrec", {"dim": 8, "num_heads": 2, "num_blocks": 1})
+    state = model_state(model)
+    assert user_row_keys(state) == []
+    assert list(user_row_tables(state, 10)) == []
+
+
+def test_written_user_rows_are_one_row_per_user(tmp_path) -> None:
+    state = model_state(_model("bpr_mf", {"dim": 8}))
+    assert write_user_rows(state, tmp_path / "rows", rows_per_file=16) == N_USERS
+    assert len(list((tmp_path / "rows").glob("*.parquet"))) == 3
+    table = pads.dataset(tmp_path / "rows").to_table().sort_by("user_idx")
+    np.testing.assert_array_equal(table.column("user_idx").to_numpy(), np.arange(N_USERS))
+    vectors = np.stack(table.column("user_vector").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(vectors, state["state_dict"]["user_emb.weight"].numpy())
