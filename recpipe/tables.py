@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from scipy import sparse
 
@@ -48,9 +49,25 @@ def split_path(root: LocationLike, table: str, ds: str, protocol: str) -> Locati
 
 def vocab_size(root: LocationLike, table: str, idx_col: str, ds: str) -> int:
     """Largest index in a vocabulary snapshot (read with pyarrow, no JVM)."""
-    folder = current_version(root, table, {DS: ds})
-    column = verified_dataset(folder).to_table(columns=[idx_col]).column(0)
-    return int(column.to_numpy().max()) if len(column) else 0
+    return column_max(verified_dataset(current_version(root, table, {DS: ds})), idx_col)
+
+
+def column_max(dataset: pads.Dataset, column: str) -> int:
+    """Largest value of integer ``column`` (0 when empty): from the Parquet footers' row-group
+    statistics, so no row is read; a file without them is streamed batch by batch (the
+    driver never holds the column, which grows with users)."""
+    best = 0
+    for fragment in dataset.get_fragments():
+        assert isinstance(fragment, pads.ParquetFileFragment)
+        groups = fragment.row_groups
+        stats = [group.statistics.get(column) for group in groups]
+        if all(s and s.get("max") is not None for s in stats):
+            best = max([best, *(int(s["max"]) for s in stats if s)])
+            continue
+        for batch in fragment.to_batches(columns=[column]):
+            top = pc.max(batch.column(0)).as_py()
+            best = max(best, int(top) if top is not None else 0)
+    return best
 
 
 def _split_dataset(root: LocationLike, ds: str, protocol: str, part: str) -> pads.Dataset:
