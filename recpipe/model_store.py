@@ -61,8 +61,9 @@ def load_for_evaluation(
 
 
 def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> ModelPayload:
-    """What the scoring job ships to executors for model ``name`` trained for ``ds`` on
-    ``protocol``'s train split: the checked files plus its known items and trained users."""
+    """Model ``name`` trained for ``ds`` on ``protocol``'s train split as one process scores
+    it: the checked files plus its known items and trained users, streamed from the split
+    (the score stage builds the same from Spark, the users as a column)."""
     files = executor_model_files(root, name, ds, protocol)
     users, items = split_presence(root, ds, protocol, "train")
     return ModelPayload(name, model_kind(name), files, items, users)

@@ -27,6 +27,7 @@ DS = "ds"
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
 USER_VECTOR = "user_vector"  # a model's trained vector of the user, as a column (array<float>)
+TRAINED = "trained"  # the user has train interactions (boolean column joined for scoring)
 # A user's best item-kNN candidates (array<int>, array<double>, best first), as columns.
 CANDIDATE_ITEMS = "candidate_items"
 CANDIDATE_SCORES = "candidate_scores"

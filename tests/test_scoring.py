@@ -19,10 +19,16 @@ from recpipe.cli import main
 from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
+from recpipe.lake import Lake
 from recpipe.model_store import load_payload
 from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
-from recpipe.scoring.inputs import history_frame, popular_list, read_histories
+from recpipe.scoring.inputs import (
+    history_frame,
+    popular_list,
+    read_histories,
+    with_trained_flag,
+)
 from recpipe.scoring.model_columns import with_columns_locally, with_model_columns
 from recpipe.scoring.scorers import build_scorer
 from recpipe.stages.evaluate import choose_engine, evaluate_model, run_evaluate
@@ -114,8 +120,11 @@ def test_spark_scoring_equals_single_process_scoring(spark, root, name) -> None:
     payload = load_payload(root, DS1, PROTOCOL, name)
     popular = popular_list(spark, root, DS2, 1)
     settings = ScoreSettings(k=K, user_block=4, item_block=16, device="cpu")
-    histories = with_model_columns(spark, root, history_frame(spark, root, DS2), payload, DS1,
-                                   PROTOCOL, K, exclude_seen=True)  # fmt: skip
+    # Executors learn who was trained from a joined column; the local run from the mask.
+    train = Lake(root).read(spark, "train", [{"ds": DS1, "protocol": PROTOCOL}])
+    users = with_trained_flag(history_frame(spark, root, DS2), train)
+    histories = with_model_columns(spark, root, users, payload, DS1, PROTOCOL, K,
+                                   exclude_seen=True)  # fmt: skip
     frame = score_frame(spark, histories, payload, popular, settings, partitions=3)
     assert frame.rdd.getNumPartitions() == 3
     distributed = _sorted(frame.toArrow())
@@ -606,6 +615,21 @@ def test_spark_evaluation_and_scoring_never_load_a_split_whole(
     with pytest.raises(AssertionError, match="read whole on the driver"):
         evaluate_model(spark, build_config(root, *BASE, "evaluation.engine=local"), DS1,
                        PROTOCOL, "als")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["bpr_mf", "als", "sasrec"])
+def test_scoring_opens_no_split_on_the_driver(spark, root, monkeypatch, name) -> None:
+    """Known items and trained users come from Spark (a column per user): the score stage
+    never opens a split file in the driver process, not even to stream it."""
+    import recpipe.tables as tables
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver opened a split")
+
+    monkeypatch.setattr(tables, "_split_dataset", refuse)
+    config = build_config(root, *BASE, f"score.model_ds={DS1}")
+    manifest = run_score(spark, config, DS2, name)
+    assert manifest["status"] == "ok" and manifest["users_by_source"].get(name, 0) > 0
 
 
 def test_local_engine_over_max_split_rows_is_one_line_naming_the_key(

@@ -20,7 +20,14 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recpipe.devices import pick_device
 from recpipe.evaluation.ranking import PAD_ITEM
-from recpipe.schema import CANDIDATE_ITEMS, CANDIDATE_SCORES, ITEM_IDX, USER_IDX, USER_VECTOR
+from recpipe.schema import (
+    CANDIDATE_ITEMS,
+    CANDIDATE_SCORES,
+    ITEM_IDX,
+    TRAINED,
+    USER_IDX,
+    USER_VECTOR,
+)
 from recpipe.scoring.histories import UserHistories
 from recpipe.scoring.inputs import HISTORY_ITEMS, PopularList
 from recpipe.scoring.scorers import DenseScorer, ModelPayload, Scorer, build_scorer
@@ -178,7 +185,8 @@ class PartitionScorer:
 
 
 def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
-    """A batch of ``(user_idx, items[, user_vector])`` rows as :class:`UserHistories`."""
+    """A batch of ``(user_idx, items[, user_vector][, candidates][, trained])`` rows as
+    :class:`UserHistories`."""
     lists = batch.column(HISTORY_ITEMS)
     lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     names = batch.schema.names
@@ -189,12 +197,16 @@ def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
             padded_lists(batch.column(CANDIDATE_ITEMS), np.int64),
             padded_lists(batch.column(CANDIDATE_SCORES), np.float64),
         )
+    trained = None
+    if TRAINED in names:
+        trained = batch.column(TRAINED).fill_null(False).to_numpy(zero_copy_only=False)
     return UserHistories(
         batch.column(USER_IDX).to_numpy(zero_copy_only=False),
         lengths,
         lists.flatten().to_numpy(zero_copy_only=False),
         vectors,
         candidates,
+        trained,
     )
 
 

@@ -16,6 +16,8 @@ class UserHistories:
     column with the histories (NaN rows: the model has no vector for that user).
     ``candidates`` (items [U, c] int64, scores [U, c] float64), when given, are each user's best
     candidates computed in Spark (item 0 pads).
+    ``trained`` [U] bool, when given, says which users have train interactions (joined in
+    Spark, so that no mask over every user is shipped with the model).
     """
 
     users: np.ndarray
@@ -23,6 +25,7 @@ class UserHistories:
     items: np.ndarray
     vectors: np.ndarray | None = None
     candidates: tuple[np.ndarray, np.ndarray] | None = None
+    trained: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
@@ -92,6 +95,7 @@ class UserHistories:
             self.items[gather + np.arange(len(gather))],
             vectors,
             candidates,
+            None if self.trained is None else self.trained[rows],
         )
 
     def require_candidates(self) -> tuple[np.ndarray, np.ndarray]:

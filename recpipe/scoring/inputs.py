@@ -21,7 +21,7 @@ from recpipe.etl.sessionize import TS_MS, explode_sessions
 from recpipe.lake import Lake
 from recpipe.layout import SESSIONS
 from recpipe.parquet_files import verified_dataset
-from recpipe.schema import DS, ITEM_IDX, USER_IDX
+from recpipe.schema import DS, ITEM_IDX, TRAINED, USER_IDX
 from recpipe.scoring.histories import UserHistories
 from recpipe.spark import one_row
 from recpipe.storage import LocationLike
@@ -38,6 +38,24 @@ def history_frame(spark: SparkSession, root: LocationLike, ds: str) -> DataFrame
     return first.groupBy(USER_IDX).agg(
         F.transform(ordered, lambda entry: entry[ITEM_IDX]).alias(HISTORY_ITEMS)
     )
+
+
+def with_trained_flag(users: DataFrame, train: DataFrame) -> DataFrame:
+    """``users`` with a boolean ``trained`` column: whether the user has a row in ``train``
+    (what id-based models need to score a user), joined in Spark."""
+    trained = train.select(USER_IDX).distinct().withColumn(TRAINED, F.lit(True))
+    joined = users.join(trained, USER_IDX, "left")
+    return joined.withColumn(TRAINED, F.coalesce(F.col(TRAINED), F.lit(False)))
+
+
+def known_items(train: DataFrame, n_items: int) -> np.ndarray:
+    """Bool [n_items + 1]: items with a row in ``train`` (one row per item reaches the driver;
+    padding and indexes outside 1..n_items excluded)."""
+    items = train.select(ITEM_IDX).distinct().toArrow().column(0)
+    values = items.to_numpy(zero_copy_only=False).astype(np.int64)
+    known = np.zeros(n_items + 1, dtype=bool)
+    known[values[(values >= 1) & (values <= n_items)]] = True
+    return known
 
 
 def _session_events(root: LocationLike, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

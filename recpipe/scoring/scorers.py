@@ -94,15 +94,23 @@ class Scorer(ABC):
         self.device = device
 
     def can_score(self, histories: UserHistories) -> np.ndarray:
-        """Bool per user: the model has a trained row for the user (id-based models) or at
-        least one of the user's items was in training (history-based models)."""
+        """Bool per user: the model has a trained row for the user (id-based models; the
+        users' ``trained`` column when they came with one, else ``train_users``) or at least
+        one of the user's items was in training (history-based models)."""
         ok = np.ones(len(histories), dtype=bool)
         if self.uses_user_ids and self.vectors_in_column:
             # require_vectors: users sent without the vector column are an error, never
             # silently "cannot score".
             histories.require_vectors()
             ok &= histories.has_vector()
-        if self.uses_user_ids:
+        if self.uses_user_ids and histories.trained is not None:
+            ok &= histories.trained
+        elif self.uses_user_ids:
+            if not len(self.train_users):
+                raise RuntimeError(
+                    "these users came without the trained column and the model without a "
+                    "trained-user mask: join the trained column"
+                )
             # A deep model has a (never trained) row for every user index: train presence
             # decides, as it does for every id-based model.
             users = histories.users

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,15 +21,18 @@ from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.ranking import users_per_block
 from recpipe.lake import Lake
-from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
+from recpipe.layout import TRAIN, VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import StageRun
-from recpipe.model_store import load_payload
+from recpipe.model_store import executor_model_files, model_kind
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.scoring.distributed import RANK, SCORE, SOURCE, ScoreSettings, score_frame
-from recpipe.scoring.inputs import history_frame, popular_list
+from recpipe.scoring.inputs import history_frame, known_items, popular_list, with_trained_flag
 from recpipe.scoring.memory import fitted_block_mib
 from recpipe.scoring.model_columns import with_model_columns
+from recpipe.scoring.scorers import ModelPayload
 from recpipe.spark import executor_settings
+from recpipe.stages.split import PROTOCOL
+from recpipe.tables import vocab_size
 
 
 def _with_ids(spark: SparkSession, config: Config, ds: str, scored: DataFrame) -> DataFrame:
@@ -54,19 +58,24 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
     settings = config.score
     model_ds = settings.model_ds or ds
     with StageRun(config, f"score-{model}", ds) as run:
-        payload = load_payload(config.root, model_ds, settings.protocol, model)
-        n_items = len(payload.known_items) - 1
+        files = executor_model_files(config.root, model, model_ds, settings.protocol)
+        n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, model_ds)
         # Before any Spark job: a block that cannot fit the executors' Python workers is a
         # config error now, not a worker killed for memory later.
         block_mib = fitted_block_mib(
-            executor_settings(spark, config), settings.block_mib, "score.block_mib",
-            n_items, payload.size_bytes,
+            executor_settings(spark, config), settings.block_mib, "score.block_mib", n_items,
+            sum(len(data) for data in files.values()) + n_items + 1,
         )  # fmt: skip
-        # State a model keeps in lake tables (ALS user vectors, item-kNN neighbours) travels
-        # as columns joined per user, never broadcast.
+        train = Lake(config.root).read(spark, TRAIN, [{DS: model_ds, PROTOCOL: settings.protocol}])
+        # Item-sized facts reach the driver; which users were trained travels as a column.
+        payload = ModelPayload(
+            model, model_kind(model), files, known_items(train, n_items), np.zeros(0, bool)
+        )
+        # State a model keeps in lake tables (user vectors, item-kNN neighbours) travels as
+        # columns joined per user, never broadcast.
         histories = with_model_columns(
-            spark, config.root, history_frame(spark, config.root, ds), payload, model_ds,
-            settings.protocol, k=settings.k, exclude_seen=True,
+            spark, config.root, with_trained_flag(history_frame(spark, config.root, ds), train),
+            payload, model_ds, settings.protocol, k=settings.k, exclude_seen=True,
         ).persist(StorageLevel.MEMORY_AND_DISK)  # fmt: skip
         popular = popular_list(spark, config.root, ds, settings.popular_window_days)
         block = ScoreSettings(
