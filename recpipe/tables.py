@@ -142,9 +142,19 @@ def split_rows_of_users(
 def split_item_counts(
     root: LocationLike, ds: str, protocol: str, part: str, n_items: int
 ) -> np.ndarray:
-    """Interactions per item [n_items + 1] in one split part (reads the item column only)."""
-    items = _split_dataset(root, ds, protocol, part).to_table(columns=[ITEM_IDX]).column(0)
-    return np.bincount(items.to_numpy().astype(np.int64), minlength=n_items + 1)
+    """Interactions per item [n_items + 1] in one split part, streamed batch by batch over the
+    item column (memory: the counts, never the column)."""
+    counts = np.zeros(n_items + 1, dtype=np.int64)
+    for batch in _split_dataset(root, ds, protocol, part).to_batches(columns=[ITEM_IDX]):
+        items = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        grown = np.bincount(items, minlength=n_items + 1)
+        if len(grown) > n_items + 1:
+            raise ValueError(
+                f"{part} split ds={ds} protocol={protocol} has item_idx {len(grown) - 1}, "
+                f"beyond the {n_items} items of its vocabulary"
+            )
+        counts += grown
+    return counts
 
 
 def split_rows(root: LocationLike, ds: str, protocol: str, part: str) -> int:

@@ -68,6 +68,9 @@ class Validator:
     max_users: int | None = 10_000
     seed: int = 0
     block_mib: int = 256  # evaluation.block_mib: dense score rows per block
+    # Bool [n_items + 1] items with a train row, when the caller knows them (training: from
+    # the train stage's item counts); else streamed from the train split on first use.
+    known_items: np.ndarray | None = None
 
     @cached_property
     def data(self) -> ValidData:
@@ -138,8 +141,8 @@ class Validator:
 
     def _trained_items(self) -> np.ndarray:
         """Bool [n_items + 1]: items with a train row, streamed once and kept."""
-        cached = getattr(self, "_known", None)
-        if cached is None:
-            _, cached = split_presence(self.root, self.ds, self.protocol, "train")
-            self._known = cached
-        return cached
+        if self.known_items is None:
+            _, self.known_items = split_presence(self.root, self.ds, self.protocol, "train")
+        known = np.asarray(self.known_items, dtype=bool).copy()
+        known[0] = False  # padding
+        return known
