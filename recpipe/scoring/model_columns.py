@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
-from scipy import sparse
 
 from recpipe.artifacts import ArtifactError
 from recpipe.baselines.base import Baseline
@@ -23,7 +22,7 @@ from recpipe.parquet_files import verified_dataset
 from recpipe.schema import DS, USER_IDX, USER_VECTOR
 from recpipe.scoring.distributed import vectors_from_arrow
 from recpipe.scoring.histories import UserHistories
-from recpipe.scoring.scorers import ModelPayload
+from recpipe.scoring.scorers import ModelPayload, history_matrix
 from recpipe.storage import LocationLike
 
 
@@ -119,12 +118,7 @@ def with_columns_locally(
         model = ItemKnn.from_files(payload.files)
         assert isinstance(model, ItemKnn)
         model.attach_neighbours(*read_neighbours(root, payload.neighbours_table, ds, protocol))
-        rows, items = users.pairs()
-        inside = items <= model.n_items
-        history = sparse.csr_matrix(
-            (np.ones(int(inside.sum())), (rows[inside], items[inside])),
-            shape=(len(users), model.n_items + 1),
-        )
-        history.data[:] = 1.0
-        candidates = model.top_candidates(history, k, exclude_seen)
-    return UserHistories(users.users, users.lengths, users.items, vectors, candidates)
+        candidates = model.top_candidates(history_matrix(users, model.n_items), k, exclude_seen)
+    return UserHistories(
+        users.users, users.lengths, users.items, vectors, candidates, users.trained
+    )

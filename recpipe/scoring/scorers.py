@@ -393,18 +393,23 @@ def _baseline_scorer(payload: ModelPayload, device: torch.device) -> Scorer:
     return DenseScorer(lambda h: torch.as_tensor(_history_scores(model, h)), **common)
 
 
-def _history_scores(model: Baseline, histories: UserHistories) -> np.ndarray:
-    """The baseline's raw scores with these histories as the users' rows."""
+def history_matrix(histories: UserHistories, n_items: int) -> sparse.csr_matrix:
+    """[U, n_items + 1] 0/1 CSR of the users' items (items beyond ``n_items`` left out),
+    columns sorted: a row's sums then do not depend on how its history was ordered."""
     rows, items = histories.pairs()
-    inside = items <= model.n_items
+    inside = items <= n_items
     history = sparse.csr_matrix(
         (np.ones(int(inside.sum())), (rows[inside], items[inside])),
-        shape=(len(histories), model.n_items + 1),
+        shape=(len(histories), n_items + 1),
     )
     history.data[:] = 1.0
-    # Canonical column order: a row's sums then do not depend on how its history was ordered.
     history.sort_indices()
-    model.history = history
+    return history
+
+
+def _history_scores(model: Baseline, histories: UserHistories) -> np.ndarray:
+    """The baseline's raw scores with these histories as the users' rows."""
+    model.history = history_matrix(histories, model.n_items)
     return np.asarray(model.raw_scores(np.arange(len(histories))))
 
 
