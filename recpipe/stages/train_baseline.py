@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -19,6 +18,7 @@ from recpipe.layout import TRAIN, VOCAB_ITEMS, VOCAB_USERS, scratch_root
 from recpipe.manifest import StageRun
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
+from recpipe.scoring.inputs import known_items
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import TrainData, load_split, vocab_size
@@ -28,10 +28,7 @@ log = logging.getLogger(__name__)
 
 def spark_split_facts(train: DataFrame, n_users: int, n_items: int) -> SplitFacts:
     """Rows and the items a train split holds, aggregated by Spark (one row per item back)."""
-    items = train.select(ITEM_IDX).distinct().toArrow().column(0)
-    known = np.zeros(n_items + 1, dtype=bool)
-    known[items.to_numpy(zero_copy_only=False).astype(np.int64)] = True
-    known[0] = False  # padding
+    known = known_items(train, n_items)
     return SplitFacts(n_users=n_users, n_items=n_items, rows=train.count(), known_items=known)
 
 

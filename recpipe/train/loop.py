@@ -274,10 +274,10 @@ class Trainer:
                 k=early.k,
                 max_users=early.max_users,
                 seed=early.seed,
+                # The train stage counted the train split's items already: known items from
+                # them, instead of streaming the split again on this rank.
+                known_items=self.spec.item_counts() > 0,
             )
-            # The train stage counted the train split's items already: known items from them,
-            # instead of streaming the split again on this rank.
-            validator.known_items = self.spec.item_counts() > 0
             usable = float(validator.usable)  # first use: reads the splits
         usable = self.comm.broadcast_floats([usable])[0]
         if not usable:
