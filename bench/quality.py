@@ -22,12 +22,13 @@ from typing import Any
 from recpipe import storage
 from recpipe.config import load_config
 from recpipe.console import format_table
+from recpipe.registry import model_names
 from recpipe.storage import LocationLike
 
 DS = "2026-11-22"
 PROTOCOLS = ("leave_last_out", "random_by_user")
-BASELINES = ("popularity", "itemknn", "als", "ease")
-DEEP = ("bpr_mf", "neumf", "two_tower", "gru4rec", "sasrec")
+BASELINES = tuple(model_names("baseline"))  # every baseline, NMF and item2vec included
+DEEP = tuple(model_names("deep"))
 
 
 def parse_args() -> argparse.Namespace:

@@ -27,7 +27,7 @@ from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
 from recpipe.model_settings import DeepModelName, models_section_type
-from recpipe.registry import model_names
+from recpipe.registry import DEFAULT_BASELINES, model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
 from recpipe.storage import Location, StorageError, check_scheme, hadoop_settings, scheme_of
 from recpipe.storage import configure as configure_storage
@@ -224,6 +224,18 @@ class AlsConfig(_Section):
     rating_as_weight: bool = False
 
 
+class Item2VecConfig(_Section):
+    vector_size: int = Field(64, ge=1)
+    window_size: int = Field(5, ge=1)
+    min_count: int = Field(1, ge=1)
+    max_iter: int = Field(5, ge=1)
+    step_size: float = Field(0.025, gt=0)
+    num_partitions: int = Field(1, ge=1)
+    max_sentence_length: int = Field(1000, ge=1)
+    history_window: int = Field(50, ge=1)
+    seed: int = 42
+
+
 class EaseConfig(_Section):
     l2: float = Field(500.0, gt=0)
     max_items: int = Field(20000, ge=1)
@@ -231,12 +243,14 @@ class EaseConfig(_Section):
 
 class BaselinesConfig(_Section):
     models: list[BaselineName] = Field(
-        default_factory=lambda: list(model_names("baseline")), min_length=1
+        default_factory=lambda: list(DEFAULT_BASELINES), min_length=1
     )
     popularity: PopularityConfig = Field(default_factory=PopularityConfig)
     itemknn: ItemKnnConfig = Field(default_factory=ItemKnnConfig)
     als: AlsConfig = Field(default_factory=AlsConfig)
     ease: EaseConfig = Field(default_factory=EaseConfig)
+    nmf: AlsConfig = Field(default_factory=AlsConfig)
+    item2vec: Item2VecConfig = Field(default_factory=Item2VecConfig)
 
 
 class ScoreConfig(_Section):

@@ -43,9 +43,17 @@ SESSIONS = "sessions"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
 SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.values())
-# ALS user factors (user_idx, vector) per (ds, protocol): they reach scoring and evaluation as a
-# column joined per user, never through the driver.
-ALS_USER_FACTORS = "als_user_factors"
+# Factor baselines' user vectors (user_idx, user_vector) per (ds, protocol), one table per
+# model: they reach scoring and evaluation as a column joined per user, never through the driver.
+FACTOR_BASELINES: tuple[str, ...] = ("als", "nmf", "item2vec")
+
+
+def user_factors_table(model: str) -> str:
+    """The lake table of factor baseline ``model``'s user vectors."""
+    return f"{model}_user_factors"
+
+
+ALS_USER_FACTORS = user_factors_table("als")
 # Item-kNN's neighbour lists (item_i, item_j, sim) per (ds, protocol): never collected.
 ITEMKNN_NEIGHBOURS = "itemknn_neighbours"
 
@@ -70,7 +78,7 @@ PRODUCERS: dict[str, str] = {
     VALID: "split",
     TEST: "split",
     **{table: "export" for table in SAMPLES},
-    ALS_USER_FACTORS: "train-als",
+    **{user_factors_table(model): f"train-{model}" for model in FACTOR_BASELINES},
     ITEMKNN_NEIGHBOURS: "train-itemknn",
 }
 

@@ -132,6 +132,74 @@ class SasRecConfig(ModelConfig):
         return self
 
 
+@settings_of("narm")
+class NarmConfig(ModelConfig):
+    """NARM settings."""
+
+    hidden_size: int = Field(ge=1)
+    emb_dropout: float = Field(ge=0, lt=1)
+    ct_dropout: float = Field(ge=0, lt=1)
+    loss: Literal["full_softmax", "sampled_softmax"]
+
+
+@settings_of("stamp")
+class StampConfig(ModelConfig):
+    """STAMP settings."""
+
+    dropout: float = Field(ge=0, lt=1)
+    loss: Literal["full_softmax", "sampled_softmax"]
+
+
+@settings_of("svdpp")
+class SvdPpConfig(ModelConfig):
+    """SVD++ settings."""
+
+    init_std: float = Field(gt=0)
+    loss: Literal["full_softmax", "sampled_softmax"]
+
+
+@settings_of("mult_vae")
+class MultVaeConfig(ModelConfig):
+    """Mult-VAE settings; ``dim`` is the latent size."""
+
+    hidden_layers: list[int] = Field(min_length=1)
+    input_dropout: float = Field(ge=0, lt=1)
+    beta_max: float = Field(ge=0)
+    anneal_steps: int = Field(ge=0)
+
+
+@settings_of("cdae")
+class CdaeConfig(ModelConfig):
+    """CDAE settings; ``dim`` is the hidden layer size."""
+
+    corruption: float = Field(ge=0, lt=1)
+    negatives: int = Field(ge=1)
+    hidden_activation: Literal["sigmoid", "tanh", "identity"]
+    init_std: float = Field(gt=0)
+
+
+@settings_of("irgan")
+class IrganConfig(ModelConfig):
+    """IRGAN settings; ``dim`` is the size of both players' factors."""
+
+    samples: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    reg: float = Field(ge=0)
+    init_std: float = Field(gt=0)
+
+
+@settings_of("rum")
+class RumConfig(ModelConfig):
+    """RUM settings."""
+
+    memory_size: int = Field(ge=1)
+    memory_weight: float = Field(ge=0)
+    negatives: int = Field(ge=1)
+    reg: float = Field(ge=0)
+    init_std: float = Field(gt=0)
+    score_item_chunk: int = Field(ge=1)
+
+
 # The deep model names config accepts (train.models, gate.*): the models declared above.
 # Built from the table at run time, which a static checker cannot follow: str for it.
 if TYPE_CHECKING:

@@ -33,12 +33,26 @@ MODELS: dict[str, ModelEntry] = {
     "itemknn": ModelEntry("baseline", "recpipe.baselines.itemknn:ItemKnn"),
     "als": ModelEntry("baseline", "recpipe.baselines.als:Als"),
     "ease": ModelEntry("baseline", "recpipe.baselines.ease:Ease"),
+    "nmf": ModelEntry("baseline", "recpipe.baselines.als:Nmf"),
+    "item2vec": ModelEntry("baseline", "recpipe.baselines.item2vec:Item2Vec"),
     "bpr_mf": ModelEntry("deep", "recpipe.models.bpr_mf:BprMf"),
     "neumf": ModelEntry("deep", "recpipe.models.neumf:NeuMf"),
     "two_tower": ModelEntry("deep", "recpipe.models.two_tower:TwoTower"),
     "gru4rec": ModelEntry("deep", "recpipe.models.gru4rec:Gru4Rec"),
     "sasrec": ModelEntry("deep", "recpipe.models.sasrec:SasRec"),
+    "narm": ModelEntry("deep", "recpipe.models.narm:Narm"),
+    "stamp": ModelEntry("deep", "recpipe.models.stamp:Stamp"),
+    "svdpp": ModelEntry("deep", "recpipe.models.svdpp:SvdPp"),
+    "mult_vae": ModelEntry("deep", "recpipe.models.mult_vae:MultVae"),
+    "cdae": ModelEntry("deep", "recpipe.models.cdae:Cdae"),
+    "irgan": ModelEntry("deep", "recpipe.models.irgan:Irgan"),
+    "rum": ModelEntry("deep", "recpipe.models.rum:Rum"),
 }
+
+
+# What ``baselines.models`` trains when not told: NMF and item2vec are there to compare
+# against and to initialise from, so they run when asked for.
+DEFAULT_BASELINES: tuple[str, ...] = ("popularity", "itemknn", "als", "ease")
 
 
 def model_names(kind: Kind | None = None) -> list[str]:

@@ -11,11 +11,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from scipy import sparse
 
-from recpipe.baselines.als import Als, als_ratings
+from recpipe.baselines.als import Als, Nmf, als_ratings
 from recpipe.baselines.ease import CatalogueTooLargeError, Ease
+from recpipe.baselines.item2vec import Item2Vec
 from recpipe.baselines.itemknn import SIM_STEP, ItemKnn, item_similarities, top_candidates
 from recpipe.baselines.popularity import Popularity
-from recpipe.config import AlsConfig, EaseConfig, ItemKnnConfig, PopularityConfig
+from recpipe.config import AlsConfig, EaseConfig, Item2VecConfig, ItemKnnConfig, PopularityConfig
 from recpipe.tables import TrainData
 
 DAY = 86_400
@@ -255,3 +256,76 @@ def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) ->
     np.testing.assert_array_equal(Als.load(tmp_path / "als").score(np.arange(20)), scores)
     assert np.allclose(scores[0, 1:], vectors[0] @ model.arrays["item_factors"][1:].T)
     assert not math.isnan(scores[0, 1])
+
+
+def _two_communities(spark: SparkSession):
+    """Users 0-9 use items 1-5, users 10-19 items 6-10 (each misses one item of their block),
+    as TrainData and as the Spark frame a baseline fitted in Spark reads (ts ascending)."""
+    pairs = [(u, i) for u in range(10) for i in range(1, 6) if i != 1 + u % 5]
+    pairs += [(u, i) for u in range(10, 20) for i in range(6, 11) if i != 6 + u % 5]
+    ts = [DAY + 60 * k for k in range(len(pairs))]
+    frame = frame_of(spark, pairs, ts).select(
+        "*", F.lit("view").alias("event_type"), F.lit(None).cast("double").alias("value")
+    )
+    return pairs, make_data(pairs, n_users=20, n_items=10, ts=ts), frame
+
+
+def test_nmf_factors_are_non_negative_and_rank_each_block(spark: SparkSession) -> None:
+    _, data, frame = _two_communities(spark)
+    model = Nmf.fit(data, AlsConfig(rank=4, max_iter=10, reg_param=0.1), train_df=frame)
+    assert model.user_vectors_table == "nmf_user_factors"
+    rows = model.spark_tables["nmf_user_factors"].frame.collect()
+    vectors = np.zeros((20, 4), dtype=np.float32)
+    for r in rows:
+        vectors[r["user_idx"]] = r["user_vector"]
+    assert sorted(r["user_idx"] for r in rows) == list(range(20))
+    assert (vectors >= 0).all() and (model.arrays["item_factors"] >= 0).all()
+    # Not ALS by another name: unconstrained ALS on the same data has negative factors.
+    als = Als.fit(data, AlsConfig(rank=4, max_iter=10, reg_param=0.1), train_df=frame)
+    assert (als.arrays["item_factors"] < 0).any()
+    model.attach_user_vectors(vectors)
+    scores = model.score(np.arange(20))
+    for user in range(20):
+        missing = 1 + user % 5 if user < 10 else 6 + user % 5
+        other_block = range(6, 11) if user < 10 else range(1, 6)
+        assert scores[user, missing] > max(scores[user, j] for j in other_block)
+
+
+def test_item2vec_vectors_and_user_centroids(spark: SparkSession) -> None:
+    pairs, data, frame = _two_communities(spark)
+    settings = Item2VecConfig(vector_size=8, window_size=3, max_iter=10, history_window=2)
+    model = Item2Vec.fit(data, settings, train_df=frame)
+    # A window longer than every history takes the whole history.
+    longer = Item2Vec.fit(data, settings.model_copy(update={"history_window": 9}), train_df=frame)
+    whole = {r["user_idx"]: r["user_vector"] for r in
+             longer.spark_tables["item2vec_user_factors"].frame.collect()}  # fmt: skip
+    assert sorted(whole) == list(range(20))
+    for user, vector in whole.items():
+        mine = [i for u, i in pairs if u == user]
+        expected = longer.arrays["item_factors"][mine].mean(0)
+        np.testing.assert_allclose(vector, expected, rtol=1e-5, atol=1e-6)
+    items = model.arrays["item_factors"]
+    np.testing.assert_allclose(np.linalg.norm(items[1:], axis=1), 1.0, rtol=1e-5)
+    assert not items[0].any() and not model.known_items[0]
+    # Items of one community are nearer each other than the other community's items.
+    sims = items @ items.T
+    assert sims[1:6, 1:6].mean() > sims[1:6, 6:11].mean() + 0.5
+    # Each user: the mean unit vector of their last two items by time (computed here by hand).
+    rows = model.spark_tables["item2vec_user_factors"].frame.collect()
+    assert sorted(r["user_idx"] for r in rows) == list(range(20))
+    for r in rows:
+        last_two = [i for u, i in pairs if u == r["user_idx"]][-2:]
+        expected = items[last_two].mean(0)
+        np.testing.assert_allclose(r["user_vector"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_item2vec_leaves_rare_items_unrecommended(spark: SparkSession) -> None:
+    pairs, data, frame = _two_communities(spark)
+    once = frame_of(spark, [(0, 11)], [DAY]).select(
+        "*", F.lit("view").alias("event_type"), F.lit(None).cast("double").alias("value")
+    )
+    rare = frame.unionByName(once)
+    data = make_data([*pairs, (0, 11)], n_users=20, n_items=11)
+    model = Item2Vec.fit(data, Item2VecConfig(vector_size=4, min_count=2), train_df=rare)
+    assert data.n_items == 11 and not model.known_items[11] and model.known_items[1:11].all()
+    assert not model.arrays["item_factors"][11].any()

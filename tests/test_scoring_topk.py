@@ -75,3 +75,23 @@ def test_nan_scores_are_never_recommended_in_the_blocked_product() -> None:
     )  # fmt: skip
     assert got_items.tolist() == [[1, 3, 4], [3, 4, 1]]
     assert np.isfinite(got_scores).all()
+
+
+def test_a_block_whose_users_all_lack_a_vector_has_no_scorable_user() -> None:
+    """All-null vector columns arrive as width 0: no user has a vector (none is scored)."""
+    import pyarrow as pa
+
+    from recpipe.scoring.distributed import vectors_from_arrow
+
+    column = pa.array([None, None], type=pa.list_(pa.float32()))
+    vectors = vectors_from_arrow(column)
+    assert vectors.shape == (2, 0)
+    histories = UserHistories(
+        users=np.array([3, 4]), lengths=np.array([1, 1]), items=np.array([1, 2]), vectors=vectors
+    )
+    assert not histories.has_vector().any()
+    mixed = vectors_from_arrow(pa.array([None, [1.0, 2.0]], type=pa.list_(pa.float32())))
+    with_one = UserHistories(
+        users=np.array([3, 4]), lengths=np.array([1, 1]), items=np.array([1, 2]), vectors=mixed
+    )
+    assert with_one.has_vector().tolist() == [False, True]

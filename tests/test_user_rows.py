@@ -29,6 +29,10 @@ MODELS = [
     ("neumf", {"mf_dim": 4, "dim": 6, "mlp_layers": [8, 4]}),
     ("neumf", {"mode": "gmf", "mf_dim": 4}),
     ("two_tower", {"dim": 8, "use_user_id": True, "tower_layers": [8]}),
+    ("svdpp", {"dim": 8}),
+    ("cdae", {"dim": 8, "negatives": 4}),
+    ("irgan", {"dim": 8, "samples": 2}),
+    ("rum", {"dim": 8, "memory_size": 2, "score_item_chunk": 5}),
 ]
 
 

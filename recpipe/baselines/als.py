@@ -5,17 +5,18 @@ Feedback Datasets", ICDM 2008): preference 1 for observed pairs with confidence
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe.baselines.base import Baseline, SparkTable, SplitFacts, base_meta
+from recpipe.baselines.base import SparkTable, SplitFacts, base_meta
+from recpipe.baselines.factors import FactorBaseline, dense_rows, user_vector_rows
 from recpipe.config import AlsConfig
-from recpipe.layout import ALS_USER_FACTORS
-from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, USER_VECTOR, VALUE
+from recpipe.layout import user_factors_table
+from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
 from recpipe.storage import as_location
 from recpipe.tables import TrainData
 
@@ -56,22 +57,16 @@ def als_ratings(train: DataFrame, settings: AlsConfig) -> DataFrame:
 
 def _factors(frame: DataFrame, size: int, rank: int) -> np.ndarray:
     table = frame.toArrow()
-    matrix = np.zeros((size, rank), dtype=np.float32)
-    ids = table.column("id").to_numpy()
-    if len(ids):
-        matrix[ids] = np.stack(table.column("features").to_numpy(zero_copy_only=False))
-    return matrix
+    vectors = list(table.column("features").to_numpy(zero_copy_only=False))
+    return dense_rows(table.column("id").to_numpy(), vectors, size, rank)
 
 
 def user_factor_rows(model_user_factors: DataFrame) -> DataFrame:
     """MLlib's ``(id, features)`` user factors as ``(user_idx int, user_vector array<float>)``."""
-    return model_user_factors.select(
-        F.col("id").cast("int").alias(USER_IDX),
-        F.col("features").cast("array<float>").alias(USER_VECTOR),
-    )
+    return user_vector_rows(model_user_factors, "id", "features")
 
 
-class Als(Baseline):
+class Als(FactorBaseline):
     """Scores = user factors . item factors.
 
     Fitted in Spark, the user factors stay there: :attr:`spark_tables` (written by the train
@@ -81,9 +76,7 @@ class Als(Baseline):
     """
 
     name = "als"
-    uses_user_ids = True
-    needs_history = False
-    fits_in_spark = True
+    nonnegative: ClassVar[bool] = False  # NNLS instead of least squares per factor update
 
     @classmethod
     def fit(cls, data: TrainData | SplitFacts, settings: AlsConfig, **context: Any) -> Als:
@@ -100,6 +93,7 @@ class Als(Baseline):
             regParam=settings.reg_param,
             alpha=settings.alpha,
             implicitPrefs=True,
+            nonnegative=cls.nonnegative,
             checkpointInterval=settings.checkpoint_interval,
             numUserBlocks=settings.num_user_blocks,
             numItemBlocks=settings.num_item_blocks,
@@ -114,36 +108,21 @@ class Als(Baseline):
             "item_factors": _factors(model.itemFactors, facts.n_items + 1, settings.rank),
             "known_items": facts.known_items,
         }
-        meta = {
-            **base_meta(facts, settings),
-            "blas": blas_in_use(spark),
-            "user_vectors": ALS_USER_FACTORS,
-        }
+        table = user_factors_table(cls.name)
+        meta = {**base_meta(facts, settings), "blas": blas_in_use(spark), "user_vectors": table}
         fitted = cls(arrays, meta)
-        fitted.spark_tables[ALS_USER_FACTORS] = SparkTable(
-            user_factor_rows(model.userFactors), (USER_IDX,)
-        )
+        fitted.spark_tables[table] = SparkTable(user_factor_rows(model.userFactors), (USER_IDX,))
         return fitted
 
-    def raw_scores(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors()[users] @ self.arrays["item_factors"].T
 
-    def scores_of_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        return np.asarray(vectors, dtype=np.float32) @ self.arrays["item_factors"].T
+class Nmf(Als):
+    """Non-negative matrix factorisation of the implicit-feedback matrix: ALS whose every
+    factor update is a non-negative least-squares solve (MLlib ``nonnegative=True``).
 
-    def user_factors(self) -> np.ndarray:
-        """[n_users, rank] user factors held in memory (attached from the lake table for
-        single-process use, or saved in the arrays by an older recpipe)."""
-        factors = self.arrays.get("user_factors")
-        if factors is None:
-            raise RuntimeError(
-                "als: the user factors are in the als_user_factors table, not in memory: "
-                "join them as a column or attach them with attach_user_vectors"
-            )
-        return factors
+    The factorisation of Lee & Seung ("Learning the parts of objects by non-negative matrix
+    factorization", Nature 1999) fitted with Hu et al.'s confidence weighting, so its factors
+    read as additive parts; settings are ``baselines.nmf`` (the ALS fields).
+    """
 
-    def factors(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.user_factors(), self.arrays["item_factors"]
-
-    def item_factors(self) -> np.ndarray:
-        return self.arrays["item_factors"]
+    name = "nmf"
+    nonnegative = True

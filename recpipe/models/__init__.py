@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from recpipe.models import bpr_mf, gru4rec, neumf, sasrec, two_tower  # noqa: F401  (registers)
+from recpipe.models import (  # noqa: F401  (importing registers)
+    bpr_mf,
+    cdae,
+    gru4rec,
+    irgan,
+    mult_vae,
+    narm,
+    neumf,
+    rum,
+    sasrec,
+    stamp,
+    svdpp,
+    two_tower,
+)
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register, registry
 
 __all__ = ["ModelConfig", "ModelContext", "RecModel", "model_class", "register", "registry"]

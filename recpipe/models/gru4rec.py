@@ -7,6 +7,7 @@ Session-based Recommendations", CIKM 2018.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -26,15 +27,31 @@ def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index)
 
 
+def left_padded_gru(
+    gru: nn.GRU, embed: Callable[[torch.Tensor], torch.Tensor], history: torch.Tensor
+) -> torch.Tensor:
+    """GRU outputs [B, L, hidden] aligned with the left-padded ``history``.
+
+    Each row is rotated so its items start at position 0 (right padding) before the GRU, which
+    is causal: outputs at real positions never see the trailing padding and do not depend on
+    how much of it there is (no packing needed); they are rotated back to line up with
+    ``history``. ``embed`` maps item ids to the GRU's inputs.
+    """
+    pad = history.shape[1] - (history != 0).sum(1)
+    x = embed(roll_rows(history, pad))
+    # The recurrence runs in float32: cuDNN's reduced-precision RNN paths vary by version,
+    # and the GRU is a small share of the cost next to the output projection.
+    with torch.autocast(device_type=history.device.type, enabled=False):
+        out, _ = gru(x.float())
+    return roll_rows(out, -pad)
+
+
 @register("gru4rec")
 class Gru4Rec(RecModel):
     """Item embedding -> GRU -> linear to ``dim`` -> dot product with the (tied) item table.
 
     Papers: Hidasi et al., ICLR 2016 and Hidasi & Karatzoglou, CIKM 2018. Histories arrive
-    left-padded; each row is rotated so its items start at position 0 (right padding) before the
-    GRU. A GRU is causal, so outputs at real positions never see the trailing padding and do not
-    depend on how much of it there is (no packing needed), and they are rotated back to line up
-    with the left-padded targets.
+    left-padded and run through the GRU right-padded (:func:`left_padded_gru`).
     """
 
     config_class: ClassVar[type[ModelConfig]] = Gru4RecConfig
@@ -67,15 +84,8 @@ class Gru4Rec(RecModel):
 
     def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
         """Per-position output vectors [B, L, dim] aligned with ``history`` (0 at padding)."""
-        mask = history != 0
-        pad = history.shape[1] - mask.sum(1)
-        x = self.dropout(self.item_emb(roll_rows(history, pad)))
-        # The recurrence runs in float32: cuDNN's reduced-precision RNN paths vary by version,
-        # and the GRU is a small share of the cost next to the output projection.
-        with torch.autocast(device_type=history.device.type, enabled=False):
-            out, _ = self.gru(x.float())
-        out = roll_rows(out, -pad)
-        return self.proj(self.dropout(out)) * mask[..., None]
+        out = left_padded_gru(self.gru, lambda h: self.dropout(self.item_emb(h)), history)
+        return self.proj(self.dropout(out)) * (history != 0)[..., None]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Next-item loss (``config.loss``) over every real history position."""

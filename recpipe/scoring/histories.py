@@ -35,7 +35,8 @@ class UserHistories:
 
     def has_vector(self) -> np.ndarray:
         """Bool [U]: the user came with a trained vector (all False without ``vectors``)."""
-        if self.vectors is None:
+        if self.vectors is None or self.vectors.shape[1] == 0:
+            # Width 0: no user of the batch came with a vector (all nulls).
             return np.zeros(len(self.users), dtype=bool)
         return ~np.isnan(self.vectors).any(axis=1)
 

@@ -1,0 +1,39 @@
+"""The item bag of a sequence sample, as autoencoder recommenders read and reconstruct it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def bag_input(
+    table: nn.Embedding, history: torch.Tensor, keep: float, training: bool
+) -> torch.Tensor:
+    """``x @ W`` for the history's multi-hot row ``x`` [B, n_items + 1], L2-normalised, with
+    dropout of rate ``1 - keep`` on its items while training: [B, dim] as a sum of table rows,
+    so no item-sized input row is ever built."""
+    weights = (history != 0).float()
+    if training and keep < 1.0:
+        weights = weights * torch.bernoulli(torch.full_like(weights, keep)) / keep
+    norm = (history != 0).float().sum(1, keepdim=True).clamp(min=1.0).rsqrt()
+    return ((table(history) * (weights * norm)[..., None].to(table.weight.dtype)).sum(1)).float()
+
+
+def bag_targets(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """[B, L + 1] the row's items to reconstruct: its history and its target (0 = none)."""
+    return torch.cat([history, items[:, None]], dim=1)
+
+
+def multinomial_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_i x_i log softmax(logits)_i / sum_i x_i`` for the bag ``x``
+    given as item ids ``targets`` [B, T] (0 = none); column 0 of ``logits`` (padding) takes no
+    probability. Rows without any target are left out."""
+    log_p = F.log_softmax(logits[:, 1:].float(), dim=-1)
+    real = targets != 0
+    picked = torch.gather(log_p, 1, (targets - 1).clamp(min=0)) * real
+    counts = real.sum(1)
+    rows = counts > 0
+    if not rows.any():
+        return logits.sum() * 0.0
+    return -(picked.sum(1)[rows] / counts[rows]).mean()
