@@ -231,3 +231,22 @@ def test_rum_memory_holds_the_latest_items_at_each_position() -> None:
 
     history = left_pad([[5, 6, 7, 8]], 5)
     assert memory_slots(history, 2)[0].tolist() == [[0, 0], [0, 5], [5, 6], [6, 7], [7, 8]]
+
+
+def test_item_vectors_start_the_item_table_at_its_initial_scale() -> None:
+    model = build("gru4rec")  # dim 16
+    before = model.item_emb.weight.detach().clone()
+    vectors = torch.zeros(N_ITEMS - 5, 16)  # fewer rows than items: the rest keep their init
+    vectors[3] = torch.arange(16.0)
+    vectors[7] = -1.0
+    assert model.init_item_vectors(vectors) == 2
+    after = model.item_emb.weight.detach()
+    scale = before[1:].norm(dim=1).mean()
+    torch.testing.assert_close(after[3], vectors[3] / vectors[3].norm() * scale)
+    torch.testing.assert_close(after[7], vectors[7] / vectors[7].norm() * scale)
+    untouched = [i for i in range(N_ITEMS + 1) if i not in (3, 7)]
+    assert torch.equal(after[untouched], before[untouched])
+    with pytest.raises(ValueError, match="dimensions"):
+        model.init_item_vectors(torch.ones(4, 8))
+    with pytest.raises(ValueError, match="no item table"):
+        build("mult_vae").init_item_vectors(torch.ones(4, 8))

@@ -660,3 +660,52 @@ def test_local_engine_over_max_split_rows_is_one_line_naming_the_key(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "driver.max_split_rows=3" in err[0], err
     assert "baseline fitted in Spark" in err[0]
+
+
+def test_irgan_records_each_players_loss_every_epoch(root) -> None:
+    """The training loop's per-epoch history carries the model's loss parts (what the report
+    plots for IRGAN); the two players' losses add up to the recorded loss."""
+    manifest = read_manifest(root, "train-irgan", DS1)
+    history = manifest["protocols"][PROTOCOL]["history"]
+    assert len(history) == 2  # train.max_epochs=2
+    for entry in history:
+        parts = entry["parts"]
+        assert set(parts) == {"discriminator", "generator"}
+        assert parts["discriminator"] > 0
+        assert parts["discriminator"] + parts["generator"] == pytest.approx(
+            entry["loss"], abs=2e-6
+        )
+    sasrec = read_manifest(root, "train-sasrec", DS1)["protocols"][PROTOCOL]["history"]
+    assert all("parts" not in entry for entry in sasrec)
+
+
+def test_item2vec_vectors_start_a_deep_models_item_table(spark, root) -> None:
+    """train.item_init=item2vec: the model starts from item2vec's directions (its initial
+    scale kept), the manifest says so; a width mismatch is a config error naming both keys.
+    Runs last in this module: it retrains STAMP for DS1."""
+    from recpipe.baselines import baseline_class
+    from recpipe.config import ConfigError
+    from recpipe.model_store import read_model_files
+    from recpipe.stages.train import apply_item_init, build_spec
+    from recpipe.train.checkpoint import load_state
+
+    files = read_model_files(root, "item2vec", DS1, PROTOCOL)
+    item2vec = baseline_class("item2vec").from_files(files).item_factors()
+    config = build_config(root, *BASE, "train.item_init=item2vec", "models.stamp.dim=64")
+    spec = build_spec(config, DS1, PROTOCOL, "stamp")
+    spec.run_dir = str(root / "item-init-test")
+    record = apply_item_init(config, spec, DS1, PROTOCOL)
+    with_vector = np.flatnonzero(np.abs(item2vec).sum(1) > 0)
+    with_vector = with_vector[with_vector > 0]
+    assert record == {"from": "item2vec", "items": len(with_vector)}
+    table = load_state(spec.init_file)["state_dict"]["item_emb.weight"].numpy()
+    cosine = (table[with_vector] * item2vec[with_vector]).sum(1) / np.linalg.norm(
+        table[with_vector], axis=1
+    )
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-5)
+    wide = build_config(root, *BASE, "train.item_init=item2vec", "models.stamp.dim=32")
+    with pytest.raises(ConfigError, match=r"baselines\.item2vec\.vector_size.*models\.stamp\.dim"):
+        apply_item_init(wide, build_spec(wide, DS1, PROTOCOL, "stamp"), DS1, PROTOCOL)
+    run_train(spark, config, DS1, ["stamp"], evaluate=False)
+    trained = read_manifest(root, "train-stamp", DS1)["protocols"][PROTOCOL]
+    assert trained["item_init"] == record

@@ -68,6 +68,11 @@ class RecModel(nn.Module, ABC):
     def score_all(self, batch: Batch) -> torch.Tensor:
         """Scores [B, n_items + 1] for the batch's users (and histories, for sequence models)."""
 
+    def loss_parts(self) -> dict[str, torch.Tensor]:
+        """Named parts of the last :meth:`loss` (detached), recorded per epoch beside the loss
+        where one number hides what matters (e.g. each player of a GAN); empty by default."""
+        return {}
+
     @classmethod
     def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:
         """Configs of models to train first (by label), whose weights initialise this one."""
@@ -91,6 +96,33 @@ class RecModel(nn.Module, ABC):
         """Attributes holding ``nn.Embedding`` tables indexed by user id (rows grow with users):
         the scoring job ships them as a per-user column, never inside the broadcast model."""
         return ()
+
+    def init_item_vectors(self, vectors: torch.Tensor) -> int:
+        """Start the item table ``item_emb`` from pre-trained item vectors [rows, d] (e.g.
+        item2vec's): each non-zero row ``i >= 1`` takes that vector's direction at the table's
+        mean initial row norm, so the initial scale the model was tuned for is kept; all-zero
+        rows (items without a vector) keep their initialisation. Returns the rows set;
+        ValueError when the model has no such table or the sizes differ."""
+        table = getattr(self, "item_emb", None)
+        if not isinstance(table, nn.Embedding):
+            raise ValueError(f"{self.name} has no item table (item_emb) to initialise")
+        if vectors.dim() != 2 or vectors.shape[1] != table.embedding_dim:
+            raise ValueError(
+                f"the item vectors have {tuple(vectors.shape)[1:]} dimensions, "
+                f"{self.name}'s item table {table.embedding_dim}"
+            )
+        if vectors.shape[0] > table.num_embeddings:
+            raise ValueError(
+                f"{vectors.shape[0] - 1} item vectors for {table.num_embeddings - 1} items"
+            )
+        norms = vectors.float().norm(dim=1)
+        rows = torch.nonzero(norms > 0).flatten()
+        rows = rows[rows > 0]
+        with torch.no_grad():
+            scale = table.weight[1:].float().norm(dim=1).mean()
+            unit = vectors[rows].float() / norms[rows, None]
+            table.weight[rows] = (unit * scale).to(table.weight.dtype)
+        return len(rows)
 
     def item_embeddings(self) -> torch.Tensor | None:
         """[n_items + 1, d] item vectors when scores are a dot product with them, else None."""

@@ -78,6 +78,7 @@ class Irgan(RecModel):
         self.discriminator = FactorPlayer(
             context.n_users, context.n_items, config.dim, config.init_std
         )
+        self._parts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
@@ -113,7 +114,12 @@ class Irgan(RecModel):
     def loss(self, batch: Batch) -> torch.Tensor:
         """The discriminator's and the generator's losses, summed (disjoint parameters)."""
         d_loss, g_loss = self.player_losses(batch)
+        self._parts = {"discriminator": d_loss.detach(), "generator": g_loss.detach()}
         return d_loss + g_loss
+
+    def loss_parts(self) -> dict[str, torch.Tensor]:
+        """Each player's loss in the last batch: the report plots both per epoch."""
+        return dict(self._parts)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         """The generator's ``g(u, i)`` for every item, [B, n_items + 1]."""

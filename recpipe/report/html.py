@@ -107,6 +107,30 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: s
     return _png(figure)
 
 
+def loss_part_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str | None:
+    """PNG data URI: each named part of the training loss per epoch (e.g. IRGAN's two
+    players), a panel per model that records parts; None when no model does."""
+    with_parts = {m: h for m, h in sorted(runs.items()) if h and "parts" in h[0]}
+    if not with_parts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(with_parts), figsize=(4.5 * len(with_parts), 3.2))
+    for axis, (model, history) in zip(np.atleast_1d(axes), with_parts.items(), strict=True):
+        epochs = [entry["epoch"] for entry in history]
+        for name in history[0]["parts"]:
+            axis.plot(epochs, [entry["parts"][name] for entry in history], label=name)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("loss")
+        axis.set_title(f"{model}: loss by part ({protocol})")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def popularity_plot(
     catalogue_popularity: np.ndarray, top_counts: Mapping[str, np.ndarray], k: int
 ) -> str:

@@ -11,6 +11,7 @@ from recpipe.layout import report_path
 from recpipe.report.html import (
     html_table,
     image,
+    loss_part_curves,
     metric_curves,
     popularity_plot,
     stage_timings_plot,
@@ -95,6 +96,9 @@ def _training_section(manifests: Sequence[dict[str, Any]]) -> str:
     parts = [html_table(rows, caption="deep model training (valid: ndcg@10 on the valid split)")]
     for protocol, histories in runs.items():
         parts.append(image(training_curves(histories, protocol), f"training curves, {protocol}"))
+        by_part = loss_part_curves(histories, protocol)
+        if by_part is not None:
+            parts.append(image(by_part, f"training loss by part, {protocol}"))
     return "\n".join(parts)
 
 

@@ -25,12 +25,14 @@ from pyspark.sql import SparkSession
 
 from recpipe import storage
 from recpipe.artifacts import SHA256, file_digests, model_dir
+from recpipe.baselines import baseline_class
 from recpipe.config import Config, ConfigError, TrainConfig, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
 from recpipe.lake import Lake
 from recpipe.layout import launcher_run_dir, user_rows_table
 from recpipe.manifest import ExportManifest, StageRun, read_manifest
+from recpipe.model_store import read_model_files
 from recpipe.models import model_class, registry
 from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.models.user_rows import ITEM_SIDE_FILE
@@ -179,6 +181,44 @@ def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
     return init
 
 
+def apply_item_init(
+    config: Config, spec: TrainSpec, ds: str, protocol: str
+) -> dict[str, Any] | None:
+    """With ``train.item_init``, start ``spec``'s model from a fresh model whose item table
+    holds that baseline's item vectors (``item_init.pt`` in the run folder); returns the
+    record for the manifest, or None when not asked for."""
+    source = config.train.item_init
+    if source is None:
+        return None
+    try:
+        files = read_model_files(config.root, source, ds, protocol)  # checked against its manifest
+    except MissingInputError as exc:
+        raise MissingInputError(
+            f"train.item_init={source}: {exc} (run `recpipe train-baseline --model {source} "
+            f"--ds {ds}` first)"
+        ) from None
+    vectors = baseline_class(source).from_files(files).item_factors()
+    if vectors is None:
+        raise ConfigError(f"train.item_init={source}: {source} has no item vectors")
+    cls = model_class(spec.model)
+    settings = cls.config_class.model_validate(spec.model_config)
+    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
+    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
+    model = cls(settings, context)
+    try:
+        rows = model.init_item_vectors(torch.as_tensor(vectors))
+    except ValueError as exc:
+        raise ConfigError(
+            f"train.item_init={source}: {exc} (baselines.{source}.vector_size must equal "
+            f"models.{spec.model}.dim)"
+        ) from None
+    init = as_location(spec.run_dir) / "item_init.pt"
+    save_atomic(model_state(model), init)
+    spec.init_file = str(init)
+    log.info("train %s on %s: item table from %s (%d items)", spec.model, protocol, source, rows)
+    return {"from": source, "items": rows}
+
+
 def plan_user_rows(config: Config, spec: TrainSpec, ds: str, protocol: str) -> str | None:
     """Point ``spec`` at a fresh version of the model's user-rows table when the model has
     user-indexed tables (:mod:`recpipe.models.user_rows`); returns the table, else None."""
@@ -277,6 +317,10 @@ def run_train(
                 started = time.perf_counter()
                 plan = apply_start(config, spec, ds, protocol)
                 pretrained = {} if plan.warm else pretrain(config, spec)
+                # Warm starts and pre-training bring their own weights.
+                item_init = (
+                    None if plan.warm or pretrained else apply_item_init(config, spec, ds, protocol)
+                )
                 log.info(
                     "train %s on %s (%s launcher, %d process(es))",
                     name, protocol, config.train.launcher, config.train.processes,
@@ -292,6 +336,8 @@ def run_train(
                 result["rows"] = sum(rows for _, rows in spec.shards)
                 if pretrained:
                     result["pretraining"] = pretrained
+                if item_init:
+                    result["item_init"] = item_init
                 run.record["protocols"][protocol] = result
             run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
             run.record["rows_out"] = len(run.record["protocols"])

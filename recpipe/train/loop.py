@@ -136,6 +136,7 @@ class _EpochLoss:
     started: float = field(default_factory=time.perf_counter)
     total: float = 0.0
     count: int = 0
+    parts: dict[str, float] = field(default_factory=dict)  # the model's loss_parts, summed
 
 
 class Trainer:
@@ -348,6 +349,8 @@ class Trainer:
             loss.total += float(value.detach()) * len(batch)
             loss.count += len(batch)
             run.samples_seen += len(batch)
+            for name, part in run.model.loss_parts().items():
+                loss.parts[name] = loss.parts.get(name, 0.0) + float(part) * len(batch)
 
     def _log_step(self, run: _Run, loss: _EpochLoss, bar: tqdm) -> None:
         """Every ``train.log_every`` steps, rank 0 shows the epoch's loss and rows per second."""
@@ -373,6 +376,14 @@ class Trainer:
             "loss": round(mean_loss, 6),
             "seconds": round(time.perf_counter() - loss.started, 3),
         }
+        # Every rank takes the same steps (padding included), so every rank's model names the
+        # same parts and the collectives below pair up.
+        names = sorted(run.model.loss_parts())
+        if names:
+            entry["parts"] = {
+                name: round(self.comm.mean(loss.parts.get(name, 0.0), loss.count), 6)
+                for name in names
+            }
         progress.epoch += 1
         progress.step_in_epoch = 0
         every = self.settings.early_stopping.every_epochs
