@@ -71,6 +71,12 @@ def settings_of(name: str) -> Callable[[type[ModelConfig]], type[ModelConfig]]:
     return decorate
 
 
+class NextItemConfig(ModelConfig):
+    """Settings of a model trained on the next item at every position (its loss's name)."""
+
+    loss: str
+
+
 @settings_of("bpr_mf")
 class BprMfConfig(ModelConfig):
     """BPR-MF settings."""
@@ -106,7 +112,7 @@ class TwoTowerConfig(ModelConfig):
 
 
 @settings_of("gru4rec")
-class Gru4RecConfig(ModelConfig):
+class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""
 
     hidden_size: int = Field(ge=1)
@@ -116,7 +122,7 @@ class Gru4RecConfig(ModelConfig):
 
 
 @settings_of("sasrec")
-class SasRecConfig(ModelConfig):
+class SasRecConfig(NextItemConfig):
     """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
 
     num_blocks: int = Field(ge=1)
@@ -133,7 +139,7 @@ class SasRecConfig(ModelConfig):
 
 
 @settings_of("narm")
-class NarmConfig(ModelConfig):
+class NarmConfig(NextItemConfig):
     """NARM settings."""
 
     hidden_size: int = Field(ge=1)
@@ -143,7 +149,7 @@ class NarmConfig(ModelConfig):
 
 
 @settings_of("stamp")
-class StampConfig(ModelConfig):
+class StampConfig(NextItemConfig):
     """STAMP settings."""
 
     dropout: float = Field(ge=0, lt=1)

@@ -13,10 +13,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import Gru4RecConfig
-from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-from recpipe.models.losses import causal_targets, next_item_loss
+from recpipe.models.base import ModelConfig, ModelContext, register
+from recpipe.models.next_item import NextItemModel
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -47,7 +46,7 @@ def left_padded_gru(
 
 
 @register("gru4rec")
-class Gru4Rec(RecModel):
+class Gru4Rec(NextItemModel):
     """Item embedding -> GRU -> linear to ``dim`` -> dot product with the (tied) item table.
 
     Papers: Hidasi et al., ICLR 2016 and Hidasi & Karatzoglou, CIKM 2018. Histories arrive
@@ -55,14 +54,11 @@ class Gru4Rec(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = Gru4RecConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
     paper: ClassVar[str] = (
         "Hidasi, Karatzoglou, Baltrunas, Tikk. Session-based Recommendations with Recurrent "
         "Neural Networks. ICLR 2016; Hidasi, Karatzoglou. Recurrent Neural Networks with Top-k "
         "Gains for Session-based Recommendations. CIKM 2018."
     )
-
-    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
 
     def __init__(self, config: Gru4RecConfig, context: ModelContext) -> None:
         super().__init__(config, context)
@@ -86,24 +82,3 @@ class Gru4Rec(RecModel):
         """Per-position output vectors [B, L, dim] aligned with ``history`` (0 at padding)."""
         out = left_padded_gru(self.gru, lambda h: self.dropout(self.item_emb(h)), history)
         return self.proj(self.dropout(out)) * (history != 0)[..., None]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Next-item loss (``config.loss``) over every real history position."""
-        history = batch.require("history")
-        targets, train = causal_targets(history, batch.require("items"))
-        hidden = self.sequence_output(history)[train]
-        return next_item_loss(
-            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
-        )
-
-    def user_embeddings(self, batch: Batch) -> torch.Tensor:
-        """[B, dim] output at the last (most recent) position."""
-        return self.sequence_output(batch.require("history"))[:, -1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items + 1, dim] the tied item table."""
-        return self.item_emb.weight
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Scores of every item after the last history item, [B, n_items + 1]."""
-        return self.user_embeddings(batch) @ self.item_embeddings().T

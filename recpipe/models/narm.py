@@ -10,16 +10,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import NarmConfig
-from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.base import ModelConfig, ModelContext, register
 from recpipe.models.gru4rec import left_padded_gru
-from recpipe.models.losses import causal_targets, next_item_loss
+from recpipe.models.next_item import NextItemModel
 from recpipe.models.prefix import additive_prefix_attention
 
 
 @register("narm")
-class Narm(RecModel):
+class Narm(NextItemModel):
     """GRU states ``h_j``; the global encoder is the state at the current position ``h_t``, the
     local encoder ``sum_j a_tj h_j`` with ``a_tj = v . sigmoid(A1 h_t + A2 h_j)`` over the
     prefix; ``[global; local]`` is mapped by ``B`` to the item space and scored against the item
@@ -30,12 +29,9 @@ class Narm(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = NarmConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
     paper: ClassVar[str] = (
         "Li, Ren, Chen, Ren, Lian, Ma. Neural Attentive Session-based Recommendation. CIKM 2017."
     )
-
-    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
 
     def __init__(self, config: NarmConfig, context: ModelContext) -> None:
         super().__init__(config, context)
@@ -62,24 +58,3 @@ class Narm(RecModel):
         )
         context = self.ct_dropout(torch.cat([states, local], dim=-1))
         return self.decoder(context) * (history != 0)[..., None]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Next-item loss (``config.loss``) over every real history position."""
-        history = batch.require("history")
-        targets, train = causal_targets(history, batch.require("items"))
-        hidden = self.sequence_output(history)[train]
-        return next_item_loss(
-            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
-        )
-
-    def user_embeddings(self, batch: Batch) -> torch.Tensor:
-        """[B, dim] the representation at the last (most recent) position."""
-        return self.sequence_output(batch.require("history"))[:, -1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items + 1, dim] the item table."""
-        return self.item_emb.weight
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Scores of every item after the last history item, [B, n_items + 1]."""
-        return self.user_embeddings(batch) @ self.item_embeddings().T

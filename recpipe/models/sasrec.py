@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
+from recpipe.data.batch import Batch
 from recpipe.model_settings import SasRecConfig
-from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-from recpipe.models.losses import causal_targets, next_item_loss
+from recpipe.models.base import ModelConfig, ModelContext, register
+from recpipe.models.next_item import NextItemModel
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,7 +61,7 @@ class Block(nn.Module):
 
 
 @register("sasrec")
-class SasRec(RecModel):
+class SasRec(NextItemModel):
     """Causal self-attention encoder with learned positions and an output tied to the item table.
 
     Paper: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
@@ -74,10 +74,7 @@ class SasRec(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = SasRecConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
     paper: ClassVar[str] = "Kang, McAuley. Self-Attentive Sequential Recommendation. ICDM 2018."
-
-    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
 
     def __init__(self, config: SasRecConfig, context: ModelContext) -> None:
         super().__init__(config, context)
@@ -116,26 +113,6 @@ class SasRec(RecModel):
             x = block(x, allowed)
         return self.final_norm(x) * mask[..., None]
 
-    def _history(self, batch: Batch) -> torch.Tensor:
+    def model_history(self, batch: Batch) -> torch.Tensor:
+        """The latest ``max_len`` items of the batch's history (the positions it has)."""
         return batch.require("history")[:, -self.max_len :]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Next-item loss (``config.loss``) over every real history position."""
-        history = self._history(batch)
-        targets, train = causal_targets(history, batch.require("items"))
-        hidden = self.sequence_output(history)[train]
-        return next_item_loss(
-            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
-        )
-
-    def user_embeddings(self, batch: Batch) -> torch.Tensor:
-        """[B, dim] output at the last (most recent) position."""
-        return self.sequence_output(self._history(batch))[:, -1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items + 1, dim] the tied item table."""
-        return self.item_emb.weight
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Scores of every item after the last history item, [B, n_items + 1]."""
-        return self.user_embeddings(batch) @ self.item_embeddings().T

@@ -11,15 +11,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import StampConfig
-from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-from recpipe.models.losses import causal_targets, next_item_loss
+from recpipe.models.base import ModelConfig, ModelContext, register
+from recpipe.models.next_item import NextItemModel
 from recpipe.models.prefix import additive_prefix_attention, prefix_means
 
 
 @register("stamp")
-class Stamp(RecModel):
+class Stamp(NextItemModel):
     """Item vectors ``x_j``; at position ``t`` the last click ``x_t`` and the prefix mean
     ``m_s`` steer an attention ``a_tj = w0 . sigmoid(W1 x_j + W2 x_t + W3 m_s + b)`` whose sum
     ``m_a = sum_j a_tj x_j`` is the general interest; two MLP cells give
@@ -31,13 +30,10 @@ class Stamp(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = StampConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
     paper: ClassVar[str] = (
         "Liu, Zeng, Mokhosi, Zhang. STAMP: Short-Term Attention/Memory Priority Model for "
         "Session-based Recommendation. KDD 2018."
     )
-
-    item_counts: torch.Tensor  # buffer registered in __init__ (train counts, for log-Q)
 
     def __init__(self, config: StampConfig, context: ModelContext) -> None:
         super().__init__(config, context)
@@ -66,24 +62,3 @@ class Stamp(RecModel):
         h_s = torch.tanh(self.mlp_general(general))
         h_t = torch.tanh(self.mlp_last(x))
         return h_s * h_t * (history != 0)[..., None]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Next-item loss (``config.loss``) over every real history position."""
-        history = batch.require("history")
-        targets, train = causal_targets(history, batch.require("items"))
-        hidden = self.sequence_output(history)[train]
-        return next_item_loss(
-            self.config.loss, hidden, self.item_emb.weight, targets[train], self.item_counts
-        )
-
-    def user_embeddings(self, batch: Batch) -> torch.Tensor:
-        """[B, dim] the query at the last (most recent) position."""
-        return self.sequence_output(batch.require("history"))[:, -1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items + 1, dim] the item table."""
-        return self.item_emb.weight
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Scores of every item after the last history item, [B, n_items + 1]."""
-        return self.user_embeddings(batch) @ self.item_embeddings().T
