@@ -168,13 +168,18 @@ def apply_start(config: Config, spec: TrainSpec, ds: str, protocol: str) -> Star
     return plan
 
 
-def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
-    """Write the earlier model's weights grown to ``spec``'s vocabulary; returns the file."""
+def fresh_model(spec: TrainSpec) -> RecModel:
+    """``spec``'s model as a run starts it: built from its settings with the run's seed."""
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
     context = ModelContext(item_counts=spec.item_counts(), **spec.context)
-    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)  # new rows as a run's
-    model = cls(settings, context)
+    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
+    return cls(settings, context)
+
+
+def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
+    """Write the earlier model's weights grown to ``spec``'s vocabulary; returns the file."""
+    model = fresh_model(spec)  # new rows as a run's
     model.load_state_dict(grown_state(previous, model))
     init = as_location(spec.run_dir) / "warm_start.pt"
     save_atomic(model_state(model), init)
@@ -200,11 +205,7 @@ def apply_item_init(
     vectors = baseline_class(source).from_files(files).item_factors()
     if vectors is None:
         raise ConfigError(f"train.item_init={source}: {source} has no item vectors")
-    cls = model_class(spec.model)
-    settings = cls.config_class.model_validate(spec.model_config)
-    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
-    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
-    model = cls(settings, context)
+    model = fresh_model(spec)
     try:
         rows = model.init_item_vectors(torch.as_tensor(vectors))
     except ValueError as exc:
