@@ -8,16 +8,22 @@ from torch import nn
 
 
 def bag_input(
-    table: nn.Embedding, history: torch.Tensor, keep: float, training: bool
+    table: nn.Embedding,
+    history: torch.Tensor,
+    keep: float,
+    training: bool,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """``x @ W`` for the history's multi-hot row ``x`` [B, n_items + 1], L2-normalised, with
-    dropout of rate ``1 - keep`` on its items while training: [B, dim] as a sum of table rows,
-    so no item-sized input row is ever built."""
+    """``x @ W`` for the history's multi-hot row ``x`` [B, n_items + 1] (L2-normalised when
+    ``normalize``), with dropout of rate ``1 - keep`` on its items while training (kept items
+    scaled by ``1 / keep``): [B, dim] as a sum of table rows, so no item-sized input row is
+    ever built."""
     weights = (history != 0).float()
     if training and keep < 1.0:
         weights = weights * torch.bernoulli(torch.full_like(weights, keep)) / keep
-    norm = (history != 0).float().sum(1, keepdim=True).clamp(min=1.0).rsqrt()
-    return ((table(history) * (weights * norm)[..., None].to(table.weight.dtype)).sum(1)).float()
+    if normalize:
+        weights = weights * (history != 0).float().sum(1, keepdim=True).clamp(min=1.0).rsqrt()
+    return ((table(history) * weights[..., None].to(table.weight.dtype)).sum(1)).float()
 
 
 def bag_targets(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import CdaeConfig
-from recpipe.models.bag import bag_targets
+from recpipe.models.bag import bag_input, bag_targets
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda x: x}
@@ -68,11 +68,8 @@ class Cdae(RecModel):
 
     def hidden(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """[B, dim] the hidden layer of the (corrupted, while training) bag and user node."""
-        weights = (history != 0).float()
         keep = 1.0 - self.config.corruption
-        if self.training and keep < 1.0:
-            weights = weights * torch.bernoulli(torch.full_like(weights, keep)) / keep
-        bag = (self.item_in(history) * weights[..., None].to(self.item_in.weight.dtype)).sum(1)
+        bag = bag_input(self.item_in, history, keep, self.training, normalize=False)
         act = ACTIVATIONS[self.config.hidden_activation]
         return act(bag + self.user_node(users) + self.hidden_bias)
 
