@@ -142,8 +142,9 @@ class LeaveLastOutConfig(_Section):
 
 
 class RandomByUserConfig(_Section):
-    train: float = Field(0.75, gt=0, le=1)
-    valid: float = Field(0.0, ge=0, lt=1)
+    # valid: 10 % of the classic 75 % train share, so early stopping and tuning have a split.
+    train: float = Field(0.675, gt=0, le=1)
+    valid: float = Field(0.075, ge=0, lt=1)
     test: float = Field(0.25, ge=0, lt=1)
     seed: int = 42
 
@@ -159,7 +160,7 @@ class TemporalConfig(_Section):
     cut: dt.datetime | None = Field(None, description="Test starts here; overrides test_ratio.")
     valid_cut: dt.datetime | None = None
     test_ratio: float = Field(0.2, gt=0, lt=1)
-    valid_ratio: float = Field(0.0, ge=0, lt=1)
+    valid_ratio: float = Field(0.08, ge=0, lt=1)
 
 
 SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user"]

@@ -47,17 +47,24 @@ def executor_model_files(root: LocationLike, name: str, ds: str, protocol: str) 
 
 
 def load_for_evaluation(
-    root: LocationLike, name: str, ds: str, protocol: str, train: TrainData
+    root: LocationLike,
+    name: str,
+    ds: str,
+    protocol: str,
+    train: TrainData,
+    history: TrainData | None = None,
 ) -> HistoryScorer:
-    """A trained model ready to score users against the whole catalogue over their ``train``
-    histories (baselines and deep models alike, through the one scorer family). State a
-    baseline keeps in lake tables is read into memory here: this is the single-process path."""
+    """A trained model ready to score users against the whole catalogue over their
+    ``history`` (by default their ``train`` interactions; baselines and deep models alike,
+    through the one scorer family). State a baseline keeps in lake tables is read into memory
+    here: this is the single-process path."""
     files = read_model_files(root, name, ds, protocol)
     if model_kind(name) == "deep":
-        return evaluation_scorer(build_model(load_state(io.BytesIO(files[MODEL_FILE]))), train)
+        model = build_model(load_state(io.BytesIO(files[MODEL_FILE])))
+        return evaluation_scorer(model, train, history=history)
     baseline = baseline_class(name).from_files(files)
     attach_lake_state(baseline, root, ds, protocol, train.n_users)
-    return evaluation_scorer(baseline, train)
+    return evaluation_scorer(baseline, train, history=history)
 
 
 def load_payload(root: LocationLike, ds: str, protocol: str, name: str) -> ModelPayload:

@@ -41,6 +41,22 @@ class TrainData:
         matrix.sum_duplicates()
         return matrix
 
+    def plus(self, other: TrainData) -> TrainData:
+        """These interactions followed by ``other``'s (same vocabularies)."""
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(self, name), getattr(other, name)])
+
+        return TrainData(
+            users=joined("users"),
+            items=joined("items"),
+            event_types=joined("event_types"),
+            values=joined("values"),
+            ts=joined("ts"),
+            n_users=max(self.n_users, other.n_users),
+            n_items=max(self.n_items, other.n_items),
+        )
+
 
 def split_path(root: LocationLike, table: str, ds: str, protocol: str) -> Location:
     """Folder of the current version of one split partition; MissingInputError if none."""

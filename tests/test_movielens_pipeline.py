@@ -92,7 +92,7 @@ def test_quality_bar_on_random_by_user(pipeline) -> None:
 def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) -> None:
     """Every user's published top-10 equals a numpy ranking of the saved ALS factors (item
     factors from the model file, user factors from the als_user_factors table) over the
-    items ALS was trained on, the user's whole history (train and test) excluded."""
+    items ALS was trained on, the user's whole history (train, valid and test) excluded."""
     config, _, _ = pipeline
     root = config.root.local_path()
     location = root / json.loads(
@@ -105,8 +105,8 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     for row in pads.dataset(location).to_table().to_pylist():
         assert row["source"] == "als"
         recs[row["user_id"]].append((row["rank"], row["item_id"], row["score"]))
-    train, test = read_split(config, "train"), read_split(config, "test")
-    assert set(recs) == set(train) | set(test)
+    train, valid, test = (read_split(config, part) for part in ("train", "valid", "test"))
+    assert set(recs) == set(train) | set(valid) | set(test)
     folder = root / "models" / "als" / DS / "random_by_user"
     with np.load(folder / "arrays.npz") as arrays:
         items, known = arrays["item_factors"], arrays["known_items"]
@@ -121,7 +121,7 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
     for user, ranked in recs.items():
         scores = users[user_idx[user]].astype(np.float64) @ items.T.astype(np.float64)
         scores[~known] = -np.inf
-        seen = train.get(user, set()) | test.get(user, set())
+        seen = train.get(user, set()) | valid.get(user, set()) | test.get(user, set())
         scores[[item_idx[i] for i in seen]] = -np.inf
         expected = np.sort(scores)[::-1][:10]
         ranked.sort()
@@ -141,7 +141,7 @@ def _index(folder: Path, id_col: str, idx_col: str) -> dict[str, int]:
 def test_recs_for_user_196(pipeline, capsys) -> None:
     config, _, _ = pipeline
     rows = lookup_recs(config, "196", model="als", ds=DS)
-    seen = read_split(config, "train")["196"] | read_split(config, "test")["196"]
+    seen = set().union(*(read_split(config, part)["196"] for part in ("train", "valid", "test")))
     assert [r["rank"] for r in rows] == list(range(1, 11))
     assert not {r["item_id"] for r in rows} & seen
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)

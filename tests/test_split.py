@@ -6,6 +6,7 @@ import datetime as dt
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +139,14 @@ TEMPORAL_RATIO: Parts = {"test": RATIO_TEST, "valid": set(), "train": DEDUPED - 
 # random_by_user 0.75/0/0.25: train = max(1, round_half_up(n * 0.75)), the rest test.
 # u1 n=5: 3.75 -> 4; u2, u5 n=3: 2.25 -> 2; u3, u4 n=2: 1.5 -> 2 (no test);
 # u6 n=6: 4.5 -> 5 (half-up; half-even would give 4); u7 n=12: 9; u8 n=1: 1.
-RANDOM_COUNTS = {
-    "u1": (4, 0, 1),
+RANDOM_COUNTS = {  # defaults 0.675 / 0.075 / 0.25
+    "u1": (3, 1, 1),
     "u2": (2, 0, 1),
-    "u3": (2, 0, 0),
-    "u4": (2, 0, 0),
+    "u3": (1, 1, 0),
+    "u4": (1, 1, 0),
     "u5": (2, 0, 1),
-    "u6": (5, 0, 1),
-    "u7": (9, 0, 3),
+    "u6": (4, 1, 1),
+    "u7": (8, 1, 3),
     "u8": (1, 0, 0),
 }
 
@@ -195,7 +196,11 @@ RUN_A = (
     f"split.temporal.valid_cut={D}02:30:00Z",
 )
 # Run B: temporal by ratio; random_by_user again with seed 42.
-RUN_B = ("split.protocols=[temporal,random_by_user]", "split.temporal.test_ratio=0.5")
+RUN_B = (
+    "split.protocols=[temporal,random_by_user]",
+    "split.temporal.test_ratio=0.5",
+    "split.temporal.valid_ratio=0.0",
+)
 # Run C: no dedupe; random_by_user with seed 7 (u7 has no repeats, so its rows are the same).
 RUN_C = (
     "split.protocols=[leave_last_out,random_by_user]",
@@ -299,7 +304,8 @@ def test_no_dedupe_keeps_repeats(small: Callable[..., Run]) -> None:
 
 
 def test_random_by_user_counts(small: Callable[..., Run]) -> None:
-    """Per-user train/valid/test sizes follow max(1, round_half_up(n * 0.75))."""
+    """Per-user sizes: train max(1, round_half_up(n * 0.675)), train + valid
+    max(train, round_half_up(n * 0.75)), the rest test."""
     split, _ = small(*RUN_A)
     assert _counts(_parts(split, "random_by_user")) == RANDOM_COUNTS
 
@@ -442,11 +448,19 @@ def test_generated_chronological(generated: tuple[Split, Any, set[Key], set[Key]
 
 
 def test_generated_random_counts(generated: tuple[Split, Any, set[Key], set[Key]]) -> None:
-    """random_by_user: train = max(1, floor(n * 0.75 + 0.5)) per user, the rest in test."""
+    """random_by_user with the defaults (0.675 / 0.075 / 0.25): per user, train =
+    max(1, round_half_up(n * 0.675)), train + valid = max(train, round_half_up(n * 0.75)),
+    the rest in test (Spark rounds the double's shortest decimal form half up)."""
     split, _, _, deduped = generated
     sizes = Counter(key[0] for key in deduped)
+
+    def half_up(value: float) -> int:
+        return int(Decimal(repr(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
     expected = {}
     for user, n in sizes.items():
-        train = max(1, int(n * 0.75 + 0.5))  # n * 0.75 is exact in binary: half-up rounding
-        expected[user] = (train, 0, n - train)
+        train = max(1, half_up(n * 0.675))
+        upto_valid = max(train, half_up(n * (0.675 + 0.075)))
+        expected[user] = (train, upto_valid - train, n - upto_valid)
+    assert sum(valid for _, valid, _ in expected.values()) > 0
     assert _counts(_parts(split, "random_by_user")) == expected

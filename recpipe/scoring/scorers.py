@@ -222,13 +222,17 @@ class HistoryScorer:
 
 
 def evaluation_scorer(
-    model: Baseline | RecModel, train: TrainData, device: str = "cpu"
+    model: Baseline | RecModel,
+    train: TrainData,
+    device: str = "cpu",
+    history: TrainData | None = None,
 ) -> HistoryScorer:
     """A trained model scored as validation and evaluation rank it: full score rows over each
-    user's ``train`` history (a deep model's ``score_all``, a baseline's own float64 scores of
-    its users), items the model never trained on -inf."""
+    user's ``history`` (by default the ``train`` split; a deep model's ``score_all``, a
+    baseline's own float64 scores of its users), items the model never trained on -inf."""
+    known = train if history is None else history
     histories = UserHistories.from_events(
-        train.users, train.items, train.ts, distinct=False, n_users=train.n_users
+        known.users, known.items, known.ts, distinct=False, n_users=known.n_users
     )
     trained = np.zeros(train.n_users, dtype=bool)
     trained[train.users] = True

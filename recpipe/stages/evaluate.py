@@ -24,7 +24,7 @@ from recpipe.evaluation.metrics import (
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
 from recpipe.lake import Lake
-from recpipe.layout import TRAIN, VOCAB_ITEMS
+from recpipe.layout import TEST, TRAIN, VALID, VOCAB_ITEMS
 from recpipe.manifest import StageRun
 from recpipe.model_store import executor_model_files, load_for_evaluation, model_kind
 from recpipe.schema import DS, ITEM_IDX, TS, USER_IDX
@@ -36,17 +36,24 @@ log = logging.getLogger(__name__)
 BLOCK_KEY = "evaluation.block_mib"
 
 
+def history_parts(config: Config) -> tuple[str, ...]:
+    """The split parts a user's known history is made of when ``evaluation.split`` is scored:
+    train, plus valid when test is scored (valid interactions precede the test ones, and a
+    known item recommended again must not count as a miss)."""
+    return (TRAIN, VALID) if config.evaluation.split == TEST else (TRAIN,)
+
+
 def choose_engine(config: Config, ds: str, protocol: str, spark: SparkSession | None) -> str:
     """``local`` or ``spark``: ``evaluation.engine``, or for ``auto`` the local engine while the
-    train and scored splits together hold at most ``evaluation.local_max_rows`` rows (counted
-    from the Parquet footers) or when there is no Spark session."""
+    history and scored splits together hold at most ``evaluation.local_max_rows`` rows
+    (counted from the Parquet footers) or when there is no Spark session."""
     settings = config.evaluation
     if settings.engine != "auto":
         return settings.engine
     if spark is None:
         return "local"
-    rows = split_rows(config.root, ds, protocol, "train")
-    rows += split_rows(config.root, ds, protocol, settings.split)
+    parts = {*history_parts(config), settings.split}
+    rows = sum(split_rows(config.root, ds, protocol, part) for part in parts)
     return "local" if rows <= settings.local_max_rows else "spark"
 
 
@@ -73,10 +80,13 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     settings = config.evaluation
     limit = config.driver.max_split_rows
     instead = "use evaluation.engine=spark (or auto)"
-    train = load_split(config.root, ds, protocol, "train", limit, instead)
+    train = load_split(config.root, ds, protocol, TRAIN, limit, instead)
+    history = train
+    for part in history_parts(config)[1:]:
+        history = history.plus(load_split(config.root, ds, protocol, part, limit, instead))
     truth = load_split(config.root, ds, protocol, settings.split, limit, instead)
-    model = load_for_evaluation(config.root, name, ds, protocol, train)
-    seen = csr_from_pairs(train.users, train.items, train.n_users)
+    model = load_for_evaluation(config.root, name, ds, protocol, train, history)
+    seen = csr_from_pairs(history.users, history.items, train.n_users)
     truth_csr = csr_from_pairs(truth.users, truth.items, train.n_users)
     users = np.unique(truth.users)
     ks = sorted(set(settings.ks))
@@ -89,7 +99,8 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
         batch=users_per_block(train.n_items, settings.user_batch, settings.block_mib, BLOCK_KEY),
     )
     values = ranking_metrics(items, truth_csr, users, ks)
-    popularity = item_popularity(seen, train.n_items)
+    train_csr = csr_from_pairs(train.users, train.items, train.n_users)
+    popularity = item_popularity(train_csr, train.n_items)
     counts = {k: recommendation_counts(items, k, train.n_items) for k in ks}
     n_train_users = len(np.unique(train.users))
     return _evaluation(name, protocol, config, values, counts, popularity, n_train_users, "local")
@@ -116,6 +127,9 @@ def _evaluate_on_spark(
     lake = Lake(config.root)
     partition = [{DS: ds, PROTOCOL: protocol}]
     train = lake.read(spark, TRAIN, partition).select(USER_IDX, ITEM_IDX, TS)
+    history = train
+    for part in history_parts(config)[1:]:
+        history = history.unionByName(lake.read(spark, part, partition).select(*train.columns))
     truth = lake.read(spark, settings.split, partition).select(USER_IDX, ITEM_IDX)
     n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
     files = executor_model_files(config.root, name, ds, protocol)
@@ -136,7 +150,7 @@ def _evaluate_on_spark(
         user_batch=users_per_block(n_items, settings.user_batch, block_mib, BLOCK_KEY),
         exclude_seen=settings.exclude_train_items,
     )
-    users = truth.select(USER_IDX).distinct().join(train_histories(train), USER_IDX, "left")
+    users = truth.select(USER_IDX).distinct().join(train_histories(history), USER_IDX, "left")
     users = with_model_columns(
         spark, config.root, users, payload, ds, protocol, ranking.k, ranking.exclude_seen
     )
