@@ -2,8 +2,9 @@
 
 Runs fetch -> etl -> export -> baselines -> deep models (train.launcher from the config; early
 stopping on the valid split where the protocol has one) -> evaluation, under ``leave_last_out``
-and ``random_by_user`` (75/25 by default), and prints one table: a row per model, NDCG@K,
-Recall@K and HR@K per protocol, with the protocol spelled out in the title. Stages already done
+and ``random_by_user`` (67.5/7.5/25 by default), and prints one table: a row per model,
+NDCG@K with its 95 % paired-bootstrap interval, Recall@K and HR@K per protocol, with the
+protocol spelled out in the title. Stages already done
 for the same root and ds are reused with ``--reuse`` (models are always retrained).
 
     .venv/bin/python bench/quality.py [--root var/quality] [--models sasrec gru4rec ...]
@@ -110,7 +111,9 @@ def table_rows(
         result = evaluation.result
         row = rows.setdefault(result.model, {"model": result.model})
         short = "llo" if result.protocol.split_protocol == "leave_last_out" else "rbu"
-        for metric in ("ndcg", "recall", "hr"):
+        texts = result.metric_texts()
+        row[f"{short} ndcg@{k}"] = texts[f"ndcg@{k}"]
+        for metric in ("recall", "hr"):
             row[f"{short} {metric}@{k}"] = round(result.values[(metric, k)], 4)
     for name, row in rows.items():
         row["train s (both)"] = round(timings.get(name, float("nan")), 1)

@@ -98,8 +98,13 @@ def _report_train(ctx: StepContext, result: StepResult) -> None:
                 }
             )
     early = ctx.config.train.early_stopping
-    print(format_table(rows, title=f"trained deep models (ds={ctx.ds}; valid = {early.metric}@"
-                       f"{early.k} on the valid split, full ranking, train items excluded)"))
+    print(
+        format_table(
+            rows,
+            title=f"trained deep models (ds={ctx.ds}; valid = {early.metric}@"
+            f"{early.k} on the valid split, full ranking, train items excluded)",
+        )
+    )
     if result.evaluations:
         print()
         print_metric_tables(result.evaluations, int(ctx.options.get("k", 10)))
@@ -131,11 +136,18 @@ def _report_score(ctx: StepContext, result: StepResult) -> None:
             {"source": source, "users": manifest["users_by_source"][source], "rows": rows}
             for source, rows in manifest["source_counts"].items()
         ]
-        print(format_table(rows, title=f"score {manifest['model']} (model ds "
-                           f"{manifest['model_ds']}, protocol {manifest['protocol']}, top-"
-                           f"{manifest['k']}, each user's history excluded) for ds {ctx.ds}"))
-        print(f"published {manifest['rows_out']:,} rows for {manifest['users_scored']:,} users "
-              f"-> {manifest['location']}")
+        print(
+            format_table(
+                rows,
+                title=f"score {manifest['model']} (model ds "
+                f"{manifest['model_ds']}, protocol {manifest['protocol']}, top-"
+                f"{manifest['k']}, each user's history excluded) for ds {ctx.ds}",
+            )
+        )
+        print(
+            f"published {manifest['rows_out']:,} rows for {manifest['users_scored']:,} users "
+            f"-> {manifest['location']}"
+        )
 
 
 def _report_publish(ctx: StepContext, result: StepResult) -> None:
@@ -143,9 +155,7 @@ def _report_publish(ctx: StepContext, result: StepResult) -> None:
 
     for manifest in result.manifests:
         print(outcome(manifest["gate"]))
-        counts = ", ".join(
-            f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items()
-        )
+        counts = ", ".join(f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items())
         print(
             f"published {manifest['published_model']} as recommendations model="
             f"{manifest['partition']} ds={ctx.ds}: {manifest['rows_out']:,} rows ({counts}) -> "
@@ -184,10 +194,19 @@ def print_metrics(config: Config, args: argparse.Namespace) -> int:
         return 0
     title = (
         "recpipe.model_metrics (protocol/split as recorded; full ranking over all items, "
-        "train items excluded unless the manifest says otherwise)"
+        "the users' known items excluded unless the manifest says otherwise; ci: the paired "
+        "bootstrap interval over users, evaluation.bootstrap)"
     )
-    print(format_table(rows, title=title))
+    print(format_table([_metric_line(row) for row in rows], title=title))
     return 0
+
+
+def _metric_line(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``model_metrics`` row as the text table shows it: the interval as one ``ci`` cell."""
+    line = {key: value for key, value in row.items() if key not in ("ci_low", "ci_high")}
+    low, high = row.get("ci_low"), row.get("ci_high")
+    line["ci"] = "" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+    return line
 
 
 def print_recs(config: Config, args: argparse.Namespace) -> int:

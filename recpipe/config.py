@@ -176,6 +176,13 @@ class SplitConfig(_Section):
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
 
 
+class BootstrapConfig(_Section):
+    # Paired Poisson bootstrap over users (recpipe.evaluation.bootstrap); 0 turns it off.
+    resamples: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+
 class EvaluationConfig(_Section):
     split: Literal["valid", "test"] = "test"
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
@@ -188,6 +195,7 @@ class EvaluationConfig(_Section):
     # than user_batch when the catalogue is large (evaluation, validation).
     block_mib: int = Field(256, ge=1)
     partitions: int | None = Field(None, ge=1)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
 
 
 class DriverConfig(_Section):
@@ -281,6 +289,9 @@ class GateConfig(_Section):
     metric: MetricName = "ndcg"
     k: int = Field(10, ge=1)
     tolerance: float = Field(0.0, ge=0)
+    # Pass only when the paired bootstrap interval of (candidate - baseline) lies above
+    # -tolerance: significantly better (tolerance 0) or significantly not worse by more.
+    require_significant: bool = False
 
 
 class PublishConfig(_Section):

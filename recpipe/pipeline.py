@@ -301,8 +301,7 @@ def check_model_name(name: str) -> None:
 
 def gate_choice(config: Config, ds: str) -> tuple[str, str]:
     """The model the gate picks for ``ds`` (from ``model_metrics``), and its decision in words."""
-    from recpipe.query import metric_rows
-    from recpipe.stages.gate import decide, outcome
+    from recpipe.stages.gate import decide_for, outcome
 
-    decision = decide(config, metric_rows(config, ds, None))
+    decision = decide_for(config, ds)
     return decision.published, outcome(decision.to_dict())

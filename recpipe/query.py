@@ -141,8 +141,11 @@ def _read_checked(location: Location, label: str, **scan: Any) -> pa.Table:
         ) from None
 
 
-def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[str, Any]]:
-    """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered."""
+def metric_rows(
+    config: Config, ds: str | None, model: str | None, resamples: bool = False
+) -> list[dict[str, Any]]:
+    """Rows of ``model_metrics`` from the published Parquet (no JVM), filtered; the bootstrap
+    ``resamples`` lists (a thousand numbers a row) only when asked for."""
     rows: list[dict[str, Any]] = []
     for part_ds, part_model in published_partitions(config, MODEL_METRICS):
         if (ds and part_ds != ds) or (model and part_model != model):
@@ -152,7 +155,10 @@ def metric_rows(config: Config, ds: str | None, model: str | None) -> list[dict[
             continue
         label = f"model_metrics ds={part_ds} model={part_model}"
         for row in _read_checked(location, label).to_pylist():
-            rows.append({"ds": part_ds, "model": part_model, "detail": None, **row})
+            if not resamples:
+                row.pop("resamples", None)
+            empty = {"detail": None, "ci_low": None, "ci_high": None}  # older partitions
+            rows.append({"ds": part_ds, "model": part_model, **empty, **row})
     rows.sort(
         key=lambda r: (r["ds"], r["model"], r["protocol"], r["split"], r["metric"], r["k"] or 0)
     )

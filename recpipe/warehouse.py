@@ -99,6 +99,10 @@ TABLES: dict[str, TableSpec] = {
             ("k", "int"),
             ("value", "double"),
             ("detail", "string"),
+            # The paired bootstrap's interval and resample means (null: none for the metric).
+            ("ci_low", "double"),
+            ("ci_high", "double"),
+            ("resamples", "array<double>"),
         ),
         sort_by=("protocol", "split", "metric", "k"),
     ),
@@ -462,14 +466,26 @@ def sync_pending_partitions(spark: SparkSession, config: Config) -> list[tuple[s
     return synced
 
 
+# Columns a model_metrics row may leave out (they are null then).
+_OPTIONAL_METRIC_COLUMNS = ("detail", "ci_low", "ci_high", "resamples")
+
+
 def _metric_row(row: dict[str, Any]) -> tuple[Any, ...]:
-    missing = [col for col in TABLES[MODEL_METRICS].names if col not in row and col != "detail"]
+    required = [c for c in TABLES[MODEL_METRICS].names if c not in _OPTIONAL_METRIC_COLUMNS]
+    missing = [col for col in required if col not in row]
     if missing:
         raise RecpipeError(f"model_metrics row {row!r} lacks {missing}")
+
+    def number(key: str) -> float | None:
+        return None if row.get(key) is None else float(row[key])
+
     k = None if row["k"] is None else int(row["k"])
-    value = None if row["value"] is None else float(row["value"])
-    detail = row.get("detail")
-    return (str(row["protocol"]), str(row["split"]), str(row["metric"]), k, value, detail)
+    resamples = row.get("resamples")
+    return (
+        str(row["protocol"]), str(row["split"]), str(row["metric"]), k, number("value"),
+        row.get("detail"), number("ci_low"), number("ci_high"),
+        None if resamples is None else [float(v) for v in resamples],
+    )  # fmt: skip
 
 
 def write_model_metrics(
@@ -478,7 +494,8 @@ def write_model_metrics(
     """Replace partition ``(ds, model)`` of ``model_metrics`` with ``rows``; returns its folder.
 
     Each row has ``protocol``, ``split``, ``metric``, ``k`` (None for metrics without a cutoff)
-    ``value`` and optionally ``detail`` (text, e.g. why a gate decided as it did).
+    ``value`` and optionally ``detail`` (text, e.g. why a gate decided as it did), the
+    bootstrap interval ``ci_low``/``ci_high`` and the ``resamples`` behind it.
     """
     if not rows:
         raise RecpipeError(f"no model_metrics rows to publish for ds={ds} model={model}")

@@ -23,6 +23,8 @@ from recpipe.evaluation import (
     ranking_metrics,
     top_k,
 )
+from recpipe.evaluation.bootstrap import resample_means
+from recpipe.evaluation.metrics import per_user_ranking_metrics
 from recpipe.evaluation.spark_metrics import spark_ranking_metrics
 
 
@@ -294,6 +296,9 @@ def test_result_rows_and_metrics_table() -> None:
         "metric": "hr",
         "k": 5,
         "value": 0.4,
+        "ci_low": None,
+        "ci_high": None,
+        "resamples": None,
     }
     table = metrics_table(results, 10)
     lines = table.splitlines()
@@ -302,6 +307,16 @@ def test_result_rows_and_metrics_table() -> None:
     assert "hr@5" not in table
     assert lines[3].split() == ["popularity", "0.5", "0.25", "0.1"]
     assert lines[4].split() == ["als", "0.75"]
+    # With bootstrap resamples: the percentile interval in rows, manifests and the table.
+    draws = np.array([0.21, 0.23, 0.25, 0.27, 0.29])
+    boot = EvaluationResult("als", protocol, 1234, {("ndcg", 10): 0.25}, {("ndcg", 10): draws})
+    low, high = np.percentile(draws, [2.5, 97.5])
+    (row,) = boot.rows()
+    assert (row["ci_low"], row["ci_high"], row["resamples"]) == (low, high, draws.tolist())
+    assert boot.metric_texts() == {"ndcg@10": f"0.2500 [{low:.4f}, {high:.4f}]"}
+    assert metrics_table([boot], 10).splitlines()[3].split() == [
+        "als", "0.2500", f"[{low:.4f},", f"{high:.4f}]"
+    ]  # fmt: skip
 
 
 def test_metrics_table_rejects_mixed_protocols() -> None:
@@ -344,8 +359,13 @@ def test_spark_metrics_match_numpy(spark: SparkSession) -> None:
     truth_df = spark.createDataFrame(truth_rows, "user_idx int, item_idx int")
 
     expected = ranking_metrics(recommended, truth, users, ks)
-    got = spark_ranking_metrics(recs_df, truth_df, ks, n_items)
+    got, resamples = spark_ranking_metrics(recs_df, truth_df, ks, n_items, (200, 3))
     assert 150 < expected[USERS_KEY] < n_users  # some users have no truth
+    # The executors' bootstrap sums give the one-process resample means.
+    local = resample_means(*per_user_ranking_metrics(recommended, truth, users, ks), 200, 3)
+    assert resamples.keys() == local.keys() == {(name, k) for name in METRICS for k in ks}
+    for key, means in local.items():
+        np.testing.assert_allclose(resamples[key], means, rtol=1e-9, err_msg=str(key))
     assert got[USERS_KEY] == expected[USERS_KEY]
     for k in ks:
         for name in METRICS:

@@ -181,8 +181,13 @@ def test_sql_command_and_report(pipeline, capsys) -> None:
     assert json.loads(capsys.readouterr().out) == [{"n": 9430}]  # 943 users x 10
     assert report == config.root / "reports" / DS / "index.html"
     page = storage.read_text(report)
-    assert "random_by_user/test, full ranking over all items, train items excluded, K=10" in page
+    protocol = "random_by_user/test, full ranking over all items, train+valid items excluded"
+    assert f"{protocol}, K=10" in page
     assert page.count("data:image/png;base64,") >= 4  # 2 curves, popularity, timings
-    assert f"{ndcg_at_10(manifests['als']):.4f}" in page
+    # ALS's NDCG@10 with the interval its manifest records.
+    (result,) = manifests["als"]["results"]
+    low, high = result["intervals"]["ndcg@10"]
+    assert low < ndcg_at_10(manifests["als"]) < high
+    assert f"{ndcg_at_10(manifests['als']):.4f} [{low:.4f}, {high:.4f}]" in page
     for stage in ("clean", "train-als", "evaluate-ease", "score-als"):
         assert f"<td>{stage}</td>" in page

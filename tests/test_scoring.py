@@ -454,6 +454,34 @@ def test_gate_without_baseline_metrics_names_the_command(root, evaluated) -> Non
     assert decision["passed"] == (_ndcg(root, "bpr_mf") >= _ndcg(root, "als"))
 
 
+def test_gate_records_the_paired_bootstrap_interval_of_model_metrics(root, evaluated) -> None:
+    """The gate's interval is the percentiles of (better - worse) over the resample means
+    both evaluations published in model_metrics, and the evaluate manifests and the rows'
+    ci_low/ci_high are those of each model's own resamples."""
+    from recpipe.query import metric_rows
+
+    worse, better = evaluated
+    config = build_config(root, *BASE)
+    rows = [r for r in metric_rows(config, DS1, None, resamples=True)
+            if (r["metric"], r["k"], r["protocol"], r["detail"]) == ("ndcg", 10, PROTOCOL, None)]
+    draws = {r["model"]: np.asarray(r["resamples"]) for r in rows}  # fmt: skip
+    assert len(draws[worse]) == len(draws[better]) == 1000
+    for row in rows:
+        low, high = np.quantile(draws[row["model"]], [0.025, 0.975])
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+        manifest = read_manifest(root, f"evaluate-{row['model']}", DS1)
+        (result,) = [r for r in manifest["results"] if r["protocol"]["split_protocol"] == PROTOCOL]
+        assert result["intervals"]["ndcg@10"] == pytest.approx([low, high])
+    low, high = np.quantile(draws[better] - draws[worse], [0.025, 0.975])
+    strict = build_config(root, *BASE, f"gate.candidate={better}", f"gate.baseline={worse}",
+                          "gate.require_significant=true")  # fmt: skip
+    decision = run_gate(strict, DS1)
+    assert (decision["difference_low"], decision["difference_high"]) == pytest.approx((low, high))
+    assert decision["significant"] == bool(low > 0 or high < 0)
+    assert decision["passed"] == bool(low > 0)
+
+
 class _RunsCode:
     """Pickles to a call of ``os.system``: what a planted ``model.pt`` would carry."""
 

@@ -18,12 +18,13 @@ padding and never a hit. Lists are assumed free of repeated items (as :func:`top
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from recpipe.console import format_table
+from recpipe.evaluation.bootstrap import Interval, percentile_interval
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, Csr, csr_rows
 
@@ -62,6 +63,23 @@ def ranking_metrics(
     indexed by user idx. Users without truth items are skipped; with none left every metric
     is NaN. Only ``users`` are evaluated: truth users missing from it are not counted.
     """
+    return user_means(*per_user_ranking_metrics(recommended, truth, users, ks))
+
+
+def user_means(
+    evaluated: np.ndarray, per_user: dict[tuple[str, int], np.ndarray]
+) -> MetricValues:
+    """Each metric's mean over the evaluated users (NaN with none), plus ``USERS_KEY``."""
+    values: MetricValues = {key: _mean(column) for key, column in per_user.items()}
+    values[USERS_KEY] = float(evaluated.size)
+    return values
+
+
+def per_user_ranking_metrics(
+    recommended: np.ndarray, truth: Csr, users: np.ndarray, ks: Sequence[int]
+) -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray]]:
+    """(evaluated users, ``(metric, k)`` -> each evaluated user's value), the inputs of
+    :func:`ranking_metrics`' means and of the bootstrap over users."""
     ks = check_ks(ks)
     recommended = np.asarray(recommended, dtype=np.int64)
     users = np.asarray(users, dtype=np.int64).ravel()
@@ -71,9 +89,7 @@ def ranking_metrics(
     evaluated = n_truth > 0
     hits = _hit_matrix(recommended, n_truth, truth_items)[evaluated]
     hits = _fit_width(hits, ks[-1])
-    values = _per_k_means(hits, n_truth[evaluated], ks)
-    values[USERS_KEY] = float(evaluated.sum())
-    return values
+    return users[evaluated], _per_k_values(hits, n_truth[evaluated], ks)
 
 
 def _hit_matrix(
@@ -97,8 +113,10 @@ def _fit_width(hits: np.ndarray, width: int) -> np.ndarray:
     return np.hstack([hits, pad])
 
 
-def _per_k_means(hits: np.ndarray, n_truth: np.ndarray, ks: list[int]) -> MetricValues:
-    """Every metric at every K from the [users, Kmax] hit matrix, averaged over users."""
+def _per_k_values(
+    hits: np.ndarray, n_truth: np.ndarray, ks: list[int]
+) -> dict[tuple[str, int], np.ndarray]:
+    """Every metric at every K, per user, from the [users, Kmax] hit matrix."""
     ranks = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
     cum_hits = np.cumsum(hits, axis=1)
     cum_dcg = np.cumsum(hits * discounts(hits.shape[1]), axis=1)
@@ -106,7 +124,7 @@ def _per_k_means(hits: np.ndarray, n_truth: np.ndarray, ks: list[int]) -> Metric
     idcg = ideal_dcg(hits.shape[1])
     any_hit = hits.any(axis=1)
     first_rank = np.where(any_hit, hits.argmax(axis=1) + 1, hits.shape[1] + 1)
-    values: MetricValues = {}
+    values: dict[tuple[str, int], np.ndarray] = {}
     for k in ks:
         n_hits = cum_hits[:, k - 1]
         ideal = np.minimum(n_truth, k)
@@ -119,7 +137,7 @@ def _per_k_means(hits: np.ndarray, n_truth: np.ndarray, ks: list[int]) -> Metric
             "mrr": np.where(first_rank <= k, 1.0 / first_rank, 0.0),
         }
         for name in METRICS:
-            values[(name, k)] = _mean(per_user[name])
+            values[(name, k)] = per_user[name]
     return values
 
 
@@ -206,27 +224,66 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray, total: int) -> float
 
 @dataclass
 class EvaluationResult:
-    """One model's metrics under one protocol; ``values`` maps (metric, k) to its value."""
+    """One model's metrics under one protocol; ``values`` maps (metric, k) to its value.
+
+    ``resamples`` holds, for the user-averaged metrics, the paired bootstrap's resample means
+    (:mod:`recpipe.evaluation.bootstrap`); their percentile interval at ``confidence`` is
+    :meth:`interval`. Beyond-accuracy metrics are catalogue-level and carry none.
+    """
 
     model: str
     protocol: Protocol
     n_users: int
     values: MetricValues
+    resamples: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    confidence: float = 0.95
+
+    def interval(self, key: tuple[str, int]) -> Interval | None:
+        """The ``confidence`` interval of metric ``key``, or None without resamples."""
+        if key not in self.resamples:
+            return None
+        return percentile_interval(self.resamples[key], self.confidence)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per (metric, k): model, protocol, split, metric, k, value."""
-        return [
-            {
-                "model": self.model,
-                "protocol": self.protocol.split_protocol,
-                "split": self.protocol.split,
-                "metric": metric,
-                "k": k,
-                "value": value,
-            }
+        """One row per (metric, k): model, protocol, split, metric, k, value, the interval
+        (``ci_low``, ``ci_high``; None without one) and the ``resamples`` (a list or None)."""
+        rows = []
+        for (metric, k), value in sorted(self.values.items(), key=_metric_order):
+            if (metric, k) == USERS_KEY:
+                continue
+            interval = self.interval((metric, k))
+            resamples = self.resamples.get((metric, k))
+            rows.append(
+                {
+                    "model": self.model,
+                    "protocol": self.protocol.split_protocol,
+                    "split": self.protocol.split,
+                    "metric": metric,
+                    "k": k,
+                    "value": value,
+                    "ci_low": None if interval is None else interval.low,
+                    "ci_high": None if interval is None else interval.high,
+                    "resamples": None if resamples is None else resamples.tolist(),
+                }
+            )
+        return rows
+
+    def metric_texts(self) -> dict[str, str]:
+        """``metric@k`` -> its value with the interval when there is one, e.g.
+        ``0.4839 [0.4712, 0.4961]`` (manifests, summaries)."""
+        return {
+            f"{metric}@{k}": with_interval(value, self.interval((metric, k)))
             for (metric, k), value in sorted(self.values.items(), key=_metric_order)
             if (metric, k) != USERS_KEY
-        ]
+        }
+
+
+def with_interval(value: float, interval: Interval | None) -> str:
+    """``0.4839`` or ``0.4839 [0.4712, 0.4961]``: four decimals, the interval in brackets."""
+    text = f"{value:.4f}"
+    if interval is None:
+        return text
+    return f"{text} [{interval.low:.4f}, {interval.high:.4f}]"
 
 
 @dataclass
@@ -255,7 +312,8 @@ def _metric_order(entry: tuple[tuple[str, int], float]) -> tuple[int, str, int]:
 
 
 def metrics_table(results: Sequence[EvaluationResult], k: int) -> str:
-    """Text table for one K: a row per model, a column per metric (``ndcg@10``, ...).
+    """Text table for one K: a row per model, a column per metric (``ndcg@10``, ...); a
+    metric with bootstrap resamples shows its interval, ``0.4839 [0.4712, 0.4961]``.
 
     The title is the shared protocol's :meth:`Protocol.describe` and the number of users; if
     models were evaluated on different user counts, a ``users`` column shows each instead.
@@ -269,15 +327,18 @@ def metrics_table(results: Sequence[EvaluationResult], k: int) -> str:
     title = results[0].protocol.describe(k)
     if len(user_counts) == 1:
         title += f", {results[0].n_users:,} users"
-    return format_table([_table_row(r, k, len(user_counts) > 1) for r in results], title=title)
+    return format_table([table_row(r, k, len(user_counts) > 1) for r in results], title=title)
 
 
-def _table_row(result: EvaluationResult, k: int, with_users: bool) -> dict[str, Any]:
+def table_row(result: EvaluationResult, k: int, with_users: bool) -> dict[str, Any]:
+    """One model's row of a metrics table at ``k``: a cell per metric, with its interval
+    when it has one (``0.4839 [0.4712, 0.4961]``)."""
     row: dict[str, Any] = {"model": result.model}
     if with_users:
         row["users"] = result.n_users
     for entry in sorted(result.values.items(), key=_metric_order):
         (metric, at), value = entry
         if at == k:
-            row[f"{metric}@{k}"] = value
+            interval = result.interval((metric, at))
+            row[f"{metric}@{k}"] = value if interval is None else with_interval(value, interval)
     return row

@@ -2,16 +2,21 @@
 
 Same definitions as the numpy version. Per-(user, K) sums come from one join, one window and
 grouped aggregates over a long (user, K) layout, which keeps the generated code small however
-many cut-offs are asked for; only one row per K reaches the driver.
+many cut-offs are asked for; only one row per K reaches the driver, and for the bootstrap one
+row per (metric, K, resample).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from recpipe.evaluation.bootstrap import ResampleSums
 from recpipe.evaluation.metrics import METRICS, USERS_KEY, MetricValues, check_ks, discounts
 from recpipe.evaluation.metrics import ideal_dcg as ideal_dcg_table
 from recpipe.evaluation.ranking import PAD_ITEM
@@ -23,9 +28,15 @@ K = "k"
 
 
 def spark_ranking_metrics(
-    recs: DataFrame, truth: DataFrame, ks: Sequence[int], n_items: int
-) -> MetricValues:
-    """Mean ``(metric, k)`` over truth users, ``("coverage", k)``, and ``USERS_KEY``.
+    recs: DataFrame,
+    truth: DataFrame,
+    ks: Sequence[int],
+    n_items: int,
+    bootstrap: tuple[int, int] = (0, 0),
+) -> tuple[MetricValues, dict[tuple[str, int], np.ndarray]]:
+    """Mean ``(metric, k)`` over truth users, ``("coverage", k)``, and ``USERS_KEY``; with
+    ``bootstrap = (resamples, seed)``, resamples > 0, also each ranking metric's resample
+    means (:mod:`recpipe.evaluation.bootstrap`, summed on the executors).
 
     ``recs`` holds ``user_idx, item_idx, rank`` (1-based, one item per rank, no repeated
     items per user); ``truth`` holds ``user_idx, item_idx``. Every user with a truth item is
@@ -38,18 +49,85 @@ def spark_ranking_metrics(
         (F.col(RANK) <= ks[-1]) & (F.col(ITEM_IDX) != PAD_ITEM)
     )
     truth = truth.select(USER_IDX, ITEM_IDX).distinct()
-    per_k = (
-        _per_user_metrics(top, truth, ks)
-        .groupBy(K)
-        .agg(F.count(F.lit(1)).alias("users"), *(F.avg(name).alias(name) for name in METRICS))
-    )
-    rows = {row[K]: row for row in per_k.collect()}
+    per_user = _per_user_metrics(top, truth, ks).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        per_k = per_user.groupBy(K).agg(
+            F.count(F.lit(1)).alias("users"), *(F.avg(name).alias(name) for name in METRICS)
+        )
+        rows = {row[K]: row for row in per_k.collect()}
+        resamples, seed = bootstrap
+        means = _resample_means(per_user, ks, resamples, seed) if resamples > 0 else {}
+    finally:
+        per_user.unpersist()
     values: MetricValues = {
         (name, k): _as_float(rows[k][name] if k in rows else None) for k in ks for name in METRICS
     }
     values[USERS_KEY] = float(rows[ks[0]]["users"]) if rows else 0.0
     values.update(_coverage(top, ks, n_items))
-    return values
+    return values, means
+
+
+class _ResampleSummer:
+    """``mapInArrow`` function: a partition's per-(user, K) metric rows -> its resample sums,
+    one row per (column, resample); column j = K index * len(METRICS) + metric index."""
+
+    def __init__(self, ks: list[int], resamples: int, seed: int) -> None:
+        self.ks, self.resamples, self.seed = ks, resamples, seed
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        sums = ResampleSums(len(self.ks) * len(METRICS), self.resamples, self.seed)
+        for batch in batches:
+            users = batch.column(USER_IDX).to_numpy(zero_copy_only=False)
+            at_k = batch.column(K).to_numpy(zero_copy_only=False)
+            for i, k in enumerate(self.ks):
+                rows = at_k == k
+                if not rows.any():
+                    continue
+                values = np.column_stack(
+                    [batch.column(name).to_numpy(zero_copy_only=False)[rows] for name in METRICS]
+                )
+                columns = range(i * len(METRICS), (i + 1) * len(METRICS))
+                sums.add(users[rows], values, columns)
+        n_columns = sums.sums.shape[1]
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.tile(np.arange(n_columns, dtype=np.int32), self.resamples)),
+                pa.array(np.repeat(np.arange(self.resamples, dtype=np.int32), n_columns)),
+                pa.array(sums.weights.ravel()),
+                pa.array(sums.sums.ravel()),
+            ],
+            names=["column", "resample", "weight", "total"],
+        )
+
+
+def _resample_means(
+    per_user: DataFrame, ks: list[int], resamples: int, seed: int
+) -> dict[tuple[str, int], np.ndarray]:
+    """Each ranking metric's resample means: executors sum their users' weighted values, one
+    row per (column, resample) reaches the driver."""
+    summer = _ResampleSummer(ks, resamples, seed)
+    ddl = "column int, resample int, weight double, total double"
+    partial = per_user.select(USER_IDX, K, *METRICS).mapInArrow(summer, ddl)
+    summed = partial.groupBy("column", "resample").agg(
+        F.sum("weight").alias("weight"), F.sum("total").alias("total")
+    )
+    table = summed.toArrow()
+    n_columns = len(ks) * len(METRICS)
+    weights = np.zeros((resamples, n_columns))
+    totals = np.zeros((resamples, n_columns))
+    at = (
+        table.column("resample").to_numpy(zero_copy_only=False),
+        table.column("column").to_numpy(zero_copy_only=False),
+    )
+    weights[at] = table.column("weight").to_numpy(zero_copy_only=False)
+    totals[at] = table.column("total").to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(weights > 0, totals / weights, np.nan)
+    return {
+        (name, k): means[:, i * len(METRICS) + j]
+        for i, k in enumerate(ks)
+        for j, name in enumerate(METRICS)
+    }
 
 
 def _per_user_metrics(top: DataFrame, truth: DataFrame, ks: list[int]) -> DataFrame:

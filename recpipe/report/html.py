@@ -55,20 +55,28 @@ def html_table(rows: Sequence[Mapping[str, Any]], caption: str = "") -> str:
 
 
 def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str) -> str:
-    """PNG data URI: ``metric`` against K, one line per model, for one protocol."""
+    """PNG data URI: ``metric`` against K, one line per model (its interval as a band when
+    the rows carry ``ci_low``/``ci_high``), for one protocol."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    series: dict[str, list[tuple[int, float, float | None, float | None]]] = defaultdict(list)
     for row in rows:
         if row["metric"] == metric and row["protocol"] == protocol:
-            series[row["model"]].append((row["k"], row["value"]))
+            point = (row["k"], row["value"], row.get("ci_low"), row.get("ci_high"))
+            series[row["model"]].append(point)
     figure, axis = plt.subplots(figsize=(5, 3.2))
     for model, points in sorted(series.items()):
         points.sort()
-        axis.plot([k for k, _ in points], [v for _, v in points], marker="o", label=model)
+        ks = [point[0] for point in points]
+        (line,) = axis.plot(ks, [point[1] for point in points], marker="o", label=model)
+        if all(point[2] is not None and point[3] is not None for point in points):
+            # The paired bootstrap's 95 % interval as a band in the line's colour.
+            low = [point[2] for point in points]
+            high = [point[3] for point in points]
+            axis.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     axis.set_xlabel("K")
     axis.set_ylabel(f"{metric}@K")
     axis.set_title(f"{metric}@K ({protocol})")
@@ -100,6 +108,11 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: s
     metric_axis.set_xlabel("epoch")
     metric_axis.set_ylabel("valid metric")
     metric_axis.set_title(f"validation ({protocol}/valid)")
+    if not metric_axis.lines:  # no model validated: say why instead of an empty plot
+        metric_axis.text(
+            0.5, 0.5, "no valid split under this protocol:\nearly stopping was off",
+            ha="center", va="center", transform=metric_axis.transAxes,
+        )  # fmt: skip
     for axis in (loss_axis, metric_axis):
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recpipe.config import Config
-from recpipe.evaluation.metrics import group_by_protocol
+from recpipe.evaluation.metrics import group_by_protocol, table_row
 from recpipe.layout import report_path
 from recpipe.report.html import (
     html_table,
@@ -25,14 +25,9 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
     parts = []
     for protocol, group in group_by_protocol(evaluations).items():
         results = [evaluation.result for evaluation in group]
-        rows = []
-        for result in results:
-            row: dict[str, Any] = {"model": result.model, "users": result.n_users}
-            for (metric, cut), value in sorted(result.values.items()):
-                if cut == k:
-                    row[f"{metric}@{k}"] = value
-            rows.append(row)
-        parts.append(f"<p class='protocol'>{protocol.describe(k)}</p>")
+        rows = [table_row(result, k, with_users=True) for result in results]
+        parts.append(f"<p class='protocol'>{protocol.describe(k)}; [low, high]: 95 % paired "
+                     "bootstrap interval over users</p>")  # fmt: skip
         parts.append(html_table(rows, caption=f"{protocol.split_protocol}: metrics at K={k}"))
         all_rows = [row for result in results for row in result.rows()]
         for metric in ("ndcg", "recall"):
@@ -102,6 +97,15 @@ def _training_section(manifests: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def _difference_text(gate: dict[str, Any]) -> str:
+    """Candidate - baseline with its paired bootstrap interval, or just the difference."""
+    difference = f"{gate['candidate_value'] - gate['baseline_value']:+.4f}"
+    low, high = gate.get("difference_low"), gate.get("difference_high")
+    if low is None or high is None:
+        return difference
+    return f"{difference} [{low:+.4f}, {high:+.4f}]"
+
+
 def _publishing_section(manifests: Sequence[dict[str, Any]]) -> str:
     """The gate's decision and, per scored model, how many users each source served."""
     parts = []
@@ -117,6 +121,8 @@ def _publishing_section(manifests: Sequence[dict[str, Any]]) -> str:
                             f"{gate['metric']}@{gate['k']}": f"{gate['candidate_value']:.4f} vs "
                             f"{gate['baseline_value']:.4f}",
                             "tolerance": gate["tolerance"],
+                            "difference [95 % CI]": _difference_text(gate),
+                            "significant": gate.get("significant"),
                             "passed": gate["passed"],
                             "published": manifest["published_model"],
                         }

@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.evaluation.bootstrap import resample_means
 from recpipe.evaluation.metrics import (
     USERS_KEY,
     Evaluation,
@@ -18,8 +19,9 @@ from recpipe.evaluation.metrics import (
     MetricValues,
     beyond_accuracy_of_counts,
     item_popularity,
-    ranking_metrics,
+    per_user_ranking_metrics,
     recommendation_counts,
+    user_means,
 )
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
@@ -98,12 +100,17 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
         seen if settings.exclude_train_items else None,
         batch=users_per_block(train.n_items, settings.user_batch, settings.block_mib, BLOCK_KEY),
     )
-    values = ranking_metrics(items, truth_csr, users, ks)
+    evaluated, per_user = per_user_ranking_metrics(items, truth_csr, users, ks)
+    values = user_means(evaluated, per_user)
+    boot = settings.bootstrap
+    resamples = resample_means(evaluated, per_user, boot.resamples, boot.seed)
     train_csr = csr_from_pairs(train.users, train.items, train.n_users)
     popularity = item_popularity(train_csr, train.n_items)
     counts = {k: recommendation_counts(items, k, train.n_items) for k in ks}
     n_train_users = len(np.unique(train.users))
-    return _evaluation(name, protocol, config, values, counts, popularity, n_train_users, "local")
+    return _evaluation(
+        name, protocol, config, values, resamples, counts, popularity, n_train_users, "local"
+    )
 
 
 def _evaluate_on_spark(
@@ -157,13 +164,17 @@ def _evaluate_on_spark(
     recs = rank_on_executors(spark, users, payload, ranking, settings.partitions)
     recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        values = spark_ranking_metrics(recs, truth, ks, n_items)
+        boot = settings.bootstrap
+        values, resamples = spark_ranking_metrics(
+            recs, truth, ks, n_items, (boot.resamples, boot.seed)
+        )
         counts = top_item_counts(recs, ks, n_items)
     finally:
         recs.unpersist()
     return _evaluation(
-        name, protocol, config, values, counts, items.popularity, items.n_train_users, "spark"
-    )
+        name, protocol, config, values, resamples, counts, items.popularity,
+        items.n_train_users, "spark",
+    )  # fmt: skip
 
 
 def _evaluation(
@@ -171,6 +182,7 @@ def _evaluation(
     protocol: str,
     config: Config,
     values: MetricValues,
+    resamples: dict[tuple[str, int], np.ndarray],
     counts: dict[int, np.ndarray],
     popularity: np.ndarray,
     n_train_users: int,
@@ -188,7 +200,12 @@ def _evaluation(
         )
     n_users = int(values.pop(USERS_KEY, 0))
     result = EvaluationResult(
-        name, Protocol.from_config(protocol, config.evaluation), n_users, values
+        name,
+        Protocol.from_config(protocol, config.evaluation),
+        n_users,
+        values,
+        resamples,
+        config.evaluation.bootstrap.confidence,
     )
     log.info("evaluate %s on %s: %s engine, %d users", name, protocol, engine, n_users)
     return Evaluation(result, counts, popularity)
@@ -208,7 +225,12 @@ def run_evaluate(
     evaluations: list[Evaluation] = []
     for name in models:
         with StageRun(config, f"evaluate-{name}", ds) as run:
-            run.record.update(model=name, split=config.evaluation.split, results=[])
+            run.record.update(
+                model=name,
+                split=config.evaluation.split,
+                bootstrap=config.evaluation.bootstrap.model_dump(),
+                results=[],
+            )
             rows: list[dict[str, Any]] = []
             for protocol in config.split.protocols:
                 engine = choose_engine(config, ds, protocol, spark)
@@ -223,6 +245,7 @@ def run_evaluate(
                         "protocol_text": result.protocol.describe(),
                         "users": result.n_users,
                         "metrics": {f"{m}@{k}": v for (m, k), v in result.values.items()},
+                        "intervals": _intervals(result),
                     }
                 )
             write_model_metrics(spark, config, rows, ds, name)
@@ -230,3 +253,13 @@ def run_evaluate(
             run.record["rows_out"] = len(rows)
         manifests.append(run.manifest)
     return manifests, evaluations
+
+
+def _intervals(result: EvaluationResult) -> dict[str, list[float]]:
+    """``metric@k`` -> [low, high] of every metric with bootstrap resamples."""
+    intervals = {}
+    for key in result.values:
+        interval = result.interval(key)
+        if interval is not None:
+            intervals[f"{key[0]}@{key[1]}"] = [interval.low, interval.high]
+    return intervals

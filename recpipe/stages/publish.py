@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from recpipe import storage
 from recpipe.config import Config
 from recpipe.manifest import StageRun, manifest_path
-from recpipe.stages.gate import decide, outcome
+from recpipe.stages.gate import decide_for, outcome
 from recpipe.storage import as_location
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ def _score_record(config: Config, ds: str, model: str) -> dict[str, Any]:
 
 def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Publish the gate's choice for ``ds`` under ``publish.name``."""
-    from recpipe.query import metric_rows
     from recpipe.warehouse import (
         RECOMMENDATIONS,
         partition_location,
@@ -57,7 +56,7 @@ def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
 
     name = config.publish.name
     with StageRun(config, PUBLISH_STAGE, ds) as run:
-        decision = decide(config, metric_rows(config, ds, None))
+        decision = decide_for(config, ds)
         chosen = decision.published
         pointer = _scored(spark, config, ds, chosen)
         source = partition_location(config, RECOMMENDATIONS, ds, chosen)
