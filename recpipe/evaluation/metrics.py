@@ -66,9 +66,7 @@ def ranking_metrics(
     return user_means(*per_user_ranking_metrics(recommended, truth, users, ks))
 
 
-def user_means(
-    evaluated: np.ndarray, per_user: dict[tuple[str, int], np.ndarray]
-) -> MetricValues:
+def user_means(evaluated: np.ndarray, per_user: dict[tuple[str, int], np.ndarray]) -> MetricValues:
     """Each metric's mean over the evaluated users (NaN with none), plus ``USERS_KEY``."""
     values: MetricValues = {key: _mean(column) for key, column in per_user.items()}
     values[USERS_KEY] = float(evaluated.size)

@@ -144,8 +144,11 @@ def _publishing_section(manifests: Sequence[dict[str, Any]]) -> str:
     ]
     if scored:
         parts.append(
-            html_table(scored, caption="distributed scoring: users served by the model or, "
-                       "for cold-start users, the recent popular list")
+            html_table(
+                scored,
+                caption="distributed scoring: users served by the model or, "
+                "for cold-start users, the recent popular list",
+            )
         )
     return "\n".join(parts) or "<p>Nothing was scored or published in this run.</p>"
 
