@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_options(als)
     add_query_commands(commands)
+    add_tune_command(commands)
     demo = commands.add_parser(
         "demo",
         help="run the whole chain on MovieLens 100K and print a summary",
@@ -206,6 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_options(demo, ds="today")
     return parser
+
+
+def add_tune_command(commands: Any) -> None:
+    """Parser of ``recpipe tune``."""
+    tune = commands.add_parser(
+        "tune",
+        help="search a deep model's settings on the valid split (Optuna TPE)",
+        description="Train --trials runs of one deep model on the exported train samples of "
+        "ds, each with settings drawn from the model's search space (declared next to its "
+        "settings in recpipe/model_settings.py), scored by train.early_stopping.metric@k on "
+        "the protocol's valid split; the test split is never read. Prints every trial and "
+        "writes the best settings as a config overlay for `recpipe train --conf`. Needs "
+        "`recpipe export` for ds first (and the optional extra recpipe[tune]).",
+    )
+    tune.add_argument("--model", required=True, choices=model_names("deep"), help="deep model")
+    tune.add_argument("--trials", type=int, help="trials to run (default: tune.trials, 20)")
+    tune.add_argument(
+        "--protocol",
+        choices=["leave_last_out", "random_by_user", "temporal"],
+        help="split protocol whose valid split scores the trials (default: tune.protocol, "
+        "else score.protocol)",
+    )
+    add_common_options(tune)
 
 
 def add_query_commands(commands: Any) -> None:
@@ -339,6 +363,16 @@ def _query(args: argparse.Namespace) -> int:
     return handler.get(args.command, commands.print_sql)(_config(args), args)
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from recpipe.commands import print_tuning
+    from recpipe.stages.tune import run_tune
+
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {args.trials}")
+    print_tuning(run_tune(_config(args), args.ds, args.model, args.trials, args.protocol))
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from recpipe.sweep import sweep_root
 
@@ -363,6 +397,7 @@ def command_handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
             "recs": _query,
             "sql": _query,
             "sweep": _sweep,
+            "tune": _tune,
         }
     )
     return handlers

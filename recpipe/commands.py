@@ -201,6 +201,37 @@ def print_metrics(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def print_tuning(manifest: dict[str, Any]) -> None:
+    """``recpipe tune``'s summary: a row per trial, then the best one and its overlay."""
+    rows = [
+        {
+            "trial": trial["number"],
+            **{name: _short(value) for name, value in trial["params"].items()},
+            "valid": trial["value"],
+            "best epoch": trial["best_epoch"],
+            "seconds": trial["seconds"],
+            "state": trial["state"],
+        }
+        for trial in manifest["trials"]
+    ]
+    title = f"tune {manifest['model']} (valid = {manifest['metric']}; {manifest['sampler']})"
+    print(format_table(rows, title=title))
+    best = manifest["best"]
+    print(
+        f"best: trial {best['number']}, valid {best['value']:.4f} at epoch "
+        f"{best['best_epoch']}: {best['params']}"
+    )
+    print(
+        f"overlay: {manifest['overlay']}  (recpipe train --model {manifest['model']} --conf "
+        "conf/base.yaml --conf conf/local.yaml --conf <overlay>)"
+    )
+
+
+def _short(value: Any) -> Any:
+    """Floats to four significant digits, so a trial row stays one line."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 def _metric_line(row: dict[str, Any]) -> dict[str, Any]:
     """A ``model_metrics`` row as the text table shows it: the interval as one ``ci`` cell."""
     line = {key: value for key, value in row.items() if key not in ("ci_low", "ci_high")}

@@ -423,6 +423,15 @@ class DatasetsConfig(_Section):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
+class TuneConfig(_Section):
+    # `recpipe tune`: trials per search, on this protocol's valid split (null: score.protocol).
+    trials: int = Field(20, ge=1)
+    protocol: SplitProtocol | None = None
+    startup_trials: int = Field(8, ge=1)
+    seed: int = Field(0, ge=0)
+    timeout_seconds: float | None = Field(None, gt=0)
+
+
 class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -439,6 +448,7 @@ class Config(_Section):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     models: ModelsConfig = Field(default_factory=dict)
 
     @property

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from typing_extensions import TypedDict
 
+from recpipe.search_space import Param, choice, integer, log_uniform, uniform
+
 MODELS_CONF = Path(__file__).resolve().parent.parent / "conf" / "models"
 
 # Deep models by name, each with its settings class (filled by @settings_of below).
@@ -40,6 +42,12 @@ class ModelConfig(BaseModel):
 
     # The model whose conf/models/<name>.yaml holds the defaults (set by @settings_of).
     defaults_name: ClassVar[str | None] = None
+    # What `recpipe tune` searches (recpipe.search_space); subclasses add their own knobs.
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": log_uniform(1e-4, 1e-2),
+        "weight_decay": log_uniform(1e-6, 1e-1),
+        "dim": choice(32, 64, 128, 256),
+    }
 
     dim: int = Field(ge=1)
     epochs: int = Field(ge=1)
@@ -81,6 +89,11 @@ class NextItemConfig(ModelConfig):
 class BprMfConfig(ModelConfig):
     """BPR-MF settings."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "reg": log_uniform(1e-6, 1e-2),
+    }
+
     reg: float = Field(ge=0)
     init_std: float = Field(gt=0)
 
@@ -88,6 +101,11 @@ class BprMfConfig(ModelConfig):
 @settings_of("neumf")
 class NeuMfConfig(ModelConfig):
     """NeuMF settings; ``dim`` is the size of each MLP-branch embedding (user and item)."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
 
     mode: Literal["neumf", "gmf", "mlp"]
     mf_dim: int = Field(ge=1)
@@ -102,6 +120,12 @@ class NeuMfConfig(ModelConfig):
 class TwoTowerConfig(ModelConfig):
     """Two-tower settings."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "temperature": log_uniform(0.02, 1.0),
+        "dropout": uniform(0.0, 0.5),
+    }
+
     temperature: float = Field(gt=0)
     normalize: bool
     tower_layers: list[int]
@@ -115,6 +139,12 @@ class TwoTowerConfig(ModelConfig):
 class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "hidden_size": choice(64, 128, 256),
+        "dropout": uniform(0.0, 0.5),
+    }
+
     hidden_size: int = Field(ge=1)
     num_layers: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
@@ -124,6 +154,12 @@ class Gru4RecConfig(NextItemConfig):
 @settings_of("sasrec")
 class SasRecConfig(NextItemConfig):
     """SASRec settings (``dim`` must be divisible by ``num_heads``)."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "num_blocks": integer(1, 3),
+        "dropout": uniform(0.0, 0.5),
+    }
 
     num_blocks: int = Field(ge=1)
     num_heads: int = Field(ge=1)
@@ -142,6 +178,12 @@ class SasRecConfig(NextItemConfig):
 class NarmConfig(NextItemConfig):
     """NARM settings."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "emb_dropout": uniform(0.0, 0.5),
+        "ct_dropout": uniform(0.0, 0.5),
+    }
+
     hidden_size: int = Field(ge=1)
     emb_dropout: float = Field(ge=0, lt=1)
     ct_dropout: float = Field(ge=0, lt=1)
@@ -151,6 +193,11 @@ class NarmConfig(NextItemConfig):
 @settings_of("stamp")
 class StampConfig(NextItemConfig):
     """STAMP settings."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
 
     dropout: float = Field(ge=0, lt=1)
     loss: Literal["full_softmax", "sampled_softmax"]
@@ -168,6 +215,12 @@ class SvdPpConfig(ModelConfig):
 class MultVaeConfig(ModelConfig):
     """Mult-VAE settings; ``dim`` is the latent size."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "input_dropout": uniform(0.0, 0.8),
+        "beta_max": uniform(0.05, 1.0),
+    }
+
     hidden_layers: list[int] = Field(min_length=1)
     input_dropout: float = Field(ge=0, lt=1)
     beta_max: float = Field(ge=0)
@@ -177,6 +230,12 @@ class MultVaeConfig(ModelConfig):
 @settings_of("cdae")
 class CdaeConfig(ModelConfig):
     """CDAE settings; ``dim`` is the hidden layer size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "corruption": uniform(0.0, 0.8),
+        "negatives": integer(1, 16),
+    }
 
     corruption: float = Field(ge=0, lt=1)
     negatives: int = Field(ge=1)
@@ -188,6 +247,12 @@ class CdaeConfig(ModelConfig):
 class IrganConfig(ModelConfig):
     """IRGAN settings; ``dim`` is the size of both players' factors."""
 
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "temperature": log_uniform(0.1, 5.0),
+        "reg": log_uniform(1e-6, 1e-2),
+    }
+
     samples: int = Field(ge=1)
     temperature: float = Field(gt=0)
     reg: float = Field(ge=0)
@@ -197,6 +262,12 @@ class IrganConfig(ModelConfig):
 @settings_of("rum")
 class RumConfig(ModelConfig):
     """RUM settings."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "memory_weight": uniform(0.1, 2.0),
+        "reg": log_uniform(1e-6, 1e-2),
+    }
 
     memory_size: int = Field(ge=1)
     memory_weight: float = Field(ge=0)

@@ -74,8 +74,8 @@ def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str)
         (line,) = axis.plot(ks, [point[1] for point in points], marker="o", label=model)
         if all(point[2] is not None and point[3] is not None for point in points):
             # The paired bootstrap's 95 % interval as a band in the line's colour.
-            low = [point[2] for point in points]
-            high = [point[3] for point in points]
+            low = np.array([point[2] for point in points], dtype=np.float64)
+            high = np.array([point[3] for point in points], dtype=np.float64)
             axis.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     axis.set_xlabel("K")
     axis.set_ylabel(f"{metric}@K")
@@ -197,6 +197,28 @@ def stage_timings_plot(stages: Sequence[Mapping[str, Any]]) -> str:
     axis.invert_yaxis()
     axis.set_xlabel("seconds")
     axis.set_title("stage timings")
+    return _png(figure)
+
+
+def tuning_history(values: Sequence[float | None], metric: str) -> str:
+    """PNG data URI: each trial's valid metric (dots) and the best so far (a step line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    scored = [(n, v) for n, v in enumerate(values) if v is not None]
+    if scored:
+        numbers, found = zip(*scored, strict=True)
+        axis.plot(numbers, found, "o", label="trial")
+        best = np.maximum.accumulate(np.asarray(found, dtype=np.float64))
+        axis.step(numbers, best, where="post", label="best so far")
+        axis.legend(fontsize=8)
+    axis.set_xlabel("trial")
+    axis.set_ylabel(f"valid {metric}")
+    axis.set_title("tuning history")
+    axis.grid(alpha=0.3)
     return _png(figure)
 
 

@@ -77,16 +77,19 @@ def build_spec(
     name: str,
     resume: bool = False,
     run_id: str | None = None,
+    folder: Location | None = None,
 ) -> TrainSpec:
     """The training run of ``name`` on ``protocol``'s exported samples for ``ds``.
 
-    ``run_id`` names the launch's local folder (the stage run's id; a fresh one by default).
+    ``run_id`` names the launch's local folder (the stage run's id; a fresh one by default);
+    ``folder`` is where the run's files go (default: the model's folder, what is published;
+    tuning trials use a scratch folder).
     """
     settings = model_settings(config, name)
     cls = model_class(name)
     shards = export_shards(config.root, ds, protocol, cls.sample_kind)
     export = read_manifest(config.root, EXPORT_STAGE, ds)
-    folder = model_dir(config.root, name, ds, protocol)
+    folder = folder or model_dir(config.root, name, ds, protocol)
     counts_file = folder / "item_counts.npy"
     save_array(
         counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"])

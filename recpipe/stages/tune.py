@@ -1,0 +1,230 @@
+"""The ``tune`` stage: a hyper-parameter search for one deep model, read on the valid split only.
+
+Each trial trains the model on the protocol's exported train samples with settings drawn from
+the model's ``search_space`` (Optuna's TPE sampler, seeded) and scores it with training's own
+validation: ``train.early_stopping.metric@k`` on the valid split, full ranking, train items
+masked, at the best epoch. Trials run one after another, each with ``train.launcher`` (so a
+trial is as distributed as a training run); their weights go to a scratch folder under
+``<root>/tuning`` that is removed after the trial, never to the published model's folder.
+The test split is never read. The best trial's settings are written as a config overlay
+(``--conf``) that ``recpipe train`` accepts, and every trial is recorded in the manifest
+``tune-<model>``, ``trials.json`` and an HTML page beside the overlay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from recpipe import storage
+from recpipe.config import Config, ConfigError
+from recpipe.errors import MissingInputError
+from recpipe.layout import VALID
+from recpipe.manifest import StageRun
+from recpipe.models import model_class
+from recpipe.search_space import suggest
+from recpipe.stages.train import build_spec, model_settings, pretrain
+from recpipe.storage import Location, LocationLike, as_location
+from recpipe.tables import split_rows
+from recpipe.train.launchers import launch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its settings, the valid metric at its best epoch, and what it cost."""
+
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    best_epoch: int | None
+    epochs_run: int | None
+    seconds: float
+    state: str  # complete | invalid (settings the model refuses)
+    error: str | None = None
+
+
+def tuning_dir(root: LocationLike, model: str, ds: str, protocol: str) -> Location:
+    """``<root>/tuning/<model>/<ds>/<protocol>``: overlay, trials and report of a search."""
+    return as_location(root) / "tuning" / model / ds / protocol
+
+
+def with_model_settings(config: Config, model: str, settings: dict[str, Any]) -> Config:
+    """``config`` with ``models.<model>`` replaced by ``settings``."""
+    return config.model_copy(update={"models": {**config.models, model: settings}})
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "recpipe tune needs Optuna, an optional extra: pip install 'recpipe[tune]' "
+            "(make venv installs it)"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _protocol(config: Config, ds: str, protocol: str | None) -> str:
+    """The protocol to tune on (``tune.protocol``, else ``score.protocol``), checked to be
+    split for ``ds`` with valid rows."""
+    chosen = protocol or config.tune.protocol or config.score.protocol
+    if chosen not in config.split.protocols:
+        raise ConfigError(
+            f"tune.protocol: {chosen!r} is not in split.protocols {config.split.protocols}"
+        )
+    if split_rows(config.root, ds, chosen, VALID) == 0:
+        raise MissingInputError(
+            f"tune: the {chosen} valid split of ds={ds} is empty; tuning reads valid only "
+            f"(set split.{chosen} so that it has a valid part)"
+        )
+    return chosen
+
+
+def run_tune(
+    config: Config,
+    ds: str,
+    model: str,
+    trials: int | None = None,
+    protocol: str | None = None,
+) -> dict[str, Any]:
+    """Search ``model``'s settings on ``protocol``'s valid split; manifest ``tune-<model>``."""
+    optuna = _import_optuna()
+    cls = model_class(model)
+    space = cls.config_class.search_space
+    model_settings(config, model)  # the starting settings must be valid
+    protocol = _protocol(config, ds, protocol)
+    settings = config.tune
+    n_trials = trials or settings.trials
+    folder = tuning_dir(config.root, model, ds, protocol)
+    early = config.train.early_stopping
+    metric = f"{early.metric}@{early.k}"
+    records: list[TrialRecord] = []
+    with StageRun(config, f"tune-{model}", ds) as run:
+
+        def objective(trial: Any) -> float:
+            params = suggest(trial, space)
+            record = _run_trial(config, ds, model, protocol, trial.number, params, run.run_id)
+            records.append(record)
+            log.info(
+                "tune %s trial %d/%d: %s %s = %s (%.1fs)", model, trial.number + 1, n_trials,
+                params, metric, record.value, record.seconds,
+            )  # fmt: skip
+            if record.value is None:
+                raise optuna.TrialPruned(record.error or "no valid metric")
+            return record.value
+
+        sampler_startup = min(settings.startup_trials, n_trials)
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=sampler_startup)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_seconds)
+        complete = [r for r in records if r.value is not None]
+        if not complete:
+            raise RuntimeError(f"tune {model}: no trial finished with a {metric}")
+        best = max(complete, key=lambda r: (r.value, -r.number))
+        overlay = {"models": {model: {**config.models.get(model, {}), **best.params}}}
+        overlay_file = folder / "best.yaml"
+        storage.write_text(overlay_file, _overlay_text(model, protocol, metric, best, overlay))
+        storage.write_text(folder / "trials.json", json.dumps([asdict(r) for r in records]))
+        report = _write_report(folder / "report.html", model, protocol, metric, records, best)
+        run.record.update(
+            model=model,
+            protocol=protocol,
+            metric=f"{metric} on {protocol}/valid, full ranking, train items excluded",
+            split_read=["train (exported samples)", "valid"],
+            sampler=f"optuna TPE (seed {settings.seed}, {sampler_startup} random startup trials)",
+            space={name: param.describe() for name, param in space.items()},
+            trials=[asdict(r) for r in records],
+            best={
+                "number": best.number,
+                "value": best.value,
+                "params": best.params,
+                "best_epoch": best.best_epoch,
+            },
+            overlay=str(overlay_file),
+            report=str(report),
+            rows_in=len(records),
+            rows_out=1,
+        )
+    return run.manifest
+
+
+def _run_trial(
+    config: Config,
+    ds: str,
+    model: str,
+    protocol: str,
+    number: int,
+    params: dict[str, Any],
+    run_id: str,
+) -> TrialRecord:
+    """Train one trial's settings in a scratch folder and read its best valid metric."""
+    started = time.perf_counter()
+    trial_config = with_model_settings(config, model, {**config.models.get(model, {}), **params})
+    try:
+        model_settings(trial_config, model)
+    except ConfigError as exc:  # e.g. heads that do not divide the dimension
+        return TrialRecord(number, params, None, None, None, 0.0, "invalid", str(exc))
+    folder = tuning_dir(config.root, model, ds, protocol) / f"trial-{number:03d}"
+    spec = build_spec(trial_config, ds, protocol, model, run_id=f"{run_id}-{number}",
+                      folder=folder)  # fmt: skip
+    spec.user_rows_dir = None  # the trial model keeps its user tables inside
+    try:
+        pretrain(trial_config, spec)
+        result = launch(spec, trial_config.train)
+    finally:
+        storage.remove_tree(folder)
+        storage.remove_tree(Location(spec.local_dir).parent)
+    value = result.get("best_valid_metric")
+    return TrialRecord(
+        number=number,
+        params=params,
+        value=None if value is None else float(value),
+        best_epoch=result.get("best_epoch"),
+        epochs_run=result.get("epochs_run"),
+        seconds=round(time.perf_counter() - started, 3),
+        state="complete" if value is not None else "no-valid-metric",
+    )
+
+
+def _write_report(
+    path: Location,
+    model: str,
+    protocol: str,
+    metric: str,
+    records: list[TrialRecord],
+    best: TrialRecord,
+) -> Location:
+    """An HTML page: every trial in a table and the search's history as a chart."""
+    from recpipe.report.html import html_table, image, tuning_history, write_report
+
+    rows = [
+        {"trial": r.number, **r.params, f"valid {metric}": r.value,
+         "best epoch": r.best_epoch, "seconds": r.seconds, "state": r.state}
+        for r in records
+    ]  # fmt: skip
+    caption = f"trials ({metric} on {protocol}/valid, full ranking; best: trial {best.number})"
+    body = html_table(rows, caption=caption) + image(
+        tuning_history([r.value for r in records], metric), "tuning history"
+    )
+    return write_report(path, title=f"recpipe tune {model}", sections=[("Trials", body)])
+
+
+def _overlay_text(
+    model: str, protocol: str, metric: str, best: TrialRecord, overlay: dict[str, Any]
+) -> str:
+    """The overlay YAML with a header saying where its numbers came from."""
+    header = (
+        f"# recpipe tune --model {model}: best of the trials by {metric} on {protocol}/valid\n"
+        f"# (trial {best.number}: {best.value:.4f} at epoch {best.best_epoch}).\n"
+        f"# Use it with: recpipe train --model {model} --conf conf/base.yaml "
+        "--conf conf/local.yaml --conf <this file>\n"
+    )
+    return header + yaml.safe_dump(overlay, sort_keys=False)

@@ -1,0 +1,104 @@
+"""`recpipe tune`: an Optuna search scored on the valid split, with the test split deleted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import (
+    CONF_DIR,
+    TRAIN_BASE,
+    TRAIN_DS,
+    build_config,
+    partition_dir,
+    run_chain,
+    train_events,
+    write_jsonl,
+)
+from pyspark.sql import SparkSession
+
+from recpipe.cli import main
+from recpipe.config import ConfigError, load_config
+from recpipe.model_settings import BprMfConfig
+from recpipe.stages.evaluate import evaluate_model
+from recpipe.stages.export import run_export
+from recpipe.stages.train import run_train
+from recpipe.stages.tune import run_tune
+
+PROTOCOL = "random_by_user"
+FAST = (
+    *TRAIN_BASE,
+    "train.processes=1",
+    "train.launcher=local",
+    "train.max_epochs=2",
+    "tune.startup_trials=2",
+)
+
+
+@pytest.fixture(scope="module")
+def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported samples of the tiny data set, then every test split deleted: whatever tuning
+    reads, it cannot be the test split."""
+    folder = tmp_path_factory.mktemp("tune")
+    raw = write_jsonl(folder / "raw" / "events.jsonl", train_events())
+    config = build_config(folder, f"paths.raw_events={raw}", *TRAIN_BASE)
+    run_chain(spark, config, TRAIN_DS)
+    assert run_export(spark, config, TRAIN_DS)["status"] == "ok"
+    for protocol in config.split.protocols:
+        shutil.rmtree(partition_dir(folder, "test", TRAIN_DS, protocol))
+    return folder
+
+
+def test_tune_reads_valid_only_and_its_overlay_reproduces_the_best_trial(
+    spark, root, capsys
+) -> None:
+    where = [arg for o in (*FAST, f"paths.root={root}") for arg in ("--set", o)]
+    code = main(["tune", "--model", "bpr_mf", "--trials", "3", "--protocol", PROTOCOL,
+                 "--ds", TRAIN_DS, *where])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((root / "manifests" / "tune-bpr_mf" / f"ds={TRAIN_DS}.json").read_text())
+    trials = manifest["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert all(t["state"] == "complete" and 0 <= t["value"] <= 1 for t in trials)
+    space = BprMfConfig.search_space
+    for trial in trials:
+        assert trial["params"].keys() == space.keys()
+        assert space["lr"].low <= trial["params"]["lr"] <= space["lr"].high
+        assert trial["params"]["dim"] in space["dim"].choices
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3
+    best = max(trials, key=lambda t: (t["value"], -t["number"]))
+    assert manifest["best"]["number"] == best["number"] and "best: trial" in out
+    assert f"tune bpr_mf (valid = ndcg@10 on {PROTOCOL}/valid" in out
+    # The trials' weights were scratch: the overlay, the trial log and the page remain.
+    folder = root / "tuning" / "bpr_mf" / TRAIN_DS / PROTOCOL
+    assert sorted(p.name for p in folder.iterdir()) == ["best.yaml", "report.html", "trials.json"]
+    assert not (root / "models" / "bpr_mf").exists()
+    page = (folder / "report.html").read_text()
+    assert all(f"{t['value']:.4f}" in page for t in trials) and "tuning history" in page
+    overlay = yaml.safe_load((folder / "best.yaml").read_text())
+    assert overlay == {"models": {"bpr_mf": best["params"]}}
+
+    # Independent check: `train` with the overlay, then the evaluation library on the valid
+    # split, gives the best trial's number (same seed, same settings, same samples).
+    tuned = load_config(
+        [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml", folder / "best.yaml"],
+        [*FAST, f"paths.root={root}", "evaluation.split=valid"],
+    )
+    assert tuned.models["bpr_mf"] == best["params"]
+    run_train(spark, tuned, TRAIN_DS, ["bpr_mf"], evaluate=False)
+    result = evaluate_model(spark, tuned, TRAIN_DS, PROTOCOL, "bpr_mf").result
+    assert result.values[("ndcg", 10)] == pytest.approx(best["value"], abs=1e-6)
+    # The deleted test split bites: evaluating on it fails.
+    on_test = build_config(root, *FAST, "evaluation.split=test")
+    with pytest.raises(FileNotFoundError, match="lake/test/"):
+        evaluate_model(spark, on_test, TRAIN_DS, PROTOCOL, "bpr_mf")
+
+
+def test_tune_refuses_a_protocol_that_was_not_split(root) -> None:
+    config = build_config(root, *FAST)
+    with pytest.raises(ConfigError, match=r"tune\.protocol: 'temporal'"):
+        run_tune(config, TRAIN_DS, "bpr_mf", trials=1, protocol="temporal")
