@@ -260,6 +260,10 @@ def test_beyond_accuracy_hand_computed() -> None:
     assert got["popularity_percentile"] == pytest.approx((1 + 0.625 + 1 + 0 + 0.625) / 5)
     # -log2(pop / 5): item1 0, items 2,3 log2(5/3), item4 (pop 0 -> 1) log2(5).
     assert got["novelty"] == pytest.approx((0 + log2(5 / 3) + 0 + log2(5) + log2(5 / 3)) / 5)
+    # Popularity bias: the mean train popularity of the entries, and the share of entries
+    # outside the short head (percentile >= 0.8: item 1 only) -> items 2, 4, 3.
+    assert got["arp"] == pytest.approx((5 + 3 + 5 + 0 + 3) / 5)
+    assert got["long_tail_share"] == pytest.approx(3 / 5)
 
 
 def test_popularity_percentiles_all_tied_and_popularity_from_csr() -> None:

@@ -189,5 +189,10 @@ def test_sql_command_and_report(pipeline, capsys) -> None:
     low, high = result["intervals"]["ndcg@10"]
     assert low < ndcg_at_10(manifests["als"]) < high
     assert f"{ndcg_at_10(manifests['als']):.4f} [{low:.4f}, {high:.4f}]" in page
+    assert "accuracy vs popularity bias, random_by_user" in page
+    # Popularity bias: the popularity baseline recommends from the short head (top 20 % of
+    # items) almost only; ALS reaches further into the long tail.
+    tail = {m: manifests[m]["results"][0]["metrics"]["long_tail_share@10"] for m in MODELS}
+    assert tail["popularity"] < 0.01 < tail["als"] < 1
     for stage in ("clean", "train-als", "evaluate-ease", "score-als"):
         assert f"<td>{stage}</td>" in page

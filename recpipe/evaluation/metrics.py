@@ -29,7 +29,11 @@ from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, Csr, csr_rows
 
 METRICS: tuple[str, ...] = ("hr", "precision", "recall", "ndcg", "map", "mrr")
-BEYOND_ACCURACY: tuple[str, ...] = ("coverage", "popularity_percentile", "novelty")
+BEYOND_ACCURACY: tuple[str, ...] = (
+    "coverage", "popularity_percentile", "novelty", "arp", "long_tail_share"
+)  # fmt: skip
+# The short head: catalogue items at or above this train-popularity percentile (the top 20 %).
+HEAD_PERCENTILE = 0.8
 # The number of evaluated users rides along in metric dicts under this key.
 USERS_KEY: tuple[str, int] = ("users", 0)
 
@@ -187,14 +191,19 @@ def beyond_accuracy(
 def beyond_accuracy_of_counts(
     counts: np.ndarray, item_popularity: np.ndarray, n_users_train: int
 ) -> dict[str, float]:
-    """``coverage``, ``popularity_percentile`` and ``novelty`` of top-K lists given as how
-    often each item was recommended (:func:`recommendation_counts`):
+    """``coverage``, ``popularity_percentile``, ``novelty``, ``arp`` and ``long_tail_share`` of
+    top-K lists given as how often each item was recommended (:func:`recommendation_counts`):
 
     * coverage: distinct recommended items / n_items (catalogue = items 1..n_items);
     * popularity_percentile: mean over every recommended entry of
       :func:`popularity_percentiles` (1 = the most popular item);
     * novelty: mean over every recommended entry of -log2(popularity / n_users_train), where
-      an item no train user touched counts as popularity 1 so that it stays finite.
+      an item no train user touched counts as popularity 1 so that it stays finite;
+    * arp (average recommendation popularity): mean over every recommended entry of the
+      item's train popularity (distinct train users);
+    * long_tail_share: the share of recommended entries outside the short head, the items at
+      or above the ``HEAD_PERCENTILE`` (0.8) popularity percentile, i.e. the top 20 % (with
+      equal-length lists this is the average percentage of long-tail items, APLT).
 
     Padding (entry 0) is ignored; with no recommended entry the means are NaN.
     """
@@ -209,10 +218,13 @@ def beyond_accuracy_of_counts(
     self_information = -np.log2(np.maximum(popularity[items], 1) / n_users_train)
     percentile = popularity_percentiles(popularity)[items]
     weights = counts[items]
+    long_tail = (percentile < HEAD_PERCENTILE).astype(np.float64)
     return {
         "coverage": items.size / n_items,
         "popularity_percentile": _weighted_mean(percentile, weights, entries),
         "novelty": _weighted_mean(self_information, weights, entries),
+        "arp": _weighted_mean(popularity[items].astype(np.float64), weights, entries),
+        "long_tail_share": _weighted_mean(long_tail, weights, entries),
     }
 
 

@@ -85,6 +85,37 @@ def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str)
     return _png(figure)
 
 
+def accuracy_vs_long_tail(rows: Sequence[Mapping[str, Any]], k: int, protocol: str) -> str:
+    """PNG data URI: a point per model, NDCG@k (with its interval as an error bar) against
+    the share of its top-k entries from the long tail: who buys accuracy with popularity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        if row["protocol"] == protocol and row["k"] == k:
+            found[row["model"]][row["metric"]] = row
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    for model, metrics in sorted(found.items()):
+        if "ndcg" not in metrics or "long_tail_share" not in metrics:
+            continue
+        ndcg, tail = metrics["ndcg"], metrics["long_tail_share"]["value"]
+        low, high = ndcg.get("ci_low"), ndcg.get("ci_high")
+        error = None
+        if low is not None and high is not None:
+            error = [[ndcg["value"] - low], [high - ndcg["value"]]]
+        axis.errorbar([tail], [ndcg["value"]], yerr=error, fmt="o", capsize=3, label=model)
+    axis.set_xlabel(f"long-tail share of top-{k} entries")
+    axis.set_ylabel(f"ndcg@{k}")
+    axis.set_title(f"accuracy vs popularity bias ({protocol})")
+    axis.grid(alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str:
     """PNG data URI: training loss (left) and validation metric (right) per epoch, a line per
     deep model, for one protocol. ``runs`` maps model -> its per-epoch history entries."""

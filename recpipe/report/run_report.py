@@ -9,6 +9,7 @@ from recpipe.config import Config
 from recpipe.evaluation.metrics import group_by_protocol, table_row
 from recpipe.layout import report_path
 from recpipe.report.html import (
+    accuracy_vs_long_tail,
     html_table,
     image,
     loss_part_curves,
@@ -33,6 +34,8 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
         for metric in ("ndcg", "recall"):
             uri = metric_curves(all_rows, metric, protocol.split_protocol)
             parts.append(image(uri, f"{metric} vs K, {protocol.split_protocol}"))
+        uri = accuracy_vs_long_tail(all_rows, k, protocol.split_protocol)
+        parts.append(image(uri, f"accuracy vs popularity bias, {protocol.split_protocol}"))
     return "\n".join(parts)
 
 
