@@ -213,15 +213,19 @@ def add_tune_command(commands: Any) -> None:
     """Parser of ``recpipe tune``."""
     tune = commands.add_parser(
         "tune",
-        help="search a deep model's settings on the valid split (Optuna TPE)",
-        description="Train --trials runs of one deep model on the exported train samples of "
-        "ds, each with settings drawn from the model's search space (declared next to its "
-        "settings in recpipe/model_settings.py), scored by train.early_stopping.metric@k on "
-        "the protocol's valid split; the test split is never read. Prints every trial and "
-        "writes the best settings as a config overlay for `recpipe train --conf`. Needs "
-        "`recpipe export` for ds first (and the optional extra recpipe[tune]).",
+        help="search a model's settings on the valid split (Optuna TPE)",
+        description="Run --trials trainings of one model on the train split of ds (deep "
+        "models: the exported samples, so `recpipe export` first; baselines: fitted like "
+        "train-baseline, nothing written), each with settings drawn from the search space "
+        "declared next to the model's settings (recpipe/model_settings.py, "
+        "recpipe/config.py), scored by train.early_stopping.metric@k on the protocol's "
+        "valid split; the test split is never read. Prints every trial and writes the best "
+        "settings as a config overlay for `recpipe train --conf` / `train-baseline --conf`. "
+        "Needs the optional extra recpipe[tune] (Optuna).",
     )
-    tune.add_argument("--model", required=True, choices=model_names("deep"), help="deep model")
+    tune.add_argument(
+        "--model", required=True, choices=model_names(), help="deep model or baseline"
+    )
     tune.add_argument("--trials", type=int, help="trials to run (default: tune.trials, 20)")
     tune.add_argument(
         "--protocol",
@@ -369,7 +373,16 @@ def _tune(args: argparse.Namespace) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-    print_tuning(run_tune(_config(args), args.ds, args.model, args.trials, args.protocol))
+    from recpipe.baselines import baseline_class
+    from recpipe.registry import is_baseline
+
+    config = _config(args)
+    spark = None
+    if is_baseline(args.model) and baseline_class(args.model).fits_in_spark:
+        from recpipe.spark import get_spark
+
+        spark = get_spark(config)
+    print_tuning(run_tune(config, args.ds, args.model, args.trials, args.protocol, spark))
     return 0
 
 

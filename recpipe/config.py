@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from recpipe.errors import RecpipeError
 from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.registry import DEFAULT_BASELINES, model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
+from recpipe.search_space import Param, choice, integer, log_uniform, uniform
 from recpipe.storage import Location, StorageError, check_scheme, hadoop_settings, scheme_of
 from recpipe.storage import configure as configure_storage
 
@@ -210,6 +211,11 @@ class PopularityConfig(_Section):
 
 
 class ItemKnnConfig(_Section):
+    # What `recpipe tune --model` searches on the valid split (recpipe.search_space).
+    search_space: ClassVar[dict[str, Param]] = {
+        "neighbours": integer(10, 400, log=True),
+        "shrink": uniform(0.0, 100.0),
+    }
     neighbours: int = Field(100, ge=1)
     shrink: float = Field(0.0, ge=0)
     # Similarities count each user's most recent N items (bounds the pair self-join).
@@ -217,6 +223,12 @@ class ItemKnnConfig(_Section):
 
 
 class AlsConfig(_Section):
+    # What `recpipe tune --model` searches on the valid split (recpipe.search_space).
+    search_space: ClassVar[dict[str, Param]] = {
+        "rank": choice(16, 32, 64, 128),
+        "reg_param": log_uniform(0.01, 3.0),
+        "alpha": log_uniform(0.3, 30.0),
+    }
     rank: int = Field(64, ge=1)
     reg_param: float = Field(0.3, ge=0)
     alpha: float = Field(3.0, ge=0)
@@ -234,6 +246,12 @@ class AlsConfig(_Section):
 
 
 class Item2VecConfig(_Section):
+    # What `recpipe tune --model` searches on the valid split (recpipe.search_space).
+    search_space: ClassVar[dict[str, Param]] = {
+        "window_size": integer(2, 50),
+        "min_count": integer(1, 10),
+        "history_window": integer(1, 50),
+    }
     # window_size, min_count, max_iter and history_window were chosen on MovieLens 100K's
     # leave_last_out valid split (README): a wide window (the paper's whole-set context) and
     # no vectors for the rarest items matter most.
@@ -249,6 +267,8 @@ class Item2VecConfig(_Section):
 
 
 class EaseConfig(_Section):
+    # What `recpipe tune --model` searches on the valid split (recpipe.search_space).
+    search_space: ClassVar[dict[str, Param]] = {"l2": log_uniform(10.0, 10_000.0)}
     l2: float = Field(500.0, gt=0)
     max_items: int = Field(20000, ge=1)
 

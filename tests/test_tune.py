@@ -26,6 +26,7 @@ from recpipe.model_settings import BprMfConfig
 from recpipe.stages.evaluate import evaluate_model
 from recpipe.stages.export import run_export
 from recpipe.stages.train import run_train
+from recpipe.stages.train_baseline import run_train_baseline
 from recpipe.stages.tune import run_tune
 
 PROTOCOL = "random_by_user"
@@ -98,7 +99,33 @@ def test_tune_reads_valid_only_and_its_overlay_reproduces_the_best_trial(
         evaluate_model(spark, on_test, TRAIN_DS, PROTOCOL, "bpr_mf")
 
 
+@pytest.mark.parametrize("model", ["als", "ease"])
+def test_tune_a_baseline_and_its_overlay_reproduces_the_best_trial(spark, root, model) -> None:
+    """ALS (fitted in Spark, user factors collected from the fitted frame) and EASE (fitted
+    in this process): trials write nothing; `train-baseline` with the overlay, evaluated on
+    valid by the evaluation library, gives the best trial's NDCG@10 back."""
+    config = build_config(root, *FAST)
+    manifest = run_tune(config, TRAIN_DS, model, trials=3, protocol=PROTOCOL, spark=spark)
+    trials = manifest["trials"]
+    assert len(trials) == 3 and all(t["state"] == "complete" for t in trials)
+    space = type(getattr(config.baselines, model)).search_space
+    assert all(t["params"].keys() == space.keys() for t in trials)
+    assert not (root / "models" / model).exists()  # trials publish nothing
+    best = max(trials, key=lambda t: (t["value"], -t["number"]))
+    overlay = Path(manifest["overlay"])
+    assert yaml.safe_load(overlay.read_text()) == {"baselines": {model: best["params"]}}
+    tuned = load_config(
+        [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml", overlay],
+        [*FAST, f"paths.root={root}", "evaluation.split=valid"],
+    )
+    assert run_train_baseline(spark, tuned, TRAIN_DS, model)["status"] == "ok"
+    result = evaluate_model(spark, tuned, TRAIN_DS, PROTOCOL, model).result
+    assert result.values[("ndcg", 10)] == pytest.approx(best["value"], abs=1e-6)
+
+
 def test_tune_refuses_a_protocol_that_was_not_split(root) -> None:
     config = build_config(root, *FAST)
     with pytest.raises(ConfigError, match=r"tune\.protocol: 'temporal'"):
         run_tune(config, TRAIN_DS, "bpr_mf", trials=1, protocol="temporal")
+    with pytest.raises(ConfigError, match="baseline popularity declares no search space"):
+        run_tune(config, TRAIN_DS, "popularity", trials=1, protocol=PROTOCOL)

@@ -11,6 +11,7 @@ and their parity tests) the same state is read back into memory (:func:`attach_l
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from recpipe.artifacts import ArtifactError
@@ -37,12 +38,16 @@ def read_user_vectors(
     read in this process: for data small enough for the local engines only."""
     folder = current_version(root, table, _partition(ds, protocol))
     data = verified_dataset(folder).to_table(columns=[USER_IDX, USER_VECTOR])
+    return user_vector_matrix(data, n_users, f"{table} ds={ds} protocol={protocol}", fill)
+
+
+def user_vector_matrix(data: pa.Table, n_users: int, what: str, fill: float = 0.0) -> np.ndarray:
+    """[n_users, d] float32 from (user_idx, user_vector) rows; ``fill`` where a user has none."""
     users = data.column(USER_IDX).to_numpy().astype(np.int64)
     vectors = vectors_from_arrow(data.column(USER_VECTOR).combine_chunks())
     if len(users) and users.max() >= n_users:
         raise ArtifactError(
-            f"{table} ds={ds} protocol={protocol} has user_idx {users.max()} beyond the "
-            f"{n_users} users of its train split"
+            f"{what} has user_idx {users.max()} beyond the {n_users} users of its train split"
         )
     matrix = np.full((n_users, vectors.shape[1]), fill, dtype=np.float32)
     matrix[users] = vectors
@@ -57,6 +62,19 @@ def read_neighbours(
     data = verified_dataset(folder).to_table(columns=["item_i", "item_j", "sim"])
     item_i, item_j, sim = (data.column(c).to_numpy() for c in ("item_i", "item_j", "sim"))
     return item_i, item_j, sim
+
+
+def attach_fitted_state(model: Baseline, n_users: int) -> None:
+    """Collect the tables a just-fitted ``model`` keeps in Spark into memory, as
+    :func:`attach_lake_state` reads them once published (tuning trials, never published)."""
+    if model.user_vectors_table is not None:
+        kept = model.spark_tables[model.user_vectors_table].frame
+        data = kept.select(USER_IDX, USER_VECTOR).toArrow()
+        model.attach_user_vectors(user_vector_matrix(data, n_users, model.user_vectors_table))
+    if isinstance(model, ItemKnn) and model.neighbours_table is not None:
+        kept = model.spark_tables[model.neighbours_table].frame
+        data = kept.select("item_i", "item_j", "sim").toArrow()
+        model.attach_neighbours(*(data.column(c).to_numpy() for c in ("item_i", "item_j", "sim")))
 
 
 def attach_lake_state(

@@ -58,6 +58,27 @@ def _stage_spark_tables(
     return records
 
 
+def fit_inputs(
+    spark: SparkSession | None, config: Config, ds: str, protocol: str, cls: type[Baseline]
+) -> tuple[TrainData | SplitFacts, dict[str, Any]]:
+    """What ``cls.fit`` takes for ``protocol``'s train split: facts and the split as a Spark
+    frame for baselines fitted in Spark, else the split read into this process."""
+    if cls.fits_in_spark:
+        if spark is None:
+            raise ValueError(f"{cls.name} is fitted in Spark: a SparkSession is needed")
+        train = Lake(config.root).read(spark, TRAIN, [{DS: ds, PROTOCOL: protocol}])
+        n_users = vocab_size(config.root, VOCAB_USERS, USER_IDX, ds) + 1
+        n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
+        context = {
+            "train_df": train,
+            "checkpoint_dir": scratch_root(config.root) / "checkpoints",
+        }
+        return spark_split_facts(train, n_users, n_items), context
+    limit = config.driver.max_split_rows
+    instead = "use a baseline fitted in Spark (als, itemknn, popularity)"
+    return load_split(config.root, ds, protocol, TRAIN, limit, instead), {}
+
+
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
     """Train ``model`` on the train split of every protocol in ``split.protocols``."""
     cls = baseline_class(model)
@@ -67,19 +88,7 @@ def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str)
         run.record.update(model=model, settings=settings.model_dump(mode="json"), protocols={})
         for protocol in config.split.protocols:
             started = time.perf_counter()
-            context: dict[str, Any] = {}
-            data: TrainData | SplitFacts
-            if cls.fits_in_spark:
-                train = lake.read(spark, TRAIN, [{DS: ds, PROTOCOL: protocol}])
-                context["train_df"] = train
-                context["checkpoint_dir"] = scratch_root(config.root) / "checkpoints"
-                n_users = vocab_size(config.root, VOCAB_USERS, USER_IDX, ds) + 1
-                n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, ds)
-                data = spark_split_facts(train, n_users, n_items)
-            else:
-                limit = config.driver.max_split_rows
-                instead = "use a baseline fitted in Spark (als, itemknn, popularity)"
-                data = load_split(config.root, ds, protocol, TRAIN, limit, instead)
+            data, context = fit_inputs(spark, config, ds, protocol, cls)
             facts = SplitFacts.of(data)
             fitted = cls.fit(data, settings, **context)
             folder = model_dir(config.root, model, ds, protocol)

@@ -1,13 +1,14 @@
-"""The ``tune`` stage: a hyper-parameter search for one deep model, read on the valid split only.
+"""The ``tune`` stage: a hyper-parameter search for one model, read on the valid split only.
 
-Each trial trains the model on the protocol's exported train samples with settings drawn from
-the model's ``search_space`` (Optuna's TPE sampler, seeded) and scores it with training's own
-validation: ``train.early_stopping.metric@k`` on the valid split, full ranking, train items
-masked, at the best epoch. Trials run one after another, each with ``train.launcher`` (so a
-trial is as distributed as a training run); their weights go to a scratch folder under
-``<root>/tuning`` that is removed after the trial, never to the published model's folder.
-The test split is never read. The best trial's settings are written as a config overlay
-(``--conf``) that ``recpipe train`` accepts, and every trial is recorded in the manifest
+Each trial draws settings from the model's ``search_space`` (Optuna's TPE sampler, seeded)
+and is scored by training's own validation: ``train.early_stopping.metric@k`` on the valid
+split, full ranking, train items masked. A deep model's trial trains on the protocol's
+exported train samples with ``train.launcher`` (so a trial is as distributed as a training
+run) in a scratch folder under ``<root>/tuning`` that is removed after the trial, and scores
+its best epoch; a baseline's trial is fitted on the train split (in Spark for those fitted
+there) and scored in memory, nothing written. Trials run one after another. The test split
+is never read. The best trial's settings are written as a config overlay (``--conf``) that
+``recpipe train`` / ``train-baseline`` accept, and every trial is recorded in the manifest
 ``tune-<model>``, ``trials.json`` and an HTML page beside the overlay.
 """
 
@@ -20,18 +21,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+from pyspark.sql import SparkSession
 
 from recpipe import storage
+from recpipe.baselines import baseline_class
+from recpipe.baselines.base import SplitFacts
 from recpipe.config import Config, ConfigError
 from recpipe.errors import MissingInputError
 from recpipe.layout import VALID
 from recpipe.manifest import StageRun
 from recpipe.models import model_class
-from recpipe.search_space import suggest
+from recpipe.registry import is_baseline
+from recpipe.scoring.model_columns import attach_fitted_state
+from recpipe.search_space import Param, suggest
 from recpipe.stages.train import build_spec, model_settings, pretrain
+from recpipe.stages.train_baseline import fit_inputs
 from recpipe.storage import Location, LocationLike, as_location
 from recpipe.tables import split_rows
 from recpipe.train.launchers import launch
+from recpipe.train.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +97,33 @@ def _protocol(config: Config, ds: str, protocol: str | None) -> str:
     return chosen
 
 
+def _space(config: Config, model: str) -> dict[str, Param]:
+    """The search space declared on ``model``'s settings class (deep model or baseline)."""
+    if is_baseline(model):
+        settings_class = type(getattr(config.baselines, model))
+        space: dict[str, Param] = getattr(settings_class, "search_space", {})
+        if not space:
+            raise ConfigError(f"tune: baseline {model} declares no search space")
+        return space
+    model_settings(config, model)  # the starting settings must be valid
+    return model_class(model).config_class.search_space
+
+
 def run_tune(
     config: Config,
     ds: str,
     model: str,
     trials: int | None = None,
     protocol: str | None = None,
+    spark: SparkSession | None = None,
 ) -> dict[str, Any]:
-    """Search ``model``'s settings on ``protocol``'s valid split; manifest ``tune-<model>``."""
+    """Search ``model``'s settings on ``protocol``'s valid split; manifest ``tune-<model>``.
+
+    Deep models train each trial with ``train.launcher``; baselines are fitted here (in
+    ``spark`` for those fitted in Spark) and scored by the same validation.
+    """
     optuna = _import_optuna()
-    cls = model_class(model)
-    space = cls.config_class.search_space
-    model_settings(config, model)  # the starting settings must be valid
+    space = _space(config, model)
     protocol = _protocol(config, ds, protocol)
     settings = config.tune
     n_trials = trials or settings.trials
@@ -107,11 +131,20 @@ def run_tune(
     early = config.train.early_stopping
     metric = f"{early.metric}@{early.k}"
     records: list[TrialRecord] = []
+    validator = Validator(
+        root=str(config.root), ds=ds, protocol=protocol, metric=early.metric, k=early.k,
+        user_batch=config.evaluation.user_batch, max_users=early.max_users, seed=early.seed,
+        block_mib=config.evaluation.block_mib,
+    )  # fmt: skip
     with StageRun(config, f"tune-{model}", ds) as run:
 
         def objective(trial: Any) -> float:
             params = suggest(trial, space)
-            record = _run_trial(config, ds, model, protocol, trial.number, params, run.run_id)
+            if is_baseline(model):
+                record = _baseline_trial(config, ds, model, protocol, trial.number, params,
+                                         validator, spark)  # fmt: skip
+            else:
+                record = _run_trial(config, ds, model, protocol, trial.number, params, run.run_id)
             records.append(record)
             log.info(
                 "tune %s trial %d/%d: %s %s = %s (%.1fs)", model, trial.number + 1, n_trials,
@@ -129,7 +162,10 @@ def run_tune(
         if not complete:
             raise RuntimeError(f"tune {model}: no trial finished with a {metric}")
         best = max(complete, key=lambda r: (r.value, -r.number))
-        overlay = {"models": {model: {**config.models.get(model, {}), **best.params}}}
+        if is_baseline(model):
+            overlay = {"baselines": {model: best.params}}
+        else:
+            overlay = {"models": {model: {**config.models.get(model, {}), **best.params}}}
         overlay_file = folder / "best.yaml"
         storage.write_text(overlay_file, _overlay_text(model, protocol, metric, best, overlay))
         storage.write_text(folder / "trials.json", json.dumps([asdict(r) for r in records]))
@@ -217,14 +253,51 @@ def _write_report(
     return write_report(path, title=f"recpipe tune {model}", sections=[("Trials", body)])
 
 
+def _baseline_trial(
+    config: Config,
+    ds: str,
+    model: str,
+    protocol: str,
+    number: int,
+    params: dict[str, Any],
+    validator: Validator,
+    spark: SparkSession | None,
+) -> TrialRecord:
+    """Fit one trial's baseline on the train split and score it on the valid split; nothing
+    is written (the tables it keeps in Spark are collected for the validation only)."""
+    started = time.perf_counter()
+    cls = baseline_class(model)
+    current = getattr(config.baselines, model)
+    try:
+        settings = type(current).model_validate({**current.model_dump(), **params})
+    except ValidationError as exc:
+        return TrialRecord(number, params, None, None, None, 0.0, "invalid", str(exc))
+    data, context = fit_inputs(spark, config, ds, protocol, cls)
+    fitted = cls.fit(data, settings, **context)
+    attach_fitted_state(fitted, SplitFacts.of(data).n_users)
+    value = validator.evaluate(fitted)
+    return TrialRecord(
+        number=number,
+        params=params,
+        value=float(value),
+        best_epoch=None,
+        epochs_run=None,
+        seconds=round(time.perf_counter() - started, 3),
+        state="complete",
+    )
+
+
 def _overlay_text(
     model: str, protocol: str, metric: str, best: TrialRecord, overlay: dict[str, Any]
 ) -> str:
     """The overlay YAML with a header saying where its numbers came from."""
     header = (
         f"# recpipe tune --model {model}: best of the trials by {metric} on {protocol}/valid\n"
-        f"# (trial {best.number}: {best.value:.4f} at epoch {best.best_epoch}).\n"
-        f"# Use it with: recpipe train --model {model} --conf conf/base.yaml "
+        f"# (trial {best.number}: {best.value:.4f}"
+        + (f" at epoch {best.best_epoch}" if best.best_epoch is not None else "")
+        + ").\n"
+        f"# Use it with: recpipe {'train-baseline' if is_baseline(model) else 'train'} "
+        f"--model {model} --conf conf/base.yaml "
         "--conf conf/local.yaml --conf <this file>\n"
     )
     return header + yaml.safe_dump(overlay, sort_keys=False)
