@@ -11,6 +11,7 @@ from typing import Any
 from recpipe.config import Config
 from recpipe.console import format_table
 from recpipe.pipeline import StepContext, StepResult
+from recpipe.registry import is_baseline
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +218,12 @@ def print_tuning(manifest: dict[str, Any]) -> None:
     title = f"tune {manifest['model']} (valid = {manifest['metric']}; {manifest['sampler']})"
     print(format_table(rows, title=title))
     best = manifest["best"]
+    epoch = "" if best["best_epoch"] is None else f" at epoch {best['best_epoch']}"
+    print(f"best: trial {best['number']}, valid {best['value']:.4f}{epoch}: {best['params']}")
+    command = "train-baseline" if is_baseline(manifest["model"]) else "train"
     print(
-        f"best: trial {best['number']}, valid {best['value']:.4f} at epoch "
-        f"{best['best_epoch']}: {best['params']}"
-    )
-    print(
-        f"overlay: {manifest['overlay']}  (recpipe train --model {manifest['model']} --conf "
-        "conf/base.yaml --conf conf/local.yaml --conf <overlay>)"
+        f"overlay: {manifest['overlay']}  (recpipe {command} --model {manifest['model']} "
+        "--conf conf/base.yaml --conf conf/local.yaml --conf <overlay>)"
     )
 
 
