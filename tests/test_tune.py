@@ -111,6 +111,7 @@ def test_tune_a_baseline_and_its_overlay_reproduces_the_best_trial(spark, root, 
     space = type(getattr(config.baselines, model)).search_space
     assert all(t["params"].keys() == space.keys() for t in trials)
     assert not (root / "models" / model).exists()  # trials publish nothing
+    assert manifest["split_read"] == ["train", "valid"]  # never test
     best = max(trials, key=lambda t: (t["value"], -t["number"]))
     overlay = Path(manifest["overlay"])
     assert yaml.safe_load(overlay.read_text()) == {"baselines": {model: best["params"]}}

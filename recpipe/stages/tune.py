@@ -174,7 +174,7 @@ def run_tune(
             model=model,
             protocol=protocol,
             metric=f"{metric} on {protocol}/valid, full ranking, train items excluded",
-            split_read=["train (exported samples)", "valid"],
+            split_read=["train" if is_baseline(model) else "train (exported samples)", "valid"],
             sampler=f"optuna TPE (seed {settings.seed}, {sampler_startup} random startup trials)",
             space={name: param.describe() for name, param in space.items()},
             trials=[asdict(r) for r in records],
