@@ -9,10 +9,10 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from recpipe import __version__
-from recpipe.config import Config, ConfigError, load_config
+from recpipe.config import Config, ConfigError, SplitProtocol, load_config
 from recpipe.console import format_table
 from recpipe.errors import RecpipeError, is_spark_failure, spark_failure_line
 from recpipe.layout import raw_dir
@@ -229,7 +229,7 @@ def add_tune_command(commands: Any) -> None:
     tune.add_argument("--trials", type=int, help="trials to run (default: tune.trials, 20)")
     tune.add_argument(
         "--protocol",
-        choices=["leave_last_out", "random_by_user", "temporal"],
+        choices=get_args(SplitProtocol),
         help="split protocol whose valid split scores the trials (default: tune.protocol, "
         "else score.protocol)",
     )
@@ -368,14 +368,13 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from recpipe.baselines import baseline_class
     from recpipe.commands import print_tuning
+    from recpipe.registry import is_baseline
     from recpipe.stages.tune import run_tune
 
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-    from recpipe.baselines import baseline_class
-    from recpipe.registry import is_baseline
-
     config = _config(args)
     spark = None
     if is_baseline(args.model) and baseline_class(args.model).fits_in_spark:

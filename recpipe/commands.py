@@ -204,17 +204,9 @@ def print_metrics(config: Config, args: argparse.Namespace) -> int:
 
 def print_tuning(manifest: dict[str, Any]) -> None:
     """``recpipe tune``'s summary: a row per trial, then the best one and its overlay."""
-    rows = [
-        {
-            "trial": trial["number"],
-            **{name: _short(value) for name, value in trial["params"].items()},
-            "valid": trial["value"],
-            "best epoch": trial["best_epoch"],
-            "seconds": trial["seconds"],
-            "state": trial["state"],
-        }
-        for trial in manifest["trials"]
-    ]
+    from recpipe.stages.tune import trial_rows
+
+    rows = trial_rows(manifest["trials"], "valid", _short)
     title = f"tune {manifest['model']} (valid = {manifest['metric']}; {manifest['sampler']})"
     print(format_table(rows, title=title))
     best = manifest["best"]

@@ -112,22 +112,18 @@ def _resample_means(
         F.sum("weight").alias("weight"), F.sum("total").alias("total")
     )
     table = summed.toArrow()
-    n_columns = len(ks) * len(METRICS)
-    weights = np.zeros((resamples, n_columns))
-    totals = np.zeros((resamples, n_columns))
+    # The executors' sums, put back into one ResampleSums, give its means.
+    sums = ResampleSums(len(ks) * len(METRICS), resamples, seed)
     at = (
         table.column("resample").to_numpy(zero_copy_only=False),
         table.column("column").to_numpy(zero_copy_only=False),
     )
-    weights[at] = table.column("weight").to_numpy(zero_copy_only=False)
-    totals[at] = table.column("total").to_numpy(zero_copy_only=False)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(weights > 0, totals / weights, np.nan)
-    return {
-        (name, k): means[:, i * len(METRICS) + j]
-        for i, k in enumerate(ks)
-        for j, name in enumerate(METRICS)
-    }
+    sums.weights[at] = table.column("weight").to_numpy(zero_copy_only=False)
+    sums.sums[at] = table.column("total").to_numpy(zero_copy_only=False)
+    means = sums.means()
+    # Column order of _ResampleSummer: K-major, METRICS within each K.
+    keys = [(name, k) for k in ks for name in METRICS]
+    return {key: means[:, j] for j, key in enumerate(keys)}
 
 
 def _per_user_metrics(top: DataFrame, truth: DataFrame, ks: list[int]) -> DataFrame:

@@ -54,14 +54,21 @@ def user_vector_matrix(data: pa.Table, n_users: int, what: str, fill: float = 0.
     return matrix
 
 
+NEIGHBOUR_COLUMNS = ("item_i", "item_j", "sim")
+
+
+def _neighbour_arrays(data: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item_i, item_j, sim) arrays of an item-kNN neighbours table."""
+    item_i, item_j, sim = (data.column(c).to_numpy() for c in NEIGHBOUR_COLUMNS)
+    return item_i, item_j, sim
+
+
 def read_neighbours(
     root: LocationLike, table: str, ds: str, protocol: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(item_i, item_j, sim) of lake ``table``, read in this process (local engines only)."""
     folder = current_version(root, table, _partition(ds, protocol))
-    data = verified_dataset(folder).to_table(columns=["item_i", "item_j", "sim"])
-    item_i, item_j, sim = (data.column(c).to_numpy() for c in ("item_i", "item_j", "sim"))
-    return item_i, item_j, sim
+    return _neighbour_arrays(verified_dataset(folder).to_table(columns=list(NEIGHBOUR_COLUMNS)))
 
 
 def attach_fitted_state(model: Baseline, n_users: int) -> None:
@@ -73,8 +80,7 @@ def attach_fitted_state(model: Baseline, n_users: int) -> None:
         model.attach_user_vectors(user_vector_matrix(data, n_users, model.user_vectors_table))
     if isinstance(model, ItemKnn) and model.neighbours_table is not None:
         kept = model.spark_tables[model.neighbours_table].frame
-        data = kept.select("item_i", "item_j", "sim").toArrow()
-        model.attach_neighbours(*(data.column(c).to_numpy() for c in ("item_i", "item_j", "sim")))
+        model.attach_neighbours(*_neighbour_arrays(kept.select(*NEIGHBOUR_COLUMNS).toArrow()))
 
 
 def attach_lake_state(

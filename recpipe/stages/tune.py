@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -230,6 +231,26 @@ def _run_trial(
     )
 
 
+def trial_rows(
+    trials: Sequence[Mapping[str, Any]],
+    valid_label: str,
+    show: Callable[[Any], Any] = lambda value: value,
+) -> list[dict[str, Any]]:
+    """A table row per recorded trial: number, settings (each through ``show``), valid
+    metric (column ``valid_label``), best epoch, seconds and state."""
+    return [
+        {
+            "trial": trial["number"],
+            **{name: show(value) for name, value in trial["params"].items()},
+            valid_label: trial["value"],
+            "best epoch": trial["best_epoch"],
+            "seconds": trial["seconds"],
+            "state": trial["state"],
+        }
+        for trial in trials
+    ]
+
+
 def _write_report(
     path: Location,
     model: str,
@@ -241,11 +262,7 @@ def _write_report(
     """An HTML page: every trial in a table and the search's history as a chart."""
     from recpipe.report.html import html_table, image, tuning_history, write_report
 
-    rows = [
-        {"trial": r.number, **r.params, f"valid {metric}": r.value,
-         "best epoch": r.best_epoch, "seconds": r.seconds, "state": r.state}
-        for r in records
-    ]  # fmt: skip
+    rows = trial_rows([asdict(r) for r in records], f"valid {metric}")
     caption = f"trials ({metric} on {protocol}/valid, full ranking; best: trial {best.number})"
     body = html_table(rows, caption=caption) + image(
         tuning_history([r.value for r in records], metric), "tuning history"
