@@ -295,6 +295,9 @@ class ScoreConfig(_Section):
     block_mib: int = Field(256, ge=1)  # dense scorers: users x items rows per block
     device: Literal["auto", "cpu", "cuda"] = "auto"
     popular_window_days: int = Field(30, ge=1)
+    # all: score a model refit on every interaction up to ds (recpipe.serving); protocol: the
+    # model trained on score.protocol's train split, the one the gate measured.
+    train_on: Literal["all", "protocol"] = "all"
 
     @field_validator("model_ds", mode="before")
     @classmethod

@@ -47,11 +47,13 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
 
     from recpipe import storage
     from recpipe.query import lookup_recs
+    from recpipe.serving import serving_protocol
     from recpipe.tables import split_path
 
     recs = lookup_recs(config, user_id, model=model, ds=ds, k=REPORT_K)
     label = recs[0].get("published_model") or model if recs else model
-    fs, folder = storage.arrow_path(split_path(config.root, "train", ds, config.score.protocol))
+    # The history the served model learned from (every interaction with score.train_on=all).
+    fs, folder = storage.arrow_path(split_path(config.root, "train", ds, serving_protocol(config)))
     train = (
         pads.dataset(folder, filesystem=fs, format="parquet")
         .to_table(filter=pads.field("user_id") == user_id, columns=["item_id", "ts", "value"])

@@ -248,7 +248,8 @@ PIPELINE: tuple[Step, ...] = (
         ),
         description=(
             "Score every user of the sessions partition of --ds with one trained model (trained "
-            "for score.model_ds, default --ds, on score.protocol's train split): blocked matrix "
+            "for score.model_ds, default --ds, on every interaction up to it with score.train_on="
+            "all, the default, else on score.protocol's train split): blocked matrix "
             "products and top-K in torch on each partition (score.partitions, score.user_block, "
             "score.item_block, score.device), each user's history excluded. Users the model cannot "
             "score get the popularity list of the last score.popular_window_days days (source "

@@ -93,7 +93,8 @@ def lookup_recs(
     gate's published partition (``publish.name``) when there is one, else the only model of
     that ``ds``. Each row has ``rank``, ``item_id``, ``score``, ``model``, ``source`` (the model
     that produced the row, or ``popular`` for cold-start users), ``published_model`` (the gate's
-    choice, on the published partition), plus ``user_id`` and ``ds`` saying what was looked up.
+    choice, on the published partition), ``trained_on`` (what the scored model learned from),
+    plus ``user_id`` and ``ds`` saying what was looked up.
     Raises :class:`UnknownUserError` when the user has no rows in that partition.
     """
     if k is not None and k < 1:
@@ -124,6 +125,8 @@ def lookup_recs(
             "source": row["source"],
             # Set on the published partition: the model the gate chose.
             "published_model": pointer.get("source_model"),
+            # What the scored model learned from (score.train_on), on partitions scored since.
+            "trained_on": (pointer.get("trained_on") or {}).get("rule"),
             USER_ID: user_id,
             "ds": ds,
         }
@@ -169,13 +172,14 @@ def _title(rows: list[dict[str, Any]]) -> str:
     first = rows[0] if rows else {}
     user, model, ds = (first.get(key, "?") for key in (USER_ID, "model", "ds"))
     chosen = first.get("published_model")
+    learned = f"; trained on {first['trained_on']}" if first.get("trained_on") else ""
     if chosen:
         sources = ", ".join(sorted({row["source"] for row in rows}))
         return (
             f"recommendations for user {user} (ds {ds}, partition '{model}': model {chosen} "
-            f"chosen by the gate; this list from: {sources})"
+            f"chosen by the gate{learned}; this list from: {sources})"
         )
-    return f"recommendations for user {user} (model {model}, ds {ds})"
+    return f"recommendations for user {user} (model {model}, ds {ds}{learned})"
 
 
 def format_recs(rows: list[dict[str, Any]], fmt: str) -> str:

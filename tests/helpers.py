@@ -153,6 +153,8 @@ TRAIN_BASE = (
     "export.files_per_process=1",
     "warehouse.database=train_tests",
     "train.torch_threads=1",
+    # Training mechanics only; the refit on protocol all is trained where a test asks for it.
+    "score.train_on=protocol",
 )
 
 

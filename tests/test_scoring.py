@@ -62,6 +62,8 @@ BASE = (
     f"score.k={K}",
     "score.popular_window_days=1",
     "warehouse.database=scoring_tests",
+    # Scoring mechanics against the measured protocol's models (tests/test_refit.py: refit).
+    "score.train_on=protocol",
 )
 DEEP = ["bpr_mf", "neumf", "sasrec"]
 # The rest of the deep zoo: trained too, and scored by Spark as by one process.
@@ -462,8 +464,11 @@ def test_gate_records_the_paired_bootstrap_interval_of_model_metrics(root, evalu
 
     worse, better = evaluated
     config = build_config(root, *BASE)
-    rows = [r for r in metric_rows(config, DS1, None, resamples=True)
-            if (r["metric"], r["k"], r["protocol"], r["detail"]) == ("ndcg", 10, PROTOCOL, None)]
+    rows = [
+        r
+        for r in metric_rows(config, DS1, None, resamples=True)
+        if (r["metric"], r["k"], r["protocol"], r["detail"]) == ("ndcg", 10, PROTOCOL, None)
+    ]
     draws = {r["model"]: np.asarray(r["resamples"]) for r in rows}  # fmt: skip
     assert len(draws[worse]) == len(draws[better]) == 1000
     for row in rows:
@@ -745,9 +750,7 @@ def test_irgan_records_each_players_loss_every_epoch(root) -> None:
         parts = entry["parts"]
         assert set(parts) == {"discriminator", "generator"}
         assert parts["discriminator"] > 0
-        assert parts["discriminator"] + parts["generator"] == pytest.approx(
-            entry["loss"], abs=2e-6
-        )
+        assert parts["discriminator"] + parts["generator"] == pytest.approx(entry["loss"], abs=2e-6)
     sasrec = read_manifest(root, "train-sasrec", DS1)["protocols"][PROTOCOL]["history"]
     assert all("parts" not in entry for entry in sasrec)
 

@@ -40,7 +40,8 @@ from recpipe.train.validation import Validator
 def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("train")
     raw = write_jsonl(folder / "raw" / "events.jsonl", train_events())
-    config = build_config(folder, f"paths.raw_events={raw}", *BASE)
+    # Split and export protocol all too: the every-model test trains each model's refit.
+    config = build_config(folder, f"paths.raw_events={raw}", *BASE, "score.train_on=all")
     run_chain(spark, config, DS)
     assert run_export(spark, config, DS)["status"] == "ok"
     return folder
@@ -52,10 +53,17 @@ def config_for(root: Path, *overrides: str):
 
 @pytest.mark.parametrize("name", sorted(registry()))
 def test_every_model_trains_one_epoch_and_is_evaluated(spark, root, name) -> None:
-    config = config_for(root, "train.max_epochs=1", "train.launcher=local")
+    config = config_for(root, "train.max_epochs=1", "train.launcher=local", "score.train_on=all")
     _, evaluations = run_train(spark, config, DS, [name])
     train_manifest = read_manifest(root, f"train-{name}", DS)
     assert train_manifest["status"] == "ok"
+    # The served refit: every interaction, the epoch count validation chose, rebuilt alone.
+    refit = train_manifest["protocols"]["all"]
+    assert refit["refit"]["epochs"] == refit["epochs_run"] == 1
+    assert load_model(Path(refit["path"])).name == name
+    assert {e.result.protocol.split_protocol for e in evaluations} == {
+        "leave_last_out", "random_by_user"
+    }  # fmt: skip
     for protocol in ("leave_last_out", "random_by_user"):
         info = train_manifest["protocols"][protocol]
         assert info["epochs_run"] == 1
@@ -77,8 +85,13 @@ def _spec(root: Path, name: str, *overrides: str, resume: bool = False):
 
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(root, tmp_path) -> None:
-    settings = ("train.launcher=local", "train.max_epochs=3", "train.checkpoint_every=2",
-                "models.sasrec.batch_size=16", "train.shuffle_buffer=64")
+    settings = (
+        "train.launcher=local",
+        "train.max_epochs=3",
+        "train.checkpoint_every=2",
+        "models.sasrec.batch_size=16",
+        "train.shuffle_buffer=64",
+    )
     spec, config = _spec(root, "sasrec", *settings)
     launch(spec, config.train)
     uninterrupted = load_state(spec.model_file)["state_dict"]
@@ -101,8 +114,13 @@ def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(
     root, tmp_path, monkeypatch
 ) -> None:
     spec, config = _spec(
-        root, "bpr_mf", "train.launcher=torchrun", "train.processes=2", "train.max_epochs=4",
-        "models.bpr_mf.batch_size=32", "models.bpr_mf.lr=0.01",
+        root,
+        "bpr_mf",
+        "train.launcher=torchrun",
+        "train.processes=2",
+        "train.max_epochs=4",
+        "models.bpr_mf.batch_size=32",
+        "models.bpr_mf.lr=0.01",
     )
     system_temp = tmp_path / "system-temp"
     system_temp.mkdir()
@@ -246,7 +264,7 @@ def test_histories_match_each_users_latest_train_items(root) -> None:
         ordered = [i for _, i in sorted(zip(train.ts[mask], train.items[mask], strict=True))]
         expected = ordered[-8:]
         row = histories[user]
-        assert list(row[8 - len(expected):]) == expected
+        assert list(row[8 - len(expected) :]) == expected
         assert not row[: 8 - len(expected)].any()
 
 

@@ -1,6 +1,7 @@
 """The ``export`` stage: train splits -> Parquet training samples for the deep models.
 
-For each protocol in ``split.protocols`` and each kind in ``export.kinds`` it writes lake table
+For each protocol split wrote (``split.protocols``, and ``all`` when served models are refit:
+recpipe.serving) and each kind in ``export.kinds`` it writes lake table
 ``samples_<kind>`` partition ``ds=<ds>/protocol=<p>`` as ``train.processes x n`` files of
 near-equal row counts, ``n`` being ``export.files_per_process`` or, for a larger table, what
 keeps files at about ``export.rows_per_file`` rows (so every rank reads the same number of
@@ -39,6 +40,7 @@ from recpipe.manifest import ExportManifest, ExportSamples, ExportTable, ShardRo
 from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
 from recpipe.schema import DS, ITEM_IDX, RECENT_SAMPLE_TABLES, SAMPLE_TABLES, USER_IDX
+from recpipe.serving import written_protocols
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.storage import Location, LocationLike
@@ -156,7 +158,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     samples: dict[str, ExportSamples] = {}
     record.samples = samples
     with transaction(config, STAGE, ds, record) as tx:
-        for protocol in config.split.protocols:
+        for protocol in written_protocols(config):
             samples[protocol] = export_protocol(spark, tx, protocol)
         record.rows_in = sum(s.interactions for s in samples.values())
         record.rows_out = sum(

@@ -65,13 +65,18 @@ def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         location = publish_partition(
             spark, config, RECOMMENDATIONS, frame, ds, name,
             expected_rows=pointer["rows"],
-            pointer_extra={"source_model": chosen, "gate": decision.to_dict()},
+            pointer_extra={
+                "source_model": chosen,
+                "gate": decision.to_dict(),
+                "trained_on": pointer.get("trained_on"),
+            },
         )  # fmt: skip
         write_model_metrics(spark, config, decision.metric_rows(), ds, name)
         scored = _score_record(config, ds, chosen)
         log.info(outcome(decision.to_dict()))
         run.record.update(
             published_model=chosen,
+            trained_on=pointer.get("trained_on"),
             partition=name,
             gate=decision.to_dict(),
             rows_in=pointer["rows"],

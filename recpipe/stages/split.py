@@ -1,6 +1,7 @@
 """The ``split`` stage: sessions of ``ds`` -> lake tables ``train``/``valid``/``test``.
 
-Each protocol in ``split.protocols`` is written as partition ``ds=<ds>/protocol=<name>``.
+Each protocol in ``split.protocols`` is written as partition ``ds=<ds>/protocol=<name>``, and
+with ``score.train_on: all`` protocol ``all`` too: every interaction in train (recpipe.serving).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from recpipe.etl.split import (
     temporal_cuts,
 )
 from recpipe.lake import Lake, Transaction, transaction
-from recpipe.layout import SESSIONS
+from recpipe.layout import SESSIONS, TRAIN
 from recpipe.manifest import SplitManifest, SplitPart, SplitProtocol
 from recpipe.reconcile import check_rows
 from recpipe.schema import (
@@ -38,6 +39,7 @@ from recpipe.schema import (
     USER_IDX,
     VALUE,
 )
+from recpipe.serving import ALL, written_protocols
 from recpipe.spark import one_row
 
 PROTOCOL = "protocol"
@@ -55,6 +57,9 @@ def label_parts(interactions: DataFrame, config: Config, protocol: str) -> tuple
     """Add the ``part`` column for ``protocol``; returns it with the protocol's settings."""
     settings = config.split
     spec: dict[str, Any] = {"dedupe_user_item": settings.dedupe_user_item}
+    if protocol == ALL:  # the served models' refit: every interaction is train
+        spec["rule"] = "every interaction of ds in train (score.train_on: all)"
+        return interactions.withColumn(PART, F.lit(TRAIN)), spec
     if protocol == "leave_last_out":
         spec["min_interactions"] = settings.leave_last_out.min_interactions
         return leave_last_out(interactions, min_interactions=spec["min_interactions"]), spec
@@ -97,11 +102,11 @@ def run_split(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
             tx.record.rows_repeat_dropped = rows_in - rows_used
             protocols: dict[str, SplitProtocol] = {}
             tx.record.protocols = protocols  # filled as each protocol is staged
-            for protocol in config.split.protocols:
+            for protocol in written_protocols(config):
                 protocols[protocol] = stage_protocol(spark, tx, interactions, protocol, rows_used)
         finally:
             interactions.unpersist()
-        tx.record.rows_out = rows_used * len(config.split.protocols)
+        tx.record.rows_out = rows_used * len(protocols)
     return tx.manifest
 
 

@@ -1,9 +1,10 @@
 """The ``train`` stage: deep models trained on the export stage's samples, then evaluated.
 
-For each model in ``train.models`` and each protocol in ``split.protocols`` it launches the
-training run (``train.launcher``), writes ``<root>/models/<name>/<ds>/<protocol>/model.pt``,
-records manifest ``train-<name>``, then evaluates the model with the evaluation library exactly
-as the baselines are evaluated (manifest ``evaluate-<name>`` and ``recpipe.model_metrics``).
+For each model in ``train.models`` and each protocol in ``split.protocols`` (then ``all``, the
+served refit, when ``score.train_on: all``: see recpipe.serving) it launches the training run
+(``train.launcher``), writes ``<root>/models/<name>/<ds>/<protocol>/model.pt``, records
+manifest ``train-<name>``, then evaluates the model with the evaluation library exactly as the
+baselines are evaluated (manifest ``evaluate-<name>`` and ``recpipe.model_metrics``).
 
 The model folder (checkpoints, ``result.json``, the model) may be at any location under
 ``paths.root``; the launchers' own files (spec, logs, child temp) go to
@@ -16,6 +17,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from recpipe.models.base import ModelConfig, ModelContext, RecModel
 from recpipe.models.user_rows import ITEM_SIDE_FILE
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS
+from recpipe.serving import ALL, refit_epochs, written_protocols
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
@@ -251,9 +254,36 @@ def publish_user_rows(
     return {table: {"rows": expected, "path": record.get("path")}}
 
 
-def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
+def plan_refit(
+    config: Config, spec: TrainSpec, protocol: str, trained: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """For protocol ``all`` (the served refit: nothing held out, so nothing to validate on),
+    fix ``spec``'s epoch counts to those validation chose in ``trained``'s runs; returns the
+    refit's record (None for other protocols)."""
+    if protocol != ALL:
+        return None
+    source, epochs = refit_epochs(config, trained)
+    spec.validation = None
+    spec.stop_after_epochs = epochs
+    pretraining = {
+        label: int(run["best_epoch"])
+        for label, run in trained[source].get("pretraining", {}).items()
+        if isinstance(run.get("best_epoch"), int) and run["best_epoch"] > 0
+    }
+    return {"epochs_from": source, "epochs": epochs, "pretraining_epochs": pretraining}
+
+
+def refit_pretrain_epochs(refit: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """The pre-training epoch counts a refit repeats (None: not a refit)."""
+    return None if refit is None else dict(refit["pretraining_epochs"])
+
+
+def pretrain(
+    config: Config, spec: TrainSpec, epochs: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """Train the model's pre-training runs (e.g. NeuMF's GMF and MLP) and point ``spec`` at
-    the fused initialisation; returns a record per run ({} for models without any)."""
+    the fused initialisation; returns a record per run ({} for models without any).
+    ``epochs`` fixes a run's epoch count by label (a refit repeats what validation chose)."""
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
     runs = cls.pretraining(settings)
@@ -276,6 +306,7 @@ def pretrain(config: Config, spec: TrainSpec) -> dict[str, Any]:
             init_file=None,
             resume=False,
             user_rows_dir=None,
+            stop_after_epochs=(epochs or {}).get(label),
         )
         log.info("pre-train %s: %s", spec.model, label)
         result = launch(run, config.train)
@@ -315,12 +346,15 @@ def run_train(
                 processes=config.train.processes,
                 protocols={},
             )
-            for protocol in config.split.protocols:
+            for protocol in written_protocols(config):
                 spec = build_spec(config, ds, protocol, name, resume, run.run_id)
+                refit = plan_refit(config, spec, protocol, run.record["protocols"])
                 rows_table = plan_user_rows(config, spec, ds, protocol)
                 started = time.perf_counter()
                 plan = apply_start(config, spec, ds, protocol)
-                pretrained = {} if plan.warm else pretrain(config, spec)
+                pretrained = (
+                    {} if plan.warm else pretrain(config, spec, refit_pretrain_epochs(refit))
+                )
                 # Warm starts and pre-training bring their own weights.
                 item_init = (
                     None if plan.warm or pretrained else apply_item_init(config, spec, ds, protocol)
@@ -342,6 +376,8 @@ def run_train(
                     result["pretraining"] = pretrained
                 if item_init:
                     result["item_init"] = item_init
+                if refit is not None:
+                    result["refit"] = refit
                 run.record["protocols"][protocol] = result
             run.record["rows_in"] = sum(p["rows"] for p in run.record["protocols"].values())
             run.record["rows_out"] = len(run.record["protocols"])

@@ -19,6 +19,7 @@ from recpipe.manifest import StageRun
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, ITEM_IDX, USER_IDX
 from recpipe.scoring.inputs import known_items
+from recpipe.serving import written_protocols
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import TrainData, load_split, vocab_size
@@ -80,13 +81,14 @@ def fit_inputs(
 
 
 def run_train_baseline(spark: SparkSession, config: Config, ds: str, model: str) -> dict[str, Any]:
-    """Train ``model`` on the train split of every protocol in ``split.protocols``."""
+    """Train ``model`` on the train split of every protocol in ``split.protocols`` (and on
+    every interaction of ``ds``, protocol ``all``, when served models are refit)."""
     cls = baseline_class(model)
     settings = getattr(config.baselines, model)
     lake = Lake(config.root)
     with StageRun(config, f"train-{model}", ds) as run:
         run.record.update(model=model, settings=settings.model_dump(mode="json"), protocols={})
-        for protocol in config.split.protocols:
+        for protocol in written_protocols(config):
             started = time.perf_counter()
             data, context = fit_inputs(spark, config, ds, protocol, cls)
             facts = SplitFacts.of(data)

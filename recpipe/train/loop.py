@@ -174,7 +174,10 @@ class Trainer:
         run.validator = self._validator(ctx)
         run.loader = run.dataset.loader(self.settings.num_workers, ctx.device.type == "cuda")
         started = time.perf_counter()
-        while run.progress.epoch < run.epochs and not run.progress.stopped:
+        # A refit stops at the epoch its validated run chose, on that run's schedule (the
+        # learning rate still decays over the configured epochs).
+        last = min(run.epochs, self.spec.stop_after_epochs or run.epochs)
+        while run.progress.epoch < last and not run.progress.stopped:
             self._epoch(run)
         return self._finish(run, time.perf_counter() - started)
 

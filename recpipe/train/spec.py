@@ -45,6 +45,7 @@ class TrainSpec:
     # the item-side model beside model.pt; None: the model keeps its user tables inside only.
     user_rows_dir: str | None = None
     stop_after_steps: int | None = None  # stop as if killed after this many steps (tests)
+    stop_after_epochs: int | None = None  # a refit: the epoch count validation chose
     # Hadoop settings (spark.hadoop.* without the prefix) for the ranks' recpipe.storage: a rank
     # is a fresh process that never loads the config, yet must resolve viewfs mounts and s3a keys.
     storage: dict[str, str] = field(default_factory=dict)
