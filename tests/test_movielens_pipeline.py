@@ -90,9 +90,10 @@ def test_quality_bar_on_random_by_user(pipeline) -> None:
 
 
 def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) -> None:
-    """Every user's published top-10 equals a numpy ranking of the saved ALS factors (item
-    factors from the model file, user factors from the als_user_factors table) over the
-    items ALS was trained on, the user's whole history (train, valid and test) excluded."""
+    """Every user's published top-10 equals a numpy ranking of the saved factors of the ALS
+    refit on every interaction (score.train_on: all; item factors from the model file, user
+    factors from the als_user_factors table of protocol all) over the items it was trained
+    on, the user's whole history (train, valid and test) excluded."""
     config, _, _ = pipeline
     root = config.root.local_path()
     location = root / json.loads(
@@ -107,11 +108,11 @@ def test_published_lists_are_the_als_ranking_minus_each_users_history(pipeline) 
         recs[row["user_id"]].append((row["rank"], row["item_id"], row["score"]))
     train, valid, test = (read_split(config, part) for part in ("train", "valid", "test"))
     assert set(recs) == set(train) | set(valid) | set(test)
-    folder = root / "models" / "als" / DS / "random_by_user"
+    folder = root / "models" / "als" / DS / "all"
     with np.load(folder / "arrays.npz") as arrays:
         items, known = arrays["item_factors"], arrays["known_items"]
     # The user factors are in their lake table (one row per user), not in the model file.
-    factors = pads.dataset(partition_dir(root, "als_user_factors", DS, "random_by_user"))
+    factors = pads.dataset(partition_dir(root, "als_user_factors", DS, "all"))
     rows = factors.to_table().to_pylist()
     users = np.zeros((max(r["user_idx"] for r in rows) + 1, items.shape[1]), dtype=np.float32)
     for r in rows:
