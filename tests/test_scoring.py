@@ -612,6 +612,18 @@ def test_spark_evaluation_equals_the_local_engine(spark, root, name) -> None:
     for k in (1, 5, 10):
         np.testing.assert_array_equal(distributed.top_counts[k], local.top_counts[k])
         assert distributed.top_counts[k].sum() > 0
+    # The same users in the same activity quartiles, with the same means.
+    mine, theirs = distributed.result.groups, local.result.groups
+    assert mine is not None and theirs is not None
+    assert mine.cuts == pytest.approx(theirs.cuts, rel=1e-12)
+    assert sum(group.users for group in theirs.groups) == len(truth_users)
+    for got_group, expected_group in zip(mine.groups, theirs.groups, strict=True):
+        assert got_group.users == expected_group.users
+        assert (got_group.activity_low, got_group.activity_high) == (
+            expected_group.activity_low, expected_group.activity_high,
+        )  # fmt: skip
+        for key, value in expected_group.values.items():
+            assert got_group.values[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
 
 
 def _pairs_by_user(root: Path, part: str) -> dict[int, set[int]]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from recpipe.console import format_table
+from recpipe.evaluation.activity import ActivityGroups
 from recpipe.evaluation.bootstrap import Interval, percentile_interval
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, Csr, csr_rows
@@ -247,6 +248,7 @@ class EvaluationResult:
     values: MetricValues
     resamples: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     confidence: float = 0.95
+    groups: ActivityGroups | None = None  # the same metrics per user-activity quartile
 
     def interval(self, key: tuple[str, int]) -> Interval | None:
         """The ``confidence`` interval of metric ``key``, or None without resamples."""

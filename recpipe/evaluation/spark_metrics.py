@@ -16,6 +16,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from recpipe.evaluation.activity import N_GROUPS, QUANTILES, ActivityGroup, ActivityGroups
 from recpipe.evaluation.bootstrap import ResampleSums
 from recpipe.evaluation.metrics import METRICS, USERS_KEY, MetricValues, check_ks, discounts
 from recpipe.evaluation.metrics import ideal_dcg as ideal_dcg_table
@@ -25,6 +26,8 @@ from recpipe.spark import one_row
 
 RANK = "rank"
 K = "k"
+ACTIVITY = "activity"
+GROUP = "group"
 
 
 def spark_ranking_metrics(
@@ -33,10 +36,13 @@ def spark_ranking_metrics(
     ks: Sequence[int],
     n_items: int,
     bootstrap: tuple[int, int] = (0, 0),
-) -> tuple[MetricValues, dict[tuple[str, int], np.ndarray]]:
+    activity: DataFrame | None = None,
+) -> tuple[MetricValues, dict[tuple[str, int], np.ndarray], ActivityGroups | None]:
     """Mean ``(metric, k)`` over truth users, ``("coverage", k)``, and ``USERS_KEY``; with
     ``bootstrap = (resamples, seed)``, resamples > 0, also each ranking metric's resample
-    means (:mod:`recpipe.evaluation.bootstrap`, summed on the executors).
+    means (:mod:`recpipe.evaluation.bootstrap`, summed on the executors); with ``activity``
+    (``user_idx, activity``: known-history length) the metrics per activity quartile
+    (:mod:`recpipe.evaluation.activity`; users without a row count as 0).
 
     ``recs`` holds ``user_idx, item_idx, rank`` (1-based, one item per rank, no repeated
     items per user); ``truth`` holds ``user_idx, item_idx``. Every user with a truth item is
@@ -57,6 +63,7 @@ def spark_ranking_metrics(
         rows = {row[K]: row for row in per_k.collect()}
         resamples, seed = bootstrap
         means = _resample_means(per_user, ks, resamples, seed) if resamples > 0 else {}
+        groups = None if activity is None else _activity_groups(per_user, activity, ks)
     finally:
         per_user.unpersist()
     values: MetricValues = {
@@ -64,7 +71,50 @@ def spark_ranking_metrics(
     }
     values[USERS_KEY] = float(rows[ks[0]]["users"]) if rows else 0.0
     values.update(_coverage(top, ks, n_items))
-    return values, means
+    return values, means, groups
+
+
+def _activity_groups(per_user: DataFrame, activity: DataFrame, ks: list[int]) -> ActivityGroups:
+    """The per-user metrics averaged per activity quartile: cuts from Spark's exact
+    ``percentile`` over the evaluated users, one row per (group, K) back to the driver."""
+    joined = per_user.join(activity.select(USER_IDX, ACTIVITY), USER_IDX, "left").withColumn(
+        ACTIVITY, F.coalesce(F.col(ACTIVITY), F.lit(0))
+    )
+    found = one_row(
+        joined.where(F.col(K) == ks[0]).agg(F.percentile(ACTIVITY, list(QUANTILES)).alias("cuts")),
+        "activity quartiles",
+    )["cuts"]
+    cuts = [float("nan")] * len(QUANTILES) if found is None else [float(c) for c in found]
+    group = sum(((F.col(ACTIVITY) > F.lit(cut)).cast("int") for cut in cuts), F.lit(0))
+    rows = (
+        joined.withColumn(GROUP, group)
+        .groupBy(GROUP, K)
+        .agg(
+            F.count(F.lit(1)).alias("users"),
+            F.min(ACTIVITY).alias("low"),
+            F.max(ACTIVITY).alias("high"),
+            *(F.avg(name).alias(name) for name in METRICS),
+        )
+        .collect()
+    )
+    by_group = {(row[GROUP], row[K]): row for row in rows}
+    built = []
+    for number in range(N_GROUPS):
+        first = by_group.get((number, ks[0]))
+        values = {
+            (name, k): _as_float(by_group[(number, k)][name] if (number, k) in by_group else None)
+            for k in ks
+            for name in METRICS
+        }
+        built.append(
+            ActivityGroup(
+                int(first["users"]) if first else 0,
+                int(first["low"]) if first else None,
+                int(first["high"]) if first else None,
+                values,
+            )
+        )
+    return ActivityGroups(tuple(cuts), tuple(built))
 
 
 class _ResampleSummer:

@@ -116,6 +116,34 @@ def accuracy_vs_long_tail(rows: Sequence[Mapping[str, Any]], k: int, protocol: s
     return _png(figure)
 
 
+def quality_by_activity(groups: Mapping[str, Any], metric: str, k: int, protocol: str) -> str:
+    """PNG data URI: ``metric@k`` per user-activity quartile, a bar per model in each
+    quartile. ``groups`` maps model -> its :class:`~recpipe.evaluation.activity.ActivityGroups`
+    (the quartiles are the same for every model of a protocol: they depend on the split only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(groups)
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / max(1, len(models))
+    first = groups[models[0]] if models else None
+    quartiles = np.arange(len(first.groups) if first else 0)
+    for offset, model in enumerate(models):
+        values = [group.values.get((metric, k), np.nan) for group in groups[model].groups]
+        axis.bar(quartiles + offset * width - 0.4 + width / 2, values, width, label=model)
+    if first is not None:
+        axis.set_xticks(quartiles, [first.label(i) for i in quartiles], fontsize=8)
+    axis.set_xlabel("users by known-history length, least active first")
+    axis.set_ylabel(f"{metric}@{k}")
+    axis.set_title(f"{metric}@{k} by user activity quartile ({protocol})")
+    axis.grid(alpha=0.3, axis="y")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, ncol=2)
+    return _png(figure)
+
+
 def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str:
     """PNG data URI: training loss (left) and validation metric (right) per epoch, a line per
     deep model, for one protocol. ``runs`` maps model -> its per-epoch history entries."""
@@ -140,9 +168,13 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: s
     metric_axis.set_ylabel("valid metric")
     metric_axis.set_title(f"validation ({protocol}/valid)")
     if not metric_axis.lines:  # no model validated: say why instead of an empty plot
+        why = (
+            "refit on every interaction (nothing held out):\ntrained for the validated epochs"
+            if protocol == "all"
+            else "no valid split under this protocol:\nearly stopping was off"
+        )
         metric_axis.text(
-            0.5, 0.5, "no valid split under this protocol:\nearly stopping was off",
-            ha="center", va="center", transform=metric_axis.transAxes,
+            0.5, 0.5, why, ha="center", va="center", transform=metric_axis.transAxes
         )  # fmt: skip
     for axis in (loss_axis, metric_axis):
         axis.grid(alpha=0.3)

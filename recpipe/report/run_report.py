@@ -15,6 +15,7 @@ from recpipe.report.html import (
     loss_part_curves,
     metric_curves,
     popularity_plot,
+    quality_by_activity,
     stage_timings_plot,
     training_curves,
     write_report,
@@ -36,7 +37,30 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
             parts.append(image(uri, f"{metric} vs K, {protocol.split_protocol}"))
         uri = accuracy_vs_long_tail(all_rows, k, protocol.split_protocol)
         parts.append(image(uri, f"accuracy vs popularity bias, {protocol.split_protocol}"))
+        parts.append(_activity_part(results, k, protocol.split_protocol))
     return "\n".join(parts)
+
+
+def _activity_part(results: Sequence[Any], k: int, protocol: str) -> str:
+    """NDCG@k per user-activity quartile: a table and a chart (empty when no result has
+    groups, e.g. results from before they were measured)."""
+    groups = {r.model: r.groups for r in results if r.groups is not None}
+    if not groups:
+        return ""
+    first = next(iter(groups.values()))
+    rows = [
+        {
+            "model": model,
+            **{
+                first.label(i): group.values.get(("ndcg", k))
+                for i, group in enumerate(found.groups)
+            },
+        }
+        for model, found in sorted(groups.items())
+    ]
+    caption = f"{protocol}: ndcg@{k} by user activity quartile (known-history length)"
+    uri = quality_by_activity(groups, "ndcg", k, protocol)
+    return html_table(rows, caption=caption) + image(uri, f"quality by activity, {protocol}")
 
 
 def _popularity_section(evaluations: Sequence[Any], k: int) -> str:
@@ -137,6 +161,7 @@ def _publishing_section(manifests: Sequence[dict[str, Any]]) -> str:
     scored = [
         {
             "model": m["model"],
+            "trained on": (m.get("trained_on") or {}).get("protocol"),
             "users": m.get("rows_in"),
             **{f"users from {source}": n for source, n in m.get("users_by_source", {}).items()},
             "rows": m.get("rows_out"),

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.evaluation.activity import ActivityGroups, activity_groups
 from recpipe.evaluation.bootstrap import resample_means
 from recpipe.evaluation.metrics import (
     USERS_KEY,
@@ -102,6 +104,9 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     )
     evaluated, per_user = per_user_ranking_metrics(items, truth_csr, users, ks)
     values = user_means(evaluated, per_user)
+    # Activity: rows of known history per user (repeats counted, as the Spark engine counts).
+    lengths = np.bincount(history.users, minlength=int(evaluated.max(initial=0)) + 1)
+    groups = activity_groups(lengths[evaluated], per_user)
     boot = settings.bootstrap
     resamples = resample_means(evaluated, per_user, boot.resamples, boot.seed)
     train_csr = csr_from_pairs(train.users, train.items, train.n_users)
@@ -109,8 +114,9 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     counts = {k: recommendation_counts(items, k, train.n_items) for k in ks}
     n_train_users = len(np.unique(train.users))
     return _evaluation(
-        name, protocol, config, values, resamples, counts, popularity, n_train_users, "local"
-    )
+        name, protocol, config, values, resamples, counts, popularity, n_train_users, "local",
+        groups,
+    )  # fmt: skip
 
 
 def _evaluate_on_spark(
@@ -118,7 +124,7 @@ def _evaluate_on_spark(
 ) -> Evaluation:
     """Splits read by Spark, users ranked on the executors, metrics aggregated by Spark; the
     driver holds item-sized arrays only."""
-    from recpipe.evaluation.spark_metrics import spark_ranking_metrics
+    from recpipe.evaluation.spark_metrics import ACTIVITY, spark_ranking_metrics
     from recpipe.evaluation.spark_ranking import (
         RankSettings,
         item_side,
@@ -142,7 +148,10 @@ def _evaluate_on_spark(
     files = executor_model_files(config.root, name, ds, protocol)
     # Before any Spark job: the files and the known-items mask are what is broadcast.
     block_mib = fitted_block_mib(
-        executor_settings(spark, config), settings.block_mib, BLOCK_KEY, n_items,
+        executor_settings(spark, config),
+        settings.block_mib,
+        BLOCK_KEY,
+        n_items,
         sum(len(data) for data in files.values()) + n_items + 1,
     )
     items = item_side(train, n_items)
@@ -165,15 +174,16 @@ def _evaluate_on_spark(
     recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         boot = settings.bootstrap
-        values, resamples = spark_ranking_metrics(
-            recs, truth, ks, n_items, (boot.resamples, boot.seed)
+        activity = history.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias(ACTIVITY))
+        values, resamples, groups = spark_ranking_metrics(
+            recs, truth, ks, n_items, (boot.resamples, boot.seed), activity
         )
         counts = top_item_counts(recs, ks, n_items)
     finally:
         recs.unpersist()
     return _evaluation(
         name, protocol, config, values, resamples, counts, items.popularity,
-        items.n_train_users, "spark",
+        items.n_train_users, "spark", groups,
     )  # fmt: skip
 
 
@@ -187,6 +197,7 @@ def _evaluation(
     popularity: np.ndarray,
     n_train_users: int,
     engine: str,
+    groups: ActivityGroups | None = None,
 ) -> Evaluation:
     """The result both engines end with: beyond-accuracy metrics from the per-item counts."""
     for k, per_item in counts.items():
@@ -206,6 +217,7 @@ def _evaluation(
         values,
         resamples,
         config.evaluation.bootstrap.confidence,
+        groups,
     )
     log.info("evaluate %s on %s: %s engine, %d users", name, protocol, engine, n_users)
     return Evaluation(result, counts, popularity)
@@ -246,6 +258,11 @@ def run_evaluate(
                         "users": result.n_users,
                         "metrics": {f"{m}@{k}": v for (m, k), v in result.values.items()},
                         "intervals": _intervals(result),
+                        **(
+                            {"by_activity": result.groups.to_dict()}
+                            if result.groups is not None
+                            else {}
+                        ),
                     }
                 )
             write_model_metrics(spark, config, rows, ds, name)
