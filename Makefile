@@ -20,7 +20,7 @@ LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[train,tune,dev]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[train,tune,tracking,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

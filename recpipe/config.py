@@ -455,6 +455,14 @@ class TuneConfig(_Section):
     timeout_seconds: float | None = Field(None, gt=0)
 
 
+class TrackingConfig(_Section):
+    # MLflow tracking URI (a server, sqlite:///path/mlflow.db, ...); null: no tracking.
+    mlflow_uri: str | None = None
+    experiment: str = Field("recpipe", min_length=1)
+    # Where a new experiment keeps its artifacts; null: the tracking server's default.
+    artifact_location: str | None = None
+
+
 class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -472,6 +480,7 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     models: ModelsConfig = Field(default_factory=dict)
 
     @property

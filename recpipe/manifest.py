@@ -56,8 +56,6 @@ __all__ = [
 ]
 
 
-
-
 def _read_if_present(path: Location) -> dict[str, Any] | None:
     try:
         return dict(storage.read_json(path))
@@ -135,6 +133,9 @@ class StageRun:
         return record
 
     def __enter__(self) -> StageRun:
+        from recpipe.tracking import require
+
+        require(self.config, self.stage)  # before the lock: a config error changes nothing
         self._lock.acquire()
         try:
             self._previous = _read_if_present(self.path)
@@ -195,6 +196,9 @@ class StageRun:
         storage.write_text(self.path, json.dumps(manifest, indent=2, default=str))
         kill_point(f"{self.stage}:after_commit")
         sweep_run(root, self.stage, self.ds, manifest)
+        from recpipe.tracking import track_manifest
+
+        track_manifest(self.config, manifest)  # after the commit: the manifest is the record
 
     def _record_failure(
         self,
