@@ -164,6 +164,7 @@ def main() -> None:
         f"paths.root={args.root}",
         "split.protocols=[leave_last_out,random_by_user]",
         "warehouse.database=quality_bench",
+        "score.train_on=protocol",  # throughput per protocol run; no serving refit
     ]
     import torch
 
