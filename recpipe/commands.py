@@ -157,8 +157,10 @@ def _report_publish(ctx: StepContext, result: StepResult) -> None:
     for manifest in result.manifests:
         print(outcome(manifest["gate"]))
         counts = ", ".join(f"{k} {v:,}" for k, v in (manifest.get("source_counts") or {}).items())
+        learned = (manifest.get("trained_on") or {}).get("rule")
         print(
-            f"published {manifest['published_model']} as recommendations model="
+            f"published {manifest['published_model']}"
+            f"{f' (trained on {learned})' if learned else ''} as recommendations model="
             f"{manifest['partition']} ds={ctx.ds}: {manifest['rows_out']:,} rows ({counts}) -> "
             f"{manifest['location']}"
         )

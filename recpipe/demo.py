@@ -120,9 +120,11 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> L
     print_metric_tables(evaluations, REPORT_K)
     print(outcome(gate))
     chosen = published["published_model"]
+    learned = (published.get("trained_on") or {}).get("rule", "score.protocol's train split")
     print(
-        f"published {chosen} as recommendations model={published['partition']} ds={ds} "
-        f"({published['rows_out']:,} rows; by source: {published['source_counts']})"
+        f"published {chosen} (trained on {learned}) as recommendations model="
+        f"{published['partition']} ds={ds} ({published['rows_out']:,} rows; by source: "
+        f"{published['source_counts']})"
     )
     print()
     example = example_rows(config, ds, EXAMPLE_USER, config.publish.name)
