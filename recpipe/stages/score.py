@@ -3,9 +3,9 @@ executors and published to ``<database>.recommendations`` partition ``(ds, model
 
 The model scored is the one trained on protocol ``all`` (every interaction up to ``ds``: see
 recpipe.serving) with ``score.train_on: all``, else the one trained on ``score.protocol``'s train
-split; the manifest's ``trained_on`` says which. Users are everyone in the ``sessions`` partition
-of ``ds``; a user's history there is both the
-seen-items set (never recommended) and the sequence models' input. Users the model cannot
+split; the manifest's ``trained_on`` says which. Users are everyone in the ``sessions``
+partition of ``ds``; a user's history there is both the seen-items set (never recommended)
+and the sequence models' input. Users the model cannot
 score (no trained row, or no item it knows) get the recent popularity list, ``source =
 'popular'``; the others ``source = <model>``.
 """
@@ -90,9 +90,9 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
     settings = config.score
     model_ds = settings.model_ds or ds
     serving = serving_protocol(config)
-    learned = trained_on(config, model_ds)
     with StageRun(config, f"score-{model}", ds) as run:
         files = served_model_files(config, model, model_ds)
+        learned = trained_on(config, model_ds)
         n_items = vocab_size(config.root, VOCAB_ITEMS, ITEM_IDX, model_ds)
         # Before any Spark job: a block that cannot fit the executors' Python workers is a
         # config error now, not a worker killed for memory later.
