@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,6 @@ from recpipe.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-TRACKED_PREFIXES = ("train-", "tune-", "evaluate-")
 PUBLISH = "publish"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 GATE_SETTINGS = ("candidate", "baseline", "metric", "k", "tolerance", "require_significant")
@@ -55,9 +54,17 @@ def enabled(config: Config) -> bool:
     return bool(config.tracking.mlflow_uri)
 
 
+def _builder(stage: str) -> Callable[[Mapping[str, Any]], list[TrackedRun]] | None:
+    """The function turning a manifest of ``stage`` into MLflow runs (None: not tracked)."""
+    if stage == PUBLISH:
+        return publish_runs
+    by_prefix = (("train-", training_runs), ("tune-", tune_runs), ("evaluate-", evaluation_runs))
+    return next((build for prefix, build in by_prefix if stage.startswith(prefix)), None)
+
+
 def tracked(stage: str) -> bool:
     """Whether runs of ``stage`` are logged to MLflow (when tracking is on)."""
-    return stage == PUBLISH or stage.startswith(TRACKED_PREFIXES)
+    return _builder(stage) is not None
 
 
 def require(config: Config, stage: str) -> None:
@@ -99,6 +106,20 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _put(metrics: dict[str, float], key: str, value: Any) -> None:
+    """Set ``metrics[key]`` when ``value`` is a number (None, text and NaN are skipped)."""
+    number = _number(value)
+    if number is not None:
+        metrics[key] = number
+
+
+def _append(series: dict[str, list[tuple[int, float]]], key: str, step: int, value: Any) -> None:
+    """Add ``(step, value)`` to ``series[key]`` when ``value`` is a number."""
+    number = _number(value)
+    if number is not None:
+        series.setdefault(key, []).append((step, number))
+
+
 def _tags(manifest: Mapping[str, Any], model: str, protocol: str | None) -> dict[str, str]:
     tags = {
         "recpipe.stage": str(manifest["stage"]),
@@ -135,14 +156,10 @@ def training_runs(manifest: Mapping[str, Any]) -> list[TrackedRun]:
         )
         for key in ("rows", "seconds", "wall_seconds", "epochs_run", "best_epoch",
                     "best_valid_metric", "rows_per_second"):  # fmt: skip
-            number = _number(info.get(key))
-            if number is not None:
-                run.metrics[key] = number
+            _put(run.metrics, key, info.get(key))
         for entry in info.get("history", []):
             for key, name in (("loss", "train_loss"), ("metric", "valid_metric")):
-                number = _number(entry.get(key))
-                if number is not None:
-                    run.series.setdefault(name, []).append((int(entry["epoch"]), number))
+                _append(run.series, name, int(entry["epoch"]), entry.get(key))
         runs.append(run)
     return runs
 
@@ -162,17 +179,13 @@ def evaluation_runs(manifest: Mapping[str, Any]) -> list[TrackedRun]:
             texts=_manifest_text(manifest),
         )
         for key, value in result.get("metrics", {}).items():
-            number = _number(value)
-            if number is not None:
-                run.metrics[metric_key(key)] = number
+            _put(run.metrics, metric_key(key), value)
         for key, (low, high) in result.get("intervals", {}).items():
             run.metrics[f"{metric_key(key)}_ci_low"] = float(low)
             run.metrics[f"{metric_key(key)}_ci_high"] = float(high)
         for group in (result.get("by_activity") or {}).get("groups", []):
             for key, value in group["metrics"].items():
-                number = _number(value)
-                if number is not None:
-                    run.metrics[f"{metric_key(key)}_activity_q{group['group']}"] = number
+                _put(run.metrics, f"{metric_key(key)}_activity_q{group['group']}", value)
         runs.append(run)
     return runs
 
@@ -190,9 +203,7 @@ def tune_runs(manifest: Mapping[str, Any]) -> list[TrackedRun]:
         texts=_manifest_text(manifest),
     )
     for trial in manifest["trials"]:
-        number = _number(trial.get("value"))
-        if number is not None:
-            run.series.setdefault("trial_valid_metric", []).append((int(trial["number"]), number))
+        _append(run.series, "trial_valid_metric", int(trial["number"]), trial.get("value"))
     files = {"best.yaml": manifest.get("overlay"), "report.html": manifest.get("report")}
     for name, location in files.items():
         if location:
@@ -220,29 +231,15 @@ def publish_runs(manifest: Mapping[str, Any]) -> list[TrackedRun]:
     )
     for key in ("candidate_value", "baseline_value", "difference_low", "difference_high",
                 "passed", "significant"):  # fmt: skip
-        number = _number(gate.get(key))
-        if number is not None:
-            run.metrics[f"gate_{key}"] = number
-    rows = _number(manifest.get("rows_out"))
-    if rows is not None:
-        run.metrics["rows"] = rows
+        _put(run.metrics, f"gate_{key}", gate.get(key))
+    _put(run.metrics, "rows", manifest.get("rows_out"))
     return [run]
 
 
 def runs_of(manifest: Mapping[str, Any]) -> list[TrackedRun]:
     """The MLflow runs a committed manifest gives (none for stages not tracked)."""
-    stage = str(manifest.get("stage", ""))
-    if not tracked(stage):
-        return []
-    if stage == PUBLISH:
-        return publish_runs(manifest)
-    if stage.startswith("train-"):
-        return training_runs(manifest)
-    if stage.startswith("tune-"):
-        return tune_runs(manifest)
-    if stage.startswith("evaluate-"):
-        return evaluation_runs(manifest)
-    return []
+    build = _builder(str(manifest.get("stage", "")))
+    return [] if build is None else build(manifest)
 
 
 def log_runs(config: Config, runs: list[TrackedRun]) -> list[str]:
