@@ -321,7 +321,7 @@ def _run_pipeline_steps(args: argparse.Namespace) -> int:
 
 
 def _fetch_data(args: argparse.Namespace) -> int:
-    from recpipe.datasets.movielens import fetch_movielens_100k
+    from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
 
     config = _config(args)
     if args.dataset != "movielens-100k":
@@ -329,6 +329,10 @@ def _fetch_data(args: argparse.Namespace) -> int:
     summary = fetch_movielens_100k(config.datasets.movielens, config.root, config.local_root)
     print(json.dumps(summary, indent=2))
     print(f"next: recpipe clean --ds YYYY-MM-DD --set paths.raw_events={summary['raw_events']}")
+    references = [f"paths.{key}={summary[key]}" for key in REFERENCE_KEYS if key in summary]
+    if references:
+        sets = " ".join(f"--set {ref}" for ref in references)
+        print(f"      recpipe catalog --ds YYYY-MM-DD {sets}")
     return 0
 
 

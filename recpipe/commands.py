@@ -57,6 +57,25 @@ def print_stage_report(manifests: Sequence[Manifest]) -> None:
         if m["stage"] == "split" and m.get("protocols"):
             print()
             print(format_table(split_rows(m), title=f"splits (ds={m['ds']})"))
+        if m["stage"] == "catalog" and m.get("inputs"):
+            print()
+            print(format_table(catalog_rows(m), title=f"catalogue inputs (ds={m['ds']})"))
+
+
+def catalog_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    """One row per reference input of a catalog manifest, its quarantine reasons in one cell."""
+    return [
+        {
+            "input": name,
+            "table": info["table"],
+            "rows_in": info["rows_in"],
+            "rows_out": info["rows_out"],
+            "quarantined": info["rows_quarantined"],
+            "duplicates": info["rows_duplicate"],
+            "reasons": ", ".join(f"{k} {v}" for k, v in info["quarantine_by_reason"].items()),
+        }
+        for name, info in manifest["inputs"].items()
+    ]
 
 
 def print_metric_tables(evaluations: Sequence[Any], k: int) -> None:
@@ -69,7 +88,10 @@ def print_metric_tables(evaluations: Sequence[Any], k: int) -> None:
 
 
 def _report_stages(ctx: StepContext, result: StepResult) -> None:
-    print_stage_report(result.manifests)
+    if result.manifests:
+        print_stage_report(result.manifests)
+    for note in result.notes:  # a step that chose not to run (catalog without inputs)
+        print(note)
 
 
 def _report_train_baseline(ctx: StepContext, result: StepResult) -> None:

@@ -72,6 +72,18 @@ class PathsConfig(_Section):
     raw_events: str | None = Field(
         None, description="Raw event input: a file, a folder or a glob; a path or any Hadoop URI."
     )
+    raw_items: str | None = Field(
+        None, description="Item catalogue input (item_id, title, any fields), for `catalog`."
+    )
+    raw_users: str | None = Field(
+        None, description="User profile input (user_id, any fields), for `catalog`."
+    )
+    raw_kg: str | None = Field(
+        None, description="Knowledge-graph triples input (head, relation, tail), for `catalog`."
+    )
+    raw_links: str | None = Field(
+        None, description="Item -> graph entity links input (item_id, entity), for `catalog`."
+    )
     local: str | None = Field(
         None,
         description="Local folder for what must be on this machine's disk (embedded metastore, "
@@ -428,6 +440,20 @@ class MovieLensConfig(_Section):
     source_file: str | None = Field(
         None, description="Use this local ml-100k.inter or u.data instead."
     )
+    catalog: bool = Field(
+        True,
+        description="Also write the item catalogue, user profiles, knowledge graph and item links "
+        "(from the wheel; not with source_file).",
+    )
+    reference_sha256: dict[str, str] = Field(
+        default_factory=lambda: {
+            "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+            "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+            "ml-100k.kg": "200a0636fa07c218119a42e5bac7aa3e26e3665a6f919c1b22909bd412b14779",
+            "ml-100k.link": "524dca2c3d62619688ab99b3ec53ea2acb9b64d38eafec3e02bdd0dc6bb7d948",
+        },
+        description="SHA-256 of each reference file of the wheel, by file name.",
+    )
 
 
 class SyntheticConfig(_Section):
@@ -463,10 +489,15 @@ class TrackingConfig(_Section):
     artifact_location: str | None = None
 
 
+class CatalogConfig(_Section):
+    input_format: Literal["auto", "json", "csv", "parquet"] = "auto"
+
+
 class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
@@ -603,8 +634,10 @@ def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     base = base_dir or Path.cwd()
     paths = config.paths
     paths.root = _state_root(paths.root, base)
-    if paths.raw_events and "://" not in paths.raw_events:
-        paths.raw_events = str(base / paths.raw_events)
+    for key in ("raw_events", "raw_items", "raw_users", "raw_kg", "raw_links"):
+        value = getattr(paths, key)
+        if value and "://" not in value:
+            setattr(paths, key, str(base / value))
     if paths.local is not None:
         if scheme_of(paths.local) not in (None, "file"):
             raise ConfigError(f"'paths.local': {paths.local} must be a local folder, not a URI")

@@ -30,12 +30,13 @@ REPORT_K = 10
 
 def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[Config, dict]:
     """Fetch MovieLens 100K, then the config the demo runs with (user overrides win)."""
-    from recpipe.datasets.movielens import fetch_movielens_100k
+    from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
 
     first = load_config(conf, overrides)
     summary = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     defaults = [
         f"paths.raw_events={summary['raw_events']}",
+        *(f"paths.{key}={summary[key]}" for key in REFERENCE_KEYS if key in summary),
         f"split.protocols={DEMO_PROTOCOLS}",
         f"train.max_epochs={DEMO_MAX_EPOCHS}",
         f"baselines.models=[{','.join(DEMO_MODELS)}]",

@@ -43,6 +43,14 @@ SESSIONS = "sessions"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
 SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.values())
+# What the catalog stage writes: reference data per ds (catalogues change), and the records
+# it rejected (partition ds/input).
+ITEMS = "items"
+USERS = "users"
+KG_TRIPLES = "kg_triples"
+ITEM_ENTITIES = "item_entities"
+CATALOG_QUARANTINE = "catalog_quarantine"
+CATALOG_TABLES: tuple[str, ...] = (ITEMS, USERS, KG_TRIPLES, ITEM_ENTITIES, CATALOG_QUARANTINE)
 # Factor baselines' user vectors (user_idx, user_vector) per (ds, protocol), one table per
 # model: they reach scoring and evaluation as a column joined per user, never through the driver.
 FACTOR_BASELINES: tuple[str, ...] = ("als", "nmf", "item2vec")
@@ -71,6 +79,7 @@ def user_rows_table(model: str) -> str:
 PRODUCERS: dict[str, str] = {
     EVENTS: "clean",
     QUARANTINE: "clean",
+    **{table: "catalog" for table in CATALOG_TABLES},
     VOCAB_USERS: "vocab",
     VOCAB_ITEMS: "vocab",
     SESSIONS: "sessionize",

@@ -42,6 +42,7 @@ from recpipe.storage import Location, LocationLike, as_location
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CatalogManifest",
     "CleanManifest",
     "ExportManifest",
     "SessionizeManifest",
@@ -293,6 +294,26 @@ class CleanManifest(StageManifest):
     quarantine_by_reason: dict[str, int] | None = None
 
 
+class CatalogInputCounts(BaseModel):
+    """How one catalogue input's records split into rows, quarantine and duplicates."""
+
+    input: str
+    table: str
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    rows_duplicate: int
+    quarantine_by_reason: dict[str, int]
+
+
+class CatalogManifest(StageManifest):
+    """``catalog``: the reference inputs read (items, users, kg, links) and their counts."""
+
+    STAGE: ClassVar[str] = "catalog"
+
+    inputs: dict[str, CatalogInputCounts] | None = None
+
+
 class VocabGrowth(BaseModel):
     """How one vocabulary grew over its previous snapshot."""
 
@@ -413,7 +434,14 @@ class ExportManifest(StageManifest):
 
 MANIFEST_MODELS: dict[str, type[StageManifest]] = {
     model.STAGE: model
-    for model in (CleanManifest, VocabManifest, SessionizeManifest, SplitManifest, ExportManifest)
+    for model in (
+        CleanManifest,
+        CatalogManifest,
+        VocabManifest,
+        SessionizeManifest,
+        SplitManifest,
+        ExportManifest,
+    )
 }
 
 

@@ -79,6 +79,15 @@ def _lake_stage(module: str) -> Runner:
     return run
 
 
+def _catalog(ctx: StepContext) -> StepResult:
+    from recpipe.stages.catalog import configured_inputs, run_catalog, unset_message
+
+    # Catalogues are optional: a chain without one runs on, and says so.
+    if not configured_inputs(ctx.config):
+        return StepResult([], notes=[f"catalog: {unset_message()}"])
+    return StepResult([run_catalog(ctx.spark(), ctx.config, ctx.ds)])
+
+
 def _train_baseline(ctx: StepContext) -> StepResult:
     from recpipe.stages.train_baseline import run_train_baseline
 
@@ -151,6 +160,20 @@ PIPELINE: tuple[Step, ...] = (
         "clean",
         "raw logs -> lake tables events + quarantine (bad rows with a reason code)",
         _lake_stage("clean"),
+        etl=True,
+    ),
+    Step(
+        "catalog",
+        "item catalogue, user profiles, knowledge graph -> lake tables (bad rows quarantined)",
+        _catalog,
+        description=(
+            "Clean the reference inputs that are set (paths.raw_items: item_id, title, any "
+            "fields; paths.raw_users: user_id, any fields; paths.raw_kg: head, relation, tail; "
+            "paths.raw_links: item_id, entity) into lake tables items, users, kg_triples and "
+            "item_entities for --ds, each record kept once or quarantined with a reason in "
+            "catalog_quarantine (a key with conflicting versions: conflicting_record), counts "
+            "reconciled exactly. With none set it does nothing and says so."
+        ),
         etl=True,
     ),
     Step(

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from recpipe.catalogue import describe_profile, item_details, user_profile
 from recpipe.config import Config
 from recpipe.console import format_table
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.parquet_files import verified_dataset
-from recpipe.schema import ITEM_ID, USER_ID
+from recpipe.schema import ITEM_ID, TITLE, USER_ID
 from recpipe.storage import Location
 from recpipe.warehouse import (
     MODEL_METRICS,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "json")
 _READ_COLUMNS = ["rank", ITEM_ID, "score", "source"]
-_TABLE_COLUMNS = ("rank", ITEM_ID, "score", "source")
+_TABLE_COLUMNS = ("rank", ITEM_ID, TITLE, "score", "source")  # title: with a catalogue
 
 
 class UnknownUserError(RecpipeError, LookupError):
@@ -94,7 +95,9 @@ def lookup_recs(
     that ``ds``. Each row has ``rank``, ``item_id``, ``score``, ``model``, ``source`` (the model
     that produced the row, or ``popular`` for cold-start users), ``published_model`` (the gate's
     choice, on the published partition), ``trained_on`` (what the scored model learned from),
-    plus ``user_id`` and ``ds`` saying what was looked up.
+    ``title`` (from the item catalogue as of ``ds``; None without one) and ``profile`` (the
+    user's profile attributes, None without profiles), plus ``user_id`` and ``ds`` saying what
+    was looked up.
     Raises :class:`UnknownUserError` when the user has no rows in that partition.
     """
     if k is not None and k < 1:
@@ -116,10 +119,13 @@ def lookup_recs(
             f"user '{user_id}' has no recommendations from model '{model}' for ds={ds}"
         )
     rows = found.slice(0, k).to_pylist() if k else found.to_pylist()
+    details = item_details(config.root, ds, (row[ITEM_ID] for row in rows))
+    profile = user_profile(config.root, ds, user_id)
     return [
         {
             "rank": row["rank"],
             ITEM_ID: row[ITEM_ID],
+            TITLE: details.get(row[ITEM_ID], {}).get(TITLE),
             "score": row["score"],
             "model": model,
             "source": row["source"],
@@ -128,6 +134,7 @@ def lookup_recs(
             # What the scored model learned from (score.train_on), on partitions scored since.
             "trained_on": (pointer.get("trained_on") or {}).get("rule"),
             USER_ID: user_id,
+            "profile": profile,
             "ds": ds,
         }
         for row in rows
@@ -171,6 +178,8 @@ def metric_rows(
 def _title(rows: list[dict[str, Any]]) -> str:
     first = rows[0] if rows else {}
     user, model, ds = (first.get(key, "?") for key in (USER_ID, "model", "ds"))
+    if first.get("profile"):
+        user = f"{user} ({describe_profile(first['profile'])})"
     chosen = first.get("published_model")
     learned = f"; trained on {first['trained_on']}" if first.get("trained_on") else ""
     if chosen:
@@ -187,7 +196,8 @@ def format_recs(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "table":
-        body = [{col: row.get(col) for col in _TABLE_COLUMNS} for row in rows]
+        columns = [c for c in _TABLE_COLUMNS if c != TITLE or any(row.get(TITLE) for row in rows)]
+        body = [{col: row.get(col) for col in columns} for row in rows]
         return format_table(body, title=_title(rows))
     raise RecpipeError(f"unknown output format {fmt!r}: expected one of {', '.join(FORMATS)}")
 

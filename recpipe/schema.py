@@ -23,6 +23,13 @@ RAW = "raw"
 REASON = "reason"
 DS = "ds"
 
+# Catalogue columns (the catalog stage's tables; see recpipe.etl.catalog).
+TITLE = "title"
+ATTRIBUTES = "attributes"  # map<string,string>: every field of a record the contract does not name
+HEAD, RELATION, TAIL = "head", "relation", "tail"
+ENTITY = "entity"
+INPUT = "input"  # catalog_quarantine's partition: which reference input a row came from
+
 # Indexed columns (vocab).
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
@@ -66,6 +73,8 @@ class Reason:
     BAD_VALUE = "bad_value"  # value present but not a finite number
     MISSING_VALUE = "missing_value"  # value absent for an event type that requires one
     BOT_SUSPECT = "bot_suspect"  # user over clean.bot_max_events_per_day on that day
+    # Catalogue inputs: the record's key has several distinct versions in the input.
+    CONFLICTING_RECORD = "conflicting_record"
 
     ALL: tuple[str, ...] = (
         EMPTY_RECORD,
@@ -84,6 +93,7 @@ class Reason:
         BAD_VALUE,
         MISSING_VALUE,
         BOT_SUSPECT,
+        CONFLICTING_RECORD,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -44,7 +45,8 @@ def test_fetch_writes_one_rating_event_per_rating(fetched) -> None:
     root, summary = fetched
     cached = root / "cache" / "movielens-100k" / "ml-100k.inter"
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == SETTINGS.member_sha256
-    events = [json.loads(line) for line in (root / "raw" / "movielens-100k" / "ratings.jsonl")
+    raw = root / "raw" / "movielens-100k"
+    events = [json.loads(line) for line in (raw / "events" / "ratings.jsonl")
               .read_text().splitlines()]  # fmt: skip
     # MovieLens 100K as published: 100,000 ratings by 943 users on 1,682 movies.
     assert len(events) == 100_000 == summary["events"]
@@ -56,6 +58,44 @@ def test_fetch_writes_one_rating_event_per_rating(fetched) -> None:
     assert events[0] == {
         "user_id": "196", "item_id": "242", "event_type": "rating", "ts": 881250949, "value": 3.0
     }  # fmt: skip
+
+
+def test_fetch_writes_the_reference_inputs(fetched) -> None:
+    """Items, users, triples and links, each from its verified file of the wheel, one raw
+    record per line of it (read here with csv, not with recpipe)."""
+    root, summary = fetched
+    cache = root / "cache" / "movielens-100k"
+    for name, sha in SETTINGS.reference_sha256.items():
+        assert hashlib.sha256((cache / name).read_bytes()).hexdigest() == sha
+
+    def atomic(name: str) -> list[dict[str, str]]:
+        lines = (cache / name).read_text().splitlines()
+        header = [field.split(":")[0] for field in lines[0].split("\t")]
+        return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
+
+    raw = root / "raw" / "movielens-100k"
+    items = [json.loads(line) for line in (raw / "items" / "items.jsonl").read_text().splitlines()]
+    # As published: 1,682 movies, 943 users, and recbole's 91,631 triples and 1,598 links.
+    assert len(items) == 1682 == summary["catalog_items"]
+    source = atomic("ml-100k.item")
+    assert [(i["item_id"], i["title"], i["genres"]) for i in items] == [
+        (s["item_id"], s["movie_title"], s["class"].split()) for s in source
+    ]
+    assert items[0] == {"item_id": "1", "title": "Toy Story", "year": "1995",
+                        "genres": ["Animation", "Children's", "Comedy"]}  # fmt: skip
+    users = [json.loads(line) for line in (raw / "users" / "users.jsonl").read_text().splitlines()]
+    assert users == atomic("ml-100k.user") and len(users) == 943
+    with (raw / "kg" / "kg.csv").open(newline="") as handle:
+        triples = list(csv.DictReader(handle))
+    assert len(triples) == 91631 == summary["triples"]
+    assert [(t["head"], t["relation"], t["tail"]) for t in triples] == [
+        (s["head_id"], s["relation_id"], s["tail_id"]) for s in atomic("ml-100k.kg")
+    ]
+    links = [json.loads(line) for line in (raw / "links" / "links.jsonl").read_text().splitlines()]
+    assert [(link["item_id"], link["entity"]) for link in links] == [
+        (s["item_id"], s["entity_id"]) for s in atomic("ml-100k.link")
+    ]
+    assert summary["raw_items"] == str(raw / "items")
 
 
 def test_second_fetch_uses_cache_offline(fetched, tmp_path, monkeypatch) -> None:
@@ -108,8 +148,9 @@ def test_raw_events_and_cache_at_a_uri(tmp_path, monkeypatch) -> None:
     source.write_text("1\t10\t4\t874965758\n2\t11\t3\t876893171\n")
     settings = MovieLensConfig(source_file=str(source))
     summary = fetch_movielens_100k(settings, "viewfs://mltest/state", tmp_path / "local")
-    assert summary["raw_events"] == "viewfs://mltest/state/raw/movielens-100k"
-    written = (tmp_path / "mnt" / "raw" / "movielens-100k" / "ratings.jsonl").read_text()
+    assert summary["raw_events"] == "viewfs://mltest/state/raw/movielens-100k/events"
+    assert "raw_items" not in summary  # a source_file has no catalogue beside it
+    written = (tmp_path / "mnt" / "raw" / "movielens-100k" / "events" / "ratings.jsonl").read_text()
     assert [json.loads(line)["item_id"] for line in written.splitlines()] == ["10", "11"]
     with pytest.raises(ValueError, match="not local"):
         fetch_movielens_100k(settings, "viewfs://mltest/state")
@@ -118,6 +159,6 @@ def test_raw_events_and_cache_at_a_uri(tmp_path, monkeypatch) -> None:
     cache = tmp_path / "mnt" / "cache" / "movielens-100k"
     cache.mkdir(parents=True)
     (cache / "ml-100k.inter").write_bytes(data)
-    cached = MovieLensConfig(member_sha256=hashlib.sha256(data).hexdigest())
+    cached = MovieLensConfig(member_sha256=hashlib.sha256(data).hexdigest(), catalog=False)
     go_offline(monkeypatch)
     assert fetch_movielens_100k(cached, "viewfs://mltest/state", tmp_path / "local")["events"] == 1

@@ -20,9 +20,14 @@ from pyspark.sql import SparkSession
 from recpipe import storage
 from recpipe.cli import main
 from recpipe.config import Config, load_config
-from recpipe.datasets.movielens import DatasetUnavailableError, fetch_movielens_100k
+from recpipe.datasets.movielens import (
+    REFERENCE_KEYS,
+    DatasetUnavailableError,
+    fetch_movielens_100k,
+)
 from recpipe.query import lookup_recs, metric_rows, run_sql
 from recpipe.report.run_report import write_run_report
+from recpipe.stages.catalog import run_catalog
 from recpipe.stages.clean import run_clean
 from recpipe.stages.evaluate import run_evaluate
 from recpipe.stages.score import run_score
@@ -53,9 +58,13 @@ def pipeline(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory):
             f"MovieLens 100K unavailable (needs the {settings.wheel} wheel from PyPI or a "
             f"cached copy): {exc}"
         )
-    config = load_config(None, [*overrides, f"paths.raw_events={summary['raw_events']}"])
+    references = [f"paths.{key}={summary[key]}" for key in REFERENCE_KEYS]
+    config = load_config(
+        None, [*overrides, f"paths.raw_events={summary['raw_events']}", *references]
+    )
     stages = [
-        stage(spark, config, DS) for stage in (run_clean, run_vocab, run_sessionize, run_split)
+        stage(spark, config, DS)
+        for stage in (run_clean, run_catalog, run_vocab, run_sessionize, run_split)
     ]
     stages += [run_train_baseline(spark, config, DS, model) for model in MODELS]
     manifests, evaluations = run_evaluate(spark, config, DS, MODELS)
@@ -155,6 +164,19 @@ def test_recs_for_user_196(pipeline, capsys) -> None:
     ]
     assert main(["recs", "--user", "no-such-user", "--model", "als", *where]) == 1
     assert "no-such-user" in capsys.readouterr().err
+    # Titles and the profile come from MovieLens' own files, as fetch-data wrote them.
+    raw = config.root.local_path() / "raw" / "movielens-100k"
+    titles = {
+        record["item_id"]: record["title"]
+        for record in map(json.loads, (raw / "items" / "items.jsonl").read_text().splitlines())
+    }
+    assert [r["title"] for r in rows] == [titles[r["item_id"]] for r in rows]
+    assert rows[0]["profile"] == {"age": "49", "gender": "M", "occupation": "writer",
+                                  "zip_code": "55105"}  # fmt: skip
+    assert main(["recs", "--user", "196", "--model", "als", "--k", "3", *where]) == 0
+    table = capsys.readouterr().out
+    assert "user 196 (age 49, gender M, occupation writer" in table
+    assert all(titles[r["item_id"]] in table for r in rows[:3])
 
 
 def test_metrics_table_matches_manifests(pipeline, spark: SparkSession, capsys) -> None:
@@ -180,6 +202,10 @@ def test_sql_command_and_report(pipeline, capsys) -> None:
     query = f"SELECT count(*) AS n FROM ml_e2e.recommendations WHERE ds = '{DS}' AND model = 'als'"
     assert main(["sql", query, "--format", "json", *where]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 9430}]  # 943 users x 10
+    # The catalogue is in the metastore too: every movie, its genres a JSON array.
+    genres = "SELECT count(*) AS n FROM ml_e2e.items WHERE attributes['genres'] LIKE '%Drama%'"
+    assert main(["sql", genres, "--format", "json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 725}]  # ml-100k.item: 725 dramas
     assert report == config.root / "reports" / DS / "index.html"
     page = storage.read_text(report)
     protocol = "random_by_user/test, full ranking over all items, train+valid items excluded"

@@ -36,6 +36,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -67,10 +68,30 @@ _FORMAT_BY_SUFFIX = {
 }
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zst", ".snappy"}
 _STRING_MAP = T.MapType(T.StringType(), T.StringType())
-_KEY = "paths.raw_events"
-# Ids get the numeric rendering; user_id and item_id must also be strings or numbers.
-_ID_FIELDS = (USER_ID, ITEM_ID, SESSION_ID)
-_TYPED_ID_FIELDS = (USER_ID, ITEM_ID)
+
+
+@dataclass(frozen=True)
+class RawContract:
+    """What one kind of raw input holds: the fields read into columns, and the config keys.
+
+    ``ids`` get the numeric rendering; ``typed_ids`` must also be strings or numbers (else
+    ``bad_id_type``). Every other field goes into the ``extra`` map.
+    """
+
+    key: str  # the config key naming the input (named in its errors)
+    format_key: str  # the config key of its input format
+    known: tuple[str, ...]
+    ids: tuple[str, ...]
+    typed_ids: tuple[str, ...]
+
+
+EVENTS_CONTRACT = RawContract(
+    key="paths.raw_events",
+    format_key="clean.input_format",
+    known=KNOWN_FIELDS,
+    ids=(USER_ID, ITEM_ID, SESSION_ID),
+    typed_ids=(USER_ID, ITEM_ID),
+)
 # Enough bytes for any sane CSV header line.
 _HEADER_BYTES = 1 << 16
 # Spark's message when a task cannot read one input file (gzip cut short, not gzip, ...).
@@ -101,22 +122,24 @@ def detect_format(name: str) -> str | None:
     return _FORMAT_BY_SUFFIX.get(suffixes[-1]) if suffixes else None
 
 
-def list_input_files(spark: SparkSession, location: str) -> dict[str, int]:
+def list_input_files(spark: SparkSession, location: str, key: str) -> dict[str, int]:
     """Expand a file, folder (recursively) or glob at any Hadoop URI into {file URI: bytes}.
 
     Listed through the session's Hadoop ``FileSystem``, so the driver sees what executors
     read; a plain path is a local path. Hidden and ``_``-prefixed files are skipped.
     """
     try:
-        files = dict(HadoopFiles(spark).list_file_sizes(location, key=_KEY))
+        files = dict(HadoopFiles(spark).list_file_sizes(location, key=key))
     except StorageError as exc:
         raise RawInputError(str(exc)) from None
     if not files:
-        raise RawInputError(f"{_KEY}: no input files at {location}")
+        raise RawInputError(f"{key}: no input files at {location}")
     return files
 
 
-def group_by_format(files: list[str], input_format: str) -> dict[str, list[str]]:
+def group_by_format(
+    files: list[str], input_format: str, format_key: str = EVENTS_CONTRACT.format_key
+) -> dict[str, list[str]]:
     """Assign each file its reader format; ``auto`` uses the extension and rejects unknown ones."""
     if input_format != "auto":
         return {input_format: files}
@@ -130,8 +153,8 @@ def group_by_format(files: list[str], input_format: str) -> dict[str, list[str]]
             groups[fmt].append(path)
     if unknown:
         raise RawInputError(
-            f"clean.input_format=auto cannot tell the format of {unknown[:5]}; "
-            "use .jsonl/.json/.csv/.parquet names or set clean.input_format"
+            f"{format_key}=auto cannot tell the format of {unknown[:5]}; "
+            f"use .jsonl/.json/.csv/.parquet names or set {format_key}"
         )
     return dict(groups)
 
@@ -140,22 +163,22 @@ def _source_file() -> Column:
     return F.col("_metadata.file_path")
 
 
-def _known_and_extra(fields: Column) -> list[Column]:
+def _known_and_extra(fields: Column, contract: RawContract) -> list[Column]:
     """Split a map<string,string> of all fields into the known columns and ``extra``."""
-    known = F.array(*(F.lit(k) for k in KNOWN_FIELDS))
+    known = F.array(*(F.lit(k) for k in contract.known))
     return [
-        *(fields.getItem(name).alias(name) for name in KNOWN_FIELDS),
+        *(fields.getItem(name).alias(name) for name in contract.known),
         F.map_filter(fields, lambda k, _: ~F.array_contains(known, k)).alias(EXTRA),
     ]
 
 
-def _empty_frame(spark: SparkSession) -> DataFrame:
+def _empty_frame(spark: SparkSession, contract: RawContract) -> DataFrame:
     """The normalised frame with no rows (an input of only 0-byte text files)."""
     schema = T.StructType(
         [
             T.StructField(RAW, T.StringType()),
             T.StructField(PARSE_ERROR, T.StringType()),
-            *(T.StructField(name, T.StringType()) for name in KNOWN_FIELDS),
+            *(T.StructField(name, T.StringType()) for name in contract.known),
             T.StructField(EXTRA, _STRING_MAP),
             T.StructField(SOURCE_FILE, T.StringType()),
         ]
@@ -208,7 +231,7 @@ def _from_latin1(text: Column) -> Column:
     return F.encode(text, _LATIN1).cast(T.StringType())
 
 
-def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
+def read_json_lines(spark: SparkSession, files: list[str], contract: RawContract) -> DataFrame:
     """JSON lines: one record per line; a line that is not a JSON object is kept with its reason."""
     # The text source keeps each line's bytes undecoded, so invalid UTF-8 is still visible.
     lines = spark.read.text(files).select(
@@ -228,7 +251,10 @@ def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
     typed = text.select(
         "*",
         F.transform_values(parsed, lambda _, v: v.cast(T.StringType())).alias("_fields"),
-        *(F.schema_of_variant(parsed.getItem(name)).alias(f"_kind_{name}") for name in _ID_FIELDS),
+        *(
+            F.schema_of_variant(parsed.getItem(name)).alias(f"_kind_{name}")
+            for name in contract.ids
+        ),
     )
     fields = F.col("_fields")
 
@@ -239,7 +265,7 @@ def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
         return F.when(number, plain_number(fields.getItem(name))).otherwise(fields.getItem(name))
 
     bad_id_type = F.lit(False)
-    for name in _TYPED_ID_FIELDS:
+    for name in contract.typed_ids:
         kind = F.col(f"_kind_{name}")
         bad_id_type = bad_id_type | (
             (kind == "BOOLEAN") | kind.startswith("OBJECT") | kind.startswith("ARRAY")
@@ -255,13 +281,13 @@ def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
         .when(parsed.isNull(), F.lit(Reason.MALFORMED_RECORD))
         .when(bad_id_type, F.lit(Reason.BAD_ID_TYPE))
     )
-    known = F.array(*(F.lit(k) for k in KNOWN_FIELDS))
+    known = F.array(*(F.lit(k) for k in contract.known))
     return typed.select(
         F.coalesce(text_col, _as_latin1(F.col("value"))).alias(RAW),
         parse_error.alias(PARSE_ERROR),
         *(
-            (id_text(name) if name in _ID_FIELDS else fields.getItem(name)).alias(name)
-            for name in KNOWN_FIELDS
+            (id_text(name) if name in contract.ids else fields.getItem(name)).alias(name)
+            for name in contract.known
         ),
         F.coalesce(
             F.map_filter(fields, lambda k, _: ~F.array_contains(known, k)),
@@ -271,32 +297,34 @@ def read_json_lines(spark: SparkSession, files: list[str]) -> DataFrame:
     )
 
 
-def _csv_header(spark: SparkSession, path: str) -> tuple[str, ...] | None:
+def _csv_header(spark: SparkSession, path: str, key: str) -> tuple[str, ...] | None:
     """Column names of a CSV file's first record, or None for a file without any bytes."""
     try:
-        head = HadoopFiles(spark).head(path, _HEADER_BYTES, key=_KEY)
+        head = HadoopFiles(spark).head(path, _HEADER_BYTES, key=key)
     except StorageError as exc:
         raise RawInputError(str(exc)) from None
     if not head.strip():
         return None
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
         raise RawInputError(
-            f"{_KEY}: {path} is UTF-16 (or binary) text; CSV input must be UTF-8 "
+            f"{key}: {path} is UTF-16 (or binary) text; CSV input must be UTF-8 "
             "(convert it, e.g. iconv -f UTF-16 -t UTF-8)"
         )
     # Invalid bytes become lone surrogates, so the names can be checked after decoding.
     text = head.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
     names = next(csv.reader(io.StringIO(text, newline="")), [])
     if any("\udc80" <= ch <= "\udcff" for name in names for ch in name):
-        raise RawInputError(f"{_KEY}: the header of {path} is not UTF-8 text")
+        raise RawInputError(f"{key}: the header of {path} is not UTF-8 text")
     names = [name or f"_c{i}" for i, name in enumerate(names)]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise RawInputError(f"{_KEY}: {path} has duplicate CSV columns {duplicates}")
+        raise RawInputError(f"{key}: {path} has duplicate CSV columns {duplicates}")
     return tuple(names)
 
 
-def _read_csv_group(spark: SparkSession, header: tuple[str, ...], files: list[str]) -> DataFrame:
+def _read_csv_group(
+    spark: SparkSession, header: tuple[str, ...], files: list[str], contract: RawContract
+) -> DataFrame:
     """CSV files sharing one header; rows with more or fewer fields than it are malformed."""
     schema = T.StructType([T.StructField(name, T.StringType()) for name in [*header, _CORRUPT]])
     rows = (
@@ -328,23 +356,23 @@ def _read_csv_group(spark: SparkSession, header: tuple[str, ...], files: list[st
         F.when(bad_encoding, F.lit(Reason.BAD_ENCODING))
         .when(malformed, F.lit(Reason.MALFORMED_RECORD))
         .alias(PARSE_ERROR),
-        *_known_and_extra(F.when(~bad_encoding, as_map)),
+        *_known_and_extra(F.when(~bad_encoding, as_map), contract),
         _source_file().alias(SOURCE_FILE),
     )
 
 
-def read_csv(spark: SparkSession, files: list[str]) -> DataFrame:
+def read_csv(spark: SparkSession, files: list[str], contract: RawContract) -> DataFrame:
     """CSV files, each mapped by its own header's names (files may order columns differently)."""
     groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for path in files:
-        header = _csv_header(spark, path)
+        header = _csv_header(spark, path, contract.key)
         if header is not None:
             groups[header].append(path)
-    frames = [_read_csv_group(spark, header, paths) for header, paths in groups.items()]
-    return _union(frames) if frames else _empty_frame(spark)
+    frames = [_read_csv_group(spark, header, paths, contract) for header, paths in groups.items()]
+    return _union(frames) if frames else _empty_frame(spark, contract)
 
 
-def _parquet_frames(spark: SparkSession, files: list[str]) -> list[DataFrame]:
+def _parquet_frames(spark: SparkSession, files: list[str], key: str) -> list[DataFrame]:
     """The files as frames read by column name: one if their schemas merge, else one per schema.
 
     Merging reads every footer in one job. When it fails, each file's schema is read on its
@@ -363,13 +391,13 @@ def _parquet_frames(spark: SparkSession, files: list[str]) -> list[DataFrame]:
             with _quiet_task_failures(spark):
                 schema = spark.read.parquet(path).schema
         except Exception as exc:  # py4j and analysis errors alike
-            raise RawInputError(f"{_KEY}: cannot read {path}: {_cause(exc)}") from None
+            raise RawInputError(f"{key}: cannot read {path}: {_cause(exc)}") from None
         schemas[schema.json()] = schema
         groups[schema.json()].append(path)
     return [spark.read.schema(schemas[key]).parquet(*paths) for key, paths in groups.items()]
 
 
-def _parquet_rows(rows: DataFrame) -> DataFrame:
+def _parquet_rows(rows: DataFrame, contract: RawContract) -> DataFrame:
     """One Parquet frame in the normalised shape (see the module docstring for the rules)."""
     numeric = T.ByteType | T.ShortType | T.IntegerType | T.LongType | T.FloatType | T.DoubleType
     text_types = T.StringType | T.BinaryType
@@ -383,7 +411,7 @@ def _parquet_rows(rows: DataFrame) -> DataFrame:
             # An instant: its exact epoch seconds, whatever the session time zone.
             micros = F.unix_micros(col).cast(T.DecimalType(20, 0))
             return plain_number((micros * F.lit(0.000001).cast(T.DecimalType(7, 6))).cast("string"))
-        if name in _ID_FIELDS and isinstance(dtype, numeric | T.DecimalType):
+        if name in contract.ids and isinstance(dtype, numeric | T.DecimalType):
             return plain_number(col.cast(T.StringType()))
         return col.try_cast(T.StringType())
 
@@ -395,7 +423,7 @@ def _parquet_rows(rows: DataFrame) -> DataFrame:
             ~F.is_valid_utf8(F.col(f"`{name}`").cast(T.StringType())), F.lit(False)
         )
     bad_id_type = F.lit(False)
-    for name in _TYPED_ID_FIELDS:
+    for name in contract.typed_ids:
         if name in columns and not isinstance(
             rows.schema[name].dataType, text_types | numeric | T.DecimalType
         ):
@@ -416,14 +444,15 @@ def _parquet_rows(rows: DataFrame) -> DataFrame:
         F.when(bad_encoding, F.lit(Reason.BAD_ENCODING))
         .when(bad_id_type, F.lit(Reason.BAD_ID_TYPE))
         .alias(PARSE_ERROR),
-        *_known_and_extra(as_map),
+        *_known_and_extra(as_map, contract),
         _source_file().alias(SOURCE_FILE),
     )
 
 
-def read_parquet(spark: SparkSession, files: list[str]) -> DataFrame:
+def read_parquet(spark: SparkSession, files: list[str], contract: RawContract) -> DataFrame:
     """Parquet by column name: values as strings (nested ones as JSON); raw is the row as JSON."""
-    return _union([_parquet_rows(rows) for rows in _parquet_frames(spark, files)])
+    frames = _parquet_frames(spark, files, contract.key)
+    return _union([_parquet_rows(rows, contract) for rows in frames])
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
@@ -467,7 +496,7 @@ def _quiet_task_failures(spark: SparkSession) -> Iterator[None]:
 
 
 @contextmanager
-def raw_read_errors(spark: SparkSession) -> Iterator[None]:
+def raw_read_errors(spark: SparkSession, key: str = EVENTS_CONTRACT.key) -> Iterator[None]:
     """Turn a Spark job's failure to read one raw file into a one-line :class:`RawInputError`.
 
     Wrap the first action over :func:`read_raw_events`' frame: a truncated or fake ``.gz``
@@ -480,24 +509,34 @@ def raw_read_errors(spark: SparkSession) -> Iterator[None]:
         match = _FAILED_READ.search(str(exc))
         if match is None:
             raise
-        raise RawInputError(f"{_KEY}: cannot read {match.group(1)}: {_cause(exc)}") from None
+        raise RawInputError(f"{key}: cannot read {match.group(1)}: {_cause(exc)}") from None
 
 
 _READERS = {"json": read_json_lines, "csv": read_csv, "parquet": read_parquet}
 
 
-def read_raw_events(spark: SparkSession, location: str | None, input_format: str) -> DataFrame:
-    """All raw records under ``location`` as one normalised frame (see module docstring)."""
+def read_raw_events(
+    spark: SparkSession,
+    location: str | None,
+    input_format: str,
+    contract: RawContract = EVENTS_CONTRACT,
+) -> DataFrame:
+    """All raw records under ``location`` as one normalised frame (see module docstring).
+
+    ``contract`` says which fields become columns (events by default; the catalogue inputs
+    have their own).
+    """
+    key = contract.key
     if not location:
-        raise RawInputError(f"{_KEY} is not set: give a file, a folder or a glob")
-    sizes = list_input_files(spark, location)
+        raise RawInputError(f"{key} is not set: give a file, a folder or a glob")
+    sizes = list_input_files(spark, location, key)
     frames = []
-    for fmt, paths in group_by_format(list(sizes), input_format).items():
+    for fmt, paths in group_by_format(list(sizes), input_format, contract.format_key).items():
         empty = [path for path in paths if sizes[path] == 0]
         if fmt == "parquet" and empty:
-            raise RawInputError(f"{_KEY}: {empty[0]} is a 0-byte file, not Parquet")
+            raise RawInputError(f"{key}: {empty[0]} is a 0-byte file, not Parquet")
         # A 0-byte text file holds no records: it contributes none.
         paths = [path for path in paths if sizes[path] > 0]
         if paths:
-            frames.append(_READERS[fmt](spark, paths))
-    return _union(frames) if frames else _empty_frame(spark)
+            frames.append(_READERS[fmt](spark, paths, contract))
+    return _union(frames) if frames else _empty_frame(spark, contract)

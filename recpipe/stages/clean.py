@@ -102,7 +102,7 @@ def run_clean(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         tx.record.ts_window = [ts_min.isoformat(), ts_max.isoformat()]
         checked = classify_raw(spark, config, ts_min, ts_max)
         started = time.perf_counter()
-        with _scratch(config.root, ds) as scratch:
+        with scratch_folder(config.root, "clean", ds) as scratch:
             parsed, counts = parse_once(spark, checked, scratch, started)
             deduped = dedupe_valid(parsed, counts, started)
             try:
@@ -157,9 +157,9 @@ def classify_raw(
 
 
 @contextmanager
-def _scratch(root: LocationLike, ds: str) -> Iterator[Location]:
-    """A fresh scratch folder of this run, removed on exit (a killed run's by the next sweep)."""
-    folder = run_scratch(root, "clean", ds, uuid.uuid4().hex)
+def scratch_folder(root: LocationLike, stage: str, ds: str) -> Iterator[Location]:
+    """A fresh scratch folder of one run, removed on exit (a killed run's by the next sweep)."""
+    folder = run_scratch(root, stage, ds, uuid.uuid4().hex)
     try:
         yield folder
     finally:
