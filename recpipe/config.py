@@ -491,6 +491,11 @@ class TrackingConfig(_Section):
 
 class CatalogConfig(_Section):
     input_format: Literal["auto", "json", "csv", "parquet"] = "auto"
+    mix_attribute: str | None = Field(
+        "genres",
+        description="Item attribute whose value mix (recommended vs history) score records "
+        "and the report draws; null: none.",
+    )
 
 
 class Config(_Section):

@@ -50,6 +50,7 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
     import pyarrow.dataset as pads
 
     from recpipe import storage
+    from recpipe.catalogue import item_details
     from recpipe.query import lookup_recs
     from recpipe.serving import serving_protocol
     from recpipe.tables import split_path
@@ -64,6 +65,14 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
         .sort_by([("ts", "descending")])
         .to_pylist()
     )
+    # With a catalogue, items read as "title (id)", as a person looks for them.
+    titles = {r["item_id"]: r.get("title") for r in recs}
+    recent = [row["item_id"] for row in train[:REPORT_K]]
+    titles |= {item: d["title"] for item, d in item_details(config.root, ds, recent).items()}
+
+    def named(item: str | None) -> str | None:
+        return f"{titles[item]} ({item})" if item and titles.get(item) else item
+
     rows = []
     for position in range(max(len(recs), min(len(train), REPORT_K))):
         rec = recs[position] if position < len(recs) else {}
@@ -71,10 +80,10 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
         rows.append(
             {
                 "rank": rec.get("rank"),
-                f"recommended ({label})": rec.get("item_id"),
+                f"recommended ({label})": named(rec.get("item_id")),
                 "score": rec.get("score"),
                 "source": rec.get("source"),
-                "recent train item": seen.get("item_id"),
+                "recent train item": named(seen.get("item_id")),
                 "rating": seen.get("value"),
                 "rated at": seen["ts"].date().isoformat() if seen else None,
             }
@@ -84,6 +93,7 @@ def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict
 
 def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> Location:
     """Run every pipeline step, print the tables, write the HTML report; returns where."""
+    from recpipe.catalogue import describe_profile, user_profile
     from recpipe.commands import print_metric_tables, print_stage_report
     from recpipe.pipeline import PIPELINE, StepContext
     from recpipe.stages.gate import GATE_STAGE, outcome
@@ -132,11 +142,9 @@ def run_demo(conf: Sequence[str] | None, overrides: Sequence[str], ds: str) -> L
     )
     print()
     example = example_rows(config, ds, EXAMPLE_USER, config.publish.name)
-    print(
-        format_table(
-            example, title=f"user {EXAMPLE_USER}: published top-{REPORT_K} ({chosen}) vs history"
-        )
-    )
+    profile = describe_profile(user_profile(config.root, ds, EXAMPLE_USER))
+    who = f"user {EXAMPLE_USER}" + (f" ({profile})" if profile else "")
+    print(format_table(example, title=f"{who}: published top-{REPORT_K} ({chosen}) vs history"))
     print()
 
     from recpipe.report.run_report import write_run_report

@@ -246,3 +246,28 @@ def test_recs_show_titles_and_profile_from_the_catalogue_of_their_day(
     where = ["--set", f"paths.root={config.root}", "--set", f"warehouse.database={database}"]
     assert main(["recs", "--user", "u1", *where]) == 0
     assert "Toy Story" in capsys.readouterr().out
+
+
+def test_multi_valued_attributes_read_the_same_in_spark_and_python(spark: SparkSession) -> None:
+    from pyspark.sql import functions as F
+
+    from recpipe.catalogue import values_of
+    from recpipe.catalogue_mix import attribute_values
+
+    texts = ['["A", "B"]', "A|B", " A | B ", "A", "", None, "[]", '["x|y"]', '{"a": 1}', "|A||"]
+    frame = spark.createDataFrame([(t,) for t in texts], "text string")
+    got = frame.select(F.coalesce(attribute_values(F.col("text")), F.array()).alias("v")).collect()
+    assert [row["v"] for row in got] == [values_of(t) for t in texts]
+    assert values_of('["A", "B"]') == ["A", "B"] and values_of("A|B") == ["A", "B"]
+
+
+def test_mix_shares_and_distance() -> None:
+    from recpipe.report.mix import mix_rows, shares, total_variation
+
+    assert shares({"a": 1, "b": 3}) == {"a": 0.25, "b": 0.75}
+    assert total_variation({"a": 0.25, "b": 0.75}, {"a": 1.0}) == pytest.approx(0.75)
+    assert total_variation({"a": 0.5, "b": 0.5}, {"b": 0.5, "a": 0.5}) == 0
+    mix = {"attribute": "genres", "recommended": {"a": 3, "b": 1}, "history": {"a": 1, "c": 1}}
+    (row,) = mix_rows({"als": mix})
+    assert row["genres recommended"] == 2 and row["largest share"] == "a 75.0%"
+    assert row["distance to history mix (TV)"] == pytest.approx(0.5 * (0.25 + 0.25 + 0.5))

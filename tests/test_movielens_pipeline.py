@@ -8,7 +8,7 @@ top-10 lists against a numpy ranking of the saved ALS factors.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,31 @@ def test_recs_for_user_196(pipeline, capsys) -> None:
     table = capsys.readouterr().out
     assert "user 196 (age 49, gender M, occupation writer" in table
     assert all(titles[r["item_id"]] in table for r in rows[:3])
+
+
+def test_genre_mix_of_lists_and_histories(pipeline) -> None:
+    """score's catalogue_mix equals counts made here from the published rows, the raw ratings
+    and the raw catalogue (a movie counts once per genre); the report draws it."""
+    config, _, report = pipeline
+    root = config.root.local_path()
+    raw = root / "raw" / "movielens-100k"
+    genres = {
+        record["item_id"]: record["genres"]
+        for record in map(json.loads, (raw / "items" / "items.jsonl").read_text().splitlines())
+    }
+    ratings = [json.loads(line) for line in (raw / "events" / "ratings.jsonl").read_text()
+               .splitlines()]  # fmt: skip
+    history = Counter(g for rating in ratings for g in genres[rating["item_id"]])
+    pointer = root / "warehouse" / "ml_e2e.db" / "recommendations" / f"ds={DS}" / "model=als"
+    location = root / json.loads((pointer / "_CURRENT.json").read_text())["path"]
+    published = pads.dataset(location).to_table(columns=["item_id"]).column(0).to_pylist()
+    recommended = Counter(g for item in published for g in genres[item])
+    manifest = json.loads((root / "manifests" / "score-als" / f"ds={DS}.json").read_text())
+    mix = manifest["catalogue_mix"]
+    assert mix["attribute"] == "genres" and mix["catalogue_ds"] == DS
+    assert mix["history"] == dict(history) and mix["recommended"] == dict(recommended)
+    page = storage.read_text(report)
+    assert "genres mix of each model" in page and "alt='genres mix'" in page
 
 
 def test_metrics_table_matches_manifests(pipeline, spark: SparkSession, capsys) -> None:

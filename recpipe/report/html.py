@@ -25,7 +25,8 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
 """
 
 
-def _png(figure: Any) -> str:
+def png_uri(figure: Any) -> str:
+    """A matplotlib figure as an inline PNG data URI (the figure is closed)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -82,7 +83,7 @@ def metric_curves(rows: Sequence[Mapping[str, Any]], metric: str, protocol: str)
     axis.set_title(f"{metric}@K ({protocol})")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def accuracy_vs_long_tail(rows: Sequence[Mapping[str, Any]], k: int, protocol: str) -> str:
@@ -113,7 +114,7 @@ def accuracy_vs_long_tail(rows: Sequence[Mapping[str, Any]], k: int, protocol: s
     axis.grid(alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def quality_by_activity(groups: Mapping[str, Any], metric: str, k: int, protocol: str) -> str:
@@ -141,7 +142,7 @@ def quality_by_activity(groups: Mapping[str, Any], metric: str, k: int, protocol
     axis.grid(alpha=0.3, axis="y")
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=7, ncol=2)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str:
@@ -180,7 +181,7 @@ def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: s
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def loss_part_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: str) -> str | None:
@@ -204,7 +205,7 @@ def loss_part_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], protocol: 
         axis.set_title(f"{model}: loss by part ({protocol})")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def popularity_plot(
@@ -244,7 +245,7 @@ def popularity_plot(
     axis.set_ylabel("share of items / of recommendations")
     axis.set_title(f"popularity of top-{k} recommended items vs catalogue")
     axis.legend(fontsize=8)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def stage_timings_plot(stages: Sequence[Mapping[str, Any]]) -> str:
@@ -260,7 +261,7 @@ def stage_timings_plot(stages: Sequence[Mapping[str, Any]]) -> str:
     axis.invert_yaxis()
     axis.set_xlabel("seconds")
     axis.set_title("stage timings")
-    return _png(figure)
+    return png_uri(figure)
 
 
 def tuning_history(values: Sequence[float | None], metric: str) -> str:
@@ -282,7 +283,7 @@ def tuning_history(values: Sequence[float | None], metric: str) -> str:
     axis.set_ylabel(f"valid {metric}")
     axis.set_title("tuning history")
     axis.grid(alpha=0.3)
-    return _png(figure)
+    return png_uri(figure)
 
 
 def write_report(

@@ -20,6 +20,7 @@ from recpipe.report.html import (
     training_curves,
     write_report,
 )
+from recpipe.report.mix import mix_section
 from recpipe.storage import Location
 
 
@@ -195,6 +196,7 @@ def write_run_report(
         ("Popularity of recommendations vs the catalogue", _popularity_section(evaluations, k)),
         ("Deep model training", _training_section(manifests)),
         ("Model selection and scoring", _publishing_section(manifests)),
+        ("Catalogue mix of recommendations vs histories", mix_section(manifests)),
         ("Example user", html_table(list(example), caption="published list next to history")),
         ("Stages", _stages_section(manifests)),
     ]

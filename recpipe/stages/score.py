@@ -21,11 +21,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe.artifacts import ArtifactError
+from recpipe.catalogue_mix import catalogue_mix
 from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.etl.sessionize import explode_sessions
 from recpipe.evaluation.ranking import users_per_block
 from recpipe.lake import Lake
-from recpipe.layout import TRAIN, VOCAB_ITEMS, VOCAB_USERS
+from recpipe.layout import SESSIONS, TRAIN, VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import StageRun, read_manifest
 from recpipe.model_store import executor_model_files, model_kind
 from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
@@ -149,6 +151,8 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
                 spark, config, RECOMMENDATIONS, rows, ds, model, expected_rows=total,
                 pointer_extra={"trained_on": learned},
             )  # fmt: skip
+            interactions = explode_sessions(Lake(config.root).read(spark, SESSIONS, [{DS: ds}]))
+            mix = catalogue_mix(spark, config, ds, rows, interactions)
         finally:
             rows.unpersist()
             histories.unpersist()
@@ -172,4 +176,6 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
             location=str(location),
             seen_items_rule=f"each user's items in sessions ds={ds} excluded",
         )
+        if mix is not None:
+            run.record["catalogue_mix"] = mix
     return run.manifest
