@@ -20,6 +20,10 @@ from recpipe.parquet_files import verified_dataset
 from recpipe.schema import ATTRIBUTES, DS, ITEM_ID, TITLE, USER_ID
 from recpipe.storage import LocationLike
 
+# The value an item counts under when the catalogue lacks it, or it lacks the attribute.
+NOT_IN_CATALOGUE = "(not in catalogue)"
+NO_VALUE = "(none)"
+
 
 def snapshot_ds(root: LocationLike, table: str, ds: str) -> str | None:
     """The newest committed ``ds`` of ``table`` at or before ``ds``, or None."""

@@ -14,14 +14,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recpipe.catalogue import snapshot_ds
+from recpipe.catalogue import NO_VALUE, NOT_IN_CATALOGUE, snapshot_ds
 from recpipe.config import Config
 from recpipe.lake import Lake
 from recpipe.layout import ITEMS
-from recpipe.schema import ATTRIBUTES, DS, ITEM_ID
+from recpipe.schema import ATTRIBUTES, DS, ITEM_ID, USER_IDX
 
-NOT_IN_CATALOGUE = "(not in catalogue)"
-NO_VALUE = "(none)"
 _VALUE = "_value"
 
 
@@ -64,11 +62,36 @@ def value_counts(rows: DataFrame, values: DataFrame) -> dict[str, int]:
     return dict(pairs)
 
 
+def intra_list_diversity(rows: DataFrame, values: DataFrame) -> float | None:
+    """Mean over users of their list's mean pairwise Jaccard distance between the items' value
+    sets (1 - |a & b| / |a | b|): 0 when every item of a list has the same values, 1 when no
+    two share one. ``rows``: ``user_idx``, ``rank``, ``item_id``; users with one item count
+    as nothing (no pair). None when no list has a pair.
+    """
+    sets = values.groupBy(ITEM_ID).agg(F.collect_set(_VALUE).alias("_set"))
+    lists = rows.select(USER_IDX, "rank", ITEM_ID).join(sets, ITEM_ID, "left")
+    lists = lists.select(
+        USER_IDX, "rank", F.coalesce("_set", F.array(F.lit(NOT_IN_CATALOGUE))).alias("_set")
+    )
+    first, second = lists.alias("a"), lists.alias("b")
+    pairs = first.join(
+        second,
+        (F.col(f"a.{USER_IDX}") == F.col(f"b.{USER_IDX}")) & (F.col("a.rank") < F.col("b.rank")),
+    )
+    shared = F.size(F.array_intersect("a._set", "b._set"))
+    either = F.size(F.array_union("a._set", "b._set"))
+    per_user = pairs.groupBy(F.col(f"a.{USER_IDX}")).agg(F.avg(1 - shared / either).alias("_ild"))
+    mean = per_user.agg(F.avg("_ild").alias("ild")).collect()[0]["ild"]
+    return None if mean is None else float(mean)
+
+
 def catalogue_mix(
     spark: SparkSession, config: Config, ds: str, recommended: DataFrame, history: DataFrame
 ) -> dict[str, Any] | None:
-    """{attribute, catalogue_ds, recommended, history}: value counts of both frames (each with
-    an ``item_id`` column); None without a catalogue or with ``catalog.mix_attribute`` unset."""
+    """{attribute, catalogue_ds, recommended, history, intra_list_diversity}: value counts of
+    both frames (each with an ``item_id`` column) and the lists' diversity over the attribute
+    (:func:`intra_list_diversity`; ``recommended`` also needs ``user_idx`` and ``rank``); None
+    without a catalogue or with ``catalog.mix_attribute`` unset."""
     attribute = config.catalog.mix_attribute
     if not attribute:
         return None
@@ -81,4 +104,5 @@ def catalogue_mix(
         "catalogue_ds": snapshot_ds(config.root, ITEMS, ds),
         "recommended": value_counts(recommended, values),
         "history": value_counts(history, values),
+        "intra_list_diversity": intra_list_diversity(recommended, values),
     }

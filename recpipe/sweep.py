@@ -10,6 +10,8 @@ starts and after it commits; this command covers days that are never re-run.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from recpipe import storage
@@ -27,6 +29,7 @@ from recpipe.layout import (
     lake_base,
     lock_path,
     manifest_path,
+    run_scratch,
     scratch_root,
 )
 from recpipe.locks import StageLock, StageLockedError
@@ -107,3 +110,16 @@ def _doomed_sizes(
     for scratch in storage.glob(scratch_root(root), f"{stage}-{ds}-*"):
         sizes[scratch] = _size(scratch)
     return sizes
+
+
+@contextmanager
+def scratch_folder(root: LocationLike, stage: str, ds: str) -> Iterator[Location]:
+    """A fresh scratch folder of one run, removed on exit (a killed run's by the next sweep)."""
+    folder = run_scratch(root, stage, ds, uuid.uuid4().hex)
+    try:
+        yield folder
+    finally:
+        # Best effort: a folder left behind is the sweep's, and a failure to remove it must not
+        # hide the run's own outcome.
+        with suppress(OSError):
+            storage.remove_tree(folder)

@@ -194,12 +194,20 @@ def test_genre_mix_of_lists_and_histories(pipeline) -> None:
     history = Counter(g for rating in ratings for g in genres[rating["item_id"]])
     pointer = root / "warehouse" / "ml_e2e.db" / "recommendations" / f"ds={DS}" / "model=als"
     location = root / json.loads((pointer / "_CURRENT.json").read_text())["path"]
-    published = pads.dataset(location).to_table(columns=["item_id"]).column(0).to_pylist()
-    recommended = Counter(g for item in published for g in genres[item])
+    table = pads.dataset(location).to_table(columns=["user_id", "rank", "item_id"]).to_pylist()
+    recommended = Counter(g for row in table for g in genres[row["item_id"]])
+    lists: dict[str, list[set[str]]] = defaultdict(list)
+    for row in sorted(table, key=lambda r: (r["user_id"], r["rank"])):
+        lists[row["user_id"]].append(set(genres[row["item_id"]]))
+    per_user = [
+        np.mean([1 - len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1 :]])
+        for sets in lists.values()
+    ]
     manifest = json.loads((root / "manifests" / "score-als" / f"ds={DS}.json").read_text())
     mix = manifest["catalogue_mix"]
     assert mix["attribute"] == "genres" and mix["catalogue_ds"] == DS
     assert mix["history"] == dict(history) and mix["recommended"] == dict(recommended)
+    assert mix["intra_list_diversity"] == pytest.approx(np.mean(per_user), rel=1e-9)
     page = storage.read_text(report)
     assert "genres mix of each model" in page and "alt='genres mix'" in page
 

@@ -40,7 +40,8 @@ def scored_mixes(manifests: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
 
 
 def mix_rows(mixes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model: values reached, share of the top value, distance to the history."""
+    """One row per model: values reached, share of the top value, distance to the history,
+    intra-list diversity."""
     rows = []
     for model, mix in sorted(mixes.items()):
         recommended, history = shares(mix["recommended"]), shares(mix["history"])
@@ -52,6 +53,7 @@ def mix_rows(mixes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                 f"{mix['attribute']} in histories": len(history),
                 "largest share": f"{top[0]} {top[1]:.1%}",
                 "distance to history mix (TV)": total_variation(recommended, history),
+                f"intra-list diversity ({mix['attribute']})": mix.get("intra_list_diversity"),
             }
         )
     return rows
@@ -96,6 +98,7 @@ def mix_section(manifests: Sequence[Mapping[str, Any]]) -> str:
     caption = (
         f"{attribute} mix of each model's published top-K rows against every history "
         "interaction of the users (a multi-valued attribute counts once per value; TV: total "
-        "variation distance, 0 = the same mix)"
+        "variation distance, 0 = the same mix; intra-list diversity: the mean over users of the "
+        "mean pairwise Jaccard distance between the listed items' values, 0 = all alike)"
     )
     return html_table(mix_rows(mixes), caption=caption) + image(mix_plot(mixes), f"{attribute} mix")

@@ -29,7 +29,7 @@ from recpipe.layout import CATALOG_QUARANTINE
 from recpipe.manifest import CatalogInputCounts, CatalogManifest
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, INPUT, REASON
-from recpipe.stages.clean import scratch_folder
+from recpipe.sweep import scratch_folder
 
 log = logging.getLogger(__name__)
 

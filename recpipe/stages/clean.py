@@ -19,16 +19,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.etl.clean import (
@@ -45,12 +41,13 @@ from recpipe.etl.clean import (
 )
 from recpipe.etl.sources import raw_read_errors, read_raw_events
 from recpipe.lake import Lake, StagedPartition, transaction
-from recpipe.layout import EVENTS, QUARANTINE, run_scratch
+from recpipe.layout import EVENTS, QUARANTINE
 from recpipe.manifest import CleanManifest
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS, RAW, REASON, SOURCE_FILE, Reason
 from recpipe.spark import one_row
-from recpipe.storage import Location, LocationLike
+from recpipe.storage import Location
+from recpipe.sweep import scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -154,19 +151,6 @@ def classify_raw(
         # the keys that repeat.
         F.when(F.col(REASON).isNull(), key_hash()).alias(KEY_HASH),
     )
-
-
-@contextmanager
-def scratch_folder(root: LocationLike, stage: str, ds: str) -> Iterator[Location]:
-    """A fresh scratch folder of one run, removed on exit (a killed run's by the next sweep)."""
-    folder = run_scratch(root, stage, ds, uuid.uuid4().hex)
-    try:
-        yield folder
-    finally:
-        # Best effort, as before: a folder left behind is the sweep's, and a failure to remove
-        # it must not hide the run's own outcome.
-        with suppress(OSError):
-            storage.remove_tree(folder)
 
 
 def parse_once(
