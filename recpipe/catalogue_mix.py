@@ -17,8 +17,8 @@ from pyspark.sql import types as T
 from recpipe.catalogue import NO_VALUE, NOT_IN_CATALOGUE, snapshot_ds
 from recpipe.config import Config
 from recpipe.lake import Lake
-from recpipe.layout import ITEMS
-from recpipe.schema import ATTRIBUTES, DS, ITEM_ID, USER_IDX
+from recpipe.layout import ITEMS, VOCAB_ITEMS
+from recpipe.schema import ATTRIBUTES, DS, ITEM_ID, ITEM_IDX, USER_IDX
 
 _VALUE = "_value"
 
@@ -48,6 +48,17 @@ def item_values(spark: SparkSession, config: Config, ds: str, attribute: str) ->
     )
 
 
+def item_index_values(
+    spark: SparkSession, config: Config, ds: str, attribute: str
+) -> DataFrame | None:
+    """:func:`item_values` keyed by ``item_idx`` through ``vocab_items`` of ``ds``."""
+    values = item_values(spark, config, ds, attribute)
+    if values is None:
+        return None
+    vocab = Lake(config.root).read(spark, VOCAB_ITEMS, [{DS: ds}]).select(ITEM_ID, ITEM_IDX)
+    return values.join(vocab, ITEM_ID).select(ITEM_IDX, _VALUE)
+
+
 def value_counts(rows: DataFrame, values: DataFrame) -> dict[str, int]:
     """Rows of ``rows`` (an ``item_id`` column) per attribute value, items missing from the
     catalogue counted under :data:`NOT_IN_CATALOGUE`; sorted by count, largest first."""
@@ -62,14 +73,19 @@ def value_counts(rows: DataFrame, values: DataFrame) -> dict[str, int]:
     return dict(pairs)
 
 
-def intra_list_diversity(rows: DataFrame, values: DataFrame) -> float | None:
+def intra_list_diversity(
+    rows: DataFrame, values: DataFrame, item: str = ITEM_ID, k: int | None = None
+) -> float | None:
     """Mean over users of their list's mean pairwise Jaccard distance between the items' value
     sets (1 - |a & b| / |a | b|): 0 when every item of a list has the same values, 1 when no
-    two share one. ``rows``: ``user_idx``, ``rank``, ``item_id``; users with one item count
-    as nothing (no pair). None when no list has a pair.
+    two share one. ``rows``: ``user_idx``, ``rank``, ``item`` (the top ``k`` ranks when given);
+    ``values``: ``item``, ``_value``. Users with one item count as nothing (no pair); None when
+    no list has a pair.
     """
-    sets = values.groupBy(ITEM_ID).agg(F.collect_set(_VALUE).alias("_set"))
-    lists = rows.select(USER_IDX, "rank", ITEM_ID).join(sets, ITEM_ID, "left")
+    if k is not None:
+        rows = rows.where(F.col("rank") <= k)
+    sets = values.groupBy(item).agg(F.collect_set(_VALUE).alias("_set"))
+    lists = rows.select(USER_IDX, "rank", item).join(F.broadcast(sets), item, "left")
     lists = lists.select(
         USER_IDX, "rank", F.coalesce("_set", F.array(F.lit(NOT_IN_CATALOGUE))).alias("_set")
     )

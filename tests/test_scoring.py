@@ -626,6 +626,45 @@ def test_spark_evaluation_equals_the_local_engine(spark, root, name) -> None:
             assert got_group.values[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
 
 
+def test_intra_list_diversity_is_the_same_on_both_engines(spark, root, tmp_path) -> None:
+    """With an item catalogue, ild@k (genres) from the local engine's bit masks equals the
+    Spark engine's set functions over its recommendation rows."""
+    import shutil
+
+    from recpipe.evaluation.diversity import ILD
+    from recpipe.stages.catalog import run_catalog
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy,
+                    ignore=shutil.ignore_patterns("metastore", "warehouse", "tmp"))  # fmt: skip
+    vocab = pads.dataset(partition_dir(copy, "vocab_items", DS1)).to_table().to_pylist()
+    catalogue = copy / "raw" / "items"
+    catalogue.mkdir(parents=True)
+    lines = []
+    for row in vocab:
+        index = row["item_idx"]
+        if index % 7 == 0:
+            continue  # not in the catalogue
+        genres = [["A"], ["A", "B"], [], ["C"]][index % 4]
+        record = {"item_id": row["item_id"], "title": f"t{index}"}
+        if genres:
+            record["genres"] = genres
+        lines.append(json.dumps(record))
+    (catalogue / "items.jsonl").write_text("\n".join(lines) + "\n")
+    run_catalog(spark, build_config(copy, *BASE, f"paths.raw_items={catalogue}"), DS1)
+    ks = "evaluation.ks=[1,5,10]"
+    for name in ("als", "popularity"):
+        local = evaluate_model(spark, build_config(copy, *BASE, "evaluation.engine=local", ks),
+                               DS1, PROTOCOL, name).result.values  # fmt: skip
+        on_spark = build_config(copy, *BASE, "evaluation.engine=spark", "evaluation.partitions=3",
+                                ks)  # fmt: skip
+        distributed = evaluate_model(spark, on_spark, DS1, PROTOCOL, name).result.values
+        assert np.isnan(local[(ILD, 1)]) and np.isnan(distributed[(ILD, 1)])  # no pair at k=1
+        for k in (5, 10):
+            assert 0 < local[(ILD, k)] < 1, (name, k)
+            assert distributed[(ILD, k)] == pytest.approx(local[(ILD, k)], rel=1e-9), (name, k)
+
+
 def _pairs_by_user(root: Path, part: str) -> dict[int, set[int]]:
     table = pads.dataset(partition_dir(root, part, DS1, PROTOCOL)).to_table(
         columns=["user_idx", "item_idx"]

@@ -14,6 +14,7 @@ from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.evaluation.activity import ActivityGroups, activity_groups
 from recpipe.evaluation.bootstrap import resample_means
+from recpipe.evaluation.diversity import ILD, item_value_masks, local_intra_list_diversity
 from recpipe.evaluation.metrics import (
     USERS_KEY,
     Evaluation,
@@ -26,7 +27,7 @@ from recpipe.evaluation.metrics import (
     user_means,
 )
 from recpipe.evaluation.protocol import Protocol
-from recpipe.evaluation.ranking import csr_from_pairs, top_k, users_per_block
+from recpipe.evaluation.ranking import PAD_ITEM, csr_from_pairs, top_k, users_per_block
 from recpipe.lake import Lake
 from recpipe.layout import TEST, TRAIN, VALID, VOCAB_ITEMS
 from recpipe.manifest import StageRun
@@ -104,6 +105,10 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     )
     evaluated, per_user = per_user_ranking_metrics(items, truth_csr, users, ks)
     values = user_means(evaluated, per_user)
+    masks = item_value_masks(config, ds)
+    if masks is not None:
+        ild = local_intra_list_diversity(items, masks, ks)
+        values.update({(ILD, k): v for k, v in ild.items()})
     # Activity: rows of known history per user (repeats counted, as the Spark engine counts).
     lengths = np.bincount(history.users, minlength=int(evaluated.max(initial=0)) + 1)
     groups = activity_groups(lengths[evaluated], per_user)
@@ -124,6 +129,7 @@ def _evaluate_on_spark(
 ) -> Evaluation:
     """Splits read by Spark, users ranked on the executors, metrics aggregated by Spark; the
     driver holds item-sized arrays only."""
+    from recpipe.catalogue_mix import intra_list_diversity, item_index_values
     from recpipe.evaluation.spark_metrics import ACTIVITY, spark_ranking_metrics
     from recpipe.evaluation.spark_ranking import (
         RankSettings,
@@ -179,6 +185,13 @@ def _evaluate_on_spark(
             recs, truth, ks, n_items, (boot.resamples, boot.seed), activity
         )
         counts = top_item_counts(recs, ks, n_items)
+        attribute = config.catalog.mix_attribute
+        values_by_item = item_index_values(spark, config, ds, attribute) if attribute else None
+        if values_by_item is not None:
+            listed = recs.where(F.col(ITEM_IDX) != PAD_ITEM)
+            for k in ks:
+                ild = intra_list_diversity(listed, values_by_item, ITEM_IDX, k)
+                values[(ILD, k)] = float("nan") if ild is None else ild
     finally:
         recs.unpersist()
     return _evaluation(
