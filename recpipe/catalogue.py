@@ -64,6 +64,14 @@ def item_details(root: LocationLike, ds: str, item_ids: Iterable[str]) -> dict[s
     }
 
 
+def user_profiles(
+    root: LocationLike, ds: str, user_ids: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """{user_id: profile attributes} of the profiles as of ``ds`` ({} without them)."""
+    rows = _rows(root, USERS, ds, USER_ID, user_ids)
+    return {user: attributes_of(row) for user, row in rows.items()}
+
+
 def user_profile(root: LocationLike, ds: str, user_id: str) -> dict[str, str] | None:
     """The user's profile attributes as of ``ds`` (None without profiles or without the user)."""
     row = _rows(root, USERS, ds, USER_ID, [user_id]).get(user_id)

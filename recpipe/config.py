@@ -209,6 +209,12 @@ class EvaluationConfig(_Section):
     block_mib: int = Field(256, ge=1)
     partitions: int | None = Field(None, ge=1)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    # With user profiles (catalog): quality per value of these attributes; numeric ones with
+    # edges in profile_bands are grouped in bands.
+    profile_groups: list[str] = Field(default_factory=lambda: ["gender", "age"])
+    profile_bands: dict[str, list[float]] = Field(
+        default_factory=lambda: {"age": [18.0, 25.0, 35.0, 45.0, 56.0]}
+    )
 
 
 class DriverConfig(_Section):

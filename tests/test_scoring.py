@@ -626,9 +626,11 @@ def test_spark_evaluation_equals_the_local_engine(spark, root, name) -> None:
             assert got_group.values[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
 
 
-def test_intra_list_diversity_is_the_same_on_both_engines(spark, root, tmp_path) -> None:
+def test_catalogue_aware_evaluation_is_the_same_on_both_engines(spark, root, tmp_path) -> None:
     """With an item catalogue, ild@k (genres) from the local engine's bit masks equals the
-    Spark engine's set functions over its recommendation rows."""
+    Spark engine's set functions over its recommendation rows; with user profiles, the
+    metrics per gender and age band agree too, and each attribute's groups add up to the
+    overall mean (users weighted)."""
     import shutil
 
     from recpipe.evaluation.diversity import ILD
@@ -651,18 +653,44 @@ def test_intra_list_diversity_is_the_same_on_both_engines(spark, root, tmp_path)
             record["genres"] = genres
         lines.append(json.dumps(record))
     (catalogue / "items.jsonl").write_text("\n".join(lines) + "\n")
-    run_catalog(spark, build_config(copy, *BASE, f"paths.raw_items={catalogue}"), DS1)
+    users = pads.dataset(partition_dir(copy, "vocab_users", DS1)).to_table().to_pylist()
+    profiles = copy / "raw" / "users"
+    profiles.mkdir()
+    written = [
+        # every third user without an age, every fifth not profiled at all
+        {"user_id": row["user_id"], "gender": "FM"[index % 2],
+         **({} if index % 3 == 0 else {"age": str(12 + 7 * (index % 8))})}
+        for index, row in enumerate(users)
+        if index % 5
+    ]  # fmt: skip
+    (profiles / "users.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written))
+    references = [f"paths.raw_items={catalogue}", f"paths.raw_users={profiles}"]
+    run_catalog(spark, build_config(copy, *BASE, *references), DS1)
     ks = "evaluation.ks=[1,5,10]"
     for name in ("als", "popularity"):
-        local = evaluate_model(spark, build_config(copy, *BASE, "evaluation.engine=local", ks),
-                               DS1, PROTOCOL, name).result.values  # fmt: skip
+        mine = evaluate_model(spark, build_config(copy, *BASE, "evaluation.engine=local", ks),
+                              DS1, PROTOCOL, name).result  # fmt: skip
         on_spark = build_config(copy, *BASE, "evaluation.engine=spark", "evaluation.partitions=3",
                                 ks)  # fmt: skip
-        distributed = evaluate_model(spark, on_spark, DS1, PROTOCOL, name).result.values
+        theirs = evaluate_model(spark, on_spark, DS1, PROTOCOL, name).result
+        local, distributed = mine.values, theirs.values
         assert np.isnan(local[(ILD, 1)]) and np.isnan(distributed[(ILD, 1)])  # no pair at k=1
         for k in (5, 10):
             assert 0 < local[(ILD, k)] < 1, (name, k)
             assert distributed[(ILD, k)] == pytest.approx(local[(ILD, k)], rel=1e-9), (name, k)
+        assert mine.segments is not None and theirs.segments is not None
+        assert [s.attribute for s in mine.segments] == ["gender", "age"]
+        for got, expected in zip(theirs.segments, mine.segments, strict=True):
+            assert got.groups.keys() == expected.groups.keys()
+            for label, group in expected.groups.items():
+                assert got.groups[label].users == group.users, label
+                for key, value in group.values.items():
+                    assert got.groups[label].values[key] == pytest.approx(value, rel=1e-9)
+            assert sum(g.users for g in expected.groups.values()) == mine.n_users
+            weighted = sum(g.users * g.values[("ndcg", 10)] for g in expected.groups.values())
+            assert weighted / mine.n_users == pytest.approx(local[("ndcg", 10)], rel=1e-9)
+        assert {"F", "M", "(no profile)"} <= set(mine.segments[0].groups)
+        assert {"(unknown)", "(no profile)", "<18"} <= set(mine.segments[1].groups)
 
 
 def _pairs_by_user(root: Path, part: str) -> dict[int, set[int]]:

@@ -28,6 +28,7 @@ from recpipe.evaluation.activity import ActivityGroups
 from recpipe.evaluation.bootstrap import Interval, percentile_interval
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, Csr, csr_rows
+from recpipe.evaluation.segments import Segments
 
 METRICS: tuple[str, ...] = ("hr", "precision", "recall", "ndcg", "map", "mrr")
 BEYOND_ACCURACY: tuple[str, ...] = (
@@ -249,6 +250,7 @@ class EvaluationResult:
     resamples: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     confidence: float = 0.95
     groups: ActivityGroups | None = None  # the same metrics per user-activity quartile
+    segments: list[Segments] | None = None  # ... and per profile group (gender, age band)
 
     def interval(self, key: tuple[str, int]) -> Interval | None:
         """The ``confidence`` interval of metric ``key``, or None without resamples."""

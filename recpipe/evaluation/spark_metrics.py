@@ -9,6 +9,7 @@ row per (metric, K, resample).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ from recpipe.evaluation.bootstrap import ResampleSums
 from recpipe.evaluation.metrics import METRICS, USERS_KEY, MetricValues, check_ks, discounts
 from recpipe.evaluation.metrics import ideal_dcg as ideal_dcg_table
 from recpipe.evaluation.ranking import PAD_ITEM
+from recpipe.evaluation.segments import NO_PROFILE, Segment, Segments
 from recpipe.schema import ITEM_IDX, USER_IDX
 from recpipe.spark import one_row
 
@@ -72,6 +74,47 @@ def spark_ranking_metrics(
     values[USERS_KEY] = float(rows[ks[0]]["users"]) if rows else 0.0
     values.update(_coverage(top, ks, n_items))
     return values, means, groups
+
+
+def spark_segment_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    ks: Sequence[int],
+    segments: DataFrame,
+    attributes: Sequence[str],
+) -> list[Segments]:
+    """The ranking metrics per profile group (:mod:`recpipe.evaluation.segments`):
+    ``segments`` holds ``user_idx, attribute, label``; an evaluated user without a row for an
+    attribute is ``(no profile)``. One row per (attribute, label, K) reaches the driver."""
+    ks = check_ks(ks)
+    top = recs.select(USER_IDX, ITEM_IDX, RANK).where(
+        (F.col(RANK) <= ks[-1]) & (F.col(ITEM_IDX) != PAD_ITEM)
+    )
+    per_user = _per_user_metrics(top, truth.select(USER_IDX, ITEM_IDX).distinct(), ks)
+    names = F.explode(F.array(*(F.lit(a) for a in attributes))).alias("attribute")
+    joined = (
+        per_user.select("*", names)
+        .join(segments, [USER_IDX, "attribute"], "left")
+        .withColumn("label", F.coalesce(F.col("label"), F.lit(NO_PROFILE)))
+    )
+    rows = (
+        joined.groupBy("attribute", "label", K)
+        .agg(F.count(F.lit(1)).alias("users"), *(F.avg(name).alias(name) for name in METRICS))
+        .collect()
+    )
+    by_group: dict[str, dict[str, list[Any]]] = {a: {} for a in attributes}
+    for row in rows:
+        by_group[row["attribute"]].setdefault(row["label"], []).append(row)
+    built = []
+    for attribute in attributes:
+        groups = {}
+        for label, group_rows in by_group[attribute].items():
+            values = {
+                (name, row[K]): _as_float(row[name]) for row in group_rows for name in METRICS
+            }
+            groups[label] = Segment(int(group_rows[0]["users"]), values)
+        built.append(Segments(attribute, groups))
+    return built
 
 
 def _activity_groups(per_user: DataFrame, activity: DataFrame, ks: list[int]) -> ActivityGroups:

@@ -39,6 +39,27 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
         uri = accuracy_vs_long_tail(all_rows, k, protocol.split_protocol)
         parts.append(image(uri, f"accuracy vs popularity bias, {protocol.split_protocol}"))
         parts.append(_activity_part(results, k, protocol.split_protocol))
+        parts.append(_profile_part(results, k, protocol.split_protocol))
+    return "\n".join(parts)
+
+
+def _profile_part(results: Sequence[Any], k: int, protocol: str) -> str:
+    """NDCG@k per profile group (gender, age band), one table per attribute: a column per
+    group, its user count in the header (empty without profiles)."""
+    parts = []
+    attributes = {s.attribute for r in results for s in (r.segments or [])}
+    for attribute in sorted(attributes):
+        rows = []
+        for result in sorted(results, key=lambda r: r.model):
+            found = next((s for s in result.segments or [] if s.attribute == attribute), None)
+            if found is None:
+                continue
+            row: dict[str, Any] = {"model": result.model}
+            for label, group in sorted(found.groups.items()):
+                row[f"{label} ({group.users:,})"] = group.values.get(("ndcg", k))
+            rows.append(row)
+        caption = f"{protocol}: ndcg@{k} by user {attribute} (users per group in brackets)"
+        parts.append(html_table(rows, caption=caption))
     return "\n".join(parts)
 
 

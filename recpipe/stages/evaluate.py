@@ -28,6 +28,7 @@ from recpipe.evaluation.metrics import (
 )
 from recpipe.evaluation.protocol import Protocol
 from recpipe.evaluation.ranking import PAD_ITEM, csr_from_pairs, top_k, users_per_block
+from recpipe.evaluation.segments import Segments, local_segments, profile_labels
 from recpipe.lake import Lake
 from recpipe.layout import TEST, TRAIN, VALID, VOCAB_ITEMS
 from recpipe.manifest import StageRun
@@ -112,6 +113,8 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     # Activity: rows of known history per user (repeats counted, as the Spark engine counts).
     lengths = np.bincount(history.users, minlength=int(evaluated.max(initial=0)) + 1)
     groups = activity_groups(lengths[evaluated], per_user)
+    labels = profile_labels(config, ds, evaluated)
+    segments = local_segments(labels, per_user) if labels else None
     boot = settings.bootstrap
     resamples = resample_means(evaluated, per_user, boot.resamples, boot.seed)
     train_csr = csr_from_pairs(train.users, train.items, train.n_users)
@@ -120,7 +123,7 @@ def _evaluate_locally(config: Config, ds: str, protocol: str, name: str) -> Eval
     n_train_users = len(np.unique(train.users))
     return _evaluation(
         name, protocol, config, values, resamples, counts, popularity, n_train_users, "local",
-        groups,
+        groups, segments,
     )  # fmt: skip
 
 
@@ -130,7 +133,11 @@ def _evaluate_on_spark(
     """Splits read by Spark, users ranked on the executors, metrics aggregated by Spark; the
     driver holds item-sized arrays only."""
     from recpipe.catalogue_mix import intra_list_diversity, item_index_values
-    from recpipe.evaluation.spark_metrics import ACTIVITY, spark_ranking_metrics
+    from recpipe.evaluation.spark_metrics import (
+        ACTIVITY,
+        spark_ranking_metrics,
+        spark_segment_metrics,
+    )
     from recpipe.evaluation.spark_ranking import (
         RankSettings,
         item_side,
@@ -138,6 +145,7 @@ def _evaluate_on_spark(
         top_item_counts,
         train_histories,
     )
+    from recpipe.evaluation.spark_segments import profile_segment_frame
     from recpipe.scoring.memory import fitted_block_mib
     from recpipe.scoring.model_columns import with_model_columns
     from recpipe.spark import executor_settings
@@ -185,6 +193,12 @@ def _evaluate_on_spark(
             recs, truth, ks, n_items, (boot.resamples, boot.seed), activity
         )
         counts = top_item_counts(recs, ks, n_items)
+        profiled = profile_segment_frame(spark, config, ds)
+        segments = (
+            None
+            if profiled is None
+            else spark_segment_metrics(recs, truth, ks, profiled, settings.profile_groups)
+        )
         attribute = config.catalog.mix_attribute
         values_by_item = item_index_values(spark, config, ds, attribute) if attribute else None
         if values_by_item is not None:
@@ -196,7 +210,7 @@ def _evaluate_on_spark(
         recs.unpersist()
     return _evaluation(
         name, protocol, config, values, resamples, counts, items.popularity,
-        items.n_train_users, "spark", groups,
+        items.n_train_users, "spark", groups, segments,
     )  # fmt: skip
 
 
@@ -211,6 +225,7 @@ def _evaluation(
     n_train_users: int,
     engine: str,
     groups: ActivityGroups | None = None,
+    segments: list[Segments] | None = None,
 ) -> Evaluation:
     """The result both engines end with: beyond-accuracy metrics from the per-item counts."""
     for k, per_item in counts.items():
@@ -231,6 +246,7 @@ def _evaluation(
         resamples,
         config.evaluation.bootstrap.confidence,
         groups,
+        segments,
     )
     log.info("evaluate %s on %s: %s engine, %d users", name, protocol, engine, n_users)
     return Evaluation(result, counts, popularity)
@@ -274,6 +290,11 @@ def run_evaluate(
                         **(
                             {"by_activity": result.groups.to_dict()}
                             if result.groups is not None
+                            else {}
+                        ),
+                        **(
+                            {"by_profile": {s.attribute: s.to_dict() for s in result.segments}}
+                            if result.segments
                             else {}
                         ),
                     }
