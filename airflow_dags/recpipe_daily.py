@@ -22,6 +22,9 @@ from airflow.sdk import DAG, BaseOperator, Param
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 DAG_ID = "recpipe_daily"
+# The catalog stage's landing paths (optional): item catalogue, user profiles, knowledge graph,
+# item -> entity links, each a DAG param named like its paths.* config key.
+REFERENCE_PARAMS = ("raw_items", "raw_users", "raw_kg", "raw_links")
 
 
 def _home() -> Path:
@@ -87,14 +90,17 @@ DOC = f"""
 One task per stage, each a `spark-submit` of `jobs/<stage>.py --ds {{{{ ds }}}}` with the
 config files `{", ".join(CONF_FILES)}` and the run's params as `--set` overrides:
 
-clean → vocab → sessionize → split → (train_baselines, export) → train → evaluate (+ gate)
-→ score (the gate's choice) → publish (`recommendations` partition `model=published`).
+clean → catalog → vocab → sessionize → split → (train_baselines, export) → train → evaluate
+(+ gate) → score (the gate's choice) → publish (`recommendations` partition
+`model=published`). `catalog` cleans the item catalogue, user profiles and knowledge graph
+when their params are set, and does nothing otherwise.
 
 * **Data interval**: `ds` is the start of the daily data interval; every task reads and
   writes only that `ds` partition (never the wall clock), so re-running a day replaces it
   exactly and a backfill runs day after day (`max_active_runs=1`; `vocab` depends on the
   previous day's run because indexes extend the previous day's).
-* **Params**: `raw_events` (landing path, `{{ds}}` is replaced by the run's ds), `baselines`,
+* **Params**: `raw_events` and `raw_items`, `raw_users`, `raw_kg`, `raw_links` (landing
+  paths, `{{ds}}` is replaced by the run's ds; the last four optional), `baselines`,
   `deep_models`, `overrides` (extra `key=value` config overrides, e.g. `train.processes=4`).
 * **Where things run**: `spark-submit` = `{SPARK_SUBMIT}`, connection `{SPARK_CONN}`
   (its host is the master, e.g. `local[2]` or `yarn`; the config files never override the
@@ -115,8 +121,9 @@ def stage_args(ds: str, params: dict[str, Any], *extra: str) -> list[str]:
         f"baselines.models=[{','.join(params['baselines'])}]",
         f"train.models=[{','.join(params['deep_models'])}]",
     ]
-    if params.get("raw_events"):
-        overrides.append(f"paths.raw_events={params['raw_events'].replace('{ds}', ds)}")
+    for name in ("raw_events", *REFERENCE_PARAMS):
+        if params.get(name):
+            overrides.append(f"paths.{name}={params[name].replace('{ds}', ds)}")
     overrides += list(params.get("overrides") or [])
     for override in overrides:
         args += ["--set", override]
@@ -172,6 +179,10 @@ with DAG(
     user_defined_macros={"stage_args": stage_args, "shell_args": shell_args},
     params={
         "raw_events": Param("", type="string", description="landing path; {ds} = the run's ds"),
+        **{
+            name: Param("", type="string", description=f"optional {name} landing path for catalog")
+            for name in REFERENCE_PARAMS
+        },
         "baselines": Param(_registered_models("baseline"), type="array"),
         "deep_models": Param(_registered_models("deep"), type="array"),
         "overrides": Param([], type="array", description="extra key=value config overrides"),
@@ -186,6 +197,7 @@ with DAG(
 ) as dag:
     short, long = timedelta(hours=1), timedelta(hours=6)
     clean = stage("clean", "clean", timeout=short)
+    catalog = stage("catalog", "catalog", timeout=short)
     vocab = stage("vocab", "vocab", timeout=short)
     vocab.depends_on_past = True  # indexes extend the previous day's vocabulary
     sessionize = stage("sessionize", "sessionize", timeout=short)
@@ -197,6 +209,6 @@ with DAG(
     score = stage("score", "score", timeout=long)
     publish = stage("publish", "publish", timeout=short)
 
-    clean >> vocab >> sessionize >> split >> [baselines, export]
+    clean >> catalog >> vocab >> sessionize >> split >> [baselines, export]
     export >> train
     [baselines, train] >> evaluate >> score >> publish

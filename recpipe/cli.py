@@ -351,6 +351,7 @@ def _generate(args: argparse.Namespace) -> int:
         duplicate_fraction=settings.duplicate_fraction,
         n_files=settings.n_files,
         seed=settings.seed,
+        catalog=settings.catalog,
     )
     summary = generate_events(spec, args.out or raw_dir(config.root, "synthetic"), progress=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))

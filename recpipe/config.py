@@ -471,6 +471,9 @@ class SyntheticConfig(_Section):
     duplicate_fraction: float = Field(0.005, ge=0, lt=1)
     n_files: int = Field(4, ge=1)
     seed: int = 0
+    catalog: bool = Field(
+        True, description="Also write an item catalogue and user profiles (see `generate`)."
+    )
 
 
 class DatasetsConfig(_Section):

@@ -73,7 +73,8 @@ class Reason:
     BAD_VALUE = "bad_value"  # value present but not a finite number
     MISSING_VALUE = "missing_value"  # value absent for an event type that requires one
     BOT_SUSPECT = "bot_suspect"  # user over clean.bot_max_events_per_day on that day
-    # Catalogue inputs: the record's key has several distinct versions in the input.
+    # Catalogue inputs only (not in ALL, the events' reasons): the record's key has several
+    # distinct versions in the input.
     CONFLICTING_RECORD = "conflicting_record"
 
     ALL: tuple[str, ...] = (
@@ -93,7 +94,6 @@ class Reason:
         BAD_VALUE,
         MISSING_VALUE,
         BOT_SUSPECT,
-        CONFLICTING_RECORD,
     )
 
 

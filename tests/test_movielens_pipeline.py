@@ -250,6 +250,15 @@ def test_sql_command_and_report(pipeline, capsys) -> None:
     assert low < ndcg_at_10(manifests["als"]) < high
     assert f"{ndcg_at_10(manifests['als']):.4f} [{low:.4f}, {high:.4f}]" in page
     assert "accuracy vs popularity bias, random_by_user" in page
+    # With MovieLens' catalogue and profiles: genre diversity, and quality by gender and age
+    # band, every evaluated user in one group of each (943 users: 670 M, 273 F).
+    assert 0 < result["metrics"]["ild@10"] < 1
+    genders = result["by_profile"]["gender"]
+    assert {label: group["users"] for label, group in genders.items()} == {"F": 273, "M": 670}
+    ages = result["by_profile"]["age"]
+    assert sum(group["users"] for group in ages.values()) == 943
+    assert set(ages) == {"<18", "18-24", "25-34", "35-44", "45-55", "56+"}
+    assert "ndcg@10 by user gender" in page
     # Popularity bias: the popularity baseline recommends from the short head (top 20 % of
     # items) almost only; ALS reaches further into the long tail.
     tail = {m: manifests[m]["results"][0]["metrics"]["long_tail_share@10"] for m in MODELS}

@@ -302,7 +302,7 @@ def test_same_seed_same_bytes_other_seed_differs(data: Data, tmp_path: Path) -> 
     again = generate_events(SPEC, tmp_path / "again")
     for name in (f"part-{k:05d}.jsonl" for k in range(SPEC.n_files)):
         assert (tmp_path / "again" / name).read_bytes() == (data.out / name).read_bytes()
-    strip = {"files", "elapsed_s"}
+    strip = {"files", "elapsed_s", "raw_items", "raw_users"}  # where they went
     assert {k: v for k, v in again.items() if k not in strip} == {
         k: v for k, v in data.summary.items() if k not in strip
     }
@@ -415,3 +415,45 @@ def test_writes_to_a_uri_through_storage(tmp_path: Path) -> None:
         assert (target / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     written = json.loads((target / "_generation.json").read_text())
     assert written["files"] == remote["files"] and written["lines_total"] == local["lines_total"]
+
+
+def test_catalogue_and_profiles_carry_the_hidden_structure(data: Data, tmp_path: Path) -> None:
+    """Items and profiles beside the events: every item of the events has one record with the
+    events' category and purchase price, most tokens from its category's vocabulary; a user's
+    region follows the category they view most far more often than chance."""
+    catalog = data.out.parent / f"{data.out.name}-catalog"
+    assert data.summary["raw_items"] == str(catalog / "items")
+    items = {
+        r["item_id"]: r
+        for r in map(json.loads, (catalog / "items" / "items.jsonl").read_text().splitlines())
+    }
+    assert len(items) == data.summary["catalog_items"] == SPEC.items
+    for e in data.events:
+        record = items[e["item_id"]]
+        assert record["category"] == e["category"]
+        if e["event_type"] == "purchase":
+            assert float(record["price"]) == pytest.approx(float(e["value"]))
+    for record in items.values():
+        category = int(record["category"][1:])
+        own = [t for t in record["tokens"] if t.startswith(f"{record['category']}w")]
+        assert len(record["tokens"]) == 4 and len(own) == 3
+        assert int(record["brand"][1:]) // 4 == category
+    users = {
+        r["user_id"]: r
+        for r in map(json.loads, (catalog / "users" / "users.jsonl").read_text().splitlines())
+    }
+    assert set(users) == {e["user_id"] for e in data.human} | set(users)  # bots: no profile
+    assert not set(users) & set(data.summary["bot_user_ids"])
+    views: dict[str, Counter] = {}
+    for e in data.human:
+        views.setdefault(e["user_id"], Counter())[int(e["category"][1:])] += 1
+    active = [u for u, c in views.items() if sum(c.values()) >= 30]
+    agree = sum(
+        int(users[u]["region"][1:]) == views[u].most_common(1)[0][0] % 8 for u in active
+    ) / len(active)
+    assert len(active) >= 50 and agree > 0.4, (len(active), agree)  # chance: 1/8
+    # Its own random stream: without the catalogue the events are the same bytes.
+    plain = tmp_path / "plain"
+    generate_events(SyntheticSpec(**{**SPEC.__dict__, "catalog": False}), plain)
+    assert read_lines(plain) == data.lines
+    assert not (tmp_path / "plain-catalog").exists()

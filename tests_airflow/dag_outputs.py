@@ -30,10 +30,17 @@ def events(ds: str, users: range) -> list[dict]:
 
 
 def land(landing: Path, ds: str, rows: list[dict]) -> None:
-    """Write ``rows`` as ``<landing>/<ds>/events.jsonl`` (the DAG's raw_events ``{ds}`` path)."""
+    """Write ``rows`` as ``<landing>/<ds>/events.jsonl`` (the DAG's raw_events ``{ds}`` path),
+    and a title for each of their items as ``<landing>/<ds>-items/items.jsonl`` (raw_items)."""
     folder = landing / ds
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in rows))
+    items = sorted({e["item_id"] for e in rows})
+    catalogue = landing / f"{ds}-items"
+    catalogue.mkdir(parents=True, exist_ok=True)
+    (catalogue / "items.jsonl").write_text(
+        "".join(json.dumps({"item_id": i, "title": f"Title {i}"}) + "\n" for i in items)
+    )
 
 
 def manifest(root: Path, stage: str, ds: str) -> dict:
@@ -53,6 +60,7 @@ def run_conf(landing: Path, root: Path, database: str, *extra: str) -> dict:
     """DAG params of the tests' runs: two baselines, BPR-MF for two epochs, top-5 lists."""
     return {
         "raw_events": str(landing / "{ds}"),
+        "raw_items": str(landing / "{ds}-items"),
         "baselines": ["popularity", "als"],
         "deep_models": ["bpr_mf"],
         "overrides": [

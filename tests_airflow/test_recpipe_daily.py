@@ -18,8 +18,8 @@ from dag_outputs import K, events, lake_counts, land, manifest, published, run_c
 
 DS2 = "2026-11-21"
 STAGES = [
-    "clean", "vocab", "sessionize", "split", "train_baselines", "export", "train", "evaluate",
-    "score", "publish",
+    "clean", "catalog", "vocab", "sessionize", "split", "train_baselines", "export", "train",
+    "evaluate", "score", "publish",
 ]  # fmt: skip
 
 
@@ -36,7 +36,8 @@ def test_dagbag_loads_without_import_errors_and_the_graph_is_the_pipeline(airflo
     assert dag is not None and set(dag.task_ids) == set(STAGES)
     upstream = {task_id: dag.get_task(task_id).upstream_task_ids for task_id in STAGES}
     assert upstream == {
-        "clean": set(), "vocab": {"clean"}, "sessionize": {"vocab"}, "split": {"sessionize"},
+        "clean": set(), "catalog": {"clean"}, "vocab": {"catalog"}, "sessionize": {"vocab"},
+        "split": {"sessionize"},
         "train_baselines": {"split"}, "export": {"split"}, "train": {"export"},
         "evaluate": {"train_baselines", "train"}, "score": {"evaluate"}, "publish": {"score"},
     }  # fmt: skip
@@ -80,6 +81,9 @@ def test_dag_run_publishes_a_reconciled_partition(work, first_day) -> None:
         assert _manifest(work, stage, DS1)["status"] == "ok", stage
     clean = _manifest(work, "clean", DS1)
     assert clean["rows_in"] == len(first_day["events"])
+    catalog = _manifest(work, "catalog", DS1)["inputs"]
+    assert set(catalog) == {"items"}  # only raw_items was given
+    assert catalog["items"]["rows_out"] == len({e["item_id"] for e in first_day["events"]})
     pointer, rows = _published(work, DS1)
     publish = _manifest(work, "publish", DS1)
     chosen = publish["published_model"]

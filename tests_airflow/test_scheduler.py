@@ -31,7 +31,7 @@ DATABASE = "airflow_cluster"
 MANIFESTS = ["clean", "vocab", "sessionize", "split", "train-popularity", "train-als", "export",
              "train-bpr_mf", "evaluate-popularity", "evaluate-als", "evaluate-bpr_mf", "gate",
              "publish"]  # fmt: skip
-STAGES = {"clean", "vocab", "sessionize", "split", "train_baselines", "export", "train",
+STAGES = {"clean", "catalog", "vocab", "sessionize", "split", "train_baselines", "export", "train",
           "evaluate", "score", "publish"}  # fmt: skip
 
 

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from recpipe import storage
+from recpipe.datasets.synthetic_catalog import HiddenStructure, write_catalog
 from recpipe.schema import EPOCH_MS_THRESHOLD, Reason
-from recpipe.storage import LocationLike, as_location
+from recpipe.storage import Location, LocationLike, as_location
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "cart", "purchase")
 DEVICES: tuple[str, ...] = ("web", "ios", "android")
@@ -93,6 +94,7 @@ class SyntheticSpec:
     bot_events_per_day: int = 5000  # capped at 86400 (one event per second)
     n_files: int = 4
     seed: int = 0
+    catalog: bool = True  # also write items and profiles beside the events (catalog_dir)
 
     def __post_init__(self) -> None:
         checks = {
@@ -590,6 +592,12 @@ def _interleave(
     return [pool[i] for i in np.argsort(keys, kind="stable").tolist()]
 
 
+def catalog_dir(out: Location) -> Location:
+    """Where the reference inputs of events written to ``out`` go: a sibling folder, since a
+    folder is one input (``raw/synthetic`` -> ``raw/synthetic-catalog``)."""
+    return out.parent / f"{out.name}-catalog"
+
+
 def generate_events(spec: SyntheticSpec, out_dir: LocationLike, progress: bool = False) -> dict:
     """Write ``part-NNNNN.jsonl`` files of synthetic raw events into ``out_dir`` (path or URI).
 
@@ -669,6 +677,12 @@ def generate_events(spec: SyntheticSpec, out_dir: LocationLike, progress: bool =
         "window": [gen.start_s, gen.start_s + gen.window_s],
         "spec": {**asdict(spec), "n_users": spec.users, "n_items": spec.items},
     }
+    if spec.catalog:
+        hidden = HiddenStructure(
+            gen.catalog.ids, gen.catalog.category, gen.catalog.price_cents,
+            gen.user_ids[: spec.users], gen.favourite,
+        )  # fmt: skip
+        summary.update(write_catalog(hidden, spec.seed, catalog_dir(out)))
     storage.write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     return summary

@@ -57,14 +57,15 @@ class ReferenceInput:
     """One reference input: its config key, contract, lake table and what identifies a record.
 
     ``key`` fields are required, trimmed and limited to ``clean.max_id_length``; ``values``
-    are the other known fields (trimmed, blank is null). Every other field is kept in
-    ``attributes``.
+    are the other known fields (trimmed, blank is null), those in ``required_values`` must be
+    there. Every other field is kept in ``attributes``.
     """
 
     name: str
     table: str
     key: tuple[str, ...]
     values: tuple[str, ...] = ()
+    required_values: tuple[str, ...] = ()
 
     @property
     def path_key(self) -> str:
@@ -89,7 +90,9 @@ class ReferenceInput:
 ITEMS_INPUT = ReferenceInput("items", ITEMS, key=(ITEM_ID,), values=(TITLE,))
 USERS_INPUT = ReferenceInput("users", USERS, key=(USER_ID,))
 KG_INPUT = ReferenceInput("kg", KG_TRIPLES, key=(HEAD, RELATION, TAIL))
-LINKS_INPUT = ReferenceInput("links", ITEM_ENTITIES, key=(ITEM_ID,), values=(ENTITY,))
+LINKS_INPUT = ReferenceInput(
+    "links", ITEM_ENTITIES, key=(ITEM_ID,), values=(ENTITY,), required_values=(ENTITY,)
+)
 REFERENCE_INPUTS: tuple[ReferenceInput, ...] = (ITEMS_INPUT, USERS_INPUT, KG_INPUT, LINKS_INPUT)
 
 
@@ -104,11 +107,8 @@ def _trimmed_or_null(col: Column) -> Column:
 
 
 def classify_reference(raw: DataFrame, spec: ReferenceInput, max_id_length: int) -> DataFrame:
-    """Normalised raw rows with their quarantine ``reason`` (null when valid).
-
-    Required fields: the key and, for ``links``, the entity.
-    """
-    required = (*spec.key, *(v for v in spec.values if v == ENTITY))
+    """Normalised raw rows with their quarantine ``reason`` (null when valid)."""
+    required = (*spec.key, *spec.required_values)
     reason = F.when(F.col(PARSE_ERROR).isNotNull(), F.col(PARSE_ERROR))
     for name in required:
         reason = reason.when(_trimmed_or_null(F.col(name)).isNull(), F.lit(missing_reason(name)))
