@@ -56,7 +56,7 @@ def main() -> None:
     """Run the chain and print the table."""
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from recpipe.datasets.movielens import fetch_movielens_100k
+    from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
     from recpipe.layout import manifest_path
     from recpipe.pipeline import StepContext, run_steps
     from recpipe.spark import get_spark
@@ -74,9 +74,11 @@ def main() -> None:
     ]
     first = load_config(None, [*base, *args.overrides])
     fetched = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
+    # The catalogue and profiles too: ILD@K by genre and quality by gender/age come with them.
+    references = [f"paths.{key}={fetched[key]}" for key in REFERENCE_KEYS if key in fetched]
     config = load_config(None, [*base, f"paths.raw_events={fetched['raw_events']}",
-                                *args.overrides])  # fmt: skip
-    stages = ["clean", "vocab", "sessionize", "split", "export"]
+                                *references, *args.overrides])  # fmt: skip
+    stages = ["clean", "catalog", "vocab", "sessionize", "split", "export"]
     if args.reuse:
         stages = [s for s in stages if not storage.is_file(manifest_path(config.root, s, DS))]
     timings: dict[str, float] = {}
@@ -116,8 +118,9 @@ def table_rows(
         short = "llo" if result.protocol.split_protocol == "leave_last_out" else "rbu"
         texts = result.metric_texts()
         row[f"{short} ndcg@{k}"] = texts[f"ndcg@{k}"]
-        for metric in ("recall", "hr"):
-            row[f"{short} {metric}@{k}"] = round(result.values[(metric, k)], 4)
+        for metric in ("recall", "hr", "ild"):
+            if (metric, k) in result.values:
+                row[f"{short} {metric}@{k}"] = round(result.values[(metric, k)], 4)
     for name, row in rows.items():
         row["train s (both)"] = round(timings.get(name, float("nan")), 1)
         if name in DEEP:
