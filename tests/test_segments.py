@@ -48,3 +48,12 @@ def test_local_segments_average_each_group() -> None:
         "F": (2, pytest.approx(0.3)), "M": (1, 0.5), NO_PROFILE: (1, 1.0),
     }  # fmt: skip
     assert segments.to_dict()["F"] == {"users": 2, "metrics": {"ndcg@10": pytest.approx(0.3)}}
+
+
+def test_report_orders_profile_groups_as_read() -> None:
+    from recpipe.report.run_report import label_order
+
+    labels = ["56+", "(unknown)", "F", "<18", "35-44", "18-24", "(no profile)", "M"]
+    assert sorted(labels, key=label_order) == [
+        "<18", "18-24", "35-44", "56+", "F", "M", "(no profile)", "(unknown)",
+    ]  # fmt: skip

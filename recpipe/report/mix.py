@@ -69,18 +69,17 @@ def mix_plot(mixes: Mapping[str, Mapping[str, Any]]) -> str:
     first = next(iter(mixes.values()))
     history = shares(first["history"])
     order = sorted(history, key=lambda v: -history[v])[:MAX_VALUES]
-    series = {"histories": history} | {m: shares(mix["recommended"]) for m, mix in mixes.items()}
+    series = {m: shares(mix["recommended"]) for m, mix in mixes.items()}
     figure, axis = plt.subplots(figsize=(10, 3.6))
     width = 0.85 / len(series)
     positions = np.arange(len(order))
+    # The reference as an outline around each value's group of bars: no model colour is
+    # mistaken for it.
+    axis.bar(positions, [history.get(v, 0.0) for v in order], 0.9, fill=False,
+             edgecolor="black", linewidth=1.2, label="histories")  # fmt: skip
     for offset, (label, share) in enumerate(series.items()):
         heights = [share.get(v, 0.0) for v in order]
-        bars = axis.bar(positions + offset * width - 0.425 + width / 2, heights, width,
-                        label=label)  # fmt: skip
-        if label == "histories":  # the reference: grey, so the models' colours stand out
-            for bar in bars:
-                bar.set_color("black")
-                bar.set_alpha(0.35)
+        axis.bar(positions + offset * width - 0.425 + width / 2, heights, width, label=label)
     axis.set_xticks(positions, order, rotation=45, ha="right", fontsize=8)
     axis.set_ylabel("share of rows")
     axis.set_title(f"{first['attribute']}: recommended vs the users' histories")

@@ -43,6 +43,20 @@ def _metrics_section(evaluations: Sequence[Any], k: int) -> str:
     return "\n".join(parts)
 
 
+def label_order(label: str) -> tuple[int, float, str]:
+    """Profile groups in reading order: bands by their lower edge (``<18`` first), then the
+    other values alphabetically, ``(unknown)`` and ``(no profile)`` last."""
+    if label.startswith("("):
+        return 3, 0.0, label
+    if label.startswith("<"):
+        return 0, 0.0, label
+    head = label.split("-")[0].rstrip("+")
+    try:
+        return 1, float(head), label
+    except ValueError:
+        return 2, 0.0, label
+
+
 def _profile_part(results: Sequence[Any], k: int, protocol: str) -> str:
     """NDCG@k per profile group (gender, age band), one table per attribute: a column per
     group, its user count in the header (empty without profiles)."""
@@ -55,7 +69,7 @@ def _profile_part(results: Sequence[Any], k: int, protocol: str) -> str:
             if found is None:
                 continue
             row: dict[str, Any] = {"model": result.model}
-            for label, group in sorted(found.groups.items()):
+            for label, group in sorted(found.groups.items(), key=lambda p: label_order(p[0])):
                 row[f"{label} ({group.users:,})"] = group.values.get(("ndcg", k))
             rows.append(row)
         caption = f"{protocol}: ndcg@{k} by user {attribute} (users per group in brackets)"
