@@ -8,6 +8,7 @@ Only one row per attribute value reaches the driver.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -32,12 +33,9 @@ def attribute_values(text: Column) -> Column:
     return F.when(parsed.isNotNull(), parsed).otherwise(F.filter(parts, lambda v: v != ""))
 
 
-def item_values(spark: SparkSession, config: Config, ds: str, attribute: str) -> DataFrame | None:
-    """``(item_id, _value)``: one row per item and value of ``attribute`` in the catalogue as
-    of ``ds``; None without a catalogue."""
-    day = snapshot_ds(config.root, ITEMS, ds)
-    if day is None:
-        return None
+def item_values(spark: SparkSession, config: Config, day: str, attribute: str) -> DataFrame:
+    """``(item_id, _value)``: one row per item and value of ``attribute`` in the catalogue
+    snapshot ``day`` (see :func:`recpipe.catalogue.snapshot_ds`)."""
     items = Lake(config.root).read(spark, ITEMS, [{DS: day}])
     values = attribute_values(F.col(ATTRIBUTES).getItem(attribute))
     return items.select(
@@ -51,10 +49,12 @@ def item_values(spark: SparkSession, config: Config, ds: str, attribute: str) ->
 def item_index_values(
     spark: SparkSession, config: Config, ds: str, attribute: str
 ) -> DataFrame | None:
-    """:func:`item_values` keyed by ``item_idx`` through ``vocab_items`` of ``ds``."""
-    values = item_values(spark, config, ds, attribute)
-    if values is None:
+    """:func:`item_values` of the catalogue as of ``ds``, keyed by ``item_idx`` through
+    ``vocab_items`` of ``ds``; None without a catalogue."""
+    day = snapshot_ds(config.root, ITEMS, ds)
+    if day is None:
         return None
+    values = item_values(spark, config, day, attribute)
     vocab = Lake(config.root).read(spark, VOCAB_ITEMS, [{DS: ds}]).select(ITEM_ID, ITEM_IDX)
     return values.join(vocab, ITEM_ID).select(ITEM_IDX, _VALUE)
 
@@ -74,16 +74,16 @@ def value_counts(rows: DataFrame, values: DataFrame) -> dict[str, int]:
 
 
 def intra_list_diversity(
-    rows: DataFrame, values: DataFrame, item: str = ITEM_ID, k: int | None = None
-) -> float | None:
-    """Mean over users of their list's mean pairwise Jaccard distance between the items' value
-    sets (1 - |a & b| / |a | b|): 0 when every item of a list has the same values, 1 when no
-    two share one. ``rows``: ``user_idx``, ``rank``, ``item`` (the top ``k`` ranks when given);
-    ``values``: ``item``, ``_value``. Users with one item count as nothing (no pair); None when
-    no list has a pair.
+    rows: DataFrame, values: DataFrame, ks: Sequence[int], item: str = ITEM_ID
+) -> dict[int, float | None]:
+    """``k ->`` the mean over users of their top-k list's mean pairwise Jaccard distance between
+    the items' value sets (1 - |a & b| / |a | b|): 0 when every item of a list has the same
+    values, 1 when no two share one. ``rows``: ``user_idx``, ``rank``, ``item``; ``values``:
+    ``item``, ``_value``. Users without a pair within k count as nothing; None when no list
+    has one. Every k comes from one self-join: a pair is in the top k when its lower-ranked
+    item is.
     """
-    if k is not None:
-        rows = rows.where(F.col("rank") <= k)
+    rows = rows.where(F.col("rank") <= max(ks))
     sets = values.groupBy(item).agg(F.collect_set(_VALUE).alias("_set"))
     lists = rows.select(USER_IDX, "rank", item).join(F.broadcast(sets), item, "left")
     lists = lists.select(
@@ -96,9 +96,13 @@ def intra_list_diversity(
     )
     shared = F.size(F.array_intersect("a._set", "b._set"))
     either = F.size(F.array_union("a._set", "b._set"))
-    per_user = pairs.groupBy(F.col(f"a.{USER_IDX}")).agg(F.avg(1 - shared / either).alias("_ild"))
-    mean = per_user.agg(F.avg("_ild").alias("ild")).collect()[0]["ild"]
-    return None if mean is None else float(mean)
+    distance = 1 - shared / either
+    # avg skips nulls: pairs beyond k, and users with no pair within k.
+    per_user = pairs.groupBy(F.col(f"a.{USER_IDX}")).agg(
+        *(F.avg(F.when(F.col("b.rank") <= k, distance)).alias(f"k{k}") for k in ks)
+    )
+    means = per_user.agg(*(F.avg(f"k{k}").alias(f"k{k}") for k in ks)).collect()[0]
+    return {k: None if means[f"k{k}"] is None else float(means[f"k{k}"]) for k in ks}
 
 
 def catalogue_mix(
@@ -109,16 +113,16 @@ def catalogue_mix(
     (:func:`intra_list_diversity`; ``recommended`` also needs ``user_idx`` and ``rank``); None
     without a catalogue or with ``catalog.mix_attribute`` unset."""
     attribute = config.catalog.mix_attribute
-    if not attribute:
+    day = snapshot_ds(config.root, ITEMS, ds) if attribute else None
+    if attribute is None or day is None:
         return None
-    values = item_values(spark, config, ds, attribute)
-    if values is None:
-        return None
-    values = F.broadcast(values)  # item-sized: every executor joins against it locally
+    # Item-sized: every executor joins against it locally.
+    values = F.broadcast(item_values(spark, config, day, attribute))
+    k = config.score.k  # every list row has a rank within it
     return {
         "attribute": attribute,
-        "catalogue_ds": snapshot_ds(config.root, ITEMS, ds),
+        "catalogue_ds": day,
         "recommended": value_counts(recommended, values),
         "history": value_counts(history, values),
-        "intra_list_diversity": intra_list_diversity(recommended, values),
+        "intra_list_diversity": intra_list_diversity(recommended, values, [k])[k],
     }

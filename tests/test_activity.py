@@ -73,7 +73,7 @@ def test_spark_groups_match_numpy(spark: SparkSession) -> None:
         [(int(u), int(activity[u])) for u in users if activity[u] > 0],
         "user_idx int, activity long",
     )
-    _, _, got = spark_ranking_metrics(recs, truth_df, ks, n_items, activity=activity_df)
+    _, _, got, _ = spark_ranking_metrics(recs, truth_df, ks, n_items, activity=activity_df)
     assert got is not None
     assert got.cuts == pytest.approx(expected.cuts, rel=1e-12)
     assert sum(g.users for g in expected.groups) == evaluated.size > 60

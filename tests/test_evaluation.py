@@ -363,7 +363,7 @@ def test_spark_metrics_match_numpy(spark: SparkSession) -> None:
     truth_df = spark.createDataFrame(truth_rows, "user_idx int, item_idx int")
 
     expected = ranking_metrics(recommended, truth, users, ks)
-    got, resamples, _ = spark_ranking_metrics(recs_df, truth_df, ks, n_items, (200, 3))
+    got, resamples, _, _ = spark_ranking_metrics(recs_df, truth_df, ks, n_items, (200, 3))
     assert 150 < expected[USERS_KEY] < n_users  # some users have no truth
     # The executors' bootstrap sums give the one-process resample means.
     local = resample_means(*per_user_ranking_metrics(recommended, truth, users, ks), 200, 3)

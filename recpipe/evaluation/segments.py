@@ -7,7 +7,7 @@ with edges in ``evaluation.profile_bands``, by the band its number falls in (``<
 non-number where bands are asked for is ``(unknown)``; one missing from the profiles
 ``(no profile)``. A group's value of a metric is the mean over its users of the same per-user
 values the overall mean averages; the Spark engine computes the same groups with
-:func:`recpipe.evaluation.spark_metrics.spark_segment_metrics`.
+:func:`recpipe.evaluation.spark_metrics.spark_ranking_metrics` (``profiles``).
 """
 
 from __future__ import annotations

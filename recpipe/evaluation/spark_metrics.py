@@ -39,12 +39,18 @@ def spark_ranking_metrics(
     n_items: int,
     bootstrap: tuple[int, int] = (0, 0),
     activity: DataFrame | None = None,
-) -> tuple[MetricValues, dict[tuple[str, int], np.ndarray], ActivityGroups | None]:
+    profiles: tuple[DataFrame, Sequence[str]] | None = None,
+) -> tuple[
+    MetricValues, dict[tuple[str, int], np.ndarray], ActivityGroups | None, list[Segments] | None
+]:
     """Mean ``(metric, k)`` over truth users, ``("coverage", k)``, and ``USERS_KEY``; with
     ``bootstrap = (resamples, seed)``, resamples > 0, also each ranking metric's resample
     means (:mod:`recpipe.evaluation.bootstrap`, summed on the executors); with ``activity``
     (``user_idx, activity``: known-history length) the metrics per activity quartile
-    (:mod:`recpipe.evaluation.activity`; users without a row count as 0).
+    (:mod:`recpipe.evaluation.activity`; users without a row count as 0); with ``profiles``
+    (``user_idx, attribute, label`` rows and the attributes) the metrics per profile group
+    (:mod:`recpipe.evaluation.segments`; a user without a row for an attribute is
+    ``(no profile)``). All of them average the same per-user rows, computed once.
 
     ``recs`` holds ``user_idx, item_idx, rank`` (1-based, one item per rank, no repeated
     items per user); ``truth`` holds ``user_idx, item_idx``. Every user with a truth item is
@@ -66,6 +72,7 @@ def spark_ranking_metrics(
         resamples, seed = bootstrap
         means = _resample_means(per_user, ks, resamples, seed) if resamples > 0 else {}
         groups = None if activity is None else _activity_groups(per_user, activity, ks)
+        segments = None if profiles is None else _profile_groups(per_user, *profiles)
     finally:
         per_user.unpersist()
     values: MetricValues = {
@@ -73,24 +80,14 @@ def spark_ranking_metrics(
     }
     values[USERS_KEY] = float(rows[ks[0]]["users"]) if rows else 0.0
     values.update(_coverage(top, ks, n_items))
-    return values, means, groups
+    return values, means, groups, segments
 
 
-def spark_segment_metrics(
-    recs: DataFrame,
-    truth: DataFrame,
-    ks: Sequence[int],
-    segments: DataFrame,
-    attributes: Sequence[str],
+def _profile_groups(
+    per_user: DataFrame, segments: DataFrame, attributes: Sequence[str]
 ) -> list[Segments]:
-    """The ranking metrics per profile group (:mod:`recpipe.evaluation.segments`):
-    ``segments`` holds ``user_idx, attribute, label``; an evaluated user without a row for an
-    attribute is ``(no profile)``. One row per (attribute, label, K) reaches the driver."""
-    ks = check_ks(ks)
-    top = recs.select(USER_IDX, ITEM_IDX, RANK).where(
-        (F.col(RANK) <= ks[-1]) & (F.col(ITEM_IDX) != PAD_ITEM)
-    )
-    per_user = _per_user_metrics(top, truth.select(USER_IDX, ITEM_IDX).distinct(), ks)
+    """The per-user metrics averaged per profile group; one row per (attribute, label, K)
+    reaches the driver."""
     names = F.explode(F.array(*(F.lit(a) for a in attributes))).alias("attribute")
     joined = (
         per_user.select("*", names)

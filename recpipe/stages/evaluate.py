@@ -133,11 +133,7 @@ def _evaluate_on_spark(
     """Splits read by Spark, users ranked on the executors, metrics aggregated by Spark; the
     driver holds item-sized arrays only."""
     from recpipe.catalogue_mix import intra_list_diversity, item_index_values
-    from recpipe.evaluation.spark_metrics import (
-        ACTIVITY,
-        spark_ranking_metrics,
-        spark_segment_metrics,
-    )
+    from recpipe.evaluation.spark_metrics import ACTIVITY, spark_ranking_metrics
     from recpipe.evaluation.spark_ranking import (
         RankSettings,
         item_side,
@@ -189,23 +185,18 @@ def _evaluate_on_spark(
     try:
         boot = settings.bootstrap
         activity = history.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias(ACTIVITY))
-        values, resamples, groups = spark_ranking_metrics(
-            recs, truth, ks, n_items, (boot.resamples, boot.seed), activity
+        profiled = profile_segment_frame(spark, config, ds)
+        profiles = None if profiled is None else (profiled, settings.profile_groups)
+        values, resamples, groups, segments = spark_ranking_metrics(
+            recs, truth, ks, n_items, (boot.resamples, boot.seed), activity, profiles
         )
         counts = top_item_counts(recs, ks, n_items)
-        profiled = profile_segment_frame(spark, config, ds)
-        segments = (
-            None
-            if profiled is None
-            else spark_segment_metrics(recs, truth, ks, profiled, settings.profile_groups)
-        )
         attribute = config.catalog.mix_attribute
         values_by_item = item_index_values(spark, config, ds, attribute) if attribute else None
         if values_by_item is not None:
             listed = recs.where(F.col(ITEM_IDX) != PAD_ITEM)
-            for k in ks:
-                ild = intra_list_diversity(listed, values_by_item, ITEM_IDX, k)
-                values[(ILD, k)] = float("nan") if ild is None else ild
+            ild = intra_list_diversity(listed, values_by_item, ks, ITEM_IDX)
+            values.update({(ILD, k): float("nan") if v is None else v for k, v in ild.items()})
     finally:
         recs.unpersist()
     return _evaluation(
