@@ -90,10 +90,11 @@ DOC = f"""
 One task per stage, each a `spark-submit` of `jobs/<stage>.py --ds {{{{ ds }}}}` with the
 config files `{", ".join(CONF_FILES)}` and the run's params as `--set` overrides:
 
-clean → catalog → vocab → sessionize → split → (train_baselines, export) → train → evaluate
-(+ gate) → score (the gate's choice) → publish (`recommendations` partition
+clean → catalog → vocab → features → sessionize → split → (train_baselines, export) → train
+→ evaluate (+ gate) → score (the gate's choice) → publish (`recommendations` partition
 `model=published`). `catalog` cleans the item catalogue, user profiles and knowledge graph
-when their params are set, and does nothing otherwise.
+when their params are set, and does nothing otherwise; `features` builds the feature tables
+the config declares (`features.items`, `features.users`), and does nothing without them.
 
 * **Data interval**: `ds` is the start of the daily data interval; every task reads and
   writes only that `ds` partition (never the wall clock), so re-running a day replaces it
@@ -107,7 +108,8 @@ when their params are set, and does nothing otherwise.
   master or resources under spark-submit, and each manifest records `spark_master`); training
   `{TRAIN_COMMAND or "under spark-submit with the spark launcher (TorchDistributor)"}`.
 * **Python**: the driver runs `{PYTHON}`; executors run `{EXECUTOR_PYTHON}`{
-    f" from the archive `{ENV_ARCHIVE}` (shipped with `--archives`)" if ENV_ARCHIVE else ""}.
+    f" from the archive `{ENV_ARCHIVE}` (shipped with `--archives`)" if ENV_ARCHIVE else ""
+}.
 * **What a run did**: `<paths.root>/manifests/<stage>/ds=<ds>.json`.
 """
 
@@ -200,6 +202,8 @@ with DAG(
     catalog = stage("catalog", "catalog", timeout=short)
     vocab = stage("vocab", "vocab", timeout=short)
     vocab.depends_on_past = True  # indexes extend the previous day's vocabulary
+    features = stage("features", "features", timeout=short)
+    features.depends_on_past = True  # feature value indexes extend the previous day's too
     sessionize = stage("sessionize", "sessionize", timeout=short)
     split = stage("split", "split", timeout=short)
     baselines = stage("train_baselines", "train_baseline", timeout=long)
@@ -209,6 +213,6 @@ with DAG(
     score = stage("score", "score", timeout=long)
     publish = stage("publish", "publish", timeout=short)
 
-    clean >> catalog >> vocab >> sessionize >> split >> [baselines, export]
+    clean >> catalog >> vocab >> features >> sessionize >> split >> [baselines, export]
     export >> train
     [baselines, train] >> evaluate >> score >> publish

@@ -60,6 +60,9 @@ def print_stage_report(manifests: Sequence[Manifest]) -> None:
         if m["stage"] == "catalog" and m.get("inputs"):
             print()
             print(format_table(catalog_rows(m), title=f"catalogue inputs (ds={m['ds']})"))
+        if m["stage"] == "features" and m.get("features"):
+            print()
+            print(format_table(feature_rows(m), title=f"features (ds={m['ds']})"))
 
 
 def catalog_rows(manifest: Manifest) -> list[dict[str, Any]]:
@@ -76,6 +79,33 @@ def catalog_rows(manifest: Manifest) -> list[dict[str, Any]]:
         }
         for name, info in manifest["inputs"].items()
     ]
+
+
+def feature_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    """One row per feature of a features manifest: coverage, vocabulary and scale."""
+    rows = []
+    for name, info in manifest["features"].items():
+        vocabulary, new = info.get("vocabulary"), info.get("new_values")
+        scale = ""
+        if info.get("boundaries") is not None:
+            scale = "edges " + " ".join(f"{edge:g}" for edge in info["boundaries"])
+        elif info.get("mean") is not None:
+            scale = f"mean {info['mean']:.4g} std {info['std']:.4g}"
+        rows.append(
+            {
+                "feature": name,
+                "kind": info["kind"],
+                "field": info["field"],
+                "with value": info["rows_with_value"],
+                "missing": info["rows_missing"],
+                "invalid": info["rows_invalid"],
+                "out of vocab": info["oov_values"],
+                "cut to width": info["truncated_rows"],
+                "values (new)": "" if vocabulary is None else f"{vocabulary} ({new})",
+                "scale": scale,
+            }
+        )
+    return rows
 
 
 def print_metric_tables(evaluations: Sequence[Any], k: int) -> None:

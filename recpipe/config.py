@@ -26,6 +26,7 @@ from pydantic import (
 from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
+from recpipe.feature_specs import SPEC_CLASSES, FeatureSpec
 from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.registry import DEFAULT_BASELINES, model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
@@ -507,11 +508,39 @@ class CatalogConfig(_Section):
     )
 
 
+FEATURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Columns of the feature tables that a feature must not shadow.
+_RESERVED_FEATURE_NAMES = frozenset({"item_id", "item_idx", "user_id", "user_idx", "ds"})
+
+
+class FeaturesConfig(_Section):
+    items: dict[str, FeatureSpec] = Field(
+        default_factory=dict,
+        description="Item features by name (recpipe.feature_specs); empty: none.",
+    )
+    users: dict[str, FeatureSpec] = Field(
+        default_factory=dict,
+        description="User features by name (recpipe.feature_specs); empty: none.",
+    )
+
+    @field_validator("items", "users")
+    @classmethod
+    def _names(cls, specs: dict[str, Any]) -> dict[str, Any]:
+        for name in specs:
+            if not FEATURE_NAME.fullmatch(name) or name in _RESERVED_FEATURE_NAMES:
+                raise ValueError(
+                    f"feature name '{name}' must be lower-case letters, digits and _ "
+                    f"(a letter first) and none of {sorted(_RESERVED_FEATURE_NAMES)}"
+                )
+        return specs
+
+
 class Config(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     datasets: DatasetsConfig = Field(default_factory=DatasetsConfig)
@@ -602,8 +631,19 @@ def _section_fields(kind: Any) -> dict[str, Any]:
     return dict(kind.__annotations__) if is_typeddict(kind) else {}
 
 
+def _feature_spec_loc(loc: list[str]) -> tuple[list[str], Any]:
+    """``loc`` without the spec kind pydantic inserts after a feature's name
+    (features.items.<name>.<kind>.<key>), and that kind's spec class (None elsewhere)."""
+    if len(loc) > 4 and loc[0] == "features" and loc[3] in SPEC_CLASSES:
+        return [*loc[:3], *loc[4:]], SPEC_CLASSES[loc[3]]
+    return loc, None
+
+
 def _known_keys(loc: Sequence[str]) -> list[str]:
     """The keys accepted beside the dotted key ``loc`` of :class:`Config` ([] if unknown)."""
+    loc, spec = _feature_spec_loc(list(loc))
+    if spec is not None:
+        return list(spec.model_fields)
     kind: Any = Config
     for part in loc[:-1]:
         kind = _section_fields(kind).get(part)
@@ -611,11 +651,11 @@ def _known_keys(loc: Sequence[str]) -> list[str]:
 
 
 def _describe_error(error: Mapping[str, Any], prefix: Sequence[str] = ()) -> str:
-    loc = [*prefix, *(str(part) for part in error["loc"])]
-    key = ".".join(loc) or "<root>"
+    raw_loc = [*prefix, *(str(part) for part in error["loc"])]
+    key = ".".join(_feature_spec_loc(raw_loc)[0]) or "<root>"
     given = error.get("input")
     if error["type"] == "extra_forbidden":
-        known = _known_keys(loc)
+        known = _known_keys(raw_loc)
         return f"unknown key '{key}'" + (f" (known: {', '.join(known)})" if known else "")
     return f"'{key}': {error['msg']} (got {given!r})"
 

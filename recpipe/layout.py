@@ -51,6 +51,12 @@ KG_TRIPLES = "kg_triples"
 ITEM_ENTITIES = "item_entities"
 CATALOG_QUARANTINE = "catalog_quarantine"
 CATALOG_TABLES: tuple[str, ...] = (ITEMS, USERS, KG_TRIPLES, ITEM_ENTITIES, CATALOG_QUARANTINE)
+# What the features stage writes per ds: one row per indexed item / user with every declared
+# feature, and the stable value indexes of the categorical and multi-valued ones.
+ITEM_FEATURES = "item_features"
+USER_FEATURES = "user_features"
+FEATURE_VOCAB = "feature_vocab"
+FEATURE_TABLES: tuple[str, ...] = (ITEM_FEATURES, USER_FEATURES, FEATURE_VOCAB)
 # Factor baselines' user vectors (user_idx, user_vector) per (ds, protocol), one table per
 # model: they reach scoring and evaluation as a column joined per user, never through the driver.
 FACTOR_BASELINES: tuple[str, ...] = ("als", "nmf", "item2vec")
@@ -82,6 +88,7 @@ PRODUCERS: dict[str, str] = {
     **{table: "catalog" for table in CATALOG_TABLES},
     VOCAB_USERS: "vocab",
     VOCAB_ITEMS: "vocab",
+    **{table: "features" for table in FEATURE_TABLES},
     SESSIONS: "sessionize",
     TRAIN: "split",
     VALID: "split",

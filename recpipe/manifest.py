@@ -45,6 +45,7 @@ __all__ = [
     "CatalogManifest",
     "CleanManifest",
     "ExportManifest",
+    "FeaturesManifest",
     "SessionizeManifest",
     "SplitManifest",
     "StageManifest",
@@ -314,6 +315,46 @@ class CatalogManifest(StageManifest):
     inputs: dict[str, CatalogInputCounts] | None = None
 
 
+class FeatureStats(BaseModel):
+    """What one feature's column holds for the day."""
+
+    kind: str
+    field: str
+    rows_with_value: int = 0
+    rows_missing: int = 0
+    rows_invalid: int = 0  # numeric: present but not a finite number (then counted missing)
+    oov_values: int = 0  # categorical, multi: values mapped to the out-of-vocabulary index
+    truncated_rows: int = 0  # multi, text: rows holding more values than the column's width
+    width: int = 1  # indexes per row (multi, text)
+    vocabulary: int | None = None  # categorical, multi: values with their own index
+    new_values: int | None = None
+    mean: float | None = None  # numeric: of the finite values
+    std: float | None = None
+    boundaries: list[float] | None = None  # numeric bucketize: where buckets 2.. start
+
+
+class FeatureTableCounts(BaseModel):
+    """How one catalogue snapshot became a feature table."""
+
+    table: str
+    catalogue_ds: str
+    rows_in: int  # catalogue rows
+    rows_out: int  # rows with an index (the key occurs in events up to ds)
+    rows_without_index: int  # catalogue keys never seen in events: no index, no row
+    index_without_row: int  # indexed keys the catalogue lacks: every feature missing
+
+
+class FeaturesManifest(StageManifest):
+    """``features``: the feature tables built from the catalogue, and each feature's stats."""
+
+    STAGE: ClassVar[str] = "features"
+
+    tables: dict[str, FeatureTableCounts] | None = None
+    features: dict[str, FeatureStats] | None = None  # by "<entity>.<name>"
+    vocab_base_ds: str | None = None
+    vocab_rows: int | None = None
+
+
 class VocabGrowth(BaseModel):
     """How one vocabulary grew over its previous snapshot."""
 
@@ -437,6 +478,7 @@ MANIFEST_MODELS: dict[str, type[StageManifest]] = {
     for model in (
         CleanManifest,
         CatalogManifest,
+        FeaturesManifest,
         VocabManifest,
         SessionizeManifest,
         SplitManifest,

@@ -88,6 +88,15 @@ def _catalog(ctx: StepContext) -> StepResult:
     return StepResult([run_catalog(ctx.spark(), ctx.config, ctx.ds)])
 
 
+def _features(ctx: StepContext) -> StepResult:
+    from recpipe.stages.features import configured_entities, run_features, unset_message
+
+    # Features are optional like the catalogue: without specs the chain runs on, and says so.
+    if not configured_entities(ctx.config):
+        return StepResult([], notes=[f"features: {unset_message()}"])
+    return StepResult([run_features(ctx.spark(), ctx.config, ctx.ds)])
+
+
 def _train_baseline(ctx: StepContext) -> StepResult:
     from recpipe.stages.train_baseline import run_train_baseline
 
@@ -180,6 +189,21 @@ PIPELINE: tuple[Step, ...] = (
         "vocab",
         "extend the persistent user/item integer indexes with new ids",
         _lake_stage("vocab"),
+        etl=True,
+    ),
+    Step(
+        "features",
+        "declared feature specs -> item_features, user_features (stable value indexes)",
+        _features,
+        description=(
+            "Build the features declared in features.items and features.users (kind "
+            "categorical, multi, numeric or text; see conf/features/) from the newest catalogue "
+            "snapshot at or before --ds, one row per item or user that vocab indexed: "
+            "categorical and multi-valued values get stable indexes in feature_vocab (0 "
+            "missing, 1 out of vocabulary), numbers are standardised or bucketised, text is "
+            "hashed into tokens. Statistics per feature go to the manifest. With no feature "
+            "declared it does nothing and says so."
+        ),
         etl=True,
     ),
     Step(

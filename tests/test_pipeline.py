@@ -27,7 +27,7 @@ def test_every_step_is_a_command_and_a_job() -> None:
     # `recpipe etl` is the lake chain up to the splits, in pipeline order
     order = [step.name for step in PIPELINE]
     assert list(ETL_STEPS) == order[: len(ETL_STEPS)] == [
-        "clean", "catalog", "vocab", "sessionize", "split"
+        "clean", "catalog", "vocab", "features", "sessionize", "split"
     ]
 
 

@@ -18,7 +18,8 @@ from dag_outputs import K, events, lake_counts, land, manifest, published, run_c
 
 DS2 = "2026-11-21"
 STAGES = [
-    "clean", "catalog", "vocab", "sessionize", "split", "train_baselines", "export", "train",
+    "clean", "catalog", "vocab", "features", "sessionize", "split", "train_baselines", "export",
+    "train",
     "evaluate", "score", "publish",
 ]  # fmt: skip
 
@@ -36,13 +37,15 @@ def test_dagbag_loads_without_import_errors_and_the_graph_is_the_pipeline(airflo
     assert dag is not None and set(dag.task_ids) == set(STAGES)
     upstream = {task_id: dag.get_task(task_id).upstream_task_ids for task_id in STAGES}
     assert upstream == {
-        "clean": set(), "catalog": {"clean"}, "vocab": {"catalog"}, "sessionize": {"vocab"},
+        "clean": set(), "catalog": {"clean"}, "vocab": {"catalog"}, "features": {"vocab"},
+        "sessionize": {"features"},
         "split": {"sessionize"},
         "train_baselines": {"split"}, "export": {"split"}, "train": {"export"},
         "evaluate": {"train_baselines", "train"}, "score": {"evaluate"}, "publish": {"score"},
     }  # fmt: skip
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.get_task("vocab").depends_on_past is True
+    assert dag.get_task("features").depends_on_past is True
     assert all(dag.get_task(t).execution_timeout is not None for t in STAGES)
     assert "recpipe" in dag.tags and dag.doc_md
 
@@ -84,6 +87,10 @@ def test_dag_run_publishes_a_reconciled_partition(work, first_day) -> None:
     catalog = _manifest(work, "catalog", DS1)["inputs"]
     assert set(catalog) == {"items"}  # only raw_items was given
     assert catalog["items"]["rows_out"] == len({e["item_id"] for e in first_day["events"]})
+    features = _manifest(work, "features", DS1)
+    items = len({e["item_id"] for e in first_day["events"]})
+    assert features["tables"]["items"]["rows_out"] == items  # every item is titled and indexed
+    assert features["features"]["items.title_words"]["rows_with_value"] == items
     pointer, rows = _published(work, DS1)
     publish = _manifest(work, "publish", DS1)
     chosen = publish["published_model"]

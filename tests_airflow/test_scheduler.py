@@ -31,7 +31,8 @@ DATABASE = "airflow_cluster"
 MANIFESTS = ["clean", "vocab", "sessionize", "split", "train-popularity", "train-als", "export",
              "train-bpr_mf", "evaluate-popularity", "evaluate-als", "evaluate-bpr_mf", "gate",
              "publish"]  # fmt: skip
-STAGES = {"clean", "catalog", "vocab", "sessionize", "split", "train_baselines", "export", "train",
+STAGES = {"clean", "catalog", "vocab", "features", "sessionize", "split", "train_baselines",
+          "export", "train",
           "evaluate", "score", "publish"}  # fmt: skip
 
 
@@ -179,6 +180,7 @@ def test_every_stage_ran_on_the_standalone_master(
 
 def test_the_cluster_run_has_the_local_runs_row_counts(scheduled: dict, first_day: dict) -> None:
     assert lake_counts(scheduled["root"], DS) == lake_counts(first_day["root"], DS)
+
     def rows(root: Path, stage: str) -> tuple[int, int]:
         record = manifest(root, stage, DS)
         return record["rows_in"], record["rows_out"]
