@@ -326,6 +326,7 @@ class FeatureStats(BaseModel):
     oov_values: int = 0  # categorical, multi: values mapped to the out-of-vocabulary index
     truncated_rows: int = 0  # multi, text: rows holding more values than the column's width
     width: int = 1  # indexes per row (multi, text)
+    size: int | None = None  # distinct indexes the column may hold (None: a float column)
     vocabulary: int | None = None  # categorical, multi: values with their own index
     new_values: int | None = None
     mean: float | None = None  # numeric: of the finite values

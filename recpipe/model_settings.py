@@ -135,6 +135,26 @@ class TwoTowerConfig(ModelConfig):
     query: Literal["causal_prefix", "leave_target_out"]
 
 
+@settings_of("hybrid_two_tower")
+class HybridTwoTowerConfig(ModelConfig):
+    """Hybrid content two-tower settings."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "temperature": log_uniform(0.02, 1.0),
+        "dropout": uniform(0.0, 0.5),
+        "id_dropout": uniform(0.0, 0.9),
+    }
+
+    temperature: float = Field(gt=0)
+    normalize: bool
+    item_layers: list[int]
+    user_layers: list[int]
+    use_item_ids: bool
+    id_dropout: float = Field(ge=0, le=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
 @settings_of("gru4rec")
 class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""

@@ -38,6 +38,7 @@ MODELS: dict[str, ModelEntry] = {
     "bpr_mf": ModelEntry("deep", "recpipe.models.bpr_mf:BprMf"),
     "neumf": ModelEntry("deep", "recpipe.models.neumf:NeuMf"),
     "two_tower": ModelEntry("deep", "recpipe.models.two_tower:TwoTower"),
+    "hybrid_two_tower": ModelEntry("deep", "recpipe.models.hybrid_two_tower:HybridTwoTower"),
     "gru4rec": ModelEntry("deep", "recpipe.models.gru4rec:Gru4Rec"),
     "sasrec": ModelEntry("deep", "recpipe.models.sasrec:SasRec"),
     "narm": ModelEntry("deep", "recpipe.models.narm:Narm"),

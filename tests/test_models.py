@@ -23,7 +23,31 @@ from recpipe.models.sasrec import SasRec
 CONF_MODELS = Path(__file__).resolve().parent.parent / "conf" / "models"
 N_USERS, N_ITEMS, MAX_LEN = 30, 40, 12
 COUNTS = np.concatenate([[0], np.arange(1, N_ITEMS + 1) % 7 + 1]).astype(np.int64)
-CONTEXT = ModelContext(n_users=N_USERS, n_items=N_ITEMS, max_len=MAX_LEN, item_counts=COUNTS)
+# Item and user features as the features stage would give them (every model gets them; the
+# feature-aware ones read them): a list feature, a categorical, a float, a user categorical.
+FEATURE_LAYOUT = {
+    "items": [
+        {"name": "genres", "kind": "multi", "width": 3, "size": 6},
+        {"name": "brand", "kind": "categorical", "width": 1, "size": 5},
+        {"name": "price", "kind": "numeric", "width": 1, "size": None},
+    ],
+    "users": [{"name": "region", "kind": "categorical", "width": 1, "size": 4}],
+}
+_features = torch.Generator().manual_seed(7)
+FEATURE_VALUES = {
+    "items.genres": torch.randint(0, 6, (N_ITEMS + 1, 3), generator=_features),
+    "items.brand": torch.randint(0, 5, (N_ITEMS + 1, 1), generator=_features),
+    "items.price": torch.randn(N_ITEMS + 1, generator=_features),
+    "users.region": torch.randint(0, 4, (N_USERS, 1), generator=_features),
+}
+CONTEXT = ModelContext(
+    n_users=N_USERS,
+    n_items=N_ITEMS,
+    max_len=MAX_LEN,
+    item_counts=COUNTS,
+    feature_layout=FEATURE_LAYOUT,
+    feature_values=FEATURE_VALUES,
+)
 SEQUENCE_MODELS = [name for name, cls in registry().items() if cls.sample_kind == "sequence"]
 
 # Small architectures (and no dropout) keep every test fast and the overfit test deterministic.
@@ -31,6 +55,13 @@ TINY: dict[str, dict[str, Any]] = {
     "bpr_mf": {"dim": 16},
     "neumf": {"dim": 16, "mf_dim": 8, "mlp_layers": [32, 16], "dropout": 0.0},
     "two_tower": {"dim": 16, "tower_layers": [32], "dropout": 0.0},
+    "hybrid_two_tower": {
+        "dim": 16,
+        "item_layers": [32],
+        "user_layers": [32],
+        "dropout": 0.0,
+        "id_dropout": 0.0,
+    },
     "gru4rec": {"dim": 16, "hidden_size": 24, "dropout": 0.0},
     "sasrec": {"dim": 16, "num_heads": 2, "dropout": 0.0},
     "narm": {"dim": 16, "hidden_size": 24, "emb_dropout": 0.0, "ct_dropout": 0.0},
@@ -47,6 +78,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(regi
     ("neumf", {"mode": "gmf"}),
     ("neumf", {"mode": "mlp"}),
     ("two_tower", {"use_user_id": True, "share_embeddings": False, "normalize": False}),
+    ("hybrid_two_tower", {"use_item_ids": False, "normalize": False}),
     ("gru4rec", {"loss": "sampled_softmax", "num_layers": 2}),
     ("sasrec", {"loss": "sampled_softmax"}),
     ("sasrec", {"loss": "bce", "num_blocks": 1}),

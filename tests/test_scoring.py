@@ -32,8 +32,10 @@ from recpipe.scoring.inputs import (
 )
 from recpipe.scoring.model_columns import with_columns_locally, with_model_columns
 from recpipe.scoring.scorers import build_scorer
+from recpipe.stages.catalog import run_catalog
 from recpipe.stages.evaluate import choose_engine, evaluate_model, run_evaluate
 from recpipe.stages.export import run_export
+from recpipe.stages.features import run_features
 from recpipe.stages.gate import run_gate
 from recpipe.stages.publish import run_publish
 from recpipe.stages.score import run_score
@@ -67,7 +69,15 @@ BASE = (
 )
 DEEP = ["bpr_mf", "neumf", "sasrec"]
 # The rest of the deep zoo: trained too, and scored by Spark as by one process.
-ZOO = ["narm", "stamp", "svdpp", "mult_vae", "cdae", "irgan", "rum"]
+ZOO = ["narm", "stamp", "svdpp", "mult_vae", "cdae", "irgan", "rum", "hybrid_two_tower"]
+# DS1's catalogue and its features: every deep model trains with the feature tables in its
+# context (the feature-aware ones read them, and carry them into scoring as buffers).
+FEATURE_SPECS = (
+    "features.items.genre={kind: categorical}",
+    "features.items.price={kind: numeric}",
+    "features.items.words={kind: text, field: title, hash_buckets: 32, max_tokens: 3}",
+    "features.users.region={kind: categorical}",
+)
 BASELINES = ["als", "ease", "itemknn", "nmf", "item2vec", "popularity"]
 
 
@@ -108,6 +118,21 @@ def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw2 = write_jsonl(folder / "raw" / DS2 / "events.jsonl", events_day2())
     run_chain(spark, build_config(folder, f"paths.raw_events={raw1}", *BASE), DS1)
     run_chain(spark, build_config(folder, f"paths.raw_events={raw2}", *BASE), DS2)
+    items = [
+        {"item_id": f"i{i}", "title": f"Item {i} part {i % 3}", "genre": f"g{i % 5}",
+         "price": str(1 + i % 7)}
+        for i in range(N_ITEMS)
+    ]  # fmt: skip
+    users = [{"user_id": f"u{u}", "region": f"r{u % 3}"} for u in range(N_OLD_USERS)]
+    catalogue = build_config(
+        folder,
+        f"paths.raw_items={write_jsonl(folder / 'raw' / 'items.jsonl', items)}",
+        f"paths.raw_users={write_jsonl(folder / 'raw' / 'users.jsonl', users)}",
+        *FEATURE_SPECS,
+        *BASE,
+    )
+    assert run_catalog(spark, catalogue, DS1)["status"] == "ok"
+    assert run_features(spark, catalogue, DS1)["status"] == "ok"
     config = build_config(folder, *BASE)
     assert run_export(spark, config, DS1)["status"] == "ok"
     run_train(spark, config, DS1, DEEP + ZOO, evaluate=False)

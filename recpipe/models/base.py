@@ -26,6 +26,10 @@ class ModelContext:
     n_items: int  # item_idx in 1..n_items (0 is padding)
     max_len: int = 50  # history length of sequence samples
     item_counts: np.ndarray | None = None  # [n_items + 1] train interactions per item
+    # Item and user features (recpipe.models.fields): the layout rides in the checkpoint, the
+    # tables ("items.<name>" -> tensor) reach the model here and travel on as its buffers.
+    feature_layout: dict[str, list[dict[str, Any]]] | None = None
+    feature_values: dict[str, torch.Tensor] | None = None
 
     def counts_tensor(self) -> torch.Tensor:
         """Item counts as float32 (zeros when unknown), for buffers such as log-Q correction."""
@@ -35,7 +39,12 @@ class ModelContext:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain fields for the checkpoint (counts travel in the state dict as buffers)."""
-        return {"n_users": self.n_users, "n_items": self.n_items, "max_len": self.max_len}
+        fields: dict[str, Any] = {
+            "n_users": self.n_users, "n_items": self.n_items, "max_len": self.max_len
+        }  # fmt: skip
+        if self.feature_layout:
+            fields["feature_layout"] = self.feature_layout
+        return fields
 
 
 class RecModel(nn.Module, ABC):

@@ -40,6 +40,7 @@ from recpipe.etl.features import (
 from recpipe.feature_specs import (
     ENTITIES,
     MISSING_INDEX,
+    OOV_INDEX,
     CategoricalSpec,
     MultiSpec,
     NumericSpec,
@@ -194,6 +195,7 @@ def feature_column(
         return column, stats, vocab
     if isinstance(spec, TextSpec):
         stats.truncated_rows = rows.where(token_count(raw) > spec.max_tokens).count()
+        stats.size = spec.hash_buckets + 1
         return token_indexes(raw, spec), stats, vocab
     return _numeric_column(rows, raw, spec, stats, f"features.{entity}.{name}"), stats, vocab
 
@@ -220,6 +222,8 @@ def _vocabulary_feature(
     )
     extended = extended.localCheckpoint(eager=True)
     stats.vocabulary = extended.count()
+    largest = one_row(extended.agg(F.max(VALUE_INDEX)), f"{name} vocabulary")[0]
+    stats.size = max(largest or 0, OOV_INDEX) + 1
     size = width(spec)
     lists = indexed_lists(values, extended, idx, size).localCheckpoint(eager=True)
     totals = one_row(
@@ -262,6 +266,7 @@ def _numeric_column(
     stats.mean, stats.std = float(summary["mean"]), float(summary["std"])
     if spec.transform == "bucketize":
         stats.boundaries = quantile_edges(parsed, _NUMBER, spec.buckets)
+        stats.size = len(stats.boundaries) + 2  # 0 missing, then 1 + edges reached
         return bucket_of(number, stats.boundaries)
     if spec.transform == "standardize":
         scale = stats.std if stats.std > 0 else 1.0

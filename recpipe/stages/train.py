@@ -31,6 +31,7 @@ from recpipe.baselines import baseline_class
 from recpipe.config import Config, ConfigError, TrainConfig, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
+from recpipe.features_data import feature_tables, save_tables
 from recpipe.lake import Lake
 from recpipe.layout import launcher_run_dir, user_rows_table
 from recpipe.manifest import ExportManifest, StageRun, read_manifest
@@ -53,6 +54,8 @@ from recpipe.train.spec import TrainSpec, save_array
 from recpipe.train.warm_start import StartPlan, WarmStartError, grown_state, plan_start
 
 log = logging.getLogger(__name__)
+# Beside item_counts.npy in the run folder: the item and user feature tables of the run.
+FEATURES_FILE = "features.pt"
 
 
 def model_settings(config: Config, name: str) -> ModelConfig:
@@ -98,14 +101,22 @@ def build_spec(
         counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"])
     )
     local = launcher_run_dir(config.local_root, name, ds, run_id or uuid.uuid4().hex[:12])
+    context: dict[str, Any] = {
+        "n_users": export["user_index_size"],
+        "n_items": export["n_items"],
+        "max_len": export["settings"]["max_len"],
+    }
+    layout, tables, _ = feature_tables(config.root, ds, context["n_users"], context["n_items"])
+    features_file = None
+    if layout:
+        features_file = folder / FEATURES_FILE
+        save_tables(features_file, tables)
+        context["feature_layout"] = layout
     return TrainSpec(
         model=name,
         model_config=settings.model_dump(mode="json"),
-        context={
-            "n_users": export["user_index_size"],
-            "n_items": export["n_items"],
-            "max_len": export["settings"]["max_len"],
-        },
+        context=context,
+        features_file=None if features_file is None else str(features_file),
         item_counts_file=str(counts_file),
         shards=shards,
         settings=config.train.model_dump(mode="json"),
@@ -178,7 +189,9 @@ def fresh_model(spec: TrainSpec) -> RecModel:
     """``spec``'s model as a run starts it: built from its settings with the run's seed."""
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
-    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
+    context = ModelContext(
+        item_counts=spec.item_counts(), feature_values=spec.feature_values(), **spec.context
+    )
     torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
     return cls(settings, context)
 
@@ -316,7 +329,9 @@ def pretrain(
             for key in ("epochs_run", "best_epoch", "best_valid_metric", "seconds")
             if key in result
         }
-    context = ModelContext(item_counts=spec.item_counts(), **spec.context)
+    context = ModelContext(
+        item_counts=spec.item_counts(), feature_values=spec.feature_values(), **spec.context
+    )
     save_atomic(model_state(cls.from_pretrained(settings, context, trained)), init)
     spec.init_file = str(init)
     return record

@@ -239,7 +239,11 @@ class Trainer:
         """The model from its config, with the pre-training weights when the spec names them."""
         cls = model_class(self.spec.model)
         config = cls.config_class.model_validate(self.spec.model_config)
-        context = ModelContext(item_counts=self.spec.item_counts(), **self.spec.context)
+        context = ModelContext(
+            item_counts=self.spec.item_counts(),
+            feature_values=self.spec.feature_values(),
+            **self.spec.context,
+        )
         _seed_everything(self.settings.seed)  # same initial weights on every rank
         model = cls(config, context)
         if self.spec.init_file:

@@ -49,6 +49,9 @@ class TrainSpec:
     # Hadoop settings (spark.hadoop.* without the prefix) for the ranks' recpipe.storage: a rank
     # is a fresh process that never loads the config, yet must resolve viewfs mounts and s3a keys.
     storage: dict[str, str] = field(default_factory=dict)
+    # Item and user feature tables (recpipe.features_data.save_tables) whose layout is
+    # context["feature_layout"]; None: the data set has no features.
+    features_file: str | None = None
 
     def to_json(self) -> str:
         """Serialise for a spec file or a TorchDistributor argument."""
@@ -75,6 +78,14 @@ class TrainSpec:
     def item_counts(self) -> np.ndarray:
         """The item counts array :attr:`item_counts_file` holds."""
         return load_array(self.item_counts_file)
+
+    def feature_values(self) -> dict[str, Any] | None:
+        """The feature tables :attr:`features_file` holds (None without features)."""
+        if self.features_file is None:
+            return None
+        from recpipe.features_data import load_tables
+
+        return load_tables(self.features_file)
 
     @property
     def checkpoint_dir(self) -> Location:

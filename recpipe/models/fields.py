@@ -1,0 +1,113 @@
+"""Item and user features inside a model: per-key feature tables as buffers, one embedding each.
+
+The ``features`` stage writes one row per item / user index (see :mod:`recpipe.feature_specs`).
+A model reads them by index, never through the batch: the tables are buffers of the model, so
+they reach every training rank and every scoring executor once, with the weights, and a
+checkpoint holds the features the model was trained with (the catalogue as of its day).
+
+A *layout* describes the tables without their values (it rides in the checkpoint's context):
+``{"items": [{"name", "kind", "width", "size"}, ...], "users": [...]}``; ``size`` is how many
+distinct indexes the column may hold (embedding rows), None for a float column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from recpipe.feature_specs import OOV_INDEX
+
+Layout = dict[str, list[dict[str, Any]]]
+
+
+def buffer_name(entity: str, name: str) -> str:
+    """The buffer holding feature ``name`` of ``entity`` (``items`` or ``users``)."""
+    return f"feature_{entity}_{name}"
+
+
+def column_shape(rows: int, field: dict[str, Any]) -> tuple[int, ...]:
+    """Shape of one feature's table: [rows, width] of indexes, or [rows] of floats."""
+    return (rows,) if field["size"] is None else (rows, field["width"])
+
+
+class FieldEncoder(nn.Module):
+    """Every feature of one entity as one embedding field: indexes through an embedding (the
+    mean over a list's non-zero entries), a float as ``value * vector``.
+
+    ``fields(keys)`` gives [B, F, dim] for keys [B] (any leading shape); rows past the table
+    (keys new since training) and indexes past an embedding (values new since training) read
+    as missing and out-of-vocabulary.
+    """
+
+    def __init__(
+        self,
+        entity: str,
+        layout: list[dict[str, Any]],
+        rows: int,
+        dim: int,
+        values: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.entity = entity
+        self.layout = list(layout)
+        self.rows = rows
+        self.embeddings = nn.ModuleDict()
+        self.vectors = nn.ParameterDict()
+        for field in self.layout:
+            name = field["name"]
+            shape = column_shape(rows, field)
+            given = (values or {}).get(f"{entity}.{name}")
+            if field["size"] is None:
+                table = torch.zeros(shape) if given is None else given.float()
+                self.vectors[name] = nn.Parameter(torch.randn(dim) * dim**-0.5)
+            else:
+                table = torch.zeros(shape, dtype=torch.int64) if given is None else given.long()
+                embedding = nn.Embedding(field["size"], dim, padding_idx=0)
+                nn.init.normal_(embedding.weight, std=dim**-0.5)
+                with torch.no_grad():
+                    embedding.weight[0].zero_()
+                self.embeddings[name] = embedding
+            if tuple(table.shape) != shape:
+                raise ValueError(
+                    f"feature {entity}.{name}: table {tuple(table.shape)}, layout {shape}"
+                )
+            self.register_buffer(buffer_name(entity, name), table)
+
+    @property
+    def count(self) -> int:
+        """How many fields :meth:`fields` returns."""
+        return len(self.layout)
+
+    def table(self, name: str) -> torch.Tensor:
+        """The feature table of ``name``."""
+        return getattr(self, buffer_name(self.entity, name))
+
+    def fields(self, keys: torch.Tensor) -> torch.Tensor:
+        """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 gives an empty last-but-one
+        dimension)."""
+        known = keys < self.rows
+        safe = torch.where(known, keys, torch.zeros_like(keys))
+        out = []
+        for field in self.layout:
+            name = field["name"]
+            column = self.table(name)[safe]
+            if field["size"] is None:
+                value = torch.where(known, column, torch.zeros_like(column))
+                out.append(value[..., None] * self.vectors[name])
+                continue
+            oov = torch.full_like(column, OOV_INDEX)
+            indexes = torch.where(column < field["size"], column, oov)
+            indexes = torch.where(known[..., None], indexes, torch.zeros_like(indexes))
+            vectors = self.embeddings[name](indexes)  # [..., width, dim]; padding rows are 0
+            present = (indexes != 0).sum(-1, keepdim=True).clamp(min=1)
+            out.append(vectors.sum(-2) / present)
+        if not out:
+            return keys.new_zeros((*keys.shape, 0, 0), dtype=torch.float32)
+        return torch.stack(out, dim=-2)
+
+
+def layout_of(layout: Layout | None, entity: str) -> list[dict[str, Any]]:
+    """The fields of ``entity`` in ``layout`` ([] without features)."""
+    return list((layout or {}).get(entity, []))

@@ -1,0 +1,117 @@
+"""Features inside models: the field encoder against hand computation, the hybrid two-tower's
+cold items scored from their features alone, and feature tables read back from the lake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+from helpers import build_config, run_chain, write_jsonl
+from pyspark.sql import SparkSession
+
+from recpipe.commit import current_version
+from recpipe.features_data import feature_tables, load_tables, save_tables
+from recpipe.model_settings import HybridTwoTowerConfig
+from recpipe.models import ModelContext
+from recpipe.models.fields import FieldEncoder
+from recpipe.models.hybrid_two_tower import HybridTwoTower
+from recpipe.stages.catalog import run_catalog
+from recpipe.stages.features import run_features
+
+LAYOUT = [
+    {"name": "tags", "kind": "multi", "width": 3, "size": 5},
+    {"name": "price", "kind": "numeric", "width": 1, "size": None},
+]
+
+
+def test_field_encoder_matches_hand_computation() -> None:
+    tags = torch.tensor([[0, 0, 0], [2, 3, 0], [4, 9, 0]])  # 9: a value new since training
+    price = torch.tensor([0.0, 1.5, -2.0])
+    encoder = FieldEncoder("items", LAYOUT, 3, 4, {"items.tags": tags, "items.price": price})
+    table = encoder.embeddings["tags"].weight
+    vector = encoder.vectors["price"]
+    keys = torch.tensor([1, 2, 0, 7])  # 7: a key past the table (new since training)
+    with torch.no_grad():
+        got = encoder.fields(keys)
+        assert got.shape == (4, 2, 4)
+        torch.testing.assert_close(got[0, 0], (table[2] + table[3]) / 2)
+        torch.testing.assert_close(got[1, 0], (table[4] + table[1]) / 2)  # 9 -> out of vocab
+        torch.testing.assert_close(got[0, 1], 1.5 * vector)
+        torch.testing.assert_close(got[1, 1], -2.0 * vector)
+        assert torch.equal(got[2], torch.zeros(2, 4))  # padding row: nothing
+        assert torch.equal(got[3], torch.zeros(2, 4))  # unknown key: every feature missing
+    with pytest.raises(ValueError, match=r"feature items.tags: table \(2, 3\), layout \(3, 3\)"):
+        FieldEncoder("items", LAYOUT, 3, 4, {"items.tags": tags[:2]})
+
+
+def _hybrid(counts: np.ndarray, genres: torch.Tensor) -> HybridTwoTower:
+    layout = {"items": [{"name": "genre", "kind": "categorical", "width": 1, "size": 4}]}
+    context = ModelContext(
+        n_users=3, n_items=5, max_len=4, item_counts=counts, feature_layout=layout,
+        feature_values={"items.genre": genres},
+    )  # fmt: skip
+    config = HybridTwoTowerConfig(
+        dim=8, epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=0,
+        temperature=0.1, normalize=True, item_layers=[16], user_layers=[16],
+        use_item_ids=True, id_dropout=0.0, dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return HybridTwoTower(config, context).eval()
+
+
+def test_hybrid_scores_untrained_items_from_their_features_alone() -> None:
+    """Items 4 and 5 never occur in training: their id rows are ignored, so with equal genres
+    they score equally, and a trained item with the same genre differs only by its id."""
+    genres = torch.tensor([[0], [2], [3], [2], [3], [3]])
+    counts = np.array([0, 4, 2, 1, 0, 0])
+    model = _hybrid(counts, genres)
+    with torch.no_grad():
+        items = model.item_embeddings()
+        assert torch.equal(items[4], items[5])
+        assert not torch.equal(items[2], items[4])  # item 2 is trained: its id counts
+        model.item_emb.weight[4] += 1.0  # an untrained id row does not move the item
+        assert torch.equal(model.item_embeddings()[4], items[4])
+        model.item_fields.table("genre")[5] = 2  # its features do
+        assert not torch.equal(model.item_embeddings()[5], items[5])
+        assert torch.equal(items[0], torch.zeros(8))
+
+
+def test_feature_tables_read_back_the_lake_as_of_the_day(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Dense tables indexed like vocab: each item's row holds its feature, unknown rows 0."""
+    ds = "2026-11-22"
+    events = [
+        {"user_id": f"u{k % 3}", "item_id": f"i{k}", "event_type": "view",
+         "ts": f"{ds}T00:0{k}:00Z"}
+        for k in range(6)
+    ]  # fmt: skip
+    items = [{"item_id": f"i{k}", "shade": "dark" if k % 2 else "light"} for k in range(5)]
+    config = build_config(
+        tmp_path,
+        f"paths.raw_events={write_jsonl(tmp_path / 'raw' / 'e.jsonl', events)}",
+        f"paths.raw_items={write_jsonl(tmp_path / 'raw' / 'items.jsonl', items)}",
+        "features.items.shade={kind: categorical}",
+    )
+    run_chain(spark, config, ds, ("clean", "vocab"))
+    run_catalog(spark, config, ds)
+    run_features(spark, config, ds)
+    assert feature_tables(config.root, "2026-11-21", 3, 6) == ({}, {}, {})  # nothing before
+    layout, tables, days = feature_tables(config.root, ds, 3, 6)
+    assert days == {"items": ds} and layout == {
+        "items": [{"name": "shade", "kind": "categorical", "width": 1, "size": 4}]
+    }
+    vocab = pads.dataset(current_version(config.root, "vocab_items", {"ds": ds}).local_path())
+    index = {r["item_id"]: r["item_idx"] for r in vocab.to_table().to_pylist()}
+    shade = tables["items.shade"]
+    assert shade.shape == (7, 1) and int(shade[0, 0]) == 0
+    assert int(shade[index["i5"], 0]) == 0  # i5 has events but no catalogue row
+    darks = {int(shade[index[f"i{k}"], 0]) for k in (1, 3)}
+    lights = {int(shade[index[f"i{k}"], 0]) for k in (0, 2, 4)}
+    assert len(darks) == len(lights) == 1 and darks != lights and darks | lights == {2, 3}
+    assert lights == {2}  # three light items come first (rows desc, then value)
+    save_tables(tmp_path / "f.pt", tables)
+    assert torch.equal(load_tables(tmp_path / "f.pt")["items.shade"], shade)
