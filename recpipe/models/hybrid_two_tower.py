@@ -88,10 +88,14 @@ class HybridTwoTower(RecModel):
         """No user id: the user tower reads the history and the user's features."""
         return False
 
+    def _tower_weight(self) -> torch.Tensor:
+        """The item tower's first weight (its dtype; a graph-connected zero)."""
+        return next(self.item_tower.parameters())
+
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """[*items.shape, dim] item-tower outputs (not normalised); padding gives zeros."""
         parts = []
-        dtype = self.item_tower[0].weight.dtype
+        dtype = self._tower_weight().dtype
         if self.item_emb is not None:
             keep = self.item_counts[items] > 0  # an untrained id embedding is noise
             if self.training and self.config.id_dropout > 0:
@@ -121,7 +125,7 @@ class HybridTwoTower(RecModel):
         history, users = batch.require("history"), batch.require("users")
         targets, train = causal_targets(history, batch.require("items"))
         if not bool(train.any()):
-            return self.item_tower[0].weight.sum() * 0.0
+            return self._tower_weight().sum() * 0.0
         mask = history != 0
         emb = self.item_vectors(history)
         queries = emb.cumsum(1) / mask.cumsum(1).clamp(min=1)[..., None]
