@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from recpipe.config import Config, load_config
+from recpipe.config import DEFAULT_CONF_FILES, PROJECT_ROOT, Config, load_config
 from recpipe.console import format_table
 from recpipe.registry import model_names
 from recpipe.storage import Location
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # 2.4M pointwise rows and two pre-training runs).
 SLOW_MODELS = ("item2vec", "neumf")
 DEMO_MODELS = tuple(name for name in model_names("baseline") if name not in SLOW_MODELS)
+MOVIELENS_FEATURES = PROJECT_ROOT / "conf" / "features" / "movielens-100k.yaml"
 DEEP_MODELS = ("bpr_mf", "two_tower", "gru4rec", "sasrec", "mult_vae")
 # The demo caps deep training so the whole run stays well under 15 minutes on 2 cores;
 # bench/quality.py trains with the models' own epochs and early stopping.
@@ -32,7 +33,10 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
     """Fetch MovieLens 100K, then the config the demo runs with (user overrides win)."""
     from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
 
-    first = load_config(conf, overrides)
+    # The embedded default plus MovieLens's feature specs (a --conf list replaces both).
+    environment = [str(path) for path in DEFAULT_CONF_FILES if path.is_file()]
+    files = list(conf or [*environment, str(MOVIELENS_FEATURES)])
+    first = load_config(files, overrides)
     summary = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     defaults = [
         f"paths.raw_events={summary['raw_events']}",
@@ -42,7 +46,7 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
         f"baselines.models=[{','.join(DEMO_MODELS)}]",
         f"train.models=[{','.join(DEEP_MODELS)}]",
     ]
-    return load_config(conf, [*defaults, *overrides]), summary
+    return load_config(files, [*defaults, *overrides]), summary
 
 
 def example_rows(config: Config, ds: str, user_id: str, model: str) -> list[dict[str, Any]]:

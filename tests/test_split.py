@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -344,6 +345,49 @@ def test_temporal_test_ratio(small: Callable[..., Run]) -> None:
     parts = _parts(split, "temporal")
     assert len(parts["test"]) == 17
     assert parts == TEMPORAL_RATIO
+
+
+def _expected_cold(interactions: set[Key], test_ratio: float, valid_ratio: float) -> Parts:
+    """cold_items by hand: items ordered by first interaction; the latest ``test_ratio`` of
+    them (percentile_disc: the items after the ceil(q * n)-th) with all their interactions in
+    test, the ``valid_ratio`` before them in valid, everything else in train."""
+    first: dict[str, dt.datetime] = {}
+    for _, item, _, ts in interactions:
+        first[item] = min(ts, first.get(item, ts))
+    times = sorted(first.values())
+
+    def last_below(q: float) -> dt.datetime:
+        return times[math.ceil(q * len(times)) - 1]
+
+    test_after = last_below(1 - test_ratio)
+    valid_after = last_below(1 - test_ratio - valid_ratio)
+    parts: Parts = {part: set() for part in PARTS}
+    for key in interactions:
+        when = first[key[1]]
+        part = "test" if when > test_after else "valid" if when > valid_after else "train"
+        parts[part].add(key)
+    return parts
+
+
+def test_cold_items_sends_every_interaction_of_the_newest_items_to_test(
+    small: Callable[..., Run],
+) -> None:
+    """No scored item has a train interaction; A (first seen early, watched late by u1 too)
+    stays in train whatever its later interactions."""
+    split, manifest = small(
+        "split.protocols=[cold_items]",
+        "split.cold_items.test_ratio=0.25",
+        "split.cold_items.valid_ratio=0.1",
+    )
+    parts = _parts(split, "cold_items")
+    expected = _expected_cold(DEDUPED, 0.25, 0.1)
+    assert parts == expected
+    items = {part: {key[1] for key in parts[part]} for part in PARTS}
+    assert items["test"] and items["valid"]
+    assert not items["test"] & (items["train"] | items["valid"])
+    assert not items["valid"] & items["train"]
+    settings = manifest["protocols"]["cold_items"]["settings"]
+    assert (settings["test_ratio"], settings["valid_ratio"]) == (0.25, 0.1)
 
 
 # ---------------------------------------------------------------------------- leakage

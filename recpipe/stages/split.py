@@ -18,7 +18,9 @@ from recpipe.etl.sessionize import EVENT_RANK, TS_MS, event_rank, explode_sessio
 from recpipe.etl.split import (
     PART,
     PARTS,
+    cold_items,
     dedupe_user_item,
+    item_first_seen,
     leave_last_out,
     random_by_user,
     temporal,
@@ -89,6 +91,22 @@ def label_parts(interactions: DataFrame, config: Config, protocol: str) -> tuple
             valid_ratio=None if cfg.cut else cfg.valid_ratio,
         )
         return temporal(interactions, valid_cut_ms=valid_ms, test_cut_ms=test_ms), spec
+    if protocol == "cold_items":
+        cold = settings.cold_items
+        # The cuts over items' first-seen times: the latest test_ratio of the items are cold.
+        valid_ms, test_ms = temporal_cuts(
+            item_first_seen(interactions), test_ratio=cold.test_ratio, valid_ratio=cold.valid_ratio
+        )
+        if cold.valid_ratio == 0:
+            valid_ms = test_ms
+        spec.update(
+            valid_cut=dt.datetime.fromtimestamp(valid_ms / 1000, dt.UTC).isoformat(),
+            test_cut=dt.datetime.fromtimestamp(test_ms / 1000, dt.UTC).isoformat(),
+            test_ratio=cold.test_ratio,
+            valid_ratio=cold.valid_ratio,
+            rule="items first seen at or after test_cut: every interaction in test",
+        )
+        return cold_items(interactions, valid_cut_ms=valid_ms, test_cut_ms=test_ms), spec
     raise ValueError(f"split.protocols: unknown protocol {protocol!r}")
 
 
