@@ -155,6 +155,20 @@ class HybridTwoTowerConfig(ModelConfig):
     dropout: float = Field(ge=0, lt=1)
 
 
+@settings_of("deepfm")
+class DeepFmConfig(ModelConfig):
+    """DeepFM settings; ``dim`` is every field's embedding size (shared by FM and DNN)."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
+
+    mlp_layers: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    score_chunk_pairs: int = Field(ge=1)
+
+
 @settings_of("gru4rec")
 class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""

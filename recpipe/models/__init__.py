@@ -5,6 +5,7 @@ from __future__ import annotations
 from recpipe.models import (  # noqa: F401  (importing registers)
     bpr_mf,
     cdae,
+    deepfm,
     gru4rec,
     hybrid_two_tower,
     irgan,

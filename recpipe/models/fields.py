@@ -48,27 +48,26 @@ class FieldEncoder(nn.Module):
         rows: int,
         dim: int,
         values: dict[str, torch.Tensor] | None = None,
+        first_order: bool = False,
     ) -> None:
         super().__init__()
         self.entity = entity
         self.layout = list(layout)
         self.rows = rows
-        self.embeddings = nn.ModuleDict()
-        self.vectors = nn.ParameterDict()
+        self.embeddings, self.vectors = _field_weights(self.layout, dim)
+        # Factorisation machines' first-order terms: one weight per value (and per float).
+        self.first_embeddings: nn.ModuleDict | None = None
+        self.first_vectors: nn.ParameterDict | None = None
+        if first_order:
+            self.first_embeddings, self.first_vectors = _field_weights(self.layout, 1)
         for field in self.layout:
             name = field["name"]
             shape = column_shape(rows, field)
             given = (values or {}).get(f"{entity}.{name}")
             if field["size"] is None:
                 table = torch.zeros(shape) if given is None else given.float()
-                self.vectors[name] = nn.Parameter(torch.randn(dim) * dim**-0.5)
             else:
                 table = torch.zeros(shape, dtype=torch.int64) if given is None else given.long()
-                embedding = nn.Embedding(field["size"], dim, padding_idx=0)
-                nn.init.normal_(embedding.weight, std=dim**-0.5)
-                with torch.no_grad():
-                    embedding.weight[0].zero_()
-                self.embeddings[name] = embedding
             if tuple(table.shape) != shape:
                 raise ValueError(
                     f"feature {entity}.{name}: table {tuple(table.shape)}, layout {shape}"
@@ -87,6 +86,17 @@ class FieldEncoder(nn.Module):
     def fields(self, keys: torch.Tensor) -> torch.Tensor:
         """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 gives an empty last-but-one
         dimension)."""
+        return self._encode(keys, self.embeddings, self.vectors)
+
+    def first_order(self, keys: torch.Tensor) -> torch.Tensor:
+        """[*keys.shape, F] first-order weights of ``keys`` (needs ``first_order=True``)."""
+        if self.first_embeddings is None or self.first_vectors is None:
+            raise ValueError("this encoder was built without first-order weights")
+        return self._encode(keys, self.first_embeddings, self.first_vectors)[..., 0]
+
+    def _encode(
+        self, keys: torch.Tensor, embeddings: nn.ModuleDict, vectors: nn.ParameterDict
+    ) -> torch.Tensor:
         known = keys < self.rows
         safe = torch.where(known, keys, torch.zeros_like(keys))
         out = []
@@ -95,17 +105,34 @@ class FieldEncoder(nn.Module):
             column = self.table(name)[safe]
             if field["size"] is None:
                 value = torch.where(known, column, torch.zeros_like(column))
-                out.append(value[..., None] * self.vectors[name])
+                out.append(value[..., None] * vectors[name])
                 continue
             oov = torch.full_like(column, OOV_INDEX)
             indexes = torch.where(column < field["size"], column, oov)
             indexes = torch.where(known[..., None], indexes, torch.zeros_like(indexes))
-            vectors = self.embeddings[name](indexes)  # [..., width, dim]; padding rows are 0
+            rows = embeddings[name](indexes)  # [..., width, dim]; padding rows are 0
             present = (indexes != 0).sum(-1, keepdim=True).clamp(min=1)
-            out.append(vectors.sum(-2) / present)
+            out.append(rows.sum(-2) / present)
         if not out:
             return keys.new_zeros((*keys.shape, 0, 0), dtype=torch.float32)
         return torch.stack(out, dim=-2)
+
+
+def _field_weights(
+    layout: list[dict[str, Any]], dim: int
+) -> tuple[nn.ModuleDict, nn.ParameterDict]:
+    """An embedding per index feature (row 0, padding, zero) and a vector per float feature."""
+    embeddings, vectors = nn.ModuleDict(), nn.ParameterDict()
+    for field in layout:
+        if field["size"] is None:
+            vectors[field["name"]] = nn.Parameter(torch.randn(dim) * dim**-0.5)
+            continue
+        embedding = nn.Embedding(field["size"], dim, padding_idx=0)
+        nn.init.normal_(embedding.weight, std=dim**-0.5)
+        with torch.no_grad():
+            embedding.weight[0].zero_()
+        embeddings[field["name"]] = embedding
+    return embeddings, vectors
 
 
 def layout_of(layout: Layout | None, entity: str) -> list[dict[str, Any]]:

@@ -1,0 +1,143 @@
+"""DeepFM: a factorisation machine and a deep network over shared field embeddings.
+
+Guo, Tang, Ye, Li, He, "DeepFM: A Factorization-Machine based Neural Network for CTR
+Prediction", IJCAI 2017. The fields are the user id, the item id and every declared user and
+item feature (recpipe.models.fields); a multi-valued feature is one field, the mean of its
+values' embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import DeepFmConfig
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.fields import FieldEncoder, layout_of
+
+
+@dataclass
+class Side:
+    """One side's (user or item) share of every pair's logit."""
+
+    vector_sum: torch.Tensor  # [..., dim]: sum of the side's field embeddings
+    own: torch.Tensor  # [...]: first-order terms + FM interactions within the side
+    hidden: torch.Tensor  # [..., h0]: the side's share of the DNN's first layer
+
+
+def _index(side: Side, where: Any) -> Side:
+    return Side(side.vector_sum[where], side.own[where], side.hidden[where])
+
+
+@register("deepfm")
+class DeepFm(RecModel):
+    """``logit = b + sum of first-order terms + FM(all fields) + DNN(concat of all fields)``.
+
+    Paper: Guo et al., IJCAI 2017. Trained on pointwise samples (a positive and
+    ``export.negatives`` sampled negatives per interaction) with log loss. Scoring every item
+    splits the FM and the DNN's first layer into a user part and an item part (pairwise FM
+    interactions across sides are the dot product of the two sides' embedding sums), so only
+    the DNN's upper layers run per (user, item) pair, in chunks of ``score_chunk_pairs``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = DeepFmConfig
+    sample_kind: ClassVar[SampleKind] = "pointwise"
+    paper: ClassVar[str] = (
+        "Guo, Tang, Ye, Li, He. DeepFM: A Factorization-Machine based Neural Network for CTR "
+        "Prediction. IJCAI 2017."
+    )
+
+    def __init__(self, config: DeepFmConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: DeepFmConfig = config
+        d = config.dim
+        layout, values = context.feature_layout, context.feature_values
+        self.item_fields = FieldEncoder(
+            "items", layout_of(layout, "items"), context.n_items + 1, d, values, True
+        )
+        self.user_fields = FieldEncoder(
+            "users", layout_of(layout, "users"), context.n_users, d, values, True
+        )
+        self.user_emb = nn.Embedding(context.n_users, d)
+        self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
+        self.user_weight = nn.Embedding(context.n_users, 1)
+        self.item_weight = nn.Embedding(context.n_items + 1, 1, padding_idx=0)
+        for table in (self.user_emb, self.item_emb):
+            nn.init.normal_(table.weight, std=d**-0.5)
+        for table in (self.user_weight, self.item_weight):
+            nn.init.zeros_(table.weight)
+        first = config.mlp_layers[0]
+        self.user_in = nn.Linear(d * (1 + self.user_fields.count), first)
+        self.item_in = nn.Linear(d * (1 + self.item_fields.count), first, bias=False)
+        layers: list[nn.Module] = []
+        width = first
+        for hidden in config.mlp_layers[1:]:
+            layers.append(nn.Linear(width, hidden))
+            width = hidden
+        self.upper = nn.ModuleList(layers)
+        self.out = nn.Linear(width, 1)
+        self.dropout = nn.Dropout(config.dropout)
+
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The user id's embedding and first-order weight."""
+        return ("user_emb", "user_weight")
+
+    def _side(
+        self,
+        keys: torch.Tensor,
+        emb: nn.Embedding,
+        weight: nn.Embedding,
+        fields: FieldEncoder,
+        layer: nn.Linear,
+    ) -> Side:
+        vectors = torch.cat([emb(keys)[..., None, :], fields.fields(keys).to(emb.weight.dtype)], -2)
+        total = vectors.sum(-2)
+        interactions = 0.5 * (total.pow(2).sum(-1) - vectors.pow(2).sum((-2, -1)))
+        first = weight(keys)[..., 0]
+        if fields.count:
+            first = first + fields.first_order(keys).sum(-1)
+        return Side(total, first + interactions, layer(vectors.flatten(-2)))
+
+    def _user_side(self, users: torch.Tensor) -> Side:
+        return self._side(users, self.user_emb, self.user_weight, self.user_fields, self.user_in)
+
+    def _item_side(self, items: torch.Tensor) -> Side:
+        return self._side(items, self.item_emb, self.item_weight, self.item_fields, self.item_in)
+
+    def _combine(self, user: Side, item: Side) -> torch.Tensor:
+        """Logits of every (user, item) pair the two sides broadcast to."""
+        fm = user.own + item.own + (user.vector_sum * item.vector_sum).sum(-1)
+        h = self.dropout(F.relu(user.hidden + item.hidden))
+        for layer in self.upper:
+            h = self.dropout(F.relu(layer(h)))
+        return fm + self.out(h).squeeze(-1)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Binary cross entropy with logits against ``labels`` (computed in float32)."""
+        users, items = batch.require("users"), batch.require("items")
+        logits = self._combine(self._user_side(users), self._item_side(items))
+        return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Logits for every (user, item), [B, n_items + 1], ``score_chunk_pairs`` at a time."""
+        users = batch.require("users")
+        n_cols = self.n_items + 1
+        chunk = self.config.score_chunk_pairs
+        cols = min(n_cols, chunk)
+        rows = max(1, chunk // cols)
+        item = self._item_side(torch.arange(n_cols, device=users.device))
+        out_rows = []
+        for r0 in range(0, len(users), rows):
+            user = _index(self._user_side(users[r0 : r0 + rows]), (slice(None), None))
+            chunks = [
+                self._combine(user, _index(item, slice(c0, c0 + cols)))
+                for c0 in range(0, n_cols, cols)
+            ]
+            out_rows.append(torch.cat(chunks, dim=1))
+        return torch.cat(out_rows, dim=0)
