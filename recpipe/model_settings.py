@@ -169,6 +169,20 @@ class DeepFmConfig(ModelConfig):
     score_chunk_pairs: int = Field(ge=1)
 
 
+@settings_of("nfm")
+class NfmConfig(ModelConfig):
+    """NFM settings; ``dim`` is every field's embedding size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
+
+    mlp_layers: list[int]
+    dropout: float = Field(ge=0, lt=1)
+    score_chunk_pairs: int = Field(ge=1)
+
+
 @settings_of("gru4rec")
 class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""

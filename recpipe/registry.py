@@ -40,6 +40,7 @@ MODELS: dict[str, ModelEntry] = {
     "two_tower": ModelEntry("deep", "recpipe.models.two_tower:TwoTower"),
     "hybrid_two_tower": ModelEntry("deep", "recpipe.models.hybrid_two_tower:HybridTwoTower"),
     "deepfm": ModelEntry("deep", "recpipe.models.deepfm:DeepFm"),
+    "nfm": ModelEntry("deep", "recpipe.models.nfm:Nfm"),
     "gru4rec": ModelEntry("deep", "recpipe.models.gru4rec:Gru4Rec"),
     "sasrec": ModelEntry("deep", "recpipe.models.sasrec:SasRec"),
     "narm": ModelEntry("deep", "recpipe.models.narm:Narm"),

@@ -69,7 +69,18 @@ BASE = (
 )
 DEEP = ["bpr_mf", "neumf", "sasrec"]
 # The rest of the deep zoo: trained too, and scored by Spark as by one process.
-ZOO = ["narm", "stamp", "svdpp", "mult_vae", "cdae", "irgan", "rum", "hybrid_two_tower", "deepfm"]
+ZOO = [
+    "narm",
+    "stamp",
+    "svdpp",
+    "mult_vae",
+    "cdae",
+    "irgan",
+    "rum",
+    "hybrid_two_tower",
+    "deepfm",
+    "nfm",
+]
 # DS1's catalogue and its features: every deep model trains with the feature tables in its
 # context (the feature-aware ones read them, and carry them into scoring as buffers).
 FEATURE_SPECS = (

@@ -12,6 +12,7 @@ from recpipe.models import (  # noqa: F401  (importing registers)
     mult_vae,
     narm,
     neumf,
+    nfm,
     rum,
     sasrec,
     stamp,

@@ -18,7 +18,8 @@ from torch import nn
 from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import DeepFmConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-from recpipe.models.fields import FieldEncoder, layout_of
+from recpipe.models.fields import FactorisationFields
+from recpipe.models.pairs import score_pairs_in_chunks
 
 
 @dataclass
@@ -56,24 +57,10 @@ class DeepFm(RecModel):
         super().__init__(config, context)
         self.config: DeepFmConfig = config
         d = config.dim
-        layout, values = context.feature_layout, context.feature_values
-        self.item_fields = FieldEncoder(
-            "items", layout_of(layout, "items"), context.n_items + 1, d, values, True
-        )
-        self.user_fields = FieldEncoder(
-            "users", layout_of(layout, "users"), context.n_users, d, values, True
-        )
-        self.user_emb = nn.Embedding(context.n_users, d)
-        self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
-        self.user_weight = nn.Embedding(context.n_users, 1)
-        self.item_weight = nn.Embedding(context.n_items + 1, 1, padding_idx=0)
-        for table in (self.user_emb, self.item_emb):
-            nn.init.normal_(table.weight, std=d**-0.5)
-        for table in (self.user_weight, self.item_weight):
-            nn.init.zeros_(table.weight)
+        self.fields = FactorisationFields(context, d)
         first = config.mlp_layers[0]
-        self.user_in = nn.Linear(d * (1 + self.user_fields.count), first)
-        self.item_in = nn.Linear(d * (1 + self.item_fields.count), first, bias=False)
+        self.user_in = nn.Linear(d * self.fields.count("users"), first)
+        self.item_in = nn.Linear(d * self.fields.count("items"), first, bias=False)
         layers: list[nn.Module] = []
         width = first
         for hidden in config.mlp_layers[1:]:
@@ -86,29 +73,19 @@ class DeepFm(RecModel):
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
         """The user id's embedding and first-order weight."""
-        return ("user_emb", "user_weight")
+        return tuple(f"fields.{name}" for name in FactorisationFields.USER_TABLES)
 
-    def _side(
-        self,
-        keys: torch.Tensor,
-        emb: nn.Embedding,
-        weight: nn.Embedding,
-        fields: FieldEncoder,
-        layer: nn.Linear,
-    ) -> Side:
-        vectors = torch.cat([emb(keys)[..., None, :], fields.fields(keys).to(emb.weight.dtype)], -2)
+    @staticmethod
+    def _side(vectors: torch.Tensor, first: torch.Tensor, layer: nn.Linear) -> Side:
         total = vectors.sum(-2)
         interactions = 0.5 * (total.pow(2).sum(-1) - vectors.pow(2).sum((-2, -1)))
-        first = weight(keys)[..., 0]
-        if fields.count:
-            first = first + fields.first_order(keys).sum(-1)
         return Side(total, first + interactions, layer(vectors.flatten(-2)))
 
     def _user_side(self, users: torch.Tensor) -> Side:
-        return self._side(users, self.user_emb, self.user_weight, self.user_fields, self.user_in)
+        return self._side(*self.fields.users(users), self.user_in)
 
     def _item_side(self, items: torch.Tensor) -> Side:
-        return self._side(items, self.item_emb, self.item_weight, self.item_fields, self.item_in)
+        return self._side(*self.fields.items(items), self.item_in)
 
     def _combine(self, user: Side, item: Side) -> torch.Tensor:
         """Logits of every (user, item) pair the two sides broadcast to."""
@@ -127,17 +104,8 @@ class DeepFm(RecModel):
     def score_all(self, batch: Batch) -> torch.Tensor:
         """Logits for every (user, item), [B, n_items + 1], ``score_chunk_pairs`` at a time."""
         users = batch.require("users")
-        n_cols = self.n_items + 1
-        chunk = self.config.score_chunk_pairs
-        cols = min(n_cols, chunk)
-        rows = max(1, chunk // cols)
-        item = self._item_side(torch.arange(n_cols, device=users.device))
-        out_rows = []
-        for r0 in range(0, len(users), rows):
-            user = _index(self._user_side(users[r0 : r0 + rows]), (slice(None), None))
-            chunks = [
-                self._combine(user, _index(item, slice(c0, c0 + cols)))
-                for c0 in range(0, n_cols, cols)
-            ]
-            out_rows.append(torch.cat(chunks, dim=1))
-        return torch.cat(out_rows, dim=0)
+        items = self._item_side(torch.arange(self.n_items + 1, device=users.device))
+        return score_pairs_in_chunks(
+            users, self.n_items + 1, self.config.score_chunk_pairs, self._user_side, items,
+            _index, self._combine,
+        )  # fmt: skip

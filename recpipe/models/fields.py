@@ -118,6 +118,57 @@ class FieldEncoder(nn.Module):
         return torch.stack(out, dim=-2)
 
 
+class FactorisationFields(nn.Module):
+    """A factorisation machine's fields, split by side: the user id and every user feature,
+    the item id and every item feature, each with an embedding and a first-order weight.
+
+    Its user-indexed tables (``user_emb``, ``user_weight``) are what the scoring job ships as
+    a per-user column (:data:`USER_TABLES`, relative to the model attribute holding this).
+    """
+
+    USER_TABLES = ("user_emb", "user_weight")
+
+    def __init__(self, context: Any, dim: int) -> None:
+        super().__init__()
+        layout, values = context.feature_layout, context.feature_values
+        self.item_fields = FieldEncoder(
+            "items", layout_of(layout, "items"), context.n_items + 1, dim, values, True
+        )
+        self.user_fields = FieldEncoder(
+            "users", layout_of(layout, "users"), context.n_users, dim, values, True
+        )
+        self.user_emb = nn.Embedding(context.n_users, dim)
+        self.item_emb = nn.Embedding(context.n_items + 1, dim, padding_idx=0)
+        self.user_weight = nn.Embedding(context.n_users, 1)
+        self.item_weight = nn.Embedding(context.n_items + 1, 1, padding_idx=0)
+        for table in (self.user_emb, self.item_emb):
+            nn.init.normal_(table.weight, std=dim**-0.5)
+        for table in (self.user_weight, self.item_weight):
+            nn.init.zeros_(table.weight)
+
+    def count(self, side: str) -> int:
+        """Fields of ``side`` (``users`` or ``items``): the id and every feature."""
+        return 1 + (self.user_fields if side == "users" else self.item_fields).count
+
+    def users(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User-side fields [*keys.shape, F_u, dim] and first-order sums [*keys.shape]."""
+        return _side_fields(keys, self.user_emb, self.user_weight, self.user_fields)
+
+    def items(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item-side fields [*keys.shape, F_i, dim] and first-order sums [*keys.shape]."""
+        return _side_fields(keys, self.item_emb, self.item_weight, self.item_fields)
+
+
+def _side_fields(
+    keys: torch.Tensor, emb: nn.Embedding, weight: nn.Embedding, encoder: FieldEncoder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    vectors = torch.cat([emb(keys)[..., None, :], encoder.fields(keys).to(emb.weight.dtype)], -2)
+    first = weight(keys)[..., 0]
+    if encoder.count:
+        first = first + encoder.first_order(keys).sum(-1).to(first.dtype)
+    return vectors, first
+
+
 def _field_weights(
     layout: list[dict[str, Any]], dim: int
 ) -> tuple[nn.ModuleDict, nn.ParameterDict]:

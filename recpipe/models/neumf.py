@@ -15,6 +15,7 @@ from torch import nn
 from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import NeuMfConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.pairs import score_pairs_in_chunks
 
 # (GMF vectors, first-MLP-layer pre-activation half) of users or items; None for an absent branch.
 Side = tuple[torch.Tensor | None, torch.Tensor | None]
@@ -118,19 +119,11 @@ class NeuMf(RecModel):
     def score_all(self, batch: Batch) -> torch.Tensor:
         """Logits for every (user, item), [B, n_items + 1], in chunks of ~2^20 pairs."""
         users = batch.require("users")
-        n_cols = self.n_items + 1
-        cols = min(n_cols, self.score_chunk_pairs)
-        rows = max(1, self.score_chunk_pairs // cols)
-        item = self._item_side(torch.arange(n_cols, device=users.device))
-        out_rows = []
-        for r0 in range(0, len(users), rows):
-            user = _index(self._user_side(users[r0 : r0 + rows]), (slice(None), None))
-            chunks = [
-                self._combine(user, _index(item, slice(c0, c0 + cols)))
-                for c0 in range(0, n_cols, cols)
-            ]
-            out_rows.append(torch.cat(chunks, dim=1))
-        return torch.cat(out_rows, dim=0)
+        items = self._item_side(torch.arange(self.n_items + 1, device=users.device))
+        return score_pairs_in_chunks(
+            users, self.n_items + 1, self.score_chunk_pairs, self._user_side, items, _index,
+            self._combine,
+        )  # fmt: skip
 
     @classmethod
     def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:
