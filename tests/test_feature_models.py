@@ -18,6 +18,8 @@ from recpipe.model_settings import HybridTwoTowerConfig
 from recpipe.models import ModelContext
 from recpipe.models.fields import FieldEncoder
 from recpipe.models.hybrid_two_tower import HybridTwoTower
+from recpipe.scoring.histories import UserHistories
+from recpipe.scoring.scorers import deep_scorer
 from recpipe.stages.catalog import run_catalog
 from recpipe.stages.features import run_features
 
@@ -115,3 +117,24 @@ def test_feature_tables_read_back_the_lake_as_of_the_day(
     assert lights == {2}  # three light items come first (rows desc, then value)
     save_tables(tmp_path / "f.pt", tables)
     assert torch.equal(load_tables(tmp_path / "f.pt")["items.shade"], shade)
+
+
+def test_untrained_items_are_candidates_only_for_a_model_that_scores_them() -> None:
+    """Cold items (no train interaction): the hybrid with item features ranks them, and may
+    read them in a history; an id-only model (and the hybrid without features) never lists
+    them, as its scores for them are untrained noise."""
+    genres = torch.tensor([[0], [2], [3], [2], [3], [3]])
+    counts = np.array([0, 4, 2, 1, 0, 0])
+    known = counts > 0  # what the train split says: items 4 and 5 are cold
+    histories = UserHistories.from_events(
+        np.array([1, 1, 2]), np.array([1, 4, 2]), np.array([10, 20, 10]), distinct=True,
+        n_users=3,
+    )  # fmt: skip
+    hybrid = _hybrid(counts, genres)
+    items, _ = deep_scorer(hybrid, known, np.ones(3, dtype=bool)).top_k(histories, 5, 16)
+    listed = {int(i) for i in items.ravel() if i}
+    assert {4, 5} & listed  # cold items compete
+    assert not {1, 4} & set(items[1].tolist())  # user 1 saw them: excluded like any seen item
+    bare = HybridTwoTower(hybrid.config, ModelContext(n_users=3, n_items=5, item_counts=counts))
+    ids_only, _ = deep_scorer(bare.eval(), known, np.ones(3, dtype=bool)).top_k(histories, 5, 16)
+    assert not {4, 5} & {int(i) for i in ids_only.ravel()}

@@ -100,6 +100,13 @@ class RecModel(nn.Module, ABC):
         interactions cannot be scored); sequence models read only the history."""
         return self.sample_kind != "sequence"
 
+    @property
+    def scores_untrained_items(self) -> bool:
+        """Whether an item without training interactions still gets a meaningful score (from
+        its features): then every item the model knows is a candidate and may enter a
+        history, not only the items it trained on (as for id-only models)."""
+        return False
+
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
         """Attributes holding ``nn.Embedding`` tables indexed by user id (rows grow with users):

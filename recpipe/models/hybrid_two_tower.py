@@ -88,6 +88,11 @@ class HybridTwoTower(RecModel):
         """No user id: the user tower reads the history and the user's features."""
         return False
 
+    @property
+    def scores_untrained_items(self) -> bool:
+        """With item features, yes: an untrained item is placed by its features."""
+        return self.item_fields.count > 0
+
     def _tower_weight(self) -> torch.Tensor:
         """The item tower's first weight (its dtype; a graph-connected zero)."""
         return next(self.item_tower.parameters())

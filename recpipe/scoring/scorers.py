@@ -337,6 +337,10 @@ def _deep_inputs(
     """The model on ``device`` in eval mode, its batch builder and the scorer's common fields."""
     device = torch.device(device)
     model = model.eval().to(device)
+    if model.scores_untrained_items:
+        # A content model scores every item it has features for, trained or not (cold items).
+        known = np.zeros_like(known, dtype=bool)
+        known[1 : min(len(known), model.n_items + 1)] = True
     sequence = model.sample_kind == "sequence"
     max_len = model.context.max_len
 
