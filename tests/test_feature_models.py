@@ -13,9 +13,10 @@ from helpers import build_config, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
 from recpipe.commit import current_version
+from recpipe.data.batch import Batch
 from recpipe.features_data import feature_tables, load_tables, save_tables
 from recpipe.model_settings import HybridTwoTowerConfig
-from recpipe.models import ModelContext
+from recpipe.models import ModelContext, model_class
 from recpipe.models.fields import FieldEncoder
 from recpipe.models.hybrid_two_tower import HybridTwoTower
 from recpipe.scoring.histories import UserHistories
@@ -138,3 +139,32 @@ def test_untrained_items_are_candidates_only_for_a_model_that_scores_them() -> N
     bare = HybridTwoTower(hybrid.config, ModelContext(n_users=3, n_items=5, item_counts=counts))
     ids_only, _ = deep_scorer(bare.eval(), known, np.ones(3, dtype=bool)).top_k(histories, 5, 16)
     assert not {4, 5} & {int(i) for i in ids_only.ravel()}
+
+
+@pytest.mark.parametrize("name", ["deepfm", "nfm"])
+def test_factorisation_models_read_an_untrained_item_id_as_missing(name: str) -> None:
+    """An item without training interactions is scored from its features: moving its id rows
+    changes nothing, moving a trained item's does; the model says it scores such items."""
+    layout = {"items": [{"name": "genre", "kind": "categorical", "width": 1, "size": 4}]}
+    counts = np.array([0, 4, 2, 1, 0, 0])
+    context = ModelContext(
+        n_users=3, n_items=5, item_counts=counts, feature_layout=layout,
+        feature_values={"items.genre": torch.tensor([[0], [2], [3], [2], [3], [3]])},
+    )  # fmt: skip
+    cls = model_class(name)
+    settings = {"dim": 4, "mlp_layers": [8], "dropout": 0.0, "score_chunk_pairs": 7}
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**settings), context).eval()
+    assert model.scores_untrained_items
+    batch = Batch(users=torch.tensor([1, 2]))
+    with torch.no_grad():
+        before = model.score_all(batch)
+        torch.testing.assert_close(before[:, 4], before[:, 5])  # same genre, both untrained
+        model.fields.item_emb.weight[4:] += 1.0
+        model.fields.item_weight.weight[4:] += 1.0
+        model.fields.item_emb.weight[1] += 1.0
+        after = model.score_all(batch)
+    torch.testing.assert_close(after[:, 4:], before[:, 4:])
+    assert not torch.allclose(after[:, 1], before[:, 1])
+    bare = cls(cls.config_class(**settings), ModelContext(n_users=3, n_items=5))
+    assert not bare.scores_untrained_items  # ids only: nothing to score a new item by

@@ -175,6 +175,22 @@ def test_loss_is_finite_scalar_with_gradients_everywhere(name: str, extra: dict[
     assert torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_every_model_trains_and_scores_without_features(name: str) -> None:
+    """A data set without a catalogue: the feature-aware models fall back to ids alone."""
+    bare = ModelContext(n_users=N_USERS, n_items=N_ITEMS, max_len=MAX_LEN, item_counts=COUNTS)
+    model = build(name, context=bare)
+    batch = make_batch(model.sample_kind)
+    loss = seeded_loss(model, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        scores = model.score_all(batch)
+    assert scores.shape == (len(batch), N_ITEMS + 1) and torch.isfinite(scores).all()
+    assert not model.scores_untrained_items
+
+
 @pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=VARIANT_IDS)
 def test_overfits_a_fixed_tiny_batch(name: str, extra: dict[str, Any]) -> None:
     model = build(name, **extra)

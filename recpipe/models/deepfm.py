@@ -70,6 +70,12 @@ class DeepFm(RecModel):
         self.out = nn.Linear(width, 1)
         self.dropout = nn.Dropout(config.dropout)
 
+    @property
+    def scores_untrained_items(self) -> bool:
+        """With item features: an untrained item is scored from its features (its id field
+        reads as missing)."""
+        return self.fields.scores_untrained_items
+
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
         """The user id's embedding and first-order weight."""

@@ -54,6 +54,7 @@ class FieldEncoder(nn.Module):
         self.entity = entity
         self.layout = list(layout)
         self.rows = rows
+        self.dim = dim
         self.embeddings, self.vectors = _field_weights(self.layout, dim)
         # Factorisation machines' first-order terms: one weight per value (and per float).
         self.first_embeddings: nn.ModuleDict | None = None
@@ -84,8 +85,7 @@ class FieldEncoder(nn.Module):
         return getattr(self, buffer_name(self.entity, name))
 
     def fields(self, keys: torch.Tensor) -> torch.Tensor:
-        """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 gives an empty last-but-one
-        dimension)."""
+        """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 without features)."""
         return self._encode(keys, self.embeddings, self.vectors)
 
     def first_order(self, keys: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,8 @@ class FieldEncoder(nn.Module):
             present = (indexes != 0).sum(-1, keepdim=True).clamp(min=1)
             out.append(rows.sum(-2) / present)
         if not out:
-            return keys.new_zeros((*keys.shape, 0, 0), dtype=torch.float32)
+            width = 1 if embeddings is not self.embeddings else self.dim
+            return keys.new_zeros((*keys.shape, 0, width), dtype=torch.float32)
         return torch.stack(out, dim=-2)
 
 
@@ -123,10 +124,13 @@ class FactorisationFields(nn.Module):
     the item id and every item feature, each with an embedding and a first-order weight.
 
     Its user-indexed tables (``user_emb``, ``user_weight``) are what the scoring job ships as
-    a per-user column (:data:`USER_TABLES`, relative to the model attribute holding this).
+    a per-user column (:data:`USER_TABLES`, relative to the model attribute holding this). An
+    item without training interactions has an untrained id row, which is noise: its id field
+    reads as missing (zero), so such an item is scored from its features alone.
     """
 
     USER_TABLES = ("user_emb", "user_weight")
+    item_counts: torch.Tensor  # buffer: train interactions per item (0: the id is untrained)
 
     def __init__(self, context: Any, dim: int) -> None:
         super().__init__()
@@ -145,6 +149,12 @@ class FactorisationFields(nn.Module):
             nn.init.normal_(table.weight, std=dim**-0.5)
         for table in (self.user_weight, self.item_weight):
             nn.init.zeros_(table.weight)
+        self.register_buffer("item_counts", context.counts_tensor())
+
+    @property
+    def scores_untrained_items(self) -> bool:
+        """With item features an untrained item still has fields to be scored by."""
+        return self.item_fields.count > 0
 
     def count(self, side: str) -> int:
         """Fields of ``side`` (``users`` or ``items``): the id and every feature."""
@@ -156,14 +166,21 @@ class FactorisationFields(nn.Module):
 
     def items(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item-side fields [*keys.shape, F_i, dim] and first-order sums [*keys.shape]."""
-        return _side_fields(keys, self.item_emb, self.item_weight, self.item_fields)
+        trained = self.item_counts[keys] > 0
+        return _side_fields(keys, self.item_emb, self.item_weight, self.item_fields, trained)
 
 
 def _side_fields(
-    keys: torch.Tensor, emb: nn.Embedding, weight: nn.Embedding, encoder: FieldEncoder
+    keys: torch.Tensor,
+    emb: nn.Embedding,
+    weight: nn.Embedding,
+    encoder: FieldEncoder,
+    trained: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    vectors = torch.cat([emb(keys)[..., None, :], encoder.fields(keys).to(emb.weight.dtype)], -2)
-    first = weight(keys)[..., 0]
+    ids, first = emb(keys), weight(keys)[..., 0]
+    if trained is not None:  # an untrained id row reads as a missing field
+        ids, first = ids * trained[..., None], first * trained
+    vectors = torch.cat([ids[..., None, :], encoder.fields(keys).to(emb.weight.dtype)], -2)
     if encoder.count:
         first = first + encoder.first_order(keys).sum(-1).to(first.dtype)
     return vectors, first
