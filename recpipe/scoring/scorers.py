@@ -229,7 +229,8 @@ def evaluation_scorer(
 ) -> HistoryScorer:
     """A trained model scored as validation and evaluation rank it: full score rows over each
     user's ``history`` (by default the ``train`` split; a deep model's ``score_all``, a
-    baseline's own float64 scores of its users), items the model never trained on -inf."""
+    baseline's own float64 scores of its users), items the model never trained on -inf (unless
+    it scores untrained items from their features: ``RecModel.scores_untrained_items``)."""
     known = train if history is None else history
     histories = UserHistories.from_events(
         known.users, known.items, known.ts, distinct=False, n_users=known.n_users
