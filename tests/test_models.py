@@ -519,7 +519,7 @@ def test_neumf_chunked_scores_match_pairwise_logits() -> None:
         chunked = model.score_all(batch)
         users = batch.users.repeat_interleave(N_ITEMS + 1)
         items = torch.arange(N_ITEMS + 1).repeat(len(batch))
-        pairs = model._combine(model._user_side(users), model._item_side(items))
+        pairs = model.combine(model.user_side(users), model.item_side(items))
     torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(pairs.view(len(batch), -1), full)
     # score_all ranks by the same logit that the BCE loss trains.

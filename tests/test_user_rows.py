@@ -33,13 +33,33 @@ MODELS = [
     ("cdae", {"dim": 8, "negatives": 4}),
     ("irgan", {"dim": 8, "samples": 2}),
     ("rum", {"dim": 8, "memory_size": 2, "score_item_chunk": 5}),
+    # With user features (an index and a float per user): they travel in the rows too.
+    ("deepfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
+    ("nfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
 ]
+_g = torch.Generator().manual_seed(11)
+FEATURES = {
+    "feature_layout": {
+        "users": [
+            {"name": "region", "kind": "categorical", "width": 1, "size": 5},
+            {"name": "age", "kind": "numeric", "width": 1, "size": None},
+        ],
+        "items": [{"name": "genre", "kind": "multi", "width": 2, "size": 4}],
+    },
+    "feature_values": {
+        "users.region": torch.randint(0, 5, (N_USERS, 1), generator=_g),
+        "users.age": torch.randn(N_USERS, generator=_g),
+        "items.genre": torch.randint(0, 4, (N_ITEMS + 1, 2), generator=_g),
+    },
+}
 
 
 def _model(name: str, settings: dict):
     torch.manual_seed(3)
     cls = model_class(name)
-    model = cls(cls.config_class.model_validate(settings), ModelContext(N_USERS, N_ITEMS, 5))
+    features = FEATURES if name in ("deepfm", "nfm") else {}
+    context = ModelContext(N_USERS, N_ITEMS, 5, **features)  # type: ignore[arg-type]
+    model = cls(cls.config_class.model_validate(settings), context)
     with torch.no_grad():  # trained-looking weights: no zero bias hides a mistake
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.1)
@@ -56,6 +76,8 @@ def test_item_side_model_with_attached_rows_scores_as_the_whole_model(name, sett
     state = model_state(model)
     keys = user_row_keys(state)
     assert keys and all(state["state_dict"][k].shape[0] == N_USERS for k in keys)
+    if name in ("deepfm", "nfm"):  # the user feature tables are user rows too
+        assert sum("feature_users_" in k for k in keys) == 2
 
     # The item side travels without a single user row, and is rebuilt from bytes alone.
     buffer = io.BytesIO()
@@ -72,7 +94,9 @@ def test_item_side_model_with_attached_rows_scores_as_the_whole_model(name, sett
     vectors = np.concatenate(
         [np.stack(t.column("user_vector").to_numpy(zero_copy_only=False)) for t in tables]
     )
-    expected = torch.cat([state["state_dict"][k] for k in keys], dim=1).numpy()
+    expected = torch.cat(
+        [state["state_dict"][k].float().reshape(N_USERS, -1) for k in keys], dim=1
+    ).numpy()
     np.testing.assert_array_equal(vectors, expected)
 
     block = np.array([5, 2, 36, 2, 0])

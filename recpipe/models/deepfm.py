@@ -9,17 +9,16 @@ values' embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import DeepFmConfig
-from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.base import ModelConfig, ModelContext, register
 from recpipe.models.fields import FactorisationFields
-from recpipe.models.pairs import score_pairs_in_chunks
+from recpipe.models.pairs import FactorisationModel
 
 
 @dataclass
@@ -31,12 +30,8 @@ class Side:
     hidden: torch.Tensor  # [..., h0]: the side's share of the DNN's first layer
 
 
-def _index(side: Side, where: Any) -> Side:
-    return Side(side.vector_sum[where], side.own[where], side.hidden[where])
-
-
 @register("deepfm")
-class DeepFm(RecModel):
+class DeepFm(FactorisationModel):
     """``logit = b + sum of first-order terms + FM(all fields) + DNN(concat of all fields)``.
 
     Paper: Guo et al., IJCAI 2017. Trained on pointwise samples (a positive and
@@ -47,7 +42,6 @@ class DeepFm(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = DeepFmConfig
-    sample_kind: ClassVar[SampleKind] = "pointwise"
     paper: ClassVar[str] = (
         "Guo, Tang, Ye, Li, He. DeepFM: A Factorization-Machine based Neural Network for CTR "
         "Prediction. IJCAI 2017."
@@ -70,48 +64,22 @@ class DeepFm(RecModel):
         self.out = nn.Linear(width, 1)
         self.dropout = nn.Dropout(config.dropout)
 
-    @property
-    def scores_untrained_items(self) -> bool:
-        """With item features: an untrained item is scored from its features (its id field
-        reads as missing)."""
-        return self.fields.scores_untrained_items
-
-    @classmethod
-    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
-        """The user id's embedding and first-order weight."""
-        return tuple(f"fields.{name}" for name in FactorisationFields.USER_TABLES)
-
     @staticmethod
     def _side(vectors: torch.Tensor, first: torch.Tensor, layer: nn.Linear) -> Side:
         total = vectors.sum(-2)
         interactions = 0.5 * (total.pow(2).sum(-1) - vectors.pow(2).sum((-2, -1)))
         return Side(total, first + interactions, layer(vectors.flatten(-2)))
 
-    def _user_side(self, users: torch.Tensor) -> Side:
+    def user_side(self, users: torch.Tensor) -> Side:
         return self._side(*self.fields.users(users), self.user_in)
 
-    def _item_side(self, items: torch.Tensor) -> Side:
+    def item_side(self, items: torch.Tensor) -> Side:
         return self._side(*self.fields.items(items), self.item_in)
 
-    def _combine(self, user: Side, item: Side) -> torch.Tensor:
+    def combine(self, user: Side, item: Side) -> torch.Tensor:
         """Logits of every (user, item) pair the two sides broadcast to."""
         fm = user.own + item.own + (user.vector_sum * item.vector_sum).sum(-1)
         h = self.dropout(F.relu(user.hidden + item.hidden))
         for layer in self.upper:
             h = self.dropout(F.relu(layer(h)))
         return fm + self.out(h).squeeze(-1)
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Binary cross entropy with logits against ``labels`` (computed in float32)."""
-        users, items = batch.require("users"), batch.require("items")
-        logits = self._combine(self._user_side(users), self._item_side(items))
-        return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Logits for every (user, item), [B, n_items + 1], ``score_chunk_pairs`` at a time."""
-        users = batch.require("users")
-        items = self._item_side(torch.arange(self.n_items + 1, device=users.device))
-        return score_pairs_in_chunks(
-            users, self.n_items + 1, self.config.score_chunk_pairs, self._user_side, items,
-            _index, self._combine,
-        )  # fmt: skip

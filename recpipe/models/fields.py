@@ -97,12 +97,16 @@ class FieldEncoder(nn.Module):
     def _encode(
         self, keys: torch.Tensor, embeddings: nn.ModuleDict, vectors: nn.ParameterDict
     ) -> torch.Tensor:
-        known = keys < self.rows
-        safe = torch.where(known, keys, torch.zeros_like(keys))
         out = []
         for field in self.layout:
             name = field["name"]
-            column = self.table(name)[safe]
+            # The table's own length: an item-side model's user tables hold one block's rows.
+            table = self.table(name)
+            known = keys < table.shape[0]
+            if table.shape[0] == 0:  # no rows attached yet: every key is unknown
+                column = table.new_zeros((*keys.shape, *table.shape[1:]))
+            else:
+                column = table[torch.where(known, keys, torch.zeros_like(keys))]
             if field["size"] is None:
                 value = torch.where(known, column, torch.zeros_like(column))
                 out.append(value[..., None] * vectors[name])

@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import NeuMfConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
-from recpipe.models.pairs import score_pairs_in_chunks
+from recpipe.models.pairs import PointwisePairModel
 
 # (GMF vectors, first-MLP-layer pre-activation half) of users or items; None for an absent branch.
 Side = tuple[torch.Tensor | None, torch.Tensor | None]
@@ -27,7 +26,7 @@ def _index(side: Side, key: Any) -> Side:
 
 
 @register("neumf")
-class NeuMf(RecModel):
+class NeuMf(PointwisePairModel):
     """Neural matrix factorisation: ``logit = h . [p_u * q_i ; MLP([p'_u ; q'_i])] + b``.
 
     Paper: He et al., "Neural Collaborative Filtering", WWW 2017. GMF and MLP have their own
@@ -37,7 +36,6 @@ class NeuMf(RecModel):
     """
 
     config_class: ClassVar[type[ModelConfig]] = NeuMfConfig
-    sample_kind: ClassVar[SampleKind] = "pointwise"
     paper: ClassVar[str] = (
         "He, Liao, Zhang, Nie, Hu, Chua. Neural Collaborative Filtering. WWW 2017."
     )
@@ -76,7 +74,7 @@ class NeuMf(RecModel):
 
     # The first MLP layer on concat(u, i) is W_u u + W_i i + b; splitting it lets score_all
     # project users and items once instead of materialising every concatenated pair.
-    def _user_side(self, users: torch.Tensor) -> Side:
+    def user_side(self, users: torch.Tensor) -> Side:
         """GMF user vectors and the user half of the first MLP pre-activation."""
         gmf = self.gmf_user(users) if self.use_gmf else None
         mlp = None
@@ -86,7 +84,7 @@ class NeuMf(RecModel):
             mlp = F.linear(self.mlp_user(users), first.weight[:, : self.config.dim], first.bias)
         return gmf, mlp
 
-    def _item_side(self, items: torch.Tensor) -> Side:
+    def item_side(self, items: torch.Tensor) -> Side:
         """GMF item vectors and the item half of the first MLP pre-activation."""
         gmf = self.gmf_item(items) if self.use_gmf else None
         mlp = None
@@ -96,7 +94,7 @@ class NeuMf(RecModel):
             mlp = F.linear(self.mlp_item(items), first.weight[:, self.config.dim :])
         return gmf, mlp
 
-    def _combine(self, user: Side, item: Side) -> torch.Tensor:
+    def combine(self, user: Side, item: Side) -> torch.Tensor:
         """Logits from broadcastable user and item sides (the last dim is features)."""
         parts = []
         if user[0] is not None and item[0] is not None:
@@ -110,20 +108,14 @@ class NeuMf(RecModel):
         parts = [p.expand(*lead, p.shape[-1]) for p in parts]
         return self.out(torch.cat(parts, dim=-1)).squeeze(-1)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Binary cross entropy with logits against ``labels`` (computed in float32)."""
-        users, items = batch.require("users"), batch.require("items")
-        logits = self._combine(self._user_side(users), self._item_side(items))
-        return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
+    @staticmethod
+    def index_side(side: Side, key: Any) -> Side:
+        """``side`` with every tensor indexed by ``key``."""
+        return _index(side, key)
 
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        """Logits for every (user, item), [B, n_items + 1], in chunks of ~2^20 pairs."""
-        users = batch.require("users")
-        items = self._item_side(torch.arange(self.n_items + 1, device=users.device))
-        return score_pairs_in_chunks(
-            users, self.n_items + 1, self.score_chunk_pairs, self._user_side, items, _index,
-            self._combine,
-        )  # fmt: skip
+    def chunk_pairs(self) -> int:
+        """See :meth:`PointwisePairModel.chunk_pairs`."""
+        return self.score_chunk_pairs
 
     @classmethod
     def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.models.base import ModelConfig, RecModel
+from recpipe.models.fields import FactorisationFields
 
 SideT = TypeVar("SideT")
 
@@ -35,3 +42,79 @@ def score_pairs_in_chunks(
         ]
         out_rows.append(torch.cat(chunks, dim=1))
     return torch.cat(out_rows, dim=0)
+
+
+class PointwisePairModel(RecModel):
+    """A model whose logit of a (user, item) pair combines a user side and an item side,
+    computed once each: trained pointwise (log loss), scored over every item in chunks.
+
+    Subclasses give :meth:`user_side`, :meth:`item_side`, :meth:`combine`,
+    :meth:`index_side` and :meth:`chunk_pairs`.
+    """
+
+    sample_kind: ClassVar[SampleKind] = "pointwise"
+
+    @abstractmethod
+    def user_side(self, users: torch.Tensor) -> Any:
+        """The users' share of every pair's logit."""
+
+    @abstractmethod
+    def item_side(self, items: torch.Tensor) -> Any:
+        """The items' share of every pair's logit."""
+
+    @abstractmethod
+    def combine(self, user: Any, item: Any) -> torch.Tensor:
+        """Logits of every (user, item) pair the two sides broadcast to."""
+
+    @staticmethod
+    @abstractmethod
+    def index_side(side: Any, key: Any) -> Any:
+        """``side`` with every tensor indexed by ``key``."""
+
+    @abstractmethod
+    def chunk_pairs(self) -> int:
+        """(user, item) pairs per :meth:`combine` call when scoring every item."""
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Binary cross entropy with logits against ``labels`` (computed in float32)."""
+        users, items = batch.require("users"), batch.require("items")
+        logits = self.combine(self.user_side(users), self.item_side(items))
+        return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Logits for every (user, item), [B, n_items + 1], :meth:`chunk_pairs` at a time."""
+        users = batch.require("users")
+        items = self.item_side(torch.arange(self.n_items + 1, device=users.device))
+        return score_pairs_in_chunks(
+            users, self.n_items + 1, self.chunk_pairs(), self.user_side, items, self.index_side,
+            self.combine,
+        )  # fmt: skip
+
+
+class FactorisationModel(PointwisePairModel):
+    """A pair model over :class:`~recpipe.models.fields.FactorisationFields` (``self.fields``)
+    whose sides are dataclasses of tensors, chunked by ``config.score_chunk_pairs``."""
+
+    fields: FactorisationFields
+
+    @property
+    def scores_untrained_items(self) -> bool:
+        """With item features: an untrained item is scored from its features (its id field
+        reads as missing)."""
+        return self.fields.scores_untrained_items
+
+    @classmethod
+    def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
+        """The user id's embedding and first-order weight."""
+        return tuple(f"fields.{name}" for name in FactorisationFields.USER_TABLES)
+
+    @staticmethod
+    def index_side(side: Any, key: Any) -> Any:
+        """The side dataclass with every tensor indexed by ``key``."""
+        return dataclasses.replace(
+            side, **{f.name: getattr(side, f.name)[key] for f in dataclasses.fields(side)}
+        )
+
+    def chunk_pairs(self) -> int:
+        """``config.score_chunk_pairs``."""
+        return int(self.config.score_chunk_pairs)  # type: ignore[attr-defined]

@@ -24,29 +24,44 @@ from torch import nn
 from recpipe import storage
 from recpipe.models import model_class
 from recpipe.models.base import RecModel
+from recpipe.models.fields import buffer_name
 from recpipe.schema import USER_IDX, USER_VECTOR
 from recpipe.storage import LocationLike, as_location
 
 ITEM_SIDE_FILE = "model_items.pt"
+USER_FEATURES = buffer_name("users", "")  # prefix of a model's user feature tables
 # Checkpoint field of an item-side model: which tables were taken out, their widths, and how
 # many users they had.
 USER_ROWS_KEY = "user_rows"
 
 
 def user_row_keys(state: dict[str, Any]) -> list[str]:
-    """State-dict keys of the checkpoint's user-indexed tables (empty for history models)."""
+    """State-dict keys of the checkpoint's user-indexed tables (empty for history models):
+    its user embeddings, then its user feature tables (recpipe.models.fields), which travel
+    with them since an item-side model numbers a block's users 0..n-1."""
     cls = model_class(state["model"])
     config = cls.config_class.model_validate(state["model_config"])
-    return [f"{name}.weight" for name in cls.user_table_names(config)]
+    names = cls.user_table_names(config)
+    if not names:
+        return []
+    features = [
+        key for key in state["state_dict"] if key.rsplit(".", 1)[-1].startswith(USER_FEATURES)
+    ]
+    return [f"{name}.weight" for name in names] + features
+
+
+def _width(table: torch.Tensor) -> int:
+    """Numbers per user of a user-indexed table ([users] or [users, width])."""
+    return int(table[0].numel()) if table.dim() > 1 else 1
 
 
 def item_side_state(state: dict[str, Any]) -> dict[str, Any]:
     """``state`` with every user-indexed table emptied (0 rows): what executors receive."""
     keys = user_row_keys(state)
     weights = dict(state["state_dict"])
-    widths = [int(weights[key].shape[1]) for key in keys]
+    widths = [_width(weights[key]) for key in keys]
     for key in keys:
-        weights[key] = weights[key].new_empty((0, weights[key].shape[1]))
+        weights[key] = weights[key].new_empty((0, *weights[key].shape[1:]))
     return {
         **state,
         "state_dict": weights,
@@ -68,7 +83,8 @@ def user_row_tables(state: dict[str, Any], rows_per_table: int) -> Iterator[pa.T
     n_users = int(tables[0].shape[0])
     for start in range(0, n_users, rows_per_table):
         stop = min(n_users, start + rows_per_table)
-        block = torch.cat([t[start:stop].detach().float() for t in tables], dim=1).numpy()
+        rows = [t[start:stop].detach().float().reshape(stop - start, -1) for t in tables]
+        block = torch.cat(rows, dim=1).numpy()
         width = block.shape[1]
         offsets = pa.array(np.arange(0, (stop - start + 1) * width, width, dtype=np.int32))
         vectors = pa.ListArray.from_arrays(offsets, pa.array(block.ravel(), pa.float32()))
@@ -103,9 +119,17 @@ def attach_user_rows(model: RecModel, vectors: np.ndarray) -> None:
     device = next(model.parameters()).device
     start = 0
     for key, width in zip(layout["keys"], layout["widths"], strict=True):
-        module = model.get_submodule(key.removesuffix(".weight"))
-        assert isinstance(module, nn.Embedding)
+        owner, _, attribute = key.rpartition(".")
+        module = model.get_submodule(owner)
         rows = torch.as_tensor(np.ascontiguousarray(vectors[:, start : start + width]))
+        start += width
+        if attribute.startswith(USER_FEATURES):  # a feature table: indexes come back exact
+            table = getattr(module, attribute)
+            value = rows.reshape(len(vectors), *table.shape[1:])
+            if not table.is_floating_point():
+                value = value.round()
+            setattr(module, attribute, value.to(device, table.dtype))
+            continue
+        assert isinstance(module, nn.Embedding)
         module.weight = nn.Parameter(rows.to(device, module.weight.dtype), requires_grad=False)
         module.num_embeddings = len(vectors)
-        start += width
