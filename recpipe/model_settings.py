@@ -169,6 +169,21 @@ class DeepFmConfig(ModelConfig):
     score_chunk_pairs: int = Field(ge=1)
 
 
+@settings_of("wide_deep")
+class WideDeepConfig(ModelConfig):
+    """Wide & Deep settings; ``dim`` is every field's embedding size in the deep part."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
+
+    mlp_layers: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    cross_buckets: int = Field(ge=1)
+    score_chunk_pairs: int = Field(ge=1)
+
+
 @settings_of("nfm")
 class NfmConfig(ModelConfig):
     """NFM settings; ``dim`` is every field's embedding size."""

@@ -141,7 +141,7 @@ def test_untrained_items_are_candidates_only_for_a_model_that_scores_them() -> N
     assert not {4, 5} & {int(i) for i in ids_only.ravel()}
 
 
-@pytest.mark.parametrize("name", ["deepfm", "nfm"])
+@pytest.mark.parametrize("name", ["deepfm", "nfm", "wide_deep"])
 def test_factorisation_models_read_an_untrained_item_id_as_missing(name: str) -> None:
     """An item without training interactions is scored from its features: moving its id rows
     changes nothing, moving a trained item's does; the model says it scores such items."""
@@ -153,6 +153,8 @@ def test_factorisation_models_read_an_untrained_item_id_as_missing(name: str) ->
     )  # fmt: skip
     cls = model_class(name)
     settings = {"dim": 4, "mlp_layers": [8], "dropout": 0.0, "score_chunk_pairs": 7}
+    if name == "wide_deep":
+        settings["cross_buckets"] = 13
     torch.manual_seed(0)
     model = cls(cls.config_class(**settings), context).eval()
     assert model.scores_untrained_items

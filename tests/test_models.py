@@ -64,6 +64,13 @@ TINY: dict[str, dict[str, Any]] = {
     },
     "deepfm": {"dim": 8, "mlp_layers": [16, 8], "dropout": 0.0, "score_chunk_pairs": 50},
     "nfm": {"dim": 8, "mlp_layers": [16], "dropout": 0.0, "score_chunk_pairs": 50},
+    "wide_deep": {
+        "dim": 8,
+        "mlp_layers": [16, 8],
+        "dropout": 0.0,
+        "cross_buckets": 97,
+        "score_chunk_pairs": 50,
+    },
     "gru4rec": {"dim": 16, "hidden_size": 24, "dropout": 0.0},
     "sasrec": {"dim": 16, "num_heads": 2, "dropout": 0.0},
     "narm": {"dim": 16, "hidden_size": 24, "emb_dropout": 0.0, "ct_dropout": 0.0},
@@ -282,7 +289,7 @@ def test_score_all_is_user_times_item_embeddings(name: str, extra: dict[str, Any
     with torch.no_grad():
         items, users = model.item_embeddings(), model.user_embeddings(batch)
         scores = model.score_all(batch)
-    if name in ("neumf", "rum", "deepfm", "nfm"):  # not dot-product models
+    if name in ("neumf", "rum", "deepfm", "nfm", "wide_deep"):  # not dot-product models
         assert items is None and users is None
         return
     assert items is not None and users is not None
@@ -489,6 +496,41 @@ def test_nfm_logit_is_the_papers_bi_interaction_under_an_mlp() -> None:
             for layer in model.mlp:
                 h = F.relu(layer(h))
             expected = user_first[0] + item_first[0] + model.out(h)[0]
+            torch.testing.assert_close(scores[b, i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wide_deep_logit_is_wide_plus_deep_with_each_cross_spelled_out() -> None:
+    """Wide & Deep per pair: first-order weights + every (user categorical x item categorical
+    or multi) cross, its hashed weight averaged over the item's values, + the deep MLP over
+    the concatenated fields; score_all (sides, chunks) gives the same logits."""
+    model = build("wide_deep", seed=6).eval()
+    assert model.crosses == [("region", "genres"), ("region", "brand")]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2 and p.shape[1] == 1:
+                p.normal_()
+    batch = make_batch("pointwise")
+    f = model.fields
+    buckets = model.config.cross_buckets
+    with torch.no_grad():
+        scores = model.score_all(batch)
+        for b in range(len(batch)):
+            u, i = int(batch.users[b]), int(batch.items[b])
+            user_vectors, user_first = f.users(torch.tensor([u]))
+            item_vectors, item_first = f.items(torch.tensor([i]))
+            region = int(FEATURE_VALUES["users.region"][u, 0])
+            wide = user_first[0] + item_first[0]
+            for number, name in enumerate(["genres", "brand"]):
+                values = [int(v) for v in FEATURE_VALUES[f"items.{name}"][i] if v != 0]
+                if region and values:
+                    codes = [(number * 1_000_003 + region * 8_191 + v) % buckets for v in values]
+                    wide = wide + sum(model.cross_weight.weight[c, 0] for c in codes) / len(codes)
+            h = F.relu(
+                model.user_in(user_vectors[0].flatten()) + model.item_in(item_vectors[0].flatten())
+            )
+            for layer in model.upper:
+                h = F.relu(layer(h))
+            expected = wide + model.out(h)[0]
             torch.testing.assert_close(scores[b, i], expected, rtol=1e-5, atol=1e-5)
 
 

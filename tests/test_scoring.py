@@ -80,6 +80,7 @@ ZOO = [
     "hybrid_two_tower",
     "deepfm",
     "nfm",
+    "wide_deep",
 ]
 # DS1's catalogue and its features: every deep model trains with the feature tables in its
 # context (the feature-aware ones read them, and carry them into scoring as buffers).

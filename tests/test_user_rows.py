@@ -36,6 +36,7 @@ MODELS = [
     # With user features (an index and a float per user): they travel in the rows too.
     ("deepfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
     ("nfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
+    ("wide_deep", {"dim": 4, "mlp_layers": [8], "cross_buckets": 31, "score_chunk_pairs": 16}),
 ]
 _g = torch.Generator().manual_seed(11)
 FEATURES = {
@@ -57,7 +58,7 @@ FEATURES = {
 def _model(name: str, settings: dict):
     torch.manual_seed(3)
     cls = model_class(name)
-    features = FEATURES if name in ("deepfm", "nfm") else {}
+    features = FEATURES if name in ("deepfm", "nfm", "wide_deep") else {}
     context = ModelContext(N_USERS, N_ITEMS, 5, **features)  # type: ignore[arg-type]
     model = cls(cls.config_class.model_validate(settings), context)
     with torch.no_grad():  # trained-looking weights: no zero bias hides a mistake
@@ -76,7 +77,7 @@ def test_item_side_model_with_attached_rows_scores_as_the_whole_model(name, sett
     state = model_state(model)
     keys = user_row_keys(state)
     assert keys and all(state["state_dict"][k].shape[0] == N_USERS for k in keys)
-    if name in ("deepfm", "nfm"):  # the user feature tables are user rows too
+    if name in ("deepfm", "nfm", "wide_deep"):  # the user feature tables are user rows too
         assert sum("feature_users_" in k for k in keys) == 2
 
     # The item side travels without a single user row, and is rebuilt from bytes alone.

@@ -18,6 +18,7 @@ from recpipe.models import (  # noqa: F401  (importing registers)
     stamp,
     svdpp,
     two_tower,
+    wide_deep,
 )
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register, registry
 
