@@ -184,6 +184,22 @@ class WideDeepConfig(ModelConfig):
     score_chunk_pairs: int = Field(ge=1)
 
 
+@settings_of("din")
+class DinConfig(ModelConfig):
+    """DIN settings; ``dim`` is the item and feature embedding size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+    }
+
+    attention_layers: list[int] = Field(min_length=1)
+    mlp_layers: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    negatives: int = Field(ge=1)
+    score_chunk_pairs: int = Field(ge=1)
+
+
 @settings_of("nfm")
 class NfmConfig(ModelConfig):
     """NFM settings; ``dim`` is every field's embedding size."""

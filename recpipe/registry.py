@@ -41,6 +41,7 @@ MODELS: dict[str, ModelEntry] = {
     "hybrid_two_tower": ModelEntry("deep", "recpipe.models.hybrid_two_tower:HybridTwoTower"),
     "deepfm": ModelEntry("deep", "recpipe.models.deepfm:DeepFm"),
     "nfm": ModelEntry("deep", "recpipe.models.nfm:Nfm"),
+    "din": ModelEntry("deep", "recpipe.models.din:Din"),
     "wide_deep": ModelEntry("deep", "recpipe.models.wide_deep:WideDeep"),
     "gru4rec": ModelEntry("deep", "recpipe.models.gru4rec:Gru4Rec"),
     "sasrec": ModelEntry("deep", "recpipe.models.sasrec:SasRec"),

@@ -81,6 +81,7 @@ ZOO = [
     "deepfm",
     "nfm",
     "wide_deep",
+    "din",
 ]
 # DS1's catalogue and its features: every deep model trains with the feature tables in its
 # context (the feature-aware ones read them, and carry them into scoring as buffers).

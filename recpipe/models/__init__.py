@@ -6,6 +6,7 @@ from recpipe.models import (  # noqa: F401  (importing registers)
     bpr_mf,
     cdae,
     deepfm,
+    din,
     gru4rec,
     hybrid_two_tower,
     irgan,

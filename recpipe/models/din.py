@@ -1,0 +1,145 @@
+"""DIN: deep interest network, attention over the behaviour history against the candidate.
+
+Zhou, Zhu, Song, Fan, Zhu, Ma, Yan, Jin, Li, Gai, "Deep Interest Network for Click-Through
+Rate Prediction", KDD 2018. An item is its id embedding plus its feature embeddings (the
+paper's goods and category ids); the user profile is the sum of the user's feature fields.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recpipe.data.batch import Batch, SampleKind
+from recpipe.model_settings import DinConfig
+from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.fields import FieldEncoder, layout_of
+
+
+def _mlp(width: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+        width = size
+    return nn.Sequential(*layers), width
+
+
+@register("din")
+class Din(RecModel):
+    """``logit = MLP([profile ; sum_j a(h_j, c) h_j ; c])``, ``a = MLP([h ; c ; h - c ; h * c])``.
+
+    Paper: Zhou et al., KDD 2018: the attention weights are not normalised (no softmax), so
+    the pooled interest keeps the intensity of the matching behaviours; ReLU stands in for
+    PReLU/Dice. Trained on each sequence sample's target against ``negatives`` uniform items
+    with log loss. Scoring every item runs the attention per (user, candidate) pair, so it
+    goes in chunks of ``score_chunk_pairs`` pairs: the candidate-dependent cost the paper's
+    serving pays. An item never trained on has no id input: its features place it.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = DinConfig
+    sample_kind: ClassVar[SampleKind] = "sequence"
+    paper: ClassVar[str] = (
+        "Zhou, Zhu, Song, Fan, Zhu, Ma, Yan, Jin, Li, Gai. Deep Interest Network for "
+        "Click-Through Rate Prediction. KDD 2018."
+    )
+
+    item_counts: torch.Tensor  # buffer: train counts (0 marks an untrained item id)
+
+    def __init__(self, config: DinConfig, context: ModelContext) -> None:
+        super().__init__(config, context)
+        self.config: DinConfig = config
+        d = config.dim
+        layout, values = context.feature_layout, context.feature_values
+        self.item_fields = FieldEncoder(
+            "items", layout_of(layout, "items"), context.n_items + 1, d, values
+        )
+        self.user_fields = FieldEncoder(
+            "users", layout_of(layout, "users"), context.n_users, d, values
+        )
+        self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=d**-0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        hidden, width = _mlp(4 * d, config.attention_layers, 0.0)
+        self.attention = nn.Sequential(hidden, nn.Linear(width, 1))
+        hidden, width = _mlp(3 * d, config.mlp_layers, config.dropout)
+        self.top = nn.Sequential(hidden, nn.Linear(width, 1))
+        self.register_buffer("item_counts", context.counts_tensor())
+
+    @property
+    def uses_user_ids(self) -> bool:
+        """No user id: the history and the user's features."""
+        return False
+
+    @property
+    def scores_untrained_items(self) -> bool:
+        """With item features, an untrained item is placed by them."""
+        return self.item_fields.count > 0
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """[*items.shape, dim]: id embedding (trained items only) + feature embeddings."""
+        ids = self.item_emb(items) * (self.item_counts[items] > 0)[..., None]
+        fields = self.item_fields.fields(items)
+        return ids + fields.sum(-2).to(ids.dtype) if self.item_fields.count else ids
+
+    def _profile(self, users: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        fields = self.user_fields.fields(users)
+        if not self.user_fields.count:
+            return torch.zeros(*users.shape, self.config.dim, dtype=dtype, device=users.device)
+        return fields.sum(-2).to(dtype)
+
+    def candidate_scores(
+        self, history: torch.Tensor, profile: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, C] of candidate vectors [B or 1, C, d] for histories [B, L] (item ids,
+        0 padding) with profiles [B, d]."""
+        h = self.item_vectors(history)[:, None]  # [B, 1, L, d]
+        c = candidates[:, :, None]  # [B|1, C, 1, d]
+        h, c = torch.broadcast_tensors(h, c)  # [B, C, L, d]
+        weights = self.attention(torch.cat([h, c, h - c, h * c], -1))[..., 0]
+        weights = weights * (history != 0)[:, None, :]  # padding takes no weight
+        pooled = (weights[..., None] * h).sum(-2)  # [B, C, d]
+        cand = c[:, :, 0]
+        top = torch.cat([profile[:, None].expand_as(pooled), pooled, cand], -1)
+        return self.top(top)[..., 0]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Log loss of each sample's target (1) against uniform negatives (0)."""
+        history, targets = batch.require("history"), batch.require("items")
+        negatives = torch.randint(
+            1, self.n_items + 1, (len(targets), self.config.negatives), device=targets.device
+        )
+        items = torch.cat([targets[:, None], negatives], 1)
+        logits = self.candidate_scores(
+            history,
+            self._profile(batch.users, self.item_emb.weight.dtype),
+            self.item_vectors(items),
+        ).float()
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        # A negative that happens to be the target is not a negative.
+        keep = torch.cat([torch.ones_like(targets[:, None]), negatives != targets[:, None]], 1)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        return (loss * keep).sum() / keep.sum()
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Logits of every item, [B, n_items + 1], ``score_chunk_pairs`` pairs at a time."""
+        history = batch.require("history")
+        profile = self._profile(batch.users, self.item_emb.weight.dtype)
+        n_cols = self.n_items + 1
+        items = self.item_vectors(torch.arange(n_cols, device=history.device))
+        cols = min(n_cols, self.config.score_chunk_pairs)
+        rows = max(1, self.config.score_chunk_pairs // cols)
+        out = []
+        for r0 in range(0, len(history), rows):
+            block = [
+                self.candidate_scores(
+                    history[r0 : r0 + rows], profile[r0 : r0 + rows], items[None, c0 : c0 + cols]
+                )
+                for c0 in range(0, n_cols, cols)
+            ]
+            out.append(torch.cat(block, 1))
+        return torch.cat(out, 0)
