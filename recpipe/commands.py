@@ -82,9 +82,11 @@ def catalog_rows(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def feature_rows(manifest: Manifest) -> list[dict[str, Any]]:
-    """One row per feature of a features manifest: coverage, vocabulary and scale."""
+    """One row per feature of a features manifest: coverage, vocabulary and scale (a count
+    left at its default, 0, is not written to the manifest)."""
     rows = []
-    for name, info in manifest["features"].items():
+    for name, stats in manifest["features"].items():
+        info = {"rows_invalid": 0, "oov_values": 0, "truncated_rows": 0, **stats}
         vocabulary, new = info.get("vocabulary"), info.get("new_values")
         scale = ""
         if info.get("boundaries") is not None:

@@ -21,6 +21,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from recpipe.catalogue import snapshot_ds
+from recpipe.commands import feature_rows
 from recpipe.commit import current_record, current_version
 from recpipe.config import Config, ConfigError
 from recpipe.errors import MissingInputError
@@ -221,6 +222,23 @@ def test_every_kind_matches_plain_python_and_indexes_stay_stable(
     step("features").run(StepContext(day1, DS1, _spark=spark))
     _assert_rows(_actual(day1, ITEM_FEATURES, DS1, "item_id"), expected)
     assert expected2["i1"]["words"] != expected["i1"]["words"]  # the renamed title
+
+
+def test_the_summary_table_reads_counts_left_at_their_default() -> None:
+    """A manifest keeps only the counts a feature set (pydantic exclude_unset): the table
+    shows the others as 0, and each feature's vocabulary, edges or mean."""
+    manifest = {
+        "features": {
+            "items.genre": {"kind": "multi", "field": "genre", "rows_with_value": 3,
+                            "rows_missing": 1, "vocabulary": 4, "new_values": 2},
+            "items.era": {"kind": "numeric", "field": "year", "rows_with_value": 4,
+                          "rows_missing": 0, "boundaries": [1990.0, 1995.5]},
+        }
+    }  # fmt: skip
+    rows = feature_rows(manifest)
+    assert [r["feature"] for r in rows] == ["items.genre", "items.era"]
+    assert (rows[0]["invalid"], rows[0]["out of vocab"], rows[0]["values (new)"]) == (0, 0, "4 (2)")
+    assert rows[1]["scale"] == "edges 1990 1995.5" and rows[1]["values (new)"] == ""
 
 
 def test_spec_errors_name_the_key(spark: SparkSession, make_config, tmp_path: Path) -> None:
