@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recpipe import storage
-from recpipe.config import DEFAULT_CONF_FILES, load_config
+from recpipe.config import default_conf_files, load_config
 from recpipe.console import format_table
 from recpipe.registry import model_names
 from recpipe.storage import LocationLike
@@ -82,7 +82,7 @@ def main() -> None:
         # all would double the training time and is never scored here.
         "score.train_on=protocol",
     ]
-    files = [*(path for path in DEFAULT_CONF_FILES if path.is_file()), FEATURES]
+    files = [*default_conf_files(), FEATURES]
     first = load_config(files, [*base, *args.overrides])
     fetched = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     # The catalogue and profiles too: ILD@K by genre and quality by gender/age come with them.

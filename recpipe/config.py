@@ -715,6 +715,11 @@ def build_config(data: Mapping[str, Any], base_dir: Path | None = None) -> Confi
     return config
 
 
+def default_conf_files() -> list[Path]:
+    """The embedded default's files that exist: ``conf/base.yaml`` and ``conf/local.yaml``."""
+    return [path for path in DEFAULT_CONF_FILES if path.is_file()]
+
+
 def load_config(
     files: Iterable[str | Path] | None = None,
     overrides: Iterable[str] = (),
@@ -725,7 +730,7 @@ def load_config(
     With ``files=None`` the project's ``conf/base.yaml`` and ``conf/local.yaml`` are used when
     present (the embedded default); otherwise the built-in defaults, which equal ``base.yaml``.
     """
-    paths = [Path(f) for f in files] if files else [p for p in DEFAULT_CONF_FILES if p.is_file()]
+    paths = [Path(f) for f in files] if files else default_conf_files()
     merged: dict[str, Any] = {}
     for path in paths:
         merged = _deep_merge(merged, _read_yaml(path))

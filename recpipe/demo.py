@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from recpipe.config import DEFAULT_CONF_FILES, PROJECT_ROOT, Config, load_config
+from recpipe.config import PROJECT_ROOT, Config, default_conf_files, load_config
 from recpipe.console import format_table
 from recpipe.registry import model_names
 from recpipe.storage import Location
@@ -34,7 +34,7 @@ def demo_config(conf: Sequence[str] | None, overrides: Sequence[str]) -> tuple[C
     from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
 
     # The embedded default plus MovieLens's feature specs (a --conf list replaces both).
-    environment = [str(path) for path in DEFAULT_CONF_FILES if path.is_file()]
+    environment = [str(path) for path in default_conf_files()]
     files = list(conf or [*environment, str(MOVIELENS_FEATURES)])
     first = load_config(files, overrides)
     summary = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
