@@ -188,8 +188,8 @@ def feature_column(
     """One feature: a frame (idx, name) or a column over ``rows``, its stats, the vocabulary."""
     stats = FeatureStats(kind=spec.kind, field=source_field(name, spec), width=width(spec))
     raw = raw_field(name, spec, entity)
-    present = one_row(rows.agg(F.count(raw)), name)[0]
-    stats.rows_with_value, stats.rows_missing = present, rows.count() - present
+    present, total = one_row(rows.agg(F.count(raw), F.count(F.lit(1))), name)
+    stats.rows_with_value, stats.rows_missing = present, total - present
     if isinstance(spec, CategoricalSpec | MultiSpec):
         column, vocab = _vocabulary_feature(rows, entity, key, idx, name, spec, vocab, stats, tx)
         return column, stats, vocab
