@@ -98,6 +98,21 @@ class BprMfConfig(ModelConfig):
     init_std: float = Field(gt=0)
 
 
+@settings_of("cke")
+class CkeConfig(BprMfConfig):
+    """CKE settings: BPR-MF's, plus the TransR knowledge-graph part trained beside it."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **BprMfConfig.search_space,
+        "kg_weight": log_uniform(1e-2, 1.0),
+    }
+
+    relation_dim: int = Field(ge=1)
+    kg_weight: float = Field(gt=0)
+    kg_batch_size: int = Field(ge=1)
+    kg_reg: float = Field(ge=0)
+
+
 @settings_of("neumf")
 class NeuMfConfig(ModelConfig):
     """NeuMF settings; ``dim`` is the size of each MLP-branch embedding (user and item)."""

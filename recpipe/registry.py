@@ -36,6 +36,7 @@ MODELS: dict[str, ModelEntry] = {
     "nmf": ModelEntry("baseline", "recpipe.baselines.als:Nmf"),
     "item2vec": ModelEntry("baseline", "recpipe.baselines.item2vec:Item2Vec"),
     "bpr_mf": ModelEntry("deep", "recpipe.models.bpr_mf:BprMf"),
+    "cke": ModelEntry("deep", "recpipe.models.cke:Cke"),
     "neumf": ModelEntry("deep", "recpipe.models.neumf:NeuMf"),
     "two_tower": ModelEntry("deep", "recpipe.models.two_tower:TwoTower"),
     "hybrid_two_tower": ModelEntry("deep", "recpipe.models.hybrid_two_tower:HybridTwoTower"),

@@ -15,6 +15,7 @@ from pyspark.sql import SparkSession
 from recpipe.commit import current_version
 from recpipe.data.batch import Batch
 from recpipe.features_data import feature_tables, load_tables, save_tables
+from recpipe.knowledge import graph_sizes, knowledge_tables
 from recpipe.model_settings import HybridTwoTowerConfig
 from recpipe.models import ModelContext, model_class
 from recpipe.models.fields import FieldEncoder
@@ -118,6 +119,56 @@ def test_feature_tables_read_back_the_lake_as_of_the_day(
     assert lights == {2}  # three light items come first (rows desc, then value)
     save_tables(tmp_path / "f.pt", tables)
     assert torch.equal(load_tables(tmp_path / "f.pt")["items.shade"], shade)
+
+
+def test_knowledge_tables_index_the_graph_as_of_the_day(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Links join the item vocabulary (an unindexed item's link is dropped); entities and
+    relations are numbered 1.. in sorted name order, so the triples decode back to the input."""
+    ds = "2026-11-22"
+    events = [
+        {"user_id": f"u{k % 2}", "item_id": f"i{k}", "event_type": "view",
+         "ts": f"{ds}T00:0{k}:00Z"}
+        for k in range(4)
+    ]  # fmt: skip
+    links = [{"item_id": "i0", "entity": "m.a"}, {"item_id": "i1", "entity": "m.b"},
+             {"item_id": "i2", "entity": "m.c"}, {"item_id": "i9", "entity": "m.z"}]  # fmt: skip
+    triples = [("m.a", "starring", "m.x"), ("m.b", "starring", "m.x"),
+               ("m.c", "directed_by", "m.y"), ("m.x", "award", "m.w")]  # fmt: skip
+    raw = tmp_path / "raw"
+    config = build_config(
+        tmp_path,
+        f"paths.raw_events={write_jsonl(raw / 'e.jsonl', events)}",
+        f"paths.raw_links={write_jsonl(raw / 'links.jsonl', links)}",
+        "paths.raw_kg=" + str(write_jsonl(
+            raw / "kg.jsonl", [{"head": h, "relation": r, "tail": t} for h, r, t in triples]
+        )),
+    )  # fmt: skip
+    run_chain(spark, config, ds, ("clean", "vocab"))
+    run_catalog(spark, config, ds)
+    assert knowledge_tables(config.root, "2026-11-21", 4) == ([], {})  # nothing before
+    fields, tables = knowledge_tables(config.root, ds, 4)
+    entities = sorted({"m.a", "m.b", "m.c", "m.w", "m.x", "m.y"})  # m.z: i9 has no index
+    relations = sorted({r for _, r, _ in triples})
+    entity, relation = (
+        {e: n + 1 for n, e in enumerate(entities)},
+        {r: n + 1 for n, r in enumerate(relations)},
+    )
+    assert [(f["name"], f["size"]) for f in fields] == [("item_entity", 7), ("triples", 4)]
+    assert fields[0]["linked_items"] == 3 and fields[1]["triples"] == 4
+    vocab = pads.dataset(current_version(config.root, "vocab_items", {"ds": ds}).local_path())
+    index = {r["item_id"]: r["item_idx"] for r in vocab.to_table().to_pylist()}
+    expected = torch.zeros(5, dtype=torch.int64)
+    for link in links[:3]:
+        expected[index[link["item_id"]]] = entity[link["entity"]]
+    assert torch.equal(tables["kg.item_entity"], expected)
+    got = {tuple(row) for row in tables["kg.triples"].tolist()}
+    assert got == {(entity[h], relation[r], entity[t]) for h, r, t in triples}
+    assert graph_sizes({"kg": fields}) == (7, 4)
+    # A model whose vocabulary ends before an item does not own that item's link.
+    narrow, _ = knowledge_tables(config.root, ds, max(index[i] for i in ("i0", "i1", "i2")) - 1)
+    assert narrow[0]["linked_items"] == 2
 
 
 def test_untrained_items_are_candidates_only_for_a_model_that_scores_them() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
 from recpipe.models import ModelContext, RecModel, model_class, registry
 from recpipe.models.bpr_mf import BprMf, BprMfConfig
+from recpipe.models.cke import Cke, CkeConfig
 from recpipe.models.losses import causal_targets, full_softmax_loss, log_q, sampled_softmax_loss
 from recpipe.models.sasrec import SasRec
 
@@ -32,6 +34,12 @@ FEATURE_LAYOUT = {
         {"name": "price", "kind": "numeric", "width": 1, "size": None},
     ],
     "users": [{"name": "region", "kind": "categorical", "width": 1, "size": 4}],
+    # A knowledge graph as recpipe.knowledge gives it (models.cke reads it): 9 entity rows
+    # (8 entities), 4 relation rows (3 relations).
+    "kg": [
+        {"name": "item_entity", "kind": "entity", "width": 1, "size": 9},
+        {"name": "triples", "kind": "triples", "width": 3, "size": 4},
+    ],
 }
 _features = torch.Generator().manual_seed(7)
 FEATURE_VALUES = {
@@ -39,6 +47,15 @@ FEATURE_VALUES = {
     "items.brand": torch.randint(0, 5, (N_ITEMS + 1, 1), generator=_features),
     "items.price": torch.randn(N_ITEMS + 1, generator=_features),
     "users.region": torch.randint(0, 4, (N_USERS, 1), generator=_features),
+    "kg.item_entity": torch.randint(0, 9, (N_ITEMS + 1,), generator=_features),
+    "kg.triples": torch.stack(
+        [
+            torch.randint(1, 9, (20,), generator=_features),
+            torch.randint(1, 4, (20,), generator=_features),
+            torch.randint(1, 9, (20,), generator=_features),
+        ],
+        dim=1,
+    ),
 }
 CONTEXT = ModelContext(
     n_users=N_USERS,
@@ -53,6 +70,7 @@ SEQUENCE_MODELS = [name for name, cls in registry().items() if cls.sample_kind =
 # Small architectures (and no dropout) keep every test fast and the overfit test deterministic.
 TINY: dict[str, dict[str, Any]] = {
     "bpr_mf": {"dim": 16},
+    "cke": {"dim": 8, "relation_dim": 6, "kg_batch_size": 16},
     "neumf": {"dim": 16, "mf_dim": 8, "mlp_layers": [32, 16], "dropout": 0.0},
     "two_tower": {"dim": 16, "tower_layers": [32], "dropout": 0.0},
     "hybrid_two_tower": {
@@ -96,6 +114,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(regi
     ("neumf", {"mode": "mlp"}),
     ("two_tower", {"use_user_id": True, "share_embeddings": False, "normalize": False}),
     ("hybrid_two_tower", {"use_item_ids": False, "normalize": False}),
+    ("cke", {"relation_dim": 8}),  # TransR's projections start at the identity
     ("nfm", {"mlp_layers": []}),  # NFM-0: the bi-interaction straight into the output
     ("gru4rec", {"loss": "sampled_softmax", "num_layers": 2}),
     ("sasrec", {"loss": "sampled_softmax"}),
@@ -378,6 +397,88 @@ def test_bpr_loss_matches_hand_computation() -> None:
     )
 
 
+def _cke(kg_reg: float) -> Cke:
+    """CKE on 3 items: item 1 trained and linked to entity 1, item 2 trained and not linked,
+    item 3 untrained and linked to entity 2; one triple (1, 1, 3)."""
+    layout = {
+        "kg": [
+            {"name": "item_entity", "kind": "entity", "width": 1, "size": 4},
+            {"name": "triples", "kind": "triples", "width": 3, "size": 2},
+        ]
+    }
+    values = {"kg.item_entity": torch.tensor([0, 1, 0, 2]), "kg.triples": torch.tensor([[1, 1, 3]])}
+    context = ModelContext(
+        n_users=3, n_items=3, item_counts=np.array([0, 2, 1, 0]), feature_layout=layout,
+        feature_values=values,
+    )  # fmt: skip
+    config = CkeConfig(dim=2, relation_dim=2, reg=0.0, kg_weight=0.5, kg_batch_size=3,
+                       kg_reg=kg_reg)  # fmt: skip
+    model = Cke(config, context)
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]))
+        model.item_emb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))
+        model.item_bias.weight.copy_(torch.tensor([[0.0], [0.1], [-0.2], [0.3]]))
+        model.entity_emb.weight.copy_(
+            torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        )
+        model.relation_emb.weight.copy_(torch.tensor([[0.0, 0.0], [0.5, 0.5]]))
+        model.projection.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 1.0]]))
+    return model
+
+
+def test_cke_loss_is_bpr_over_entity_summed_items_plus_transr() -> None:
+    model = _cke(kg_reg=0.1)
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731  -log sigmoid(-x)
+    # q_1 = eta_1 + v_1 = (2, 0); q_2 = eta_2 = (0, 1); q_3 = v_2 = (0, 1): item 3's offset
+    # (5, 5) is untrained and reads as zero. u_1 = (1, 2): s = 2.1, 1.8, 2.3.
+    torch.testing.assert_close(
+        model.score_all(Batch(users=torch.tensor([1])))[0, 1:].detach(),
+        torch.tensor([2.1, 1.8, 2.3]),
+    )
+    # TransR with M_1 = [[2, 0], [0, 1]], r_1 = (0.5, 0.5), triple (1, 1, 3), corrupt tail 2:
+    # h = (2, 0), t = (2, 1), t' = (0, 1); f = |(.5, -.5)|^2 = 0.5, f' = |(2.5, -.5)|^2 = 6.5.
+    # Norms: 4 + 0.5 + 5 + 1 = 10.5.
+    transr = softplus(-6.0) + 0.1 * 10.5
+    got = model.transr_loss(torch.tensor([[1, 1, 3, 2]]))
+    assert got.item() == pytest.approx(transr, rel=1e-6)
+    batch = Batch(
+        users=torch.tensor([1]), items=torch.tensor([1]), negatives=torch.tensor([[3, 2]])
+    )
+    torch.manual_seed(3)
+    rows = model.sample_triples()
+    assert rows[:, :3].tolist() == [[1, 1, 3]] * 3 and set(rows[:, 3].tolist()) <= {1, 2, 3}
+    torch.manual_seed(3)
+    loss = model.loss(batch)
+    bpr = (softplus(2.3 - 2.1) + softplus(1.8 - 2.1)) / 2
+    expected = bpr + 0.5 * model.transr_loss(rows).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    parts = model.loss_parts()
+    assert parts["bpr"].item() == pytest.approx(bpr, rel=1e-6) and set(parts) == {"bpr", "kg"}
+
+
+def test_cke_scores_an_untrained_linked_item_by_its_entity_alone() -> None:
+    model = _cke(kg_reg=0.0)
+    assert model.scores_untrained_items
+    users = Batch(users=torch.tensor([1, 2]))
+    with torch.no_grad():
+        before = model.score_all(users)
+        model.item_emb.weight[3] += 1.0  # an untrained offset: no effect
+        torch.testing.assert_close(model.score_all(users), before)
+        model.entity_emb.weight[2] += 1.0  # its entity moves it
+        after = model.score_all(users)
+    assert not torch.allclose(after[:, 3], before[:, 3])
+    torch.testing.assert_close(after[:, :3], before[:, :3])
+    # The item vectors the scoring job exports give the same scores.
+    torch.testing.assert_close(
+        model.user_embeddings(users) @ model.item_embeddings().T, after, rtol=1e-6, atol=1e-6
+    )
+    # Links without triples: the entity vectors would never train, so no cold item is scored.
+    linked_only = Cke(model.config, ModelContext(n_users=3, n_items=3, feature_layout={
+        "kg": [{"name": "item_entity", "kind": "entity", "width": 1, "size": 4},
+               {"name": "triples", "kind": "triples", "width": 3, "size": 1}]}))  # fmt: skip
+    assert not linked_only.scores_untrained_items
+
+
 def test_sampled_softmax_with_log_q_matches_hand_computation() -> None:
     hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
@@ -612,6 +713,8 @@ def test_state_dict_round_trip(name: str, extra: dict[str, Any]) -> None:
         optimizer.step()
     # The checkpoint's context has no counts: they must come back through the state dict.
     bare = ModelContext(**CONTEXT.to_dict())
+    if name == "cke":  # triples are training data, not weights: a resumed run reads the spec's
+        bare = replace(bare, feature_values={"kg.triples": FEATURE_VALUES["kg.triples"]})
     rebuilt = build(name, context=bare, seed=5, **extra)
     rebuilt.load_state_dict(model.state_dict())
     model.eval()

@@ -21,6 +21,7 @@ from recpipe.data.batch import Batch
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.ranking import csr_from_pairs, top_k
 from recpipe.lake import Lake
+from recpipe.layout import model_dir
 from recpipe.model_store import load_payload
 from recpipe.query import run_sql
 from recpipe.scoring.distributed import ScoreSettings, score_frame, score_locally
@@ -41,7 +42,7 @@ from recpipe.stages.publish import run_publish
 from recpipe.stages.score import run_score
 from recpipe.stages.train import run_train
 from recpipe.stages.train_baseline import run_train_baseline
-from recpipe.train.checkpoint import load_model
+from recpipe.train.checkpoint import MODEL_FILE, load_model, load_state
 from recpipe.warehouse import RECOMMENDATIONS, partition_location, read_pointer
 
 DS1, DS2 = "2026-11-20", "2026-11-21"
@@ -82,6 +83,7 @@ ZOO = [
     "nfm",
     "wide_deep",
     "din",
+    "cke",
 ]
 # DS1's catalogue and its features: every deep model trains with the feature tables in its
 # context (the feature-aware ones read them, and carry them into scoring as buffers).
@@ -137,10 +139,19 @@ def root(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(N_ITEMS)
     ]  # fmt: skip
     users = [{"user_id": f"u{u}", "region": f"r{u % 3}"} for u in range(N_OLD_USERS)]
+    # A knowledge graph (models.cke): each item's entity, linked to its genre and its part.
+    links = [{"item_id": f"i{i}", "entity": f"m.i{i}"} for i in range(N_ITEMS)]
+    triples = [
+        {"head": f"m.i{i}", "relation": relation, "tail": f"m.{relation}{i % size}"}
+        for i in range(N_ITEMS)
+        for relation, size in (("genre", 5), ("part", 3))
+    ]
     catalogue = build_config(
         folder,
         f"paths.raw_items={write_jsonl(folder / 'raw' / 'items.jsonl', items)}",
         f"paths.raw_users={write_jsonl(folder / 'raw' / 'users.jsonl', users)}",
+        f"paths.raw_links={write_jsonl(folder / 'raw' / 'links.jsonl', links)}",
+        f"paths.raw_kg={write_jsonl(folder / 'raw' / 'kg.jsonl', triples)}",
         *FEATURE_SPECS,
         *BASE,
     )
@@ -185,6 +196,20 @@ def test_spark_scoring_equals_single_process_scoring(spark, root, name) -> None:
     np.testing.assert_allclose(
         distributed.column("score"), local.column("score"), rtol=1e-6, atol=1e-6 * scale
     )
+
+
+def test_cke_trains_on_the_catalogues_graph_and_keeps_its_triples_out_of_the_model(root) -> None:
+    state = load_state(model_dir(root, "cke", DS1, PROTOCOL) / MODEL_FILE)
+    graph = {field["name"]: field for field in state["context"]["feature_layout"]["kg"]}
+    # Every item is linked; entities: one per item, 5 genres, 3 parts (+ the padding row).
+    assert graph["item_entity"]["size"] == N_ITEMS + 5 + 3 + 1
+    assert graph["item_entity"]["linked_items"] == state["context"]["n_items"]
+    assert graph["triples"]["triples"] == 2 * N_ITEMS and graph["triples"]["size"] == 3
+    weights = state["state_dict"]
+    assert "triples" not in weights and weights["entity_emb.weight"].shape[0] == N_ITEMS + 9
+    assert weights["projection.weight"].shape == (3, 64 * 64)
+    model = load_model(model_dir(root, "cke", DS1, PROTOCOL) / MODEL_FILE)
+    assert model.scores_untrained_items
 
 
 def _histories_by_user(root: Path) -> dict[int, list[int]]:

@@ -37,6 +37,8 @@ MODELS = [
     ("deepfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
     ("nfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
     ("wide_deep", {"dim": 4, "mlp_layers": [8], "cross_buckets": 31, "score_chunk_pairs": 16}),
+    # With a knowledge graph: the item side keeps the entity tables, the triples stay behind.
+    ("cke", {"dim": 8, "relation_dim": 4}),
 ]
 _g = torch.Generator().manual_seed(11)
 FEATURES = {
@@ -46,11 +48,17 @@ FEATURES = {
             {"name": "age", "kind": "numeric", "width": 1, "size": None},
         ],
         "items": [{"name": "genre", "kind": "multi", "width": 2, "size": 4}],
+        "kg": [
+            {"name": "item_entity", "kind": "entity", "width": 1, "size": 6},
+            {"name": "triples", "kind": "triples", "width": 3, "size": 3},
+        ],
     },
     "feature_values": {
         "users.region": torch.randint(0, 5, (N_USERS, 1), generator=_g),
         "users.age": torch.randn(N_USERS, generator=_g),
         "items.genre": torch.randint(0, 4, (N_ITEMS + 1, 2), generator=_g),
+        "kg.item_entity": torch.randint(0, 6, (N_ITEMS + 1,), generator=_g),
+        "kg.triples": torch.tensor([[1, 1, 2], [3, 2, 4], [5, 1, 2]]),
     },
 }
 
@@ -58,7 +66,7 @@ FEATURES = {
 def _model(name: str, settings: dict):
     torch.manual_seed(3)
     cls = model_class(name)
-    features = FEATURES if name in ("deepfm", "nfm", "wide_deep") else {}
+    features = FEATURES if name in ("deepfm", "nfm", "wide_deep", "cke") else {}
     context = ModelContext(N_USERS, N_ITEMS, 5, **features)  # type: ignore[arg-type]
     model = cls(cls.config_class.model_validate(settings), context)
     with torch.no_grad():  # trained-looking weights: no zero bias hides a mistake

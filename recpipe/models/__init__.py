@@ -5,6 +5,7 @@ from __future__ import annotations
 from recpipe.models import (  # noqa: F401  (importing registers)
     bpr_mf,
     cdae,
+    cke,
     deepfm,
     din,
     gru4rec,

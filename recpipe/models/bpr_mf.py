@@ -62,8 +62,8 @@ class BprMf(RecModel):
         users, pos = batch.require("users"), batch.require("items")
         neg = batch.require("negatives")
         u = self.user_emb(users)  # [B, d]
-        q_pos, b_pos = self.item_emb(pos), self.item_bias(pos).squeeze(-1)  # [B, d], [B]
-        q_neg, b_neg = self.item_emb(neg), self.item_bias(neg).squeeze(-1)  # [B, N, d], [B, N]
+        q_pos, b_pos = self.item_factors(pos), self.item_bias(pos).squeeze(-1)  # [B, d], [B]
+        q_neg, b_neg = self.item_factors(neg), self.item_bias(neg).squeeze(-1)  # [B, N, d]
         s_pos = ((u * q_pos).sum(-1) + b_pos).float()
         s_neg = ((u[:, None, :] * q_neg).sum(-1) + b_neg).float()
         valid = (neg != 0).float()
@@ -73,14 +73,22 @@ class BprMf(RecModel):
         row_l2 = u.float().pow(2).sum(-1) + q_pos.float().pow(2).sum(-1) + b_pos.float().pow(2)
         return rank + self.config.reg * (row_l2 + neg_l2).mean()
 
+    def item_factors(self, items: torch.Tensor) -> torch.Tensor:
+        """``q_i`` of ``items`` [*items.shape, dim] (a subclass may add to the id row)."""
+        return self.item_emb(items)
+
+    def all_item_factors(self) -> torch.Tensor:
+        """``q_i`` of every item, [n_items + 1, dim]."""
+        return self.item_emb.weight
+
     def score_all(self, batch: Batch) -> torch.Tensor:
         """``p_u . q_i + b_i`` for every item, [B, n_items + 1]."""
         u = self.user_emb(batch.require("users"))
-        return u @ self.item_emb.weight.T + self.item_bias.weight[:, 0]
+        return u @ self.all_item_factors().T + self.item_bias.weight[:, 0]
 
     def item_embeddings(self) -> torch.Tensor:
         """``[q_i, b_i]`` per item, [n_items + 1, dim + 1]."""
-        return torch.cat([self.item_emb.weight, self.item_bias.weight], dim=1)
+        return torch.cat([self.all_item_factors(), self.item_bias.weight], dim=1)
 
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """``[p_u, 1]`` per row, [B, dim + 1], matching :meth:`item_embeddings`."""

@@ -32,6 +32,7 @@ from recpipe.config import Config, ConfigError, TrainConfig, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
 from recpipe.features_data import feature_tables, save_tables
+from recpipe.knowledge import KG, knowledge_tables
 from recpipe.lake import Lake
 from recpipe.layout import launcher_run_dir, user_rows_table
 from recpipe.manifest import ExportManifest, StageRun, read_manifest
@@ -107,6 +108,9 @@ def build_spec(
         "max_len": export["settings"]["max_len"],
     }
     layout, tables, _ = feature_tables(config.root, ds, context["n_users"], context["n_items"])
+    graph, graph_tables = knowledge_tables(config.root, ds, context["n_items"])
+    if graph:  # the knowledge graph rides with the feature tables (models.cke reads it)
+        layout[KG], tables = graph, {**tables, **graph_tables}
     features_file = None
     if layout:
         features_file = folder / FEATURES_FILE

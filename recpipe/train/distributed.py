@@ -127,7 +127,11 @@ class TorchCollectives(Collectives):
             return model, optimizer
         device = self.context.device
         device_ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids), optimizer
+        # Every buffer is a constant table (features, graph, item counts) or a step counter each
+        # rank advances alike: re-broadcasting them from rank 0 before each step would only
+        # cost their size per step.
+        ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        return ddp, optimizer
 
     def after_resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Nothing to do: every rank loaded the same checkpoint file."""

@@ -26,6 +26,7 @@ import torch
 from recpipe import storage
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
+from recpipe.knowledge import KG
 from recpipe.layout import model_dir, models_base
 from recpipe.models.base import RecModel
 from recpipe.storage import Location
@@ -112,6 +113,8 @@ def plan_start(
     old = state.get("context") or {}
     if old.get("max_len") != context["max_len"]:
         return full.as_full(ds, f"export.max_len differs from the {previous_ds} model's")
+    if (old.get("feature_layout") or {}).get(KG) != (context.get("feature_layout") or {}).get(KG):
+        return full.as_full(ds, f"the knowledge graph differs from the {previous_ds} model's")
     if old.get("n_users", 0) > context["n_users"] or old.get("n_items", 0) > context["n_items"]:
         return full.as_full(ds, f"the vocabulary is smaller than the {previous_ds} model's")
     return StartPlan(
