@@ -177,3 +177,8 @@ def test_full_retrain_when_due_settings_change_or_disabled(days) -> None:
     changed = plan(model_config={**settings, "dim": settings["dim"] * 2})
     assert not changed.warm and "settings differ" in changed.reason
     assert not plan("train.warm_start.enabled=false").warm
+    # A knowledge graph numbers its entities per run: a changed graph cannot keep old rows.
+    graph = {"kg": [{"name": "item_entity", "kind": "entity", "width": 1, "size": 9}]}
+    context = {**context, "feature_layout": graph}
+    regraphed = plan()
+    assert not regraphed.warm and "knowledge graph differs" in regraphed.reason
