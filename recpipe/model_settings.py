@@ -229,6 +229,27 @@ class NfmConfig(ModelConfig):
     score_chunk_pairs: int = Field(ge=1)
 
 
+@settings_of("mmoe")
+class MmoeConfig(ModelConfig):
+    """MMoE settings; ``dim`` is every field's embedding size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "dropout": uniform(0.0, 0.5),
+        "rating_weight": log_uniform(0.1, 10.0),
+        "experts": integer(2, 8),
+    }
+
+    experts: int = Field(ge=1)
+    expert_layers: list[int] = Field(min_length=1)
+    tower_layers: list[int]
+    dropout: float = Field(ge=0, lt=1)
+    rating_weight: float = Field(ge=0)
+    rating_scale: float = Field(gt=0)
+    rank_by: Literal["interaction", "expected_rating"]
+    score_chunk_pairs: int = Field(ge=1)
+
+
 @settings_of("gru4rec")
 class Gru4RecConfig(NextItemConfig):
     """GRU4Rec settings."""

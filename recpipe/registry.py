@@ -44,6 +44,7 @@ MODELS: dict[str, ModelEntry] = {
     "wide_deep": ModelEntry("deep", "recpipe.models.wide_deep:WideDeep"),
     "din": ModelEntry("deep", "recpipe.models.din:Din"),
     "nfm": ModelEntry("deep", "recpipe.models.nfm:Nfm"),
+    "mmoe": ModelEntry("deep", "recpipe.models.mmoe:Mmoe"),
     "gru4rec": ModelEntry("deep", "recpipe.models.gru4rec:Gru4Rec"),
     "sasrec": ModelEntry("deep", "recpipe.models.sasrec:SasRec"),
     "narm": ModelEntry("deep", "recpipe.models.narm:Narm"),

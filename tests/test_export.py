@@ -27,8 +27,10 @@ def events() -> list[dict]:
         count = 1 if user == 0 else rng.randint(3, 25)
         for k, item in enumerate(rng.sample(range(N_ITEMS), count)):
             ts = f"{DS}T{user:02d}:{k:02d}:00Z"
-            rows.append({"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view",
-                         "ts": ts})
+            row = {"user_id": f"u{user}", "item_id": f"i{item}", "event_type": "view", "ts": ts}
+            if k % 3:  # a value (a rating) on two events in three
+                row["value"] = (user + k) % 5 + 1
+            rows.append(row)
     return rows
 
 
@@ -79,6 +81,18 @@ def test_pointwise_rows_label_train_pairs_and_sampled_negatives(exported) -> Non
     negatives = [r for r in rows if r["label"] == 0.0]
     assert len(negatives) == 3 * sum(positives.values())
     assert all(r["item_idx"] not in sequences[r["user_idx"]] for r in negatives)
+    # Each positive carries its event's value (NaN where none); sampled rows carry NaN.
+    values = {
+        (r["user_idx"], r["item_idx"]): r["value"]
+        for r in read_rows(exported, "train", DS, "leave_last_out")
+    }
+    assert any(v is not None for v in values.values()) and None in values.values()
+    for row in rows:
+        value = values.get((row["user_idx"], row["item_idx"])) if row["label"] else None
+        if value is None:
+            assert np.isnan(row["value"]), row
+        else:
+            assert row["value"] == value, row
 
 
 def test_sequence_windows_cover_every_target_once(exported) -> None:

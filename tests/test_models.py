@@ -20,6 +20,7 @@ from recpipe.models import ModelContext, RecModel, model_class, registry
 from recpipe.models.bpr_mf import BprMf, BprMfConfig
 from recpipe.models.cke import Cke, CkeConfig
 from recpipe.models.losses import causal_targets, full_softmax_loss, log_q, sampled_softmax_loss
+from recpipe.models.mmoe import Mmoe, MmoeConfig
 from recpipe.models.sasrec import SasRec
 
 CONF_MODELS = Path(__file__).resolve().parent.parent / "conf" / "models"
@@ -82,6 +83,14 @@ TINY: dict[str, dict[str, Any]] = {
     },
     "deepfm": {"dim": 8, "mlp_layers": [16, 8], "dropout": 0.0, "score_chunk_pairs": 50},
     "nfm": {"dim": 8, "mlp_layers": [16], "dropout": 0.0, "score_chunk_pairs": 50},
+    "mmoe": {
+        "dim": 8,
+        "experts": 3,
+        "expert_layers": [12, 10],
+        "tower_layers": [6],
+        "dropout": 0.0,
+        "score_chunk_pairs": 50,
+    },
     "din": {
         "dim": 8,
         "attention_layers": [12],
@@ -115,7 +124,11 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(regi
     ("two_tower", {"use_user_id": True, "share_embeddings": False, "normalize": False}),
     ("hybrid_two_tower", {"use_item_ids": False, "normalize": False}),
     ("cke", {"relation_dim": 8}),  # TransR's projections start at the identity
-    ("nfm", {"mlp_layers": []}),  # NFM-0: the bi-interaction straight into the output
+    ("nfm", {"mlp_layers": []}),
+    (
+        "mmoe",
+        {"rank_by": "expected_rating", "expert_layers": [12], "tower_layers": []},
+    ),  # NFM-0: the bi-interaction straight into the output
     ("gru4rec", {"loss": "sampled_softmax", "num_layers": 2}),
     ("sasrec", {"loss": "sampled_softmax"}),
     ("sasrec", {"loss": "bce", "num_blocks": 1}),
@@ -124,6 +137,8 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(regi
     ("mult_vae", {"hidden_layers": [32, 24], "input_dropout": 0.5}),
     ("cdae", {"hidden_activation": "tanh", "corruption": 0.3}),
 ]
+# Models whose score is a network per (user, item) pair, with no item vectors to export.
+NOT_DOT_PRODUCTS = ("neumf", "rum", "deepfm", "nfm", "wide_deep", "din", "mmoe")
 # The autoencoders learn a whole bag per row through a bottleneck, and IRGAN's generator
 # learns only through the discriminator's reward: they need more steps.
 OVERFIT_STEPS = {"cdae": 150, "mult_vae": 150, "irgan": 150}
@@ -165,7 +180,11 @@ def make_batch(kind: SampleKind, rows: int = 9, length: int = 8, seed: int = 0) 
         return Batch(users=users, items=items, negatives=negatives)
     if kind == "pointwise":
         labels = (torch.arange(rows) % 2 == 0).float()
-        return Batch(users=users, items=items, labels=labels)
+        # A rating on positives (one left without), NaN on sampled rows, as export writes them.
+        stars = torch.randint(1, 6, (rows,), generator=g).float()
+        values = torch.where(labels > 0, stars, torch.nan)
+        values[0] = torch.nan
+        return Batch(users=users, items=items, labels=labels, values=values)
     lengths = [max(length - i, 0) for i in range(rows - 1)] + [0]
     seqs = [torch.randint(1, N_ITEMS + 1, (n,), generator=g).tolist() for n in lengths]
     history = left_pad(seqs, length)
@@ -316,7 +335,7 @@ def test_score_all_is_user_times_item_embeddings(name: str, extra: dict[str, Any
     with torch.no_grad():
         items, users = model.item_embeddings(), model.user_embeddings(batch)
         scores = model.score_all(batch)
-    if name in ("neumf", "rum", "deepfm", "nfm", "wide_deep", "din"):  # not dot products
+    if name in NOT_DOT_PRODUCTS:
         assert items is None and users is None
         return
     assert items is not None and users is not None
@@ -662,6 +681,62 @@ def test_din_logit_pools_the_history_by_each_candidates_attention() -> None:
                         pooled += model.attention(torch.cat([h, c, h - c, h * c]))[0] * h
                 expected = model.top(torch.cat([region, pooled, c]))[0]
                 torch.testing.assert_close(scores[b, item], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mmoe_heads_and_loss_match_a_hand_computation() -> None:
+    """MMoE by its definition, in numpy loops over experts and tasks: each task's softmax
+    gate mixes the experts' outputs, its tower reads the mix; the loss is log loss plus the
+    weighted squared error of the scaled rating on rated positives only."""
+    config = MmoeConfig(dim=2, experts=2, expert_layers=[3], tower_layers=[], dropout=0.0,
+                        rating_weight=0.7, rating_scale=5.0, rank_by="interaction",
+                        score_chunk_pairs=4)  # fmt: skip
+    counts = np.array([0, 3, 1, 2])
+    torch.manual_seed(2)
+    model = Mmoe(config, ModelContext(n_users=3, n_items=3, item_counts=counts)).eval()
+    with torch.no_grad():  # non-zero first-order weights, so that they are checked too
+        model.fields.user_weight.weight.normal_()
+        model.fields.item_weight.weight.normal_()
+    w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+
+    def by_hand(u: int, i: int) -> tuple[float, float]:
+        x_u, x_i = w["fields.user_emb.weight"][u], w["fields.item_emb.weight"][i]
+        hidden = np.maximum(
+            w["user_in.weight"] @ x_u + w["user_in.bias"] + w["item_in.weight"] @ x_i, 0
+        ).reshape(2, 3)
+        gate = w["user_gate.weight"] @ x_u + w["user_gate.bias"] + w["item_gate.weight"] @ x_i
+        heads = []
+        for t in range(2):
+            logits = gate[2 * t : 2 * t + 2]
+            share = np.exp(logits) / np.exp(logits).sum()
+            mix = sum(share[e] * hidden[e] for e in range(2))
+            heads.append(w[f"towers.{t}.0.weight"][0] @ mix + w[f"towers.{t}.0.bias"][0])
+        first = w["fields.user_weight.weight"][u, 0] + w["fields.item_weight.weight"][i, 0]
+        return heads[0] + first, 5.0 * sigmoid(heads[1])
+
+    users, items = torch.tensor([1, 2, 1, 2]), torch.tensor([1, 3, 2, 1])
+    expected = np.array([by_hand(int(u), int(i)) for u, i in zip(users, items, strict=True)])
+    with torch.no_grad():
+        got = model.heads(model.user_side(users), model.item_side(items)).double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        scores = model.score_all(Batch(users=torch.tensor([1, 2])))
+    np.testing.assert_allclose(scores[0, 1].item(), expected[0, 0], rtol=1e-5)
+    np.testing.assert_allclose(scores[1, 3].item(), expected[1, 0], rtol=1e-5)
+    labels = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    values = torch.tensor([4.0, torch.nan, torch.nan, 2.0])  # row 2 rated nothing
+    batch = Batch(users=users, items=items, labels=labels, values=values)
+    log_loss = -np.mean(
+        [np.log(sigmoid(z)) if y else np.log(1 - sigmoid(z))
+         for z, y in zip(expected[:, 0], labels.tolist(), strict=True)]
+    )  # fmt: skip
+    squared = (((expected[0, 1] - 4.0) / 5) ** 2 + ((expected[3, 1] - 2.0) / 5) ** 2) / 2
+    assert model.loss(batch).item() == pytest.approx(log_loss + 0.7 * squared, rel=1e-5)
+    assert model.loss_parts()["rating"].item() == pytest.approx(squared, rel=1e-5)
+    ranked = Mmoe(config.model_copy(update={"rank_by": "expected_rating"}), model.context)
+    ranked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        product = ranked.score_all(Batch(users=torch.tensor([1])))[0, 1].item()
+    assert product == pytest.approx(sigmoid(expected[0, 0]) * expected[0, 1], rel=1e-5)
 
 
 def test_neumf_load_pretrained_mixes_the_branches() -> None:

@@ -84,6 +84,7 @@ ZOO = [
     "wide_deep",
     "din",
     "cke",
+    "mmoe",
 ]
 # DS1's catalogue and its features: every deep model trains with the feature tables in its
 # context (the feature-aware ones read them, and carry them into scoring as buffers).

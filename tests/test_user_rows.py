@@ -37,6 +37,16 @@ MODELS = [
     ("deepfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
     ("nfm", {"dim": 4, "mlp_layers": [8], "score_chunk_pairs": 16}),
     ("wide_deep", {"dim": 4, "mlp_layers": [8], "cross_buckets": 31, "score_chunk_pairs": 16}),
+    (
+        "mmoe",
+        {
+            "dim": 4,
+            "experts": 2,
+            "expert_layers": [6],
+            "tower_layers": [4],
+            "score_chunk_pairs": 16,
+        },
+    ),
     # With a knowledge graph: the item side keeps the entity tables, the triples stay behind.
     ("cke", {"dim": 8, "relation_dim": 4}),
 ]
@@ -66,7 +76,7 @@ FEATURES = {
 def _model(name: str, settings: dict):
     torch.manual_seed(3)
     cls = model_class(name)
-    features = FEATURES if name in ("deepfm", "nfm", "wide_deep", "cke") else {}
+    features = FEATURES if name in ("deepfm", "nfm", "wide_deep", "mmoe", "cke") else {}
     context = ModelContext(N_USERS, N_ITEMS, 5, **features)  # type: ignore[arg-type]
     model = cls(cls.config_class.model_validate(settings), context)
     with torch.no_grad():  # trained-looking weights: no zero bias hides a mistake
@@ -85,7 +95,7 @@ def test_item_side_model_with_attached_rows_scores_as_the_whole_model(name, sett
     state = model_state(model)
     keys = user_row_keys(state)
     assert keys and all(state["state_dict"][k].shape[0] == N_USERS for k in keys)
-    if name in ("deepfm", "nfm", "wide_deep"):  # the user feature tables are user rows too
+    if name in ("deepfm", "nfm", "wide_deep", "mmoe"):  # user feature tables are user rows too
         assert sum("feature_users_" in k for k in keys) == 2
 
     # The item side travels without a single user row, and is rebuilt from bytes alone.

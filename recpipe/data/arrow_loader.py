@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
 from recpipe.errors import RecpipeError
-from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, USER_IDX
+from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, USER_IDX, VALUE
 from recpipe.storage import arrow_path
 
 # Rows per Arrow record batch decoded from Parquet: large enough to amortise per-call overhead,
@@ -69,8 +69,10 @@ class SampleColumn:
 _I64 = np.dtype(np.int64)
 
 
-def sample_columns(kind: SampleKind, read_history_ts: bool) -> tuple[SampleColumn, ...]:
-    """The columns a kind's Batch needs."""
+def sample_columns(
+    kind: SampleKind, read_history_ts: bool, read_values: bool = False
+) -> tuple[SampleColumn, ...]:
+    """The columns a kind's Batch needs (``value`` only for pointwise with ``read_values``)."""
     base = (
         SampleColumn(USER_IDX, "users", _I64, False),
         SampleColumn(ITEM_IDX, "items", _I64, False),
@@ -78,7 +80,10 @@ def sample_columns(kind: SampleKind, read_history_ts: bool) -> tuple[SampleColum
     if kind == "pairwise":
         return (*base, SampleColumn(NEGATIVES, "negatives", _I64, True))
     if kind == "pointwise":
-        return (*base, SampleColumn(LABEL, "labels", np.dtype(np.float32), False))
+        label = SampleColumn(LABEL, "labels", np.dtype(np.float32), False)
+        if read_values:
+            return (*base, label, SampleColumn(VALUE, "values", np.dtype(np.float32), False))
+        return (*base, label)
     extra = (SampleColumn(HISTORY_TS, "history_ts", _I64, True),) if read_history_ts else ()
     return (*base, SampleColumn(HISTORY, "history", _I64, True), *extra)
 
@@ -291,7 +296,9 @@ class _WireBatch:
 
 
 # Batch field -> dtype of its tensor.
-_OUT_DTYPES = {c.field: c.out for kind in SAMPLE_KINDS for c in sample_columns(kind, True)}
+_OUT_DTYPES = {
+    c.field: c.out for kind in SAMPLE_KINDS for c in sample_columns(kind, True, read_values=True)
+}
 
 
 def make_batch(arrays: Chunk) -> Batch:
@@ -333,6 +340,7 @@ class ArrowSampleDataset(IterableDataset):
         seed: int = 0,
         drop_last: bool = False,
         read_history_ts: bool = False,
+        read_values: bool = False,
     ) -> None:
         super().__init__()
         if kind not in SAMPLE_KINDS:
@@ -365,7 +373,7 @@ class ArrowSampleDataset(IterableDataset):
         self.drop_last = drop_last
         self.read_history_ts = read_history_ts
         self.epoch = 0
-        self._columns = sample_columns(kind, read_history_ts)
+        self._columns = sample_columns(kind, read_history_ts, read_values)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle. Read at ``__iter__`` time, so it reaches worker processes
@@ -422,9 +430,7 @@ class ArrowSampleDataset(IterableDataset):
         generator = torch.Generator().manual_seed(int(seeds.generate_state(1, np.uint64)[0]) >> 1)
         return seeds, generator
 
-    def _epoch_files(
-        self, files: list[ShardFile], generator: torch.Generator
-    ) -> list[ShardFile]:
+    def _epoch_files(self, files: list[ShardFile], generator: torch.Generator) -> list[ShardFile]:
         """``files`` in this epoch's order (as given when shuffling is off)."""
         if not self.shuffle_buffer or not files:
             return files
@@ -443,6 +449,12 @@ class ArrowSampleDataset(IterableDataset):
             # environment) does not take; ParquetFile leaves a handle it was given open.
             filesystem, path = arrow_path(shard.path)
             with filesystem.open_input_file(path) as handle, pq.ParquetFile(handle) as reader:
+                missing = [name for name in names if name not in reader.schema_arrow.names]
+                if missing:  # e.g. `value`, which exports before it existed do not hold
+                    raise ValueError(
+                        f"{shard.path} has no column {missing[0]!r}: re-run `recpipe export` "
+                        "to write samples with it"
+                    )
                 for record_batch in reader.iter_batches(
                     batch_size=READ_BATCH_ROWS, columns=names, use_threads=use_threads
                 ):

@@ -23,6 +23,9 @@ class Batch:
     users: torch.Tensor  # [B] int64 user_idx
     items: torch.Tensor | None = None  # [B] int64: positive (pairwise), labelled or target item
     labels: torch.Tensor | None = None  # [B] float32, pointwise only
+    # [B] float32, pointwise, read for models that ask (RecModel.reads_values): the positive's
+    # event value (a rating), NaN on sampled rows and where the event had none.
+    values: torch.Tensor | None = None
     negatives: torch.Tensor | None = None  # [B, N] int64, pairwise only
     history: torch.Tensor | None = None  # [B, L] int64, sequence only
     history_ts: torch.Tensor | None = None  # [B, L] int64 epoch seconds, 0 at padding

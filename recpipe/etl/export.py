@@ -15,13 +15,15 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, TS, USER_IDX
+from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, TS, USER_IDX, VALUE
 
 SEQ_ITEMS = "seq_items"
 SEQ_TS = "seq_ts"
+SEQ_VALUES = "seq_values"
 
 PAIRWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {NEGATIVES} array<int>"
-POINTWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {LABEL} float"
+# ``value``: the positive's event value (a rating), NaN on sampled rows and where none was given.
+POINTWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {LABEL} float, {VALUE} float"
 SEQUENCE_SCHEMA = (
     f"{USER_IDX} int, {HISTORY} array<int>, {HISTORY_TS} array<bigint>, {ITEM_IDX} int, "
     f"{TS} timestamp"
@@ -34,9 +36,19 @@ _MAX_ROUNDS = 50
 def user_sequences(
     train: DataFrame, *, user_col: str = USER_IDX, item_col: str = ITEM_IDX, ts_col: str = TS
 ) -> DataFrame:
-    """One row per user: ``seq_items`` and ``seq_ts`` (epoch s) ordered by (ts, item)."""
+    """One row per user: ``seq_items``, ``seq_ts`` (epoch s) and ``seq_values`` (the event
+    values, NaN where absent) ordered by (ts, item)."""
+    value = (
+        F.coalesce(F.col(VALUE).cast("float"), F.lit(float("nan")))
+        if VALUE in train.columns
+        else F.lit(float("nan"))
+    )
     ordered = F.array_sort(
-        F.collect_list(F.struct(F.unix_seconds(ts_col).alias("t"), F.col(item_col).alias("i")))
+        F.collect_list(
+            F.struct(
+                F.unix_seconds(ts_col).alias("t"), F.col(item_col).alias("i"), value.alias("v")
+            )
+        )
     )
     return (
         train.groupBy(user_col)
@@ -45,6 +57,7 @@ def user_sequences(
             F.col(user_col).cast("int").alias(USER_IDX),
             F.col("pairs.i").cast("array<int>").alias(SEQ_ITEMS),
             F.col("pairs.t").alias(SEQ_TS),
+            F.col("pairs.v").cast("array<float>").alias(SEQ_VALUES),
         )
     )
 
@@ -142,13 +155,14 @@ def pairwise_samples(
 def pointwise_samples(
     sequences: DataFrame, sampler: NegativeSampler, negatives: int, since: int | None = None
 ) -> DataFrame:
-    """Each train interaction (at or after ``since``, if given) as a label-1 row plus N label-0
-    rows of sampled items."""
+    """Each train interaction (at or after ``since``, if given) as a label-1 row carrying its
+    value, plus N label-0 rows of sampled items (value NaN)."""
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            users, items, labels = [], [], []
-            for user, seq, _, first in _users_and_sequences(batch, since):
+            users, items, labels, values = [], [], [], []
+            rows = _users_and_sequences(batch, since)
+            for (user, seq, _, first), seq_values in zip(rows, batch[SEQ_VALUES], strict=True):
                 positives = seq[first:]
                 if not len(positives):
                     continue
@@ -159,11 +173,14 @@ def pointwise_samples(
                 label = np.zeros(len(both), np.float32)
                 label[: len(positives)] = 1.0
                 labels.append(label)
+                value = np.full(len(both), np.nan, np.float32)
+                value[: len(positives)] = np.asarray(seq_values, dtype=np.float32)[first:]
+                values.append(value)
             if not users:
                 continue
             yield pa.RecordBatch.from_arrays(
-                [pa.array(np.concatenate(a)) for a in (users, items, labels)],
-                names=[USER_IDX, ITEM_IDX, LABEL],
+                [pa.array(np.concatenate(a)) for a in (users, items, labels, values)],
+                names=[USER_IDX, ITEM_IDX, LABEL, VALUE],
             )
 
     return _map_pandas_to_arrow(sequences, build, POINTWISE_SCHEMA)

@@ -11,6 +11,7 @@ from recpipe.models import (  # noqa: F401  (importing registers)
     gru4rec,
     hybrid_two_tower,
     irgan,
+    mmoe,
     mult_vae,
     narm,
     neumf,

@@ -94,6 +94,9 @@ class RecModel(nn.Module, ABC):
         """This model initialised from the trained :meth:`pretraining` models."""
         raise NotImplementedError(f"{cls.name} has no pre-training")
 
+    # Whether training reads the pointwise samples' ``value`` column (Batch.values).
+    reads_values: ClassVar[bool] = False
+
     @property
     def uses_user_ids(self) -> bool:
         """Whether scores depend on a learned per-user row (then users without training

@@ -224,6 +224,7 @@ class Trainer:
             "world_size": ctx.world_size,
             "shuffle_buffer": settings.shuffle_buffer,
             "seed": settings.seed,
+            "read_values": model.reads_values,
         }
         files = [ShardFile(path, rows) for path, rows in self.spec.shards]
         if settings.loader == "petastorm":
