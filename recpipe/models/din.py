@@ -17,14 +17,7 @@ from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import DinConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.fields import FieldEncoder, layout_of
-
-
-def _mlp(width: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-        width = size
-    return nn.Sequential(*layers), width
+from recpipe.models.layers import relu_mlp
 
 
 @register("din")
@@ -63,9 +56,9 @@ class Din(RecModel):
         nn.init.normal_(self.item_emb.weight, std=d**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        hidden, width = _mlp(4 * d, config.attention_layers, 0.0)
+        hidden, width = relu_mlp(4 * d, config.attention_layers, 0.0)
         self.attention = nn.Sequential(hidden, nn.Linear(width, 1))
-        hidden, width = _mlp(3 * d, config.mlp_layers, config.dropout)
+        hidden, width = relu_mlp(3 * d, config.mlp_layers, config.dropout)
         self.top = nn.Sequential(hidden, nn.Linear(width, 1))
         self.register_buffer("item_counts", context.counts_tensor())
 

@@ -22,16 +22,13 @@ from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import HybridTwoTowerConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.fields import FieldEncoder, layout_of
+from recpipe.models.layers import relu_mlp
 from recpipe.models.losses import causal_targets, log_q
 
 
 def _mlp(width: int, hidden: list[int], out: int, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-        width = size
-    layers.append(nn.Linear(width, out))
-    return nn.Sequential(*layers)
+    body, width = relu_mlp(width, hidden, dropout)
+    return nn.Sequential(*body, nn.Linear(width, out))
 
 
 @register("hybrid_two_tower")

@@ -22,6 +22,7 @@ from recpipe.data.batch import Batch
 from recpipe.model_settings import MmoeConfig
 from recpipe.models.base import ModelConfig, ModelContext, register
 from recpipe.models.fields import FactorisationFields
+from recpipe.models.layers import relu_mlp
 from recpipe.models.pairs import FactorisationModel
 
 TASKS = ("interaction", "rating")
@@ -34,14 +35,6 @@ class Side:
     first: torch.Tensor  # [...]: first-order terms (the interaction task's biases)
     hidden: torch.Tensor  # [..., experts * h0]: the side's share of each expert's first layer
     gates: torch.Tensor  # [..., tasks * experts]: the side's share of each task's gate logits
-
-
-def _mlp(width: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-        width = size
-    return nn.Sequential(*layers), width
 
 
 @register("mmoe")
@@ -77,12 +70,12 @@ class Mmoe(FactorisationModel):
         self.item_in = nn.Linear(d * self.fields.count("items"), experts * first, bias=False)
         self.user_gate = nn.Linear(d * self.fields.count("users"), tasks * experts)
         self.item_gate = nn.Linear(d * self.fields.count("items"), tasks * experts, bias=False)
-        uppers = [_mlp(first, config.expert_layers[1:], config.dropout) for _ in range(experts)]
+        uppers = [relu_mlp(first, config.expert_layers[1:], config.dropout) for _ in range(experts)]
         self.experts = nn.ModuleList(upper for upper, _ in uppers)
         width = uppers[0][1]
         self.towers = nn.ModuleList()
         for _ in TASKS:
-            tower, out = _mlp(width, config.tower_layers, config.dropout)
+            tower, out = relu_mlp(width, config.tower_layers, config.dropout)
             self.towers.append(nn.Sequential(*tower, nn.Linear(out, 1)))
         self.dropout = nn.Dropout(config.dropout)
         self._parts: dict[str, torch.Tensor] = {}
