@@ -354,6 +354,9 @@ class FeaturesManifest(StageManifest):
     features: dict[str, FeatureStats] | None = None  # by "<entity>.<name>"
     vocab_base_ds: str | None = None
     vocab_rows: int | None = None
+    # Summed over the tables: catalogue rows read, feature rows written (the stage summary's).
+    rows_in: int | None = None
+    rows_out: int | None = None
 
 
 class VocabGrowth(BaseModel):

@@ -195,6 +195,9 @@ def test_every_kind_matches_plain_python_and_indexes_stay_stable(
                        "age": float(u.get("age", 0.0))}
         for u in USERS_DAY1
     }  # fmt: skip
+    tables = manifest["tables"]
+    assert manifest["rows_in"] == 6 + tables["users"]["rows_in"]
+    assert manifest["rows_out"] == 5 + len(users)  # one feature row per indexed user
 
     # Day 2: a new item and a new genre. Every value keeps its index; Horror gets the next one.
     day2 = _day_config(make_config, tmp_path / "raw", DS2, ITEMS_DAY2, **specs)

@@ -100,6 +100,8 @@ def run_features(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]
             tx.record.features.update({f"{entity}.{name}": s for name, s in stats.items()})
         tx.record.vocab_base_ds = base_ds
         tx.record.vocab_rows = stage_vocabulary(spark, tx, vocab, previous)
+        tx.record.rows_in = sum(counts.rows_in for counts in tx.record.tables.values())
+        tx.record.rows_out = sum(counts.rows_out for counts in tx.record.tables.values())
     return tx.manifest
 
 
