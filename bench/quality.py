@@ -43,13 +43,18 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="var/quality", help="paths.root of the run")
-    parser.add_argument("--models", nargs="*", default=list(DEEP), help="deep models to train")
     parser.add_argument(
-        "--baselines", nargs="*", default=list(BASELINES), help="baselines to train"
-    )
+        "--models", nargs="*", default=list(DEEP), choices=DEEP, metavar="MODEL",
+        help=f"deep models to train (default all: {', '.join(DEEP)})",
+    )  # fmt: skip
     parser.add_argument(
-        "--protocols", nargs="*", default=list(PROTOCOLS), help="split protocols to measure"
-    )
+        "--baselines", nargs="*", default=list(BASELINES), choices=BASELINES, metavar="BASELINE",
+        help=f"baselines to train (default all: {', '.join(BASELINES)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--protocols", nargs="*", default=list(PROTOCOLS), choices=tuple(SHORT),
+        metavar="PROTOCOL", help=f"split protocols to measure (one of {', '.join(SHORT)})",
+    )  # fmt: skip
     parser.add_argument("--k", type=int, default=10, help="cut-off of the table's metrics")
     parser.add_argument(
         "--reuse", action="store_true", help="skip fetch/etl/export when their manifests exist"
