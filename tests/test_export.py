@@ -67,10 +67,12 @@ def test_pairwise_rows_are_the_train_split_with_unseen_negatives(exported, proto
     rows = read_rows(exported, "samples_pairwise", DS, protocol)
     expected = Counter((u, i) for u, items in sequences.items() for i in items)
     assert Counter((r["user_idx"], r["item_idx"]) for r in rows) == expected
+    trained = {item for items in sequences.values() for item in items}
     for row in rows:
         assert len(row["negatives"]) == 3
         assert all(1 <= n <= N_ITEMS for n in row["negatives"])
         assert not set(row["negatives"]) & set(sequences[row["user_idx"]])
+        assert set(row["negatives"]) <= trained  # never an item only valid or test holds
 
 
 def test_pointwise_rows_label_train_pairs_and_sampled_negatives(exported) -> None:
@@ -161,6 +163,21 @@ def test_rerun_is_identical(spark: SparkSession, exported) -> None:
     after = read_rows(exported, "samples_pairwise", DS, "random_by_user")
     key = lambda r: (r["user_idx"], r["item_idx"], tuple(r["negatives"]))  # noqa: E731
     assert sorted(map(key, before)) == sorted(map(key, after))
+
+
+def test_uniform_sampler_draws_only_items_with_train_interactions() -> None:
+    """Items 2 and 5 occur only outside train (cold items): never a negative, so no model
+    learns from the split that they are never chosen; a user who has every trained item has
+    no negative at all."""
+    trained = np.array([False, True, False, True, True, False, True])
+    sampler = NegativeSampler(6, None, seed=3, trained=trained)
+    draws = np.concatenate([sampler.draw(user, np.array([1]), 500) for user in range(5)])
+    assert set(np.unique(draws).tolist()) == {3, 4, 6}
+    assert set(sampler.draw(9, np.array([1, 3, 4]), 50).tolist()) == {6}  # one left
+    with pytest.raises(ValueError, match="interacted with every item"):
+        sampler.draw(9, np.array([1, 3, 4, 6, 2]), 1)
+    untrained = NegativeSampler(6, None, seed=3).draw(0, np.array([1]), 500)
+    assert {2, 5} <= set(untrained.tolist())  # without the mask every item is drawn
 
 
 def test_popularity_sampler_follows_counts_and_skips_positives() -> None:

@@ -683,6 +683,36 @@ def test_din_logit_pools_the_history_by_each_candidates_attention() -> None:
                 torch.testing.assert_close(scores[b, item], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_din_loss_never_takes_an_untrained_item_as_a_negative() -> None:
+    """Items without train interactions (cold) drop out of the negatives, as in export: the
+    loss is each row's log loss over its target and its trained, non-target negatives."""
+    counts = COUNTS.copy()
+    counts[N_ITEMS // 2 :] = 0  # the upper half of the catalogue is cold
+    context = replace(CONTEXT, item_counts=counts)
+    model = build("din", context=context, seed=8, negatives=6).eval()
+    batch = make_batch("sequence")
+    torch.manual_seed(5)
+    loss = model.loss(batch)
+    torch.manual_seed(5)
+    negatives = torch.randint(1, N_ITEMS + 1, (len(batch), 6))
+    total, terms = 0.0, 0
+    with torch.no_grad():
+        for b in range(len(batch)):
+            target = int(batch.require("items")[b])
+            kept = [n for n in negatives[b].tolist() if n != target and counts[n] > 0]
+            items = torch.tensor([[target, *kept]])
+            profile = model._profile(batch.users[b : b + 1], torch.float32)
+            logits = model.candidate_scores(
+                batch.require("history")[b : b + 1], profile, model.item_vectors(items)
+            )[0]
+            labels = torch.zeros_like(logits)
+            labels[0] = 1.0
+            total += float(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"))
+            terms += len(logits)
+    assert terms < len(batch) * 7  # some negatives were cold (or the target) and dropped
+    assert loss.item() == pytest.approx(total / terms, rel=1e-5)
+
+
 def test_mmoe_heads_and_loss_match_a_hand_computation() -> None:
     """MMoE by its definition, in numpy loops over experts and tasks: each task's softmax
     gate mixes the experts' outputs, its tower reads the mix; the loss is log loss plus the

@@ -63,11 +63,26 @@ def user_sequences(
 
 
 class NegativeSampler:
-    """Draws items a user has not interacted with, uniformly or by train popularity."""
+    """Draws items a user has not interacted with, uniformly or by train popularity.
 
-    def __init__(self, n_items: int, weights: np.ndarray | None, seed: int) -> None:
+    With ``trained`` ([n_items + 1] bool) only those items are drawn: an item without train
+    interactions (one that occurs only in valid or test, e.g. every item of ``cold_items``'s
+    test) is never a negative, so no model learns from the split that it is never chosen.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        weights: np.ndarray | None,
+        seed: int,
+        trained: np.ndarray | None = None,
+    ) -> None:
         self.n_items = n_items
         self.seed = seed
+        self.trained = None if trained is None else np.asarray(trained, dtype=bool).copy()
+        if self.trained is not None:
+            self.trained[0] = False
+        self.pool_size = n_items if self.trained is None else int(self.trained.sum())
         self.cdf: np.ndarray | None = None
         if weights is not None:
             probs = np.asarray(weights, dtype=np.float64).copy()
@@ -80,21 +95,32 @@ class NegativeSampler:
         """``count`` items (int32) outside ``positives``, reproducible for (seed, user)."""
         rng = np.random.default_rng([self.seed, int(user)])
         seen = np.unique(positives)
-        if len(seen) >= self.n_items:
+        if self._seen_in_pool(seen) >= self.pool_size:
             raise ValueError(f"user_idx {user} interacted with every item: no negatives exist")
         out = np.empty(count, dtype=np.int64)
         todo = np.arange(count)
         for _ in range(_MAX_ROUNDS):
             candidates = self._candidates(rng, len(todo))
             ok = ~np.isin(candidates, seen)
+            if self.trained is not None:
+                ok &= self.trained[candidates]
             out[todo[ok]] = candidates[ok]
             todo = todo[~ok]
             if not len(todo):
                 return out.astype(np.int32)
         # Popularity sampling can starve when the user has every popular item: finish uniformly.
-        unseen = np.setdiff1d(np.arange(1, self.n_items + 1), seen)
-        out[todo] = rng.choice(unseen, size=len(todo))
+        pool = np.arange(1, self.n_items + 1)
+        if self.trained is not None:
+            pool = pool[self.trained[1:]]
+        out[todo] = rng.choice(np.setdiff1d(pool, seen), size=len(todo))
         return out.astype(np.int32)
+
+    def _seen_in_pool(self, seen: np.ndarray) -> int:
+        """How many of the user's distinct items could be drawn (were it not for the user)."""
+        if self.trained is None:
+            return len(seen)
+        inside = seen[(seen >= 1) & (seen <= self.n_items)]
+        return int(self.trained[inside].sum())
 
     def _candidates(self, rng: np.random.Generator, size: int) -> np.ndarray:
         if self.cdf is None:

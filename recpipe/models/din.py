@@ -113,8 +113,14 @@ class Din(RecModel):
         ).float()
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
-        # A negative that happens to be the target is not a negative.
-        keep = torch.cat([torch.ones_like(targets[:, None]), negatives != targets[:, None]], 1)
+        # A negative that happens to be the target is not a negative; nor is an item without
+        # train interactions (as in export's samples): the model must not learn from the split
+        # that a cold item is never chosen.
+        real = negatives != targets[:, None]
+        trained = self.item_counts > 0
+        if bool(trained.any()):  # counts known (a bare context has none)
+            real = real & trained[negatives]
+        keep = torch.cat([torch.ones_like(targets[:, None]), real], 1)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         return (loss * keep).sum() / keep.sum()
 

@@ -191,8 +191,9 @@ def export_protocol(
     stride = settings.stride or settings.max_len
     n_items = tx.record.n_items or 0
     train = read_train(spark, tx, protocol)
-    weights = _item_counts(train, n_items) if settings.negative_sampling == "popularity" else None
-    sampler = NegativeSampler(n_items, weights, settings.seed)
+    counts = _item_counts(train, n_items)
+    weights = counts if settings.negative_sampling == "popularity" else None
+    sampler = NegativeSampler(n_items, weights, settings.seed, trained=counts > 0)
     sequences = user_sequences(train).persist(StorageLevel.MEMORY_AND_DISK)
     expected = _expected_rows(sequences, settings.negatives, stride)
     record = ExportSamples(users=expected["users"], interactions=expected["interactions"])
