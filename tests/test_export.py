@@ -116,8 +116,9 @@ def test_sequence_windows_cover_every_target_once(exported) -> None:
         seen_targets.update((row["user_idx"], t) for t in [*real[1:], row["item_idx"]])
     expected = Counter((u, i) for u, seq in sequences.items() for i in seq[1:])
     assert seen_targets == expected  # each item after a user's first is a target exactly once
-    assert not any(len(seq) < 2 and u in {r["user_idx"] for r in rows} for u, seq in
-                   sequences.items())
+    assert not any(
+        len(seq) < 2 and u in {r["user_idx"] for r in rows} for u, seq in sequences.items()
+    )
 
 
 def test_files_and_manifest_counts(exported) -> None:

@@ -187,4 +187,3 @@ def collectives_for(launcher: str) -> Collectives:
 
         return HorovodCollectives()
     return TorchCollectives()
-
