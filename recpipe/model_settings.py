@@ -105,9 +105,11 @@ class CkeConfig(BprMfConfig):
     search_space: ClassVar[dict[str, Param]] = {
         **BprMfConfig.search_space,
         "kg_weight": log_uniform(1e-2, 1.0),
+        "offset_dropout": uniform(0.0, 0.9),
     }
 
     relation_dim: int = Field(ge=1)
+    offset_dropout: float = Field(ge=0, le=1)
     kg_weight: float = Field(gt=0)
     kg_batch_size: int = Field(ge=1)
     kg_reg: float = Field(ge=0)

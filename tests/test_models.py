@@ -416,7 +416,7 @@ def test_bpr_loss_matches_hand_computation() -> None:
     )
 
 
-def _cke(kg_reg: float) -> Cke:
+def _cke(kg_reg: float, offset_dropout: float = 0.0) -> Cke:
     """CKE on 3 items: item 1 trained and linked to entity 1, item 2 trained and not linked,
     item 3 untrained and linked to entity 2; one triple (1, 1, 3)."""
     layout = {
@@ -431,6 +431,7 @@ def _cke(kg_reg: float) -> Cke:
         feature_values=values,
     )  # fmt: skip
     config = CkeConfig(dim=2, relation_dim=2, reg=0.0, kg_weight=0.5, kg_batch_size=3,
+                       offset_dropout=offset_dropout,
                        kg_reg=kg_reg)  # fmt: skip
     model = Cke(config, context)
     with torch.no_grad():
@@ -473,6 +474,24 @@ def test_cke_loss_is_bpr_over_entity_summed_items_plus_transr() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     parts = model.loss_parts()
     assert parts["bpr"].item() == pytest.approx(bpr, rel=1e-6) and set(parts) == {"bpr", "kg"}
+
+
+def test_cke_offset_dropout_scores_linked_training_items_by_their_entity() -> None:
+    """With offset_dropout 1, a training step sees every linked item as its entity alone (item
+    1: v_1 = (1, 0)); an unlinked item keeps its offset (item 2); scoring keeps them all."""
+    model = _cke(kg_reg=0.0, offset_dropout=1.0)
+    items = torch.tensor([1, 2, 3])
+    expected_eval = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    expected_train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.train().item_factors(items), expected_train)
+        torch.testing.assert_close(model.eval().item_factors(items), expected_eval)
+    half = _cke(kg_reg=0.0, offset_dropout=0.5).train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        rows = half.item_factors(torch.ones(2000, dtype=torch.int64))
+    dropped = float((rows[:, 0] == 1.0).float().mean())
+    assert 0.45 < dropped < 0.55  # about half the draws lose the offset
 
 
 def test_cke_scores_an_untrained_linked_item_by_its_entity_alone() -> None:

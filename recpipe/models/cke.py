@@ -33,8 +33,11 @@ class Cke(BprMf):
     triple with a random tail by ``-log sigma(f(h, r, t') - f(h, r, t))`` (the pairwise form
     Wang et al. use for CKE in KGAT, KDD 2019), plus ``kg_reg`` times the squared norms. An
     item without training interactions has an untrained offset, read as zero: it is scored by
-    its entity alone, which the graph placed beside the entities of items that have data.
-    Without links or triples the model is BPR-MF.
+    its entity alone, which the graph placed beside the entities of items that have data. So
+    that entity vectors carry the ranking signal too (the paper's model puts it all in the
+    offsets when it can), ``offset_dropout`` of the linked training items lose their offset
+    at each step, as DropoutNet drops preference inputs (Volkovs et al., NeurIPS 2017): 0 is
+    the paper's model. Without links or triples the model is BPR-MF.
     """
 
     config_class: ClassVar[type[ModelConfig]] = CkeConfig
@@ -94,9 +97,14 @@ class Cke(BprMf):
         return self.projection is not None
 
     def item_factors(self, items: torch.Tensor) -> torch.Tensor:
-        """``eta_i`` (zero for an untrained item) ``+ v_e(i)``."""
-        trained = (self.item_counts[items] > 0).to(self.item_emb.weight.dtype)
-        factors = self.item_emb(items) * trained[..., None]
+        """``eta_i`` (zero for an untrained item, and in training for ``offset_dropout`` of the
+        linked items) ``+ v_e(i)``."""
+        keep = self.item_counts[items] > 0
+        if self.training and self.entity_emb is not None and self.config.offset_dropout > 0:
+            linked = self.item_entity[items] > 0
+            drop = torch.rand(items.shape, device=items.device) < self.config.offset_dropout
+            keep = keep & ~(drop & linked)
+        factors = self.item_emb(items) * keep.to(self.item_emb.weight.dtype)[..., None]
         if self.entity_emb is not None:
             factors = factors + self.entity_emb(self.item_entity[items])
         return factors
