@@ -83,16 +83,21 @@ def test_hybrid_scores_untrained_items_from_their_features_alone() -> None:
         assert torch.equal(items[0], torch.zeros(8))
 
 
+def _views(ds: str, items: int, users: int) -> list[dict[str, str]]:
+    """One view of each item i0.. on ``ds``, by users u0.. in turn, a minute apart."""
+    return [
+        {"user_id": f"u{k % users}", "item_id": f"i{k}", "event_type": "view",
+         "ts": f"{ds}T00:0{k}:00Z"}
+        for k in range(items)
+    ]  # fmt: skip
+
+
 def test_feature_tables_read_back_the_lake_as_of_the_day(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     """Dense tables indexed like vocab: each item's row holds its feature, unknown rows 0."""
     ds = "2026-11-22"
-    events = [
-        {"user_id": f"u{k % 3}", "item_id": f"i{k}", "event_type": "view",
-         "ts": f"{ds}T00:0{k}:00Z"}
-        for k in range(6)
-    ]  # fmt: skip
+    events = _views(ds, items=6, users=3)
     items = [{"item_id": f"i{k}", "shade": "dark" if k % 2 else "light"} for k in range(5)]
     config = build_config(
         tmp_path,
@@ -127,11 +132,7 @@ def test_knowledge_tables_index_the_graph_as_of_the_day(
     """Links join the item vocabulary (an unindexed item's link is dropped); entities and
     relations are numbered 1.. in sorted name order, so the triples decode back to the input."""
     ds = "2026-11-22"
-    events = [
-        {"user_id": f"u{k % 2}", "item_id": f"i{k}", "event_type": "view",
-         "ts": f"{ds}T00:0{k}:00Z"}
-        for k in range(4)
-    ]  # fmt: skip
+    events = _views(ds, items=4, users=2)
     links = [{"item_id": "i0", "entity": "m.a"}, {"item_id": "i1", "entity": "m.b"},
              {"item_id": "i2", "entity": "m.c"}, {"item_id": "i9", "entity": "m.z"}]  # fmt: skip
     triples = [("m.a", "starring", "m.x"), ("m.b", "starring", "m.x"),
