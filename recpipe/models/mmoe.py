@@ -90,24 +90,35 @@ class Mmoe(FactorisationModel):
         flat = vectors.flatten(-2)
         return Side(first, self.item_in(flat), self.item_gate(flat))
 
-    def heads(self, user: Side, item: Side) -> torch.Tensor:
-        """[..., 2]: the interaction logit and the predicted rating of every pair."""
+    def _mixed(self, user: Side, item: Side) -> torch.Tensor:
+        """[..., tasks, width]: each task's gated mix of the experts' outputs."""
         experts = self.config.experts
         hidden = self.dropout(F.relu(user.hidden + item.hidden))
         hidden = hidden.unflatten(-1, (experts, -1))  # [..., experts, h0]
         outputs = torch.stack([net(hidden[..., e, :]) for e, net in enumerate(self.experts)], -2)
         gates = (user.gates + item.gates).unflatten(-1, (len(TASKS), experts)).softmax(-1)
-        mixed = gates.to(outputs.dtype) @ outputs  # [..., tasks, width]
-        interaction = self.towers[0](mixed[..., 0, :]).squeeze(-1) + user.first + item.first
+        return gates.to(outputs.dtype) @ outputs
+
+    def _interaction(self, mixed: torch.Tensor, user: Side, item: Side) -> torch.Tensor:
+        return self.towers[0](mixed[..., 0, :]).squeeze(-1) + user.first + item.first
+
+    def _rating(self, mixed: torch.Tensor) -> torch.Tensor:
         rating = torch.sigmoid(self.towers[1](mixed[..., 1, :]).squeeze(-1))
-        return torch.stack([interaction, rating * self.config.rating_scale], -1)
+        return rating * self.config.rating_scale
+
+    def heads(self, user: Side, item: Side) -> torch.Tensor:
+        """[..., 2]: the interaction logit and the predicted rating of every pair."""
+        mixed = self._mixed(user, item)
+        return torch.stack([self._interaction(mixed, user, item), self._rating(mixed)], -1)
 
     def combine(self, user: Side, item: Side) -> torch.Tensor:
-        """The ranking score of every pair: the interaction logit or the expected rating."""
-        heads = self.heads(user, item)
+        """The ranking score of every pair: the interaction logit or the expected rating (the
+        rating tower runs only for the latter: scoring runs this for every pair)."""
+        mixed = self._mixed(user, item)
+        interaction = self._interaction(mixed, user, item)
         if self.config.rank_by == "interaction":
-            return heads[..., 0]
-        return torch.sigmoid(heads[..., 0]) * heads[..., 1]
+            return interaction
+        return torch.sigmoid(interaction) * self._rating(mixed)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Log loss of the interaction plus ``rating_weight`` times the scaled squared error of
