@@ -177,14 +177,15 @@ class TemporalConfig(_Section):
     valid_ratio: float = Field(0.08, ge=0, lt=1)
 
 
-class ColdItemsConfig(_Section):
-    # Shares of the items (by first interaction time): the latest test_ratio are cold in test,
-    # the valid_ratio before them cold in valid; every interaction of a cold item goes there.
+class ColdStartConfig(_Section):
+    # Shares of the items (cold_items) or users (cold_users) by first interaction time: the
+    # latest test_ratio are cold in test, the valid_ratio before them cold in valid; every
+    # interaction of a cold item (user) goes there.
     test_ratio: float = Field(0.1, gt=0, lt=1)
     valid_ratio: float = Field(0.05, ge=0, lt=1)
 
 
-SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user", "cold_items"]
+SplitProtocol = Literal["leave_last_out", "temporal", "random_by_user", "cold_items", "cold_users"]
 
 
 class SplitConfig(_Section):
@@ -195,7 +196,8 @@ class SplitConfig(_Section):
     leave_last_out: LeaveLastOutConfig = Field(default_factory=LeaveLastOutConfig)
     random_by_user: RandomByUserConfig = Field(default_factory=RandomByUserConfig)
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
-    cold_items: ColdItemsConfig = Field(default_factory=ColdItemsConfig)
+    cold_items: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    cold_users: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
 class BootstrapConfig(_Section):

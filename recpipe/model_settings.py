@@ -161,6 +161,7 @@ class HybridTwoTowerConfig(ModelConfig):
         "temperature": log_uniform(0.02, 1.0),
         "dropout": uniform(0.0, 0.5),
         "id_dropout": uniform(0.0, 0.9),
+        "history_dropout": uniform(0.0, 0.5),
     }
 
     temperature: float = Field(gt=0)
@@ -169,6 +170,7 @@ class HybridTwoTowerConfig(ModelConfig):
     user_layers: list[int]
     use_item_ids: bool
     id_dropout: float = Field(ge=0, le=1)
+    history_dropout: float = Field(0.0, ge=0, lt=1)
     dropout: float = Field(ge=0, lt=1)
 
 

@@ -133,6 +133,17 @@ def split_users(root: LocationLike, ds: str, protocol: str, part: str) -> np.nda
     return np.flatnonzero(present)
 
 
+def split_user_mask(
+    root: LocationLike, ds: str, protocol: str, part: str, n_users: int
+) -> np.ndarray:
+    """Bool [n_users]: which users have a row in ``part`` (users indexed after ``n_users``,
+    beyond a model's vocabulary, are left out)."""
+    users = split_users(root, ds, protocol, part)
+    mask = np.zeros(n_users, dtype=bool)
+    mask[users[users < n_users]] = True
+    return mask
+
+
 def split_rows_of_users(
     root: LocationLike, ds: str, protocol: str, part: str, users: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

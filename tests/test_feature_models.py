@@ -222,3 +222,116 @@ def test_factorisation_models_read_an_untrained_item_id_as_missing(name: str) ->
     assert not torch.allclose(after[:, 1], before[:, 1])
     bare = cls(cls.config_class(**settings), ModelContext(n_users=3, n_items=5))
     assert not bare.scores_untrained_items  # ids only: nothing to score a new item by
+
+
+@pytest.mark.parametrize("name", ["deepfm", "nfm", "wide_deep", "mmoe", "bpr_mf"])
+def test_a_fresh_model_starts_untrained_users_at_zero(name: str) -> None:
+    """``forget_untrained_users`` zeroes exactly the user-table rows of users without train
+    interactions; trained users keep the rows a build without the mask gives (same seed)."""
+    trained = np.array([False, True, False, True])
+    cls = model_class(name)
+    settings = model_settings_of(name)
+    torch.manual_seed(0)
+    plain = cls(cls.config_class(**settings), ModelContext(n_users=4, n_items=5))
+    torch.manual_seed(0)
+    model = cls(
+        cls.config_class(**settings), ModelContext(n_users=4, n_items=5, trained_users=trained)
+    )
+    names = cls.user_table_names(model.config)
+    assert names and model.forget_untrained_users() == 2
+    for table in names:
+        rows, reference = model.get_submodule(table).weight, plain.get_submodule(table).weight
+        assert torch.equal(rows[~torch.as_tensor(trained)], torch.zeros_like(rows[[0, 2]]))
+        torch.testing.assert_close(rows[[1, 3]], reference[[1, 3]], rtol=0, atol=0)
+
+
+def model_settings_of(name: str) -> dict[str, object]:
+    """Tiny settings for the models the cold-user tests build."""
+    if name == "bpr_mf":
+        return {"dim": 4, "reg": 0.0}
+    settings: dict[str, object] = {
+        "dim": 4, "mlp_layers": [8], "dropout": 0.0, "score_chunk_pairs": 7
+    }  # fmt: skip
+    if name == "wide_deep":
+        settings["cross_buckets"] = 13
+    if name == "mmoe":
+        settings = {
+            "dim": 4, "experts": 2, "expert_layers": [8], "tower_layers": [4], "dropout": 0.0,
+            "rating_weight": 1.0, "rating_scale": 5.0, "rank_by": "interaction",
+            "score_chunk_pairs": 7,
+        }  # fmt: skip
+    return settings
+
+
+@pytest.mark.parametrize("name", ["deepfm", "nfm", "wide_deep", "mmoe"])
+def test_factorisation_models_score_an_untrained_user_from_their_profile(name: str) -> None:
+    """Users 2 and 3 have no train interaction: with a user feature their rows are a function
+    of it alone (equal profiles, equal rows; another profile, other rows) and the scorer lists
+    them; without user features the model says it cannot, and the scorer skips them."""
+    layout = {"users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}]}
+    trained = np.array([False, True, False, False])
+    context = ModelContext(
+        n_users=4, n_items=5, trained_users=trained, feature_layout=layout,
+        feature_values={"users.age": torch.tensor([[0], [2], [3], [3]])},
+    )  # fmt: skip
+    cls = model_class(name)
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**model_settings_of(name)), context)
+    model.forget_untrained_users()
+    model.eval()
+    assert model.scores_untrained_users
+    with torch.no_grad():
+        rows = model.score_all(Batch(users=torch.tensor([1, 2, 3])))
+        torch.testing.assert_close(rows[1], rows[2])  # same profile, both untrained
+        model.fields.user_emb.weight[1] += 1.0  # a trained user's id matters
+        assert not torch.allclose(model.score_all(Batch(users=torch.tensor([1])))[0], rows[0])
+    histories = UserHistories.from_events(
+        np.array([1]), np.array([1]), np.array([10]), distinct=True, n_users=4
+    ).take(np.array([1, 2, 3]))
+    items, _ = deep_scorer(model, np.ones(6, dtype=bool), trained).top_k(histories, 2, 16)
+    assert (items > 0).all()  # every user listed, the cold ones included
+    bare = cls(cls.config_class(**model_settings_of(name)), ModelContext(n_users=4, n_items=5))
+    assert not bare.scores_untrained_users
+    scorer = deep_scorer(bare.eval(), np.ones(6, dtype=bool), trained)
+    assert scorer.can_score(histories).tolist() == [True, False, False]
+
+
+def test_hybrid_places_a_user_without_history_by_their_profile() -> None:
+    """history_dropout > 0: the hybrid scores a user with an empty history from their
+    features alone (equal profiles, equal vectors; the id is never read), and training with
+    it runs; history_dropout = 0 leaves users without history unscored."""
+    genres = torch.tensor([[0], [2], [3], [2], [3], [3]])
+    counts = np.array([0, 4, 2, 1, 0, 0])
+    layout = {
+        "items": [{"name": "genre", "kind": "categorical", "width": 1, "size": 4}],
+        "users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}],
+    }
+    context = ModelContext(
+        n_users=4, n_items=5, max_len=4, item_counts=counts, feature_layout=layout,
+        feature_values={"items.genre": genres, "users.age": torch.tensor([[0], [2], [3], [2]])},
+    )  # fmt: skip
+    config = _hybrid(counts, genres).config.model_copy(update={"history_dropout": 0.5})
+    torch.manual_seed(0)
+    model = HybridTwoTower(config, context)
+    assert model.scores_untrained_users
+    batch = Batch(users=torch.tensor([1, 2]), items=torch.tensor([2, 3]),
+                  history=torch.tensor([[0, 1, 2, 3], [0, 0, 1, 2]]))  # fmt: skip
+    loss = model.train()(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.user_tower[0].weight.grad.abs().sum() > 0
+    model.eval()
+    empty = Batch(users=torch.tensor([1, 3, 2]), history=torch.zeros((3, 4), dtype=torch.int64))
+    with torch.no_grad():
+        vectors = model.user_embeddings(empty)
+    torch.testing.assert_close(vectors[0], vectors[1])  # users 1 and 3: the same age
+    assert not torch.allclose(vectors[0], vectors[2])
+    histories = UserHistories.from_events(
+        np.array([1]), np.array([1]), np.array([10]), distinct=True, n_users=4
+    ).take(np.array([1, 3]))
+    trained = np.array([False, True, False, False])
+    scorer = deep_scorer(model, counts > 0, trained)
+    assert scorer.can_score(histories).all()
+    items, _ = scorer.top_k(histories, 2, 16)
+    assert (items > 0).all()
+    still = HybridTwoTower(config.model_copy(update={"history_dropout": 0.0}), context).eval()
+    assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]

@@ -347,13 +347,17 @@ def test_temporal_test_ratio(small: Callable[..., Run]) -> None:
     assert parts == TEMPORAL_RATIO
 
 
-def _expected_cold(interactions: set[Key], test_ratio: float, valid_ratio: float) -> Parts:
-    """cold_items by hand: items ordered by first interaction; the latest ``test_ratio`` of
-    them (percentile_disc: the items after the ceil(q * n)-th) with all their interactions in
-    test, the ``valid_ratio`` before them in valid, everything else in train."""
+def _expected_cold(
+    interactions: set[Key], test_ratio: float, valid_ratio: float, side: int = 1
+) -> Parts:
+    """cold_items (``side`` 1, the item of a key) or cold_users (``side`` 0) by hand: items
+    (users) ordered by first interaction; the latest ``test_ratio`` of them (percentile_disc:
+    those after the ceil(q * n)-th) with all their interactions in test, the ``valid_ratio``
+    before them in valid, everything else in train."""
     first: dict[str, dt.datetime] = {}
-    for _, item, _, ts in interactions:
-        first[item] = min(ts, first.get(item, ts))
+    for key in interactions:
+        who, ts = key[side], key[3]
+        first[who] = min(ts, first.get(who, ts))
     times = sorted(first.values())
 
     def last_below(q: float) -> dt.datetime:
@@ -363,7 +367,7 @@ def _expected_cold(interactions: set[Key], test_ratio: float, valid_ratio: float
     valid_after = last_below(1 - test_ratio - valid_ratio)
     parts: Parts = {part: set() for part in PARTS}
     for key in interactions:
-        when = first[key[1]]
+        when = first[key[side]]
         part = "test" if when > test_after else "valid" if when > valid_after else "train"
         parts[part].add(key)
     return parts
@@ -388,6 +392,26 @@ def test_cold_items_sends_every_interaction_of_the_newest_items_to_test(
     assert not items["valid"] & items["train"]
     settings = manifest["protocols"]["cold_items"]["settings"]
     assert (settings["test_ratio"], settings["valid_ratio"]) == (0.25, 0.1)
+
+
+def test_cold_users_sends_every_interaction_of_the_newest_users_to_test(
+    small: Callable[..., Run],
+) -> None:
+    """No scored user has a train interaction: the users first seen last are wholly in test
+    (valid before them), whatever items they touch."""
+    split, manifest = small(
+        "split.protocols=[cold_users]",
+        "split.cold_users.test_ratio=0.34",
+        "split.cold_users.valid_ratio=0.3",
+    )
+    parts = _parts(split, "cold_users")
+    assert parts == _expected_cold(DEDUPED, 0.34, 0.3, side=0)
+    users = {part: {key[0] for key in parts[part]} for part in PARTS}
+    assert users["test"] and users["valid"] and users["train"]
+    assert not users["test"] & (users["train"] | users["valid"])
+    assert not users["valid"] & users["train"]
+    settings = manifest["protocols"]["cold_users"]["settings"]
+    assert settings["rule"].startswith("users first seen")
 
 
 # ---------------------------------------------------------------------------- leakage

@@ -91,23 +91,25 @@ def temporal_cuts(
 FIRST_MS = "_first_ms"
 
 
-def item_first_seen(interactions: DataFrame) -> DataFrame:
-    """(item_idx, ts_ms): each item's first interaction time."""
-    return interactions.groupBy(ITEM_IDX).agg(F.min(TS_MS).alias(TS_MS))
+def first_seen(interactions: DataFrame, key: str) -> DataFrame:
+    """(key, ts_ms): each item's (``key=item_idx``) or user's first interaction time."""
+    return interactions.groupBy(key).agg(F.min(TS_MS).alias(TS_MS))
 
 
-def cold_items(interactions: DataFrame, *, valid_cut_ms: int, test_cut_ms: int) -> DataFrame:
-    """Item cold start: every interaction of an item first seen at or after ``test_cut`` ->
-    test, of one first seen from ``valid_cut`` -> valid, the rest (all interactions of items
-    known before the cuts, whenever they happen) -> train. So the scored items have no train
-    interaction at all."""
-    first = item_first_seen(interactions).select(ITEM_IDX, F.col(TS_MS).alias(FIRST_MS))
+def cold_start(
+    interactions: DataFrame, key: str, *, valid_cut_ms: int, test_cut_ms: int
+) -> DataFrame:
+    """Cold start of the items (``key=item_idx``) or users (``user_idx``): every interaction
+    of one first seen at or after ``test_cut`` -> test, of one first seen from ``valid_cut``
+    -> valid, the rest (all interactions of those known before the cuts, whenever they
+    happen) -> train. So a scored item (or user) has no train interaction at all."""
+    first = first_seen(interactions, key).select(key, F.col(TS_MS).alias(FIRST_MS))
     part = (
         F.when(F.col(FIRST_MS) >= test_cut_ms, F.lit(TEST))
         .when(F.col(FIRST_MS) >= valid_cut_ms, F.lit(VALID))
         .otherwise(F.lit(TRAIN))
     )
-    return interactions.join(first, ITEM_IDX).withColumn(PART, part).drop(FIRST_MS)
+    return interactions.join(first, key).withColumn(PART, part).drop(FIRST_MS)
 
 
 def temporal(interactions: DataFrame, *, valid_cut_ms: int, test_cut_ms: int) -> DataFrame:

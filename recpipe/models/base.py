@@ -26,6 +26,7 @@ class ModelContext:
     n_items: int  # item_idx in 1..n_items (0 is padding)
     max_len: int = 50  # history length of sequence samples
     item_counts: np.ndarray | None = None  # [n_items + 1] train interactions per item
+    trained_users: np.ndarray | None = None  # [n_users] bool: users with train interactions
     # Item and user features (recpipe.models.fields): the layout rides in the checkpoint, the
     # tables ("items.<name>" -> tensor) reach the model here and travel on as its buffers.
     feature_layout: dict[str, list[dict[str, Any]]] | None = None
@@ -109,6 +110,32 @@ class RecModel(nn.Module, ABC):
         its features): then every item the model knows is a candidate and may enter a
         history, not only the items it trained on (as for id-only models)."""
         return False
+
+    @property
+    def scores_untrained_users(self) -> bool:
+        """Whether a user without training interactions (and possibly without history) still
+        gets a meaningful score (from their profile features, or a model trained on empty
+        histories): then such users are scored, not skipped (the ``cold_users`` protocol)."""
+        return False
+
+    def forget_untrained_users(self) -> int:
+        """Zero the rows of :meth:`user_table_names` of users without train interactions
+        (``context.trained_users``), so an untrained user's id reads as missing (a zero
+        vector that never gets a gradient) instead of random initialisation. A fresh model
+        does this once, before any earlier weights are loaded. Returns the rows zeroed."""
+        trained = self.context.trained_users
+        names = self.user_table_names(self.config)
+        if trained is None or not names:
+            return 0
+        forget = torch.as_tensor(~np.asarray(trained, dtype=bool))
+        with torch.no_grad():
+            for name in names:
+                module = self.get_submodule(name)
+                assert isinstance(module, nn.Embedding), name
+                table = module.weight
+                rows = forget[: table.shape[0]].to(table.device)
+                table[: len(rows)][rows] = 0.0
+        return int(forget.sum())
 
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:

@@ -160,6 +160,12 @@ class FactorisationFields(nn.Module):
         """With item features an untrained item still has fields to be scored by."""
         return self.item_fields.count > 0
 
+    @property
+    def scores_untrained_users(self) -> bool:
+        """With user features an untrained user (whose id rows are zero: missing) still has
+        fields to be scored by."""
+        return self.user_fields.count > 0
+
     def count(self, side: str) -> int:
         """Fields of ``side`` (``users`` or ``items``): the id and every feature."""
         return 1 + (self.user_fields if side == "users" else self.item_fields).count

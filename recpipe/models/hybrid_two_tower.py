@@ -7,7 +7,9 @@ Yang, Hong, Cheng, Heldt, Kumthekar, Zhao, Wei, Chi, "Sampling-Bias-Corrected Ne
 for Large Corpus Item Recommendations", RecSys 2019 (in-batch softmax, log-Q correction); the
 id embedding is dropped for a share of training items (as dropout of the preference input in
 Volkovs, Yu, Poutanen, "DropoutNet: Addressing Cold Start in Recommender Systems", NeurIPS
-2017) so the tower learns to place an item from its content alone.
+2017) so the tower learns to place an item from its content alone; in the same way the
+history is emptied for a share of training queries, so the user tower learns to place a user
+without history (cold users) from their profile alone.
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ class HybridTwoTower(RecModel):
         """With item features, yes: an untrained item is placed by its features."""
         return self.item_fields.count > 0
 
+    @property
+    def scores_untrained_users(self) -> bool:
+        """Trained with emptied histories (``history_dropout``), a user without history gets
+        a vector from their features (or, without user features, the tower's empty-history
+        vector, the same for every such user)."""
+        return self.config.history_dropout > 0
+
     def _tower_weight(self) -> torch.Tensor:
         """The item tower's first weight (its dtype; a graph-connected zero)."""
         return next(self.item_tower.parameters())
@@ -132,7 +141,12 @@ class HybridTwoTower(RecModel):
         emb = self.item_vectors(history)
         queries = emb.cumsum(1) / mask.cumsum(1).clamp(min=1)[..., None]
         pos_users = users[:, None].expand_as(history)
-        hidden = self._user(queries[train], pos_users[train])
+        pooled = queries[train]
+        if self.training and self.config.history_dropout > 0:
+            # DropoutNet on the user side: an emptied history pools to zero, as at scoring.
+            keep = torch.rand(pooled.shape[0], device=pooled.device) >= self.config.history_dropout
+            pooled = pooled * keep[:, None]
+        hidden = self._user(pooled, pos_users[train])
         candidates, labels = torch.unique(targets[train], return_inverse=True)
         logits = (hidden @ self._candidates(candidates).T).float() / self.config.temperature
         logits = logits - log_q(self.item_counts)[candidates].float()

@@ -103,6 +103,12 @@ class FactorisationModel(PointwisePairModel):
         reads as missing)."""
         return self.fields.scores_untrained_items
 
+    @property
+    def scores_untrained_users(self) -> bool:
+        """With user features: an untrained user is scored from them (its id rows are zero,
+        see RecModel.forget_untrained_users)."""
+        return self.fields.scores_untrained_users
+
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
         """The user id's embedding and first-order weight."""

@@ -82,8 +82,11 @@ class Scorer(ABC):
         needs_history: bool,
         device: torch.device,
         vectors_in_column: bool = False,
+        scores_untrained_users: bool = False,
     ) -> None:
         self.name = name
+        # RecModel.scores_untrained_users: every user is scorable, trained or not.
+        self.scores_untrained_users = scores_untrained_users
         # User vectors come with the users (UserHistories.vectors), not inside the model.
         self.vectors_in_column = vectors_in_column
         self.known_items = np.asarray(known_items, dtype=bool)
@@ -96,13 +99,18 @@ class Scorer(ABC):
     def can_score(self, histories: UserHistories) -> np.ndarray:
         """Bool per user: the model has a trained row for the user (id-based models; the
         users' ``trained`` column when they came with one, else ``train_users``) or at least
-        one of the user's items was in training (history-based models)."""
+        one of the user's items was in training (history-based models); every user for a
+        model that scores untrained users (from their profile)."""
         ok = np.ones(len(histories), dtype=bool)
         if self.uses_user_ids and self.vectors_in_column:
             # require_vectors: users sent without the vector column are an error, never
             # silently "cannot score".
             histories.require_vectors()
+            if self.scores_untrained_users:
+                return ok
             ok &= histories.has_vector()
+        if self.scores_untrained_users:
+            return ok
         if self.uses_user_ids and histories.trained is not None:
             ok &= histories.trained
         elif self.uses_user_ids:
@@ -364,6 +372,7 @@ def _deep_inputs(
         needs_history=sequence,
         device=device,
         vectors_in_column=model.user_rows is not None,
+        scores_untrained_users=model.scores_untrained_users,
     )
     return model, batch, common
 

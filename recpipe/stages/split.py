@@ -18,9 +18,9 @@ from recpipe.etl.sessionize import EVENT_RANK, TS_MS, event_rank, explode_sessio
 from recpipe.etl.split import (
     PART,
     PARTS,
-    cold_items,
+    cold_start,
     dedupe_user_item,
-    item_first_seen,
+    first_seen,
     leave_last_out,
     random_by_user,
     temporal,
@@ -43,6 +43,9 @@ from recpipe.schema import (
 )
 from recpipe.serving import ALL, written_protocols
 from recpipe.spark import one_row
+
+# The cold-start protocols and whose first interaction time decides what is cold.
+COLD_START_KEYS = {"cold_items": ITEM_IDX, "cold_users": USER_IDX}
 
 PROTOCOL = "protocol"
 SPLIT_COLUMNS: tuple[str, ...] = (
@@ -91,11 +94,12 @@ def label_parts(interactions: DataFrame, config: Config, protocol: str) -> tuple
             valid_ratio=None if cfg.cut else cfg.valid_ratio,
         )
         return temporal(interactions, valid_cut_ms=valid_ms, test_cut_ms=test_ms), spec
-    if protocol == "cold_items":
-        cold = settings.cold_items
-        # The cuts over items' first-seen times: the latest test_ratio of the items are cold.
+    if protocol in COLD_START_KEYS:
+        key = COLD_START_KEYS[protocol]
+        cold = settings.cold_items if protocol == "cold_items" else settings.cold_users
+        # The cuts over first-seen times: the latest test_ratio of the items (users) are cold.
         valid_ms, test_ms = temporal_cuts(
-            item_first_seen(interactions), test_ratio=cold.test_ratio, valid_ratio=cold.valid_ratio
+            first_seen(interactions, key), test_ratio=cold.test_ratio, valid_ratio=cold.valid_ratio
         )
         if cold.valid_ratio == 0:
             valid_ms = test_ms
@@ -104,9 +108,9 @@ def label_parts(interactions: DataFrame, config: Config, protocol: str) -> tuple
             test_cut=dt.datetime.fromtimestamp(test_ms / 1000, dt.UTC).isoformat(),
             test_ratio=cold.test_ratio,
             valid_ratio=cold.valid_ratio,
-            rule="items first seen at or after test_cut: every interaction in test",
+            rule=f"{key.split('_')[0]}s first seen at or after test_cut: every interaction in test",
         )
-        return cold_items(interactions, valid_cut_ms=valid_ms, test_cut_ms=test_ms), spec
+        return cold_start(interactions, key, valid_cut_ms=valid_ms, test_cut_ms=test_ms), spec
     raise ValueError(f"split.protocols: unknown protocol {protocol!r}")
 
 

@@ -38,7 +38,7 @@ from recpipe.layout import launcher_run_dir, user_rows_table
 from recpipe.manifest import ExportManifest, StageRun, read_manifest
 from recpipe.model_store import read_model_files
 from recpipe.models import model_class, registry
-from recpipe.models.base import ModelConfig, ModelContext, RecModel
+from recpipe.models.base import ModelConfig, RecModel
 from recpipe.models.user_rows import ITEM_SIDE_FILE
 from recpipe.reconcile import ReconciliationError
 from recpipe.schema import DS
@@ -48,7 +48,7 @@ from recpipe.stages.export import STAGE as EXPORT_STAGE
 from recpipe.stages.export import export_shards
 from recpipe.stages.split import PROTOCOL
 from recpipe.storage import Location, as_location, hadoop_settings
-from recpipe.tables import split_item_counts
+from recpipe.tables import split_item_counts, split_user_mask
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
 from recpipe.train.spec import TrainSpec, save_array
@@ -101,6 +101,10 @@ def build_spec(
     save_array(
         counts_file, split_item_counts(config.root, ds, protocol, "train", export["n_items"])
     )
+    trained_file = folder / "trained_users.npy"
+    save_array(
+        trained_file, split_user_mask(config.root, ds, protocol, "train", export["user_index_size"])
+    )
     local = launcher_run_dir(config.local_root, name, ds, run_id or uuid.uuid4().hex[:12])
     context: dict[str, Any] = {
         "n_users": export["user_index_size"],
@@ -122,6 +126,7 @@ def build_spec(
         context=context,
         features_file=None if features_file is None else str(features_file),
         item_counts_file=str(counts_file),
+        trained_users_file=str(trained_file),
         shards=shards,
         settings=config.train.model_dump(mode="json"),
         run_dir=str(folder),
@@ -193,11 +198,10 @@ def fresh_model(spec: TrainSpec) -> RecModel:
     """``spec``'s model as a run starts it: built from its settings with the run's seed."""
     cls = model_class(spec.model)
     settings = cls.config_class.model_validate(spec.model_config)
-    context = ModelContext(
-        item_counts=spec.item_counts(), feature_values=spec.feature_values(), **spec.context
-    )
     torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
-    return cls(settings, context)
+    model = cls(settings, spec.model_context())
+    model.forget_untrained_users()
+    return model
 
 
 def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
@@ -333,10 +337,8 @@ def pretrain(
             for key in ("epochs_run", "best_epoch", "best_valid_metric", "seconds")
             if key in result
         }
-    context = ModelContext(
-        item_counts=spec.item_counts(), feature_values=spec.feature_values(), **spec.context
-    )
-    save_atomic(model_state(cls.from_pretrained(settings, context, trained)), init)
+    pretrained = cls.from_pretrained(settings, spec.model_context(), trained)
+    save_atomic(model_state(pretrained), init)
     spec.init_file = str(init)
     return record
 

@@ -38,7 +38,7 @@ from recpipe.config import TrainConfig
 from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError
 from recpipe.data.batch import Batch
 from recpipe.models import model_class
-from recpipe.models.base import ModelContext, RecModel
+from recpipe.models.base import RecModel
 from recpipe.models.user_rows import (
     ITEM_SIDE_FILE,
     item_side_state,
@@ -240,13 +240,9 @@ class Trainer:
         """The model from its config, with the pre-training weights when the spec names them."""
         cls = model_class(self.spec.model)
         config = cls.config_class.model_validate(self.spec.model_config)
-        context = ModelContext(
-            item_counts=self.spec.item_counts(),
-            feature_values=self.spec.feature_values(),
-            **self.spec.context,
-        )
         _seed_everything(self.settings.seed)  # same initial weights on every rank
-        model = cls(config, context)
+        model = cls(config, self.spec.model_context())
+        model.forget_untrained_users()  # before any earlier weights: those keep their rows
         if self.spec.init_file:
             model.load_state_dict(load_state(self.spec.init_file)["state_dict"])
         return model.to(ctx.device)

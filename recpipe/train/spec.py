@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from recpipe import storage
+from recpipe.models.base import ModelContext
 from recpipe.storage import Location, LocationLike, as_location
 
 
@@ -52,6 +53,9 @@ class TrainSpec:
     # Item and user feature tables (recpipe.features_data.save_tables) whose layout is
     # context["feature_layout"]; None: the data set has no features.
     features_file: str | None = None
+    # An .npy bool [n_users]: users with train interactions (a fresh model's other user rows
+    # start at zero, see RecModel.forget_untrained_users); None: unknown, nothing is zeroed.
+    trained_users_file: str | None = None
 
     def to_json(self) -> str:
         """Serialise for a spec file or a TorchDistributor argument."""
@@ -78,6 +82,16 @@ class TrainSpec:
     def item_counts(self) -> np.ndarray:
         """The item counts array :attr:`item_counts_file` holds."""
         return load_array(self.item_counts_file)
+
+    def model_context(self) -> ModelContext:
+        """The :class:`ModelContext` a rank builds the model with (counts, masks, features)."""
+        trained = None if self.trained_users_file is None else load_array(self.trained_users_file)
+        return ModelContext(
+            item_counts=self.item_counts(),
+            trained_users=trained,
+            feature_values=self.feature_values(),
+            **self.context,
+        )
 
     def feature_values(self) -> dict[str, Any] | None:
         """The feature tables :attr:`features_file` holds (None without features)."""
