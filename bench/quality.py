@@ -3,7 +3,8 @@
 Runs fetch -> etl -> export -> baselines -> deep models (train.launcher from the config; early
 stopping on the valid split where the protocol has one) -> evaluation, under ``leave_last_out``,
 ``random_by_user`` (67.5/7.5/25 by default) and ``cold_items`` (the 10 % of items first seen
-last, all their interactions in test), and prints one table: a row per model,
+last, all their interactions in test; ``cold_users`` likewise for users, on request), and
+prints one table: a row per model,
 NDCG@K with its 95 % paired-bootstrap interval, Recall@K and HR@K per protocol, with the
 protocol spelled out in the title. Stages already done
 for the same root and ds are reused with ``--reuse`` (models are always retrained).
@@ -33,7 +34,10 @@ from recpipe.storage import LocationLike
 
 DS = "2026-11-22"
 PROTOCOLS = ("leave_last_out", "random_by_user", "cold_items")
-SHORT = {"leave_last_out": "llo", "random_by_user": "rbu", "cold_items": "cold", "temporal": "tmp"}
+SHORT = {
+    "leave_last_out": "llo", "random_by_user": "rbu", "cold_items": "cold",
+    "cold_users": "coldu", "temporal": "tmp",
+}  # fmt: skip
 FEATURES = Path(__file__).resolve().parent.parent / "conf" / "features" / "movielens-100k.yaml"
 BASELINES = tuple(model_names("baseline"))  # every baseline, NMF and item2vec included
 DEEP = tuple(model_names("deep"))

@@ -170,7 +170,7 @@ class HybridTwoTowerConfig(ModelConfig):
     user_layers: list[int]
     use_item_ids: bool
     id_dropout: float = Field(ge=0, le=1)
-    history_dropout: float = Field(0.0, ge=0, lt=1)
+    history_dropout: float = Field(ge=0, lt=1)
     dropout: float = Field(ge=0, lt=1)
 
 

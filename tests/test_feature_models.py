@@ -60,7 +60,7 @@ def _hybrid(counts: np.ndarray, genres: torch.Tensor) -> HybridTwoTower:
     config = HybridTwoTowerConfig(
         dim=8, epochs=1, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=0,
         temperature=0.1, normalize=True, item_layers=[16], user_layers=[16],
-        use_item_ids=True, id_dropout=0.0, dropout=0.0,
+        use_item_ids=True, id_dropout=0.0, history_dropout=0.0, dropout=0.0,
     )  # fmt: skip
     torch.manual_seed(0)
     return HybridTwoTower(config, context).eval()

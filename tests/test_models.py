@@ -80,6 +80,7 @@ TINY: dict[str, dict[str, Any]] = {
         "user_layers": [32],
         "dropout": 0.0,
         "id_dropout": 0.0,
+        "history_dropout": 0.0,
     },
     "deepfm": {"dim": 8, "mlp_layers": [16, 8], "dropout": 0.0, "score_chunk_pairs": 50},
     "nfm": {"dim": 8, "mlp_layers": [16], "dropout": 0.0, "score_chunk_pairs": 50},
