@@ -352,6 +352,7 @@ def _generate(args: argparse.Namespace) -> int:
         n_files=settings.n_files,
         seed=settings.seed,
         catalog=settings.catalog,
+        late_item_fraction=settings.late_item_fraction,
     )
     summary = generate_events(spec, args.out or raw_dir(config.root, "synthetic"), progress=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))

@@ -485,6 +485,7 @@ class SyntheticConfig(_Section):
     catalog: bool = Field(
         True, description="Also write an item catalogue and user profiles (see `generate`)."
     )
+    late_item_fraction: float = Field(0.05, ge=0, lt=1)
 
 
 class DatasetsConfig(_Section):

@@ -457,3 +457,26 @@ def test_catalogue_and_profiles_carry_the_hidden_structure(data: Data, tmp_path:
     generate_events(SyntheticSpec(**{**SPEC.__dict__, "catalog": False}), plain)
     assert read_lines(plain) == data.lines
     assert not (tmp_path / "plain-catalog").exists()
+
+
+def test_late_items_have_no_event_before_their_release(data: Data) -> None:
+    """late_item_fraction of the items carry a release time inside the window in the
+    catalogue; none of their events (bots included) comes before it, most of them do occur
+    after it."""
+    catalog = data.out.parent / f"{data.out.name}-catalog"
+    items = [
+        json.loads(line)
+        for line in (catalog / "items" / "items.jsonl").read_text().split("\n")
+        if line
+    ]
+    release = {r["item_id"]: _seconds(r["available_from"]) for r in items}
+    late = {item for item, at in release.items() if at > WINDOW_START}
+    assert len(late) == data.summary["late_items"] == round(SPEC.late_item_fraction * SPEC.items)
+    assert all(WINDOW_START < release[i] < WINDOW_END for i in late)
+    first: dict[str, int] = {}
+    for e in data.events:
+        first[e["item_id"]] = min(e["_seconds"], first.get(e["item_id"], e["_seconds"]))
+        assert e["_seconds"] >= release[e["item_id"]], e
+    seen_late = late & set(first)
+    assert len(seen_late) >= len(late) // 2  # they do appear, after their release
+    assert min(first[i] for i in seen_late) >= WINDOW_START + 0.5 * (WINDOW_END - WINDOW_START)

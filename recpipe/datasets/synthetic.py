@@ -7,6 +7,9 @@ bounded whatever ``n_events`` is.
 Shape: lognormal (heavy-tailed) sessions per user; Zipf item popularity with a category per
 item; sessions of views of mostly one category with a view -> click -> cart -> purchase
 funnel (about 70/20/7/3 %); sessions separated by at least ``2 * session_gap_minutes``.
+A share of the items (``late_item_fraction``) is released late in the window: before its
+release a view that would pick such an item picks the next more popular item of its category
+instead, so the item's first event falls after its release (item cold start).
 
 Guarantees the tests and the clean stage rely on:
 
@@ -74,6 +77,9 @@ _OFFSETS_MIN = np.array([120, -300, 330, 540, -180, 60, -480], dtype=np.int64)
 
 _BOT_P_VIEW = 0.9
 
+# Late items are released uniformly within this share of the window (from its start).
+_LATE_RELEASE = (0.5, 0.9)
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -95,6 +101,7 @@ class SyntheticSpec:
     n_files: int = 4
     seed: int = 0
     catalog: bool = True  # also write items and profiles beside the events (catalog_dir)
+    late_item_fraction: float = 0.05  # items released late in the window (cold start)
 
     def __post_init__(self) -> None:
         checks = {
@@ -111,6 +118,7 @@ class SyntheticSpec:
             "bot_users >= 0": self.bot_users >= 0,
             "bot_events_per_day >= 1": self.bot_events_per_day >= 1,
             "n_files >= 1": self.n_files >= 1,
+            "0 <= late_item_fraction < 1": 0 <= self.late_item_fraction < 1,
         }
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
@@ -247,6 +255,29 @@ class _Catalog:
             frags.append(f'{head}purchase","value":{cents // 100}.{cents % 100:02d}}}\n')
         self.fragments = np.array([f.encode() for f in frags])
 
+    def plan_releases(self, fraction: float, start_s: int, window_s: int, seed: int) -> None:
+        """Release ``fraction`` of the items (never a category's most popular one) late in
+        the window: ``release_s`` per item (``start_s`` for the others) and ``substitute``, the
+        item a view picks instead before the release (the next more popular released-early
+        item of the same category; itself for an item released at the start)."""
+        rng = np.random.default_rng([seed, 3])  # its own stream: fraction 0 changes nothing
+        rank = np.empty(self.n, dtype=np.int64)
+        rank[self.by_category] = np.arange(self.n) - np.repeat(self.cat_offset, self.cat_size)
+        eligible = np.flatnonzero(rank > 0)
+        late = rng.choice(
+            eligible, size=min(len(eligible), round(fraction * self.n)), replace=False
+        )
+        lo, hi = _LATE_RELEASE
+        self.release_s = np.full(self.n, start_s, dtype=np.int64)
+        self.release_s[late] = start_s + (window_s * rng.uniform(lo, hi, len(late))).astype(
+            np.int64
+        )
+        self.substitute = np.arange(self.n, dtype=np.int64)
+        is_late = self.release_s > start_s
+        for pos, item in enumerate(self.by_category.tolist()):
+            if is_late[item]:  # rank > 0: the one before it is of its category
+                self.substitute[item] = self.substitute[self.by_category[pos - 1]]
+
     def draw_categories(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return np.searchsorted(self.cat_cdf, rng.random(size), side="right")
 
@@ -288,6 +319,7 @@ class _Generator:
         self.window_s = spec.days * _SECONDS_PER_DAY
         self.min_gap_s = math.ceil(2 * spec.session_gap_minutes * 60)
         self.catalog = _Catalog(spec, rng)
+        self.catalog.plan_releases(spec.late_item_fraction, self.start_s, self.window_s, spec.seed)
         n_users = spec.users
         self.user_ids = _scrambled_ids("u", n_users + spec.bot_users, rng)
         self.has_sid = rng.random(n_users) < spec.session_id_user_fraction
@@ -390,6 +422,10 @@ class _Generator:
         busy_before = _cumsum_within(duration, n_sess_user) - duration
         sess_start = self.start_s + idle + busy_before + _within(n_sess_user) * self.min_gap_s
         ts = sess_start[ev_sess] + offset_in_sess
+        # Not yet released when the session starts: the view picks the substitute (the whole
+        # session sees the same catalogue).
+        early = cat.release_s[item] > sess_start[ev_sess]
+        item = np.where(early, cat.substitute[item], item)
 
         device = np.where(
             rng.random(n_sess) < _P_OTHER_DEVICE,
@@ -453,6 +489,7 @@ class _Generator:
         )
         etype = np.where(rng.random(len(ts)) < _BOT_P_VIEW, 0, 1)
         item = rng.integers(0, self.catalog.n, len(ts))
+        item = np.where(self.catalog.release_s[item] > ts, self.catalog.substitute[item], item)
         order = np.argsort(ts, kind="stable")
         return _Chunk(ts[order], head[order], item[order], etype[order], user[order], heads, 0)
 
@@ -675,12 +712,13 @@ def generate_events(spec: SyntheticSpec, out_dir: LocationLike, progress: bool =
         "ts_min": totals.ts_min,
         "ts_max": totals.ts_max,
         "window": [gen.start_s, gen.start_s + gen.window_s],
+        "late_items": int((gen.catalog.release_s > gen.start_s).sum()),
         "spec": {**asdict(spec), "n_users": spec.users, "n_items": spec.items},
     }
     if spec.catalog:
         hidden = HiddenStructure(
             gen.catalog.ids, gen.catalog.category, gen.catalog.price_cents,
-            gen.user_ids[: spec.users], gen.favourite,
+            gen.user_ids[: spec.users], gen.favourite, gen.catalog.release_s,
         )  # fmt: skip
         summary.update(write_catalog(hidden, spec.seed, catalog_dir(out)))
     storage.write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -8,13 +8,16 @@ Planted effects (each drawn from its own random stream, so the events stay byte-
   its four ``tokens`` come from its category's own five-word vocabulary;
 * a user's ``region`` is their favourite category modulo the number of regions for
   ``P_REGION_FROM_TASTE`` of the users (random otherwise), so region predicts taste;
-  ``age_band`` is uniform (no effect: a control).
+  ``age_band`` is uniform (no effect: a control);
+* an item's ``available_from`` (ISO time, UTC) is its release: the window's start, or for a
+  late item the time before which no event of it exists.
 
 Items and users are written as JSON lines under ``<out>/items/`` and ``<out>/users/``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ class HiddenStructure:
     price_cents: np.ndarray
     user_ids: Sequence[str]
     favourite: np.ndarray
+    release_s: np.ndarray  # epoch seconds per item: no event of the item before it
 
 
 def item_records(hidden: HiddenStructure, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -64,6 +68,9 @@ def item_records(hidden: HiddenStructure, rng: np.random.Generator) -> list[dict
                 "brand": f"b{int(brand[i])}",
                 "price": f"{cents // 100}.{cents % 100:02d}",
                 "tokens": tokens,
+                "available_from": dt.datetime.fromtimestamp(
+                    int(hidden.release_s[i]), dt.UTC
+                ).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
         )
     return records
