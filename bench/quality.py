@@ -67,7 +67,9 @@ def parse_args() -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="config override, e.g. --set train.max_epochs=5",
     )  # fmt: skip
-    parser.add_argument("--json", type=Path, help="also write the table rows here as JSON")
+    parser.add_argument(
+        "--json", type=Path, help="also write the table rows here as JSON (after every model)"
+    )
     return parser.parse_args()
 
 
@@ -112,17 +114,26 @@ def main() -> None:
         run_train_baseline(spark, config, DS, name)
         timings[name] = time.perf_counter() - started
     _, evaluations = run_evaluate(spark, config, DS, list(args.baselines))
+    _save(args.json, evaluations, args.k, timings, config.root)
     for name in args.models:
         started = time.perf_counter()
         _, deep = run_train(spark, config, DS, [name])
         timings[name] = time.perf_counter() - started
         evaluations += deep
+        _save(args.json, evaluations, args.k, timings, config.root)  # a long run keeps its rows
     rows = table_rows(evaluations, args.k, timings, config.root)
     protocols = {e.result.protocol.split_protocol: e.result.protocol for e in evaluations}
     title = "; ".join(p.describe(args.k) for p in protocols.values())
     print(format_table(rows, title=f"MovieLens 100K quality ({title})"))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    _save(args.json, evaluations, args.k, timings, config.root)
+
+
+def _save(
+    path: Path | None, evaluations: list[Any], k: int, timings: dict[str, float], root: LocationLike
+) -> None:
+    """With ``--json``, write the rows measured so far (after every model)."""
+    if path is not None:
+        path.write_text(json.dumps(table_rows(evaluations, k, timings, root), indent=2))
 
 
 def table_rows(

@@ -215,6 +215,7 @@ class DinConfig(ModelConfig):
     attention_layers: list[int] = Field(min_length=1)
     mlp_layers: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
+    history_dropout: float = Field(ge=0, lt=1)
     negatives: int = Field(ge=1)
     score_chunk_pairs: int = Field(ge=1)
 

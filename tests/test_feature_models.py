@@ -335,3 +335,43 @@ def test_hybrid_places_a_user_without_history_by_their_profile() -> None:
     assert (items > 0).all()
     still = HybridTwoTower(config.model_copy(update={"history_dropout": 0.0}), context).eval()
     assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]
+
+
+def test_din_ranks_a_user_without_history_by_their_profile() -> None:
+    """history_dropout > 0: DIN ranks for an empty history from the profile alone (equal
+    profiles, equal rows; another profile, other rows) and the scorer lists such users; with
+    history_dropout = 0 it skips them, as for every history model."""
+    layout = {"users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}]}
+    counts = np.array([0, 4, 2, 1, 3, 2])
+    context = ModelContext(
+        n_users=4, n_items=5, max_len=4, item_counts=counts, feature_layout=layout,
+        feature_values={"users.age": torch.tensor([[0], [2], [3], [2]])},
+    )  # fmt: skip
+    cls = model_class("din")
+    settings = {
+        "dim": 8, "attention_layers": [12], "mlp_layers": [16], "dropout": 0.0,
+        "history_dropout": 0.5, "negatives": 3, "score_chunk_pairs": 60,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**settings), context)
+    assert model.scores_untrained_users
+    batch = Batch(users=torch.tensor([1, 2]), items=torch.tensor([2, 3]),
+                  history=torch.tensor([[0, 1, 2, 3], [0, 0, 1, 2]]))  # fmt: skip
+    loss = model.train()(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    empty = Batch(users=torch.tensor([1, 3, 2]), history=torch.zeros((3, 4), dtype=torch.int64))
+    with torch.no_grad():
+        rows = model.score_all(empty)
+    torch.testing.assert_close(rows[0], rows[1])  # users 1 and 3: the same age
+    assert not torch.allclose(rows[0], rows[2])
+    histories = UserHistories.from_events(
+        np.array([1]), np.array([1]), np.array([10]), distinct=True, n_users=4
+    ).take(np.array([1, 3]))
+    trained = np.array([False, True, False, False])
+    scorer = deep_scorer(model, counts > 0, trained)
+    assert scorer.can_score(histories).all()
+    assert (scorer.top_k(histories, 2, 16)[0] > 0).all()
+    still = cls(cls.config_class(**{**settings, "history_dropout": 0.0}), context).eval()
+    assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]

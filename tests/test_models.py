@@ -97,6 +97,7 @@ TINY: dict[str, dict[str, Any]] = {
         "attention_layers": [12],
         "mlp_layers": [16],
         "dropout": 0.0,
+        "history_dropout": 0.0,
         "negatives": 3,
         "score_chunk_pairs": 60,
     },

@@ -72,6 +72,12 @@ class Din(RecModel):
         """With item features, an untrained item is placed by them."""
         return self.item_fields.count > 0
 
+    @property
+    def scores_untrained_users(self) -> bool:
+        """Trained with emptied histories (``history_dropout``), a user without history is
+        ranked from their profile features (every such user alike without them)."""
+        return self.config.history_dropout > 0
+
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """[*items.shape, dim]: id embedding (trained items only) + feature embeddings."""
         ids = self.item_emb(items) * (self.item_counts[items] > 0)[..., None]
@@ -102,6 +108,10 @@ class Din(RecModel):
     def loss(self, batch: Batch) -> torch.Tensor:
         """Log loss of each sample's target (1) against uniform negatives (0)."""
         history, targets = batch.require("history"), batch.require("items")
+        if self.training and self.config.history_dropout > 0:
+            # An emptied history pools to zero, as for a user without one at scoring time.
+            empty = torch.rand(len(history), device=history.device) < self.config.history_dropout
+            history = history * ~empty[:, None]
         negatives = torch.randint(
             1, self.n_items + 1, (len(targets), self.config.negatives), device=targets.device
         )
