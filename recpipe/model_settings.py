@@ -181,10 +181,12 @@ class DeepFmConfig(ModelConfig):
     search_space: ClassVar[dict[str, Param]] = {
         **ModelConfig.search_space,
         "dropout": uniform(0.0, 0.5),
+        "user_id_dropout": uniform(0.0, 0.8),
     }
 
     mlp_layers: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
+    user_id_dropout: float = Field(ge=0, lt=1)
     score_chunk_pairs: int = Field(ge=1)
 
 
@@ -195,10 +197,12 @@ class WideDeepConfig(ModelConfig):
     search_space: ClassVar[dict[str, Param]] = {
         **ModelConfig.search_space,
         "dropout": uniform(0.0, 0.5),
+        "user_id_dropout": uniform(0.0, 0.8),
     }
 
     mlp_layers: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
+    user_id_dropout: float = Field(ge=0, lt=1)
     cross_buckets: int = Field(ge=1)
     score_chunk_pairs: int = Field(ge=1)
 
@@ -227,10 +231,12 @@ class NfmConfig(ModelConfig):
     search_space: ClassVar[dict[str, Param]] = {
         **ModelConfig.search_space,
         "dropout": uniform(0.0, 0.5),
+        "user_id_dropout": uniform(0.0, 0.8),
     }
 
     mlp_layers: list[int]
     dropout: float = Field(ge=0, lt=1)
+    user_id_dropout: float = Field(ge=0, lt=1)
     score_chunk_pairs: int = Field(ge=1)
 
 
@@ -241,6 +247,7 @@ class MmoeConfig(ModelConfig):
     search_space: ClassVar[dict[str, Param]] = {
         **ModelConfig.search_space,
         "dropout": uniform(0.0, 0.5),
+        "user_id_dropout": uniform(0.0, 0.8),
         "rating_weight": log_uniform(0.1, 10.0),
         "experts": integer(2, 8),
     }
@@ -249,6 +256,7 @@ class MmoeConfig(ModelConfig):
     expert_layers: list[int] = Field(min_length=1)
     tower_layers: list[int]
     dropout: float = Field(ge=0, lt=1)
+    user_id_dropout: float = Field(ge=0, lt=1)
     rating_weight: float = Field(ge=0)
     rating_scale: float = Field(gt=0)
     rank_by: Literal["interaction", "expected_rating"]

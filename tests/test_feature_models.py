@@ -204,7 +204,10 @@ def test_factorisation_models_read_an_untrained_item_id_as_missing(name: str) ->
         feature_values={"items.genre": torch.tensor([[0], [2], [3], [2], [3], [3]])},
     )  # fmt: skip
     cls = model_class(name)
-    settings = {"dim": 4, "mlp_layers": [8], "dropout": 0.0, "score_chunk_pairs": 7}
+    settings = {
+        "dim": 4, "mlp_layers": [8], "dropout": 0.0, "user_id_dropout": 0.0,
+        "score_chunk_pairs": 7,
+    }  # fmt: skip
     if name == "wide_deep":
         settings["cross_buckets"] = 13
     torch.manual_seed(0)
@@ -250,7 +253,8 @@ def model_settings_of(name: str) -> dict[str, object]:
     if name == "bpr_mf":
         return {"dim": 4, "reg": 0.0}
     settings: dict[str, object] = {
-        "dim": 4, "mlp_layers": [8], "dropout": 0.0, "score_chunk_pairs": 7
+        "dim": 4, "mlp_layers": [8], "dropout": 0.0, "user_id_dropout": 0.0,
+        "score_chunk_pairs": 7,
     }  # fmt: skip
     if name == "wide_deep":
         settings["cross_buckets"] = 13
@@ -258,7 +262,7 @@ def model_settings_of(name: str) -> dict[str, object]:
         settings = {
             "dim": 4, "experts": 2, "expert_layers": [8], "tower_layers": [4], "dropout": 0.0,
             "rating_weight": 1.0, "rating_scale": 5.0, "rank_by": "interaction",
-            "score_chunk_pairs": 7,
+            "user_id_dropout": 0.0, "score_chunk_pairs": 7,
         }  # fmt: skip
     return settings
 
@@ -375,3 +379,28 @@ def test_din_ranks_a_user_without_history_by_their_profile() -> None:
     assert (scorer.top_k(histories, 2, 16)[0] > 0).all()
     still = cls(cls.config_class(**{**settings, "history_dropout": 0.0}), context).eval()
     assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("name", ["deepfm", "mmoe"])
+def test_user_id_dropout_reads_a_share_of_training_ids_as_missing(name: str) -> None:
+    """With user_id_dropout 0.4 about 40 % of training rows get a zero id field and first-order
+    weight (binomial bounds over 4,000 rows), the feature fields never; in eval mode none."""
+    layout = {"users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}]}
+    context = ModelContext(
+        n_users=4, n_items=5, feature_layout=layout,
+        feature_values={"users.age": torch.tensor([[0], [2], [3], [1]])},
+    )  # fmt: skip
+    cls = model_class(name)
+    settings = {**model_settings_of(name), "user_id_dropout": 0.4}
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**settings), context)
+    with torch.no_grad():
+        model.fields.user_weight.weight += 1.0  # non-zero first-order weights
+        keys = torch.tensor([1, 2, 3]).repeat(4000 // 3 + 1)[:4000]
+        vectors, first = model.train().fields.users(keys)
+        dropped = (vectors[:, 0] == 0).all(-1)
+        assert 1450 < int(dropped.sum()) < 1750  # mean 1,600, sd 31
+        assert torch.equal(dropped, first == model.fields.user_fields.first_order(keys).sum(-1))
+        assert (vectors[:, 1] != 0).any(-1).all()  # the age field is always there
+        vectors, _ = model.eval().fields.users(keys)
+        assert not (vectors[:, 0] == 0).all(-1).any()

@@ -51,7 +51,7 @@ class DeepFm(FactorisationModel):
         super().__init__(config, context)
         self.config: DeepFmConfig = config
         d = config.dim
-        self.fields = FactorisationFields(context, d)
+        self.fields = FactorisationFields(context, d, config.user_id_dropout)
         first = config.mlp_layers[0]
         self.user_in = nn.Linear(d * self.fields.count("users"), first)
         self.item_in = nn.Linear(d * self.fields.count("items"), first, bias=False)

@@ -136,8 +136,11 @@ class FactorisationFields(nn.Module):
     USER_TABLES = ("user_emb", "user_weight")
     item_counts: torch.Tensor  # buffer: train interactions per item (0: the id is untrained)
 
-    def __init__(self, context: Any, dim: int) -> None:
+    def __init__(self, context: Any, dim: int, user_id_dropout: float = 0.0) -> None:
         super().__init__()
+        # In training, this share of rows reads the user id as missing (as an untrained user's
+        # does), so the user features learn to stand in for it (DropoutNet, Volkovs et al.).
+        self.user_id_dropout = user_id_dropout
         layout, values = context.feature_layout, context.feature_values
         self.item_fields = FieldEncoder(
             "items", layout_of(layout, "items"), context.n_items + 1, dim, values, True
@@ -172,7 +175,10 @@ class FactorisationFields(nn.Module):
 
     def users(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """User-side fields [*keys.shape, F_u, dim] and first-order sums [*keys.shape]."""
-        return _side_fields(keys, self.user_emb, self.user_weight, self.user_fields)
+        kept = None
+        if self.training and self.user_id_dropout > 0:
+            kept = torch.rand(keys.shape, device=keys.device) >= self.user_id_dropout
+        return _side_fields(keys, self.user_emb, self.user_weight, self.user_fields, kept)
 
     def items(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item-side fields [*keys.shape, F_i, dim] and first-order sums [*keys.shape]."""

@@ -64,7 +64,7 @@ class Mmoe(FactorisationModel):
         super().__init__(config, context)
         self.config: MmoeConfig = config
         d, experts, tasks = config.dim, config.experts, len(TASKS)
-        self.fields = FactorisationFields(context, d)
+        self.fields = FactorisationFields(context, d, config.user_id_dropout)
         first = config.expert_layers[0]
         self.user_in = nn.Linear(d * self.fields.count("users"), experts * first)
         self.item_in = nn.Linear(d * self.fields.count("items"), experts * first, bias=False)

@@ -49,7 +49,7 @@ class Nfm(FactorisationModel):
         super().__init__(config, context)
         self.config: NfmConfig = config
         d = config.dim
-        self.fields = FactorisationFields(context, d)
+        self.fields = FactorisationFields(context, d, config.user_id_dropout)
         layers: list[nn.Module] = []
         width = d
         for hidden in config.mlp_layers:

@@ -64,7 +64,7 @@ class WideDeep(FactorisationModel):
         super().__init__(config, context)
         self.config: WideDeepConfig = config
         d = config.dim
-        self.fields = FactorisationFields(context, d)
+        self.fields = FactorisationFields(context, d, config.user_id_dropout)
         self.crosses = crossed_pairs(context.feature_layout)
         self.cross_weight = nn.Embedding(config.cross_buckets, 1)
         nn.init.zeros_(self.cross_weight.weight)
