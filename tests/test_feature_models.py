@@ -18,6 +18,7 @@ from recpipe.features_data import feature_tables, load_tables, save_tables
 from recpipe.knowledge import graph_sizes, knowledge_tables
 from recpipe.model_settings import HybridTwoTowerConfig
 from recpipe.models import ModelContext, model_class
+from recpipe.models.base import RecModel
 from recpipe.models.fields import FieldEncoder
 from recpipe.models.hybrid_two_tower import HybridTwoTower
 from recpipe.scoring.histories import UserHistories
@@ -300,12 +301,10 @@ def test_factorisation_models_score_an_untrained_user_from_their_profile(name: s
     assert scorer.can_score(histories).tolist() == [True, False, False]
 
 
-def test_hybrid_places_a_user_without_history_by_their_profile() -> None:
-    """history_dropout > 0: the hybrid scores a user with an empty history from their
-    features alone (equal profiles, equal vectors; the id is never read), and training with
-    it runs; history_dropout = 0 leaves users without history unscored."""
+def _history_model(name: str, history_dropout: float) -> RecModel:
+    """A tiny hybrid or DIN over item genres and user ages (users 1 and 3 share an age)."""
+    counts = np.array([0, 4, 2, 1, 3, 2])
     genres = torch.tensor([[0], [2], [3], [2], [3], [3]])
-    counts = np.array([0, 4, 2, 1, 0, 0])
     layout = {
         "items": [{"name": "genre", "kind": "categorical", "width": 1, "size": 4}],
         "users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}],
@@ -314,50 +313,25 @@ def test_hybrid_places_a_user_without_history_by_their_profile() -> None:
         n_users=4, n_items=5, max_len=4, item_counts=counts, feature_layout=layout,
         feature_values={"items.genre": genres, "users.age": torch.tensor([[0], [2], [3], [2]])},
     )  # fmt: skip
-    config = _hybrid(counts, genres).config.model_copy(update={"history_dropout": 0.5})
+    if name == "hybrid_two_tower":
+        config = _hybrid(counts, genres).config
+        config = config.model_copy(update={"history_dropout": history_dropout})
+    else:
+        config = model_class(name).config_class(
+            dim=8, attention_layers=[12], mlp_layers=[16], dropout=0.0,
+            history_dropout=history_dropout, negatives=3, score_chunk_pairs=60,
+        )  # fmt: skip
     torch.manual_seed(0)
-    model = HybridTwoTower(config, context)
-    assert model.scores_untrained_users
-    batch = Batch(users=torch.tensor([1, 2]), items=torch.tensor([2, 3]),
-                  history=torch.tensor([[0, 1, 2, 3], [0, 0, 1, 2]]))  # fmt: skip
-    loss = model.train()(batch)
-    loss.backward()
-    assert torch.isfinite(loss) and model.user_tower[0].weight.grad.abs().sum() > 0
-    model.eval()
-    empty = Batch(users=torch.tensor([1, 3, 2]), history=torch.zeros((3, 4), dtype=torch.int64))
-    with torch.no_grad():
-        vectors = model.user_embeddings(empty)
-    torch.testing.assert_close(vectors[0], vectors[1])  # users 1 and 3: the same age
-    assert not torch.allclose(vectors[0], vectors[2])
-    histories = UserHistories.from_events(
-        np.array([1]), np.array([1]), np.array([10]), distinct=True, n_users=4
-    ).take(np.array([1, 3]))
-    trained = np.array([False, True, False, False])
-    scorer = deep_scorer(model, counts > 0, trained)
-    assert scorer.can_score(histories).all()
-    items, _ = scorer.top_k(histories, 2, 16)
-    assert (items > 0).all()
-    still = HybridTwoTower(config.model_copy(update={"history_dropout": 0.0}), context).eval()
-    assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]
+    return model_class(name)(config, context)
 
 
-def test_din_ranks_a_user_without_history_by_their_profile() -> None:
-    """history_dropout > 0: DIN ranks for an empty history from the profile alone (equal
-    profiles, equal rows; another profile, other rows) and the scorer lists such users; with
-    history_dropout = 0 it skips them, as for every history model."""
-    layout = {"users": [{"name": "age", "kind": "categorical", "width": 1, "size": 4}]}
-    counts = np.array([0, 4, 2, 1, 3, 2])
-    context = ModelContext(
-        n_users=4, n_items=5, max_len=4, item_counts=counts, feature_layout=layout,
-        feature_values={"users.age": torch.tensor([[0], [2], [3], [2]])},
-    )  # fmt: skip
-    cls = model_class("din")
-    settings = {
-        "dim": 8, "attention_layers": [12], "mlp_layers": [16], "dropout": 0.0,
-        "history_dropout": 0.5, "negatives": 3, "score_chunk_pairs": 60,
-    }  # fmt: skip
-    torch.manual_seed(0)
-    model = cls(cls.config_class(**settings), context)
+@pytest.mark.parametrize("name", ["hybrid_two_tower", "din"])
+def test_history_models_place_a_user_without_history_by_their_profile(name: str) -> None:
+    """history_dropout > 0: the hybrid and DIN rank for an empty history from the profile
+    alone (equal profiles, equal rows; another profile, other rows; the id is never read),
+    training with it runs, and the scorer lists such users; with history_dropout = 0 it
+    skips them, as for every history model."""
+    model = _history_model(name, 0.5)
     assert model.scores_untrained_users
     batch = Batch(users=torch.tensor([1, 2]), items=torch.tensor([2, 3]),
                   history=torch.tensor([[0, 1, 2, 3], [0, 0, 1, 2]]))  # fmt: skip
@@ -374,11 +348,12 @@ def test_din_ranks_a_user_without_history_by_their_profile() -> None:
         np.array([1]), np.array([1]), np.array([10]), distinct=True, n_users=4
     ).take(np.array([1, 3]))
     trained = np.array([False, True, False, False])
-    scorer = deep_scorer(model, counts > 0, trained)
+    known = model.item_counts.numpy() > 0
+    scorer = deep_scorer(model, known, trained)
     assert scorer.can_score(histories).all()
     assert (scorer.top_k(histories, 2, 16)[0] > 0).all()
-    still = cls(cls.config_class(**{**settings, "history_dropout": 0.0}), context).eval()
-    assert deep_scorer(still, counts > 0, trained).can_score(histories).tolist() == [True, False]
+    still = _history_model(name, 0.0).eval()
+    assert deep_scorer(still, known, trained).can_score(histories).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("name", ["deepfm", "mmoe"])
