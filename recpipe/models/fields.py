@@ -130,7 +130,9 @@ class FactorisationFields(nn.Module):
     Its user-indexed tables (``user_emb``, ``user_weight``) are what the scoring job ships as
     a per-user column (:data:`USER_TABLES`, relative to the model attribute holding this). An
     item without training interactions has an untrained id row, which is noise: its id field
-    reads as missing (zero), so such an item is scored from its features alone.
+    reads as missing (zero), so such an item is scored from its features alone. A user without
+    training interactions has zero id rows (``RecModel.forget_untrained_users``), so such a
+    user is scored from their features alone; ``user_id_dropout`` trains for that.
     """
 
     USER_TABLES = ("user_emb", "user_weight")
