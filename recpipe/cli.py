@@ -353,6 +353,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=settings.seed,
         catalog=settings.catalog,
         late_item_fraction=settings.late_item_fraction,
+        device_category_share=settings.device_category_share,
     )
     summary = generate_events(spec, args.out or raw_dir(config.root, "synthetic"), progress=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "files"}, indent=2))

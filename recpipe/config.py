@@ -26,7 +26,7 @@ from pydantic import (
 from typing_extensions import is_typeddict
 
 from recpipe.errors import RecpipeError
-from recpipe.feature_specs import SPEC_CLASSES, FeatureSpec
+from recpipe.feature_specs import SPEC_CLASSES, ContextSpec, FeatureSpec
 from recpipe.model_settings import DeepModelName, models_section_type
 from recpipe.registry import DEFAULT_BASELINES, model_names
 from recpipe.schema import DEFAULT_EVENT_TYPES
@@ -486,6 +486,9 @@ class SyntheticConfig(_Section):
         True, description="Also write an item catalogue and user profiles (see `generate`)."
     )
     late_item_fraction: float = Field(0.05, ge=0, lt=1)
+    device_category_share: float = Field(
+        0.3, ge=0, le=1, description="Sessions that browse their device's own category."
+    )
 
 
 class DatasetsConfig(_Section):
@@ -533,8 +536,13 @@ class FeaturesConfig(_Section):
         default_factory=dict,
         description="User features by name (recpipe.feature_specs); empty: none.",
     )
+    context: dict[str, ContextSpec] = Field(
+        default_factory=dict,
+        description="Event context features by name (recpipe.feature_specs: categorical from "
+        "an event field, or a time part of ts); empty: none.",
+    )
 
-    @field_validator("items", "users")
+    @field_validator("items", "users", "context")
     @classmethod
     def _names(cls, specs: dict[str, Any]) -> dict[str, Any]:
         for name in specs:

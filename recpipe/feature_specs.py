@@ -13,6 +13,13 @@
 Index 0 always means "no value" (missing, or padding); :data:`OOV_INDEX` is a value outside the
 vocabulary (too rare, or first seen after the model was trained). ``field`` names the record
 field (an attribute, or ``title`` for items); it defaults to the feature's name.
+
+``features.context`` declares features of the event itself (what a sample knows at its own
+time, so nothing is joined from another moment):
+
+- ``categorical``: a field of the event's ``extra`` map (e.g. ``device``) -> a stable index.
+- ``time``: a part of the event's UTC ``ts``: ``hour`` (0-23 -> index 1-24) or ``weekday``
+  (Monday..Sunday -> index 1-7).
 """
 
 from __future__ import annotations
@@ -59,22 +66,40 @@ class TextSpec(_Spec):
     max_tokens: int = Field(16, ge=1, le=1024)
 
 
+class TimeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["time"]
+    part: Literal["hour", "weekday"] = Field(description="Which part of the event's UTC ts.")
+
+
+# Indexes a time part may hold (0 missing, then one per value).
+TIME_SIZES = {"hour": 25, "weekday": 8}
+
 FeatureSpec = Annotated[
     CategoricalSpec | MultiSpec | NumericSpec | TextSpec, Field(discriminator="kind")
 ]
 FeatureKind = Literal["categorical", "multi", "numeric", "text"]
-SPEC_CLASSES: dict[str, type[_Spec]] = {
+SPEC_CLASSES: dict[str, type[BaseModel]] = {
     "categorical": CategoricalSpec,
     "multi": MultiSpec,
     "numeric": NumericSpec,
     "text": TextSpec,
+    "time": TimeSpec,
 }
+ContextSpec = Annotated[CategoricalSpec | TimeSpec, Field(discriminator="kind")]
 ENTITIES: tuple[str, ...] = ("items", "users")
+CONTEXT = "context"  # the layout's and feature_vocab's entity of event context features
 
 
 def source_field(name: str, spec: CategoricalSpec | MultiSpec | NumericSpec | TextSpec) -> str:
     """The record field feature ``name`` reads."""
     return spec.field or name
+
+
+def context_event_fields(specs: dict[str, CategoricalSpec | TimeSpec]) -> list[str]:
+    """The event fields the declared context features read (time parts read ``ts``)."""
+    return [spec.field or name for name, spec in specs.items() if isinstance(spec, CategoricalSpec)]
 
 
 def width(spec: CategoricalSpec | MultiSpec | NumericSpec | TextSpec) -> int:

@@ -16,11 +16,13 @@ import torch
 from recpipe import storage
 from recpipe.catalogue import snapshot_ds
 from recpipe.commit import current_version
-from recpipe.layout import ITEM_FEATURES, USER_FEATURES
-from recpipe.manifest import FeaturesManifest
+from recpipe.errors import MissingInputError
+from recpipe.feature_specs import CONTEXT
+from recpipe.layout import ITEM_FEATURES, LAST_CONTEXT, USER_FEATURES
+from recpipe.manifest import ExportManifest, FeaturesManifest
 from recpipe.models.fields import Layout
 from recpipe.parquet_files import verified_dataset
-from recpipe.schema import DS, ITEM_IDX, USER_IDX
+from recpipe.schema import CONTEXT_IDX, DS, ITEM_IDX, USER_IDX
 from recpipe.storage import LocationLike
 
 ENTITY_TABLES = {"items": (ITEM_FEATURES, ITEM_IDX), "users": (USER_FEATURES, USER_IDX)}
@@ -90,3 +92,38 @@ def save_tables(location: LocationLike, tables: dict[str, torch.Tensor]) -> None
 def load_tables(location: LocationLike) -> dict[str, torch.Tensor]:
     """Read tables written by :func:`save_tables` (never unpickles anything but tensors)."""
     return torch.load(io.BytesIO(storage.read_bytes(location)), weights_only=True)
+
+
+def context_tables(
+    root: LocationLike, ds: str, protocol: str, n_users: int
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """(layout, tables by "context.<name>") of the event context features export wrote for
+    ``protocol``: each user's last train event's indexes ([n_users, 1]; 0 for users without
+    one). Both empty when no context is declared."""
+    names = ExportManifest.read(root, ds).context or []
+    if not names:
+        return [], {}
+    stats = FeaturesManifest.read(root, ds).features or {}
+    missing = [name for name in names if f"{CONTEXT}.{name}" not in stats]
+    if missing:
+        raise MissingInputError(
+            f"export ds={ds} carries context {', '.join(missing)} that the features manifest "
+            f"lacks: run `recpipe features --ds {ds}` and `recpipe export --ds {ds}` again"
+        )
+    layout = [
+        {"name": name, "kind": stats[f"{CONTEXT}.{name}"].kind, "width": 1,
+         "size": stats[f"{CONTEXT}.{name}"].size}
+        for name in names
+    ]  # fmt: skip
+    data = verified_dataset(current_version(root, LAST_CONTEXT, {DS: ds, "protocol": protocol}))
+    rows = data.to_table(columns=[USER_IDX, CONTEXT_IDX])
+    users = rows.column(USER_IDX).to_numpy()
+    values = rows.column(CONTEXT_IDX).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    values = values.reshape(len(users), len(names))
+    inside = users < n_users
+    tables = {}
+    for position, name in enumerate(names):
+        table = np.zeros((n_users, 1), dtype=np.int64)
+        table[users[inside], 0] = values[inside, position]
+        tables[f"{CONTEXT}.{name}"] = torch.from_numpy(table)
+    return layout, tables

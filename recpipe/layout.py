@@ -43,6 +43,9 @@ SESSIONS = "sessions"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_PARTS: tuple[str, ...] = (TRAIN, VALID, TEST)
 SAMPLES: tuple[str, ...] = (*SAMPLE_TABLES.values(), *RECENT_SAMPLE_TABLES.values())
+# Each user's last train event's context indexes per (ds, protocol): a model's context when it
+# scores (no event to read it from), written by export beside the samples.
+LAST_CONTEXT = "last_context"
 # What the catalog stage writes: reference data per ds (catalogues change), and the records
 # it rejected (partition ds/input).
 ITEMS = "items"
@@ -93,7 +96,7 @@ PRODUCERS: dict[str, str] = {
     TRAIN: "split",
     VALID: "split",
     TEST: "split",
-    **{table: "export" for table in SAMPLES},
+    **{table: "export" for table in (*SAMPLES, LAST_CONTEXT)},
     **{user_factors_table(model): f"train-{model}" for model in FACTOR_BASELINES},
     ITEMKNN_NEIGHBOURS: "train-itemknn",
 }

@@ -452,6 +452,7 @@ class ExportSamples(BaseModel):
     # there too) and the window's first instant (ISO-8601, UTC).
     recent: ExportSamples | None = None
     since: str | None = None
+    last_context_users: int | None = None  # rows of last_context (users with train events)
 
     def kind(self, name: str) -> ExportTable | None:
         """The table of sample kind ``name`` (None when it was not exported)."""
@@ -472,6 +473,8 @@ class ExportManifest(StageManifest):
     n_items: int | None = None
     n_users: int | None = None
     user_index_size: int | None = None
+    # features.context's names, the order of the samples' context_idx and of last_context.
+    context: list[str] | None = None
     samples: dict[str, ExportSamples] | None = None
     rows_in: int | None = None
     rows_out: int | None = None

@@ -18,6 +18,9 @@ TS = "ts"
 VALUE = "value"
 SESSION_ID = "session_id"
 EXTRA = "extra"
+# map<string,string>: the event's declared context fields (features.context), kept from
+# ``extra`` by sessionize and carried by the splits.
+CONTEXT = "context"
 SOURCE_FILE = "source_file"
 RAW = "raw"
 REASON = "reason"
@@ -105,6 +108,7 @@ class Reason:
 #                      last), history_ts list<int64> [L] (epoch s, 0 at padding),
 #                      item_idx int32 (the target: the item after the history), ts timestamp
 NEGATIVES = "negatives"
+CONTEXT_IDX = "context_idx"  # array<int>: the sample's context indexes, features.context order
 LABEL = "label"
 HISTORY = "history"
 HISTORY_TS = "history_ts"

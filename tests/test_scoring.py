@@ -67,6 +67,9 @@ BASE = (
     "warehouse.database=scoring_tests",
     # Scoring mechanics against the measured protocol's models (tests/test_refit.py: refit).
     "score.train_on=protocol",
+    # Event context: the factorisation models read it, and score with each user's last.
+    "features.context.device={kind: categorical}",
+    "features.context.hour={kind: time, part: hour}",
 )
 DEEP = ["bpr_mf", "neumf", "sasrec"]
 # The rest of the deep zoo: trained too, and scored by Spark as by one process.
@@ -99,7 +102,9 @@ BASELINES = ["als", "ease", "itemknn", "nmf", "item2vec", "popularity"]
 
 def event(user: str, item: str, day: str, second: int) -> dict:
     clock = f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
-    return {"user_id": user, "item_id": item, "event_type": "view", "ts": f"{day}T{clock}Z"}
+    device = ("web", "ios", "android")[(len(user) + second) % 3]
+    return {"user_id": user, "item_id": item, "event_type": "view", "ts": f"{day}T{clock}Z",
+            "device": device}  # fmt: skip
 
 
 def events_day1() -> list[dict]:

@@ -480,3 +480,17 @@ def test_late_items_have_no_event_before_their_release(data: Data) -> None:
     seen_late = late & set(first)
     assert len(seen_late) >= len(late) // 2  # they do appear, after their release
     assert min(first[i] for i in seen_late) >= WINDOW_START + 0.5 * (WINDOW_END - WINDOW_START)
+
+
+def test_a_sessions_device_shifts_what_it_browses(data: Data) -> None:
+    """Sessions on a device browse that device's own category (summary device_categories) far
+    more often than sessions on the other devices do."""
+    own = {device: category for device, category in data.summary["device_categories"].items()}
+    assert len(set(own.values())) == len(own) == 3
+    shares = {}
+    for device, category in own.items():
+        on = [e["category"] == category for e in data.human if e.get("device") == device]
+        off = [e["category"] == category for e in data.human if e.get("device") != device]
+        shares[device] = (sum(on) / len(on), sum(off) / len(off))
+    # device_category_share 0.3 of a device's sessions pick its category outright.
+    assert all(on > off + 0.15 for on, off in shares.values()), shares

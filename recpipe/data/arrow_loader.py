@@ -26,7 +26,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recpipe.data.batch import SAMPLE_KINDS, Batch, SampleKind
 from recpipe.errors import RecpipeError
-from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, USER_IDX, VALUE
+from recpipe.schema import (
+    CONTEXT_IDX,
+    HISTORY,
+    HISTORY_TS,
+    ITEM_IDX,
+    LABEL,
+    NEGATIVES,
+    USER_IDX,
+    VALUE,
+)
 from recpipe.storage import arrow_path
 
 # Rows per Arrow record batch decoded from Parquet: large enough to amortise per-call overhead,
@@ -70,9 +79,17 @@ _I64 = np.dtype(np.int64)
 
 
 def sample_columns(
-    kind: SampleKind, read_history_ts: bool, read_values: bool = False
+    kind: SampleKind, read_history_ts: bool, read_values: bool = False, read_context: bool = False
 ) -> tuple[SampleColumn, ...]:
-    """The columns a kind's Batch needs (``value`` only for pointwise with ``read_values``)."""
+    """The columns a kind's Batch needs (``value`` only for pointwise with ``read_values``,
+    ``context_idx`` only with ``read_context``)."""
+    context = (SampleColumn(CONTEXT_IDX, "context", _I64, True),) if read_context else ()
+    return (*_kind_columns(kind, read_history_ts, read_values), *context)
+
+
+def _kind_columns(
+    kind: SampleKind, read_history_ts: bool, read_values: bool
+) -> tuple[SampleColumn, ...]:
     base = (
         SampleColumn(USER_IDX, "users", _I64, False),
         SampleColumn(ITEM_IDX, "items", _I64, False),
@@ -297,7 +314,9 @@ class _WireBatch:
 
 # Batch field -> dtype of its tensor.
 _OUT_DTYPES = {
-    c.field: c.out for kind in SAMPLE_KINDS for c in sample_columns(kind, True, read_values=True)
+    c.field: c.out
+    for kind in SAMPLE_KINDS
+    for c in sample_columns(kind, True, read_values=True, read_context=True)
 }
 
 
@@ -341,6 +360,7 @@ class ArrowSampleDataset(IterableDataset):
         drop_last: bool = False,
         read_history_ts: bool = False,
         read_values: bool = False,
+        read_context: bool = False,
     ) -> None:
         super().__init__()
         if kind not in SAMPLE_KINDS:
@@ -373,7 +393,7 @@ class ArrowSampleDataset(IterableDataset):
         self.drop_last = drop_last
         self.read_history_ts = read_history_ts
         self.epoch = 0
-        self._columns = sample_columns(kind, read_history_ts, read_values)
+        self._columns = sample_columns(kind, read_history_ts, read_values, read_context)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's shuffle. Read at ``__iter__`` time, so it reaches worker processes

@@ -29,6 +29,10 @@ class Batch:
     negatives: torch.Tensor | None = None  # [B, N] int64, pairwise only
     history: torch.Tensor | None = None  # [B, L] int64, sequence only
     history_ts: torch.Tensor | None = None  # [B, L] int64 epoch seconds, 0 at padding
+    # [B, C] int64, read for models that ask (RecModel.reads_context): each sample's own event
+    # context indexes, features.context order (0 missing). None when scoring: the model then
+    # reads each user's last train event's context.
+    context: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.users.shape[0])

@@ -10,6 +10,9 @@ funnel (about 70/20/7/3 %); sessions separated by at least ``2 * session_gap_min
 A share of the items (``late_item_fraction``) is released late in the window: before its
 release a view that would pick such an item picks the next more popular item of its category
 instead, so the item's first event falls after its release (item cold start).
+Each session has a device (mostly the user's own); a share of sessions
+(``device_category_share``) browses the device's own category instead of the user's usual
+choice, so the event context (device) carries signal of its own.
 
 Guarantees the tests and the clean stage rely on:
 
@@ -102,6 +105,7 @@ class SyntheticSpec:
     seed: int = 0
     catalog: bool = True  # also write items and profiles beside the events (catalog_dir)
     late_item_fraction: float = 0.05  # items released late in the window (cold start)
+    device_category_share: float = 0.3  # sessions browsing their device's own category
 
     def __post_init__(self) -> None:
         checks = {
@@ -119,6 +123,7 @@ class SyntheticSpec:
             "bot_events_per_day >= 1": self.bot_events_per_day >= 1,
             "n_files >= 1": self.n_files >= 1,
             "0 <= late_item_fraction < 1": 0 <= self.late_item_fraction < 1,
+            "0 <= device_category_share <= 1": 0 <= self.device_category_share <= 1,
         }
         failed = [name for name, ok in checks.items() if not ok]
         if failed:
@@ -325,6 +330,11 @@ class _Generator:
         self.has_sid = rng.random(n_users) < spec.session_id_user_fraction
         self.favourite = self.catalog.draw_categories(rng, n_users)
         self.device = np.searchsorted(np.cumsum(_DEVICE_P), rng.random(n_users), side="right")
+        # Each device's own category (distinct ones, given three or more), from its own stream.
+        shuffled = np.random.default_rng([spec.seed, 4]).permutation(
+            max(spec.n_categories, len(DEVICES))
+        )
+        self.device_category = shuffled[: len(DEVICES)] % spec.n_categories
         self.mask = rng.integers(0, 4, n_users)
         self.sessions = self._sessions_per_user(rng, n_users)
 
@@ -365,6 +375,12 @@ class _Generator:
         view_sess = np.repeat(np.arange(n_sess), views)
         n_views = len(view_sess)
 
+        # The session's device comes first: it may choose what the session browses.
+        device = np.where(
+            rng.random(n_sess) < _P_OTHER_DEVICE,
+            rng.integers(0, len(DEVICES), n_sess),
+            self.device[sess_user],
+        )
         # Items: each view picks a category (mostly the session's) then a Zipf item in it.
         cat = self.catalog
         sess_cat = np.where(
@@ -372,6 +388,8 @@ class _Generator:
             self.favourite[sess_user],
             cat.draw_categories(rng, n_sess),
         )
+        on_device = rng.random(n_sess) < self.spec.device_category_share
+        sess_cat = np.where(on_device, self.device_category[device], sess_cat)
         view_cat = np.where(
             rng.random(n_views) < _P_SESSION_CATEGORY,
             sess_cat[view_sess],
@@ -406,7 +424,7 @@ class _Generator:
             item, etype = item[keep_ev], etype[keep_ev]
             ev_sess = (np.cumsum(keep) - 1)[ev_sess[keep_ev]]
             offset_in_sess = offset_in_sess[keep_ev]
-            sess_user, duration = sess_user[keep], duration[keep]
+            sess_user, duration, device = sess_user[keep], duration[keep], device[keep]
             n_sess_user = np.bincount(sess_user - u0, minlength=u1 - u0)
             n_sess = len(sess_user)
 
@@ -427,11 +445,6 @@ class _Generator:
         early = cat.release_s[item] > sess_start[ev_sess]
         item = np.where(early, cat.substitute[item], item)
 
-        device = np.where(
-            rng.random(n_sess) < _P_OTHER_DEVICE,
-            rng.integers(0, len(DEVICES), n_sess),
-            self.device[sess_user],
-        )
         heads = self._session_heads(sess_user, _within(n_sess_user), device)
         order = np.argsort(ts, kind="stable")
         return _Chunk(
@@ -713,6 +726,10 @@ def generate_events(spec: SyntheticSpec, out_dir: LocationLike, progress: bool =
         "ts_max": totals.ts_max,
         "window": [gen.start_s, gen.start_s + gen.window_s],
         "late_items": int((gen.catalog.release_s > gen.start_s).sum()),
+        "device_categories": {
+            device: f"c{int(category)}"
+            for device, category in zip(DEVICES, gen.device_category, strict=False)
+        },
         "spec": {**asdict(spec), "n_users": spec.users, "n_items": spec.items},
     }
     if spec.catalog:

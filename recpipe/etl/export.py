@@ -15,11 +15,22 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recpipe.schema import HISTORY, HISTORY_TS, ITEM_IDX, LABEL, NEGATIVES, TS, USER_IDX, VALUE
+from recpipe.schema import (
+    CONTEXT_IDX,
+    HISTORY,
+    HISTORY_TS,
+    ITEM_IDX,
+    LABEL,
+    NEGATIVES,
+    TS,
+    USER_IDX,
+    VALUE,
+)
 
 SEQ_ITEMS = "seq_items"
 SEQ_TS = "seq_ts"
 SEQ_VALUES = "seq_values"
+SEQ_CONTEXT = "seq_context"  # array<array<int>>: each event's context indexes (when declared)
 
 PAIRWISE_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {NEGATIVES} array<int>"
 # ``value``: the positive's event value (a rating), NaN on sampled rows and where none was given.
@@ -37,19 +48,25 @@ def user_sequences(
     train: DataFrame, *, user_col: str = USER_IDX, item_col: str = ITEM_IDX, ts_col: str = TS
 ) -> DataFrame:
     """One row per user: ``seq_items``, ``seq_ts`` (epoch s) and ``seq_values`` (the event
-    values, NaN where absent) ordered by (ts, item)."""
+    values, NaN where absent) ordered by (ts, item); with a ``context_idx`` column in
+    ``train``, ``seq_context`` too."""
     value = (
         F.coalesce(F.col(VALUE).cast("float"), F.lit(float("nan")))
         if VALUE in train.columns
         else F.lit(float("nan"))
     )
+    context = [F.col(CONTEXT_IDX).alias("c")] if CONTEXT_IDX in train.columns else []
     ordered = F.array_sort(
         F.collect_list(
             F.struct(
-                F.unix_seconds(ts_col).alias("t"), F.col(item_col).alias("i"), value.alias("v")
+                F.unix_seconds(ts_col).alias("t"),
+                F.col(item_col).alias("i"),
+                value.alias("v"),
+                *context,
             )
         )
     )
+    context_out = [F.col("pairs.c").alias(SEQ_CONTEXT)] if context else []
     return (
         train.groupBy(user_col)
         .agg(ordered.alias("pairs"))
@@ -58,8 +75,33 @@ def user_sequences(
             F.col("pairs.i").cast("array<int>").alias(SEQ_ITEMS),
             F.col("pairs.t").alias(SEQ_TS),
             F.col("pairs.v").cast("array<float>").alias(SEQ_VALUES),
+            *context_out,
         )
     )
+
+
+def _contexts(batch: pd.DataFrame) -> Iterator[np.ndarray | None]:
+    """Each row's [events, C] context indexes (None per row without ``seq_context``)."""
+    if SEQ_CONTEXT not in batch.columns:
+        yield from (None for _ in range(len(batch)))
+        return
+    for events in batch[SEQ_CONTEXT]:
+        yield np.stack([np.asarray(c, dtype=np.int32) for c in events])
+
+
+def _context_column(parts: list[np.ndarray], width: int) -> list[pa.Array]:
+    """The ``context_idx`` column of a batch ([] without context)."""
+    if not width:
+        return []
+    return [_fixed_lists(np.concatenate(parts).reshape(-1), width, pa.int32())]
+
+
+def _with_context(schema: str, width: int) -> str:
+    return f"{schema}, {CONTEXT_IDX} array<int>" if width else schema
+
+
+def _names(names: list[str], width: int) -> list[str]:
+    return [*names, CONTEXT_IDX] if width else names
 
 
 class NegativeSampler:
@@ -144,23 +186,31 @@ def _users_and_sequences(
 
 
 def pairwise_samples(
-    sequences: DataFrame, sampler: NegativeSampler, negatives: int, since: int | None = None
+    sequences: DataFrame,
+    sampler: NegativeSampler,
+    negatives: int,
+    since: int | None = None,
+    context_width: int = 0,
 ) -> DataFrame:
-    """(user, positive, N negatives) per train interaction (at or after ``since``, if given).
+    """(user, positive, N negatives) per train interaction (at or after ``since``, if given),
+    with the positive's context when ``context_width`` > 0.
 
     Negatives avoid every train item of the user, recent or not.
     """
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            users, items, negs = [], [], []
-            for user, seq, _, first in _users_and_sequences(batch, since):
+            users, items, negs, contexts = [], [], [], []
+            rows = zip(_users_and_sequences(batch, since), _contexts(batch), strict=True)
+            for (user, seq, _, first), context in rows:
                 positives = seq[first:]
                 if not len(positives):
                     continue
                 users.append(np.full(len(positives), user, dtype=np.int32))
                 items.append(positives.astype(np.int32))
                 negs.append(sampler.draw(user, seq, len(positives) * negatives))
+                if context is not None:
+                    contexts.append(context[first:])
             if not users:
                 continue
             flat = np.concatenate(negs)
@@ -171,24 +221,34 @@ def pairwise_samples(
                     pa.FixedSizeListArray.from_arrays(pa.array(flat), negatives).cast(
                         pa.list_(pa.int32())
                     ),
+                    *_context_column(contexts, context_width),
                 ],
-                names=[USER_IDX, ITEM_IDX, NEGATIVES],
+                names=_names([USER_IDX, ITEM_IDX, NEGATIVES], context_width),
             )
 
-    return _map_pandas_to_arrow(sequences, build, PAIRWISE_SCHEMA)
+    return _map_pandas_to_arrow(sequences, build, _with_context(PAIRWISE_SCHEMA, context_width))
 
 
 def pointwise_samples(
-    sequences: DataFrame, sampler: NegativeSampler, negatives: int, since: int | None = None
+    sequences: DataFrame,
+    sampler: NegativeSampler,
+    negatives: int,
+    since: int | None = None,
+    context_width: int = 0,
 ) -> DataFrame:
     """Each train interaction (at or after ``since``, if given) as a label-1 row carrying its
-    value, plus N label-0 rows of sampled items (value NaN)."""
+    value, plus N label-0 rows of sampled items (value NaN). With ``context_width`` > 0 every
+    row carries the interaction's context: a sampled row, that of the interaction it was
+    drawn for (what the user did not pick in that moment)."""
 
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            users, items, labels, values = [], [], [], []
-            rows = _users_and_sequences(batch, since)
-            for (user, seq, _, first), seq_values in zip(rows, batch[SEQ_VALUES], strict=True):
+            users, items, labels, values, contexts = [], [], [], [], []
+            rows = zip(
+                _users_and_sequences(batch, since), batch[SEQ_VALUES], _contexts(batch),
+                strict=True,
+            )  # fmt: skip
+            for (user, seq, _, first), seq_values, context in rows:
                 positives = seq[first:]
                 if not len(positives):
                     continue
@@ -202,14 +262,20 @@ def pointwise_samples(
                 value = np.full(len(both), np.nan, np.float32)
                 value[: len(positives)] = np.asarray(seq_values, dtype=np.float32)[first:]
                 values.append(value)
+                if context is not None:  # sampled row j was drawn for positive j // N
+                    own = context[first:]
+                    contexts.append(np.concatenate([own, np.repeat(own, negatives, axis=0)]))
             if not users:
                 continue
             yield pa.RecordBatch.from_arrays(
-                [pa.array(np.concatenate(a)) for a in (users, items, labels, values)],
-                names=[USER_IDX, ITEM_IDX, LABEL, VALUE],
+                [
+                    *(pa.array(np.concatenate(a)) for a in (users, items, labels, values)),
+                    *_context_column(contexts, context_width),
+                ],
+                names=_names([USER_IDX, ITEM_IDX, LABEL, VALUE], context_width),
             )
 
-    return _map_pandas_to_arrow(sequences, build, POINTWISE_SCHEMA)
+    return _map_pandas_to_arrow(sequences, build, _with_context(POINTWISE_SCHEMA, context_width))
 
 
 def window_ends(length: int, stride: int) -> np.ndarray:
@@ -222,9 +288,14 @@ def window_ends(length: int, stride: int) -> np.ndarray:
 
 
 def sequence_samples(
-    sequences: DataFrame, max_len: int, stride: int, since: int | None = None
+    sequences: DataFrame,
+    max_len: int,
+    stride: int,
+    since: int | None = None,
+    context_width: int = 0,
 ) -> DataFrame:
-    """(user, left-padded history of up to ``max_len`` items, target) windows per user.
+    """(user, left-padded history of up to ``max_len`` items, target) windows per user, with
+    the target's context when ``context_width`` > 0.
 
     With ``since``, only the windows whose target is at or after it (histories still reach
     back before it).
@@ -233,7 +304,9 @@ def sequence_samples(
     def build(batches: Iterator[pd.DataFrame]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             users, history, history_ts, targets, target_ts = [], [], [], [], []
-            for user, seq, ts, first in _users_and_sequences(batch, since):
+            contexts: list[np.ndarray] = []
+            rows = zip(_users_and_sequences(batch, since), _contexts(batch), strict=True)
+            for (user, seq, ts, first), context in rows:
                 ends = window_ends(len(seq), stride)
                 ends = ends[ends >= first]
                 if not len(ends):
@@ -248,6 +321,8 @@ def sequence_samples(
                 history_ts.append(padded_ts[index])
                 targets.append(seq[ends].astype(np.int32))
                 target_ts.append(ts[ends])
+                if context is not None:
+                    contexts.append(context[ends])
             if not users:
                 continue
             hist = np.concatenate(history)
@@ -259,11 +334,12 @@ def sequence_samples(
                     _fixed_lists(hist_ts.reshape(-1), max_len, pa.int64()),
                     pa.array(np.concatenate(targets)),
                     pa.array(np.concatenate(target_ts) * 1_000_000, pa.timestamp("us", "UTC")),
+                    *_context_column(contexts, context_width),
                 ],
-                names=[USER_IDX, HISTORY, HISTORY_TS, ITEM_IDX, TS],
+                names=_names([USER_IDX, HISTORY, HISTORY_TS, ITEM_IDX, TS], context_width),
             )
 
-    return _map_pandas_to_arrow(sequences, build, SEQUENCE_SCHEMA)
+    return _map_pandas_to_arrow(sequences, build, _with_context(SEQUENCE_SCHEMA, context_width))
 
 
 def _fixed_lists(values: np.ndarray, size: int, kind: pa.DataType) -> pa.Array:

@@ -8,7 +8,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recpipe.schema import (
+    CONTEXT,
     EVENT_TYPE,
+    EXTRA,
     ITEM_ID,
     ITEM_IDX,
     SESSION_ID,
@@ -25,8 +27,10 @@ END_TS = "end_ts"
 LENGTH = "length"
 SESSION_COLUMNS: tuple[str, ...] = (
     USER_ID, USER_IDX, SESSION_ID, START_TS, END_TS, LENGTH,
-    ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE,
+    ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE, CONTEXT,
 )  # fmt: skip
+# Per-event columns of a session, in its arrays' order.
+_EVENT_COLUMNS = (ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE, CONTEXT)
 AUTO_PREFIX = "auto-"
 
 
@@ -78,9 +82,16 @@ def build_sessions(keyed: DataFrame, *, max_length: int | None) -> DataFrame:
 
     A chunked session keeps every event: chunk ``k`` > 0 gets the id ``<session>~<k>``.
     """
-    entry = F.struct(TS_MS, EVENT_RANK, ITEM_ID, ITEM_IDX, EVENT_TYPE, VALUE)
+    order = F.struct(TS_MS, EVENT_RANK, ITEM_ID, ITEM_IDX, EVENT_TYPE, VALUE)
+    entry = F.struct(order.alias("_order"), *_EVENT_COLUMNS)
+
+    def earlier(left: Column, right: Column) -> Column:
+        # A map (the context) cannot be ordered: compare the ordering fields only.
+        first, second = left["_order"], right["_order"]
+        return F.when(first < second, -1).when(first > second, 1).otherwise(0)
+
     grouped = keyed.groupBy(USER_ID, USER_IDX, "session_key").agg(
-        F.array_sort(F.collect_list(entry)).alias("_events")
+        F.array_sort(F.collect_list(entry), earlier).alias("_events")
     )
     if max_length is not None:
         n_chunks = F.ceil(F.size("_events") / max_length).cast("int")
@@ -107,16 +118,36 @@ def build_sessions(keyed: DataFrame, *, max_length: int | None) -> DataFrame:
         F.timestamp_millis(F.col("_events")[0][TS_MS]).alias(START_TS),
         F.timestamp_millis(F.element_at("_events", -1)[TS_MS]).alias(END_TS),
         F.size("_events").alias(LENGTH),
-        *(F.col(f"_events.{c}").alias(c) for c in (ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE)),
+        *(F.col(f"_events.{c}").alias(c) for c in _EVENT_COLUMNS),
     )
 
 
 def explode_sessions(sessions: DataFrame) -> DataFrame:
-    """Back from sessions to one row per interaction (with ``TS_MS``), the inverse of grouping."""
-    zipped = F.arrays_zip(ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE)
+    """Back from sessions to one row per interaction (with ``TS_MS``), the inverse of grouping.
+
+    Sessions written before events kept their context get an empty ``context`` per event.
+    """
+    if CONTEXT not in sessions.columns:
+        empty = F.transform(ITEM_IDX, lambda _: empty_context())
+        sessions = sessions.withColumn(CONTEXT, empty)
+    zipped = F.arrays_zip(*_EVENT_COLUMNS)
     return sessions.select(USER_ID, USER_IDX, SESSION_ID, F.explode(zipped).alias("_e")).select(
         USER_ID,
         USER_IDX,
-        *(F.col(f"_e.{c}").alias(c) for c in (ITEM_IDX, ITEM_ID, EVENT_TYPE, TS_MS, VALUE)),
+        *(F.col(f"_e.{c}").alias(c) for c in _EVENT_COLUMNS),
         SESSION_ID,
     )
+
+
+def empty_context() -> Column:
+    """An empty context map."""
+    return F.create_map().cast("map<string,string>")
+
+
+def event_context(fields: Sequence[str]) -> Column:
+    """The event's ``extra`` entries named in ``fields`` (the declared context), never null."""
+    wanted = sorted(set(fields))
+    if not wanted:
+        return empty_context()
+    kept = F.map_filter(F.col(EXTRA), lambda key, _: key.isin(wanted))
+    return F.coalesce(kept, empty_context())

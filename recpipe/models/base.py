@@ -99,6 +99,11 @@ class RecModel(nn.Module, ABC):
     reads_values: ClassVar[bool] = False
 
     @property
+    def reads_context(self) -> bool:
+        """Whether training reads the samples' event context (``Batch.context``)."""
+        return False
+
+    @property
     def uses_user_ids(self) -> bool:
         """Whether scores depend on a learned per-user row (then users without training
         interactions cannot be scored); sequence models read only the history."""

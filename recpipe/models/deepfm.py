@@ -70,8 +70,8 @@ class DeepFm(FactorisationModel):
         interactions = 0.5 * (total.pow(2).sum(-1) - vectors.pow(2).sum((-2, -1)))
         return Side(total, first + interactions, layer(vectors.flatten(-2)))
 
-    def user_side(self, users: torch.Tensor) -> Side:
-        return self._side(*self.fields.users(users), self.user_in)
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Side:
+        return self._side(*self.fields.users(users, context), self.user_in)
 
     def item_side(self, items: torch.Tensor) -> Side:
         return self._side(*self.fields.items(items), self.item_in)

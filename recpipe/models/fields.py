@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recpipe.feature_specs import OOV_INDEX
+from recpipe.feature_specs import CONTEXT, OOV_INDEX
 
 Layout = dict[str, list[dict[str, Any]]]
 
@@ -84,26 +84,37 @@ class FieldEncoder(nn.Module):
         """The feature table of ``name``."""
         return getattr(self, buffer_name(self.entity, name))
 
-    def fields(self, keys: torch.Tensor) -> torch.Tensor:
-        """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 without features)."""
-        return self._encode(keys, self.embeddings, self.vectors)
+    def fields(self, keys: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+        """[*keys.shape, F, dim] field embeddings of ``keys`` (F = 0 without features).
 
-    def first_order(self, keys: torch.Tensor) -> torch.Tensor:
+        ``given`` ([*keys.shape, F] indexes of single-index fields) replaces the tables' values:
+        a sample's own event context instead of the key's stored one.
+        """
+        return self._encode(keys, self.embeddings, self.vectors, given)
+
+    def first_order(self, keys: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """[*keys.shape, F] first-order weights of ``keys`` (needs ``first_order=True``)."""
         if self.first_embeddings is None or self.first_vectors is None:
             raise ValueError("this encoder was built without first-order weights")
-        return self._encode(keys, self.first_embeddings, self.first_vectors)[..., 0]
+        return self._encode(keys, self.first_embeddings, self.first_vectors, given)[..., 0]
 
     def _encode(
-        self, keys: torch.Tensor, embeddings: nn.ModuleDict, vectors: nn.ParameterDict
+        self,
+        keys: torch.Tensor,
+        embeddings: nn.ModuleDict,
+        vectors: nn.ParameterDict,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = []
-        for field in self.layout:
+        for position, field in enumerate(self.layout):
             name = field["name"]
             # The table's own length: an item-side model's user tables hold one block's rows.
             table = self.table(name)
             known = keys < table.shape[0]
-            if table.shape[0] == 0:  # no rows attached yet: every key is unknown
+            if given is not None:
+                known = torch.ones_like(keys, dtype=torch.bool)
+                column = given[..., position : position + 1].long()
+            elif table.shape[0] == 0:  # no rows attached yet: every key is unknown
                 column = table.new_zeros((*keys.shape, *table.shape[1:]))
             else:
                 column = table[torch.where(known, keys, torch.zeros_like(keys))]
@@ -150,6 +161,11 @@ class FactorisationFields(nn.Module):
         self.user_fields = FieldEncoder(
             "users", layout_of(layout, "users"), context.n_users, dim, values, True
         )
+        # Event context on the user side: a sample's own in training, the user's last train
+        # event's (a per-user table, like a user feature) when scoring.
+        self.context_fields = FieldEncoder(
+            CONTEXT, layout_of(layout, CONTEXT), context.n_users, dim, values, True
+        )
         self.user_emb = nn.Embedding(context.n_users, dim)
         self.item_emb = nn.Embedding(context.n_items + 1, dim, padding_idx=0)
         self.user_weight = nn.Embedding(context.n_users, 1)
@@ -171,16 +187,32 @@ class FactorisationFields(nn.Module):
         fields to be scored by."""
         return self.user_fields.count > 0
 
-    def count(self, side: str) -> int:
-        """Fields of ``side`` (``users`` or ``items``): the id and every feature."""
-        return 1 + (self.user_fields if side == "users" else self.item_fields).count
+    @property
+    def reads_context(self) -> bool:
+        """Whether event context features are declared (samples carry them)."""
+        return self.context_fields.count > 0
 
-    def users(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """User-side fields [*keys.shape, F_u, dim] and first-order sums [*keys.shape]."""
+    def count(self, side: str) -> int:
+        """Fields of ``side`` (``users`` or ``items``): the id and every feature (the user
+        side's event context included)."""
+        if side == "users":
+            return 1 + self.user_fields.count + self.context_fields.count
+        return 1 + self.item_fields.count
+
+    def users(
+        self, keys: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """User-side fields [*keys.shape, F_u, dim] and first-order sums [*keys.shape];
+        ``context`` ([*keys.shape, C]) is the samples' own, else each user's last."""
         kept = None
         if self.training and self.user_id_dropout > 0:
             kept = torch.rand(keys.shape, device=keys.device) >= self.user_id_dropout
-        return _side_fields(keys, self.user_emb, self.user_weight, self.user_fields, kept)
+        vectors, first = _side_fields(keys, self.user_emb, self.user_weight, self.user_fields, kept)
+        if not self.context_fields.count:
+            return vectors, first
+        moment = self.context_fields.fields(keys, context).to(vectors.dtype)
+        first = first + self.context_fields.first_order(keys, context).sum(-1).to(first.dtype)
+        return torch.cat([vectors, moment], -2), first
 
     def items(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item-side fields [*keys.shape, F_i, dim] and first-order sums [*keys.shape]."""

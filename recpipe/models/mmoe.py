@@ -80,8 +80,8 @@ class Mmoe(FactorisationModel):
         self.dropout = nn.Dropout(config.dropout)
         self._parts: dict[str, torch.Tensor] = {}
 
-    def user_side(self, users: torch.Tensor) -> Side:
-        vectors, first = self.fields.users(users)
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Side:
+        vectors, first = self.fields.users(users, context)
         flat = vectors.flatten(-2)
         return Side(first, self.user_in(flat), self.user_gate(flat))
 
@@ -125,7 +125,7 @@ class Mmoe(FactorisationModel):
         the rating, averaged over the positives that have a value."""
         users, items = batch.require("users"), batch.require("items")
         labels, values = batch.require("labels").float(), batch.require("values").float()
-        heads = self.heads(self.user_side(users), self.item_side(items)).float()
+        heads = self.heads(self.user_side(users, batch.context), self.item_side(items)).float()
         interaction = F.binary_cross_entropy_with_logits(heads[:, 0], labels)
         rated = (labels > 0) & torch.isfinite(values)
         scale = self.config.rating_scale

@@ -74,7 +74,7 @@ class NeuMf(PointwisePairModel):
 
     # The first MLP layer on concat(u, i) is W_u u + W_i i + b; splitting it lets score_all
     # project users and items once instead of materialising every concatenated pair.
-    def user_side(self, users: torch.Tensor) -> Side:
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Side:
         """GMF user vectors and the user half of the first MLP pre-activation."""
         gmf = self.gmf_user(users) if self.use_gmf else None
         mlp = None

@@ -64,8 +64,8 @@ class Nfm(FactorisationModel):
         total = vectors.sum(-2)
         return Side(total, 0.5 * (total.pow(2) - vectors.pow(2).sum(-2)), first)
 
-    def user_side(self, users: torch.Tensor) -> Side:
-        return self._side(*self.fields.users(users))
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Side:
+        return self._side(*self.fields.users(users, context))
 
     def item_side(self, items: torch.Tensor) -> Side:
         return self._side(*self.fields.items(items))

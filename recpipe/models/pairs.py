@@ -55,8 +55,9 @@ class PointwisePairModel(RecModel):
     sample_kind: ClassVar[SampleKind] = "pointwise"
 
     @abstractmethod
-    def user_side(self, users: torch.Tensor) -> Any:
-        """The users' share of every pair's logit."""
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Any:
+        """The users' share of every pair's logit (``context``: the samples' own event
+        context, for models that read it; None: each user's last)."""
 
     @abstractmethod
     def item_side(self, items: torch.Tensor) -> Any:
@@ -78,7 +79,7 @@ class PointwisePairModel(RecModel):
     def loss(self, batch: Batch) -> torch.Tensor:
         """Binary cross entropy with logits against ``labels`` (computed in float32)."""
         users, items = batch.require("users"), batch.require("items")
-        logits = self.combine(self.user_side(users), self.item_side(items))
+        logits = self.combine(self.user_side(users, batch.context), self.item_side(items))
         return F.binary_cross_entropy_with_logits(logits.float(), batch.require("labels").float())
 
     def score_all(self, batch: Batch) -> torch.Tensor:
@@ -102,6 +103,11 @@ class FactorisationModel(PointwisePairModel):
         """With item features: an untrained item is scored from its features (its id field
         reads as missing)."""
         return self.fields.scores_untrained_items
+
+    @property
+    def reads_context(self) -> bool:
+        """With features.context declared: the samples carry it."""
+        return self.fields.reads_context
 
     @property
     def scores_untrained_users(self) -> bool:

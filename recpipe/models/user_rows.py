@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from recpipe import storage
+from recpipe.feature_specs import CONTEXT
 from recpipe.models import model_class
 from recpipe.models.base import RecModel
 from recpipe.models.fields import buffer_name
@@ -29,7 +30,9 @@ from recpipe.schema import USER_IDX, USER_VECTOR
 from recpipe.storage import LocationLike, as_location
 
 ITEM_SIDE_FILE = "model_items.pt"
-USER_FEATURES = buffer_name("users", "")  # prefix of a model's user feature tables
+# Prefixes of a model's per-user feature tables: user features, and each user's last event
+# context (recpipe.models.fields.FactorisationFields).
+USER_FEATURES = (buffer_name("users", ""), buffer_name(CONTEXT, ""))
 # Checkpoint field of an item-side model: which tables were taken out, their widths, and how
 # many users they had.
 USER_ROWS_KEY = "user_rows"

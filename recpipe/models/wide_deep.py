@@ -97,8 +97,8 @@ class WideDeep(FactorisationModel):
         padded = [F.pad(c, (0, width - c.shape[-1])) for c in columns]
         return torch.stack(padded, dim=-2)
 
-    def user_side(self, users: torch.Tensor) -> Side:
-        vectors, first = self.fields.users(users)
+    def user_side(self, users: torch.Tensor, context: torch.Tensor | None = None) -> Side:
+        vectors, first = self.fields.users(users, context)
         return Side(first, self.user_in(vectors.flatten(-2)), self._values(users, "users"))
 
     def item_side(self, items: torch.Tensor) -> Side:

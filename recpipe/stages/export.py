@@ -25,7 +25,9 @@ from recpipe import storage
 from recpipe.commit import current_record, current_version
 from recpipe.config import Config
 from recpipe.errors import MissingInputError, RecpipeError
+from recpipe.etl.context import with_context_indexes
 from recpipe.etl.export import (
+    SEQ_CONTEXT,
     SEQ_ITEMS,
     SEQ_TS,
     NegativeSampler,
@@ -35,11 +37,18 @@ from recpipe.etl.export import (
     user_sequences,
 )
 from recpipe.lake import Transaction, transaction
-from recpipe.layout import VOCAB_ITEMS, VOCAB_USERS
+from recpipe.layout import FEATURE_VOCAB, LAST_CONTEXT, VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import ExportManifest, ExportSamples, ExportTable, ShardRows
 from recpipe.parquet_files import footer_sha256
 from recpipe.reconcile import check_rows
-from recpipe.schema import DS, ITEM_IDX, RECENT_SAMPLE_TABLES, SAMPLE_TABLES, USER_IDX
+from recpipe.schema import (
+    CONTEXT_IDX,
+    DS,
+    ITEM_IDX,
+    RECENT_SAMPLE_TABLES,
+    SAMPLE_TABLES,
+    USER_IDX,
+)
 from recpipe.serving import written_protocols
 from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
@@ -134,11 +143,12 @@ def _samples(
     since: int | None = None,
 ) -> DataFrame:
     settings = config.export
+    width = len(config.features.context)
     if kind == "pairwise":
-        return pairwise_samples(sequences, sampler, settings.negatives, since)
+        return pairwise_samples(sequences, sampler, settings.negatives, since, width)
     if kind == "pointwise":
-        return pointwise_samples(sequences, sampler, settings.negatives, since)
-    return sequence_samples(sequences, settings.max_len, stride, since)
+        return pointwise_samples(sequences, sampler, settings.negatives, since, width)
+    return sequence_samples(sequences, settings.max_len, stride, since, width)
 
 
 def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -154,6 +164,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
         n_items=n_items,
         n_users=n_users,
         user_index_size=n_users + 1,  # user_idx runs 1..n_users; 0 is unused
+        context=list(config.features.context) or None,
     )
     samples: dict[str, ExportSamples] = {}
     record.samples = samples
@@ -191,6 +202,8 @@ def export_protocol(
     stride = settings.stride or settings.max_len
     n_items = tx.record.n_items or 0
     train = read_train(spark, tx, protocol)
+    if tx.config.features.context:
+        train = with_context_indexes(train, tx.config.features.context, context_vocab(spark, tx))
     counts = _item_counts(train, n_items)
     weights = counts if settings.negative_sampling == "popularity" else None
     sampler = NegativeSampler(n_items, weights, settings.seed, trained=counts > 0)
@@ -200,11 +213,50 @@ def export_protocol(
     for kind in settings.kinds:
         frame = _samples(kind, sequences, sampler, tx.config, stride)
         setattr(record, kind, stage_samples(tx, frame, kind, protocol, expected[kind]))
+    if tx.config.features.context:
+        record.last_context_users = stage_last_context(
+            spark, tx, sequences, protocol, expected["users"]
+        )
     warm = tx.config.train.warm_start
     if warm.enabled:
         record.since, record.recent = export_recent(tx, sequences, sampler, protocol, stride)
     sequences.unpersist()
     return record
+
+
+def context_vocab(spark: SparkSession, tx: Transaction[ExportManifest]) -> DataFrame | None:
+    """``feature_vocab`` of ``ds``, which features.context's categorical values index into."""
+    categorical = [
+        name for name, spec in tx.config.features.context.items() if spec.kind == "categorical"
+    ]
+    if categorical and not tx.lake.exists(FEATURE_VOCAB, {DS: tx.ds}):
+        raise MissingInputError(
+            f"features.context declares {', '.join(categorical)} but there is no feature_vocab "
+            f"for ds={tx.ds}: run `recpipe features --ds {tx.ds}` first"
+        )
+    if not categorical:
+        return None
+    return tx.lake.read(spark, FEATURE_VOCAB, [{DS: tx.ds}])
+
+
+def stage_last_context(
+    spark: SparkSession,
+    tx: Transaction[ExportManifest],
+    sequences: DataFrame,
+    protocol: str,
+    expected: int,
+) -> int:
+    """Stage ``last_context`` of ``protocol``: (user_idx, context_idx) of each user's last
+    train event, reconciled with the users the sequences hold. Returns its rows."""
+    last = sequences.select(USER_IDX, F.element_at(SEQ_CONTEXT, -1).alias(CONTEXT_IDX))
+    part = tx.stage(last.coalesce(1), LAST_CONTEXT, {DS: tx.ds, PROTOCOL: protocol})
+    written = part.read(spark).count()
+    tx.reconcile(
+        None if written == expected else
+        f"{LAST_CONTEXT} {protocol}: {written} rows for {expected} users with train events",
+        ExportMismatchError,
+    )  # fmt: skip
+    return written
 
 
 def export_recent(

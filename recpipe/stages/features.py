@@ -23,6 +23,7 @@ from recpipe.errors import MissingInputError
 from recpipe.etl.features import (
     ENTITY_COL,
     FEATURE,
+    FEATURE_VALUE,
     VALUE_INDEX,
     VOCAB_COLUMNS,
     bucket_of,
@@ -38,18 +39,22 @@ from recpipe.etl.features import (
     value_lists,
 )
 from recpipe.feature_specs import (
+    CONTEXT,
     ENTITIES,
     MISSING_INDEX,
     OOV_INDEX,
+    TIME_SIZES,
     CategoricalSpec,
     MultiSpec,
     NumericSpec,
     TextSpec,
+    TimeSpec,
     source_field,
     width,
 )
 from recpipe.lake import Transaction, transaction
 from recpipe.layout import (
+    EVENTS,
     FEATURE_VOCAB,
     ITEM_FEATURES,
     ITEMS,
@@ -59,7 +64,7 @@ from recpipe.layout import (
     VOCAB_USERS,
 )
 from recpipe.manifest import FeaturesManifest, FeatureStats, FeatureTableCounts
-from recpipe.schema import DS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.schema import DS, EXTRA, ITEM_ID, ITEM_IDX, TS, USER_ID, USER_IDX
 from recpipe.spark import one_row
 from recpipe.stages.vocab import previous_ds
 
@@ -71,17 +76,20 @@ ENTITY_TABLES = {
     "items": (ITEMS, VOCAB_ITEMS, ITEM_ID, ITEM_IDX, ITEM_FEATURES),
     "users": (USERS, VOCAB_USERS, USER_ID, USER_IDX, USER_FEATURES),
 }
-_NUMBER, _HAS_RAW = "_number", "_has_raw"
+_NUMBER, _HAS_RAW, _EVENT = "_number", "_has_raw", "_event"
 
 
 def configured_entities(config: Config) -> list[str]:
-    """The entities with at least one declared feature."""
-    return [entity for entity in ENTITIES if getattr(config.features, entity)]
+    """The entities with at least one declared feature (``context`` last)."""
+    return [entity for entity in (*ENTITIES, CONTEXT) if getattr(config.features, entity)]
 
 
 def unset_message() -> str:
     """What to set when no feature is declared."""
-    return "no feature is declared (features.items, features.users): nothing to build"
+    return (
+        "no feature is declared (features.items, features.users, features.context): "
+        "nothing to build"
+    )
 
 
 def run_features(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -95,6 +103,10 @@ def run_features(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]
         vocab = previous.select(*VOCAB_COLUMNS) if previous is not None else None
         tx.record.tables, tx.record.features = {}, {}
         for entity in entities:
+            if entity == CONTEXT:
+                stats, vocab = build_context(spark, config, tx, vocab)
+                tx.record.features.update({f"{CONTEXT}.{n}": s for n, s in stats.items()})
+                continue
             counts, stats, vocab = build_entity(spark, config, tx, entity, vocab)
             tx.record.tables[entity] = counts
             tx.record.features.update({f"{entity}.{name}": s for name, s in stats.items()})
@@ -166,6 +178,56 @@ def build_entity(
         entity, rows_in, rows_out, len(specs), time.perf_counter() - started,
     )  # fmt: skip
     return counts, stats, vocab
+
+
+def build_context(
+    spark: SparkSession, config: Config, tx: Transaction[FeaturesManifest], vocab: DataFrame | None
+) -> tuple[dict[str, FeatureStats], DataFrame | None]:
+    """Stats of every context feature over the events of the sessionize window ending at
+    ``ds``, and the vocabulary with the categorical ones' new values added."""
+    started = time.perf_counter()
+    days = tx.lake.history(EVENTS, tx.ds, config.sessionize.history_days)
+    events = tx.lake.read(spark, EVENTS, [{DS: day} for day in days]).select(
+        F.monotonically_increasing_id().alias(_EVENT), F.col(EXTRA), F.col(TS)
+    )
+    stats: dict[str, FeatureStats] = {}
+    for name, spec in config.features.context.items():
+        if isinstance(spec, TimeSpec):
+            present, total = one_row(events.agg(F.count(TS), F.count(F.lit(1))), name)
+            stats[name] = FeatureStats(
+                kind=spec.kind, field=f"ts.{spec.part}", size=TIME_SIZES[spec.part],
+                rows_with_value=present, rows_missing=total - present,
+            )  # fmt: skip
+            continue
+        field = source_field(name, spec)
+        raw = F.trim(F.col(EXTRA)[field])
+        rows = events.select(_EVENT, F.when(raw != "", raw).alias(FEATURE_VALUE)).persist()
+        present, total = one_row(rows.agg(F.count(FEATURE_VALUE), F.count(F.lit(1))), name)
+        if total and not present:
+            raise ConfigError(
+                f"'features.context.{name}': no event in ds {days[0]}..{tx.ds} has a field "
+                f"'{field}'"
+            )
+        values = rows.where(F.col(FEATURE_VALUE).isNotNull())
+        mine = (F.col(ENTITY_COL) == CONTEXT) & (F.col(FEATURE) == name)
+        existing = vocab.where(mine) if vocab is not None else None
+        extended, new = extend_values(
+            values, existing, entity=CONTEXT, name=name, min_count=spec.min_count, ds=tx.ds
+        )
+        extended = extended.localCheckpoint(eager=True)
+        largest = one_row(extended.agg(F.max(VALUE_INDEX)), f"{name} vocabulary")[0]
+        stats[name] = FeatureStats(
+            kind=spec.kind, field=field, rows_with_value=present, rows_missing=total - present,
+            vocabulary=extended.count(), new_values=new, size=max(largest or 0, OOV_INDEX) + 1,
+        )  # fmt: skip
+        rows.unpersist()
+        others = vocab.where(~mine) if vocab is not None else None
+        vocab = extended if others is None else others.unionByName(extended)
+    log.info(
+        "features: context: %d features over the events of %d days (%.1fs)",
+        len(stats), len(days), time.perf_counter() - started,
+    )  # fmt: skip
+    return stats, vocab
 
 
 def _missing(spec: Spec) -> Column:

@@ -11,12 +11,20 @@ from pyspark.sql import functions as F
 from recpipe.config import Config
 from recpipe.errors import RecpipeError
 from recpipe.etl.clean import COPIES, Deduped, dedupe_repeated
-from recpipe.etl.sessionize import LENGTH, SESSION_COLUMNS, assign_sessions, build_sessions
+from recpipe.etl.sessionize import (
+    LENGTH,
+    SESSION_COLUMNS,
+    assign_sessions,
+    build_sessions,
+    event_context,
+)
+from recpipe.feature_specs import context_event_fields
 from recpipe.lake import Lake, StagedPartition, transaction
 from recpipe.layout import EVENTS, SESSIONS, VOCAB_ITEMS, VOCAB_USERS
 from recpipe.manifest import SessionizeManifest
 from recpipe.reconcile import check_rows_per_ds
 from recpipe.schema import (
+    CONTEXT,
     DS,
     DUPLICATE_KEY,
     EVENT_TYPE,
@@ -87,9 +95,11 @@ def indexed_events(
     two days keeps its earliest copy (only keys whose hash repeats are grouped). Unknown ids
     get null indexes (see :func:`count_indexed`).
     """
+    fields = context_event_fields(config.features.context)
     events = lake.read(spark, EVENTS, [{DS: v} for v in event_ds]).select(
-        USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS
-    )
+        USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS,
+        event_context(fields).alias(CONTEXT),
+    )  # fmt: skip
     check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
     deduped = dedupe_repeated(events, DUPLICATE_KEY, order_by=(DS, SOURCE_FILE))
     distinct = deduped.rows.drop(DS)

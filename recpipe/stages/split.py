@@ -31,6 +31,7 @@ from recpipe.layout import SESSIONS, TRAIN
 from recpipe.manifest import SplitManifest, SplitPart, SplitProtocol
 from recpipe.reconcile import check_rows
 from recpipe.schema import (
+    CONTEXT,
     DS,
     EVENT_TYPE,
     ITEM_ID,
@@ -49,7 +50,7 @@ COLD_START_KEYS = {"cold_items": ITEM_IDX, "cold_users": USER_IDX}
 
 PROTOCOL = "protocol"
 SPLIT_COLUMNS: tuple[str, ...] = (
-    USER_ID, USER_IDX, ITEM_ID, ITEM_IDX, EVENT_TYPE, TS, VALUE, SESSION_ID
+    USER_ID, USER_IDX, ITEM_ID, ITEM_IDX, EVENT_TYPE, TS, VALUE, SESSION_ID, CONTEXT
 )  # fmt: skip
 
 

@@ -31,7 +31,8 @@ from recpipe.baselines import baseline_class
 from recpipe.config import Config, ConfigError, TrainConfig, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
-from recpipe.features_data import feature_tables, save_tables
+from recpipe.feature_specs import CONTEXT
+from recpipe.features_data import context_tables, feature_tables, save_tables
 from recpipe.knowledge import KG, knowledge_tables
 from recpipe.lake import Lake
 from recpipe.layout import launcher_run_dir, user_rows_table
@@ -115,6 +116,9 @@ def build_spec(
     graph, graph_tables = knowledge_tables(config.root, ds, context["n_items"])
     if graph:  # the knowledge graph rides with the feature tables (models.cke reads it)
         layout[KG], tables = graph, {**tables, **graph_tables}
+    moments, moment_tables = context_tables(config.root, ds, protocol, context["n_users"])
+    if moments:  # event context: layout entity "context", per-user last-event tables
+        layout[CONTEXT], tables = moments, {**tables, **moment_tables}
     features_file = None
     if layout:
         features_file = folder / FEATURES_FILE

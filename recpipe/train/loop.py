@@ -225,6 +225,7 @@ class Trainer:
             "shuffle_buffer": settings.shuffle_buffer,
             "seed": settings.seed,
             "read_values": model.reads_values,
+            "read_context": model.reads_context,
         }
         files = [ShardFile(path, rows) for path, rows in self.spec.shards]
         if settings.loader == "petastorm":
