@@ -9,6 +9,14 @@ NDCG@K with its 95 % paired-bootstrap interval, Recall@K and HR@K per protocol, 
 protocol spelled out in the title. Stages already done
 for the same root and ds are reused with ``--reuse`` (models are always retrained).
 
+With ``--tune N`` each model's settings are first searched per protocol with ``recpipe tune``
+(N trials, scored on the protocol's valid split only; the test split is read by nothing but
+the final evaluation) and the best overlay is kept under ``--tuned`` (default
+``conf/tuned/movielens-100k/<protocol>/<model>.yaml``, committed with the repository, so
+later runs reuse it instead of searching again). A model is then trained and evaluated once
+per protocol with that protocol's overlay. Without ``--tune`` overlays already kept there are
+still applied (``--no-tuned``: the defaults).
+
     .venv/bin/python bench/quality.py [--root var/quality] [--models sasrec gru4rec ...]
         [--baselines popularity als ...] [--protocols cold_items ...] [--k 10]
         [--set key=value]...
@@ -39,6 +47,7 @@ SHORT = {
     "cold_users": "coldu", "temporal": "tmp",
 }  # fmt: skip
 FEATURES = Path(__file__).resolve().parent.parent / "conf" / "features" / "movielens-100k.yaml"
+TUNED = Path(__file__).resolve().parent.parent / "conf" / "tuned" / "movielens-100k"
 BASELINES = tuple(model_names("baseline"))  # every baseline, NMF and item2vec included
 DEEP = tuple(model_names("deep"))
 
@@ -70,6 +79,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, help="also write the table rows here as JSON (after every model)"
     )
+    parser.add_argument(
+        "--tune", type=int, default=0, metavar="N",
+        help="search each model's settings with N trials per protocol (valid split only) "
+        "where --tuned holds no overlay yet",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tuned", type=Path, default=TUNED,
+        help="folder of tuned overlays, <protocol>/<model>.yaml (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-tuned", action="store_true", help="ignore tuned overlays: every model at defaults"
+    )
     return parser.parse_args()
 
 
@@ -98,8 +119,9 @@ def main() -> None:
     fetched = fetch_movielens_100k(first.datasets.movielens, first.root, first.local_root)
     # The catalogue and profiles too: ILD@K by genre and quality by gender/age come with them.
     references = [f"paths.{key}={fetched[key]}" for key in REFERENCE_KEYS if key in fetched]
-    config = load_config(files, [*base, f"paths.raw_events={fetched['raw_events']}",
-                                *references, *args.overrides])  # fmt: skip
+    overrides = [*base, f"paths.raw_events={fetched['raw_events']}", *references,
+                 *args.overrides]  # fmt: skip
+    config = load_config(files, overrides)
     stages = ["clean", "catalog", "vocab", "features", "sessionize", "split", "export"]
     if args.reuse:
         stages = [s for s in stages if not storage.is_file(manifest_path(config.root, s, DS))]
@@ -109,39 +131,84 @@ def main() -> None:
         run_steps(StepContext(config, DS), stages)
     timings["etl+export"] = time.perf_counter() - started
     spark = get_spark(config)
-    for name in args.baselines:
+    evaluations: list[Any] = []
+    tuned: dict[str, dict[str, str]] = {}
+    epochs: dict[str, dict[str, str]] = {}  # model -> protocol -> epochs run (and best)
+    for name in [*args.baselines, *args.models]:
         started = time.perf_counter()
-        run_train_baseline(spark, config, DS, name)
+        for protocol in args.protocols:
+            chosen = _settings(spark, (files, overrides), name, protocol, args, tuned)
+            if name in args.baselines:
+                run_train_baseline(spark, chosen, DS, name)
+                _, found = run_evaluate(spark, chosen, DS, [name])
+            else:
+                _, found = run_train(spark, chosen, DS, [name])
+                epochs.setdefault(name, {})[protocol] = _epochs(chosen.root, name, protocol)
+            evaluations += found
         timings[name] = time.perf_counter() - started
-    _, evaluations = run_evaluate(spark, config, DS, list(args.baselines))
-    _save(args.json, evaluations, args.k, timings, config.root)
-    for name in args.models:
-        started = time.perf_counter()
-        _, deep = run_train(spark, config, DS, [name])
-        timings[name] = time.perf_counter() - started
-        evaluations += deep
-        _save(args.json, evaluations, args.k, timings, config.root)  # a long run keeps its rows
-    rows = table_rows(evaluations, args.k, timings, config.root)
+        _save(args.json, evaluations, args.k, timings, epochs)  # a long run keeps its rows
+    rows = table_rows(evaluations, args.k, timings, epochs)
     protocols = {e.result.protocol.split_protocol: e.result.protocol for e in evaluations}
     title = "; ".join(p.describe(args.k) for p in protocols.values())
     print(format_table(rows, title=f"MovieLens 100K quality ({title})"))
-    _save(args.json, evaluations, args.k, timings, config.root)
+    for name, where in tuned.items():
+        print(f"{name}: " + "; ".join(f"{p} {how}" for p, how in where.items()))
+    _save(args.json, evaluations, args.k, timings, epochs)
+
+
+def _settings(
+    spark: Any, loaded: tuple[list[Path], list[str]], name: str, protocol: str,
+    args: argparse.Namespace, tuned: dict[str, dict[str, str]],
+) -> Any:  # fmt: skip
+    """The config ``name`` trains with on ``protocol`` alone: its kept overlay (searched now
+    with ``--tune`` when none is kept), else its defaults. ``loaded``: the run's config files
+    and overrides."""
+    from recpipe.stages.tune import run_tune, tuning_dir
+
+    files, overrides = loaded
+    overrides = [*overrides, f"split.protocols=[{protocol}]"]
+    single = load_config(files, overrides)
+    kept = args.tuned / protocol / f"{name}.yaml"
+    how = "defaults"
+    if not args.no_tuned and not kept.exists() and args.tune > 0:
+        run_tune(single, DS, name, trials=args.tune, protocol=protocol, spark=spark)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        best = tuning_dir(single.root, name, DS, protocol) / "best.yaml"
+        kept.write_text(storage.read_text(best))
+        how = f"tuned now ({args.tune} trials)"
+    elif not args.no_tuned and kept.exists():
+        how = f"tuned ({kept.name} kept)"
+    tuned.setdefault(name, {})[protocol] = how
+    if how == "defaults":
+        return single
+    return load_config([*files, kept], overrides)
+
+
+def _epochs(root: LocationLike, name: str, protocol: str) -> str:
+    """Epochs run (and the best one) of ``name``'s training on ``protocol``, from its manifest."""
+    from recpipe.manifest import read_manifest
+
+    info = read_manifest(root, f"train-{name}", DS)["protocols"][protocol]
+    best = f"/best {info['best_epoch']}" if "best_epoch" in info else ""
+    return f"{info['epochs_run']}{best}"
 
 
 def _save(
-    path: Path | None, evaluations: list[Any], k: int, timings: dict[str, float], root: LocationLike
+    path: Path | None,
+    evaluations: list[Any],
+    k: int,
+    timings: dict[str, float],
+    epochs: dict[str, dict[str, str]],
 ) -> None:
     """With ``--json``, write the rows measured so far (after every model)."""
     if path is not None:
-        path.write_text(json.dumps(table_rows(evaluations, k, timings, root), indent=2))
+        path.write_text(json.dumps(table_rows(evaluations, k, timings, epochs), indent=2))
 
 
 def table_rows(
-    evaluations: list[Any], k: int, timings: dict[str, float], root: LocationLike
+    evaluations: list[Any], k: int, timings: dict[str, float], epochs: dict[str, dict[str, str]]
 ) -> list[dict[str, Any]]:
-    """A row per model: metrics per protocol, training seconds, early-stopping epoch."""
-    from recpipe.manifest import read_manifest
-
+    """A row per model: metrics per protocol, training seconds, early-stopping epochs."""
     rows: dict[str, dict[str, Any]] = {}
     for evaluation in evaluations:
         result = evaluation.result
@@ -154,15 +221,10 @@ def table_rows(
                 row[f"{short} {metric}@{k}"] = round(result.values[(metric, k)], 4)
     for name, row in rows.items():
         row["train s (all)"] = round(timings.get(name, float("nan")), 1)
-        if name in DEEP:
-            manifest = read_manifest(root, f"train-{name}", DS)
-            epochs = [
-                f"{info['epochs_run']}"
-                + (f"/best {info['best_epoch']}" if "best_epoch" in info else "")
-                for info in manifest["protocols"].values()
-            ]
-            row["epochs (" + "; ".join(SHORT.get(p, p) for p in manifest["protocols"]) + ")"] = (
-                "; ".join(epochs)
+        if name in epochs:
+            runs = epochs[name]
+            row["epochs (" + "; ".join(SHORT.get(p, p) for p in runs) + ")"] = "; ".join(
+                runs.values()
             )
     return list(rows.values())
 
