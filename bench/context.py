@@ -52,7 +52,8 @@ def _chain(raw: Any, state: Any, args: argparse.Namespace, context: bool) -> dic
         f"paths.root={state}", f"paths.raw_events={raw}",
         f"split.protocols=[{','.join(args.protocols)}]", "train.processes=1",
         f"train.max_epochs={args.epochs}", "export.kinds=[pointwise]",
-        "score.train_on=protocol", "warehouse.database=context_bench",
+        # One Spark session (one metastore) serves both roots: a database each.
+        "score.train_on=protocol", f"warehouse.database=context_bench_{int(context)}",
         *(CONTEXT if context else ()),
     ]  # fmt: skip
     config = load_config(None, settings)
