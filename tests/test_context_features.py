@@ -248,3 +248,32 @@ def test_models_without_context_do_not_read_it() -> None:
         cls = model_class(name)
         bare = cls(cls.config_class(**model_settings_of(name)), ModelContext(n_users=4, n_items=6))
         assert not bare.reads_context, name
+
+
+def test_din_adds_the_context_to_its_profile() -> None:
+    last = torch.tensor([[0, 0], [2, 9], [3, 20], [4, 1]])
+    torch.manual_seed(0)
+    cls = model_class("din")
+    context = ModelContext(
+        n_users=4, n_items=6, max_len=4, feature_layout=LAYOUT,
+        feature_values={"context.device": last[:, :1], "context.hour": last[:, 1:]},
+    )  # fmt: skip
+    settings = {"dim": 4, "attention_layers": [4], "mlp_layers": [8], "dropout": 0.0,
+                "negatives": 2, "score_chunk_pairs": 5, "history_dropout": 0.0}  # fmt: skip
+    model = cls(cls.config_class(**settings), context).eval()
+    assert model.reads_context
+    users, history = torch.tensor([1, 2, 3]), torch.tensor([[0, 1, 2], [3, 4, 5], [0, 0, 6]])
+    items = torch.arange(7)
+    with torch.no_grad():
+        scores = model.score_all(Batch(users=users, history=history))
+        dtype = model.item_emb.weight.dtype
+        given = model.candidate_scores(
+            history, model._profile(users, dtype, last[users]), model.item_vectors(items)[None]
+        )
+        torch.testing.assert_close(scores, given)
+        other = last[users].clone()
+        other[:, 0] = torch.tensor([3, 4, 2])
+        moved = model.candidate_scores(
+            history, model._profile(users, dtype, other), model.item_vectors(items)[None]
+        )
+        assert not torch.allclose(moved, given)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recpipe.data.batch import Batch, SampleKind
+from recpipe.feature_specs import CONTEXT
 from recpipe.model_settings import DinConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
 from recpipe.models.fields import FieldEncoder, layout_of
@@ -52,6 +53,11 @@ class Din(RecModel):
         self.user_fields = FieldEncoder(
             "users", layout_of(layout, "users"), context.n_users, d, values
         )
+        # Event context joins the profile: a sample's target event's own in training, the
+        # user's last train event's when scoring (a per-user table, like a user feature).
+        self.context_fields = FieldEncoder(
+            CONTEXT, layout_of(layout, CONTEXT), context.n_users, d, values
+        )
         self.item_emb = nn.Embedding(context.n_items + 1, d, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=d**-0.5)
         with torch.no_grad():
@@ -66,6 +72,11 @@ class Din(RecModel):
     def uses_user_ids(self) -> bool:
         """No user id: the history and the user's features."""
         return False
+
+    @property
+    def reads_context(self) -> bool:
+        """With features.context declared: the target's context joins the profile."""
+        return self.context_fields.count > 0
 
     @property
     def scores_untrained_items(self) -> bool:
@@ -84,11 +95,16 @@ class Din(RecModel):
         fields = self.item_fields.fields(items)
         return ids + fields.sum(-2).to(ids.dtype) if self.item_fields.count else ids
 
-    def _profile(self, users: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        fields = self.user_fields.fields(users)
-        if not self.user_fields.count:
-            return torch.zeros(*users.shape, self.config.dim, dtype=dtype, device=users.device)
-        return fields.sum(-2).to(dtype)
+    def _profile(
+        self, users: torch.Tensor, dtype: torch.dtype, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, d]: the sum of the user's feature and event-context field embeddings."""
+        profile = torch.zeros(*users.shape, self.config.dim, dtype=dtype, device=users.device)
+        if self.user_fields.count:
+            profile = profile + self.user_fields.fields(users).sum(-2).to(dtype)
+        if self.context_fields.count:
+            profile = profile + self.context_fields.fields(users, context).sum(-2).to(dtype)
+        return profile
 
     def candidate_scores(
         self, history: torch.Tensor, profile: torch.Tensor, candidates: torch.Tensor
@@ -118,7 +134,7 @@ class Din(RecModel):
         items = torch.cat([targets[:, None], negatives], 1)
         logits = self.candidate_scores(
             history,
-            self._profile(batch.users, self.item_emb.weight.dtype),
+            self._profile(batch.users, self.item_emb.weight.dtype, batch.context),
             self.item_vectors(items),
         ).float()
         labels = torch.zeros_like(logits)
