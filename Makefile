@@ -16,7 +16,7 @@ AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark=
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale bench-warm bench-optimizer native-blas clean-venv
+.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale bench-warm bench-optimizer bench-context native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -100,6 +100,9 @@ bench-quality: venv
 
 bench-train: venv
 	$(BIN)/python bench/train.py
+
+bench-context: venv
+	$(BIN)/python bench/context.py
 
 bench-score: venv
 	$(BIN)/python bench/score.py
