@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 from recpipe import storage
 from recpipe.artifacts import SHA256, file_digests, model_dir
 from recpipe.baselines import baseline_class
-from recpipe.config import Config, ConfigError, TrainConfig, config_error
+from recpipe.config import Config, ConfigError, config_error
 from recpipe.errors import MissingInputError
 from recpipe.evaluation.metrics import Evaluation
 from recpipe.feature_specs import CONTEXT
@@ -198,19 +198,9 @@ def apply_start(config: Config, spec: TrainSpec, ds: str, protocol: str) -> Star
     return plan
 
 
-def fresh_model(spec: TrainSpec) -> RecModel:
-    """``spec``'s model as a run starts it: built from its settings with the run's seed."""
-    cls = model_class(spec.model)
-    settings = cls.config_class.model_validate(spec.model_config)
-    torch.manual_seed(TrainConfig.model_validate(spec.settings).seed)
-    model = cls(settings, spec.model_context())
-    model.forget_untrained_users()
-    return model
-
-
 def _grown_init(spec: TrainSpec, previous: dict[str, torch.Tensor]) -> Location:
     """Write the earlier model's weights grown to ``spec``'s vocabulary; returns the file."""
-    model = fresh_model(spec)  # new rows as a run's
+    model = spec.new_model()  # new rows as a run's
     model.load_state_dict(grown_state(previous, model))
     init = as_location(spec.run_dir) / "warm_start.pt"
     save_atomic(model_state(model), init)
@@ -236,7 +226,7 @@ def apply_item_init(
     vectors = baseline_class(source).from_files(files).item_factors()
     if vectors is None:
         raise ConfigError(f"train.item_init={source}: {source} has no item vectors")
-    model = fresh_model(spec)
+    model = spec.new_model()
     try:
         rows = model.init_item_vectors(torch.as_tensor(vectors))
     except ValueError as exc:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import socket
 import sys
 import time
@@ -29,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -37,7 +35,6 @@ from recpipe import storage
 from recpipe.config import TrainConfig
 from recpipe.data.arrow_loader import ArrowSampleDataset, ShardFile, ShortReadError
 from recpipe.data.batch import Batch
-from recpipe.models import model_class
 from recpipe.models.base import RecModel
 from recpipe.models.user_rows import (
     ITEM_SIDE_FILE,
@@ -84,12 +81,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -239,11 +230,7 @@ class Trainer:
 
     def _build(self, ctx: DistContext) -> RecModel:
         """The model from its config, with the pre-training weights when the spec names them."""
-        cls = model_class(self.spec.model)
-        config = cls.config_class.model_validate(self.spec.model_config)
-        _seed_everything(self.settings.seed)  # same initial weights on every rank
-        model = cls(config, self.spec.model_context())
-        model.forget_untrained_users()  # before any earlier weights: those keep their rows
+        model = self.spec.new_model()  # the same initial weights on every rank
         if self.spec.init_file:
             model.load_state_dict(load_state(self.spec.init_file)["state_dict"])
         return model.to(ctx.device)

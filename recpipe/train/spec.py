@@ -14,14 +14,16 @@ import dataclasses
 import io
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from recpipe import storage
-from recpipe.models.base import ModelContext
+from recpipe.models.base import ModelContext, RecModel
 from recpipe.storage import Location, LocationLike, as_location
 
 
@@ -92,6 +94,22 @@ class TrainSpec:
             feature_values=self.feature_values(),
             **self.context,
         )
+
+    def new_model(self) -> RecModel:
+        """The model as a run starts it: every random generator seeded with the run's seed
+        (the same initial weights on every rank and in the driver), built from its settings,
+        untrained users' rows zeroed before any earlier weights are loaded (those keep theirs)."""
+        from recpipe.config import TrainConfig
+        from recpipe.models import model_class
+
+        seed = TrainConfig.model_validate(self.settings).seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        cls = model_class(self.model)
+        model = cls(cls.config_class.model_validate(self.model_config), self.model_context())
+        model.forget_untrained_users()
+        return model
 
     def feature_values(self) -> dict[str, Any] | None:
         """The feature tables :attr:`features_file` holds (None without features)."""
