@@ -66,6 +66,9 @@ def test_tune_reads_valid_only_and_its_overlay_reproduces_the_best_trial(
     assert [t["number"] for t in trials] == [0, 1, 2]
     assert all(t["state"] == "complete" and 0 <= t["value"] <= 1 for t in trials)
     space = BprMfConfig.search_space
+    # Trial 0 is the settings in force: conf/models/bpr_mf.yaml's, read here directly.
+    written = yaml.safe_load((CONF_DIR / "models" / "bpr_mf.yaml").read_text())["models"]["bpr_mf"]
+    assert trials[0]["params"] == {name: written[name] for name in space}
     for trial in trials:
         assert trial["params"].keys() == space.keys()
         assert space["lr"].low <= trial["params"]["lr"] <= space["lr"].high
@@ -109,6 +112,9 @@ def test_tune_a_baseline_and_its_overlay_reproduces_the_best_trial(spark, root, 
     trials = manifest["trials"]
     assert len(trials) == 3 and all(t["state"] == "complete" for t in trials)
     space = type(getattr(config.baselines, model)).search_space
+    # Trial 0 is the settings in force: conf/base.yaml's, read here directly.
+    written = yaml.safe_load((CONF_DIR / "base.yaml").read_text())["baselines"][model]
+    assert trials[0]["params"] == {name: written[name] for name in space}
     assert all(t["params"].keys() == space.keys() for t in trials)
     assert not (root / "models" / model).exists()  # trials publish nothing
     assert manifest["split_read"] == ["train", "valid"]  # never test

@@ -1,7 +1,8 @@
 """The ``tune`` stage: a hyper-parameter search for one model, read on the valid split only.
 
-Each trial draws settings from the model's ``search_space`` (Optuna's TPE sampler, seeded)
-and is scored by training's own validation: ``train.early_stopping.metric@k`` on the valid
+Trial 0 scores the settings in force (the config's, so the overlay never does worse on valid
+than they do); each later trial draws settings from the model's ``search_space`` (Optuna's TPE
+sampler, seeded). Every trial is scored by training's own validation: ``train.early_stopping.metric@k`` on the valid
 split, full ranking, train items masked. A deep model's trial trains on the protocol's
 exported train samples with ``train.launcher`` (so a trial is as distributed as a training
 run) in a scratch folder under ``<root>/tuning`` that is removed after the trial, and scores
@@ -139,26 +140,34 @@ def run_tune(
     )  # fmt: skip
     with StageRun(config, f"tune-{model}", ds) as run:
 
-        def objective(trial: Any) -> float:
-            params = suggest(trial, space)
+        def score(number: int, params: dict[str, Any]) -> TrialRecord:
             if is_baseline(model):
-                record = _baseline_trial(config, ds, model, protocol, trial.number, params,
+                record = _baseline_trial(config, ds, model, protocol, number, params,
                                          validator, spark)  # fmt: skip
             else:
-                record = _run_trial(config, ds, model, protocol, trial.number, params, run.run_id)
+                record = _run_trial(config, ds, model, protocol, number, params, run.run_id)
             records.append(record)
             log.info(
-                "tune %s trial %d/%d: %s %s = %s (%.1fs)", model, trial.number + 1, n_trials,
+                "tune %s trial %d/%d: %s %s = %s (%.1fs)", model, number + 1, n_trials,
                 params, metric, record.value, record.seconds,
             )  # fmt: skip
+            return record
+
+        def objective(trial: Any) -> float:
+            record = score(trial.number + 1, suggest(trial, space))
             if record.value is None:
                 raise optuna.TrialPruned(record.error or "no valid metric")
             return record.value
 
-        sampler_startup = min(settings.startup_trials, n_trials)
+        # Trial 0 is the settings in force (outside the sampler: they may lie outside the
+        # space, e.g. a weight decay of 0 under a log-uniform range), so the overlay is never
+        # worse on valid than what training uses without it.
+        score(0, current_settings(config, model, space))
+        sampler_startup = min(settings.startup_trials, n_trials - 1)
         sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=sampler_startup)
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_seconds)
+        if n_trials > 1:
+            study.optimize(objective, n_trials=n_trials - 1, timeout=settings.timeout_seconds)
         complete = [r for r in records if r.value is not None]
         if not complete:
             raise RuntimeError(f"tune {model}: no trial finished with a {metric}")
@@ -176,7 +185,10 @@ def run_tune(
             protocol=protocol,
             metric=f"{metric} on {protocol}/valid, full ranking, train items excluded",
             split_read=["train" if is_baseline(model) else "train (exported samples)", "valid"],
-            sampler=f"optuna TPE (seed {settings.seed}, {sampler_startup} random startup trials)",
+            sampler=(
+                f"trial 0: the settings in force; then optuna TPE (seed {settings.seed}, "
+                f"{sampler_startup} random startup trials)"
+            ),
             space={name: param.describe() for name, param in space.items()},
             trials=[asdict(r) for r in records],
             best={
@@ -191,6 +203,15 @@ def run_tune(
             rows_out=1,
         )
     return run.manifest
+
+
+def current_settings(config: Config, model: str, space: Mapping[str, Param]) -> dict[str, Any]:
+    """The values ``config`` gives the searched fields of ``model`` (its first trial)."""
+    if is_baseline(model):
+        values = getattr(config.baselines, model).model_dump()
+    else:
+        values = model_settings(config, model).model_dump()
+    return {name: values[name] for name in space if name in values}
 
 
 def _run_trial(
