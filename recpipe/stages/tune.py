@@ -2,15 +2,16 @@
 
 Trial 0 scores the settings in force (the config's, so the overlay never does worse on valid
 than they do); each later trial draws settings from the model's ``search_space`` (Optuna's TPE
-sampler, seeded). Every trial is scored by training's own validation: ``train.early_stopping.metric@k`` on the valid
-split, full ranking, train items masked. A deep model's trial trains on the protocol's
-exported train samples with ``train.launcher`` (so a trial is as distributed as a training
-run) in a scratch folder under ``<root>/tuning`` that is removed after the trial, and scores
-its best epoch; a baseline's trial is fitted on the train split (in Spark for those fitted
-there) and scored in memory, nothing written. Trials run one after another. The test split
-is never read. The best trial's settings are written as a config overlay (``--conf``) that
-``recpipe train`` / ``train-baseline`` accept, and every trial is recorded in the manifest
-``tune-<model>``, ``trials.json`` and an HTML page beside the overlay.
+sampler, seeded). Every trial is scored by training's own validation:
+``train.early_stopping.metric@k`` on the valid split, full ranking, train items masked. A
+deep model's trial trains on the protocol's exported train samples with ``train.launcher``
+(so a trial is as distributed as a training run) in a scratch folder under ``<root>/tuning``
+that is removed after the trial, and scores its best epoch; a baseline's trial is fitted on
+the train split (in Spark for those fitted there) and scored in memory, nothing written.
+Trials run one after another. The test split is never read. The best trial's settings are
+written as a config overlay (``--conf``) that ``recpipe train`` / ``train-baseline`` accept,
+and every trial is recorded in the manifest ``tune-<model>``, ``trials.json`` and an HTML
+page beside the overlay.
 """
 
 from __future__ import annotations
