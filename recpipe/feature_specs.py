@@ -99,7 +99,11 @@ def source_field(name: str, spec: CategoricalSpec | MultiSpec | NumericSpec | Te
 
 def context_event_fields(specs: dict[str, CategoricalSpec | TimeSpec]) -> list[str]:
     """The event fields the declared context features read (time parts read ``ts``)."""
-    return [spec.field or name for name, spec in specs.items() if isinstance(spec, CategoricalSpec)]
+    return [
+        source_field(name, spec)
+        for name, spec in specs.items()
+        if isinstance(spec, CategoricalSpec)
+    ]
 
 
 def width(spec: CategoricalSpec | MultiSpec | NumericSpec | TextSpec) -> int:

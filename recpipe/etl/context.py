@@ -18,6 +18,7 @@ from recpipe.feature_specs import (
     OOV_INDEX,
     CategoricalSpec,
     TimeSpec,
+    source_field,
 )
 from recpipe.schema import CONTEXT as CONTEXT_MAP
 from recpipe.schema import CONTEXT_IDX, TS
@@ -49,7 +50,7 @@ def with_context_indexes(
         if isinstance(spec, TimeSpec):
             columns.append(time_index(F.col(TS), spec.part))
             continue
-        raw = F.trim(F.col(CONTEXT_MAP)[spec.field or name])
+        raw = F.trim(F.col(CONTEXT_MAP)[source_field(name, spec)])
         value, index = f"_ctx_value_{position}", f"_ctx_index_{position}"
         out = out.withColumn(value, F.when(raw != "", raw))
         known = (

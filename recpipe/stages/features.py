@@ -190,39 +190,35 @@ def build_context(
     events = tx.lake.read(spark, EVENTS, [{DS: day} for day in days]).select(
         F.monotonically_increasing_id().alias(_EVENT), F.col(EXTRA), F.col(TS)
     )
+    total, with_ts = one_row(events.agg(F.count(F.lit(1)), F.count(TS)), "context events")
     stats: dict[str, FeatureStats] = {}
     for name, spec in config.features.context.items():
         if isinstance(spec, TimeSpec):
-            present, total = one_row(events.agg(F.count(TS), F.count(F.lit(1))), name)
             stats[name] = FeatureStats(
                 kind=spec.kind, field=f"ts.{spec.part}", size=TIME_SIZES[spec.part],
-                rows_with_value=present, rows_missing=total - present,
+                rows_with_value=with_ts, rows_missing=total - with_ts,
             )  # fmt: skip
             continue
         field = source_field(name, spec)
         raw = F.trim(F.col(EXTRA)[field])
-        rows = events.select(_EVENT, F.when(raw != "", raw).alias(FEATURE_VALUE)).persist()
-        present, total = one_row(rows.agg(F.count(FEATURE_VALUE), F.count(F.lit(1))), name)
+        values = (
+            events.select(_EVENT, F.when(raw != "", raw).alias(FEATURE_VALUE))
+            .where(F.col(FEATURE_VALUE).isNotNull())
+            .persist()
+        )
+        present = values.count()
         if total and not present:
             raise ConfigError(
                 f"'features.context.{name}': no event in ds {days[0]}..{tx.ds} has a field "
                 f"'{field}'"
             )
-        values = rows.where(F.col(FEATURE_VALUE).isNotNull())
-        mine = (F.col(ENTITY_COL) == CONTEXT) & (F.col(FEATURE) == name)
-        existing = vocab.where(mine) if vocab is not None else None
-        extended, new = extend_values(
-            values, existing, entity=CONTEXT, name=name, min_count=spec.min_count, ds=tx.ds
-        )
-        extended = extended.localCheckpoint(eager=True)
-        largest = one_row(extended.agg(F.max(VALUE_INDEX)), f"{name} vocabulary")[0]
         stats[name] = FeatureStats(
-            kind=spec.kind, field=field, rows_with_value=present, rows_missing=total - present,
-            vocabulary=extended.count(), new_values=new, size=max(largest or 0, OOV_INDEX) + 1,
-        )  # fmt: skip
-        rows.unpersist()
-        others = vocab.where(~mine) if vocab is not None else None
-        vocab = extended if others is None else others.unionByName(extended)
+            kind=spec.kind, field=field, rows_with_value=present, rows_missing=total - present
+        )
+        _, vocab = _extend_vocabulary(
+            values, vocab, CONTEXT, name, spec.min_count, tx.ds, stats[name]
+        )
+        values.unpersist()
     log.info(
         "features: context: %d features over the events of %d days (%.1fs)",
         len(stats), len(days), time.perf_counter() - started,
@@ -278,16 +274,7 @@ def _vocabulary_feature(
     """(idx, name) of a categorical or multi-valued feature, and the whole vocabulary with
     its new values added (other features' rows unchanged)."""
     values = value_lists(rows, idx, name, spec, entity).persist()
-    mine = F.col(ENTITY_COL) == entity
-    ours = mine & (F.col(FEATURE) == name)
-    existing = vocab.where(ours) if vocab is not None else None
-    extended, stats.new_values = extend_values(
-        values, existing, entity=entity, name=name, min_count=spec.min_count, ds=tx.ds
-    )
-    extended = extended.localCheckpoint(eager=True)
-    stats.vocabulary = extended.count()
-    largest = one_row(extended.agg(F.max(VALUE_INDEX)), f"{name} vocabulary")[0]
-    stats.size = max(largest or 0, OOV_INDEX) + 1
+    extended, whole = _extend_vocabulary(values, vocab, entity, name, spec.min_count, tx.ds, stats)
     size = width(spec)
     lists = indexed_lists(values, extended, idx, size).localCheckpoint(eager=True)
     totals = one_row(
@@ -300,9 +287,32 @@ def _vocabulary_feature(
     stats.oov_values, stats.truncated_rows = totals["oov"], totals["truncated"]
     values.unpersist()
     scalar = F.col("indexes")[0] if isinstance(spec, CategoricalSpec) else F.col("indexes")
-    others = vocab.where(~ours) if vocab is not None else None
-    whole = extended if others is None else others.unionByName(extended)
     return lists.select(idx, scalar.alias(name)), whole
+
+
+def _extend_vocabulary(
+    values: DataFrame,
+    vocab: DataFrame | None,
+    entity: str,
+    name: str,
+    min_count: int,
+    ds: str,
+    stats: FeatureStats,
+) -> tuple[DataFrame, DataFrame]:
+    """One feature's vocabulary with today's ``values`` (key, value) added, checkpointed, and
+    the whole vocabulary with it in place of its old rows; sets ``stats``' new values,
+    vocabulary and size."""
+    ours = (F.col(ENTITY_COL) == entity) & (F.col(FEATURE) == name)
+    existing = vocab.where(ours) if vocab is not None else None
+    extended, stats.new_values = extend_values(
+        values, existing, entity=entity, name=name, min_count=min_count, ds=ds
+    )
+    extended = extended.localCheckpoint(eager=True)
+    stats.vocabulary = extended.count()
+    largest = one_row(extended.agg(F.max(VALUE_INDEX)), f"{name} vocabulary")[0]
+    stats.size = max(largest or 0, OOV_INDEX) + 1
+    others = vocab.where(~ours) if vocab is not None else None
+    return extended, extended if others is None else others.unionByName(extended)
 
 
 def _numeric_column(
