@@ -350,18 +350,19 @@ class PublishConfig(_Section):
     name: str = Field("published", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-ExportKind = Literal["pairwise", "pointwise", "sequence"]
+ExportKind = Literal["pairwise", "pointwise", "sequence", "bag"]
 
 
 class ExportConfig(_Section):
     kinds: list[ExportKind] = Field(
-        default_factory=lambda: list[ExportKind](["pairwise", "pointwise", "sequence"]),
+        default_factory=lambda: list[ExportKind](["pairwise", "pointwise", "sequence", "bag"]),
         min_length=1,
     )
     negatives: int = Field(8, ge=1)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     max_len: int = Field(50, ge=1)
     stride: int | None = Field(None, ge=1)
+    bag_max_len: int = Field(500, ge=1)
     # Files per sample table: train.processes x max(files_per_process, what rows_per_file
     # needs), so big exports spread over many tasks and files while ranks stay balanced.
     files_per_process: int = Field(2, ge=1)

@@ -448,6 +448,7 @@ class ExportSamples(BaseModel):
     pairwise: ExportTable | None = None
     pointwise: ExportTable | None = None
     sequence: ExportTable | None = None
+    bag: ExportTable | None = None
     # With train.warm_start: the samples of the recent window (users and interactions counted
     # there too) and the window's first instant (ISO-8601, UTC).
     recent: ExportSamples | None = None
@@ -456,7 +457,7 @@ class ExportSamples(BaseModel):
 
     def kind(self, name: str) -> ExportTable | None:
         """The table of sample kind ``name`` (None when it was not exported)."""
-        if name not in ("pairwise", "pointwise", "sequence"):
+        if name not in ("pairwise", "pointwise", "sequence", "bag"):
             return None
         return getattr(self, name, None)
 

@@ -116,6 +116,7 @@ SAMPLE_TABLES: dict[str, str] = {
     "pairwise": "samples_pairwise",
     "pointwise": "samples_pointwise",
     "sequence": "samples_sequence",
+    "bag": "samples_bag",
 }
 # The same kinds restricted to the recent window a warm-started run trains on (train.warm_start):
 # samples whose positive or target is at or after the window's start.

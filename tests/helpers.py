@@ -80,9 +80,11 @@ PRODUCER = {
     "samples_pairwise": "export",
     "samples_pointwise": "export",
     "samples_sequence": "export",
+    "samples_bag": "export",
     "samples_pairwise_recent": "export",
     "samples_pointwise_recent": "export",
     "samples_sequence_recent": "export",
+    "samples_bag_recent": "export",
     "als_user_factors": "train-als",
     "itemknn_neighbours": "train-itemknn",
 }

@@ -44,6 +44,7 @@ def exported(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> P
         "split.protocols=[leave_last_out,random_by_user]",
         "export.negatives=3",
         "export.max_len=4",
+        "export.bag_max_len=6",
         "train.processes=2",
         "export.files_per_process=2",
     )
@@ -97,10 +98,12 @@ def test_pointwise_rows_label_train_pairs_and_sampled_negatives(exported) -> Non
             assert row["value"] == value, row
 
 
-def test_sequence_windows_cover_every_target_once(exported) -> None:
-    max_len = 4
+@pytest.mark.parametrize(("kind", "max_len"), [("sequence", 4), ("bag", 6)])
+def test_windows_cover_every_target_once(exported, kind: str, max_len: int) -> None:
+    """Sequence windows are export.max_len long, bags export.bag_max_len; both step by their
+    length, so each position trains once."""
     sequences = train_sequences(exported, "leave_last_out")
-    rows = read_rows(exported, "samples_sequence", DS, "leave_last_out")
+    rows = read_rows(exported, f"samples_{kind}", DS, "leave_last_out")
     seen_targets: Counter = Counter()
     for row in rows:
         seq = sequences[row["user_idx"]]
@@ -127,7 +130,7 @@ def test_files_and_manifest_counts(exported) -> None:
     assert (manifest["n_users"], manifest["user_index_size"]) == (N_USERS, N_USERS + 1)
     assert manifest["n_items"] == len({e["item_id"] for e in events()})
     for protocol in ("leave_last_out", "random_by_user"):
-        for kind in ("pairwise", "pointwise", "sequence"):
+        for kind in ("pairwise", "pointwise", "sequence", "bag"):
             shards = export_shards(exported, DS, protocol, kind)
             assert len(shards) == 4
             for path, rows in shards:

@@ -141,7 +141,7 @@ def test_multinomial_nll_matches_hand_computation() -> None:
     targets = torch.tensor([[1, 2, 2], [3, 0, 0], [0, 0, 0]])  # the last row has no target
     log_p = [[1 - math.log(math.e + math.e**2 + 1), 2 - math.log(math.e + math.e**2 + 1)],
              [1 - math.log(2 + math.e)]]  # fmt: skip
-    row1 = -(log_p[0][0] + 2 * log_p[0][1]) / 3
+    row1 = -(log_p[0][0] + 2 * log_p[0][1])  # summed over the bag, not averaged
     row2 = -log_p[1][0]
     assert multinomial_nll(logits, targets).item() == pytest.approx((row1 + row2) / 2, rel=1e-6)
 

@@ -8,8 +8,10 @@ from typing import Literal
 import torch
 
 # What the export stage writes and a model trains on (see recpipe.schema for the columns).
-SampleKind = Literal["pairwise", "pointwise", "sequence"]
-SAMPLE_KINDS: tuple[SampleKind, ...] = ("pairwise", "pointwise", "sequence")
+# "bag" rows are "sequence" rows (history + target) over export.bag_max_len items, not max_len.
+SampleKind = Literal["pairwise", "pointwise", "sequence", "bag"]
+SAMPLE_KINDS: tuple[SampleKind, ...] = ("pairwise", "pointwise", "sequence", "bag")
+HISTORY_KINDS: tuple[SampleKind, ...] = ("sequence", "bag")  # kinds whose rows carry a history
 
 
 @dataclass

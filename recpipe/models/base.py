@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recpipe.data.batch import Batch, SampleKind
+from recpipe.data.batch import HISTORY_KINDS, Batch, SampleKind
 from recpipe.model_settings import MODEL_SETTINGS, ModelConfig
 
 
@@ -107,7 +107,7 @@ class RecModel(nn.Module, ABC):
     def uses_user_ids(self) -> bool:
         """Whether scores depend on a learned per-user row (then users without training
         interactions cannot be scored); sequence models read only the history."""
-        return self.sample_kind != "sequence"
+        return self.sample_kind not in HISTORY_KINDS
 
     @property
     def scores_untrained_items(self) -> bool:

@@ -28,13 +28,13 @@ class Cdae(RecModel):
     positives and ``negatives`` uniformly drawn items per row as negatives.
 
     Paper: Wu et al., "Collaborative Denoising Auto-Encoders for Top-N Recommender Systems",
-    WSDM 2016 (the user node ``V_u`` is what makes it collaborative). The bag is a sequence
-    sample: the last ``export.max_len`` items in, those plus the next item as positives.
+    WSDM 2016 (the user node ``V_u`` is what makes it collaborative). The bag is a bag sample:
+    the user's last ``export.bag_max_len`` train items in, those plus the next item as positives.
     Scores are the pre-sigmoid output (the same ranking), a dot product ``[h, 1] . [W'_i, b'_i]``.
     """
 
     config_class: ClassVar[type[ModelConfig]] = CdaeConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
+    sample_kind: ClassVar[SampleKind] = "bag"
     paper: ClassVar[str] = (
         "Wu, DuBois, Zheng, Ester. Collaborative Denoising Auto-Encoders for Top-N Recommender "
         "Systems. WSDM 2016."

@@ -26,15 +26,17 @@ class MultVae(RecModel):
     ``anneal_steps`` training steps. Scores use ``z = mu``.
 
     Paper: Liang et al., "Variational Autoencoders for Collaborative Filtering", WWW 2018. The
-    bag ``x`` is a sequence sample: the user's last ``export.max_len`` items (the export window)
-    in, and those plus the next item out, so a user's long history trains as several windows and
-    scoring reads the last ``max_len`` known items. The first layer is a table of item rows
-    summed over the bag and the output layer a table of item vectors plus a bias, so the model
-    is a dot product with its item vectors and scales with the bag, not the catalogue.
+    bag ``x`` is a bag sample: the user's last ``export.bag_max_len`` train items in, and those
+    plus the next item out (a history longer than that trains as several bags), and scoring reads
+    the last ``bag_max_len`` known items. As in the paper the likelihood is summed over the bag's
+    items, so ``beta`` weighs the KL term against a whole user, not one item. The first layer is
+    a table of item rows summed over the bag and the output layer a table of item vectors plus a
+    bias, so the model is a dot product with its item vectors and scales with the bag, not the
+    catalogue.
     """
 
     config_class: ClassVar[type[ModelConfig]] = MultVaeConfig
-    sample_kind: ClassVar[SampleKind] = "sequence"
+    sample_kind: ClassVar[SampleKind] = "bag"
     paper: ClassVar[str] = (
         "Liang, Krishnan, Hoffman, Jebara. Variational Autoencoders for Collaborative "
         "Filtering. WWW 2018."

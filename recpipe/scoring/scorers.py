@@ -22,7 +22,7 @@ from scipy import sparse
 
 from recpipe.baselines import baseline_class
 from recpipe.baselines.base import Baseline, known_items_mask
-from recpipe.data.batch import Batch
+from recpipe.data.batch import HISTORY_KINDS, Batch
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.layout import user_rows_table
 from recpipe.models.base import RecModel
@@ -350,7 +350,7 @@ def _deep_inputs(
         # A content model scores every item it has features for, trained or not (cold items).
         known = np.zeros_like(known, dtype=bool)
         known[1 : min(len(known), model.n_items + 1)] = True
-    sequence = model.sample_kind == "sequence"
+    sequence = model.sample_kind in HISTORY_KINDS
     max_len = model.context.max_len
 
     def batch(histories: UserHistories) -> Batch:

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from recpipe import storage
 from recpipe.commit import current_record, current_version
-from recpipe.config import Config
+from recpipe.config import Config, ExportConfig
 from recpipe.errors import MissingInputError, RecpipeError
 from recpipe.etl.context import with_context_indexes
 from recpipe.etl.export import (
@@ -80,27 +80,37 @@ def _item_counts(train: DataFrame, n_items: int) -> np.ndarray:
     return counts
 
 
+def window_strides(settings: ExportConfig) -> dict[str, int]:
+    """Positions between consecutive windows of a user, per windowed kind (sequence, bag)."""
+    return {"sequence": settings.stride or settings.max_len, "bag": settings.bag_max_len}
+
+
 def _expected_rows(
-    sequences: DataFrame, negatives: int, stride: int, since: int | None = None
+    sequences: DataFrame, negatives: int, strides: dict[str, int], since: int | None = None
 ) -> dict[str, int]:
     """Rows each sample kind must have, computed in Spark from the sequences' sizes.
 
     With ``since`` (epoch seconds), for the interactions at or after it: sequences are in time
     order, so they are the last ``recent`` of a user's ``size``, and the windows kept are those
-    ending at a position >= ``size - recent`` (window ends step down by ``stride`` from the
-    last position to 1).
+    ending at a position >= ``size - recent`` (window ends step down by the kind's stride from
+    the last position to 1).
     """
     size = F.size(SEQ_ITEMS)
     in_window = F.filter(F.col(SEQ_TS), lambda t: t >= F.lit(since))
     recent = size if since is None else F.size(in_window)
     lowest_end = F.greatest(size - recent, F.lit(1))
-    windows = F.when(
-        size - 1 >= lowest_end, F.floor((size - 1 - lowest_end) / F.lit(stride)) + 1
-    ).otherwise(0)
+    windows = [
+        F.sum(
+            F.when(
+                size - 1 >= lowest_end, F.floor((size - 1 - lowest_end) / F.lit(stride)) + 1
+            ).otherwise(0)
+        ).alias(kind)
+        for kind, stride in strides.items()
+    ]
     totals = one_row(
         sequences.agg(
             F.sum(recent).alias("interactions"),
-            F.sum(windows).alias("windows"),
+            *windows,
             F.count(F.when(recent > 0, F.lit(1))).alias("users"),
         ),
         "export sequence totals",
@@ -109,7 +119,7 @@ def _expected_rows(
     return {
         "pairwise": interactions,
         "pointwise": interactions * (1 + negatives),
-        "sequence": int(totals["windows"] or 0),
+        **{kind: int(totals[kind] or 0) for kind in strides},
         "users": int(totals["users"]),
         "interactions": interactions,
     }
@@ -139,7 +149,6 @@ def _samples(
     sequences: DataFrame,
     sampler: NegativeSampler,
     config: Config,
-    stride: int,
     since: int | None = None,
 ) -> DataFrame:
     settings = config.export
@@ -148,7 +157,9 @@ def _samples(
         return pairwise_samples(sequences, sampler, settings.negatives, since, width)
     if kind == "pointwise":
         return pointwise_samples(sequences, sampler, settings.negatives, since, width)
-    return sequence_samples(sequences, settings.max_len, stride, since, width)
+    stride = window_strides(settings)[kind]
+    length = settings.bag_max_len if kind == "bag" else settings.max_len
+    return sequence_samples(sequences, length, stride, since, width)
 
 
 def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
@@ -199,7 +210,7 @@ def export_protocol(
 ) -> ExportSamples:
     """Stage every sample kind of ``protocol``'s train split; each reconciled as staged."""
     settings = tx.config.export
-    stride = settings.stride or settings.max_len
+    strides = window_strides(settings)
     n_items = tx.record.n_items or 0
     train = read_train(spark, tx, protocol)
     if tx.config.features.context:
@@ -208,10 +219,10 @@ def export_protocol(
     weights = counts if settings.negative_sampling == "popularity" else None
     sampler = NegativeSampler(n_items, weights, settings.seed, trained=counts > 0)
     sequences = user_sequences(train).persist(StorageLevel.MEMORY_AND_DISK)
-    expected = _expected_rows(sequences, settings.negatives, stride)
+    expected = _expected_rows(sequences, settings.negatives, strides)
     record = ExportSamples(users=expected["users"], interactions=expected["interactions"])
     for kind in settings.kinds:
-        frame = _samples(kind, sequences, sampler, tx.config, stride)
+        frame = _samples(kind, sequences, sampler, tx.config)
         setattr(record, kind, stage_samples(tx, frame, kind, protocol, expected[kind]))
     if tx.config.features.context:
         record.last_context_users = stage_last_context(
@@ -219,7 +230,7 @@ def export_protocol(
         )
     warm = tx.config.train.warm_start
     if warm.enabled:
-        record.since, record.recent = export_recent(tx, sequences, sampler, protocol, stride)
+        record.since, record.recent = export_recent(tx, sequences, sampler, protocol)
     sequences.unpersist()
     return record
 
@@ -264,16 +275,16 @@ def export_recent(
     sequences: DataFrame,
     sampler: NegativeSampler,
     protocol: str,
-    stride: int,
 ) -> tuple[str, ExportSamples]:
     """Stage the recent window's samples of every kind (``train.warm_start.window_days``)."""
     config = tx.config
     since = recent_since(tx.ds, config.train.warm_start.window_days)
     seconds = int(since.timestamp())
-    expected = _expected_rows(sequences, config.export.negatives, stride, seconds)
+    expected = _expected_rows(sequences, config.export.negatives, window_strides(config.export),
+                              seconds)  # fmt: skip
     recent = ExportSamples(users=expected["users"], interactions=expected["interactions"])
     for kind in config.export.kinds:
-        frame = _samples(kind, sequences, sampler, config, stride, seconds)
+        frame = _samples(kind, sequences, sampler, config, seconds)
         table = stage_samples(tx, frame, kind, protocol, expected[kind], recent=True)
         setattr(recent, kind, table)
     return since.isoformat(), recent

@@ -110,7 +110,8 @@ def build_spec(
     context: dict[str, Any] = {
         "n_users": export["user_index_size"],
         "n_items": export["n_items"],
-        "max_len": export["settings"]["max_len"],
+        # A bag model's history is a bag sample, export.bag_max_len items long.
+        "max_len": export["settings"]["bag_max_len" if cls.sample_kind == "bag" else "max_len"],
     }
     layout, tables, _ = feature_tables(config.root, ds, context["n_users"], context["n_items"])
     graph, graph_tables = knowledge_tables(config.root, ds, context["n_items"])
