@@ -278,13 +278,14 @@ FIT_MEASURES = {"irgan": generator_nll}
 
 
 def bag_entropy(batch: Batch) -> float:
-    """The least multinomial loss of reconstructing each row's bag (history and target): the
-    mean entropy of the bags' item shares, reached when the model predicts the shares."""
+    """The least multinomial loss of reconstructing each row's bag (history and target), summed
+    over the bag's items: the mean over rows of the bag's size times the entropy of its item
+    shares, reached when the model predicts the shares."""
     entropies = []
     for row in torch.cat([batch.require("history"), batch.require("items")[:, None]], 1):
         _, counts = torch.unique(row[row != 0], return_counts=True)
         share = counts.double() / counts.sum()
-        entropies.append(float(-(share * share.log()).sum()))
+        entropies.append(float(-(counts * share.log()).sum()))
     return float(np.mean(entropies))
 
 
