@@ -347,6 +347,8 @@ class MultVaeConfig(ModelConfig):
         **ModelConfig.search_space,
         "input_dropout": uniform(0.0, 0.8),
         "beta_max": uniform(0.05, 1.0),
+        # One bag per user: a small data set has few steps per epoch, so the batch size counts.
+        "batch_size": choice(32, 64, 128, 256),
     }
 
     hidden_layers: list[int] = Field(min_length=1)
@@ -363,6 +365,7 @@ class CdaeConfig(ModelConfig):
         **ModelConfig.search_space,
         "corruption": uniform(0.0, 0.8),
         "negatives": integer(1, 16),
+        "batch_size": choice(32, 64, 128, 256),
     }
 
     corruption: float = Field(ge=0, lt=1)
