@@ -12,8 +12,10 @@ import pytest
 from helpers import build_config, read_manifest, read_rows, run_chain, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe.config import Config
 from recpipe.etl.export import NegativeSampler
 from recpipe.stages.export import ExportMismatchError, export_shards, run_export
+from recpipe.stages.train import build_spec
 
 DS = "2026-11-20"
 N_USERS, N_ITEMS = 9, 30
@@ -34,13 +36,11 @@ def events() -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def exported(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    raw = write_jsonl(root / "raw" / "events.jsonl", events())
-    config = build_config(
+def export_config(root: Path) -> Config:
+    """The module's settings: windows of 4 (sequence) and 6 (bag) items, 2 ranks."""
+    return build_config(
         root,
-        f"paths.raw_events={raw}",
+        f"paths.raw_events={root / 'raw' / 'events.jsonl'}",
         "split.protocols=[leave_last_out,random_by_user]",
         "export.negatives=3",
         "export.max_len=4",
@@ -48,6 +48,13 @@ def exported(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> P
         "train.processes=2",
         "export.files_per_process=2",
     )
+
+
+@pytest.fixture(scope="module")
+def exported(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    write_jsonl(root / "raw" / "events.jsonl", events())
+    config = export_config(root)
     run_chain(spark, config, DS)
     manifest = run_export(spark, config, DS)
     assert manifest["status"] == "ok"
@@ -122,6 +129,16 @@ def test_windows_cover_every_target_once(exported, kind: str, max_len: int) -> N
     assert not any(
         len(seq) < 2 and u in {r["user_idx"] for r in rows} for u, seq in sequences.items()
     )
+
+
+@pytest.mark.parametrize(("model", "max_len"), [("gru4rec", 4), ("mult_vae", 6), ("cdae", 6)])
+def test_a_model_reads_histories_as_long_as_its_sample_kind(exported, model, max_len) -> None:
+    """Training and scoring read a model's histories at its kind's length (context.max_len):
+    a bag model export.bag_max_len items, a sequence model export.max_len."""
+    spec = build_spec(export_config(exported), DS, "leave_last_out", model)
+    assert spec.context["max_len"] == max_len
+    table = "samples_bag" if max_len == 6 else "samples_sequence"
+    assert spec.shards and all(f"/{table}/" in path for path, _ in spec.shards), spec.shards
 
 
 def test_files_and_manifest_counts(exported) -> None:
