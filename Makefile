@@ -74,7 +74,7 @@ dist: venv
 
 # The DAG's tests run in the Airflow environment (real DagBag, dag.test() with spark-submit).
 test-airflow: venv airflow-venv
-	$(AIRFLOW_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests_airflow
+	$(AIRFLOW_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider --durations=15 tests_airflow
 
 # The Petastorm loader and Horovod collectives, tested inside their own environment.
 test-legacy: legacy-venv

@@ -67,6 +67,7 @@ def run_conf(landing: Path, root: Path, database: str, *extra: str) -> dict:
             f"paths.root={root}", "split.protocols=[random_by_user]",
             f"warehouse.database={database}", "train.max_epochs=2", "train.processes=1",
             "export.files_per_process=1", "export.negatives=2", f"score.k={K}",
+            "export.kinds=[pairwise]",  # all BPR-MF reads: each task's export stays short
             "spark.shuffle_partitions=2", "gate.tolerance=1.0",
             # Every item's title: "Title i<n>" -> tokens "title" and "i<n>".
             "features.items.title_words={kind: text, field: title, hash_buckets: 64, "
