@@ -220,8 +220,8 @@ PIPELINE: tuple[Step, ...] = (
     ),
     Step(
         "export",
-        "train splits -> Parquet training samples (pairwise, pointwise, sequence) for the deep "
-        "models, train.processes x n files per table of about export.rows_per_file rows",
+        "train splits -> Parquet training samples (pairwise, pointwise, sequence, bag) for the "
+        "deep models, train.processes x n files per table of about export.rows_per_file rows",
         _lake_stage("export"),
         description=(
             "Export each protocol's train split as the deep models' samples (pairwise, pointwise, "

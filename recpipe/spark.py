@@ -10,8 +10,10 @@ over config.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -84,6 +86,34 @@ def _embedded_metastore(config: Config) -> dict[str, str]:
             f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
         ),
     }
+
+
+def check_embedded_metastore_free(conf: Mapping[str, str]) -> None:
+    """Refuse to start when another process has the embedded Derby metastore open.
+
+    Derby lets one process at a time boot a database and holds an OS lock on its ``dbex.lck``
+    while it does; a second JVM would fail deep in Hive with a page of Java traces. Probing
+    that lock (taken and released at once) turns it into one line before any JVM starts.
+    """
+    url = conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
+    found = re.match(r"jdbc:derby:;databaseName=([^;]+)", url)
+    if found is None:
+        return
+    database = Path(found.group(1))
+    try:
+        handle = os.open(database / "dbex.lck", os.O_RDWR)
+    except OSError:
+        return  # not created yet (or unreadable: Derby itself will say so)
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise SparkStartError(
+            f"the embedded metastore {database} is open in another process (Derby allows one "
+            "at a time): wait for that run to end, give this one its own paths.local, or set "
+            "a shared metastore in spark.conf (spark.hadoop.hive.metastore.uris)"
+        ) from None
+    finally:
+        os.close(handle)  # closing releases the probe's lock
 
 
 def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -256,6 +286,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
     if launched:
         _keep_derby_log_under_root(config, conf)
     else:
+        check_embedded_metastore_free(conf)
         _prepare_local_jvm(config, conf)
     builder: Any = SparkSession.builder
     for key, value in conf.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from recpipe.cli import build_parser
+from recpipe.spark import check_embedded_metastore_free
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -131,6 +133,35 @@ def test_unreachable_master_is_one_line_and_starts_nothing(tmp_path: Path) -> No
     )
     assert "Traceback" not in result.stderr and "Exception" not in result.stderr
     assert not (root / "lake").exists()
+
+
+def test_an_embedded_metastore_open_elsewhere_is_one_line(spark, tmp_path: Path) -> None:
+    """This test process's JVM has its session's Derby metastore open: a recpipe command on
+    the same paths.local is refused in one line before it starts a JVM, not with Hive's page of
+    Java traces; a lock file nobody holds (a killed run's) is no obstacle."""
+    spark.sql("SHOW DATABASES").collect()  # Derby boots on first use
+    url = spark.sparkContext.getConf().get("spark.hadoop.javax.jdo.option.ConnectionURL")
+    found = re.match(r"jdbc:derby:;databaseName=([^;]+)", url or "")
+    assert found, url
+    database = Path(found.group(1))
+    assert (database / "dbex.lck").exists()
+    result = run(
+        [str(BIN / "recpipe"), "sql", "SHOW DATABASES", "--set", f"paths.root={tmp_path / 'r'}",
+         "--set", f"paths.local={database.parent.parent}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"recpipe sql: the embedded metastore {database} is open in another process"
+    ), result.stderr
+    assert "Traceback" not in result.stderr and "\tat org." not in result.stderr
+
+    stale = tmp_path / "stale" / "metastore_db"
+    stale.mkdir(parents=True)
+    (stale / "dbex.lck").write_bytes(b"\0" * 8)  # what a killed JVM leaves: the file, no lock
+    check_embedded_metastore_free(
+        {"spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={stale}"}
+    )
 
 
 def test_bad_ds_and_unwritable_root_are_one_line(tmp_path: Path) -> None:
