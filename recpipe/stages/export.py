@@ -85,6 +85,12 @@ def window_strides(settings: ExportConfig) -> dict[str, int]:
     return {"sequence": settings.stride or settings.max_len, "bag": settings.bag_max_len}
 
 
+def window_lengths(settings: ExportConfig) -> dict[str, int]:
+    """History positions in one window, per windowed kind: a bag holds a user's whole recent
+    history (``bag_max_len``), a sequence the last ``max_len`` items."""
+    return {"sequence": settings.max_len, "bag": settings.bag_max_len}
+
+
 def _expected_rows(
     sequences: DataFrame, negatives: int, strides: dict[str, int], since: int | None = None
 ) -> dict[str, int]:
@@ -157,8 +163,7 @@ def _samples(
         return pairwise_samples(sequences, sampler, settings.negatives, since, width)
     if kind == "pointwise":
         return pointwise_samples(sequences, sampler, settings.negatives, since, width)
-    stride = window_strides(settings)[kind]
-    length = settings.bag_max_len if kind == "bag" else settings.max_len
+    length, stride = window_lengths(settings)[kind], window_strides(settings)[kind]
     return sequence_samples(sequences, length, stride, since, width)
 
 
@@ -169,7 +174,7 @@ def run_export(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     n_users = vocab_size(config.root, VOCAB_USERS, USER_IDX, ds)
     record = ExportManifest(
         settings=settings.model_dump(mode="json"),
-        stride=settings.stride or settings.max_len,
+        stride=window_strides(settings)["sequence"],
         planned_world_size=config.train.processes,
         files_per_table=planned_files(config),
         n_items=n_items,
