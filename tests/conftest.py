@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jvm_startup import driver_jvm_options
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config, load_config
@@ -19,6 +20,15 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # expected values can be written as UTC wall times.
 os.environ["TZ"] = "UTC"
 time.tzset()
+# Every driver JVM of the run starts from a shared class archive (tests/jvm_startup.py): the
+# short-lived ones (each spark-submit and recpipe subprocess) through SPARK_SUBMIT_OPTS, this
+# session's own through _SESSION_JVM in the spark fixture.
+FAST_JVM = os.environ.get("RECPIPE_TEST_FAST_JVM", "1") != "0"
+_GIVEN_OPTS = os.environ.get("SPARK_SUBMIT_OPTS", "")
+_SESSION_JVM = _GIVEN_OPTS
+if FAST_JVM:
+    _SESSION_JVM = f"{_GIVEN_OPTS} {driver_jvm_options(short_lived=False)}".strip()
+    os.environ["SPARK_SUBMIT_OPTS"] = f"{_GIVEN_OPTS} {driver_jvm_options()}".strip()
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +45,12 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             "spark.log_level=ERROR",
         ],
     )
-    session = get_spark(config)
+    short_lived = os.environ.get("SPARK_SUBMIT_OPTS", "")
+    os.environ["SPARK_SUBMIT_OPTS"] = _SESSION_JVM
+    try:
+        session = get_spark(config)
+    finally:
+        os.environ["SPARK_SUBMIT_OPTS"] = short_lived
     yield session
     session.stop()
 
