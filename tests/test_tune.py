@@ -27,7 +27,7 @@ from recpipe.stages.evaluate import evaluate_model
 from recpipe.stages.export import run_export
 from recpipe.stages.train import run_train
 from recpipe.stages.train_baseline import run_train_baseline
-from recpipe.stages.tune import run_tune
+from recpipe.stages.tune import declares_search_space, run_tune
 
 PROTOCOL = "random_by_user"
 FAST = (
@@ -136,3 +136,12 @@ def test_tune_refuses_a_protocol_that_was_not_split(root) -> None:
         run_tune(config, TRAIN_DS, "bpr_mf", trials=1, protocol="temporal")
     with pytest.raises(ConfigError, match="baseline popularity declares no search space"):
         run_tune(config, TRAIN_DS, "popularity", trials=1, protocol=PROTOCOL)
+
+
+def test_only_models_with_a_search_space_are_tunable() -> None:
+    config = load_config(None, [])
+    # Popularity has no settings to search; ALS and the deep models declare theirs.
+    assert not declares_search_space(config, "popularity")
+    assert declares_search_space(config, "als")
+    assert declares_search_space(config, "stamp")
+    assert declares_search_space(config, "cdae")

@@ -100,6 +100,14 @@ def _protocol(config: Config, ds: str, protocol: str | None) -> str:
     return chosen
 
 
+def declares_search_space(config: Config, model: str) -> bool:
+    """Whether ``model`` (deep model or baseline) has settings to tune (popularity has none)."""
+    try:
+        return bool(_space(config, model))
+    except ConfigError:
+        return False
+
+
 def _space(config: Config, model: str) -> dict[str, Param]:
     """The search space declared on ``model``'s settings class (deep model or baseline)."""
     if is_baseline(model):
