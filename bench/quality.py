@@ -163,14 +163,14 @@ def _settings(
     """The config ``name`` trains with on ``protocol`` alone: its kept overlay (searched now
     with ``--tune`` when none is kept), else its defaults. ``loaded``: the run's config files
     and overrides."""
-    from recpipe.stages.tune import declares_search_space, run_tune, tuning_dir
+    from recpipe.stages.tune import declared_space, run_tune, tuning_dir
 
     files, overrides = loaded
     overrides = [*overrides, f"split.protocols=[{protocol}]"]
     single = load_config(files, overrides)
     kept = args.tuned / protocol / f"{name}.yaml"
     how = "defaults"
-    searchable = args.tune > 0 and declares_search_space(single, name)
+    searchable = args.tune > 0 and bool(declared_space(single, name))
     if not args.no_tuned and not kept.exists() and searchable:
         run_tune(single, DS, name, trials=args.tune, protocol=protocol, spark=spark)
         kept.parent.mkdir(parents=True, exist_ok=True)

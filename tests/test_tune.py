@@ -27,7 +27,7 @@ from recpipe.stages.evaluate import evaluate_model
 from recpipe.stages.export import run_export
 from recpipe.stages.train import run_train
 from recpipe.stages.train_baseline import run_train_baseline
-from recpipe.stages.tune import declares_search_space, run_tune
+from recpipe.stages.tune import declared_space, run_tune
 
 PROTOCOL = "random_by_user"
 FAST = (
@@ -141,7 +141,7 @@ def test_tune_refuses_a_protocol_that_was_not_split(root) -> None:
 def test_only_models_with_a_search_space_are_tunable() -> None:
     config = load_config(None, [])
     # Popularity has no settings to search; ALS and the deep models declare theirs.
-    assert not declares_search_space(config, "popularity")
-    assert declares_search_space(config, "als")
-    assert declares_search_space(config, "stamp")
-    assert declares_search_space(config, "cdae")
+    assert not declared_space(config, "popularity")
+    assert declared_space(config, "als")
+    assert declared_space(config, "stamp")
+    assert declared_space(config, "cdae")

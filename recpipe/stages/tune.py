@@ -100,24 +100,22 @@ def _protocol(config: Config, ds: str, protocol: str | None) -> str:
     return chosen
 
 
-def declares_search_space(config: Config, model: str) -> bool:
-    """Whether ``model`` (deep model or baseline) has settings to tune (popularity has none)."""
-    try:
-        return bool(_space(config, model))
-    except ConfigError:
-        return False
+def declared_space(config: Config, model: str) -> dict[str, Param]:
+    """The search space declared on ``model``'s settings class (deep model or baseline);
+    empty for a model with nothing to tune (popularity)."""
+    if is_baseline(model):
+        return getattr(type(getattr(config.baselines, model)), "search_space", {})
+    return model_class(model).config_class.search_space
 
 
 def _space(config: Config, model: str) -> dict[str, Param]:
-    """The search space declared on ``model``'s settings class (deep model or baseline)."""
-    if is_baseline(model):
-        settings_class = type(getattr(config.baselines, model))
-        space: dict[str, Param] = getattr(settings_class, "search_space", {})
-        if not space:
-            raise ConfigError(f"tune: baseline {model} declares no search space")
-        return space
-    model_settings(config, model)  # the starting settings must be valid
-    return model_class(model).config_class.search_space
+    """:func:`declared_space`, after checking that the model can be tuned from here."""
+    if not is_baseline(model):
+        model_settings(config, model)  # the starting settings must be valid
+    space = declared_space(config, model)
+    if is_baseline(model) and not space:
+        raise ConfigError(f"tune: baseline {model} declares no search space")
+    return space
 
 
 def run_tune(
