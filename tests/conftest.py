@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jvm_startup import driver_jvm_options
+from jvm_startup import submit_opts
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config, load_config
@@ -23,12 +23,8 @@ time.tzset()
 # Every driver JVM of the run starts from a shared class archive (tests/jvm_startup.py): the
 # short-lived ones (each spark-submit and recpipe subprocess) through SPARK_SUBMIT_OPTS, this
 # session's own through _SESSION_JVM in the spark fixture.
-FAST_JVM = os.environ.get("RECPIPE_TEST_FAST_JVM", "1") != "0"
-_GIVEN_OPTS = os.environ.get("SPARK_SUBMIT_OPTS", "")
-_SESSION_JVM = _GIVEN_OPTS
-if FAST_JVM:
-    _SESSION_JVM = f"{_GIVEN_OPTS} {driver_jvm_options(short_lived=False)}".strip()
-    os.environ["SPARK_SUBMIT_OPTS"] = f"{_GIVEN_OPTS} {driver_jvm_options()}".strip()
+_SESSION_JVM = submit_opts(short_lived=False)  # read before the line below changes it
+os.environ["SPARK_SUBMIT_OPTS"] = submit_opts()
 
 
 @pytest.fixture(scope="session")

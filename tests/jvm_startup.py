@@ -75,6 +75,15 @@ def driver_jvm_options(
     return f"{_archive_options(spark_submit)} {quick}".strip()
 
 
+def submit_opts(short_lived: bool = True) -> str:
+    """``SPARK_SUBMIT_OPTS`` for the tests' drivers: what the environment already gives, plus
+    :func:`driver_jvm_options` unless ``RECPIPE_TEST_FAST_JVM=0`` turns them off."""
+    given = os.environ.get("SPARK_SUBMIT_OPTS", "")
+    if os.environ.get("RECPIPE_TEST_FAST_JVM", "1") == "0":
+        return given
+    return f"{given} {driver_jvm_options(short_lived)}".strip()
+
+
 @functools.cache  # one key and at most one build per process, however many callers ask
 def _archive_options(spark_submit: Path) -> str:
     """Options that map the class archive, built once per JVM and Spark version and cached

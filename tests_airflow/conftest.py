@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORK = Path(tempfile.mkdtemp(prefix="recpipe-airflow-tests-"))
 # The Spark standalone cluster and PostgreSQL server helpers the main tests use (plain Python).
 sys.path.append(str(REPO / "tests"))
-from jvm_startup import driver_jvm_options  # noqa: E402  (found through the line above)
+from jvm_startup import submit_opts  # noqa: E402  (found through the line above)
 
 os.environ.update(
     {
@@ -36,7 +36,7 @@ os.environ.update(
         "SPARK_LOCAL_IP": "127.0.0.1",
         # Each task is a short-lived spark-submit: its driver JVM starts from a shared class
         # archive, C1 only (tests/jvm_startup.py; about half the time of a cold JVM).
-        "SPARK_SUBMIT_OPTS": driver_jvm_options(),
+        "SPARK_SUBMIT_OPTS": submit_opts(),
     }
 )
 
