@@ -99,7 +99,6 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from recpipe.datasets.movielens import REFERENCE_KEYS, fetch_movielens_100k
-    from recpipe.layout import manifest_path
     from recpipe.pipeline import StepContext, run_steps
     from recpipe.spark import get_spark
     from recpipe.stages.evaluate import run_evaluate
@@ -124,7 +123,7 @@ def main() -> None:
     config = load_config(files, overrides)
     stages = ["clean", "catalog", "vocab", "features", "sessionize", "split", "export"]
     if args.reuse:
-        stages = [s for s in stages if not storage.is_file(manifest_path(config.root, s, DS))]
+        stages = stages_to_rerun(config.root, stages, args.protocols)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if stages:
@@ -154,6 +153,27 @@ def main() -> None:
     for name, where in tuned.items():
         print(f"{name}: " + "; ".join(f"{p} {how}" for p, how in where.items()))
     _save(args.json, evaluations, args.k, timings, epochs)
+
+
+# Where a stage's manifest lists what it wrote per split protocol.
+PROTOCOL_KEYS = {"split": "protocols", "export": "samples"}
+
+
+def stages_to_rerun(root: LocationLike, stages: list[str], protocols: list[str]) -> list[str]:
+    """The stages ``--reuse`` runs again: from the first whose manifest is missing or lacks
+    one of ``protocols`` (a root first built for fewer protocols), every later one too, since
+    each reads what the one before wrote."""
+    from recpipe.layout import manifest_path
+    from recpipe.manifest import read_manifest
+
+    for position, stage in enumerate(stages):
+        if not storage.is_file(manifest_path(root, stage, DS)):
+            return stages[position:]
+        key = PROTOCOL_KEYS.get(stage)
+        written = read_manifest(root, stage, DS).get(key, {}) if key else None
+        if written is not None and not set(protocols) <= set(written):
+            return stages[position:]
+    return []
 
 
 def _settings(
