@@ -221,6 +221,7 @@ class DinConfig(ModelConfig):
     dropout: float = Field(ge=0, lt=1)
     history_dropout: float = Field(ge=0, lt=1)
     negatives: int = Field(ge=1)
+    train_positions: int = Field(ge=1)
     score_chunk_pairs: int = Field(ge=1)
 
 

@@ -711,28 +711,73 @@ def test_din_loss_never_takes_an_untrained_item_as_a_negative() -> None:
     counts = COUNTS.copy()
     counts[N_ITEMS // 2 :] = 0  # the upper half of the catalogue is cold
     context = replace(CONTEXT, item_counts=counts)
-    model = build("din", context=context, seed=8, negatives=6).eval()
+    model = build("din", context=context, seed=8, negatives=6, train_positions=3).eval()
     batch = make_batch("sequence")
     torch.manual_seed(5)
     loss = model.loss(batch)
     torch.manual_seed(5)
-    negatives = torch.randint(1, N_ITEMS + 1, (len(batch), 6))
+    histories, targets, users, _ = model.training_rows(batch)
+    assert len(targets) > len(batch)  # earlier positions train too
+    negatives = torch.randint(1, N_ITEMS + 1, (len(targets), 6))
     total, terms = 0.0, 0
     with torch.no_grad():
-        for b in range(len(batch)):
-            target = int(batch.require("items")[b])
-            kept = [n for n in negatives[b].tolist() if n != target and counts[n] > 0]
+        for r in range(len(targets)):
+            target = int(targets[r])
+            kept = [n for n in negatives[r].tolist() if n != target and counts[n] > 0]
             items = torch.tensor([[target, *kept]])
-            profile = model._profile(batch.users[b : b + 1], torch.float32)
+            profile = model._profile(users[r : r + 1], torch.float32)
             logits = model.candidate_scores(
-                batch.require("history")[b : b + 1], profile, model.item_vectors(items)
+                histories[r : r + 1], profile, model.item_vectors(items)
             )[0]
             labels = torch.zeros_like(logits)
             labels[0] = 1.0
             total += float(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"))
             terms += len(logits)
-    assert terms < len(batch) * 7  # some negatives were cold (or the target) and dropped
+    assert terms < len(targets) * 7  # some negatives were cold (or the target) and dropped
     assert loss.item() == pytest.approx(total / terms, rel=1e-5)
+
+
+def test_din_trains_earlier_positions_each_with_the_items_before_it() -> None:
+    """A sample trains its own target (with its context) plus min(train_positions - 1,
+    eligible) distinct earlier positions t: target history[t], history the items before t,
+    context missing; t is eligible when an item precedes it. Over many draws every eligible
+    position is drawn; train_positions = 1 trains the sample's own target only."""
+    batch = make_batch("sequence")  # histories of 8, 7, ..., 1 items, then an empty one
+    batch = replace(batch, context=torch.randint(1, 5, (len(batch), 2)))
+    history, own_targets = batch.require("history"), batch.require("items")
+    length = history.shape[1]
+    eligible = {
+        b: {t for t in range(1, length) if history[b, t - 1] != 0} for b in range(len(batch))
+    }
+    model = build("din", train_positions=3)
+    seen: set[tuple[int, int]] = set()
+    for seed in range(200):
+        torch.manual_seed(seed)
+        histories, targets, users, context = model.training_rows(batch)
+        assert context is not None
+        assert torch.equal(histories[: len(batch)], history)
+        assert torch.equal(targets[: len(batch)], own_targets)
+        assert torch.equal(context[: len(batch)], batch.context)
+        row = len(batch)
+        for b in range(len(batch)):
+            drawn = set()
+            for _ in range(min(2, len(eligible[b]))):
+                matches = [
+                    t for t in eligible[b]
+                    if int(targets[row]) == int(history[b, t])
+                    and torch.equal(histories[row, :t], history[b, :t])
+                    and not histories[row, t:].any()
+                ]  # fmt: skip
+                assert matches, (seed, b, row)
+                assert int(users[row]) == int(batch.users[b]) and not context[row].any()
+                drawn.add(matches[0])
+                row += 1
+            assert len(drawn) == min(2, len(eligible[b]))
+            seen |= {(b, t) for t in drawn}
+        assert row == len(targets)
+    assert seen == {(b, t) for b, ts in eligible.items() for t in ts}
+    single = build("din", train_positions=1).training_rows(batch)
+    assert torch.equal(single[0], history) and torch.equal(single[1], own_targets)
 
 
 def test_mmoe_heads_and_loss_match_a_hand_computation() -> None:

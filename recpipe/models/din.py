@@ -7,7 +7,7 @@ paper's goods and category ids); the user profile is the sum of the user's featu
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +27,13 @@ class Din(RecModel):
 
     Paper: Zhou et al., KDD 2018: the attention weights are not normalised (no softmax), so
     the pooled interest keeps the intensity of the matching behaviours; ReLU stands in for
-    PReLU/Dice. Trained on each sequence sample's target against ``negatives`` uniform items
-    with log loss. Scoring every item runs the attention per (user, candidate) pair, so it
-    goes in chunks of ``score_chunk_pairs`` pairs: the candidate-dependent cost the paper's
-    serving pays. An item never trained on has no id input: its features place it.
+    PReLU/Dice. Trained with log loss against ``negatives`` uniform items per target. A
+    sequence sample trains its own target and ``train_positions - 1`` earlier positions drawn
+    at random (each with the items before it as history), since a window's last item alone is
+    one example per ``max_len`` interactions. Scoring every item runs the attention per (user,
+    candidate) pair, so it goes in chunks of ``score_chunk_pairs`` pairs: the
+    candidate-dependent cost the paper's serving pays. An item never trained on has no id
+    input: its features place it.
     """
 
     config_class: ClassVar[type[ModelConfig]] = DinConfig
@@ -111,19 +114,69 @@ class Din(RecModel):
     ) -> torch.Tensor:
         """Logits [B, C] of candidate vectors [B or 1, C, d] for histories [B, L] (item ids,
         0 padding) with profiles [B, d]."""
-        h = self.item_vectors(history)[:, None]  # [B, 1, L, d]
-        c = candidates[:, :, None]  # [B|1, C, 1, d]
-        h, c = torch.broadcast_tensors(h, c)  # [B, C, L, d]
-        weights = self.attention(torch.cat([h, c, h - c, h * c], -1))[..., 0]
+        h = self.item_vectors(history)  # [B, L, d]
+        weights = self._attention(h, candidates)  # [B, C, L]
         weights = weights * (history != 0)[:, None, :]  # padding takes no weight
-        pooled = (weights[..., None] * h).sum(-2)  # [B, C, d]
-        cand = c[:, :, 0]
+        pooled = weights @ h  # [B, C, d]
+        cand = candidates.expand(len(pooled), -1, -1)
         top = torch.cat([profile[:, None].expand_as(pooled), pooled, cand], -1)
         return self.top(top)[..., 0]
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Log loss of each sample's target (1) against uniform negatives (0)."""
+    def _attention(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The attention unit ``att([h ; c ; h - c ; h * c])`` [B, C, L] for history vectors
+        [B, L, d] against candidates [B|1, C, d].
+
+        Its first layer is linear, so it splits as ``(W_h + W_d) h + (W_c - W_d) c + W_p (h *
+        c)``, and ``W_p (h * c) = h (c * W_p)^T``: no [B, C, L, 4d] input is built, only the
+        first layer's [B, C, L, hidden] output (the unit reads the same weights either way).
+        """
+        hidden = cast(nn.Sequential, self.attention[0])
+        out = self.attention[1]
+        first = cast(nn.Linear, hidden[0])
+        w_h, w_c, w_diff, w_prod = first.weight.split(self.config.dim, dim=1)  # [a, d] each
+        by_history = (h @ (w_h + w_diff).T)[:, None]  # [B, 1, L, a]
+        by_candidate = (c @ (w_c - w_diff).T + first.bias)[:, :, None]  # [B|1, C, 1, a]
+        by_product = h[:, None] @ (c[..., None] * w_prod.T)  # [B, C, L, a]
+        x = by_history + by_candidate + by_product
+        for layer in list(hidden)[1:]:
+            x = layer(x)
+        return out(x)[..., 0]
+
+    def training_rows(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(histories [N, L], targets [N], users [N], context [N, C] or None) that a batch
+        trains: every sample's own row first, then for each sample up to ``train_positions -
+        1`` distinct earlier positions ``t`` (target ``history[t]``, history the items before
+        ``t``), drawn uniformly among those with at least one item before them.
+
+        Only the sample's own target has its event's context; an earlier position reads its
+        context as missing (zeros), never the later event's.
+        """
         history, targets = batch.require("history"), batch.require("items")
+        extra = min(self.config.train_positions - 1, history.shape[1] - 1)
+        if extra <= 0:
+            return history, targets, batch.users, batch.context
+        length = history.shape[1]
+        # Position t (1 <= t < L) is eligible when the item before it is real; with left
+        # padding the item at t is then real too.
+        eligible = history[:, :-1] != 0  # [B, L - 1], column j is t = j + 1
+        keys = torch.rand(eligible.shape, device=history.device).masked_fill(~eligible, -1.0)
+        drawn, columns = keys.topk(extra, dim=1)
+        rows, picks = (drawn >= 0).nonzero(as_tuple=True)
+        positions = columns[rows, picks] + 1  # [N'] values of t
+        before = torch.arange(length, device=history.device)[None, :] < positions[:, None]
+        histories = torch.cat([history, history[rows] * before])
+        all_targets = torch.cat([targets, history[rows, positions]])
+        users = torch.cat([batch.users, batch.users[rows]])
+        context = batch.context
+        if context is not None:
+            context = torch.cat([context, torch.zeros_like(context[rows])])
+        return histories, all_targets, users, context
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Log loss of each training row's target (1) against uniform negatives (0)."""
+        history, targets, users, context = self.training_rows(batch)
         if self.training and self.config.history_dropout > 0:
             # An emptied history pools to zero, as for a user without one at scoring time.
             empty = torch.rand(len(history), device=history.device) < self.config.history_dropout
@@ -134,7 +187,7 @@ class Din(RecModel):
         items = torch.cat([targets[:, None], negatives], 1)
         logits = self.candidate_scores(
             history,
-            self._profile(batch.users, self.item_emb.weight.dtype, batch.context),
+            self._profile(users, self.item_emb.weight.dtype, context),
             self.item_vectors(items),
         ).float()
         labels = torch.zeros_like(logits)
