@@ -170,8 +170,7 @@ def stages_to_rerun(root: LocationLike, stages: list[str], protocols: list[str])
         if not storage.is_file(manifest_path(root, stage, DS)):
             return stages[position:]
         key = PROTOCOL_KEYS.get(stage)
-        written = read_manifest(root, stage, DS).get(key, {}) if key else None
-        if written is not None and not set(protocols) <= set(written):
+        if key and not set(protocols) <= set(read_manifest(root, stage, DS).get(key, {})):
             return stages[position:]
     return []
 

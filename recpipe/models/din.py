@@ -154,10 +154,10 @@ class Din(RecModel):
         context as missing (zeros), never the later event's.
         """
         history, targets = batch.require("history"), batch.require("items")
-        extra = min(self.config.train_positions - 1, history.shape[1] - 1)
+        length = history.shape[1]
+        extra = min(self.config.train_positions - 1, length - 1)
         if extra <= 0:
             return history, targets, batch.users, batch.context
-        length = history.shape[1]
         # Position t (1 <= t < L) is eligible when the item before it is real; with left
         # padding the item at t is then real too.
         eligible = history[:, :-1] != 0  # [B, L - 1], column j is t = j + 1
