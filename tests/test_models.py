@@ -684,25 +684,35 @@ def test_wide_deep_logit_is_wide_plus_deep_with_each_cross_spelled_out() -> None
             torch.testing.assert_close(scores[b, i], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_din_logit_pools_the_history_by_each_candidates_attention() -> None:
+@pytest.mark.parametrize("attention_layers", [[6], [6, 5]])
+def test_din_logit_pools_the_history_by_each_candidates_attention(
+    attention_layers: list[int],
+) -> None:
     """DIN per (user, candidate), by its definition with an explicit loop over the history:
     a_j = att([h_j ; c ; h_j - c ; h_j * c]) for real items only, unnormalised, then
-    top([profile ; sum_j a_j h_j ; c]); score_all (chunks of 60 pairs) agrees."""
-    model = build("din", seed=8).eval()
+    top([profile ; sum_j a_j h_j ; c]). score_all (chunks of 60 pairs, so several column
+    blocks) and candidate_scores with each row's own candidates (as training runs) agree."""
+    model = build("din", seed=8, attention_layers=attention_layers).eval()
     batch = make_batch("sequence")
+    history = batch.require("history")
+    own = torch.tensor([[1, 17, N_ITEMS]]).repeat(len(batch), 1)
+    own[:, 1] += torch.arange(len(batch))  # a different candidate per row
     with torch.no_grad():
         scores = model.score_all(batch)
+        profiles = model._profile(batch.users, torch.float32)
+        per_row = model.candidate_scores(history, profiles, model.item_vectors(own))
         for b in range(len(batch)):
             region = model.user_fields.fields(batch.users[b : b + 1])[0].sum(0)
-            for item in (1, 17, N_ITEMS):
+            for column, item in enumerate(own[b].tolist()):
                 c = model.item_vectors(torch.tensor(item))
                 pooled = torch.zeros_like(c)
-                for past in batch.require("history")[b].tolist():
+                for past in history[b].tolist():
                     if past:
                         h = model.item_vectors(torch.tensor(past))
                         pooled += model.attention(torch.cat([h, c, h - c, h * c]))[0] * h
                 expected = model.top(torch.cat([region, pooled, c]))[0]
                 torch.testing.assert_close(scores[b, item], expected, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(per_row[b, column], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_din_loss_never_takes_an_untrained_item_as_a_negative() -> None:

@@ -114,33 +114,68 @@ class Din(RecModel):
     ) -> torch.Tensor:
         """Logits [B, C] of candidate vectors [B or 1, C, d] for histories [B, L] (item ids,
         0 padding) with profiles [B, d]."""
+        return self._score_prepared(history, profile, self._prepare(candidates))
+
+    def _prepare(self, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What depends on the candidates [B|1, C, d] alone, computed once however many users
+        score them: each candidate's attention map and its share of the top MLP's first layer.
+
+        The attention unit's first layer is linear, so for a fixed candidate ``c`` it is an
+        affine map of the history vector ``h``: ``W [h; c; h - c; h * c] + b = (W_h + W_d +
+        W_p diag(c)) h + (W_c - W_d) c + b``, a [d + 1, a] matrix (slope, then offset).
+        Returns the maps side by side [B|1, d + 1, C * a] and the top term [B|1, C, m].
+        """
+        attention_in = cast(nn.Linear, cast(nn.Sequential, self.attention[0])[0])
+        w_h, w_c, w_diff, w_prod = attention_in.weight.split(self.config.dim, dim=1)
+        slope = (w_h + w_diff).T + candidates[..., None] * w_prod.T  # [B|1, C, d, a]
+        offset = candidates @ (w_c - w_diff).T + attention_in.bias  # [B|1, C, a]
+        maps = torch.cat([slope, offset[..., None, :]], -2)  # [B|1, C, d + 1, a]
+        n, n_cand, rows, width = maps.shape
+        maps = maps.permute(0, 2, 1, 3).reshape(n, rows, n_cand * width)
+        top_in = cast(nn.Linear, cast(nn.Sequential, self.top[0])[0])
+        w_candidate = top_in.weight.split(self.config.dim, dim=1)[2]
+        return maps, candidates @ w_candidate.T + top_in.bias
+
+    def _score_prepared(
+        self,
+        history: torch.Tensor,
+        profile: torch.Tensor,
+        prepared: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``candidate_scores`` from ``_prepare``'s output.
+
+        The top MLP's first layer is linear over ``[profile ; pooled ; candidate]``, so each
+        part goes through it where it varies (per user, per pair, per candidate) and the parts
+        are summed: no [B, C, 3d] concatenation.
+        """
+        maps, candidate_term = prepared
         h = self.item_vectors(history)  # [B, L, d]
-        weights = self._attention(h, candidates)  # [B, C, L]
+        weights = self._attention(h, maps, candidate_term.shape[-2])  # [B, C, L]
         weights = weights * (history != 0)[:, None, :]  # padding takes no weight
         pooled = weights @ h  # [B, C, d]
-        cand = candidates.expand(len(pooled), -1, -1)
-        top = torch.cat([profile[:, None].expand_as(pooled), pooled, cand], -1)
-        return self.top(top)[..., 0]
-
-    def _attention(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The attention unit ``att([h ; c ; h - c ; h * c])`` [B, C, L] for history vectors
-        [B, L, d] against candidates [B|1, C, d].
-
-        Its first layer is linear, so it splits as ``(W_h + W_d) h + (W_c - W_d) c + W_p (h *
-        c)``, and ``W_p (h * c) = h (c * W_p)^T``: no [B, C, L, 4d] input is built, only the
-        first layer's [B, C, L, hidden] output (the unit reads the same weights either way).
-        """
-        hidden = cast(nn.Sequential, self.attention[0])
-        out = self.attention[1]
-        first = cast(nn.Linear, hidden[0])
-        w_h, w_c, w_diff, w_prod = first.weight.split(self.config.dim, dim=1)  # [a, d] each
-        by_history = (h @ (w_h + w_diff).T)[:, None]  # [B, 1, L, a]
-        by_candidate = (c @ (w_c - w_diff).T + first.bias)[:, :, None]  # [B|1, C, 1, a]
-        by_product = h[:, None] @ (c[..., None] * w_prod.T)  # [B, C, L, a]
-        x = by_history + by_candidate + by_product
-        for layer in list(hidden)[1:]:
+        top = cast(nn.Sequential, self.top[0])
+        w_profile, w_pooled, _ = cast(nn.Linear, top[0]).weight.split(self.config.dim, dim=1)
+        x = pooled @ w_pooled.T + (profile @ w_profile.T)[:, None] + candidate_term
+        for layer in list(top)[1:]:
             x = layer(x)
-        return out(x)[..., 0]
+        return self.top[1](x)[..., 0]
+
+    def _attention(self, h: torch.Tensor, maps: torch.Tensor, n_cand: int) -> torch.Tensor:
+        """The attention unit ``att([h ; c ; h - c ; h * c])`` [B, C, L] for history vectors
+        [B, L, d] against the candidates whose maps ``_prepare`` built: one matrix product of
+        the histories (with a 1 appended) by every map gives the first layer's [B, L, C, a]
+        output, with no [B, C, L, 4d] input and no per-pair sums."""
+        batch, length = h.shape[:2]
+        h1 = torch.cat([h, torch.ones_like(h[..., :1])], -1)  # [B, L, d + 1]
+        # The same candidates for every row (scoring) take one matrix product for all rows.
+        shared = len(maps) == 1
+        x = h1.reshape(batch * length, -1) @ maps[0] if shared else torch.bmm(h1, maps)
+        x = x.view(batch, length, n_cand, -1)
+        for layer in list(cast(nn.Sequential, self.attention[0]))[1:]:
+            # In place: x is by far the largest tensor here, and a fresh one per layer costs
+            # more (page faults) than the ReLU; a linear layer's output is free to overwrite.
+            x = x.relu_() if isinstance(layer, nn.ReLU) else layer(x)
+        return self.attention[1](x)[..., 0].transpose(1, 2)
 
     def training_rows(
         self, batch: Batch
@@ -211,13 +246,12 @@ class Din(RecModel):
         items = self.item_vectors(torch.arange(n_cols, device=history.device))
         cols = min(n_cols, self.config.score_chunk_pairs)
         rows = max(1, self.config.score_chunk_pairs // cols)
-        out = []
-        for r0 in range(0, len(history), rows):
-            block = [
-                self.candidate_scores(
-                    history[r0 : r0 + rows], profile[r0 : r0 + rows], items[None, c0 : c0 + cols]
+        out = items.new_empty(len(history), n_cols)
+        for c0 in range(0, n_cols, cols):
+            # A column block's maps serve every row block: prepared once, held one at a time.
+            prepared = self._prepare(items[None, c0 : c0 + cols])
+            for r0 in range(0, len(history), rows):
+                out[r0 : r0 + rows, c0 : c0 + cols] = self._score_prepared(
+                    history[r0 : r0 + rows], profile[r0 : r0 + rows], prepared
                 )
-                for c0 in range(0, n_cols, cols)
-            ]
-            out.append(torch.cat(block, 1))
-        return torch.cat(out, 0)
+        return out
