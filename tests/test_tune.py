@@ -84,15 +84,20 @@ def test_tune_reads_valid_only_and_its_overlay_reproduces_the_best_trial(
     page = (folder / "report.html").read_text()
     assert all(f"{t['value']:.4f}" in page for t in trials) and "tuning history" in page
     overlay = yaml.safe_load((folder / "best.yaml").read_text())
-    assert overlay == {"models": {"bpr_mf": best["params"]}}
+    # The trials ran under train.max_epochs=2 (their schedules spanned 2 epochs): so does it.
+    assert written["epochs"] > 2
+    assert overlay == {"models": {"bpr_mf": {**best["params"], "epochs": 2}}}
 
-    # Independent check: `train` with the overlay, then the evaluation library on the valid
-    # split, gives the best trial's number (same seed, same settings, same samples).
+    # Independent check: `train` with the overlay alone (no epoch cap), then the evaluation
+    # library on the valid split, gives the best trial's number (same seed, same settings,
+    # same samples, the same schedule).
+    uncapped = [o for o in FAST if not o.startswith("train.max_epochs")]
     tuned = load_config(
         [CONF_DIR / "base.yaml", CONF_DIR / "local.yaml", folder / "best.yaml"],
-        [*FAST, f"paths.root={root}", "evaluation.split=valid"],
+        [*uncapped, f"paths.root={root}", "evaluation.split=valid"],
     )
-    assert tuned.models["bpr_mf"] == best["params"]
+    assert tuned.train.max_epochs is None
+    assert tuned.models["bpr_mf"] == {**best["params"], "epochs": 2}
     run_train(spark, tuned, TRAIN_DS, ["bpr_mf"], evaluate=False)
     result = evaluate_model(spark, tuned, TRAIN_DS, PROTOCOL, "bpr_mf").result
     assert result.values[("ndcg", 10)] == pytest.approx(best["value"], abs=1e-6)

@@ -182,7 +182,7 @@ def run_tune(
         if is_baseline(model):
             overlay = {"baselines": {model: best.params}}
         else:
-            overlay = {"models": {model: {**config.models.get(model, {}), **best.params}}}
+            overlay = {"models": {model: _model_overlay(config, model, best.params)}}
         overlay_file = folder / "best.yaml"
         storage.write_text(overlay_file, _overlay_text(model, protocol, metric, best, overlay))
         storage.write_text(folder / "trials.json", json.dumps([asdict(r) for r in records]))
@@ -330,6 +330,22 @@ def _baseline_trial(
         seconds=round(time.perf_counter() - started, 3),
         state="complete",
     )
+
+
+def _model_overlay(config: Config, model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A deep model's tuned settings: the configured ones with ``params`` on top, and the
+    ``train.max_epochs`` cap the trials ran under as its ``epochs``.
+
+    The cap also spans the learning-rate schedule (warm-up then cosine to zero over the
+    epochs run), so without it in the overlay, training with the overlay alone would run a
+    longer schedule than the one validation chose.
+    """
+    settings = {**config.models.get(model, {}), **params}
+    cap = config.train.max_epochs
+    epochs = settings.get("epochs", model_settings(config, model).epochs)
+    if cap is not None and cap < epochs:
+        settings["epochs"] = cap
+    return settings
 
 
 def _overlay_text(
