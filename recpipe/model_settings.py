@@ -389,6 +389,8 @@ class IrganConfig(ModelConfig):
     temperature: float = Field(gt=0)
     reg: float = Field(ge=0)
     init_std: float = Field(gt=0)
+    mode: Literal["gan", "mf"]
+    pretrain_epochs: int = Field(ge=0)
 
 
 @settings_of("rum")

@@ -210,6 +210,59 @@ def test_irgan_generator_draws_follow_its_softmax() -> None:
     torch.testing.assert_close(log_p, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_irgan_mf_mode_is_the_generator_alone_as_bpr_mf() -> None:
+    """mode: mf has no discriminator; its loss is BPR over the samples' negatives plus the L2
+    of each row's own generator factors, written out here row by row."""
+    model = build("irgan", mode="mf", reg=0.01)
+    assert model.discriminator is None  # type: ignore[attr-defined]
+    assert type(model).user_table_names(model.config) == ("generator.user",)
+    batch = make_batch("pairwise")
+    g = model.generator  # type: ignore[attr-defined]
+    with torch.no_grad():
+        loss = model.loss(batch)
+        terms, l2 = [], []
+        for u, i, negatives in zip(
+            batch.users, batch.items, batch.require("negatives"), strict=True
+        ):
+            p = g.user.weight[u]
+            score = {int(j): float(p @ g.item.weight[j] + g.bias.weight[j, 0])
+                     for j in [int(i), *negatives.tolist()]}  # fmt: skip
+            terms += [-math.log(1 / (1 + math.exp(score[int(j)] - score[int(i)])))
+                      for j in negatives]  # fmt: skip
+            q, b = g.item.weight, g.bias.weight[:, 0]
+            own = [int(i), *negatives.tolist()]
+            l2.append(float(p @ p) + sum(float(q[j] @ q[j]) + float(b[j]) ** 2 for j in own))
+    assert loss.item() == pytest.approx(np.mean(terms) + 0.01 * np.mean(l2), rel=1e-5)
+
+
+def test_irgan_pretrains_as_mf_and_starts_both_players_from_it() -> None:
+    """pretrain_epochs > 0 asks for one mf run of that many epochs; from_pretrained copies the
+    trained generator into both players, so the game's first scores are the MF model's."""
+    from test_models import CONTEXT
+
+    model = build("irgan", pretrain_epochs=3)
+    cls = type(model)
+    runs = cls.pretraining(model.config)
+    assert list(runs) == ["mf"]
+    mf_config = runs["mf"]
+    assert (mf_config.mode, mf_config.epochs, mf_config.pretrain_epochs) == ("mf", 3, 0)  # type: ignore[attr-defined]
+    assert cls.pretraining(build("irgan", pretrain_epochs=0).config) == {}
+    assert cls.pretraining(mf_config) == {}
+    torch.manual_seed(3)
+    trained = cls(mf_config, CONTEXT)
+    game = cls.from_pretrained(model.config, CONTEXT, {"mf": trained})
+    batch = make_batch("pairwise")
+    with torch.no_grad():
+        torch.testing.assert_close(game.score_all(batch), trained.score_all(batch))
+        for name, value in trained.generator.state_dict().items():  # type: ignore[attr-defined]
+            assert torch.equal(game.generator.state_dict()[name], value)  # type: ignore[attr-defined]
+            assert torch.equal(game.discriminator.state_dict()[name], value)  # type: ignore[attr-defined]
+    # The game then trains both players from there.
+    assert set(game.loss_parts()) == set()
+    game.loss(batch)
+    assert set(game.loss_parts()) == {"discriminator", "generator"}
+
+
 def test_rum_scores_match_an_explicit_memory_read() -> None:
     model = build("rum", memory_size=3, memory_weight=0.7).eval()
     user, items = 4, [6, 2, 11, 30]  # the memory holds the last three

@@ -304,6 +304,26 @@ def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
     assert not torch.equal(final["gmf_user.weight"], init["gmf_user.weight"])
 
 
+def test_irgan_pretrains_as_mf_then_starts_both_players_from_it(spark, root) -> None:
+    config = config_for(
+        root, "train.launcher=local", "models.irgan.pretrain_epochs=1",
+        "models.irgan.epochs=1", "split.protocols=[leave_last_out]",
+    )  # fmt: skip
+    manifests, _ = run_train(spark, config, DS, ["irgan"], evaluate=False)
+    info = manifests[0]["protocols"]["leave_last_out"]
+    assert set(info["pretraining"]) == {"mf"}
+    folder = Path(info["path"]).parent
+    mf = load_model(folder / "pretrain-mf" / "model.pt")
+    assert mf.config.mode == "mf" and mf.discriminator is None  # type: ignore[attr-defined]
+    init = load_state(folder / "init.pt")["state_dict"]
+    for name, value in mf.state_dict().items():  # generator.* only
+        assert torch.equal(init[name], value)
+        assert torch.equal(init[name.replace("generator.", "discriminator.")], value)
+    final = load_state(info["path"])["state_dict"]
+    assert not torch.equal(final["generator.item.weight"], init["generator.item.weight"])
+    assert not torch.equal(final["discriminator.item.weight"], init["discriminator.item.weight"])
+
+
 def test_spec_item_counts_are_the_train_interactions_per_item(root) -> None:
     spec, _ = _spec(root, "two_tower")
     counts = np.load(spec.item_counts_file)

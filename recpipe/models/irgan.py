@@ -62,6 +62,10 @@ class Irgan(RecModel):
     the sum; since the players share no parameter, one optimiser step is a simultaneous update
     of both. Drawing needs the generator's softmax over the whole catalogue per row, as in the
     paper. The pairwise samples' negatives are not used: the generator supplies the negatives.
+
+    With ``pretrain_epochs`` > 0 a first run trains the generator alone as BPR-MF (``mode:
+    mf``, the samples' negatives), and both players start from its factors, as the paper's
+    code starts both from one pre-trained MF model.
     """
 
     config_class: ClassVar[type[ModelConfig]] = IrganConfig
@@ -75,15 +79,47 @@ class Irgan(RecModel):
         super().__init__(config, context)
         self.config: IrganConfig = config
         self.generator = FactorPlayer(context.n_users, context.n_items, config.dim, config.init_std)
-        self.discriminator = FactorPlayer(
-            context.n_users, context.n_items, config.dim, config.init_std
+        # The mf mode (pre-training) trains the generator alone: no idle player, whose
+        # parameters would never get a gradient (DDP expects every parameter to).
+        self.discriminator = (
+            FactorPlayer(context.n_users, context.n_items, config.dim, config.init_std)
+            if config.mode == "gan"
+            else None
         )
         self._parts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def user_table_names(cls, config: ModelConfig) -> tuple[str, ...]:
         """Both players' user factors (scoring reads the generator's)."""
+        assert isinstance(config, IrganConfig)
+        if config.mode == "mf":
+            return ("generator.user",)
         return ("generator.user", "discriminator.user")
+
+    @classmethod
+    def pretraining(cls, config: ModelConfig) -> dict[str, ModelConfig]:
+        """The generator alone as BPR-MF (``mode: mf``), when ``pretrain_epochs`` > 0 and this
+        is the game."""
+        assert isinstance(config, IrganConfig)
+        if config.mode != "gan" or config.pretrain_epochs == 0:
+            return {}
+        update = {"mode": "mf", "epochs": config.pretrain_epochs, "pretrain_epochs": 0}
+        return {"mf": config.model_copy(update=update)}
+
+    @classmethod
+    def from_pretrained(
+        cls, config: ModelConfig, context: ModelContext, pretrained: dict[str, RecModel]
+    ) -> RecModel:
+        """The game with both players starting from the pre-trained generator's factors: the
+        paper's code initialises generator and discriminator from one trained MF model."""
+        assert isinstance(config, IrganConfig)
+        model = cls(config, context)
+        start = pretrained["mf"]
+        assert isinstance(start, Irgan) and model.discriminator is not None
+        state = start.generator.state_dict()
+        model.generator.load_state_dict(state)
+        model.discriminator.load_state_dict(state)
+        return model
 
     def generator_log_probs(self, users: torch.Tensor) -> torch.Tensor:
         """[B, n_items] log p_G(i | u) over items 1..n (padding takes no probability)."""
@@ -92,6 +128,8 @@ class Irgan(RecModel):
 
     def player_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(discriminator loss, generator loss) of one batch, each with its L2 term."""
+        if self.discriminator is None:
+            raise ValueError("irgan in mode mf has no discriminator: it trains as BPR-MF")
         users, positives = batch.require("users"), batch.require("items")
         log_p = self.generator_log_probs(users)
         with torch.no_grad():
@@ -111,8 +149,21 @@ class Irgan(RecModel):
         g_loss = g_loss + self.config.reg * self.generator.l2(users, drawn).mean()
         return d_loss, g_loss
 
+    def mf_loss(self, batch: Batch) -> torch.Tensor:
+        """The generator alone as BPR-MF: ``-log sigmoid(g(u, i) - g(u, j))`` over the
+        samples' negatives, plus the L2 term on the rows' own factors."""
+        users, positives = batch.require("users"), batch.require("items")
+        negatives = batch.require("negatives")
+        items = torch.cat([positives[:, None], negatives], dim=1)
+        scores = self.generator.scores(users, items)
+        bpr = -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
+        return bpr + self.config.reg * self.generator.l2(users, items).mean()
+
     def loss(self, batch: Batch) -> torch.Tensor:
-        """The discriminator's and the generator's losses, summed (disjoint parameters)."""
+        """The discriminator's and the generator's losses, summed (disjoint parameters); in
+        mode mf, the generator's BPR loss."""
+        if self.config.mode == "mf":
+            return self.mf_loss(batch)
         d_loss, g_loss = self.player_losses(batch)
         self._parts = {"discriminator": d_loss.detach(), "generator": g_loss.detach()}
         return d_loss + g_loss
