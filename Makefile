@@ -43,6 +43,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy recpipe
 
 # Debian packages of the services the tests start themselves: PostgreSQL (the shared Hive

@@ -51,8 +51,13 @@ def per_step_ms(
 def main() -> int:
     """Time both optimizers per size and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, nargs="*", default=[5_000_000, 50_000_000],
-                        help="generated-log sizes whose user and item counts to use")
+    parser.add_argument(
+        "--events",
+        type=int,
+        nargs="*",
+        default=[5_000_000, 50_000_000],
+        help="generated-log sizes whose user and item counts to use",
+    )
     parser.add_argument("--dim", type=int, default=256, help="embedding width (BPR-MF's default)")
     parser.add_argument("--batch", type=int, default=1024, help="triples per step")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer")

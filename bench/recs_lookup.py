@@ -86,9 +86,7 @@ def publish(config: Config, source: Location) -> float:
 
     spark = get_spark(config)
     start = time.perf_counter()
-    publish_partition(
-        spark, config, RECOMMENDATIONS, spark.read.parquet(source.uri), DS, MODEL
-    )
+    publish_partition(spark, config, RECOMMENDATIONS, spark.read.parquet(source.uri), DS, MODEL)
     seconds = time.perf_counter() - start
     spark.stop()
     return seconds

@@ -59,9 +59,7 @@ def parse_args() -> argparse.Namespace:
         "make legacy-venv)",
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=1, help="epochs per throughput run")
-    parser.add_argument(
-        "--skip-convergence", action="store_true", help="only the throughput table"
-    )
+    parser.add_argument("--skip-convergence", action="store_true", help="only the throughput table")
     parser.add_argument(
         "--prepare", action="store_true", help="run bench/quality.py's data stages first"
     )
@@ -175,8 +173,13 @@ def main() -> None:
                        f"{args.epochs} epoch(s), validation off"))  # fmt: skip
     if not args.skip_convergence:
         print()
-        print(format_table(convergence(base), title="time to early-stopped convergence, "
-                           f"{PROTOCOL}; test = full ranking, train items excluded, K=10"))
+        print(
+            format_table(
+                convergence(base),
+                title="time to early-stopped convergence, "
+                f"{PROTOCOL}; test = full ranking, train items excluded, K=10",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -222,9 +222,7 @@ def check_master_reachable(master: str, source: str, timeout: float = 5.0) -> No
                 return
         except (OSError, ValueError) as exc:
             problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
-    raise SparkStartError(
-        f"{source} {master}: no Spark master reachable ({'; '.join(problems)})"
-    )
+    raise SparkStartError(f"{source} {master}: no Spark master reachable ({'; '.join(problems)})")
 
 
 def _archive_list(value: str | None) -> list[str]:

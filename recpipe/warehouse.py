@@ -320,8 +320,7 @@ def ensure_database(spark: SparkSession, config: Config) -> None:
     """Create the database (located under ``paths.root``) if missing."""
     database = config.warehouse.database
     spark.sql(
-        f"CREATE DATABASE IF NOT EXISTS {database} "
-        f"LOCATION {sql_string(database_path(config).uri)}"
+        f"CREATE DATABASE IF NOT EXISTS {database} LOCATION {sql_string(database_path(config).uri)}"
     )
 
 

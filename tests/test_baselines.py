@@ -152,8 +152,12 @@ def test_itemknn_candidates_in_spark_equal_the_sparse_product(spark: SparkSessio
     """Spark's join-and-sum candidates are bit-identical to numpy's sparse product (similarities
     are multiples of SIM_STEP, so sums do not depend on their order), ties by item index."""
     rng = np.random.default_rng(3)
-    pairs = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 40, 400),
-                                                     rng.integers(1, 31, 400), strict=True)})
+    pairs = sorted(
+        {
+            (int(u), int(i))
+            for u, i in zip(rng.integers(0, 40, 400), rng.integers(1, 31, 400), strict=True)
+        }
+    )
     train = frame_of(spark, pairs)
     model = ItemKnn.fit(make_data(pairs, 40, 30), ItemKnnConfig(neighbours=8, shrink=2.0),
                         train_df=train)  # fmt: skip

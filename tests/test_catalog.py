@@ -80,7 +80,7 @@ def expected_items(lines: list[tuple[str, str | None]]) -> tuple[dict, Counter, 
         if len(counts) > 1:
             reasons["conflicting_record"] += sum(counts.values())
             continue
-        ((title, attributes), copies), = counts.items()
+        (((title, attributes), copies),) = counts.items()
         rows[item] = {"title": title, "attributes": dict(attributes)}
         duplicates += copies - 1
     for _, reason in lines:

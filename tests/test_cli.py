@@ -128,8 +128,12 @@ def test_unreachable_master_is_one_line_and_starts_nothing(tmp_path: Path) -> No
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"recpipe clean: spark.master spark://127.0.0.1:{port}: no Spark master reachable"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"recpipe clean: spark.master spark://127.0.0.1:{port}: no Spark master reachable"
+        )
     )
     assert "Traceback" not in result.stderr and "Exception" not in result.stderr
     assert not (root / "lake").exists()
@@ -151,8 +155,10 @@ def test_an_embedded_metastore_open_elsewhere_is_one_line(spark, tmp_path: Path)
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"recpipe sql: the embedded metastore {database} is open in another process"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"recpipe sql: the embedded metastore {database} is open in another process")
     ), result.stderr
     assert "Traceback" not in result.stderr and "\tat org." not in result.stderr
 

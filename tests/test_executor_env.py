@@ -101,8 +101,10 @@ def test_cluster_masters_ship_the_archive_and_executors_run_its_python(
 
 
 def _clean(tmp_path: Path, *settings: str) -> subprocess.CompletedProcess[str]:
-    raw = write_jsonl(tmp_path / "e.jsonl", [{"user_id": "u1", "item_id": "i1",
-                                              "event_type": "view", "ts": f"{DS}T10:00:00Z"}])
+    raw = write_jsonl(
+        tmp_path / "e.jsonl",
+        [{"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": f"{DS}T10:00:00Z"}],
+    )
     base = [f"paths.root={tmp_path / 'root'}", f"paths.raw_events={raw}",
             "spark.master=local[1]"]  # fmt: skip
     args = [sys.executable, "-m", "recpipe", "clean", "--ds", DS,

@@ -80,12 +80,18 @@ def test_unreachable_metastore_fails_before_anything_is_written(tmp_path: Path) 
     import subprocess
     import sys
 
-    raw = write_jsonl(tmp_path / "e.jsonl", [{"user_id": "u1", "item_id": "i1",
-                                              "event_type": "view", "ts": f"{DS}T10:00:00Z"}])
+    raw = write_jsonl(
+        tmp_path / "e.jsonl",
+        [{"user_id": "u1", "item_id": "i1", "event_type": "view", "ts": f"{DS}T10:00:00Z"}],
+    )
     root = tmp_path / "root"
-    settings = [f"paths.root={root}", f"paths.raw_events={raw}", "spark.master=local[1]",
-                "spark.log_level=ERROR",
-                'spark.conf={spark.hadoop.hive.metastore.uris: "thrift://127.0.0.1:9"}']
+    settings = [
+        f"paths.root={root}",
+        f"paths.raw_events={raw}",
+        "spark.master=local[1]",
+        "spark.log_level=ERROR",
+        'spark.conf={spark.hadoop.hive.metastore.uris: "thrift://127.0.0.1:9"}',
+    ]
     args = [sys.executable, "-m", "recpipe", "clean", "--ds", DS,
             *(a for s in settings for a in ("--set", s))]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False,

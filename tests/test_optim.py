@@ -105,7 +105,8 @@ def test_parameter_groups_make_embedding_tables_lazy_once() -> None:
     assert [p.shape for p in embedding_parameters(model)] == [(10, 4), (5, 4)]
     dense, lazy = parameter_groups(model, lazy_embeddings=True)
     assert lazy["lazy"] and {id(p) for p in lazy["params"]} == {
-        id(model.items.weight), id(model.users.weight)
+        id(model.items.weight),
+        id(model.users.weight),
     }
     assert {id(p) for p in dense["params"]} == {id(model.mlp.weight), id(model.mlp.bias)}
     (only,) = parameter_groups(model, lazy_embeddings=False)

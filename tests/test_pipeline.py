@@ -26,9 +26,11 @@ def test_every_step_is_a_command_and_a_job() -> None:
         assert f'run_job("{step.name}"' in job.read_text()
     # `recpipe etl` is the lake chain up to the splits, in pipeline order
     order = [step.name for step in PIPELINE]
-    assert list(ETL_STEPS) == order[: len(ETL_STEPS)] == [
-        "clean", "catalog", "vocab", "features", "sessionize", "split"
-    ]
+    assert (
+        list(ETL_STEPS)
+        == order[: len(ETL_STEPS)]
+        == ["clean", "catalog", "vocab", "features", "sessionize", "split"]
+    )
 
 
 @pytest.mark.parametrize("step", [s.name for s in PIPELINE])

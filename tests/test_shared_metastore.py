@@ -38,17 +38,20 @@ def _events(ds: str, users: int) -> list[dict[str, str]]:
 
 
 def _spark_conf(settings: dict[str, str]) -> str:
-    return "spark.conf=" + json.dumps(
-        {**settings, "spark.driver.extraClassPath": str(JDBC_JAR)}
-    )
+    return "spark.conf=" + json.dumps({**settings, "spark.driver.extraClassPath": str(JDBC_JAR)})
 
 
 def _recpipe(
     work: Path, metastore: dict[str, str], *args: str, ds: str = DS1
 ) -> subprocess.Popen[str]:
     root = work / "root"
-    settings = [f"paths.root={root}", f"paths.raw_events={work}/landing/{ds}.jsonl",
-                "spark.master=local[1]", "spark.log_level=ERROR", _spark_conf(metastore)]
+    settings = [
+        f"paths.root={root}",
+        f"paths.raw_events={work}/landing/{ds}.jsonl",
+        "spark.master=local[1]",
+        "spark.log_level=ERROR",
+        _spark_conf(metastore),
+    ]
     command = [sys.executable, "-m", "recpipe", *args,
                *(a for s in settings for a in ("--set", s))]  # fmt: skip
     return subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

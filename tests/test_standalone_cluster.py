@@ -159,8 +159,16 @@ def trained(
                  f"spark.python_env={executor_archive}"]  # fmt: skip
     settings = _settings(root, work / "landing" / "events.jsonl")
     started = time.perf_counter()
-    _run([*cluster_submit(cluster, postgres), str(REPO / "jobs" / "train.py"),
-          *settings, *(a for o in overrides for a in ("--set", o)), "--no-evaluate"], work)
+    _run(
+        [
+            *cluster_submit(cluster, postgres),
+            str(REPO / "jobs" / "train.py"),
+            *settings,
+            *(a for o in overrides for a in ("--set", o)),
+            "--no-evaluate",
+        ],
+        work,
+    )
     print(f"\ntraining on the executors: {time.perf_counter() - started:.0f}s")
     return _manifest(root, "train-bpr_mf")
 

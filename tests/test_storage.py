@@ -108,8 +108,12 @@ def test_an_s3_endpoint_that_refuses_is_one_line_naming_the_key(tmp_path: Path) 
     """``recpipe recs`` at an s3a:// root whose endpoint nobody listens on: one error line that
     names the endpoint setting, exit 1, no stack trace."""
     endpoint = f"http://127.0.0.1:{free_port()}"
-    hadoop = {"spark.hadoop.fs.s3a.endpoint": endpoint, "spark.hadoop.fs.s3a.access.key": "k",
-              "spark.hadoop.fs.s3a.secret.key": "s", "spark.hadoop.fs.s3a.endpoint.region": "x"}
+    hadoop = {
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.access.key": "k",
+        "spark.hadoop.fs.s3a.secret.key": "s",
+        "spark.hadoop.fs.s3a.endpoint.region": "x",
+    }
     settings = ["paths.root=s3a://bucket/recpipe", f"paths.local={tmp_path / 'local'}",
                 f"spark.conf={json.dumps(hadoop)}"]  # fmt: skip
     done = subprocess.run(

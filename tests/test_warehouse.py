@@ -175,8 +175,11 @@ def test_keep_versions_prunes_old_folders(spark: SparkSession, make_config) -> N
         f"warehouse.database=wh_{uuid.uuid4().hex[:12]}", "warehouse.keep_versions=2"
     )
     published = [
-        local(publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"], tag=tag), DS,
-                                "als"))
+        local(
+            publish_partition(
+                spark, config, RECOMMENDATIONS, recs(spark, ["u1"], tag=tag), DS, "als"
+            )
+        )
         for tag in "abcd"
     ]
 

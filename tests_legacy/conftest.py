@@ -16,7 +16,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Petastorm 0.13.1 warns on every row group about pyarrow APIs it still uses; the loader
     silences these at import, but pytest resets warning filters per test."""

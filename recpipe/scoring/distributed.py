@@ -213,9 +213,7 @@ def histories_from_arrow(batch: pa.RecordBatch) -> UserHistories:
 def padded_lists(column: pa.Array, dtype: type) -> np.ndarray:
     """A list column as [rows, longest list] of ``dtype``, zero-padded (null lists: all 0)."""
     lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
-    out: np.ndarray = np.zeros(
-        (len(column), int(lengths.max()) if len(column) else 0), dtype=dtype
-    )
+    out: np.ndarray = np.zeros((len(column), int(lengths.max()) if len(column) else 0), dtype=dtype)
     values = column.flatten().to_numpy(zero_copy_only=False)
     rows = np.repeat(np.arange(len(column)), lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
