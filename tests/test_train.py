@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,15 +282,21 @@ def test_report_shows_training_curves(spark, root) -> None:
     assert all("metric" in entry for entry in history)  # validated every epoch
 
 
-def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
+def train_with_pretraining(spark, root, model: str) -> tuple[dict[str, Any], Path]:
+    """One epoch of pre-training and one of ``model`` on leave_last_out: the protocol's
+    manifest entry and the model's folder (pre-training runs and ``init.pt`` inside)."""
     config = config_for(
-        root, "train.launcher=local", "models.neumf.pretrain_epochs=1",
-        "models.neumf.epochs=1", "split.protocols=[leave_last_out]",
+        root, "train.launcher=local", f"models.{model}.pretrain_epochs=1",
+        f"models.{model}.epochs=1", "split.protocols=[leave_last_out]",
     )  # fmt: skip
-    manifests, _ = run_train(spark, config, DS, ["neumf"], evaluate=False)
+    manifests, _ = run_train(spark, config, DS, [model], evaluate=False)
     info = manifests[0]["protocols"]["leave_last_out"]
+    return info, Path(info["path"]).parent
+
+
+def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
+    info, folder = train_with_pretraining(spark, root, "neumf")
     assert set(info["pretraining"]) == {"gmf", "mlp"}
-    folder = Path(info["path"]).parent
     gmf = load_model(folder / "pretrain-gmf" / "model.pt")
     mlp = load_model(folder / "pretrain-mlp" / "model.pt")
     assert (gmf.config.mode, mlp.config.mode) == ("gmf", "mlp")
@@ -305,14 +312,8 @@ def test_neumf_pretraining_initialises_from_gmf_and_mlp(spark, root) -> None:
 
 
 def test_irgan_pretrains_as_mf_then_starts_both_players_from_it(spark, root) -> None:
-    config = config_for(
-        root, "train.launcher=local", "models.irgan.pretrain_epochs=1",
-        "models.irgan.epochs=1", "split.protocols=[leave_last_out]",
-    )  # fmt: skip
-    manifests, _ = run_train(spark, config, DS, ["irgan"], evaluate=False)
-    info = manifests[0]["protocols"]["leave_last_out"]
+    info, folder = train_with_pretraining(spark, root, "irgan")
     assert set(info["pretraining"]) == {"mf"}
-    folder = Path(info["path"]).parent
     mf = load_model(folder / "pretrain-mf" / "model.pt")
     assert mf.config.mode == "mf" and mf.discriminator is None  # type: ignore[attr-defined]
     init = load_state(folder / "init.pt")["state_dict"]
