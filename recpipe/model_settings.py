@@ -162,6 +162,9 @@ class HybridTwoTowerConfig(ModelConfig):
         "dropout": uniform(0.0, 0.5),
         "id_dropout": uniform(0.0, 0.9),
         "history_dropout": uniform(0.0, 0.5),
+        # Ids help warm items and hurt cold ones (a warm id outweighs a cold item's
+        # features), so the protocol's valid split decides.
+        "use_item_ids": choice(True, False),
     }
 
     temperature: float = Field(gt=0)
