@@ -1,10 +1,13 @@
-"""Optimizer step cost on embedding tables: dense AdamW vs the row-lazy AdamW of recpipe.
+"""Optimizer step cost on embedding tables: dense AdamW vs the row-lazy AdamW of recpipe,
+with dense and with sparse embedding gradients.
 
 A BPR-MF-shaped model (a user table and an item table, ``--dim`` wide; users and items as
 ``bench/scale.py`` generates them for ``--events``) trains ``--steps`` steps of batches of
 ``--batch`` (user, positive, negative) triples. Printed per optimizer: milliseconds per step
 (forward + backward + step) and the ratio to the reference measured in the same process,
-torch's own ``AdamW`` (foreach) over the same model and batches.
+torch's own ``AdamW`` (foreach) over the same model and batches. "RowLazyAdamW" takes the
+dense table-sized gradients every backend reduces; "+ sparse gradients" is what a
+single-process run uses (``train.sparse_embedding_gradients``): only the batch's rows.
 
     .venv/bin/python bench/optimizer.py [--events 5000000 50000000] [--dim 256] [--batch 1024]
 """
@@ -18,7 +21,9 @@ import torch
 from torch import nn
 
 from recpipe.console import format_table
-from recpipe.train.optim import RowLazyAdamW, parameter_groups
+from recpipe.train.optim import RowLazyAdamW, parameter_groups, use_sparse_embedding_gradients
+
+SPARSE = "RowLazyAdamW + sparse gradients"
 
 
 class Pairs(nn.Module):
@@ -77,9 +82,11 @@ def main() -> int:
             for _ in range(args.steps)
         ]
         timings = {}
-        for name in ("AdamW (reference)", "RowLazyAdamW"):
+        for name in ("AdamW (reference)", "RowLazyAdamW", SPARSE):
             torch.manual_seed(0)
             model = Pairs(users, items, args.dim)
+            if name == SPARSE:
+                use_sparse_embedding_gradients(model)
             if name.startswith("AdamW"):
                 optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
             else:

@@ -427,6 +427,10 @@ class TrainConfig(_Section):
     # Embedding tables updated row-lazily (only rows with a gradient step; recpipe.train.optim):
     # a step then costs in proportion to the batch, not to users x dim.
     lazy_embeddings: bool = True
+    # With lazy_embeddings, in a single process only: the embedding tables' backward returns
+    # the batch's rows (a sparse gradient) instead of a zero-filled table-sized gradient.
+    # Across processes gradients stay dense (NCCL reduces no sparse tensor).
+    sparse_embedding_gradients: bool = True
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     max_epochs: int | None = Field(None, ge=1)

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from recpipe.devices import pick_device
+from recpipe.train.optim import clip_gradients
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class TorchCollectives(Collectives):
     ) -> None:
         """Clip the (already averaged) gradients and step."""
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            clip_gradients(model.parameters(), grad_clip)
         optimizer.step()
 
     def _tensor(self, values: list[float]) -> torch.Tensor:

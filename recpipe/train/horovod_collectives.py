@@ -13,6 +13,7 @@ import torch
 
 from recpipe.devices import pick_device
 from recpipe.train.distributed import Collectives, DistContext
+from recpipe.train.optim import clip_gradients
 
 
 def _horovod() -> Any:
@@ -73,7 +74,7 @@ class HorovodCollectives(Collectives):
             # Clipping must see averaged gradients: finish the allreduce first, then step
             # without a second synchronisation.
             optimizer.synchronize()  # type: ignore[attr-defined]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            clip_gradients(model.parameters(), grad_clip)
             with optimizer.skip_synchronize():  # type: ignore[attr-defined]
                 optimizer.step()
         else:

@@ -45,7 +45,7 @@ from recpipe.models.user_rows import (
 from recpipe.storage import as_location
 from recpipe.train.checkpoint import LAST_FILE, load_state, model_state, save_atomic
 from recpipe.train.distributed import Collectives, DistContext, collectives_for
-from recpipe.train.optim import RowLazyAdamW, parameter_groups
+from recpipe.train.optim import RowLazyAdamW, parameter_groups, use_sparse_embedding_gradients
 from recpipe.train.spec import TrainSpec
 from recpipe.train.validation import Validator
 
@@ -197,6 +197,8 @@ class Trainer:
         steps_per_epoch = self.comm.max_int(own_batches)
         total_steps = steps_per_epoch * epochs
         groups = parameter_groups(model, settings.lazy_embeddings)
+        if settings.lazy_embeddings and settings.sparse_embedding_gradients and not ctx.distributed:
+            use_sparse_embedding_gradients(model)
         wrapped, optimizer = self.comm.prepare(
             model, RowLazyAdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         )

@@ -9,7 +9,12 @@ is in the batch (the first update of a row touched late is the same size as a fr
 Rows not in the batch keep their weights and moments exactly. Other parameters follow AdamW
 (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019) in full.
 
-Gradients stay dense, so DDP's and Horovod's all-reduce (any backend) are unchanged.
+In a single process the embedding tables can also produce sparse gradients
+(:func:`use_sparse_embedding_gradients`): the backward pass then hands over only the batch's
+rows instead of allocating and zero-filling a table-sized gradient that the update scans for
+its non-zero rows, so a step no longer costs in proportion to the table at all. Across
+processes gradients stay dense, so DDP's and Horovod's all-reduce (any backend, NCCL
+included, which reduces no sparse tensor) are unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +50,42 @@ def parameter_groups(model: nn.Module, lazy_embeddings: bool) -> list[dict[str, 
     return groups
 
 
+def use_sparse_embedding_gradients(model: nn.Module) -> int:
+    """Make every ``nn.Embedding`` of ``model`` return sparse gradients; returns how many.
+
+    Only for a single process whose embedding tables sit in a lazy group: the dense update
+    and the multi-process all-reduce take dense gradients only.
+    """
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for table in tables:
+        table.sparse = True
+    return len(tables)
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float) -> float:
+    """Scale the gradients so that their joint L2 norm is at most ``max_norm``; returns the
+    norm before scaling. :func:`torch.nn.utils.clip_grad_norm_`, for sparse gradients too
+    (coalesced first, so that a row listed twice counts as the sum of its entries)."""
+    grads = []
+    for param in parameters:
+        if param.grad is None:
+            continue
+        if param.grad.is_sparse:
+            param.grad = param.grad.coalesce()
+            grads.append(param.grad._values())
+        else:
+            grads.append(param.grad)
+    if not grads:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads])
+    total = torch.linalg.vector_norm(norms, 2.0)
+    # torch's formula and clamp, so both clip alike.
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.detach().mul_(scale.to(g.dtype))
+    return float(total)
+
+
 class RowLazyAdamW(torch.optim.Optimizer):
     """AdamW with decoupled weight decay; groups with ``lazy=True`` update only the rows
     (first dimension) whose gradient is non-zero, with per-row step counts.
@@ -75,8 +116,8 @@ class RowLazyAdamW(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("RowLazyAdamW takes dense gradients")
+                if param.grad.is_sparse and not group[LAZY]:
+                    raise RuntimeError("RowLazyAdamW takes sparse gradients in lazy groups only")
                 if group[LAZY] and param.dim() >= 1:
                     self._lazy_update(param, group)
                 else:
@@ -110,17 +151,13 @@ class RowLazyAdamW(torch.optim.Optimizer):
 
     def _lazy_update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         state = self._state(param, rows=True)
-        grad = param.grad
-        assert grad is not None
-        flat = grad.reshape(grad.shape[0], -1)
-        rows = flat.ne(0).any(dim=1).nonzero().squeeze(1)
+        rows, g = _rows_with_gradient(param.grad)
         if rows.numel() == 0:
             return
         beta1, beta2 = group["betas"]
         steps = state["step"].index_add_(
             0, rows, torch.ones(len(rows), dtype=torch.float32, device=param.device)
         )[rows]
-        g = grad.index_select(0, rows)
         weights = param.index_select(0, rows)
         exp_avg = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
@@ -137,3 +174,22 @@ class RowLazyAdamW(torch.optim.Optimizer):
         param.index_copy_(0, rows, weights)
         state["exp_avg"].index_copy_(0, rows, exp_avg)
         state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+
+
+def _rows_with_gradient(grad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row indices, their gradient rows) of the rows whose gradient is not all zero.
+
+    A sparse gradient lists its rows (a row twice when the batch holds its id twice: summed
+    here); a row it lists with an all-zero gradient is dropped as the dense scan drops it.
+    """
+    assert grad is not None
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        rows, values = grad._indices()[0], grad._values()
+        keep = values.reshape(values.shape[0], -1).ne(0).any(dim=1)
+        if bool(keep.all()):
+            return rows, values
+        return rows[keep], values[keep]
+    flat = grad.reshape(grad.shape[0], -1)
+    rows = flat.ne(0).any(dim=1).nonzero().squeeze(1)
+    return rows, grad.index_select(0, rows)
