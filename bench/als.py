@@ -29,12 +29,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from bench_timing import best_seconds
 from scipy import sparse
 
 from recpipe.baselines.als import blas_in_use
@@ -133,16 +135,6 @@ def synthetic_matrix(
     return matrix, note
 
 
-def best_of(repeats: int, fit: Callable[[int], None], iters: int) -> float:
-    """Smallest wall-clock seconds of ``repeats`` calls of ``fit(iters)``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fit(iters)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def time_library(
     library: str, solver: str, threads: int, fit: Callable[[int], None], iters: int, repeats: int
 ) -> Timing:
@@ -150,8 +142,8 @@ def time_library(
     start = time.perf_counter()
     fit(1)
     warmup = time.perf_counter() - start
-    fit_1 = best_of(repeats, fit, 1)
-    fit_n = best_of(repeats, fit, iters)
+    fit_1 = best_seconds(partial(fit, 1), repeats, warm_up=False)
+    fit_n = best_seconds(partial(fit, iters), repeats, warm_up=False)
     return Timing(library, solver, threads, warmup, fit_1, fit_n, iters)
 
 

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_timing import best_seconds
 
 from recpipe.data.batch import Batch
 from recpipe.model_settings import DinConfig
@@ -53,17 +52,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs each (best kept)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
-
-
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` timed calls of ``run`` after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
