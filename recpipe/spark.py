@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,32 +89,50 @@ def _embedded_metastore(config: Config) -> dict[str, str]:
     }
 
 
-def check_embedded_metastore_free(conf: Mapping[str, str]) -> None:
+# How long a command waits for the embedded metastore's previous holder to let go.
+METASTORE_GRACE_SECONDS = 15.0
+
+
+def check_embedded_metastore_free(
+    conf: Mapping[str, str], grace_seconds: float = METASTORE_GRACE_SECONDS
+) -> None:
     """Refuse to start when another process has the embedded Derby metastore open.
 
     Derby lets one process at a time boot a database and holds an OS lock on its ``dbex.lck``
     while it does; a second JVM would fail deep in Hive with a page of Java traces. Probing
-    that lock (taken and released at once) turns it into one line before any JVM starts.
+    that lock (taken and released at once) turns it into one line before any JVM starts. The
+    probe retries for ``grace_seconds``: the previous command of a chain has exited while
+    its JVM is still shutting down (seen when ``vocab`` followed ``clean`` at once).
     """
     url = conf.get("spark.hadoop.javax.jdo.option.ConnectionURL", "")
     found = re.match(r"jdbc:derby:;databaseName=([^;]+)", url)
     if found is None:
         return
     database = Path(found.group(1))
+    deadline = time.monotonic() + grace_seconds
+    while not _lock_free(database / "dbex.lck"):
+        if time.monotonic() >= deadline:
+            raise SparkStartError(
+                f"the embedded metastore {database} is open in another process (Derby allows "
+                "one at a time): wait for that run to end, give this one its own paths.local, "
+                "or set a shared metastore in spark.conf (spark.hadoop.hive.metastore.uris)"
+            )
+        time.sleep(0.25)
+
+
+def _lock_free(lock_file: Path) -> bool:
+    """Whether no process holds the OS lock on ``lock_file`` (a missing file: free)."""
     try:
-        handle = os.open(database / "dbex.lck", os.O_RDWR)
+        handle = os.open(lock_file, os.O_RDWR)
     except OSError:
-        return  # not created yet (or unreadable: Derby itself will say so)
+        return True  # not created yet (or unreadable: Derby itself will say so)
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise SparkStartError(
-            f"the embedded metastore {database} is open in another process (Derby allows one "
-            "at a time): wait for that run to end, give this one its own paths.local, or set "
-            "a shared metastore in spark.conf (spark.hadoop.hive.metastore.uris)"
-        ) from None
+        return False
     finally:
         os.close(handle)  # closing releases the probe's lock
+    return True
 
 
 def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from recpipe.cli import build_parser
-from recpipe.spark import check_embedded_metastore_free
+from recpipe.spark import SparkStartError, check_embedded_metastore_free
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -168,6 +169,41 @@ def test_an_embedded_metastore_open_elsewhere_is_one_line(spark, tmp_path: Path)
     check_embedded_metastore_free(
         {"spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={stale}"}
     )
+
+
+def test_a_metastore_let_go_within_the_grace_period_is_waited_for(tmp_path: Path) -> None:
+    """A chain's previous command may still be shutting its JVM down: the probe waits for a
+    lock released within ``grace_seconds`` and refuses one held past it."""
+    database = tmp_path / "metastore_db"
+    database.mkdir()
+    lock = database / "dbex.lck"
+    lock.write_bytes(b"\0" * 8)
+    conf = {"spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={database}"}
+    hold = (
+        "import fcntl, os, sys, time; h = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.lockf(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(float(sys.argv[2]))"
+    )
+
+    def holder(seconds: float) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-c", hold, str(lock), str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None and process.stdout.readline().strip() == "held"
+        return process
+
+    brief = holder(1.5)
+    started = time.monotonic()
+    check_embedded_metastore_free(conf, grace_seconds=20)
+    waited = time.monotonic() - started
+    brief.wait()
+    assert 0.5 < waited < 20  # it did wait, and went on once the holder let go
+    long = holder(30)
+    try:
+        with pytest.raises(SparkStartError, match="is open in another process"):
+            check_embedded_metastore_free(conf, grace_seconds=1)
+    finally:
+        long.kill()
+        long.wait()
 
 
 def test_bad_ds_and_unwritable_root_are_one_line(tmp_path: Path) -> None:
