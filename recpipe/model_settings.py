@@ -361,6 +361,26 @@ class MultVaeConfig(ModelConfig):
     anneal_steps: int = Field(ge=0)
 
 
+@settings_of("recvae")
+class RecVaeConfig(ModelConfig):
+    """RecVAE settings; ``dim`` is the latent size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "input_dropout": uniform(0.0, 0.8),
+        "gamma": log_uniform(1e-4, 5e-2),
+        "batch_size": choice(32, 64, 128, 256),
+    }
+
+    hidden: int = Field(ge=1)
+    encoder_layers: int = Field(ge=1)
+    input_dropout: float = Field(ge=0, lt=1)
+    gamma: float = Field(ge=0)
+    prior_weights: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)
+    wide_prior_log_var: float
+    prior_refresh_steps: int = Field(ge=1)
+
+
 @settings_of("cdae")
 class CdaeConfig(ModelConfig):
     """CDAE settings; ``dim`` is the hidden layer size."""

@@ -52,6 +52,7 @@ MODELS: dict[str, ModelEntry] = {
     "svdpp": ModelEntry("deep", "recpipe.models.svdpp:SvdPp"),
     "mult_vae": ModelEntry("deep", "recpipe.models.mult_vae:MultVae"),
     "cdae": ModelEntry("deep", "recpipe.models.cdae:Cdae"),
+    "recvae": ModelEntry("deep", "recpipe.models.recvae:RecVae"),
     "irgan": ModelEntry("deep", "recpipe.models.irgan:Irgan"),
     "rum": ModelEntry("deep", "recpipe.models.rum:Rum"),
 }

@@ -116,6 +116,7 @@ TINY: dict[str, dict[str, Any]] = {
     # anneal_steps=0: a fixed KL weight, so two loss calls of one batch are comparable.
     "mult_vae": {"dim": 8, "hidden_layers": [24], "input_dropout": 0.0, "anneal_steps": 0},
     "cdae": {"dim": 16, "corruption": 0.0, "negatives": 8},
+    "recvae": {"dim": 8, "hidden": 24, "encoder_layers": 3, "input_dropout": 0.0},
     "irgan": {"dim": 16, "samples": 4},
     "rum": {"dim": 16, "memory_size": 3, "negatives": 4, "score_item_chunk": 7},
 }
@@ -138,12 +139,13 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in sorted(regi
     ("svdpp", {"loss": "sampled_softmax"}),
     ("mult_vae", {"hidden_layers": [32, 24], "input_dropout": 0.5}),
     ("cdae", {"hidden_activation": "tanh", "corruption": 0.3}),
+    ("recvae", {"encoder_layers": 1, "input_dropout": 0.5, "prior_refresh_steps": 1}),
 ]
 # Models whose score is a network per (user, item) pair, with no item vectors to export.
 NOT_DOT_PRODUCTS = ("neumf", "rum", "deepfm", "nfm", "wide_deep", "din", "mmoe")
 # The autoencoders learn a whole bag per row through a bottleneck, and IRGAN's generator
 # learns only through the discriminator's reward: they need more steps.
-OVERFIT_STEPS = {"cdae": 150, "mult_vae": 150, "irgan": 150}
+OVERFIT_STEPS = {"cdae": 150, "mult_vae": 150, "recvae": 150, "irgan": 150}
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in extra.items()) for name, extra in VARIANTS]
 
 
@@ -220,6 +222,9 @@ def test_loss_is_finite_scalar_with_gradients_everywhere(name: str, extra: dict[
     assert torch.equal(model(batch), loss)  # forward is the loss (for DDP)
     loss.backward()
     for pname, param in model.named_parameters():
+        if not param.requires_grad:  # frozen by design (RecVAE's prior copy of its encoder)
+            assert param.grad is None, pname
+            continue
         assert param.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(param.grad).all(), pname
         assert param.grad.abs().sum() > 0, f"{pname} got a zero gradient"
@@ -263,7 +268,7 @@ def test_overfits_a_fixed_tiny_batch(name: str, extra: dict[str, Any]) -> None:
     model.eval()
     with torch.no_grad():
         after = measure(model, batch).item()
-    floor = bag_entropy(batch) if name == "mult_vae" else 0.0
+    floor = bag_entropy(batch) if name in ("mult_vae", "recvae") else 0.0
     assert after - floor < 0.5 * (before - floor), (before, after, floor)
 
 

@@ -15,7 +15,7 @@ from recpipe.models import RecModel
 from recpipe.models.bag import multinomial_nll
 
 CAUSAL_MODELS = ["sasrec", "gru4rec", "narm", "stamp", "svdpp"]
-BAG_MODELS = ["mult_vae", "cdae"]
+BAG_MODELS = ["mult_vae", "cdae", "recvae"]
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +160,95 @@ def test_mult_vae_kl_weight_anneals_with_training_steps_and_is_saved() -> None:
     rebuilt = build("mult_vae", anneal_steps=4, beta_max=0.2)
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.beta() == pytest.approx(0.2)
+
+
+def layer_norm(h: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """``(h - mean) / sqrt(var + eps) * weight + bias`` over the last dimension, by hand."""
+    centred = h - h.mean(-1, keepdim=True)
+    scaled = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return scaled * norm.weight + norm.bias
+
+
+def recvae_mu(model: RecModel, x: torch.Tensor) -> torch.Tensor:
+    """RecVAE's encoder mean written out on the dense multi-hot rows ``x``, L2-normalised:
+    ``h_1 = LN(swish(x W_1))``, ``h_k = LN(swish(h_{k-1} W_k + h_1 + ... + h_{k-1}))``."""
+    enc = model.encoder  # type: ignore[attr-defined]
+    x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    pre = x @ enc.item_in.weight + enc.in_bias
+    layers = [layer_norm(pre * torch.sigmoid(pre), enc.norms[0])]
+    for k, dense in enumerate(enc.dense, start=1):
+        pre = layers[-1] @ dense.weight.T + dense.bias + sum(layers)
+        layers.append(layer_norm(pre * torch.sigmoid(pre), enc.norms[k]))
+    return layers[-1] @ enc.to_mu.weight.T + enc.to_mu.bias
+
+
+def test_recvae_scores_the_dense_densely_connected_network() -> None:
+    model = build("recvae").eval()
+    with torch.no_grad():
+        for p in model.parameters():  # layer norms start at (1, 0): make every term count
+            p.add_(0.1 * torch.randn_like(p))
+    # Distinct items per row, so the multi-hot row's L2 norm is sqrt(number of items).
+    history = left_pad([[3, 9, 1, 22], [5], [2, 4, 6, 8, 10, 12]], 6)
+    with torch.no_grad():
+        mu = recvae_mu(model, multi_hot(history))
+        expected = mu @ model.item_out.weight.T + model.out_bias.weight[:, 0]
+        got = model.score_all(Batch(users=torch.tensor([0, 1, 2]), history=history))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_recvae_loss_is_nll_plus_kl_to_the_composite_prior_weighed_by_bag_size() -> None:
+    model = build("recvae", gamma=0.03, prior_weights=[0.2, 0.5, 0.3]).eval()
+    with torch.no_grad():
+        for p in model.prior_encoder.parameters():  # an older encoder: not the current one
+            p.add_(0.2 * torch.randn_like(p))
+    history = left_pad([[1, 4, 6], [7], [2, 3, 5, 8, 9]], 5)
+    items = torch.tensor([9, 7, 11])
+    batch = Batch(users=torch.tensor([0, 1, 2]), items=items, history=history)
+    with torch.no_grad():
+        got = model.loss(batch).item()
+        mu, log_var = model.encoder(history, 1.0)  # eval: z = mu
+        old_mu, old_log_var = model.prior_encoder(history, 1.0)
+        std = torch.exp(0.5 * log_var)
+        log_q = torch.distributions.Normal(mu, std).log_prob(mu).sum(-1)
+        mix = torch.distributions.Categorical(torch.tensor([0.2, 0.5, 0.3]))
+        wide_std = torch.full_like(mu, math.exp(5.0))  # log variance 10
+        comps = torch.distributions.Normal(
+            torch.stack([torch.zeros_like(mu), old_mu, torch.zeros_like(mu)], dim=-1),
+            torch.stack([torch.ones_like(mu), torch.exp(0.5 * old_log_var), wide_std], dim=-1),
+        )
+        prior = torch.distributions.MixtureSameFamily(mix, comps)
+        log_p = prior.log_prob(mu).sum(-1)
+        bag_sizes = torch.tensor([4.0, 2.0, 6.0])  # history plus the target (7 twice in row 2)
+        logits = mu @ model.item_out.weight.T + model.out_bias.weight[:, 0]
+        nll = multinomial_nll(logits, torch.cat([history, items[:, None]], dim=1))
+        expected = nll + (0.03 * bag_sizes * (log_q - log_p)).mean()
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_recvae_prior_follows_the_encoder_every_refresh_steps_and_never_trains() -> None:
+    model = build("recvae", prior_refresh_steps=3)
+    batch = make_batch("sequence")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    snapshots = []
+    for _ in range(7):
+        optimizer.zero_grad()
+        model.loss(batch).backward()
+        assert all(p.grad is None for p in model.prior_encoder.parameters())
+        snapshots.append([p.detach().clone() for p in model.encoder.parameters()])
+        optimizer.step()
+    # Refreshed before steps 0, 3 and 6: the prior holds the encoder as it was before step 6.
+    for old, at_step_6 in zip(model.prior_encoder.parameters(), snapshots[6], strict=True):
+        torch.testing.assert_close(old, at_step_6)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(snapshots[6], model.encoder.parameters(), strict=True)
+    )
+    rebuilt = build("recvae", prior_refresh_steps=3)
+    rebuilt.load_state_dict(model.state_dict())
+    assert int(rebuilt.steps) == 7
+    for a, b in zip(
+        rebuilt.prior_encoder.parameters(), model.prior_encoder.parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b)
 
 
 def test_cdae_loss_matches_hand_computation() -> None:

@@ -79,6 +79,7 @@ ZOO = [
     "svdpp",
     "mult_vae",
     "cdae",
+    "recvae",
     "irgan",
     "rum",
     "hybrid_two_tower",

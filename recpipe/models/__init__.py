@@ -16,6 +16,7 @@ from recpipe.models import (  # noqa: F401  (importing registers)
     narm,
     neumf,
     nfm,
+    recvae,
     rum,
     sasrec,
     stamp,
