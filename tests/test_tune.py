@@ -25,7 +25,7 @@ from recpipe.config import ConfigError, load_config
 from recpipe.model_settings import BprMfConfig
 from recpipe.stages.evaluate import evaluate_model
 from recpipe.stages.export import run_export
-from recpipe.stages.train import run_train
+from recpipe.stages.train import model_settings, run_train
 from recpipe.stages.train_baseline import run_train_baseline
 from recpipe.stages.tune import declared_space, run_tune
 
@@ -150,3 +150,28 @@ def test_only_models_with_a_search_space_are_tunable() -> None:
     assert declared_space(config, "als")
     assert declared_space(config, "stamp")
     assert declared_space(config, "cdae")
+
+
+TUNED_DIR = CONF_DIR / "tuned"
+
+
+@pytest.mark.parametrize(
+    "overlay",
+    sorted(TUNED_DIR.rglob("*.yaml")),
+    ids=lambda path: str(path.relative_to(TUNED_DIR)),
+)
+def test_every_kept_tuned_overlay_sets_valid_settings_of_its_model(overlay: Path) -> None:
+    """Overlays kept in conf/tuned still name today's keys within today's bounds, so a
+    bench run that applies them cannot fail on a renamed or tightened setting."""
+    written = yaml.safe_load(overlay.read_text())
+    assert len(written) == 1, "one section per overlay"
+    ((section, models),) = written.items()
+    ((name, params),) = models.items()
+    assert overlay.stem == name
+    config = load_config([CONF_DIR / "base.yaml", overlay], [])
+    if section == "models":
+        settings = model_settings(config, name)
+    else:
+        assert section == "baselines"
+        settings = getattr(config.baselines, name)
+    assert {key: getattr(settings, key) for key in params} == params
