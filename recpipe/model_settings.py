@@ -361,6 +361,23 @@ class MultVaeConfig(ModelConfig):
     anneal_steps: int = Field(ge=0)
 
 
+@settings_of("cdae")
+class CdaeConfig(ModelConfig):
+    """CDAE settings; ``dim`` is the hidden layer size."""
+
+    search_space: ClassVar[dict[str, Param]] = {
+        **ModelConfig.search_space,
+        "corruption": uniform(0.0, 0.8),
+        "negatives": integer(1, 16),
+        "batch_size": choice(32, 64, 128, 256),
+    }
+
+    corruption: float = Field(ge=0, lt=1)
+    negatives: int = Field(ge=1)
+    hidden_activation: Literal["sigmoid", "tanh", "identity"]
+    init_std: float = Field(gt=0)
+
+
 @settings_of("recvae")
 class RecVaeConfig(ModelConfig):
     """RecVAE settings; ``dim`` is the latent size."""
@@ -379,23 +396,6 @@ class RecVaeConfig(ModelConfig):
     prior_weights: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)
     wide_prior_log_var: float
     prior_refresh_steps: int = Field(ge=1)
-
-
-@settings_of("cdae")
-class CdaeConfig(ModelConfig):
-    """CDAE settings; ``dim`` is the hidden layer size."""
-
-    search_space: ClassVar[dict[str, Param]] = {
-        **ModelConfig.search_space,
-        "corruption": uniform(0.0, 0.8),
-        "negatives": integer(1, 16),
-        "batch_size": choice(32, 64, 128, 256),
-    }
-
-    corruption: float = Field(ge=0, lt=1)
-    negatives: int = Field(ge=1)
-    hidden_activation: Literal["sigmoid", "tanh", "identity"]
-    init_std: float = Field(gt=0)
 
 
 @settings_of("irgan")
