@@ -22,6 +22,7 @@ from recpipe.models.cke import Cke, CkeConfig
 from recpipe.models.losses import causal_targets, full_softmax_loss, log_q, sampled_softmax_loss
 from recpipe.models.mmoe import Mmoe, MmoeConfig
 from recpipe.models.sasrec import SasRec
+from recpipe.train.optim import use_sparse_embedding_gradients
 
 CONF_MODELS = Path(__file__).resolve().parent.parent / "conf" / "models"
 N_USERS, N_ITEMS, MAX_LEN = 30, 40, 12
@@ -233,6 +234,35 @@ def test_loss_is_finite_scalar_with_gradients_everywhere(name: str, extra: dict[
         scores = model.score_all(batch)
     assert scores.shape == (len(batch), N_ITEMS + 1)
     assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_sparse_embedding_gradients_equal_dense_ones(name: str) -> None:
+    """Every model with its tables switched to sparse gradients (single-process training)
+    gets the same gradients as with dense ones, and a table read only by lookups (an
+    autoencoder's input table included) gets them sparse: only the batch's rows."""
+    dense, sparse = build(name), build(name)
+    assert use_sparse_embedding_gradients(sparse) > 0
+    batch = make_batch(dense.sample_kind)
+    for model in (dense, sparse):
+        model.train()
+        seeded_loss(model, batch).backward()
+    sparse_params = dict(sparse.named_parameters())
+    for pname, param in dense.named_parameters():
+        got = sparse_params[pname].grad
+        if param.grad is None:
+            assert got is None, pname
+            continue
+        assert got is not None, pname
+        torch.testing.assert_close(
+            got.to_dense() if got.is_sparse else got, param.grad, rtol=1e-5, atol=1e-6
+        )
+    bag_tables = {"mult_vae": "item_in", "cdae": "item_in", "recvae": "encoder.item_in"}
+    if name in bag_tables:
+        grad = sparse.get_submodule(bag_tables[name]).weight.grad
+        assert grad is not None and grad.is_sparse
+        rows = set(grad.coalesce().indices()[0].tolist())
+        assert rows <= set(batch.require("history").unique().tolist())
 
 
 @pytest.mark.parametrize("name", sorted(registry()))

@@ -26,6 +26,9 @@ def bag_input(
     summed = F.embedding_bag(
         history, table.weight, mode="sum", per_sample_weights=weights.to(table.weight.dtype),
         padding_idx=table.padding_idx,
+        # The functional form ignores the module's flag: without it the table's gradient is
+        # dense (table-sized) even when training asked for sparse ones.
+        sparse=table.sparse,
     )  # fmt: skip
     return summed.float()
 
