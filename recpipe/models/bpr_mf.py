@@ -15,6 +15,7 @@ from torch import nn
 from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import BprMfConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.layers import with_bias, with_ones
 
 
 @register("bpr_mf")
@@ -88,9 +89,9 @@ class BprMf(RecModel):
 
     def item_embeddings(self) -> torch.Tensor:
         """``[q_i, b_i]`` per item, [n_items + 1, dim + 1]."""
-        return torch.cat([self.all_item_factors(), self.item_bias.weight], dim=1)
+        return with_bias(self.all_item_factors(), self.item_bias.weight)
 
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """``[p_u, 1]`` per row, [B, dim + 1], matching :meth:`item_embeddings`."""
         u = self.user_emb(batch.require("users"))
-        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
+        return with_ones(u)

@@ -16,6 +16,7 @@ from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import CdaeConfig
 from recpipe.models.bag import bag_input, bag_targets
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.layers import with_bias, with_ones
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda x: x}
 
@@ -98,11 +99,11 @@ class Cdae(RecModel):
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """``[h, 1]`` per row, [B, dim + 1]."""
         h = self.hidden(batch.users, batch.require("history"))
-        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+        return with_ones(h)
 
     def item_embeddings(self) -> torch.Tensor:
         """``[W'_i, b'_i]`` per item, [n_items + 1, dim + 1]."""
-        return torch.cat([self.item_out.weight, self.out_bias.weight], dim=1)
+        return with_bias(self.item_out.weight, self.out_bias.weight)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         """The output layer's pre-sigmoid scores for every item, [B, n_items + 1]."""

@@ -15,6 +15,7 @@ from torch import nn
 from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import IrganConfig
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.layers import with_bias, with_ones
 
 
 class FactorPlayer(nn.Module):
@@ -178,9 +179,9 @@ class Irgan(RecModel):
 
     def item_embeddings(self) -> torch.Tensor:
         """The generator's ``[q_i, b_i]``, [n_items + 1, dim + 1]."""
-        return torch.cat([self.generator.item.weight, self.generator.bias.weight], dim=1)
+        return with_bias(self.generator.item.weight, self.generator.bias.weight)
 
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """The generator's ``[p_u, 1]``, [B, dim + 1]."""
         u = self.generator.user(batch.require("users"))
-        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
+        return with_ones(u)

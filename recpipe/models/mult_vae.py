@@ -16,6 +16,7 @@ from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import MultVaeConfig
 from recpipe.models.bag import bag_input, bag_targets, multinomial_nll
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.layers import with_bias, with_ones
 
 
 @register("mult_vae")
@@ -102,11 +103,11 @@ class MultVae(RecModel):
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """``[decoder(mu), 1]`` per row, [B, hidden_layers[0] + 1]."""
         h = self.decode_hidden(self.encode(batch.require("history"))[0])
-        return torch.cat([h, torch.ones_like(h[:, :1])], dim=1)
+        return with_ones(h)
 
     def item_embeddings(self) -> torch.Tensor:
         """``[output vector, bias]`` per item, [n_items + 1, hidden_layers[0] + 1]."""
-        return torch.cat([self.item_out.weight, self.out_bias.weight], dim=1)
+        return with_bias(self.item_out.weight, self.out_bias.weight)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         """The decoder's logits for every item, [B, n_items + 1]."""

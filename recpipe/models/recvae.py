@@ -18,6 +18,7 @@ from recpipe.data.batch import Batch, SampleKind
 from recpipe.model_settings import RecVaeConfig
 from recpipe.models.bag import bag_input, bag_targets, multinomial_nll
 from recpipe.models.base import ModelConfig, ModelContext, RecModel, register
+from recpipe.models.layers import with_bias, with_ones
 
 LOG_2PI = math.log(2 * math.pi)
 # The paper's layer-norm epsilon: large, so a nearly constant layer is not blown up.
@@ -146,11 +147,11 @@ class RecVae(RecModel):
     def user_embeddings(self, batch: Batch) -> torch.Tensor:
         """``[mu, 1]`` per row, [B, dim + 1]."""
         mu = self.encoder(batch.require("history"), 1.0)[0]
-        return torch.cat([mu, torch.ones_like(mu[:, :1])], dim=1)
+        return with_ones(mu)
 
     def item_embeddings(self) -> torch.Tensor:
         """``[output vector, bias]`` per item, [n_items + 1, dim + 1]."""
-        return torch.cat([self.item_out.weight, self.out_bias.weight], dim=1)
+        return with_bias(self.item_out.weight, self.out_bias.weight)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         """The decoder's logits for every item, [B, n_items + 1]."""
