@@ -162,6 +162,12 @@ def session_conf(config: Config, launcher_conf: Mapping[str, str] | None = None)
         # damaged or edited lake file into an error instead of wrong rows.
         "spark.hadoop.parquet.page.verify-checksum.enabled": "true",
         "spark.local.dir": str(spark_local_dir(config.local_root)),
+        # No broadcast chosen by size: a broadcast is collected on the driver, and Spark sizes
+        # a table by its compressed Parquet bytes, about a tenth of the hash table it builds.
+        # At 20M events the 457k-user vocab (5 MB of Parquet) was broadcast and ran a 1 GB
+        # driver out of memory. recpipe broadcasts item-sized tables by hint (F.broadcast);
+        # tables that grow with users are joined by shuffle. spark.conf may set a threshold.
+        "spark.sql.autoBroadcastJoinThreshold": "-1",
     }
     if spark.executor_memory:
         conf["spark.executor.memory"] = spark.executor_memory

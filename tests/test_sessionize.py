@@ -9,6 +9,9 @@ import pytest
 from helpers import build_config, epoch_ms, read_rows, run_chain, utc, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe.lake import Lake
+from recpipe.stages.sessionize import indexed_events
+
 DS1, DS2 = "2026-11-10", "2026-11-11"
 D1, D2 = "2026-11-10T", "2026-11-11T"
 
@@ -287,3 +290,30 @@ def test_history_days_reads_only_the_window(sessionized: Callable[..., Run]) -> 
     expected = {"events_ds": [DS2], "rows_in": 3, "rows_duplicate": 0, "sessions": 3, "users": 2}
     assert {key: manifest[key] for key in expected} == expected
     assert sum(r["length"] for r in rows) == 3
+
+
+def test_the_user_vocab_is_joined_by_shuffle_and_the_item_vocab_broadcast(
+    spark: SparkSession, sessionized: Callable[..., Run]
+) -> None:
+    """A table that grows with users is never broadcast (broadcasts are collected on the
+    driver), however small Spark estimates it: here 6 users, far under Spark's default size
+    threshold. The item vocabulary is broadcast by hint. The joined indexes are the vocab's."""
+    sessionized()
+    root = sessionized.root  # type: ignore[attr-defined]
+    config = build_config(root)
+    lake = Lake(config.root)
+    indexed, deduped = indexed_events(spark, config, lake, DS2, [DS1, DS2])
+    try:
+        rows = indexed.select("user_id", "user_idx", "item_id", "item_idx").collect()
+        plan = indexed._jdf.queryExecution().executedPlan().toString()
+    finally:
+        indexed.unpersist()
+        deduped.release()
+    users = {r["user_id"]: r["user_idx"] for r in read_rows(root, "vocab_users", DS2)}
+    items = {r["item_id"]: r["item_idx"] for r in read_rows(root, "vocab_items", DS2)}
+    assert rows and all(users[r["user_id"]] == r["user_idx"] for r in rows)
+    assert all(items[r["item_id"]] == r["item_idx"] for r in rows)
+    joins = [line.strip() for line in plan.splitlines() if "Join [" in line]
+    by_key = {line.split("[", 1)[1].split("#", 1)[0]: line for line in joins}
+    assert by_key["user_id"].lstrip(":-+ *()0123456789").startswith("SortMergeJoin"), joins
+    assert by_key["item_id"].lstrip(":-+ *()0123456789").startswith("BroadcastHashJoin"), joins
