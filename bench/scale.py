@@ -4,7 +4,8 @@ For each size (``--sizes``, event counts), synthetic logs (users ~ events/40, it
 events/200 capped at 200k) go through every stage as its own ``recpipe`` command, as the DAG
 runs them: clean -> vocab -> sessionize -> split -> train-baseline (ALS) -> export -> train
 (one deep model, one epoch) -> evaluate -> gate -> score -> publish, with
-``spark.driver_memory=1g``.
+``spark.driver_memory=1g`` and ``spark.shuffle_partitions`` growing with the events past 5M
+(see :func:`shuffle_partitions`), as an operator raises it with the data.
 Per stage it prints wall time, events/s, peak RSS of the driver's Python and JVM and of the
 largest executor Python worker (sampled from /proc every 0.2 s, so Linux only), and ends
 with the ratios of the largest size to the smallest: one line for time, one for peak driver
@@ -56,7 +57,6 @@ STAGES: list[tuple[str, list[str]]] = [
 SETTINGS = [
     "spark.driver_memory=1g",
     "spark.master=local[2]",
-    "spark.shuffle_partitions=8",
     "split.protocols=[random_by_user]",
     "train.processes=1",
     "train.max_epochs=1",
@@ -157,6 +157,13 @@ def spec_for(size: int) -> SyntheticSpec:
     )  # fmt: skip
 
 
+def shuffle_partitions(size: int) -> int:
+    """8 up to 5M events, then one per 625k events: a task's share of a shuffle stays near
+    what 8 partitions hold at 5M. At 20M events 8 partitions (2.5M rows each) ran the 1 GB
+    local JVM out of heap in sessionize's sort; 32 fit."""
+    return max(8, size // 625_000)
+
+
 @dataclass
 class StageResult:
     """One stage at one size."""
@@ -216,7 +223,10 @@ def bench_size(root: Path, size: int, resume: bool = False) -> list[StageResult]
         subprocess.run(["rm", "-rf", str(state)], check=True)
         done_file.unlink(missing_ok=True)
         log.unlink(missing_ok=True)
-    overrides = [f"paths.root={state}", f"paths.raw_events={raw.uri}", *SETTINGS]
+    overrides = [
+        f"paths.root={state}", f"paths.raw_events={raw.uri}", *SETTINGS,
+        f"spark.shuffle_partitions={shuffle_partitions(size)}",
+    ]  # fmt: skip
     measured = {r.stage for r in results}
     for name, args in STAGES:
         if name in measured:
