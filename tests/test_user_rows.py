@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from recpipe.models.base import ModelContext
 from recpipe.models.user_rows import (
     attach_user_rows,
     item_side_state,
+    rows_per_group,
     user_row_keys,
     user_row_tables,
     write_user_rows,
@@ -145,3 +147,20 @@ def test_written_user_rows_are_one_row_per_user(tmp_path) -> None:
     np.testing.assert_array_equal(table.column("user_idx").to_numpy(), np.arange(N_USERS))
     vectors = np.stack(table.column("user_vector").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(vectors, state["state_dict"]["user_emb.weight"].numpy())
+
+
+def test_user_rows_are_written_in_row_groups_of_bounded_bytes(tmp_path) -> None:
+    """Row groups of about the byte budget (Spark's reader holds a whole group), the same
+    rows read back, whatever the group boundaries."""
+    state = model_state(_model("bpr_mf", {"dim": 8}))
+    budget = 4 * 8 * 5  # five users' 8-float vectors per group
+    written = write_user_rows(state, tmp_path / "rows", rows_per_file=16, group_bytes=budget)
+    assert written == N_USERS
+    for path in sorted((tmp_path / "rows").glob("*.parquet")):
+        meta = pq.ParquetFile(path).metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert max(sizes) == 5 and sum(sizes) == meta.num_rows, sizes
+    table = pads.dataset(tmp_path / "rows").to_table().sort_by("user_idx")
+    vectors = np.stack(table.column("user_vector").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(vectors, state["state_dict"]["user_emb.weight"].numpy())
+    assert rows_per_group(256) == (32 << 20) // 1024

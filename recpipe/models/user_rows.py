@@ -36,6 +36,8 @@ USER_FEATURES = (buffer_name("users", ""), buffer_name(CONTEXT, ""))
 # Checkpoint field of an item-side model: which tables were taken out, their widths, and how
 # many users they had.
 USER_ROWS_KEY = "user_rows"
+# Bytes of user vectors per Parquet row group: what one Spark reader task holds at once.
+ROW_GROUP_BYTES = 32 << 20
 
 
 def user_row_keys(state: dict[str, Any]) -> list[str]:
@@ -95,15 +97,32 @@ def user_row_tables(state: dict[str, Any], rows_per_table: int) -> Iterator[pa.T
         yield pa.table({USER_IDX: users, USER_VECTOR: vectors})
 
 
-def write_user_rows(state: dict[str, Any], folder: LocationLike, rows_per_file: int) -> int:
-    """Write the checkpoint's user rows as Parquet files into ``folder`` (any location);
-    returns the rows written."""
+def rows_per_group(width: int, group_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Users per Parquet row group for vectors of ``width`` floats: about ``group_bytes``."""
+    return max(1, group_bytes // (4 * max(width, 1)))
+
+
+def write_user_rows(
+    state: dict[str, Any],
+    folder: LocationLike,
+    rows_per_file: int,
+    group_bytes: int = ROW_GROUP_BYTES,
+) -> int:
+    """Write the checkpoint's user rows as Parquet files into ``folder`` (any location), in
+    row groups of about ``group_bytes``; returns the rows written.
+
+    A Spark reader holds a whole row group's column chunk: one group per file (262k users x
+    256 floats, 272 MB) ran a 1 GB JVM out of heap at 20M events.
+    """
     folder = as_location(folder)
     storage.makedirs(folder)
     rows = 0
     for number, table in enumerate(user_row_tables(state, rows_per_file)):
+        width = len(table.column(USER_VECTOR).combine_chunks().values) // max(table.num_rows, 1)
         filesystem, path = storage.arrow_path(folder / f"part-{number:05d}.parquet")
-        pq.write_table(table, path, filesystem=filesystem)
+        pq.write_table(
+            table, path, filesystem=filesystem, row_group_size=rows_per_group(width, group_bytes)
+        )
         rows += table.num_rows
     return rows
 
