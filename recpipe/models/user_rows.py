@@ -12,6 +12,7 @@ from the joined column in place (:func:`attach_user_rows`): the same numbers as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,13 +117,13 @@ def write_user_rows(
     """
     folder = as_location(folder)
     storage.makedirs(folder)
+    # Floats per user: every user table's row, as user_row_tables concatenates them.
+    width = sum(math.prod(state["state_dict"][key].shape[1:]) for key in user_row_keys(state))
+    group_rows = rows_per_group(width, group_bytes)
     rows = 0
     for number, table in enumerate(user_row_tables(state, rows_per_file)):
-        width = len(table.column(USER_VECTOR).combine_chunks().values) // max(table.num_rows, 1)
         filesystem, path = storage.arrow_path(folder / f"part-{number:05d}.parquet")
-        pq.write_table(
-            table, path, filesystem=filesystem, row_group_size=rows_per_group(width, group_bytes)
-        )
+        pq.write_table(table, path, filesystem=filesystem, row_group_size=group_rows)
         rows += table.num_rows
     return rows
 
