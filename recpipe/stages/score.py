@@ -16,7 +16,6 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -37,7 +36,7 @@ from recpipe.scoring.memory import fitted_block_mib
 from recpipe.scoring.model_columns import with_model_columns
 from recpipe.scoring.scorers import ModelPayload
 from recpipe.serving import ALL, serving_protocol
-from recpipe.spark import executor_settings
+from recpipe.spark import executor_settings, persist_on_disk
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import vocab_size
 
@@ -112,7 +111,8 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
         histories = with_model_columns(
             spark, config.root, with_trained_flag(history_frame(spark, config.root, ds), train),
             payload, model_ds, serving, k=settings.k, exclude_seen=True,
-        ).persist(StorageLevel.MEMORY_AND_DISK)  # fmt: skip
+        )  # fmt: skip
+        histories = persist_on_disk(histories)
         popular = popular_list(spark, config.root, ds, settings.popular_window_days)
         block = ScoreSettings(
             k=settings.k,
@@ -124,7 +124,7 @@ def run_score(spark: SparkSession, config: Config, ds: str, model: str) -> dict[
             ),
         )
         scored = score_frame(spark, histories, payload, popular, block, settings.partitions)
-        rows = _with_ids(spark, config, ds, scored).persist(StorageLevel.MEMORY_AND_DISK)
+        rows = persist_on_disk(_with_ids(spark, config, ds, scored))
         try:
             users_in = histories.count()
             by_source = {
