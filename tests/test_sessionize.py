@@ -9,8 +9,10 @@ import pytest
 from helpers import build_config, epoch_ms, read_rows, run_chain, utc, write_jsonl
 from pyspark.sql import SparkSession
 
+from recpipe import task_memory as task_memory_module
 from recpipe.lake import Lake
-from recpipe.stages.sessionize import indexed_events
+from recpipe.stages.sessionize import indexed_events, run_sessionize
+from recpipe.task_memory import ShufflePartitionsTooFewError, task_memory
 
 DS1, DS2 = "2026-11-10", "2026-11-11"
 D1, D2 = "2026-11-10T", "2026-11-11T"
@@ -317,3 +319,32 @@ def test_the_user_vocab_is_joined_by_shuffle_and_the_item_vocab_broadcast(
     by_key = {line.split("[", 1)[1].split("#", 1)[0]: line for line in joins}
     assert by_key["user_id"].lstrip(":-+ *()0123456789").startswith("SortMergeJoin"), joins
     assert by_key["item_id"].lstrip(":-+ *()0123456789").startswith("BroadcastHashJoin"), joins
+
+
+def test_too_few_shuffle_partitions_stop_the_stage_before_it_publishes(
+    spark: SparkSession, sessionized: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With rows priced so that a task holds 5 of them, the 23 events read (before the
+    cross-day duplicate is dropped) in 2 shuffle partitions are refused naming
+    spark.shuffle_partitions, and the published sessions stay as they were; with the
+    partitions the error asks for, the same run passes. (The real row cost is calibrated at
+    20M events in bench/scale.py; this only scales it.)"""
+    rows, _ = sessionized()
+    root = sessionized.root  # type: ignore[attr-defined]
+    memory = task_memory(
+        dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.defaultParallelism
+    )
+    monkeypatch.setattr(task_memory_module, "ROW_BYTES", memory.mib * 2**20 // 5)
+    with pytest.raises(ShufflePartitionsTooFewError) as refused:
+        run_sessionize(spark, build_config(root), DS2)
+    read = len(DAY1) + len(DAY2)
+    assert f"sessionize: {read} events in 2 shuffle partitions is 12 a task" in str(refused.value)
+    assert "set spark.shuffle_partitions to at least 5" in str(refused.value)
+    assert read_rows(root, "sessions", DS2) == rows
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        spark.conf.set("spark.sql.shuffle.partitions", "5")
+        assert run_sessionize(spark, build_config(root), DS2)["status"] == "ok"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before or "2")
+    assert sorted(map(str, read_rows(root, "sessions", DS2))) == sorted(map(str, rows))

@@ -54,6 +54,7 @@ from recpipe.spark import one_row
 from recpipe.stages.split import PROTOCOL
 from recpipe.storage import Location, LocationLike
 from recpipe.tables import vocab_size
+from recpipe.task_memory import check_shuffle_fits
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,12 @@ def read_train(spark: SparkSession, tx: Transaction[ExportManifest], protocol: s
             f"no train split for protocol={protocol} ds={tx.ds}: run `recpipe split --ds {tx.ds}`"
         )
     train = tx.lake.read(spark, "train", [partition])
+    rows = train.count()
     check_rows(
-        f"train protocol={protocol}", tx.ds, train.count(), tx.config.root, "split",
+        f"train protocol={protocol}", tx.ds, rows, tx.config.root, "split",
         lambda m: m.protocols[protocol].train.rows,
     )  # fmt: skip
+    check_shuffle_fits(spark, "export", rows)
     return train
 
 

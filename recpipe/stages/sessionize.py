@@ -38,6 +38,7 @@ from recpipe.schema import (
     VALUE,
 )
 from recpipe.spark import one_row
+from recpipe.task_memory import check_shuffle_fits
 
 
 class VocabMissingError(RecpipeError):
@@ -100,7 +101,8 @@ def indexed_events(
         USER_ID, ITEM_ID, EVENT_TYPE, TS, VALUE, SESSION_ID, SOURCE_FILE, DS,
         event_context(fields).alias(CONTEXT),
     )  # fmt: skip
-    check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
+    counts = check_rows_per_ds(events, EVENTS, event_ds, config.root, "clean")
+    check_shuffle_fits(spark, "sessionize", sum(counts.values()))
     deduped = dedupe_repeated(events, DUPLICATE_KEY, order_by=(DS, SOURCE_FILE))
     distinct = deduped.rows.drop(DS)
     users = lake.read(spark, VOCAB_USERS, [{DS: ds}]).select(USER_ID, USER_IDX)

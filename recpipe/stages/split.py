@@ -44,6 +44,7 @@ from recpipe.schema import (
 )
 from recpipe.serving import ALL, written_protocols
 from recpipe.spark import one_row
+from recpipe.task_memory import check_shuffle_fits
 
 # The cold-start protocols and whose first interaction time decides what is cold.
 COLD_START_KEYS = {"cold_items": ITEM_IDX, "cold_users": USER_IDX}
@@ -148,6 +149,7 @@ def read_interactions(
         EVENT_RANK, event_rank(config.clean.event_types)
     )
     rows_in = interactions.count()
+    check_shuffle_fits(spark, "split", rows_in)
     if config.split.dedupe_user_item:
         interactions = dedupe_user_item(interactions)
     return interactions.persist(StorageLevel.MEMORY_AND_DISK), rows_in

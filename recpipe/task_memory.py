@@ -1,0 +1,110 @@
+"""Whether a stage's event rows fit its shuffle partitions, checked before any Spark job.
+
+A Spark task holds one shuffle partition in the JVM memory its slot gets: the heap less
+Spark's 300 MiB reserve, times ``spark.memory.fraction``, shared by the task slots running at
+once (in local mode the driver's heap and the ``local[N]`` threads, on a cluster an executor's
+heap and its cores). Sorts and aggregations spill, but not everything a task holds is counted
+(session lists, hash-aggregate buffers, a persisted block read back), so a partition far larger
+than its share runs the heap out part-way through a stage. Measured with ``bench/scale.py`` at
+20M events, 1 GB driver, ``local[2]`` (~217 MiB a task): ``sessionize`` failed with 2.5M rows
+a partition and passed with 625k, so a row costs between 87 and 364 B; :data:`ROW_BYTES` takes
+a value inside that range. A stage whose rows per partition exceed what fits stops before work
+starts with an error naming ``spark.shuffle_partitions``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from recpipe.config import ConfigError
+from recpipe.scoring.memory import parse_mib
+
+RESERVED_MIB = 300  # Spark's reserved system memory (spark.testing.reservedMemory)
+DEFAULT_FRACTION = 0.6  # spark.memory.fraction's default
+# Bytes an event row costs a task in the stages that shuffle events by user (see above).
+ROW_BYTES = 256
+PARTITIONS_KEY = "spark.shuffle_partitions"
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class ShufflePartitionsTooFewError(ConfigError):
+    """A stage's rows per shuffle partition cannot fit the memory a task has."""
+
+
+@dataclass(frozen=True)
+class TaskMemory:
+    """MiB of execution and storage memory one running task gets, and where it comes from."""
+
+    mib: int
+    source: str  # e.g. "spark.driver.memory=1g, 2 task slots, spark.memory.fraction=0.6"
+
+
+def task_memory(conf: Mapping[str, str], local_slots: int) -> TaskMemory:
+    """The memory a task gets under ``conf`` (the running session's settings); ``local_slots``
+    is the number of tasks a local master runs at once."""
+    master = conf.get("spark.master", "local[*]")
+    fraction_text = conf.get("spark.memory.fraction", str(DEFAULT_FRACTION))
+    try:
+        fraction = float(fraction_text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid config: spark.memory.fraction={fraction_text!r} is not a number"
+        ) from None
+    if master.startswith("local"):
+        key, default, slots = "spark.driver.memory", "1g", max(local_slots, 1)
+    else:
+        key, default = "spark.executor.memory", "1g"
+        slots = _executor_slots(conf)
+    heap_text = conf.get(key, default)
+    heap = parse_mib(heap_text, key)
+    mib = int(max(heap - RESERVED_MIB, 0) * fraction / slots)
+    source = f"{key}={heap_text}, {slots} task slot(s), spark.memory.fraction={fraction_text}"
+    return TaskMemory(mib, source)
+
+
+def _executor_slots(conf: Mapping[str, str]) -> int:
+    """Tasks an executor runs at once: its cores over ``spark.task.cpus`` (1 when unset, the
+    lenient guess: a standalone executor takes all its worker's cores by default)."""
+    cores, task_cpus = conf.get("spark.executor.cores", "1"), conf.get("spark.task.cpus", "1")
+    if not re.fullmatch(r"\d+", cores.strip()) or not re.fullmatch(r"\d+", task_cpus.strip()):
+        return 1
+    return max(int(cores) // max(int(task_cpus), 1), 1)
+
+
+def rows_that_fit(memory: TaskMemory, row_bytes: int) -> int:
+    """How many event rows of ``row_bytes`` one shuffle partition may hold in ``memory``."""
+    return memory.mib * 2**20 // row_bytes
+
+
+def check_rows_per_partition(
+    stage: str, rows: int, partitions: int, memory: TaskMemory, row_bytes: int | None = None
+) -> None:
+    """Refuse, naming :data:`PARTITIONS_KEY`, when ``rows`` over ``partitions`` shuffle
+    partitions leaves more rows a task than ``memory`` holds (rows of :data:`ROW_BYTES` unless
+    ``row_bytes`` is given)."""
+    row_bytes = row_bytes or ROW_BYTES
+    fit = rows_that_fit(memory, row_bytes)
+    per_partition = math.ceil(rows / max(partitions, 1))
+    if per_partition <= fit:
+        return
+    needed = math.ceil(rows / max(fit, 1))
+    raise ShufflePartitionsTooFewError(
+        f"{stage}: {rows:,} events in {partitions} shuffle partitions is {per_partition:,} a "
+        f"task, but a task has ~{memory.mib} MiB ({memory.source}), room for ~{fit:,} rows at "
+        f"~{row_bytes} B: set {PARTITIONS_KEY} to at least {needed} (or give tasks more memory)"
+    )
+
+
+def check_shuffle_fits(spark: SparkSession, stage: str, rows: int) -> None:
+    """:func:`check_rows_per_partition` for ``rows`` events under the running session's
+    shuffle partitions and task memory."""
+    context = spark.sparkContext
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "200")
+    memory = task_memory(dict(context.getConf().getAll()), context.defaultParallelism)
+    check_rows_per_partition(stage, rows, partitions, memory)
