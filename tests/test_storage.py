@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import boto3
 import pytest
@@ -73,6 +74,27 @@ def _exercise(base: Location) -> None:
     with storage.open_input(base / "lake" / "t" / "v=2" / "part-0.parquet") as handle:
         handle.seek(15)
         assert handle.read() == b"y" * 5
+    _exercise_streamed_writes(base / "models" / "last.pt")
+
+
+def _exercise_streamed_writes(target: Location) -> None:
+    """A streamed write lands whole; one whose writer fails part-way leaves the old file."""
+    chunks = [bytes([n]) * (1 << 16) for n in range(5)]
+
+    def write_all(handle: BinaryIO) -> None:
+        for chunk in chunks:
+            handle.write(chunk)
+
+    def fail_midway(handle: BinaryIO) -> None:
+        handle.write(b"half of a new checkpoint")
+        raise RuntimeError("serialisation failed")
+
+    storage.write_streamed(target, write_all)
+    assert storage.read_bytes(target) == b"".join(chunks)
+    with pytest.raises(RuntimeError, match="serialisation failed"):
+        storage.write_streamed(target, fail_midway)
+    assert storage.read_bytes(target) == b"".join(chunks)
+    assert [e.name for e in storage.list_dir(target.parent)] == [target.name]
 
 
 def test_local_operations_leave_no_temp_files(tmp_path: Path) -> None:

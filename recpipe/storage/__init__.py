@@ -28,6 +28,7 @@ from recpipe.storage.files import (
     size,
     write_bytes,
     write_json,
+    write_streamed,
     write_text,
 )
 from recpipe.storage.filesystems import (
@@ -69,5 +70,6 @@ __all__ = [
     "size",
     "write_bytes",
     "write_json",
+    "write_streamed",
     "write_text",
 ]

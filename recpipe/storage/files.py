@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import io
 import json
 import os
 import uuid
@@ -118,6 +119,16 @@ def read_json(location: LocationLike) -> Any:
 @_one_line_errors
 def write_bytes(location: LocationLike, data: bytes) -> None:
     """Replace a file with ``data`` in one step readers cannot see half done."""
+    write_streamed(location, lambda handle: handle.write(data))
+
+
+@_one_line_errors
+def write_streamed(location: LocationLike, write: Callable[[BinaryIO], object]) -> None:
+    """Replace a file with what ``write`` writes to a binary handle, in one step readers
+    cannot see half done. A local file is streamed to a temporary file beside it (a
+    checkpoint of gigabytes is never held in memory whole); elsewhere the content is
+    gathered in memory first and sent in one write, so that a ``write`` failing part-way
+    publishes nothing (an object store's stream cannot be aborted: closing it publishes)."""
     loc = as_location(location)
     fs, path = resolve(loc)
     parent = path.rsplit("/", 1)[0] or "/"
@@ -126,7 +137,7 @@ def write_bytes(location: LocationLike, data: bytes) -> None:
         temp = f"{parent}/.{loc.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             with open(temp, "wb") as handle:
-                handle.write(data)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
@@ -134,8 +145,10 @@ def write_bytes(location: LocationLike, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp)
         return
+    buffer = io.BytesIO()
+    write(buffer)
     with fs.open_output_stream(path) as stream:  # one object, visible when closed
-        stream.write(data)
+        stream.write(buffer.getbuffer())
 
 
 def write_text(location: LocationLike, text: str) -> None:

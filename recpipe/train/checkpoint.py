@@ -27,10 +27,10 @@ LAST_FILE = "last.pt"  # full training state for --resume
 
 
 def save_atomic(state: dict[str, Any], location: LocationLike) -> None:
-    """Write a checkpoint in one step readers never see half done (any location)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    storage.write_bytes(location, buffer.getvalue())
+    """Write a checkpoint in one step readers never see half done (any location), streamed:
+    serialising it to memory first held a second copy of the model and its optimizer
+    moments (1.7 GB more at 20M events) and took ~17 s a checkpoint there."""
+    storage.write_streamed(location, lambda handle: torch.save(state, handle))
 
 
 def load_state(source: LocationLike | BinaryIO) -> dict[str, Any]:
