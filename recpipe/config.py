@@ -432,6 +432,9 @@ class TrainConfig(_Section):
     # Across processes gradients stay dense (NCCL reduces no sparse tensor).
     sparse_embedding_gradients: bool = True
     checkpoint_every: int = Field(500, ge=1)
+    # Mid-epoch checkpoints are skipped while writing them would exceed this share of the
+    # training time (recpipe.train.pacing); null writes every one that is due.
+    checkpoint_max_overhead: float | None = Field(0.05, gt=0, le=1)
     log_every: int = Field(50, ge=1)
     max_epochs: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)

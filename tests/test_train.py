@@ -31,7 +31,7 @@ from recpipe.scoring.histories import UserHistories
 from recpipe.stages.export import run_export
 from recpipe.stages.train import build_spec, run_train
 from recpipe.tables import load_split
-from recpipe.train.checkpoint import load_model, load_state
+from recpipe.train.checkpoint import LAST_FILE, load_model, load_state
 from recpipe.train.launchers import launch
 from recpipe.train.loop import StoppedEarly
 from recpipe.train.validation import Validator
@@ -90,6 +90,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(root, tmp_path) -> 
         "train.launcher=local",
         "train.max_epochs=3",
         "train.checkpoint_every=2",
+        "train.checkpoint_max_overhead=null",  # every due checkpoint written, as said below
         "models.sasrec.batch_size=16",
         "train.shuffle_buffer=64",
     )
@@ -109,6 +110,23 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(root, tmp_path) -> 
     assert result["steps"] == steps
     for key, value in uninterrupted.items():
         assert torch.equal(value, resumed[key]), key
+
+
+def test_mid_epoch_checkpoints_are_skipped_past_their_share_of_time(root) -> None:
+    """With a tiny share only the first due checkpoint of the run is written mid-epoch;
+    every epoch still ends with one, and the run resumes from the last."""
+    spec, config = _spec(
+        root, "bpr_mf", "train.launcher=local", "train.max_epochs=2",
+        "train.checkpoint_every=1", "train.checkpoint_max_overhead=1e-9",
+        "models.bpr_mf.batch_size=16",
+    )  # fmt: skip
+    result = launch(spec, config.train)
+    steps = result["steps"]
+    assert steps >= 4
+    assert result["checkpoints"]["written"] == 1 + 2
+    assert result["checkpoints"]["skipped"] == steps - 1
+    last = load_state(spec.checkpoint_dir / LAST_FILE)
+    assert last["progress"]["step"] == steps and last["progress"]["epoch"] == 2
 
 
 def test_two_process_gloo_run_keeps_replicas_identical_and_loss_falls(

@@ -46,6 +46,7 @@ from recpipe.storage import as_location
 from recpipe.train.checkpoint import LAST_FILE, load_state, model_state, save_atomic
 from recpipe.train.distributed import Collectives, DistContext, collectives_for
 from recpipe.train.optim import RowLazyAdamW, parameter_groups, use_sparse_embedding_gradients
+from recpipe.train.pacing import CheckpointPacer
 from recpipe.train.spec import TrainSpec
 from recpipe.train.validation import Validator
 
@@ -118,6 +119,7 @@ class _Run:
     validator: Validator | _Remote | None = None
     loader: Any = None
     samples_seen: int = 0
+    pacer: CheckpointPacer = field(default_factory=lambda: CheckpointPacer(None))
 
 
 @dataclass
@@ -205,9 +207,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
         )
+        pacer = CheckpointPacer(self.settings.checkpoint_max_overhead)
         return _Run(
-            ctx, model, wrapped, optimizer, scheduler, dataset, own_batches, steps_per_epoch, epochs
-        )
+            ctx, model, wrapped, optimizer, scheduler, dataset, own_batches, steps_per_epoch,
+            epochs, pacer=pacer,
+        )  # fmt: skip
 
     def _dataset(self, model: RecModel, ctx: DistContext) -> ArrowSampleDataset:
         """This rank's samples through ``train.loader``."""
@@ -311,8 +315,8 @@ class Trainer:
             progress.step_in_epoch = index + 1
             bar.update(1)
             self._log_step(run, loss, bar)
-            if progress.step % self.settings.checkpoint_every == 0:
-                self._checkpoint(run)
+            if progress.step % self.settings.checkpoint_every == 0 and run.pacer.due():
+                run.pacer.write(lambda: self._checkpoint(run))
             if self.spec.stop_after_steps and progress.step >= self.spec.stop_after_steps:
                 raise StoppedEarly(f"stopped after {progress.step} steps")
         # Ending the iteration runs the loader's row accounting against the manifest.
@@ -390,7 +394,7 @@ class Trainer:
                 run.epochs, mean_loss,
                 f", valid {entry['metric']:.4f}" if "metric" in entry else "", entry["seconds"],
             )  # fmt: skip
-        self._checkpoint(run)
+        run.pacer.write(lambda: self._checkpoint(run))
 
     def _validate(self, run: _Run, entry: dict[str, Any]) -> None:
         """Score on rank 0, share the metric, keep ``best.pt`` and decide on early stopping."""
@@ -448,6 +452,7 @@ class Trainer:
             "device": str(ctx.device),
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows_total / max(seconds, 1e-9), 1),
+            "checkpoints": run.pacer.summary(),
             "history": progress.history,
             "model_config": run.model.config.model_dump(mode="json"),
         }
