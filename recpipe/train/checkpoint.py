@@ -27,9 +27,9 @@ LAST_FILE = "last.pt"  # full training state for --resume
 
 
 def save_atomic(state: dict[str, Any], location: LocationLike) -> None:
-    """Write a checkpoint in one step readers never see half done (any location), streamed:
-    serialising it to memory first held a second copy of the model and its optimizer
-    moments (1.7 GB more at 20M events) and took ~17 s a checkpoint there."""
+    """Write a checkpoint in one step readers never see half done (any location), streamed
+    to a local file: serialising it to memory first held a second copy of the model and its
+    optimizer moments (1.7 GB more at 20M events; ``bench/checkpoint.py``)."""
     storage.write_streamed(location, lambda handle: torch.save(state, handle))
 
 
