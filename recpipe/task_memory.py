@@ -56,7 +56,7 @@ def task_memory(conf: Mapping[str, str], local_slots: int) -> TaskMemory:
         raise ConfigError(
             f"invalid config: spark.memory.fraction={fraction_text!r} is not a number"
         ) from None
-    if master.startswith("local"):
+    if master.startswith("local") and not master.startswith("local-cluster"):
         key, default, slots = "spark.driver.memory", "1g", max(local_slots, 1)
     else:
         key, default = "spark.executor.memory", "1g"

@@ -35,6 +35,9 @@ def test_a_cluster_task_shares_its_executor_heap_with_the_executor_cores() -> No
         "spark.memory.fraction": "0.5",
     }
     assert task_memory(conf, local_slots=16).mib == int((6144 - 300) * 0.5 / 2)
+    # local-cluster runs real executor JVMs too: their heap counts, not the driver's.
+    conf["spark.master"] = "local-cluster[2,4,6144]"
+    assert task_memory(conf, local_slots=16).mib == int((6144 - 300) * 0.5 / 2)
 
 
 def test_a_bad_memory_setting_names_its_key() -> None:
