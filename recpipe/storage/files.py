@@ -119,7 +119,7 @@ def read_json(location: LocationLike) -> Any:
 @_one_line_errors
 def write_bytes(location: LocationLike, data: bytes) -> None:
     """Replace a file with ``data`` in one step readers cannot see half done."""
-    write_streamed(location, lambda handle: handle.write(data))
+    _replace(location, lambda handle: handle.write(data), data)
 
 
 @_one_line_errors
@@ -129,6 +129,14 @@ def write_streamed(location: LocationLike, write: Callable[[BinaryIO], object]) 
     checkpoint of gigabytes is never held in memory whole); elsewhere the content is
     gathered in memory first and sent in one write, so that a ``write`` failing part-way
     publishes nothing (an object store's stream cannot be aborted: closing it publishes)."""
+    _replace(location, write, None)
+
+
+def _replace(
+    location: LocationLike, write: Callable[[BinaryIO], object], content: bytes | None
+) -> None:
+    """Write a local file through ``write`` beside its target, then move it over; send any
+    other one as one write of ``content`` (gathered through ``write`` when None)."""
     loc = as_location(location)
     fs, path = resolve(loc)
     parent = path.rsplit("/", 1)[0] or "/"
@@ -145,10 +153,12 @@ def write_streamed(location: LocationLike, write: Callable[[BinaryIO], object]) 
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp)
         return
-    buffer = io.BytesIO()
-    write(buffer)
+    if content is None:
+        buffer = io.BytesIO()
+        write(buffer)
+        content = buffer.getvalue()
     with fs.open_output_stream(path) as stream:  # one object, visible when closed
-        stream.write(buffer.getbuffer())
+        stream.write(content)
 
 
 def write_text(location: LocationLike, text: str) -> None:
