@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recpipe.config import ConfigError
-from recpipe.scoring.memory import parse_mib
+from recpipe.scoring.memory import executor_cores, parse_mib
 
 RESERVED_MIB = 300  # Spark's reserved system memory (spark.testing.reservedMemory)
 DEFAULT_FRACTION = 0.6  # spark.memory.fraction's default
@@ -69,12 +69,12 @@ def task_memory(conf: Mapping[str, str], local_slots: int) -> TaskMemory:
 
 
 def _executor_slots(conf: Mapping[str, str]) -> int:
-    """Tasks an executor runs at once: its cores over ``spark.task.cpus`` (1 when unset, the
-    lenient guess: a standalone executor takes all its worker's cores by default)."""
-    cores, task_cpus = conf.get("spark.executor.cores", "1"), conf.get("spark.task.cpus", "1")
-    if not re.fullmatch(r"\d+", cores.strip()) or not re.fullmatch(r"\d+", task_cpus.strip()):
+    """Tasks an executor runs at once: its cores over ``spark.task.cpus`` (cores 1 when unset,
+    the lenient guess: a standalone executor takes all its worker's cores by default)."""
+    task_cpus = conf.get("spark.task.cpus", "1")
+    if not re.fullmatch(r"\d+", task_cpus.strip()):
         return 1
-    return max(int(cores) // max(int(task_cpus), 1), 1)
+    return max(executor_cores(conf) // max(int(task_cpus), 1), 1)
 
 
 def rows_that_fit(memory: TaskMemory, row_bytes: int) -> int:

@@ -49,11 +49,18 @@ def worker_memory(conf: Mapping[str, str]) -> WorkerMemory | None:
     total = conf.get(PYSPARK_MEMORY)
     if not total:
         return None
+    cores = executor_cores(conf)
+    share = parse_mib(total, PYSPARK_MEMORY) // cores
+    return WorkerMemory(share, f"{PYSPARK_MEMORY}={total} / {EXECUTOR_CORES}={cores}")
+
+
+def executor_cores(conf: Mapping[str, str]) -> int:
+    """``spark.executor.cores`` (1 when unset); one-line error naming it when it is not a
+    positive number."""
     cores = conf.get(EXECUTOR_CORES) or "1"
     if not cores.strip().isdigit() or int(cores) < 1:
         raise ConfigError(f"invalid config: {EXECUTOR_CORES}={cores!r} is not a positive number")
-    share = parse_mib(total, PYSPARK_MEMORY) // int(cores)
-    return WorkerMemory(share, f"{PYSPARK_MEMORY}={total} / {EXECUTOR_CORES}={cores}")
+    return int(cores)
 
 
 def fitted_block_mib(
