@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Row, SparkSession
 
 from recpipe import storage
@@ -376,6 +377,4 @@ def persist_on_disk(frame: DataFrame) -> DataFrame:
     ``score`` at 20M events with a 1 GB driver). ``DISK_ONLY`` blocks stream back in batches,
     and the OS page cache still keeps recent ones in memory.
     """
-    from pyspark import StorageLevel
-
     return frame.persist(StorageLevel.DISK_ONLY)
