@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -24,7 +23,7 @@ from recpipe.evaluation.metrics import ideal_dcg as ideal_dcg_table
 from recpipe.evaluation.ranking import PAD_ITEM
 from recpipe.evaluation.segments import NO_PROFILE, Segment, Segments
 from recpipe.schema import ITEM_IDX, USER_IDX
-from recpipe.spark import one_row
+from recpipe.spark import one_row, persist_on_disk
 
 RANK = "rank"
 K = "k"
@@ -63,7 +62,7 @@ def spark_ranking_metrics(
         (F.col(RANK) <= ks[-1]) & (F.col(ITEM_IDX) != PAD_ITEM)
     )
     truth = truth.select(USER_IDX, ITEM_IDX).distinct()
-    per_user = _per_user_metrics(top, truth, ks).persist(StorageLevel.MEMORY_AND_DISK)
+    per_user = persist_on_disk(_per_user_metrics(top, truth, ks))
     try:
         per_k = per_user.groupBy(K).agg(
             F.count(F.lit(1)).alias("users"), *(F.avg(name).alias(name) for name in METRICS)

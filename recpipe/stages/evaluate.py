@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -35,6 +34,7 @@ from recpipe.manifest import StageRun
 from recpipe.model_store import executor_model_files, load_for_evaluation, model_kind
 from recpipe.schema import DS, ITEM_IDX, TS, USER_IDX
 from recpipe.scoring.scorers import ModelPayload
+from recpipe.spark import persist_on_disk
 from recpipe.stages.split import PROTOCOL
 from recpipe.tables import load_split, split_rows, vocab_size
 
@@ -181,7 +181,8 @@ def _evaluate_on_spark(
         spark, config.root, users, payload, ds, protocol, ranking.k, ranking.exclude_seen
     )
     recs = rank_on_executors(spark, users, payload, ranking, settings.partitions)
-    recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+    # users x K rows in `evaluation.partitions` blocks: they grow with users, so disk only.
+    recs = persist_on_disk(recs)
     try:
         boot = settings.bootstrap
         activity = history.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias(ACTIVITY))
