@@ -206,10 +206,12 @@ class DenseScorer(Scorer):
 
     @torch.no_grad()
     def score_rows(self, histories: UserHistories) -> np.ndarray:
-        """Full score rows [U, n_items + 1] float64 (padding and unknown items -inf, seen
-        items not masked): the input of the evaluation library's ranking, for small data."""
-        # One fresh float64 copy: a baseline keeps its precision, float32 rows widen exactly.
-        rows = np.array(self.scores(histories).detach().cpu().numpy(), dtype=np.float64)
+        """Full score rows [U, n_items + 1] (padding and unknown items -inf, seen items not
+        masked) in the model's precision (float32 for deep models, float64 for baselines):
+        the input of the evaluation library's ranking."""
+        # One fresh copy. Float32 rows are not widened: widening is exact, so it would change
+        # no ranking, only double the bytes every later pass over the block reads.
+        rows = np.array(self.scores(histories).detach().cpu().numpy())
         rows[:, ~self.known_items] = NEG_INF
         rows[:, PAD_ITEM] = NEG_INF
         return rows
@@ -225,7 +227,8 @@ class HistoryScorer:
     model: Baseline | RecModel  # what the scorer scores with
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        """Full score rows [len(users), n_items + 1] float64, unknown items -inf."""
+        """Full score rows [len(users), n_items + 1], unknown items -inf (see
+        :meth:`DenseScorer.score_rows`)."""
         return self.scorer.score_rows(self.histories.take(np.asarray(users, dtype=np.int64)))
 
 
