@@ -14,7 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -240,7 +240,7 @@ def evaluation_scorer(
 ) -> HistoryScorer:
     """A trained model scored as validation and evaluation rank it: full score rows over each
     user's ``history`` (by default the ``train`` split; a deep model's ``score_all``, a
-    baseline's own float64 scores of its users), items the model never trained on -inf (unless
+    baseline's own scores of its users), items the model never trained on -inf (unless
     it scores untrained items from their features: ``RecModel.scores_untrained_items``)."""
     known = train if history is None else history
     histories = UserHistories.from_events(
@@ -275,18 +275,26 @@ def dense_evaluation_scorer(
 
 
 def baseline_rows(model: Baseline, histories: UserHistories) -> np.ndarray:
-    """A baseline's float64 raw scores of these users: by user id for id-based models, else
-    from the histories given (never a history attached for every user)."""
+    """A baseline's raw scores of these users (float32 stays float32, anything else becomes
+    float64): by user id for id-based models, else from the histories given (never a history
+    attached for every user)."""
     if model.uses_user_ids and model.user_vectors_table is not None:
         # A user without a trained vector scores like the zero vector (as when the vectors
         # are held in memory, where such a user's row is zeros).
         vectors = np.nan_to_num(histories.require_vectors(), nan=0.0)
-        return np.asarray(model.scores_of_vectors(vectors), dtype=np.float64)
+        return _score_array(model.scores_of_vectors(vectors))
     if model.uses_user_ids:
-        return np.asarray(model.raw_scores(histories.users), dtype=np.float64)
+        return _score_array(model.raw_scores(histories.users))
     if model.neighbours_table is not None:
         return model.scores_of_candidates(*histories.require_candidates())
-    return np.asarray(_history_scores(model, histories), dtype=np.float64)
+    return _score_array(_history_scores(model, histories))
+
+
+def _score_array(scores: Any) -> np.ndarray:
+    """``scores`` as a float array without widening float32 (exact widening ranks alike and
+    only doubles the bytes every later pass over the rows reads)."""
+    array = np.asarray(scores)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
 
 
 def rebuild_model(payload: ModelPayload) -> Baseline | RecModel:
