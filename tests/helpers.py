@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -181,7 +183,6 @@ def train_at_location(root: Any, hadoop: dict[str, str], local: Path) -> tuple[A
     """bpr_mf under torchrun (2 ranks, 1 epoch) with every state file at ``root`` (a
     :class:`~recpipe.storage.Location`): two hand-made sample shards, item counts, checkpoints,
     model and result; ``hadoop`` reaches ``root``; launcher files go to ``local``."""
-    import numpy as np
 
     from recpipe import storage
     from recpipe.config import TrainConfig
@@ -216,3 +217,23 @@ def train_at_location(root: Any, hadoop: dict[str, str], local: Path) -> tuple[A
         model_file=str(run / "model.pt"), local_dir=str(local), storage=hadoop,
     )  # fmt: skip
     return spec, launch(spec, settings)
+
+
+def brute_force_top_k(
+    scores: np.ndarray, users: np.ndarray, seen: dict[int, set[int]], k: int
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Top-``k`` by hand: per row every item but padding, seen, NaN and -inf ones, sorted by
+    (score descending, item ascending), padded with (item 0, -inf)."""
+    items_out, scores_out = [], []
+    for row, user in enumerate(users):
+        candidates = [
+            (float(scores[row, item]), item)
+            for item in range(1, scores.shape[1])
+            if item not in seen.get(int(user), set()) and not np.isnan(scores[row, item])
+        ]
+        candidates = [c for c in candidates if c[0] != -math.inf]
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        best = candidates[:k] + [(-math.inf, 0)] * (k - len(candidates[:k]))
+        items_out.append([item for _, item in best])
+        scores_out.append([score for score, _ in best])
+    return items_out, scores_out

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import brute_force_top_k
 from pyspark.sql import SparkSession
 
 from recpipe.evaluation import (
@@ -153,24 +154,6 @@ def test_padding_item_is_never_a_hit() -> None:
 
 
 # --------------------------------------------------------------------------- top_k
-
-
-def brute_force_top_k(
-    scores: np.ndarray, users: np.ndarray, seen: dict[int, set[int]], k: int
-) -> tuple[list[list[int]], list[list[float]]]:
-    items_out, scores_out = [], []
-    for row, user in enumerate(users):
-        candidates = [
-            (float(scores[row, item]), item)
-            for item in range(1, scores.shape[1])
-            if item not in seen.get(int(user), set()) and not np.isnan(scores[row, item])
-        ]
-        candidates = [c for c in candidates if c[0] != -math.inf]
-        candidates.sort(key=lambda c: (-c[0], c[1]))
-        best = candidates[:k] + [(-math.inf, 0)] * (k - len(candidates[:k]))
-        items_out.append([item for _, item in best])
-        scores_out.append([score for score, _ in best])
-    return items_out, scores_out
 
 
 def make_scorer(matrix: np.ndarray):
