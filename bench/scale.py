@@ -164,6 +164,13 @@ def shuffle_partitions(size: int) -> int:
     return max(8, size // 625_000)
 
 
+def als_blocks(size: int) -> int:
+    """ALS user and item blocks: the default 4 up to 20M events, then one per 5M. At 50M
+    events the refit's 21.4M train rows in 4 blocks ran the 1 GB local JVM out of heap while
+    building a block; ``recpipe.task_memory`` now refuses that before fitting."""
+    return max(4, -(-size // 5_000_000))
+
+
 @dataclass
 class StageResult:
     """One stage at one size."""
@@ -226,6 +233,8 @@ def bench_size(root: Path, size: int, resume: bool = False) -> list[StageResult]
     overrides = [
         f"paths.root={state}", f"paths.raw_events={raw.uri}", *SETTINGS,
         f"spark.shuffle_partitions={shuffle_partitions(size)}",
+        f"baselines.als.num_user_blocks={als_blocks(size)}",
+        f"baselines.als.num_item_blocks={als_blocks(size)}",
     ]  # fmt: skip
     measured = {r.stage for r in results}
     for name, args in STAGES:

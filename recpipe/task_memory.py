@@ -10,6 +10,13 @@ than its share runs the heap out part-way through a stage. Measured with ``bench
 a partition and passed with 625k, so a row costs between 87 and 364 B; :data:`ROW_BYTES` takes
 a value inside that range. A stage whose rows per partition exceed what fits stops before work
 starts with an error naming ``spark.shuffle_partitions``.
+
+MLlib's ALS builds each user block's and each item block's ratings as one in-memory array in
+one task (``ALS.makeBlocks``), spilling nothing. Measured the same way at 50M events (~217 MiB
+a task, 4 blocks): blocks of 3.6M train rows passed and of 5.34M ran out of heap, so a train row
+costs between 43 and 63 B there. :data:`ALS_ROW_BYTES` is the top of that range, the most that
+still admits what passed, and a fit whose blocks cannot hold their rows stops with an error
+naming ``baselines.<model>.num_user_blocks`` or ``num_item_blocks``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ RESERVED_MIB = 300  # Spark's reserved system memory (spark.testing.reservedMemo
 DEFAULT_FRACTION = 0.6  # spark.memory.fraction's default
 # Bytes an event row costs a task in the stages that shuffle events by user (see above).
 ROW_BYTES = 256
+# Bytes one train row costs the task building its ALS block (see above).
+ALS_ROW_BYTES = 63
 PARTITIONS_KEY = "spark.shuffle_partitions"
 
 if TYPE_CHECKING:
@@ -34,7 +43,8 @@ if TYPE_CHECKING:
 
 
 class ShufflePartitionsTooFewError(ConfigError):
-    """A stage's rows per shuffle partition cannot fit the memory a task has."""
+    """A stage's rows per shuffle partition (or per ALS block) cannot fit the memory a task
+    has."""
 
 
 @dataclass(frozen=True)
@@ -83,28 +93,51 @@ def rows_that_fit(memory: TaskMemory, row_bytes: int) -> int:
 
 
 def check_rows_per_partition(
-    stage: str, rows: int, partitions: int, memory: TaskMemory, row_bytes: int | None = None
+    stage: str,
+    rows: int,
+    partitions: int,
+    memory: TaskMemory,
+    row_bytes: int | None = None,
+    key: str = PARTITIONS_KEY,
+    unit: str = "events",
 ) -> None:
-    """Refuse, naming :data:`PARTITIONS_KEY`, when ``rows`` over ``partitions`` shuffle
-    partitions leaves more rows a task than ``memory`` holds (rows of :data:`ROW_BYTES` unless
-    ``row_bytes`` is given)."""
+    """Refuse, naming ``key`` (:data:`PARTITIONS_KEY` unless given), when ``rows`` over
+    ``partitions`` leaves more rows a task than ``memory`` holds (rows of :data:`ROW_BYTES`
+    unless ``row_bytes`` is given)."""
     row_bytes = row_bytes or ROW_BYTES
     fit = rows_that_fit(memory, row_bytes)
     per_partition = math.ceil(rows / max(partitions, 1))
     if per_partition <= fit:
         return
     needed = math.ceil(rows / max(fit, 1))
+    kind = "shuffle partitions" if key == PARTITIONS_KEY else f"parts ({key})"
     raise ShufflePartitionsTooFewError(
-        f"{stage}: {rows:,} events in {partitions} shuffle partitions is {per_partition:,} a "
-        f"task, but a task has ~{memory.mib} MiB ({memory.source}), room for ~{fit:,} rows at "
-        f"~{row_bytes} B: set {PARTITIONS_KEY} to at least {needed} (or give tasks more memory)"
+        f"{stage}: {rows:,} {unit} in {partitions} {kind} is {per_partition:,} a "
+        f"task, but a task has ~{memory.mib} MiB ({memory.source}), room for ~{fit:,} {unit} at "
+        f"~{row_bytes} B: set {key} to at least {needed} (or give tasks more memory)"
     )
+
+
+def session_task_memory(spark: SparkSession) -> TaskMemory:
+    """:func:`task_memory` under the running session's settings."""
+    context = spark.sparkContext
+    return task_memory(dict(context.getConf().getAll()), context.defaultParallelism)
 
 
 def check_shuffle_fits(spark: SparkSession, stage: str, rows: int) -> None:
     """:func:`check_rows_per_partition` for ``rows`` events under the running session's
     shuffle partitions and task memory."""
-    context = spark.sparkContext
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "200")
-    memory = task_memory(dict(context.getConf().getAll()), context.defaultParallelism)
-    check_rows_per_partition(stage, rows, partitions, memory)
+    check_rows_per_partition(stage, rows, partitions, session_task_memory(spark))
+
+
+def check_als_blocks_fit(
+    spark: SparkSession, model: str, rows: int, blocks: dict[str, int]
+) -> None:
+    """Refuse an ALS fit of ``rows`` train rows whose user or item blocks (``blocks``: config
+    key -> count) cannot hold their share in a task, naming the key, before any Spark job."""
+    memory = session_task_memory(spark)
+    for key, count in blocks.items():
+        check_rows_per_partition(
+            f"train-baseline {model}", rows, count, memory, ALS_ROW_BYTES, key, "train rows"
+        )

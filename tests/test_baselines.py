@@ -333,3 +333,29 @@ def test_item2vec_leaves_rare_items_unrecommended(spark: SparkSession) -> None:
     model = Item2Vec.fit(data, Item2VecConfig(vector_size=4, min_count=2), train_df=rare)
     assert data.n_items == 11 and not model.known_items[11] and model.known_items[1:11].all()
     assert not model.arrays["item_factors"][11].any()
+
+
+def test_als_refuses_blocks_too_small_for_its_rows_before_fitting(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a row price that leaves room for 10 train rows a task, 40 rows in 4 user blocks fit
+    and 3 item blocks do not: the fit stops naming the key and the count that fits."""
+    from recpipe import task_memory
+
+    pairs = [(u, i) for u in range(8) for i in range(1, 6)]
+    frame = spark.createDataFrame(
+        [(u, i, "view", None) for u, i in pairs],
+        "user_idx int, item_idx int, event_type string, value double",
+    )
+    data = make_data(pairs, n_users=8, n_items=5)
+    conf = dict(spark.sparkContext.getConf().getAll())
+    memory = task_memory.task_memory(conf, spark.sparkContext.defaultParallelism)
+    monkeypatch.setattr(task_memory, "ALS_ROW_BYTES", memory.mib * 2**20 // 10)
+    jobs_before = len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+    settings = AlsConfig(rank=2, max_iter=1, num_user_blocks=4, num_item_blocks=3)
+    with pytest.raises(task_memory.ShufflePartitionsTooFewError) as refused:
+        Als.fit(data, settings, train_df=frame)
+    assert "baselines.als.num_item_blocks to at least 4" in str(refused.value)
+    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup()) == jobs_before
+    fitted = Als.fit(data, settings.model_copy(update={"num_item_blocks": 4}), train_df=frame)
+    assert fitted.arrays["item_factors"].shape == (6, 2)

@@ -1,4 +1,5 @@
-"""The pre-flight check that a stage's events fit its shuffle partitions' task memory."""
+"""The pre-flight checks that a stage's events fit its shuffle partitions' task memory and an
+ALS fit's train rows fit its blocks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pyspark.sql import SparkSession
 
 from recpipe.config import ConfigError
 from recpipe.task_memory import (
+    ALS_ROW_BYTES,
     ROW_BYTES,
     ShufflePartitionsTooFewError,
     TaskMemory,
+    check_als_blocks_fit,
     check_rows_per_partition,
     check_shuffle_fits,
     task_memory,
@@ -81,3 +84,27 @@ def test_the_session_check_reads_the_live_partitions_and_memory(spark: SparkSess
             check_shuffle_fits(spark, "split", 3 * fit + 1)
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", before or "2")
+
+
+def test_als_blocks_admit_what_passed_at_50m_and_refuse_what_ran_out_of_heap() -> None:
+    """bench/scale.py at 50M events, 1 GB driver, 4 blocks: the protocol's 14,404,885 train
+    rows fitted, the refit's 21,364,799 ran the heap out building a block."""
+    memory = task_memory({"spark.master": "local[2]", "spark.driver.memory": "1g"}, 2)
+    key = "baselines.als.num_user_blocks"
+    check_rows_per_partition("als", 14_404_885, 4, memory, ALS_ROW_BYTES, key, "train rows")
+    with pytest.raises(ShufflePartitionsTooFewError) as refused:
+        check_rows_per_partition("als", 21_364_799, 4, memory, ALS_ROW_BYTES, key, "train rows")
+    needed = math.ceil(21_364_799 / (217 * 2**20 // ALS_ROW_BYTES))
+    assert f"set {key} to at least {needed}" in str(refused.value)
+    check_rows_per_partition("als", 21_364_799, needed, memory, ALS_ROW_BYTES, key, "train rows")
+
+
+def test_an_als_fit_names_the_block_key_that_is_too_small(spark: SparkSession) -> None:
+    conf = dict(spark.sparkContext.getConf().getAll())
+    fit = task_memory(conf, spark.sparkContext.defaultParallelism).mib * 2**20 // ALS_ROW_BYTES
+    blocks = {"baselines.nmf.num_user_blocks": 4, "baselines.nmf.num_item_blocks": 2}
+    check_als_blocks_fit(spark, "nmf", 2 * fit, blocks)
+    with pytest.raises(
+        ShufflePartitionsTooFewError, match=r"nmf_item_blocks|num_item_blocks to at least 3"
+    ):
+        check_als_blocks_fit(spark, "nmf", 2 * fit + 1, blocks)

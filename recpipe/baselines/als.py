@@ -19,6 +19,7 @@ from recpipe.layout import user_factors_table
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
 from recpipe.storage import as_location
 from recpipe.tables import TrainData
+from recpipe.task_memory import check_als_blocks_fit
 
 log = logging.getLogger(__name__)
 WEIGHT = "weight"
@@ -87,6 +88,11 @@ class Als(FactorBaseline):
         checkpoints = context.get("checkpoint_dir")  # a location under paths.root
         if checkpoints:
             spark.sparkContext.setCheckpointDir(as_location(checkpoints).uri)
+        # The train rows bound the (user, item) ratings from above: no count job needed.
+        check_als_blocks_fit(spark, cls.name, facts.rows, {
+            f"baselines.{cls.name}.num_user_blocks": settings.num_user_blocks,
+            f"baselines.{cls.name}.num_item_blocks": settings.num_item_blocks,
+        })  # fmt: skip
         als = ALS(
             rank=settings.rank,
             maxIter=settings.max_iter,
