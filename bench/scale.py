@@ -166,8 +166,8 @@ def shuffle_partitions(size: int) -> int:
 
 def als_blocks(size: int) -> int:
     """ALS user and item blocks: the default 4 up to 20M events, then one per 5M. At 50M
-    events the refit's 21.4M train rows in 4 blocks ran the 1 GB local JVM out of heap while
-    building a block; ``recpipe.task_memory`` now refuses that before fitting."""
+    events the refit's 21.4M train rows in 4 blocks are more a block than ``recpipe.task_memory``
+    admits in a 1 GB local JVM (at most 3.6M were seen to fit)."""
     return max(4, -(-size // 5_000_000))
 
 

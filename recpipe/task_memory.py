@@ -11,12 +11,14 @@ a partition and passed with 625k, so a row costs between 87 and 364 B; :data:`RO
 a value inside that range. A stage whose rows per partition exceed what fits stops before work
 starts with an error naming ``spark.shuffle_partitions``.
 
-MLlib's ALS builds each user block's and each item block's ratings as one in-memory array in
-one task (``ALS.makeBlocks``), spilling nothing. Measured the same way at 50M events (~217 MiB
-a task, 4 blocks): blocks of 3.6M train rows passed and of 5.34M ran out of heap, so a train row
-costs between 43 and 63 B there. :data:`ALS_ROW_BYTES` is the top of that range, the most that
-still admits what passed, and a fit whose blocks cannot hold their rows stops with an error
-naming ``baselines.<model>.num_user_blocks`` or ``num_item_blocks``.
+MLlib's ALS builds each user block's and each item block's ratings as plain arrays in one
+task (``ALS.makeBlocks``), memory Spark neither tracks nor spills. Measured the same way at 50M
+events (~217 MiB a task): blocks of 3.6M train rows built in a clean heap, so a train row costs
+at most 63 B there. :data:`ALS_ROW_BYTES` takes that bound, so the check admits no block larger
+than one seen to fit; a fit whose blocks cannot hold their rows stops with an error naming
+``baselines.<model>.num_user_blocks`` or ``num_item_blocks``. (The same run's next fit failed
+at 5.34M and then at 2.14M rows a block, because the first fit's user factors were still cached
+in the heap: see ``recpipe.baselines.als``.)
 """
 
 from __future__ import annotations

@@ -104,6 +104,11 @@ class Als(FactorBaseline):
             numUserBlocks=settings.num_user_blocks,
             numItemBlocks=settings.num_item_blocks,
             seed=settings.seed,
+            # The fitted factors stay persisted for as long as the model lives (the user
+            # factors until the train stage has written them). In memory, a protocol's user
+            # factors (1.1M users x 64 floats at 50M events) took the heap the next protocol's
+            # fit needed to build its blocks, and it ran out; on disk they cost no heap.
+            finalStorageLevel="DISK_ONLY",
             userCol=USER_IDX,
             itemCol=ITEM_IDX,
             ratingCol=WEIGHT,
