@@ -265,6 +265,9 @@ class AlsConfig(_Section):
     checkpoint_interval: int = Field(10, ge=1)
     num_user_blocks: int = Field(4, ge=1)
     num_item_blocks: int = Field(4, ge=1)
+    intermediate_storage: Literal["MEMORY_AND_DISK", "MEMORY_AND_DISK_SER", "DISK_ONLY"] = (
+        "MEMORY_AND_DISK"
+    )
     seed: int = 42
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {

@@ -109,6 +109,10 @@ class Als(FactorBaseline):
             # factors (1.1M users x 64 floats at 50M events) took the heap the next protocol's
             # fit needed to build its blocks, and it ran out; on disk they cost no heap.
             finalStorageLevel="DISK_ONLY",
+            # The blocks and the factors of every iteration; cached in memory they leave the
+            # arrays each task builds (memory Spark does not track) too little heap in a small
+            # JVM with many users (50M events: 1.1M users x 64 in a 1 GB local driver).
+            intermediateStorageLevel=settings.intermediate_storage,
             userCol=USER_IDX,
             itemCol=ITEM_IDX,
             ratingCol=WEIGHT,
