@@ -17,8 +17,8 @@ events (~217 MiB a task): blocks of 3.6M train rows built in a clean heap, so a 
 at most 63 B there. :data:`ALS_ROW_BYTES` takes that bound, so the check admits no block larger
 than one seen to fit; a fit whose blocks cannot hold their rows stops with an error naming
 ``baselines.<model>.num_user_blocks`` or ``num_item_blocks``. (The same run's next fit failed
-at 5.34M and then at 2.14M rows a block, because the first fit's user factors were still cached
-in the heap: see ``recpipe.baselines.als``.)
+at 5.34M and then at 2.14M rows a block alike: not its blocks but the factors and blocks of its
+iterations, cached in the heap, left too little: ``baselines.als.intermediate_storage``.)
 """
 
 from __future__ import annotations

@@ -105,9 +105,8 @@ class Als(FactorBaseline):
             numItemBlocks=settings.num_item_blocks,
             seed=settings.seed,
             # The fitted factors stay persisted for as long as the model lives (the user
-            # factors until the train stage has written them). In memory, a protocol's user
-            # factors (1.1M users x 64 floats at 50M events) took the heap the next protocol's
-            # fit needed to build its blocks, and it ran out; on disk they cost no heap.
+            # factors until the train stage has written them, while the next protocol fits):
+            # on disk they take no heap from that fit (1.1M users x 64 floats at 50M events).
             finalStorageLevel="DISK_ONLY",
             # The blocks and the factors of every iteration; cached in memory they leave the
             # arrays each task builds (memory Spark does not track) too little heap in a small
