@@ -23,25 +23,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from bench_timing import best_seconds
 
 from recpipe.console import format_table
 from recpipe.evaluation.ranking import Csr, top_k, users_per_block
-
-
-def best_ms(run: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` runs, after one warm-up, in milliseconds."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
 
 
 def ranking_of(
@@ -72,16 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     block = np.arange(n_users)
     rows32 = (users @ items.T).numpy()
     rows = {"float32 (deep)": rows32, "float64 (baseline)": rows32.astype(np.float64)}
-    matmul_ms = best_ms(lambda: users @ items.T, args.repeats)
+    matmul_ms = best_seconds(lambda: users @ items.T, args.repeats) * 1000
     table = []
     for label, scores in rows.items():
         rank = ranking_of(scores, block, args.k, args.items, seen)
-        torch_ms = best_ms(rank, args.repeats)
+        torch_ms = best_seconds(rank, args.repeats) * 1000
         torch_result = rank()
         hidden = sys.modules.get("torch")
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` now fails
         try:
-            numpy_ms = best_ms(rank, args.repeats)
+            numpy_ms = best_seconds(rank, args.repeats) * 1000
             numpy_result = rank()
         finally:
             sys.modules["torch"] = hidden  # type: ignore[assignment]
