@@ -50,6 +50,24 @@ def test_resample_means_equal_weighted_means_computed_by_hand() -> None:
         assert means["hr"][r] == pytest.approx(hits / weight, rel=1e-12)
 
 
+def test_counted_mask_leaves_absent_values_out_of_their_columns_only() -> None:
+    """One call with a 0/1 mask (users lacking some columns) gives each column the sums of a
+    call over just the users that have it."""
+    rng = np.random.default_rng(3)
+    users, values = np.arange(500), rng.random((500, 2))
+    counted = np.ones((500, 2))
+    counted[rng.random(500) < 0.4, 1] = 0.0
+    masked = ResampleSums(2, 25, seed=7)
+    masked.add(users, values * counted, range(2), counted)
+    first, second = ResampleSums(2, 25, seed=7), ResampleSums(2, 25, seed=7)
+    first.add(users, values[:, :1], [0])
+    has = counted[:, 1] == 1
+    second.add(users[has], values[has, 1:], [1])
+    np.testing.assert_allclose(masked.means()[:, 0], first.means()[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(masked.means()[:, 1], second.means()[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(masked.weights[:, 1], second.weights[:, 1])
+
+
 def test_sums_merge_across_blocks_like_one_pass() -> None:
     rng = np.random.default_rng(2)
     users, values = np.arange(1000), rng.random((1000, 3))

@@ -76,16 +76,33 @@ class ResampleSums:
         self.weights = np.zeros((resamples, columns))
         self.sums = np.zeros((resamples, columns))
 
-    def add(self, users: np.ndarray, values: np.ndarray, columns: Sequence[int]) -> None:
-        """Add users' ``values`` [len(users), len(columns)] to the sums of ``columns``."""
+    def add(
+        self,
+        users: np.ndarray,
+        values: np.ndarray,
+        columns: Sequence[int],
+        counted: np.ndarray | None = None,
+    ) -> None:
+        """Add users' ``values`` [len(users), len(columns)] to the sums of ``columns``.
+
+        ``counted`` (same shape, 0/1) says which of them count, so that one call can take
+        users that lack some columns (absent values must be 0); by default all count. Each
+        user's weights are drawn once for all its columns.
+        """
         users = np.asarray(users, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64).reshape(len(users), len(columns))
+        if counted is not None:
+            counted = np.asarray(counted, dtype=np.float64).reshape(values.shape)
         step = max(1, _BLOCK_ENTRIES // max(1, self.resamples))
         at = list(columns)
         for start in range(0, len(users), step):
-            weights = poisson_weights(users[start : start + step], self.resamples, self.seed)
-            self.weights[:, at] += weights.sum(axis=0)[:, None]
-            self.sums[:, at] += weights.T @ values[start : start + step]
+            block = slice(start, start + step)
+            weights = poisson_weights(users[block], self.resamples, self.seed)
+            if counted is None:
+                self.weights[:, at] += weights.sum(axis=0)[:, None]
+            else:
+                self.weights[:, at] += weights.T @ counted[block]
+            self.sums[:, at] += weights.T @ values[block]
 
     def merge(self, other: ResampleSums) -> None:
         """Add another block's sums (same columns, resamples and seed)."""

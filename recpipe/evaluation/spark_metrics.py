@@ -164,20 +164,25 @@ class _ResampleSummer:
         self.ks, self.resamples, self.seed = ks, resamples, seed
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        sums = ResampleSums(len(self.ks) * len(METRICS), self.resamples, self.seed)
+        n_columns = len(self.ks) * len(METRICS)
+        sums = ResampleSums(n_columns, self.resamples, self.seed)
+        ks = np.asarray(self.ks)
+        by_k = np.argsort(ks)
         for batch in batches:
-            users = batch.column(USER_IDX).to_numpy(zero_copy_only=False)
+            # One wide row per user, so that its weights are drawn once, not once per K:
+            # drawing them is most of this function's time.
+            users, row_user = np.unique(
+                batch.column(USER_IDX).to_numpy(zero_copy_only=False), return_inverse=True
+            )
             at_k = batch.column(K).to_numpy(zero_copy_only=False)
-            for i, k in enumerate(self.ks):
-                rows = at_k == k
-                if not rows.any():
-                    continue
-                values = np.column_stack(
-                    [batch.column(name).to_numpy(zero_copy_only=False)[rows] for name in METRICS]
-                )
-                columns = range(i * len(METRICS), (i + 1) * len(METRICS))
-                sums.add(users[rows], values, columns)
-        n_columns = sums.sums.shape[1]
+            k_index = by_k[np.searchsorted(ks[by_k], at_k)]
+            at = (k_index * len(METRICS))[:, None] + np.arange(len(METRICS))
+            wide = np.zeros((len(users), n_columns))
+            counted = np.zeros_like(wide)
+            metrics = [batch.column(name).to_numpy(zero_copy_only=False) for name in METRICS]
+            wide[row_user[:, None], at] = np.column_stack(metrics)
+            counted[row_user[:, None], at] = 1.0
+            sums.add(users, wide, range(n_columns), counted)
         yield pa.RecordBatch.from_arrays(
             [
                 pa.array(np.tile(np.arange(n_columns, dtype=np.int32), self.resamples)),
