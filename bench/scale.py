@@ -171,13 +171,6 @@ def als_blocks(size: int) -> int:
     return max(4, -(-size // 5_000_000))
 
 
-def als_storage(size: int) -> str:
-    """Where ALS caches each iteration's blocks and factors: in memory (MLlib's default) up to
-    20M events, on disk beyond. At 50M events 1.1M users x 64 factors cached in memory left the
-    1 GB local JVM too little heap for the arrays its tasks build, and the refit ran out."""
-    return "MEMORY_AND_DISK" if size <= 20_000_000 else "DISK_ONLY"
-
-
 @dataclass
 class StageResult:
     """One stage at one size."""
@@ -242,7 +235,6 @@ def bench_size(root: Path, size: int, resume: bool = False) -> list[StageResult]
         f"spark.shuffle_partitions={shuffle_partitions(size)}",
         f"baselines.als.num_user_blocks={als_blocks(size)}",
         f"baselines.als.num_item_blocks={als_blocks(size)}",
-        f"baselines.als.intermediate_storage={als_storage(size)}",
     ]  # fmt: skip
     measured = {r.stage for r in results}
     for name, args in STAGES:

@@ -265,8 +265,8 @@ class AlsConfig(_Section):
     checkpoint_interval: int = Field(10, ge=1)
     num_user_blocks: int = Field(4, ge=1)
     num_item_blocks: int = Field(4, ge=1)
-    intermediate_storage: Literal["MEMORY_AND_DISK", "MEMORY_AND_DISK_SER", "DISK_ONLY"] = (
-        "MEMORY_AND_DISK"
+    intermediate_storage: Literal["auto", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER", "DISK_ONLY"] = (
+        "auto"
     )
     seed: int = 42
     event_weights: dict[str, float] = Field(

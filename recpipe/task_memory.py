@@ -133,6 +133,31 @@ def check_shuffle_fits(spark: SparkSession, stage: str, rows: int) -> None:
     check_rows_per_partition(stage, rows, partitions, session_task_memory(spark))
 
 
+def als_intermediate_storage(
+    key: str, setting: str, memory: TaskMemory, n_users: int, n_items: int, rank: int
+) -> tuple[str, str]:
+    """The storage level of ALS's per-iteration blocks and factors (config ``key`` set to
+    ``setting``), and why.
+
+    ``auto`` keeps them in memory (MLlib's default, ``MEMORY_AND_DISK``) unless one set of
+    factors, (users + items) x rank floats, is larger than the memory a task has: then
+    ``DISK_ONLY``. Cached in the heap such factors crowd out the arrays ALS's tasks build,
+    which Spark neither tracks nor spills, so the next task runs out of heap (measured with
+    ``bench/scale.py``, 1 GB driver, ``local[2]``, ~217 MiB a task: the 50M-event refit,
+    1.34M x 64 floats = 328 MiB, failed in memory and passed on disk; 20M's 0.56M x 64 =
+    136 MiB passed in memory). On disk the fit took 2-10 % longer. Any other ``setting`` is
+    kept as given.
+    """
+    if setting != "auto":
+        return setting, f"{key}={setting}"
+    factor_mib = (n_users + n_items) * rank * 4 / 2**20
+    level = "DISK_ONLY" if factor_mib > memory.mib else "MEMORY_AND_DISK"
+    return level, (
+        f"{key}=auto: {n_users + n_items:,} factor rows x {rank} = {factor_mib:,.0f} MiB against "
+        f"~{memory.mib} MiB a task ({memory.source})"
+    )
+
+
 def check_als_blocks_fit(
     spark: SparkSession, model: str, rows: int, blocks: dict[str, int]
 ) -> None:

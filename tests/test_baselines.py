@@ -236,6 +236,8 @@ def test_als_weights_and_block_structure(spark: SparkSession, tmp_path: Path) ->
     )
     model = Als.fit(data, AlsConfig(rank=4, max_iter=10, reg_param=0.1, alpha=3.0), train_df=frame)
     assert model.arrays["item_factors"].shape == (11, 4)
+    # `auto` keeps 30 x 4 factors' iterations in memory, as MLlib does by default.
+    assert model.meta["intermediate_storage"] == "MEMORY_AND_DISK"
     # The user factors stay in Spark: one row per user, none in the arrays that get saved.
     assert "user_factors" not in model.arrays
     assert model.user_vectors_table == "als_user_factors"

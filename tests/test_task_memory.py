@@ -14,6 +14,7 @@ from recpipe.task_memory import (
     ROW_BYTES,
     ShufflePartitionsTooFewError,
     TaskMemory,
+    als_intermediate_storage,
     check_als_blocks_fit,
     check_rows_per_partition,
     check_shuffle_fits,
@@ -108,3 +109,24 @@ def test_an_als_fit_names_the_block_key_that_is_too_small(spark: SparkSession) -
         ShufflePartitionsTooFewError, match=r"nmf_item_blocks|num_item_blocks to at least 3"
     ):
         check_als_blocks_fit(spark, "nmf", 2 * fit + 1, blocks)
+
+
+def test_auto_caches_als_iterations_on_disk_only_where_the_factors_outgrow_a_task() -> None:
+    """bench/scale.py, 1 GB driver, local[2]: at 50M events (1,141,725 users x 200,000 items,
+    rank 64) the refit ran out of heap with its iterations in memory; at 20M (457k x 99k) it
+    passed. One set of factors is (users + items) x rank float32."""
+    memory = task_memory({"spark.master": "local[2]", "spark.driver.memory": "1g"}, 2)
+    key = "baselines.als.intermediate_storage"
+    level, why = als_intermediate_storage(key, "auto", memory, 1_141_725, 200_000, 64)
+    assert level == "DISK_ONLY"
+    assert f"{(1_141_725 + 200_000) * 64 * 4 / 2**20:,.0f} MiB" in why and key in why
+    assert als_intermediate_storage(key, "auto", memory, 457_000, 99_000, 64)[0] == (
+        "MEMORY_AND_DISK"
+    )
+    # The boundary: factors of exactly one task's memory stay in memory, one row more does not.
+    rows = memory.mib * 2**20 // (64 * 4)
+    assert als_intermediate_storage(key, "auto", memory, rows - 10, 10, 64)[0] == "MEMORY_AND_DISK"
+    assert als_intermediate_storage(key, "auto", memory, rows - 9, 10, 64)[0] == "DISK_ONLY"
+    # A level set by hand is kept, whatever the sizes.
+    for given in ("MEMORY_AND_DISK", "MEMORY_AND_DISK_SER", "DISK_ONLY"):
+        assert als_intermediate_storage(key, given, memory, 10**8, 10**6, 64)[0] == given

@@ -19,7 +19,7 @@ from recpipe.layout import user_factors_table
 from recpipe.schema import EVENT_TYPE, ITEM_IDX, USER_IDX, VALUE
 from recpipe.storage import as_location
 from recpipe.tables import TrainData
-from recpipe.task_memory import check_als_blocks_fit
+from recpipe.task_memory import als_intermediate_storage, check_als_blocks_fit, session_task_memory
 
 log = logging.getLogger(__name__)
 WEIGHT = "weight"
@@ -93,6 +93,15 @@ class Als(FactorBaseline):
             f"baselines.{cls.name}.num_user_blocks": settings.num_user_blocks,
             f"baselines.{cls.name}.num_item_blocks": settings.num_item_blocks,
         })  # fmt: skip
+        storage, why = als_intermediate_storage(
+            f"baselines.{cls.name}.intermediate_storage",
+            settings.intermediate_storage,
+            session_task_memory(spark),
+            facts.n_users,
+            facts.n_items,
+            settings.rank,
+        )
+        log.info("%s: iterations cached %s (%s)", cls.name, storage, why)
         als = ALS(
             rank=settings.rank,
             maxIter=settings.max_iter,
@@ -110,8 +119,9 @@ class Als(FactorBaseline):
             finalStorageLevel="DISK_ONLY",
             # The blocks and the factors of every iteration; cached in memory they leave the
             # arrays each task builds (memory Spark does not track) too little heap in a small
-            # JVM with many users (50M events: 1.1M users x 64 in a 1 GB local driver).
-            intermediateStorageLevel=settings.intermediate_storage,
+            # JVM with many users (50M events: 1.1M users x 64 in a 1 GB local driver), so
+            # `auto` puts them on disk once the factors outgrow a task's memory.
+            intermediateStorageLevel=storage,
             userCol=USER_IDX,
             itemCol=ITEM_IDX,
             ratingCol=WEIGHT,
@@ -123,7 +133,12 @@ class Als(FactorBaseline):
             "known_items": facts.known_items,
         }
         table = user_factors_table(cls.name)
-        meta = {**base_meta(facts, settings), "blas": blas_in_use(spark), "user_vectors": table}
+        meta = {
+            **base_meta(facts, settings),
+            "blas": blas_in_use(spark),
+            "user_vectors": table,
+            "intermediate_storage": storage,
+        }
         fitted = cls(arrays, meta)
         fitted.spark_tables[table] = SparkTable(user_factor_rows(model.userFactors), (USER_IDX,))
         return fitted
