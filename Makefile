@@ -16,7 +16,7 @@ AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-apache-spark=
 LEGACY_VENV := .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale bench-warm bench-optimizer bench-checkpoint bench-ranking bench-din-scoring bench-context native-blas clean-venv
+.PHONY: debian-deps venv airflow-venv legacy-venv test-legacy test-airflow dist demo test lint bench-etl bench-als bench-recs bench-loader bench-quality bench-train bench-score bench-scale bench-warm bench-optimizer bench-checkpoint bench-ranking bench-bootstrap bench-din-scoring bench-context native-blas clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -124,6 +124,9 @@ bench-checkpoint: venv
 
 bench-ranking: venv
 	$(BIN)/python bench/ranking.py
+
+bench-bootstrap: venv
+	$(BIN)/python bench/bootstrap.py
 
 bench-din-scoring: venv
 	$(BIN)/python bench/din_scoring.py
