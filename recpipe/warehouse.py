@@ -175,6 +175,14 @@ def partition_location(config: Config, table: str, ds: str, model: str) -> Locat
     pointer = read_pointer(config, table, ds, model)
     if pointer is None:
         return None
+    return _checked_folder(config, table, ds, model, pointer)
+
+
+def _checked_folder(
+    config: Config, table: str, ds: str, model: str, pointer: Mapping[str, Any]
+) -> Location:
+    """The version folder ``pointer`` names, once its files match what the pointer recorded;
+    :class:`PointerError` naming the partition and the first difference otherwise."""
     folder = config.root / pointer["path"]
     problem = _pointer_mismatch(folder, pointer)
     if problem:
@@ -406,6 +414,78 @@ def publish_partition(
         # Nothing points at the new folder yet.
         storage.remove_tree(folder)
         raise
+    return _commit_version(spark, config, table, ds, model, folder, rows, pointer_extra)
+
+
+def publish_copy(
+    spark: SparkSession,
+    config: Config,
+    table: str,
+    ds: str,
+    source_model: str,
+    model: str,
+    *,
+    pointer_extra: dict[str, Any] | None = None,
+) -> Location:
+    """Atomically replace partition ``(ds, model)`` of ``table`` with the current version of
+    ``(ds, source_model)``; returns the new folder.
+
+    The source's files already have the table's layout (written by :func:`publish_partition`),
+    so when their columns are the table's they are copied byte for byte, without a Spark job
+    (an object store copies them server-side). The source is checked against its pointer
+    (names, sizes, footers, rows: :class:`PointerError`) and so is the copy before the
+    switch. Files whose columns differ (written before a schema change) are rewritten by
+    :func:`publish_partition`. Either way the commit is :func:`publish_partition`'s: nothing is
+    visible until the pointer names the new folder.
+    """
+    spec = _spec(table)
+    _check_partition(ds, source_model)
+    _check_partition(ds, model)
+    ensure_tables(spark, config)
+    pointer = read_pointer(config, table, ds, source_model)
+    if pointer is None:
+        raise PublishError(f"{table} ds={ds} model={source_model} has never been published")
+    source = _checked_folder(config, table, ds, source_model, pointer)
+    frame = spark.read.parquet(source.uri)
+    columns = [(f.name, f.dataType.simpleString()) for f in frame.schema]
+    wanted = [(f.name, f.dataType.simpleString()) for f in _conform(frame, spec, table).schema]
+    if columns != wanted or "files" not in pointer:
+        log.info("%s ds=%s model=%s: columns differ from the table's, rewriting", table, ds,
+                 source_model)  # fmt: skip
+        return publish_partition(
+            spark, config, table, frame, ds, model,
+            expected_rows=pointer["rows"], pointer_extra=pointer_extra,
+        )  # fmt: skip
+    folder = partition_path(config, table, ds, model) / new_version_name()
+    try:
+        storage.makedirs(folder)
+        for name in sorted(pointer["files"]):
+            storage.copy_file(source / name, folder / name)
+        problem = _pointer_mismatch(folder, pointer)
+        if problem:
+            raise PublishError(
+                f"{table} ds={ds} model={model}: the copy of {source_model}'s files differs from "
+                f"its pointer ({problem}); the previous version is still current"
+            )
+    except BaseException:
+        storage.remove_tree(folder)
+        raise
+    return _commit_version(spark, config, table, ds, model, folder, pointer["rows"], pointer_extra)
+
+
+def _commit_version(
+    spark: SparkSession,
+    config: Config,
+    table: str,
+    ds: str,
+    model: str,
+    folder: Location,
+    rows: int,
+    pointer_extra: dict[str, Any] | None,
+) -> Location:
+    """Make the written ``folder`` the current version of ``(ds, model)``: pointer first (the
+    commit point), then the metastore; old versions pruned."""
+    parent = partition_path(config, table, ds, model)
     pointer_file = parent / POINTER_FILE
     previous = _read_pointer_file(pointer_file)
     kept = [] if previous is None else [previous["path"], *previous.get("previous", [])]

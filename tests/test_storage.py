@@ -74,6 +74,13 @@ def _exercise(base: Location) -> None:
     with storage.open_input(base / "lake" / "t" / "v=2" / "part-0.parquet") as handle:
         handle.seek(15)
         assert handle.read() == b"y" * 5
+    copied = base / "lake" / "t" / "v=3" / "part-0.parquet"
+    storage.copy_file(base / "lake" / "t" / "v=2" / "part-0.parquet", copied)
+    assert storage.read_bytes(copied) == b"y" * 20
+    assert storage.read_bytes(base / "lake" / "t" / "v=2" / "part-0.parquet") == b"y" * 20
+    with pytest.raises(FileNotFoundError):
+        storage.copy_file(base / "lake" / "t" / "v=1" / "part-0.parquet", copied)
+    storage.remove_tree(copied.parent)
     _exercise_streamed_writes(base / "models" / "last.pt")
 
 
@@ -113,6 +120,8 @@ def test_viewfs_resolves_through_the_mount_table(tmp_path: Path) -> None:
     _exercise(root)
     storage.write_text(root / "big" / "x.txt", "longest mount wins")
     assert (tmp_path / "b" / "x.txt").read_text() == "longest mount wins"
+    storage.copy_file(root / "big" / "x.txt", root / "x-copy.txt")  # from one mount to another
+    assert (tmp_path / "a" / "x-copy.txt").read_text() == "longest mount wins"
     assert (tmp_path / "a" / "manifests" / "clean" / "ds=2026-11-20.json").is_file()
     with pytest.raises(StorageError, match=rf"viewfs://{table}/elsewhere: no viewfs mount"):
         storage.exists(Location(f"viewfs://{table}/elsewhere"))
@@ -174,7 +183,7 @@ def _client(s3: S3Server):  # type: ignore[no-untyped-def]
                         aws_secret_access_key=SECRET_KEY, region_name="us-east-1")  # fmt: skip
 
 
-def test_s3_operations_against_a_real_server(s3: S3Server, bucket: str) -> None:
+def test_s3_operations_against_a_real_server(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     root = Location(f"s3a://{bucket}/recpipe")
     _exercise(root)
     keys = {o["Key"] for o in _client(s3).list_objects_v2(Bucket=bucket)["Contents"]}
@@ -185,6 +194,12 @@ def test_s3_operations_against_a_real_server(s3: S3Server, bucket: str) -> None:
     assert json.loads(body["Body"].read()) == {"rows": 4, "status": "ok"}
     _client(s3).put_object(Bucket=bucket, Key="recpipe/from-boto3.txt", Body=b"hello")
     assert storage.read_text(root / "from-boto3.txt") == "hello"
+    # Between two file systems (a local file into the bucket) the bytes are streamed over.
+    local = tmp_path / "local.bin"
+    local.write_bytes(bytes(range(256)) * 1000)
+    storage.copy_file(Location(local), root / "copied.bin")
+    body = _client(s3).get_object(Bucket=bucket, Key="recpipe/copied.bin")["Body"].read()
+    assert body == local.read_bytes()
 
 
 def test_stage_lock_on_s3(s3: S3Server, bucket: str) -> None:

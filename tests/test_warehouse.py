@@ -24,6 +24,7 @@ from recpipe.warehouse import (
     ensure_tables,
     partition_location,
     partition_path,
+    publish_copy,
     publish_partition,
     qualified_name,
     write_model_metrics,
@@ -154,6 +155,78 @@ def test_second_partition_leaves_first_untouched(spark: SparkSession, config: Co
     assert select_rows(spark, config, model="popularity") == expected_rows(other)
     assert select_rows(spark, config, ds="2026-11-23") == expected_rows(other)
     assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "als")) == v1
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of each data file of a version folder."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.parquet")}
+
+
+def test_publish_copy_serves_the_source_files_byte_for_byte(
+    spark: SparkSession, config: Config
+) -> None:
+    scored = recs(spark, ["u1", "u2", "u3"])
+    source = local(publish_partition(spark, config, RECOMMENDATIONS, scored, DS, "als"))
+    publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u9"], tag="old"), DS, "pub")
+
+    extra = {"source_model": "als"}
+    copied = publish_copy(spark, config, RECOMMENDATIONS, DS, "als", "pub", pointer_extra=extra)
+    folder = local(copied)
+
+    assert select_rows(spark, config, model="pub") == expected_rows(scored)  # old rows gone
+    assert file_digests(folder) == file_digests(source) and file_digests(folder)
+    pointer = json.loads((folder.parent / POINTER_FILE).read_text())
+    assert pointer["rows"] == 30 and pointer["source_model"] == "als"
+    assert local_or_none(partition_location(config, RECOMMENDATIONS, DS, "pub")) == folder
+    # The source stays as it was, and a later change of it leaves the copy alone.
+    publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u4"], tag="n"), DS, "als")
+    assert select_rows(spark, config, model="pub") == expected_rows(scored)
+
+
+def test_publish_copy_of_a_damaged_source_keeps_the_previous_version(
+    spark: SparkSession, config: Config
+) -> None:
+    source = local(
+        publish_partition(spark, config, RECOMMENDATIONS, recs(spark, ["u1"]), DS, "als")
+    )
+    before = recs(spark, ["u7"], tag="p")
+    current = local(publish_partition(spark, config, RECOMMENDATIONS, before, DS, "pub"))
+    data_file = sorted(source.glob("*.parquet"))[0]
+    with data_file.open("ab") as handle:
+        handle.write(b"\0")
+
+    with pytest.raises(warehouse.PointerError, match=r"model=als: .* has \d+ bytes.*republish"):
+        publish_copy(spark, config, RECOMMENDATIONS, DS, "als", "pub")
+
+    assert versions(config, model="pub") == [current]  # the half-made copy is removed
+    assert select_rows(spark, config, model="pub") == expected_rows(before)
+    with pytest.raises(PublishError, match=r"model=never has never been published"):
+        publish_copy(spark, config, RECOMMENDATIONS, DS, "never", "pub")
+
+
+def test_publish_copy_rewrites_files_whose_columns_are_not_the_tables(
+    spark: SparkSession, config: Config
+) -> None:
+    """A source written before a schema change (here: an extra column, and rank as a long)
+    is rewritten with the table's columns instead of copied."""
+    scored = recs(spark, ["u1", "u2"])
+    source = local(publish_partition(spark, config, RECOMMENDATIONS, scored, DS, "als"))
+    pointer_file = source.parent / POINTER_FILE
+    pointer = json.loads(pointer_file.read_text())
+    old = source.parent / "v=old-layout"
+    legacy = scored.withColumn("rank", F.col("rank").cast("long")).withColumn("legacy", F.lit(1))
+    legacy.coalesce(1).write.parquet(str(old))
+    files = {p.name: p.stat().st_size for p in old.glob("*.parquet")}
+    pointer_file.write_text(json.dumps({**pointer, "path": str(old.relative_to(
+        config.root.local_path())), "files": files, "footers": {}}))  # fmt: skip
+
+    folder = local(publish_copy(spark, config, RECOMMENDATIONS, DS, "als", "pub"))
+
+    assert select_rows(spark, config, model="pub") == expected_rows(scored)
+    written = pq.read_schema(sorted(folder.glob("*.parquet"))[0])
+    assert "legacy" not in written.names and str(written.field("rank").type) == "int32"
 
 
 def test_show_partitions_lists_published_ones(spark: SparkSession, config: Config) -> None:

@@ -17,7 +17,6 @@ from recpipe import storage
 from recpipe.config import Config
 from recpipe.manifest import StageRun, manifest_path
 from recpipe.stages.gate import decide_for, outcome
-from recpipe.storage import as_location
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +46,17 @@ def _score_record(config: Config, ds: str, model: str) -> dict[str, Any]:
 
 def run_publish(spark: SparkSession, config: Config, ds: str) -> dict[str, Any]:
     """Publish the gate's choice for ``ds`` under ``publish.name``."""
-    from recpipe.warehouse import (
-        RECOMMENDATIONS,
-        partition_location,
-        publish_partition,
-        write_model_metrics,
-    )
+    from recpipe.warehouse import RECOMMENDATIONS, publish_copy, write_model_metrics
 
     name = config.publish.name
     with StageRun(config, PUBLISH_STAGE, ds) as run:
         decision = decide_for(config, ds)
         chosen = decision.published
         pointer = _scored(spark, config, ds, chosen)
-        source = partition_location(config, RECOMMENDATIONS, ds, chosen)
-        assert source is not None  # _scored found (or made) its pointer, checked it names files
-        frame = spark.read.parquet(as_location(source).uri)
-        location = publish_partition(
-            spark, config, RECOMMENDATIONS, frame, ds, name,
-            expected_rows=pointer["rows"],
+        source = config.root / pointer["path"]
+        # The scored partition's files, copied as they are (see publish_copy).
+        location = publish_copy(
+            spark, config, RECOMMENDATIONS, ds, chosen, name,
             pointer_extra={
                 "source_model": chosen,
                 "gate": decision.to_dict(),

@@ -12,6 +12,7 @@ No other recpipe module calls ``os``/``pathlib``/``shutil``/``open``/``glob`` on
 from recpipe.storage.files import (
     Entry,
     arrow_path,
+    copy_file,
     create_exclusive,
     delete,
     exists,
@@ -51,6 +52,7 @@ __all__ = [
     "as_location",
     "check_scheme",
     "configure",
+    "copy_file",
     "create_exclusive",
     "delete",
     "exists",

@@ -222,6 +222,23 @@ def remove_tree(location: LocationLike) -> None:
 
 
 @_one_line_errors
+def copy_file(source: LocationLike, destination: LocationLike) -> None:
+    """Copy one file; the file system copies it where it can (an object store server-side),
+    else it is streamed through this process, never held whole. Readers of ``destination``
+    must not rely on it before the call returns (write into a folder nothing points at yet)."""
+    src, dst = as_location(source), as_location(destination)
+    if _info(src).type != pafs.FileType.File:  # object stores report a missing key vaguely
+        raise FileNotFoundError(str(src))
+    src_fs, src_path = resolve(src)
+    dst_fs, dst_path = resolve(dst)
+    makedirs(dst.parent)
+    if src_fs.equals(dst_fs):
+        src_fs.copy_file(src_path, dst_path)
+        return
+    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+@_one_line_errors
 def makedirs(location: LocationLike) -> None:
     """Create a folder and its parents (object stores need none; this is then a no-op)."""
     loc = as_location(location)
