@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from typing import Any, BinaryIO
@@ -39,13 +38,20 @@ def load_state(source: LocationLike | BinaryIO) -> dict[str, Any]:
 
     ``weights_only=True`` refuses any other pickled object, so a planted ``model.pt`` cannot
     run code in the driver or on an executor; such a file is a :class:`CheckpointError`.
+    A location is read as a stream, never whole into memory first (which held the file's bytes
+    beside the tensors made from them: twice the checkpoint at the peak).
     """
-    target: BinaryIO
     if isinstance(source, (str, os.PathLike, Location)):
         location = as_location(source)
-        target, name = io.BytesIO(storage.read_bytes(location)), str(location)
-    else:
-        target, name = source, getattr(source, "name", None) or str(source)
+        if not storage.is_file(location):
+            raise FileNotFoundError(str(location))
+        with storage.open_input(location) as handle:
+            return _load(handle, str(location))
+    return _load(source, getattr(source, "name", None) or str(source))
+
+
+def _load(target: BinaryIO, name: str) -> dict[str, Any]:
+    """:func:`load_state` of an open, seekable binary file called ``name`` in messages."""
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
