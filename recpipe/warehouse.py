@@ -458,8 +458,7 @@ def publish_copy(
         )  # fmt: skip
     folder = partition_path(config, table, ds, model) / new_version_name()
     try:
-        storage.makedirs(folder)
-        for name in sorted(pointer["files"]):
+        for name in sorted(pointer["files"]):  # copy_file makes the folder
             storage.copy_file(source / name, folder / name)
         problem = _pointer_mismatch(folder, pointer)
         if problem:
