@@ -111,6 +111,8 @@ class SparkConfig(_Section):
     shuffle_partitions: int = Field(8, ge=1)
     hive: bool = True
     ui: bool = False
+    # Seconds between log lines on running stages (recpipe.spark_progress); 0: none.
+    progress_seconds: float = Field(60.0, ge=0)
     log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
     # Executors' Python environment archive (make dist: dist/recpipe-env.tar.gz), at a path or
     # URI: shipped with spark.archives, executors run its bin/python (cluster masters only).
@@ -441,6 +443,9 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     max_epochs: int | None = Field(None, ge=1)
     torch_threads: int | None = Field(None, ge=1)
+    # MiB one training process may use (checked before launch: recpipe.train.memory); null:
+    # this machine's available memory over its processes, where the launcher runs ranks here.
+    memory_mib: int | None = Field(None, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 

@@ -29,6 +29,7 @@ from recpipe.config import Config
 from recpipe.errors import RecpipeError, java_error_line
 from recpipe.executor_env import ALIAS, EXECUTOR_PYTHON, check_archive, split_archive_spec
 from recpipe.layout import jvm_tmp_dir, metastore_dir, spark_local_dir, warehouse_dir
+from recpipe.spark_progress import log_progress
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,7 @@ def get_spark(config: Config, environ: Mapping[str, str] | None = None) -> Spark
             f"cannot start Spark on {source} {master}: {java_error_line(exc)}"
         ) from exc
     session.sparkContext.setLogLevel(config.spark.log_level)
+    log_progress(session, config.spark.progress_seconds)
     _share_hadoop_settings(session, config)
     log.info(
         "spark %s started: master=%s app=%s (%s)",

@@ -34,6 +34,7 @@ from recpipe.tables import load_split
 from recpipe.train.checkpoint import LAST_FILE, load_model, load_state
 from recpipe.train.launchers import launch
 from recpipe.train.loop import StoppedEarly
+from recpipe.train.memory import TrainerMemoryError
 from recpipe.train.validation import Validator
 
 
@@ -261,6 +262,31 @@ def test_model_config_errors_name_the_key(root) -> None:
         run_train(None, config_for(root, "models.sasrec.dim=many"), DS, ["sasrec"])
     with pytest.raises(ConfigError, match=r"train\.models"):
         run_train(None, config_for(root), DS, ["no_such_model"])
+
+
+def _trained_files(root: Path, name: str) -> list[tuple[Path, int]]:
+    folder = root / "models" / name
+    found = [p for p in folder.rglob("*") if "checkpoints" in p.parts or p.name == "model.pt"]
+    return sorted((p, p.stat().st_mtime_ns) for p in found if p.is_file())
+
+
+def test_a_model_larger_than_its_memory_stops_before_training(root) -> None:
+    before = _trained_files(root, "bpr_mf")
+    config = config_for(root, "train.launcher=local", "train.memory_mib=100")
+    with pytest.raises(TrainerMemoryError, match=r"train\.memory_mib=100\).*models\.bpr_mf\.dim"):
+        run_train(None, config, DS, ["bpr_mf"], evaluate=False)
+    assert _trained_files(root, "bpr_mf") == before  # no checkpoint, no model written
+
+
+def test_a_run_records_its_memory_estimate_from_the_model_it_trains(root) -> None:
+    config = config_for(root, "train.launcher=local", "train.max_epochs=1", "train.memory_mib=4000")
+    [manifest], _ = run_train(None, config, DS, ["svdpp"], evaluate=False)
+    info = manifest["protocols"]["leave_last_out"]
+    model = load_model(Path(info["path"]))
+    held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert info["memory"]["weights_bytes"] == held
+    assert info["memory"]["available_mib"] == 4000
+    assert info["memory"]["needed_mib"] > held * 4 / 2**20
 
 
 def test_evaluation_without_a_session_fails_before_training(root) -> None:

@@ -52,6 +52,7 @@ from recpipe.storage import Location, as_location, hadoop_settings
 from recpipe.tables import split_item_counts, split_user_mask
 from recpipe.train.checkpoint import MODEL_FILE, load_model, model_state, save_atomic
 from recpipe.train.launchers import launch
+from recpipe.train.memory import check_trainer_memory
 from recpipe.train.spec import TrainSpec, save_array
 from recpipe.train.warm_start import StartPlan, WarmStartError, grown_state, plan_start
 
@@ -364,6 +365,7 @@ def run_train(
             )
             for protocol in written_protocols(config):
                 spec = build_spec(config, ds, protocol, name, resume, run.run_id)
+                memory = check_trainer_memory(spec, config.train)  # before any training work
                 refit = plan_refit(config, spec, protocol, run.record["protocols"])
                 rows_table = plan_user_rows(config, spec, ds, protocol)
                 started = time.perf_counter()
@@ -388,6 +390,8 @@ def run_train(
                     files.append(ITEM_SIDE_FILE)
                 result[SHA256] = file_digests(as_location(spec.model_file).parent, files)
                 result["rows"] = sum(rows for _, rows in spec.shards)
+                if memory is not None:
+                    result["memory"] = memory
                 if pretrained:
                     result["pretraining"] = pretrained
                 if item_init:

@@ -43,6 +43,7 @@ from recpipe.stages.train_baseline import fit_inputs
 from recpipe.storage import Location, LocationLike, as_location
 from recpipe.tables import split_rows
 from recpipe.train.launchers import launch
+from recpipe.train.memory import TrainerMemoryError, check_trainer_memory
 from recpipe.train.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,10 @@ def _run_trial(
                       folder=folder)  # fmt: skip
     spec.user_rows_dir = None  # the trial model keeps its user tables inside
     try:
+        try:
+            check_trainer_memory(spec, trial_config.train)
+        except TrainerMemoryError as exc:  # a size the machine cannot hold: no trial
+            return TrialRecord(number, params, None, None, None, 0.0, "invalid", str(exc))
         pretrain(trial_config, spec)
         result = launch(spec, trial_config.train)
     finally:
