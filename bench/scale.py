@@ -3,7 +3,8 @@
 For each size (``--sizes``, event counts), synthetic logs (users ~ events/40, items ~
 events/200 capped at 200k) go through every stage as its own ``recpipe`` command, as the DAG
 runs them: clean -> vocab -> sessionize -> split -> train-baseline (ALS) -> export -> train
-(one deep model, one epoch) -> evaluate -> gate -> score -> publish, with
+(one deep model, one epoch) -> evaluate -> gate -> score (the gate's choice, as the DAG
+scores it) -> publish, with
 ``spark.driver_memory=1g`` and ``spark.shuffle_partitions`` growing with the events past 5M
 (see :func:`shuffle_partitions`), as an operator raises it with the data.
 Per stage it prints wall time, events/s, peak RSS of the driver's Python and JVM and of the
@@ -51,7 +52,7 @@ STAGES: list[tuple[str, list[str]]] = [
     ("train", ["train", "--model", MODEL, "--no-evaluate"]),
     ("evaluate", ["evaluate", "--model", MODEL, "--model", "als", "--no-gate"]),
     ("gate", ["gate"]),
-    ("score", ["score", "--model", MODEL]),
+    ("score", ["score"]),  # the gate's choice: publish then copies its files
     ("publish", ["publish"]),
 ]
 SETTINGS = [
