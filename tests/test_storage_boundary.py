@@ -35,6 +35,7 @@ LOCAL_ONLY = {
     "datasets/movielens.py": "pip's download folder under paths.local; the user's source_file",
     "train/launchers.py": "the launcher run folder under paths.local: logs, rank script, temp",
     "train/spec.py": "writes the spec file into the launcher run folder (mode 0600)",
+    "train/memory.py": "reads /proc/meminfo for the memory training ranks have on this machine",
 }
 
 
