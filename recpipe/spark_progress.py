@@ -85,19 +85,17 @@ class ProgressLogger:
         tracker: Any,
         every: float,
         alive: Callable[[], bool] = lambda: True,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tracker = tracker
         self.every = every
         self.alive = alive
-        self.clock = clock
         self.first_seen: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def poll(self) -> list[str]:
         """One round: the lines of stages first seen at least one interval ago."""
-        now = self.clock()
+        now = time.monotonic()
         stages = running_stages(self.tracker)
         running = {s.stage_id for s in stages}
         for stage_id in list(self.first_seen):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from recpipe.config import ConfigError, TrainConfig
+from recpipe.devices import pick_device
 from recpipe.models.base import ModelContext
 from recpipe.train.spec import TrainSpec
 
@@ -107,7 +108,8 @@ def process_memory(settings: TrainConfig, meminfo: Path = MEMINFO) -> ProcessMem
 
 def on_gpu(settings: TrainConfig) -> bool:
     """Whether the ranks keep the model on a GPU (whose memory this check does not size)."""
-    return settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available())
+    # ``cuda`` without a GPU is the ranks' error to give, not this check's.
+    return settings.device == "cuda" or pick_device(settings.device, "train.device").type == "cuda"
 
 
 def check_trainer_memory(spec: TrainSpec, settings: TrainConfig) -> dict[str, object] | None:
